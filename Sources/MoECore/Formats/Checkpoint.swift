@@ -1,0 +1,230 @@
+/// An opened checkpoint: its description and read access to its tensors.
+public final class Checkpoint {
+  public enum Container: String { case safetensors, gguf }
+
+  public let path: String
+  public let container: Container
+  public let description: ModelDescription
+  public let source: TensorSource
+  /// The GGUF file, for tokenizer metadata (nil for HF sources).
+  public let gguf: GGUFFile?
+  /// The HF directory (nil for GGUF sources).
+  public let directory: String?
+
+  /// Opens an HF model directory or a .gguf file.
+  public init(path: String) throws {
+    self.path = path
+    guard FileSystem.exists(path) else { throw MoEError.notFound("'\(path)' does not exist") }
+    if FileSystem.isDirectory(path) {
+      let configPath = FileSystem.join(path, "config.json")
+      guard FileSystem.exists(configPath) else {
+        throw MoEError.notFound("'\(path)' is a directory without config.json (expected an HF model directory)")
+      }
+      let config = try JSONParser.parse(try FileSystem.readAll(configPath, limit: 16 << 20), what: "'\(configPath)'")
+      let desc = try HFConfig.describe(config, what: "'\(configPath)'")
+      let st = try SafetensorsSource(directory: path)
+      container = .safetensors
+      description = desc
+      source = st
+      gguf = nil
+      directory = path
+    } else {
+      let g = try GGUFFile(path: path)
+      let desc = try GGUFConfig.describe(g)
+      let permute = desc.architecture == .llama || desc.architecture == .mistral
+      source = try GGUFSource(gguf: g, heads: desc.numHeads, kvHeads: desc.numKVHeads, permuteQK: permute)
+      container = .gguf
+      description = desc
+      gguf = g
+      directory = nil
+    }
+    try description.validate(what: "'\(path)'")
+    try checkTensors()
+  }
+
+  /// Every tensor the description requires is present with the right shape.
+  private func checkTensors() throws {
+    let d = description
+    func expect(_ name: String, _ shape: [Int]) throws {
+      let i = try source.require(name)
+      guard i.shape == shape else {
+        throw MoEError.shape("'\(path)': tensor '\(name)' has shape \(i.shape), expected \(shape)")
+      }
+    }
+    try expect("model.embed_tokens.weight", d.embedShape)
+    try expect("model.norm.weight", [d.hiddenSize])
+    if !d.tiedEmbeddings { try expect("lm_head.weight", d.embedShape) }
+    for l in 0..<d.numLayers {
+      for (name, shape) in d.attentionTensors(layer: l) { try expect(name, shape) }
+      if let moe = d.moe, moe.moeLayers[l] {
+        let p = ModelDescription.layerPrefix(l)
+        let router = source.info(p + "block_sparse_moe.gate.weight") ?? source.info(p + "mlp.gate.weight")
+        guard let router else { throw MoEError.notFound("'\(path)': layer \(l) has no router weight") }
+        guard router.shape == [moe.numExperts, d.hiddenSize] else {
+          throw MoEError.shape("'\(path)': router '\(router.name)' has shape \(router.shape), expected \([moe.numExperts, d.hiddenSize])")
+        }
+      } else {
+        let n = d.denseFFNNames(layer: l)
+        try expect(n.gate, [d.intermediateSize, d.hiddenSize])
+        try expect(n.up, [d.intermediateSize, d.hiddenSize])
+        try expect(n.down, [d.hiddenSize, d.intermediateSize])
+      }
+    }
+  }
+
+  /// Total parameters stored, and parameters used per token.
+  public func parameterCounts() -> (total: Int, active: Int) {
+    var total = 0
+    for n in source.tensorNames { total += source.info(n)?.elementCount ?? 0 }
+    let (descTotal, descActive) = description.parameterCounts()
+    return (total, total - (descTotal - descActive))
+  }
+
+  /// Tensor counts per dtype and the dtype holding most parameters.
+  public func dtypeSummary() -> (dominant: DType, summary: String) {
+    var counts: [DType: Int] = [:]
+    var params: [DType: Int] = [:]
+    for n in source.tensorNames {
+      guard let i = source.info(n) else { continue }
+      counts[i.dtype, default: 0] += 1
+      params[i.dtype, default: 0] += i.elementCount
+    }
+    let order = DType.allCases.filter { counts[$0] != nil }.sorted { params[$0]! > params[$1]! }
+    let summary = order.map { "\($0.name):\(counts[$0]!)" }.joined(separator: " ")
+    return (order.first ?? .f32, summary)
+  }
+
+  public var dataBytes: Int {
+    var total = 0
+    for n in source.tensorNames { total += source.info(n)?.byteCount ?? 0 }
+    return total
+  }
+}
+
+/// HF config.json -> ModelDescription.
+enum HFConfig {
+  static func describe(_ c: JSON, what: String) throws -> ModelDescription {
+    guard c.objectValue != nil else { throw MoEError.format("\(what): not a JSON object") }
+    func int(_ key: String) throws -> Int {
+      guard let v = c[key] else { throw MoEError.format("\(what): missing '\(key)'") }
+      guard let i = v.intValue else { throw MoEError.format("\(what): '\(key)' is not an integer") }
+      return i
+    }
+    func optInt(_ key: String) throws -> Int? {
+      guard let v = c[key], !v.isNull else { return nil }
+      guard let i = v.intValue else { throw MoEError.format("\(what): '\(key)' is not an integer") }
+      return i
+    }
+    func tokenId(_ key: String) -> Int? {
+      if let i = c[key]?.intValue { return i }
+      if let a = c[key]?.arrayValue, let first = a.first?.intValue { return first }
+      return nil
+    }
+    var type = c["model_type"]?.stringValue
+    if type == nil, let archs = c["architectures"]?.arrayValue?.first?.stringValue {
+      switch archs {
+      case "LlamaForCausalLM": type = "llama"
+      case "MistralForCausalLM": type = "mistral"
+      case "Qwen2ForCausalLM": type = "qwen2"
+      case "MixtralForCausalLM": type = "mixtral"
+      case "Qwen2MoeForCausalLM": type = "qwen2_moe"
+      default: break
+      }
+    }
+    guard let typeName = type else { throw MoEError.format("\(what): no model_type") }
+    guard let arch = Architecture(rawValue: typeName) else {
+      throw MoEError.unsupported("\(what): model_type '\(typeName)' is not supported (llama, mistral, qwen2, mixtral, qwen2_moe)")
+    }
+    if c["attention_bias"]?.boolValue == true && (arch == .llama || arch == .mistral) {
+      throw MoEError.unsupported("\(what): attention_bias=true (biases on all projections) is not supported")
+    }
+    if let act = c["hidden_act"]?.stringValue, act != "silu" {
+      throw MoEError.unsupported("\(what): hidden_act '\(act)' is not supported (SwiGLU with silu only)")
+    }
+    let hidden = try int("hidden_size")
+    let heads = try int("num_attention_heads")
+    let layers = try int("num_hidden_layers")
+    guard heads > 0 else { throw MoEError.format("\(what): num_attention_heads must be positive") }
+    var ropeTheta = c["rope_theta"]?.doubleValue
+    if ropeTheta == nil { ropeTheta = c["rope_parameters"]?["rope_theta"]?.doubleValue }
+    var moe: MoEDescription? = nil
+    var intermediate = try optInt("intermediate_size") ?? 0
+    switch arch {
+    case .mixtral:
+      let e = try int("num_local_experts")
+      moe = MoEDescription(numExperts: e, topK: try int("num_experts_per_tok"),
+                           expertIntermediateSize: intermediate, sharedExpertIntermediateSize: 0,
+                           moeLayers: Array(repeating: true, count: max(layers, 0)))
+    case .qwen2Moe:
+      let step = try optInt("decoder_sparse_step") ?? 1
+      let only = (c["mlp_only_layers"]?.arrayValue ?? []).compactMap { $0.intValue }
+      let e = try int("num_experts")
+      guard step >= 1 else { throw MoEError.format("\(what): decoder_sparse_step must be >= 1") }
+      var flags: [Bool] = []
+      for l in 0..<max(layers, 0) { flags.append(!only.contains(l) && e > 0 && (l + 1) % step == 0) }
+      moe = MoEDescription(numExperts: e, topK: try int("num_experts_per_tok"),
+                           expertIntermediateSize: try int("moe_intermediate_size"),
+                           sharedExpertIntermediateSize: try optInt("shared_expert_intermediate_size") ?? 0,
+                           moeLayers: flags)
+      if !flags.contains(false) && c["intermediate_size"] == nil { intermediate = 0 }
+    default: break
+    }
+    return ModelDescription(
+      architecture: arch, numLayers: layers, hiddenSize: hidden,
+      intermediateSize: intermediate,
+      numHeads: heads, numKVHeads: try optInt("num_key_value_heads") ?? heads,
+      headDim: try optInt("head_dim") ?? hidden / heads,
+      vocabSize: try int("vocab_size"),
+      maxPositionEmbeddings: try optInt("max_position_embeddings") ?? 2048,
+      ropeTheta: ropeTheta ?? 10000, rmsNormEps: c["rms_norm_eps"]?.doubleValue ?? 1e-6,
+      tiedEmbeddings: c["tie_word_embeddings"]?.boolValue ?? false,
+      qkvBias: arch == .qwen2 || arch == .qwen2Moe,
+      bosTokenId: tokenId("bos_token_id"), eosTokenId: tokenId("eos_token_id"),
+      moe: moe, sourceConfig: c)
+  }
+}
+
+/// GGUF metadata -> ModelDescription.
+enum GGUFConfig {
+  static func describe(_ g: GGUFFile) throws -> ModelDescription {
+    let what = "'\(g.path)'"
+    guard let archName = g.value("general.architecture")?.stringValue else {
+      throw MoEError.format("\(what): no general.architecture")
+    }
+    let arch: Architecture
+    switch archName {
+    case "llama": arch = .llama
+    case "qwen2": arch = .qwen2
+    default:
+      throw MoEError.unsupported("\(what): GGUF architecture '\(archName)' is not supported (llama, qwen2)")
+    }
+    func int(_ key: String) throws -> Int {
+      guard let v = g.value("\(archName).\(key)") else { throw MoEError.format("\(what): missing '\(archName).\(key)'") }
+      guard let i = v.intValue else { throw MoEError.format("\(what): '\(archName).\(key)' is not an integer") }
+      return i
+    }
+    func optInt(_ key: String) -> Int? { g.value("\(archName).\(key)")?.intValue }
+    let hidden = try int("embedding_length")
+    let heads = try int("attention.head_count")
+    let layers = try int("block_count")
+    guard heads > 0 else { throw MoEError.format("\(what): attention.head_count must be positive") }
+    let tokens = g.value("tokenizer.ggml.tokens")?.arrayValue?.count
+    let vocab = optInt("vocab_size") ?? tokens ?? g.tensors.first(where: { $0.name == "token_embd.weight" }).map { $0.dims.last ?? 0 } ?? 0
+    if let e = optInt("expert_count"), e > 0 {
+      throw MoEError.unsupported("\(what): MoE GGUF checkpoints (\(e) experts) are not supported as input")
+    }
+    let hasOutput = g.tensors.contains { $0.name == "output.weight" }
+    return ModelDescription(
+      architecture: arch, numLayers: layers, hiddenSize: hidden,
+      intermediateSize: try int("feed_forward_length"),
+      numHeads: heads, numKVHeads: optInt("attention.head_count_kv") ?? heads,
+      headDim: optInt("attention.key_length") ?? hidden / heads,
+      vocabSize: vocab, maxPositionEmbeddings: optInt("context_length") ?? 2048,
+      ropeTheta: g.value("\(archName).rope.freq_base")?.doubleValue ?? 10000,
+      rmsNormEps: g.value("\(archName).attention.layer_norm_rms_epsilon")?.doubleValue ?? 1e-5,
+      tiedEmbeddings: !hasOutput, qkvBias: arch == .qwen2,
+      bosTokenId: g.value("tokenizer.ggml.bos_token_id")?.intValue,
+      eosTokenId: g.value("tokenizer.ggml.eos_token_id")?.intValue,
+      moe: nil, sourceConfig: nil)
+  }
+}

@@ -1,0 +1,301 @@
+/// A GGUF metadata value.
+public enum GGUFValue: Sendable {
+  case uint(UInt64)
+  case int(Int64)
+  case float(Double)
+  case bool(Bool)
+  case string(String)
+  case array([GGUFValue])
+
+  public var intValue: Int? {
+    switch self {
+    case let .uint(v): return v <= UInt64(Int.max) ? Int(v) : nil
+    case let .int(v): return Int(v)
+    default: return nil
+    }
+  }
+  public var doubleValue: Double? {
+    switch self {
+    case let .float(v): return v
+    case let .uint(v): return Double(v)
+    case let .int(v): return Double(v)
+    default: return nil
+    }
+  }
+  public var stringValue: String? { if case let .string(s) = self { return s }; return nil }
+  public var boolValue: Bool? { if case let .bool(b) = self { return b }; return nil }
+  public var arrayValue: [GGUFValue]? { if case let .array(a) = self { return a }; return nil }
+}
+
+/// Bounds-checked little-endian reader over a byte buffer.
+struct ByteCursor {
+  let bytes: UnsafeRawBufferPointer
+  var pos: Int
+  let what: String
+
+  mutating func need(_ n: Int) throws {
+    guard n >= 0, pos <= bytes.count - n else {
+      throw MoEError.format("\(what): truncated at byte \(pos) (needed \(n) more bytes, file has \(bytes.count))")
+    }
+  }
+  mutating func u8() throws -> UInt8 { try need(1); defer { pos += 1 }; return bytes[pos] }
+  mutating func u16() throws -> UInt16 {
+    try need(2); defer { pos += 2 }
+    return UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: pos, as: UInt16.self))
+  }
+  mutating func u32() throws -> UInt32 {
+    try need(4); defer { pos += 4 }
+    return UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: pos, as: UInt32.self))
+  }
+  mutating func u64() throws -> UInt64 {
+    try need(8); defer { pos += 8 }
+    return UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: pos, as: UInt64.self))
+  }
+  mutating func string() throws -> String {
+    let n = try u64()
+    guard n <= UInt64(bytes.count - pos) else {
+      throw MoEError.format("\(what): string length \(n) at byte \(pos - 8) runs past the end of the file")
+    }
+    let len = Int(n)
+    let s = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[pos..<(pos + len)]), as: UTF8.self)
+    pos += len
+    return s
+  }
+}
+
+/// A GGUF file (versions 2 and 3): metadata, tensor infos and the data section.
+public final class GGUFFile {
+  public struct Tensor: Sendable {
+    public var name: String
+    /// GGUF dims (ne0 first: the fastest-varying dimension).
+    public var dims: [Int]
+    public var dtype: DType
+    public var offset: Int
+    public var elementCount: Int
+    public var byteCount: Int
+  }
+
+  public let path: String
+  public let file: MappedFile
+  public let version: UInt32
+  public private(set) var metadata: [(String, GGUFValue)] = []
+  public private(set) var tensors: [Tensor] = []
+  public let dataStart: Int
+  public let alignment: Int
+
+  public init(path: String) throws {
+    self.path = path
+    file = try MappedFile(path: path)
+    let what = "'\(path)'"
+    var c = ByteCursor(bytes: file.bytes, pos: 0, what: what)
+    guard file.bytes.count >= 4 else { throw MoEError.format("\(what): file is too short to be GGUF") }
+    let magic = try c.u32()
+    guard magic == 0x4655_4747 else { throw MoEError.format("\(what): not a GGUF file (bad magic)") }
+    version = try c.u32()
+    guard version == 2 || version == 3 else {
+      throw MoEError.unsupported("\(what): GGUF version \(version) is not supported (2 or 3)")
+    }
+    let tensorCount = try c.u64()
+    let kvCount = try c.u64()
+    // Every tensor info and KV pair takes at least 8 bytes: reject absurd counts early.
+    let remaining = UInt64(file.bytes.count - c.pos)
+    guard tensorCount <= remaining / 8, kvCount <= remaining / 8 else {
+      throw MoEError.format("\(what): tensor count \(tensorCount) / metadata count \(kvCount) is impossible for a \(file.bytes.count)-byte file")
+    }
+    for _ in 0..<kvCount {
+      let key = try c.string()
+      let type = try c.u32()
+      metadata.append((key, try GGUFFile.readValue(&c, type: type, depth: 0)))
+    }
+    var align = 32
+    if let a = metadata.first(where: { $0.0 == "general.alignment" })?.1.intValue {
+      guard a > 0, a & (a - 1) == 0, a <= 1 << 20 else {
+        throw MoEError.format("\(what): general.alignment \(a) is not a power of two")
+      }
+      align = a
+    }
+    alignment = align
+    var infos: [Tensor] = []
+    for _ in 0..<tensorCount {
+      let name = try c.string()
+      let nDims = try c.u32()
+      guard nDims >= 1 && nDims <= 4 else { throw MoEError.format("\(what): tensor '\(name)' has \(nDims) dimensions") }
+      var dims: [Int] = []
+      for _ in 0..<nDims {
+        let d = try c.u64()
+        guard d <= UInt64(1 << 40) else { throw MoEError.format("\(what): tensor '\(name)' has an absurd dimension \(d)") }
+        dims.append(Int(d))
+      }
+      let type = try c.u32()
+      let dtype: DType
+      switch type {
+      case 0: dtype = .f32
+      case 1: dtype = .f16
+      case 2: dtype = .q4_0
+      case 3: dtype = .q4_1
+      case 8: dtype = .q8_0
+      case 30: dtype = .bf16
+      default:
+        throw MoEError.unsupported("\(what): tensor '\(name)' has GGML type \(type); supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1")
+      }
+      let offset = try c.u64()
+      let count = try checkedProduct(dims, what: "\(what): tensor '\(name)'")
+      guard dims[0] % dtype.blockElements == 0 else {
+        throw MoEError.format("\(what): tensor '\(name)' row length \(dims[0]) is not a multiple of the \(dtype.name) block size")
+      }
+      let bytes = try dtype.byteCount(elements: count, what: "\(what): tensor '\(name)'")
+      guard offset <= UInt64(Int.max) else { throw MoEError.format("\(what): tensor '\(name)' offset overflows") }
+      infos.append(Tensor(name: name, dims: dims, dtype: dtype, offset: Int(offset), elementCount: count, byteCount: bytes))
+    }
+    let start = (c.pos + align - 1) / align * align
+    dataStart = start
+    let dataSize = file.bytes.count - start
+    guard dataSize >= 0 || infos.isEmpty else { throw MoEError.format("\(what): truncated before the tensor data") }
+    var seen = Set<String>()
+    for t in infos {
+      guard seen.insert(t.name).inserted else { throw MoEError.format("\(what): tensor '\(t.name)' appears twice") }
+      guard t.offset % align == 0 else {
+        throw MoEError.format("\(what): tensor '\(t.name)' offset \(t.offset) is not aligned to \(align)")
+      }
+      guard t.offset <= dataSize, t.byteCount <= dataSize - t.offset else {
+        throw MoEError.format("\(what): tensor '\(t.name)' data [\(t.offset), \(t.offset + t.byteCount)) runs past the end of the file (data section is \(max(0, dataSize)) bytes): truncated?")
+      }
+    }
+    tensors = infos
+  }
+
+  private static func readValue(_ c: inout ByteCursor, type: UInt32, depth: Int) throws -> GGUFValue {
+    switch type {
+    case 0: return .uint(UInt64(try c.u8()))
+    case 1: return .int(Int64(Int8(bitPattern: try c.u8())))
+    case 2: return .uint(UInt64(try c.u16()))
+    case 3: return .int(Int64(Int16(bitPattern: try c.u16())))
+    case 4: return .uint(UInt64(try c.u32()))
+    case 5: return .int(Int64(Int32(bitPattern: try c.u32())))
+    case 6: return .float(Double(Float(bitPattern: try c.u32())))
+    case 7: return .bool(try c.u8() != 0)
+    case 8: return .string(try c.string())
+    case 9:
+      guard depth < 4 else { throw MoEError.format("\(c.what): metadata arrays nested too deeply") }
+      let elementType = try c.u32()
+      let count = try c.u64()
+      guard count <= UInt64(c.bytes.count - c.pos) else {
+        throw MoEError.format("\(c.what): metadata array of \(count) elements runs past the end of the file")
+      }
+      var items: [GGUFValue] = []
+      items.reserveCapacity(Int(count))
+      for _ in 0..<count { items.append(try readValue(&c, type: elementType, depth: depth + 1)) }
+      return .array(items)
+    case 10: return .uint(try c.u64())
+    case 11: return .int(Int64(bitPattern: try c.u64()))
+    case 12: return .float(Double(bitPattern: try c.u64()))
+    default: throw MoEError.format("\(c.what): unknown metadata value type \(type) at byte \(c.pos - 4)")
+    }
+  }
+
+  public func value(_ key: String) -> GGUFValue? {
+    metadata.first(where: { $0.0 == key })?.1
+  }
+}
+
+/// GGUF tensors presented under HF names, dequantized to f32, Q/K rows put
+/// back in HF order (llama.cpp permutes them for its RoPE layout).
+public final class GGUFSource: TensorSource {
+  struct Mapped {
+    var tensor: GGUFFile.Tensor
+    var info: TensorInfo
+    /// Heads for the Q/K un-permutation; 0 = rows kept as stored.
+    var unpermuteHeads: Int
+  }
+
+  public let gguf: GGUFFile
+  public private(set) var tensorNames: [String] = []
+  private var mapped: [String: Mapped] = [:]
+
+  /// `heads`/`kvHeads` drive the Q/K un-permutation (`permuteQK` false for Qwen2, which is stored unpermuted).
+  public init(gguf: GGUFFile, heads: Int, kvHeads: Int, permuteQK: Bool) throws {
+    self.gguf = gguf
+    for t in gguf.tensors {
+      guard let name = GGUFSource.hfName(t.name) else { continue }
+      let shape = Array(t.dims.reversed())
+      var heads0 = 0
+      if permuteQK && t.name.hasPrefix("blk.") {
+        if t.name.hasSuffix(".attn_q.weight") || t.name.hasSuffix(".attn_q.bias") { heads0 = heads }
+        if t.name.hasSuffix(".attn_k.weight") || t.name.hasSuffix(".attn_k.bias") { heads0 = kvHeads }
+      }
+      if heads0 > 0 {
+        guard heads0 > 0, shape[0] % (2 * heads0) == 0 else {
+          throw MoEError.shape("'\(gguf.path)': tensor '\(t.name)' has \(shape[0]) rows, not divisible by 2 x \(heads0) heads")
+        }
+      }
+      let info = TensorInfo(name: name, dtype: t.dtype, shape: shape, elementCount: t.elementCount, byteCount: t.byteCount)
+      mapped[name] = Mapped(tensor: t, info: info, unpermuteHeads: heads0)
+      tensorNames.append(name)
+    }
+  }
+
+  /// GGUF tensor name -> HF name; nil for tensors with no HF counterpart (e.g. rope_freqs).
+  static func hfName(_ g: String) -> String? {
+    switch g {
+    case "token_embd.weight": return "model.embed_tokens.weight"
+    case "output_norm.weight": return "model.norm.weight"
+    case "output.weight": return "lm_head.weight"
+    default: break
+    }
+    let parts = g.split(separator: ".", omittingEmptySubsequences: false)
+    guard parts.count == 4, parts[0] == "blk", let layer = Int(parts[1]) else { return nil }
+    let suffix = String(parts[3])
+    let p = "model.layers.\(layer)."
+    switch parts[2] {
+    case "attn_norm": return p + "input_layernorm." + suffix
+    case "ffn_norm": return p + "post_attention_layernorm." + suffix
+    case "attn_q": return p + "self_attn.q_proj." + suffix
+    case "attn_k": return p + "self_attn.k_proj." + suffix
+    case "attn_v": return p + "self_attn.v_proj." + suffix
+    case "attn_output": return p + "self_attn.o_proj." + suffix
+    case "ffn_gate": return p + "mlp.gate_proj." + suffix
+    case "ffn_up": return p + "mlp.up_proj." + suffix
+    case "ffn_down": return p + "mlp.down_proj." + suffix
+    case "ffn_gate_inp": return p + "block_sparse_moe.gate." + suffix
+    case "ffn_gate_exps": return p + "block_sparse_moe.experts.gate_exps." + suffix
+    case "ffn_up_exps": return p + "block_sparse_moe.experts.up_exps." + suffix
+    case "ffn_down_exps": return p + "block_sparse_moe.experts.down_exps." + suffix
+    default: return nil
+    }
+  }
+
+  public func info(_ name: String) -> TensorInfo? { mapped[name]?.info }
+
+  public var dataBytes: Int { gguf.tensors.reduce(0) { $0 + $1.byteCount } }
+
+  public func readFloat(_ name: String, into dst: UnsafeMutablePointer<Float>) throws {
+    guard let m = mapped[name] else { throw MoEError.notFound("tensor '\(name)' is missing from the checkpoint") }
+    guard let base = gguf.file.bytes.baseAddress else { return }
+    let src = base + gguf.dataStart + m.tensor.offset
+    let count = m.info.elementCount
+    guard m.unpermuteHeads > 0 else {
+      decodeToFloat(m.tensor.dtype, src: src, count: count, dst: dst)
+      return
+    }
+    // Stored row h*hd + 2*b + a holds HF row h*hd + a*half + b.
+    let rows = m.info.shape[0]
+    let cols = count / max(rows, 1)
+    let headDim = rows / m.unpermuteHeads
+    let half = headDim / 2
+    let rowBytes = m.tensor.byteCount / max(rows, 1)
+    for h in 0..<m.unpermuteHeads {
+      for b in 0..<half {
+        for a in 0..<2 {
+          let stored = h * headDim + 2 * b + a
+          let hf = h * headDim + a * half + b
+          decodeToFloat(m.tensor.dtype, src: src + stored * rowBytes, count: cols, dst: dst + hf * cols)
+        }
+      }
+    }
+  }
+
+  public func release(_ name: String) {
+    guard let m = mapped[name] else { return }
+    gguf.file.release(offset: gguf.dataStart + m.tensor.offset, count: m.tensor.byteCount)
+  }
+}

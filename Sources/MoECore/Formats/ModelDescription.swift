@@ -1,0 +1,120 @@
+/// Architectures the library reads.
+public enum Architecture: String, Sendable {
+  case llama, mistral, qwen2, mixtral
+  case qwen2Moe = "qwen2_moe"
+
+  public var isMoE: Bool { self == .mixtral || self == .qwen2Moe }
+}
+
+/// MoE-specific dimensions of a checkpoint.
+public struct MoEDescription: Sendable {
+  public var numExperts: Int
+  public var topK: Int
+  public var expertIntermediateSize: Int
+  public var sharedExpertIntermediateSize: Int
+  /// true for each layer whose FFN is MoE.
+  public var moeLayers: [Bool]
+}
+
+/// The one in-memory description every checkpoint format maps to.
+public struct ModelDescription: Sendable {
+  public var architecture: Architecture
+  public var numLayers: Int
+  public var hiddenSize: Int
+  /// Dense FFN size (for dense layers).
+  public var intermediateSize: Int
+  public var numHeads: Int
+  public var numKVHeads: Int
+  public var headDim: Int
+  public var vocabSize: Int
+  public var maxPositionEmbeddings: Int
+  public var ropeTheta: Double
+  public var rmsNormEps: Double
+  public var tiedEmbeddings: Bool
+  public var qkvBias: Bool
+  public var bosTokenId: Int?
+  public var eosTokenId: Int?
+  public var moe: MoEDescription?
+  /// The source config.json (HF sources), carried over for fields not modelled here.
+  public var sourceConfig: JSON?
+
+  /// Checks internal consistency; throws with the offending field.
+  public func validate(what: String) throws {
+    func positive(_ v: Int, _ name: String) throws {
+      guard v > 0 else { throw MoEError.format("\(what): \(name) must be positive (got \(v))") }
+    }
+    try positive(numLayers, "num_hidden_layers")
+    try positive(hiddenSize, "hidden_size")
+    try positive(numHeads, "num_attention_heads")
+    try positive(numKVHeads, "num_key_value_heads")
+    try positive(headDim, "head_dim")
+    try positive(vocabSize, "vocab_size")
+    guard numLayers <= 100_000, hiddenSize <= 1 << 20, vocabSize <= 1 << 24, numHeads <= 1 << 14 else {
+      throw MoEError.format("\(what): absurd dimensions (layers \(numLayers), hidden \(hiddenSize), vocab \(vocabSize))")
+    }
+    guard numHeads % numKVHeads == 0 else {
+      throw MoEError.format("\(what): num_attention_heads \(numHeads) is not a multiple of num_key_value_heads \(numKVHeads)")
+    }
+    if let moe {
+      guard moe.numExperts > 0, moe.topK > 0, moe.topK <= moe.numExperts else {
+        throw MoEError.format("\(what): invalid MoE settings (experts \(moe.numExperts), top-k \(moe.topK))")
+      }
+    } else {
+      try positive(intermediateSize, "intermediate_size")
+    }
+  }
+
+  // MARK: Tensor names (HF)
+
+  public static func layerPrefix(_ l: Int) -> String { "model.layers.\(l)." }
+
+  /// Attention and norm tensors of layer `l` with their shapes.
+  public func attentionTensors(layer l: Int) -> [(String, [Int])] {
+    let p = ModelDescription.layerPrefix(l)
+    var out: [(String, [Int])] = [
+      (p + "input_layernorm.weight", [hiddenSize]),
+      (p + "self_attn.q_proj.weight", [numHeads * headDim, hiddenSize]),
+      (p + "self_attn.k_proj.weight", [numKVHeads * headDim, hiddenSize]),
+      (p + "self_attn.v_proj.weight", [numKVHeads * headDim, hiddenSize]),
+      (p + "self_attn.o_proj.weight", [hiddenSize, numHeads * headDim]),
+      (p + "post_attention_layernorm.weight", [hiddenSize]),
+    ]
+    if qkvBias {
+      out.insert((p + "self_attn.q_proj.bias", [numHeads * headDim]), at: 2)
+      out.insert((p + "self_attn.k_proj.bias", [numKVHeads * headDim]), at: 4)
+      out.insert((p + "self_attn.v_proj.bias", [numKVHeads * headDim]), at: 6)
+    }
+    return out
+  }
+
+  /// Dense FFN tensor names of layer `l`: gate, up, down.
+  public func denseFFNNames(layer l: Int) -> (gate: String, up: String, down: String) {
+    let p = ModelDescription.layerPrefix(l) + "mlp."
+    return (p + "gate_proj.weight", p + "up_proj.weight", p + "down_proj.weight")
+  }
+
+  public var embedShape: [Int] { [vocabSize, hiddenSize] }
+
+  /// Parameter counts (total, active per token) computed from the description.
+  public func parameterCounts() -> (total: Int, active: Int) {
+    let H = hiddenSize
+    var attn = 2 * H + numHeads * headDim * H * 2 + numKVHeads * headDim * H * 2
+    if qkvBias { attn += numHeads * headDim + 2 * numKVHeads * headDim }
+    var total = vocabSize * H + H + (tiedEmbeddings ? 0 : vocabSize * H)
+    var active = total
+    for l in 0..<numLayers {
+      total += attn
+      active += attn
+      if let moe, moe.moeLayers[l] {
+        let expert = 3 * H * moe.expertIntermediateSize
+        let shared = moe.sharedExpertIntermediateSize > 0 ? 3 * H * moe.sharedExpertIntermediateSize + H : 0
+        total += moe.numExperts * H + moe.numExperts * expert + shared
+        active += moe.numExperts * H + moe.topK * expert + shared
+      } else {
+        total += 3 * H * intermediateSize
+        active += 3 * H * intermediateSize
+      }
+    }
+    return (total, active)
+  }
+}

@@ -1,0 +1,233 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Text of the current `errno`.
+func errnoText() -> String { String(cString: strerror(errno)) }
+
+/// A read-only memory map of a whole file. The mapping lives as long as the object.
+public final class MappedFile: @unchecked Sendable {
+  public let path: String
+  public let bytes: UnsafeRawBufferPointer
+  private let base: UnsafeMutableRawPointer?
+
+  public init(path: String) throws {
+    self.path = path
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else {
+      let code = errno
+      let kind: MoEErrorKind = code == ENOENT ? .notFound : .io
+      throw MoEError(kind, "cannot open '\(path)': \(String(cString: strerror(code)))")
+    }
+    defer { close(fd) }
+    var st = stat()
+    guard fstat(fd, &st) == 0 else { throw MoEError.io("cannot stat '\(path)': \(errnoText())") }
+    guard (st.st_mode & S_IFMT) == S_IFREG else {
+      throw MoEError.io("'\(path)' is not a regular file")
+    }
+    let size = Int(st.st_size)
+    if size == 0 {
+      base = nil
+      bytes = UnsafeRawBufferPointer(start: nil, count: 0)
+      return
+    }
+    let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0)
+    guard let p, p != MAP_FAILED else { throw MoEError.io("cannot map '\(path)': \(errnoText())") }
+    base = p
+    bytes = UnsafeRawBufferPointer(start: p, count: size)
+  }
+
+  /// Tells the kernel a range will not be needed soon (keeps RSS bounded while streaming).
+  public func release(offset: Int, count: Int) {
+    guard let base, count > 0 else { return }
+    let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+    let start = (offset / page) * page
+    let end = min(bytes.count, offset + count)
+    guard end > start else { return }
+    madvise(base + start, end - start, MADV_DONTNEED)
+  }
+
+  deinit {
+    if let base { munmap(base, bytes.count) }
+  }
+}
+
+/// File-system helpers used by readers and writers.
+public enum FileSystem {
+  public static func exists(_ path: String) -> Bool {
+    var st = stat()
+    return lstat(path, &st) == 0
+  }
+
+  public static func isDirectory(_ path: String) -> Bool {
+    var st = stat()
+    return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+  }
+
+  public static func isRegularFile(_ path: String) -> Bool {
+    var st = stat()
+    return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
+  }
+
+  public static func join(_ a: String, _ b: String) -> String {
+    a.hasSuffix("/") ? a + b : a + "/" + b
+  }
+
+  public static func parent(of path: String) -> String {
+    var p = path
+    while p.count > 1 && p.hasSuffix("/") { p.removeLast() }
+    guard let i = p.lastIndex(of: "/") else { return "." }
+    if i == p.startIndex { return "/" }
+    return String(p[..<i])
+  }
+
+  public static func baseName(of path: String) -> String {
+    var p = path
+    while p.count > 1 && p.hasSuffix("/") { p.removeLast() }
+    guard let i = p.lastIndex(of: "/") else { return p }
+    return String(p[p.index(after: i)...])
+  }
+
+  /// Reads a whole (small) file; refuses files over `limit` bytes.
+  public static func readAll(_ path: String, limit: Int = 256 << 20) throws -> [UInt8] {
+    let f = try MappedFile(path: path)
+    guard f.bytes.count <= limit else { throw MoEError.format("'\(path)' is larger than \(limit) bytes") }
+    return Array(f.bytes)
+  }
+
+  public static func makeDirectory(_ path: String) throws {
+    guard mkdir(path, 0o755) == 0 else {
+      let code = errno
+      throw MoEError(code == EEXIST ? .exists : .io, "cannot create directory '\(path)': \(String(cString: strerror(code)))")
+    }
+  }
+
+  public static func listDirectory(_ path: String) throws -> [String] {
+    guard let dir = opendir(path) else { throw MoEError.io("cannot list '\(path)': \(errnoText())") }
+    defer { closedir(dir) }
+    var names: [String] = []
+    while let entry = readdir(dir) {
+      let name = withUnsafePointer(to: entry.pointee.d_name) {
+        $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+      }
+      if name != "." && name != ".." { names.append(name) }
+    }
+    return names.sorted()
+  }
+
+  /// Removes a file or a directory tree (no symlinks followed).
+  public static func removeTree(_ path: String) {
+    var st = stat()
+    guard lstat(path, &st) == 0 else { return }
+    if (st.st_mode & S_IFMT) == S_IFDIR {
+      if let names = try? listDirectory(path) {
+        for n in names { removeTree(join(path, n)) }
+      }
+      rmdir(path)
+    } else {
+      unlink(path)
+    }
+  }
+
+  public static func rename(_ from: String, _ to: String) throws {
+    guard Glibc.rename(from, to) == 0 else {
+      throw MoEError.io("cannot rename '\(from)' to '\(to)': \(errnoText())")
+    }
+  }
+
+  /// Copies a small file byte for byte.
+  public static func copyFile(_ from: String, _ to: String) throws {
+    let data = try readAll(from)
+    let out = try OutputFile(path: to)
+    try data.withUnsafeBytes { try out.write($0) }
+    try out.close()
+  }
+
+  public static func writeText(_ text: String, to path: String) throws {
+    let out = try OutputFile(path: path)
+    var t = text
+    try t.withUTF8 { try out.write(UnsafeRawBufferPointer($0)) }
+    try out.close()
+  }
+}
+
+/// A file opened for writing (created exclusively), with a write buffer.
+public final class OutputFile {
+  public let path: String
+  private var fd: Int32
+  private var buffer: UnsafeMutableRawPointer
+  private let capacity = 8 << 20
+  private var used = 0
+  public private(set) var bytesWritten: UInt64 = 0
+
+  public init(path: String) throws {
+    self.path = path
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+    guard fd >= 0 else { throw MoEError.io("cannot create '\(path)': \(errnoText())") }
+    buffer = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 64)
+  }
+
+  deinit {
+    buffer.deallocate()
+    if fd >= 0 { Glibc.close(fd) }
+  }
+
+  private func writeFully(_ p: UnsafeRawPointer, _ count: Int) throws {
+    var done = 0
+    while done < count {
+      let n = Glibc.write(fd, p + done, count - done)
+      if n < 0 {
+        if errno == EINTR { continue }
+        throw MoEError.io("cannot write '\(path)': \(errnoText())")
+      }
+      done += n
+    }
+  }
+
+  public func flush() throws {
+    if used > 0 { try writeFully(buffer, used); used = 0 }
+  }
+
+  public func write(_ data: UnsafeRawBufferPointer) throws {
+    guard let base = data.baseAddress, data.count > 0 else { return }
+    bytesWritten += UInt64(data.count)
+    if data.count >= capacity {
+      try flush()
+      try writeFully(base, data.count)
+      return
+    }
+    if used + data.count > capacity { try flush() }
+    (buffer + used).copyMemory(from: base, byteCount: data.count)
+    used += data.count
+  }
+
+  public func write(_ bytes: [UInt8]) throws {
+    try bytes.withUnsafeBytes { try write($0) }
+  }
+
+  /// Flushes, syncs and closes; errors (e.g. disk full) surface here.
+  public func close() throws {
+    guard fd >= 0 else { return }
+    try flush()
+    let syncResult = fsync(fd)
+    let code = errno
+    let closeResult = Glibc.close(fd)
+    fd = -1
+    guard syncResult == 0 else { throw MoEError.io("cannot sync '\(path)': \(String(cString: strerror(code)))") }
+    guard closeResult == 0 else { throw MoEError.io("cannot close '\(path)': \(errnoText())") }
+  }
+}
+
+/// Peak resident set size of this process, in bytes.
+public func peakResidentBytes() -> UInt64 {
+  var usage = rusage()
+  getrusage(RUSAGE_SELF.rawValue, &usage)
+  return UInt64(max(0, usage.ru_maxrss)) * 1024
+}
+
+/// Monotonic seconds.
+public func monotonicSeconds() -> Double {
+  var ts = timespec()
+  clock_gettime(CLOCK_MONOTONIC, &ts)
+  return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}

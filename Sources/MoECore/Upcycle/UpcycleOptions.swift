@@ -1,0 +1,93 @@
+/// What `upcycle` builds; mirrors `moe_upcycle_params` (raw values equal the ABI's enums).
+public struct UpcycleOptions: Sendable {
+  public enum Method: Int32, Sendable { case copy = 0, drop, noise, granular, partition }
+  public enum RouterInit: Int32, Sendable { case normal = 0, uniform, zeros }
+  public enum Routing: Int32, Sendable { case softmaxTopKRenorm = 0, softmaxTopK, topKSoftmax }
+  public enum Format: Int32, Sendable { case mixtral = 0, qwen2Moe }
+  public enum OutputDType: Int32, Sendable { case keep = 0, f32, bf16, f16 }
+  public enum PartitionSelect: Int32, Sendable { case random = 0, uniform, importance }
+  public enum GranularScaling: Int32, Sendable { case down = 0, cubeRoot, none }
+
+  public var numExperts = 8
+  public var topK = 2
+  public var method = Method.copy
+  public var ratio = 0.5
+  public var sharedIndices = false
+  public var noiseStd = 0.02
+  public var granularity = 0
+  public var granularScaling = GranularScaling.down
+  public var partitionSelect = PartitionSelect.random
+  public var partitionDisjoint = false
+  public var partitionScale = true
+  public var layers: String? = nil
+  public var routerInit = RouterInit.normal
+  public var routerStd = 0.02
+  public var sharedExpert = false
+  public var routing = Routing.softmaxTopKRenorm
+  public var format = Format.mixtral
+  public var dtype = OutputDType.keep
+  public var seed: UInt64 = 0
+  public var force = false
+  public var maxShardBytes: UInt64 = 4 << 30
+  public var threads = 0
+  public var routerAuxLossCoef = 0.02
+
+  public init() {}
+
+  public var methodName: String {
+    switch method {
+    case .copy: return "copy"
+    case .drop: return "drop"
+    case .noise: return "noise"
+    case .granular: return "granular"
+    case .partition: return "partition"
+    }
+  }
+
+  public var routingName: String {
+    switch routing {
+    case .softmaxTopKRenorm: return "softmax_topk_renorm"
+    case .softmaxTopK: return "softmax_topk"
+    case .topKSoftmax: return "topk_softmax"
+    }
+  }
+
+  /// Routing weights are renormalized over the chosen k (topK-then-softmax is the same function).
+  public var renormalizes: Bool { routing != .softmaxTopK }
+}
+
+/// Parses a layer selection: "all", "every:N" (layers i with (i+1) % N == 0) or "0,2,5-7".
+public func parseLayerSelection(_ spec: String?, numLayers: Int) throws -> [Bool] {
+  let text = (spec ?? "all").trimmingSpaces
+  if text.isEmpty || text == "all" { return Array(repeating: true, count: numLayers) }
+  if text.hasPrefix("every:") {
+    guard let n = Int(text.dropFirst(6)), n >= 1 else {
+      throw MoEError.invalid("layers '\(text)': every:N needs a positive integer N")
+    }
+    return (0..<numLayers).map { ($0 + 1) % n == 0 }
+  }
+  var flags = Array(repeating: false, count: numLayers)
+  for part in text.split(separator: ",", omittingEmptySubsequences: false) {
+    let item = String(part).trimmingSpaces
+    let bounds = item.split(separator: "-", omittingEmptySubsequences: false)
+    guard bounds.count == 1 || bounds.count == 2,
+          let lo = Int(bounds[0]), let hi = Int(bounds[bounds.count - 1]), lo <= hi else {
+      throw MoEError.invalid("layers '\(text)': '\(item)' is not a layer index or range (use all, every:N, or a list like 0,2,5-7)")
+    }
+    guard lo >= 0, hi < numLayers else {
+      throw MoEError.invalid("layers '\(text)': layer \(lo < 0 ? lo : hi) is out of range (the model has \(numLayers) layers, 0..\(numLayers - 1))")
+    }
+    for l in lo...hi { flags[l] = true }
+  }
+  guard flags.contains(true) else { throw MoEError.invalid("layers '\(text)' selects no layer") }
+  return flags
+}
+
+extension String {
+  var trimmingSpaces: String {
+    var s = Substring(self)
+    while let f = s.first, f == " " { s.removeFirst() }
+    while let l = s.last, l == " " { s.removeLast() }
+    return String(s)
+  }
+}
