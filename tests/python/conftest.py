@@ -1,0 +1,9 @@
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DIST = Path(os.environ.get("MOEUPCYCLE_PREFIX", ROOT / "dist"))
+os.environ.setdefault("MOEUPCYCLE_LIBRARY", str(DIST / "lib" / "libmoeupcycle.so"))
+sys.path.insert(0, str(ROOT / "bindings" / "python"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
