@@ -1,0 +1,91 @@
+"""Llama GGUF files written with the gguf package (an independent writer), with
+llama.cpp's Q/K row permutation applied, for testing the GGUF reader."""
+from __future__ import annotations
+
+import numpy as np
+import gguf
+from gguf import GGMLQuantizationType as Q
+from gguf import quants
+
+TYPES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16, "Q8_0": Q.Q8_0, "Q4_0": Q.Q4_0, "Q4_1": Q.Q4_1}
+
+
+def permute(w, heads):
+    """HF -> llama.cpp row order of Q/K (what convert_hf_to_gguf does)."""
+    rows = w.shape[0]
+    return w.reshape(heads, 2, rows // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_llama_gguf(path, hf: dict, *, heads, kv_heads, qtype="Q8_0", tokens=None, merges=None,
+                     rope_theta=10000.0, version_patch=None):
+    """hf: HF-named f32 weights. Matrices are stored as `qtype`, norms as F32.
+    Returns the HF-order f32 weights as the file actually holds them (after quantization)."""
+    emb = hf["model.embed_tokens.weight"]
+    vocab, hidden = emb.shape
+    layers = sum(1 for k in hf if k.endswith("mlp.gate_proj.weight"))
+    ffn = hf["model.layers.0.mlp.gate_proj.weight"].shape[0]
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(layers)
+    w.add_context_length(256)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_rope_freq_base(rope_theta)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("smollm")
+    if tokens is None:
+        tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [f"t{i}" for i in range(vocab - 3)]
+    w.add_token_list(tokens)
+    w.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))
+    w.add_token_merges(merges or ["t 1", "t 2"])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    per_layer = {"input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
+                 "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+                 "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
+                 "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
+                 "mlp.down_proj.weight": "ffn_down.weight"}
+    held = {}
+    for name, value in hf.items():
+        if name in names:
+            gname = names[name]
+        else:
+            parts = name.split(".")
+            gname = f"blk.{parts[2]}." + per_layer[".".join(parts[3:])]
+        data = value.astype(np.float32)
+        if name.endswith("q_proj.weight"):
+            data = permute(data, heads)
+        elif name.endswith("k_proj.weight"):
+            data = permute(data, kv_heads)
+        t = Q.F32 if data.ndim == 1 else TYPES[qtype]
+        if t == Q.F32:
+            w.add_tensor(gname, data)
+            stored = data
+        elif t == Q.F16:
+            w.add_tensor(gname, data.astype(np.float16))
+            stored = data.astype(np.float16).astype(np.float32)
+        else:
+            q = quants.quantize(data, t)
+            w.add_tensor(gname, q, raw_shape=q.shape, raw_dtype=t)
+            stored = quants.dequantize(q, t).reshape(data.shape).astype(np.float32)
+        # Back to HF row order for what the library must produce.
+        if name.endswith("q_proj.weight"):
+            stored = unpermute(stored, heads)
+        elif name.endswith("k_proj.weight"):
+            stored = unpermute(stored, kv_heads)
+        held[name] = stored
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return held
+
+
+def unpermute(w, heads):
+    rows = w.shape[0]
+    return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)

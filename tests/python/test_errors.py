@@ -1,0 +1,222 @@
+"""Bad input answers with a status code and a message, never a crash."""
+import ctypes
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from models import UpcycleError, dense_weights, inspect, upcycle, write_hf
+from moeupcycle import _capi as C
+
+
+@pytest.fixture
+def dense(tmp_path):
+    src = tmp_path / "dense"
+    write_hf(src, dense_weights(np.random.default_rng(0)))
+    return src
+
+
+def expect(code, fragment, fn, *args, **kw):
+    with pytest.raises(UpcycleError) as e:
+        fn(*args, **kw)
+    assert e.value.code == code, e.value.message
+    assert fragment in e.value.message, e.value.message
+    return e.value.message
+
+
+def test_version_and_status_strings():
+    assert C.lib.moe_version_number() == 100
+    assert C.lib.moe_version_string() == b"0.1.0"
+    assert C.lib.moe_status_string(C.MOE_OK) == b"ok"
+    assert C.lib.moe_status_string(C.MOE_ERR_FORMAT) == b"malformed file"
+    assert C.lib.moe_status_string(12345) == b"unknown status"
+    assert C.lib.moe_last_error() is not None
+
+
+def test_null_pointers():
+    assert C.lib.moe_checkpoint_inspect(None, b"x") == C.MOE_ERR_NULL_POINTER
+    assert b"out is NULL" in C.lib.moe_last_error()
+    info = C.moe_checkpoint_info()
+    info.struct_size = ctypes.sizeof(info)
+    assert C.lib.moe_checkpoint_inspect(info, None) == C.MOE_ERR_NULL_POINTER
+    assert b"path is NULL" in C.lib.moe_last_error()
+    assert C.lib.moe_upcycle(None, None, b"out", None) == C.MOE_ERR_NULL_POINTER
+    assert b"input_path" in C.lib.moe_last_error()
+    C.lib.moe_upcycle_params_init(None)  # ignored, no crash
+
+
+def test_struct_size_checked(dense, tmp_path):
+    info = C.moe_checkpoint_info()
+    info.struct_size = 0
+    assert C.lib.moe_checkpoint_inspect(info, str(dense).encode()) == C.MOE_ERR_INVALID_ARGUMENT
+    p = C.moe_upcycle_params()
+    C.lib.moe_upcycle_params_init(p)
+    p.struct_size = 8
+    r = C.moe_upcycle_result()
+    r.struct_size = ctypes.sizeof(r)
+    assert C.lib.moe_upcycle(r, str(dense).encode(), str(tmp_path / "o").encode(), p) == C.MOE_ERR_INVALID_ARGUMENT
+    assert b"struct_size" in C.lib.moe_last_error()
+
+
+def test_null_params_means_defaults(dense, tmp_path):
+    assert C.lib.moe_upcycle(None, str(dense).encode(), str(tmp_path / "o").encode(), None) == C.MOE_OK
+    cfg = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert cfg["num_local_experts"] == 8 and cfg["num_experts_per_tok"] == 2
+
+
+def test_missing_input(tmp_path):
+    expect(C.MOE_ERR_NOT_FOUND, "does not exist", inspect, tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    expect(C.MOE_ERR_NOT_FOUND, "config.json", inspect, tmp_path / "empty")
+
+
+def test_output_exists_refused_then_forced(dense, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    expect(C.MOE_ERR_EXISTS, "already exists", upcycle, dense, out)
+    assert (out / "keep.txt").read_text() == "user data"
+    upcycle(dense, out, force=1)
+    assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+
+
+def test_force_never_replaces_the_input(dense):
+    expect(C.MOE_ERR_INVALID_ARGUMENT, "is or contains the input", upcycle, dense, dense, force=1)
+    assert (dense / "model.safetensors").exists()
+    expect(C.MOE_ERR_INVALID_ARGUMENT, "is or contains the input", upcycle, dense, dense.parent, force=1)
+
+
+def test_output_parent_missing(dense, tmp_path):
+    expect(C.MOE_ERR_NOT_FOUND, "parent directory", upcycle, dense, tmp_path / "a" / "b")
+
+
+@pytest.mark.parametrize("kw,fragment", [
+    (dict(num_experts=0), "experts must be in 1..1024"),
+    (dict(num_experts=5000), "experts must be in 1..1024"),
+    (dict(num_experts=4, top_k=5), "top-k must be in 1..4"),
+    (dict(top_k=0), "top-k must be in"),
+    (dict(method="drop", ratio=0.0), "ratio must be in (0, 1]"),
+    (dict(method="drop", ratio=1.5), "ratio must be in (0, 1]"),
+    (dict(method="noise", ratio=float("nan")), "ratio is not finite"),
+    (dict(method="granular", granularity=3), "does not divide the FFN size"),
+    (dict(method="granular", granularity=16, num_experts=8), "does not divide the number of experts"),
+    (dict(method="partition", num_experts=8, granularity=4, partition_disjoint=1), "disjoint partition"),
+    (dict(method="copy", granularity=2), "granularity applies"),
+    (dict(layers="0,7"), "out of range"),
+    (dict(layers="every:0"), "every:N"),
+    (dict(layers="abc"), "not a layer index"),
+    (dict(format="qwen2-moe", layers="9"), "out of range"),
+    (dict(method=17), "params->method has invalid value 17"),
+    (dict(dtype=9), "params->dtype"),
+    (dict(router_std=-1.0), "router std"),
+    (dict(max_shard_bytes=10), "max shard size"),
+])
+def test_invalid_parameters(dense, tmp_path, kw, fragment):
+    expect(C.MOE_ERR_INVALID_ARGUMENT, fragment, upcycle, dense, tmp_path / "o", **kw)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("kw,fragment", [
+    (dict(layers="0"), "mixtral format makes every layer MoE"),
+    (dict(shared_expert=1), "no shared expert"),
+    (dict(routing="softmax-topk"), "renormalizes"),
+])
+def test_unsupported_combinations(dense, tmp_path, kw, fragment):
+    expect(C.MOE_ERR_UNSUPPORTED, fragment, upcycle, dense, tmp_path / "o", **kw)
+
+
+def test_moe_input_refused(dense, tmp_path):
+    upcycle(dense, tmp_path / "moe")
+    expect(C.MOE_ERR_UNSUPPORTED, "already an MoE checkpoint", upcycle, tmp_path / "moe", tmp_path / "again")
+
+
+def _header(path):
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    return raw, n, json.loads(raw[8:8 + n])
+
+
+def _rewrite(path, header, data):
+    h = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(h)) + h + data)
+
+
+def test_corrupt_safetensors(dense):
+    f = dense / "model.safetensors"
+    raw, n, header = _header(f)
+    data = raw[8 + n:]
+    # Truncated data.
+    f.write_bytes(raw[:-10])
+    expect(C.MOE_ERR_FORMAT, "out of range", inspect, dense)
+    # Truncated header.
+    f.write_bytes(raw[:8 + n // 2])
+    expect(C.MOE_ERR_FORMAT, "truncated", inspect, dense)
+    # Absurd header length.
+    f.write_bytes(struct.pack("<Q", 1 << 40) + raw[8:])
+    expect(C.MOE_ERR_FORMAT, "100 MB", inspect, dense)
+    # Trailing garbage.
+    f.write_bytes(raw + b"xxxxxxxx")
+    expect(C.MOE_ERR_FORMAT, "trailing", inspect, dense)
+    # Not JSON.
+    f.write_bytes(struct.pack("<Q", 4) + b"{abc" + data)
+    expect(C.MOE_ERR_FORMAT, "invalid JSON", inspect, dense)
+    # Unsupported dtype.
+    h2 = dict(header)
+    name = "model.norm.weight"
+    h2[name] = dict(h2[name], dtype="I64")
+    _rewrite(f, h2, data)
+    expect(C.MOE_ERR_UNSUPPORTED, "I64", inspect, dense)
+    # Size does not match the shape.
+    h3 = dict(header)
+    h3[name] = dict(h3[name], shape=[7])
+    _rewrite(f, h3, data)
+    expect(C.MOE_ERR_FORMAT, name, inspect, dense)
+
+
+def test_missing_tensor_and_wrong_shape(tmp_path):
+    rng = np.random.default_rng(0)
+    w = dense_weights(rng)
+    del w["model.layers.1.mlp.up_proj.weight"]
+    src = tmp_path / "a"
+    write_hf(src, w)
+    expect(C.MOE_ERR_NOT_FOUND, "model.layers.1.mlp.up_proj.weight", inspect, src)
+    w = dense_weights(rng)
+    w["model.layers.0.self_attn.k_proj.weight"] = w["model.layers.0.self_attn.k_proj.weight"][:8]
+    src = tmp_path / "b"
+    write_hf(src, w)
+    expect(C.MOE_ERR_SHAPE, "k_proj", inspect, src)
+
+
+def test_unsupported_architecture(dense):
+    cfg = json.loads((dense / "config.json").read_text())
+    cfg["model_type"] = "gpt2"
+    (dense / "config.json").write_text(json.dumps(cfg))
+    expect(C.MOE_ERR_UNSUPPORTED, "gpt2", inspect, dense)
+    cfg["model_type"] = "llama"
+    cfg["hidden_act"] = "gelu"
+    (dense / "config.json").write_text(json.dumps(cfg))
+    expect(C.MOE_ERR_UNSUPPORTED, "gelu", inspect, dense)
+    (dense / "config.json").write_text("{not json")
+    expect(C.MOE_ERR_FORMAT, "config.json", inspect, dense)
+
+
+def test_errors_are_per_thread(tmp_path):
+    import threading
+    seen = {}
+
+    def worker(name):
+        inspect_status = None
+        try:
+            inspect(tmp_path / name)
+        except UpcycleError as e:
+            inspect_status = e.message
+        seen[name] = (inspect_status, C.lib.moe_last_error())
+
+    threads = [threading.Thread(target=worker, args=(f"missing{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name, (msg, last) in seen.items():
+        assert name in msg and name.encode() in last
