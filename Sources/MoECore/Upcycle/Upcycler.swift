@@ -242,9 +242,16 @@ public final class Upcycler {
     var done: UInt64 = 0
     if let progress, !progress(0, totalBytes, "upcycle") { throw MoEError(.cancelled, "upcycle cancelled by the progress callback") }
 
+    // Tensors are produced (read, built, encoded) on a background thread while the
+    // calling thread writes the previous one: two slots, bounded by the largest tensor.
     let maxElements = plan.map { $0.shape.reduce(1, *) }.max() ?? 0
-    var floats = [Float](repeating: 0, count: maxElements)
-    var encoded = [UInt8](repeating: 0, count: maxElements * 4)
+    let pipeline = ProductionPipeline(slots: options.threads == 1 ? 1 : 2, maxElements: maxElements) { [unowned self] i, slot in
+      let t = self.plan[i]
+      try self.produce(t, into: slot.floats)
+      encodeFromFloat(t.dtype, src: slot.floats, count: t.shape.reduce(1, *), dst: slot.encoded)
+    }
+    pipeline.start(count: plan.count)
+    defer { pipeline.finish() }
     var weightMap: [(String, JSON)] = []
     let metadata = [("format", "pt")]
     for (s, indices) in shards.enumerated() {
@@ -256,14 +263,9 @@ public final class Upcycler {
       try file.write(header)
       for i in indices {
         let t = plan[i]
-        let count = t.shape.reduce(1, *)
-        try floats.withUnsafeMutableBufferPointer { f in
-          try produce(t, into: f.baseAddress!)
-          encoded.withUnsafeMutableBytes { e in
-            encodeFromFloat(t.dtype, src: f.baseAddress!, count: count, dst: e.baseAddress!)
-          }
-        }
-        try encoded.withUnsafeBytes { try file.write(UnsafeRawBufferPointer(rebasing: $0[0..<t.byteCount])) }
+        let slot = try pipeline.next()
+        try file.write(UnsafeRawBufferPointer(start: slot.encoded, count: t.byteCount))
+        pipeline.release(slot)
         weightMap.append((t.name, .string(fileName)))
         done += UInt64(t.byteCount)
         report.tensorsWritten += 1
@@ -274,6 +276,7 @@ public final class Upcycler {
       try file.close()
       report.bytesWritten += file.bytesWritten
     }
+    pipeline.finish()
     cachedLayer = nil
     if shards.count > 1 {
       let index: JSON = .object([
@@ -486,4 +489,83 @@ func realPath(_ p: String) -> String? {
   guard let r = realpath(p, nil) else { return nil }
   defer { free(r) }
   return String(cString: r)
+}
+
+/// Produces items 0..<count in order into a ring of buffers, on a background thread when
+/// there are two or more slots (inline otherwise). Errors surface from `next()` in order.
+final class ProductionPipeline: @unchecked Sendable {
+  final class Slot {
+    let floats: UnsafeMutablePointer<Float>
+    let encoded: UnsafeMutableRawPointer
+    var error: Error?
+    init(maxElements: Int) {
+      floats = .allocate(capacity: max(1, maxElements))
+      encoded = .allocate(byteCount: max(4, maxElements * 4), alignment: 64)
+    }
+    deinit { floats.deallocate(); encoded.deallocate() }
+  }
+
+  private let slots: [Slot]
+  private let empty: [Semaphore]
+  private let full: [Semaphore]
+  private let produce: (Int, Slot) throws -> Void
+  private var thread: BackgroundThread?
+  private var stop = false
+  private var count = 0
+  private var nextIndex = 0
+  private var produced = 0
+
+  init(slots n: Int, maxElements: Int, produce: @escaping (Int, Slot) throws -> Void) {
+    slots = (0..<n).map { _ in Slot(maxElements: maxElements) }
+    empty = (0..<n).map { _ in Semaphore(1) }
+    full = (0..<n).map { _ in Semaphore(0) }
+    self.produce = produce
+  }
+
+  func start(count: Int) {
+    self.count = count
+    guard slots.count > 1 else { return }
+    let t = BackgroundThread { [self] in
+      for i in 0..<count {
+        let s = i % slots.count
+        empty[s].wait()
+        if stop { full[s].signal(); return }
+        do { try produce(i, slots[s]) } catch {
+          slots[s].error = error
+          full[s].signal()
+          return
+        }
+        full[s].signal()
+      }
+    }
+    if t.start() { thread = t }
+  }
+
+  /// The next produced item (blocks until it is ready).
+  func next() throws -> Slot {
+    let s = nextIndex % slots.count
+    let slot = slots[s]
+    if thread == nil {
+      try produce(nextIndex, slot)
+    } else {
+      full[s].wait()
+      if let e = slot.error { throw e }
+    }
+    nextIndex += 1
+    return slot
+  }
+
+  func release(_ slot: Slot) {
+    guard thread != nil, let s = slots.firstIndex(where: { $0 === slot }) else { return }
+    empty[s].signal()
+  }
+
+  /// Stops the producer and waits for it; safe to call more than once.
+  func finish() {
+    guard let t = thread else { return }
+    stop = true
+    for e in empty { e.signal() }
+    t.join()
+    thread = nil
+  }
 }
