@@ -68,11 +68,9 @@ import Testing
     Self.expectInvalid("3-1", mentions: "'3-1'")
   }
 
-  /// A list that selects nothing is an error; "every:N" with N > layers selects nothing as well
-  /// and should be rejected the same way (it silently yields an all-false selection).
+  /// "every:N" with N > layers selects nothing: rejected like an empty list.
   @Test func everyNBeyondLayerCountSelectsNothing() {
-    withKnownIssue("every:N with N > numLayers returns an all-false selection instead of throwing") {
-      #expect(throws: MoEError.self) { try parseLayerSelection("every:6", numLayers: 5) }
-    }
+    #expect(throws: MoEError.self) { try parseLayerSelection("every:6", numLayers: 5) }
+    #expect(throws: MoEError.self) { try parseLayerSelection("every:+2", numLayers: 5) }
   }
 }

@@ -181,6 +181,60 @@ import Testing
     #expect(chi2 < 90, "chi-square \(chi2), bins \(bins)")
   }
 
+  /// A finer look at the ziggurat with more samples: a 0.05-wide histogram (catches errors in the
+  /// layer tables and the wedge test) and a Kolmogorov-Smirnov test of the samples beyond r
+  /// (the tail algorithm) against the normal tail conditional on |x| > r.
+  @Test func normalFineHistogramAndTailShape() {
+    var r = Rng(seed: 99)
+    let n = 12_000_000
+    let tailR = 3.6541528853610088
+    let width = 0.05, lo = -4.0, inner = 160
+    var bins = [Int](repeating: 0, count: inner + 2)
+    var tail: [Double] = []
+    tail.reserveCapacity(4000)
+    for _ in 0..<n {
+      let x = r.normal()
+      if abs(x) > tailR { tail.append(abs(x)) }
+      if x < lo { bins[0] += 1 }
+      else if x >= -lo { bins[inner + 1] += 1 }
+      else { bins[1 + min(inner - 1, Int((x - lo) / width))] += 1 }
+    }
+    let N = Double(n)
+    var chi2 = 0.0
+    for b in 0..<(inner + 2) {
+      let p: Double
+      if b == 0 { p = Self.phi(lo) }
+      else if b == inner + 1 { p = 1 - Self.phi(-lo) }
+      else { p = Self.phi(lo + Double(b) * width) - Self.phi(lo + Double(b - 1) * width) }
+      let e = p * N
+      chi2 += (Double(bins[b]) - e) * (Double(bins[b]) - e) / e
+    }
+    // 161 degrees of freedom: mean 161, sd 18; 260 is beyond the 1e-6 quantile.
+    #expect(chi2 < 260, "fine chi-square \(chi2)")
+
+    // Tail: P(|x| > t | |x| > r) = erfc(t / sqrt 2) / erfc(r / sqrt 2).
+    let exactTail = erfc(tailR / 2.0.squareRoot())
+    #expect(abs(Double(tail.count) / N / exactTail - 1) < 0.1, "tail count \(tail.count)")
+    tail.sort()
+    var d = 0.0
+    for (i, t) in tail.enumerated() {
+      let cdf = 1 - erfc(t / 2.0.squareRoot()) / exactTail
+      d = max(d, abs(cdf - Double(i) / Double(tail.count)), abs(cdf - Double(i + 1) / Double(tail.count)))
+    }
+    let ks = d * Double(tail.count).squareRoot()
+    // Kolmogorov distribution: P(K > 1.95) ~ 0.001.
+    #expect(ks < 1.95, "tail KS statistic \(ks) over \(tail.count) samples")
+    // Mean excess over r: E[x - r | x > r] = phi(r) / Q(r) - r (~0.2429, sd ~0.231);
+    // within 4 standard errors. A tail with the wrong acceptance test (e.g. y < x^2
+    // instead of 2y < x^2) gives ~0.223, about 5 standard errors off.
+    let density = exp(-0.5 * tailR * tailR) / (2 * Double.pi).squareRoot()
+    let exactExcess = density / (exactTail / 2) - tailR
+    let excess = tail.reduce(0) { $0 + ($1 - tailR) } / Double(tail.count)
+    #expect(abs(exactExcess - 0.2429) < 0.001)
+    #expect(abs(excess - exactExcess) < 4 * 0.2312 / Double(tail.count).squareRoot(),
+            "tail mean excess \(excess), exact \(exactExcess)")
+  }
+
   // MARK: sample / permutation
 
   @Test(arguments: [(0, 10), (1, 1), (3, 10), (10, 10), (50, 1000), (999, 1000)])

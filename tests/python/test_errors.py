@@ -220,3 +220,15 @@ def test_errors_are_per_thread(tmp_path):
         t.join()
     for name, (msg, last) in seen.items():
         assert name in msg and name.encode() in last
+
+
+def test_duplicate_tensor_name_in_header(dense):
+    f = dense / "model.safetensors"
+    raw, n, header = _header(f)
+    data = raw[8 + n:]
+    name = "model.norm.weight"
+    e = header[name]
+    # Same name twice, the second entry covering the first entry's bytes again.
+    text = json.dumps(header)[:-1] + ", " + json.dumps(name) + ": " + json.dumps(e) + "}"
+    f.write_bytes(struct.pack("<Q", len(text)) + text.encode() + data)
+    expect(C.MOE_ERR_FORMAT, "appears twice", inspect, dense)

@@ -35,7 +35,11 @@ public enum Safetensors {
     let dataSize = bytes.count - dataStart
     var entries: [Entry] = []
     var metadata: [(String, String)] = []
+    var names = Set<String>()
     for (name, value) in pairs {
+      guard names.insert(name).inserted else {
+        throw MoEError.format("'\(path)': tensor '\(name)' appears twice in the header")
+      }
       if name == "__metadata__" {
         guard let meta = value.objectValue else {
           throw MoEError.format("'\(path)': __metadata__ must be an object of strings")

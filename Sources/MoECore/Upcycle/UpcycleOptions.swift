@@ -61,8 +61,12 @@ public func parseLayerSelection(_ spec: String?, numLayers: Int) throws -> [Bool
   let text = (spec ?? "all").trimmingSpaces
   if text.isEmpty || text == "all" { return Array(repeating: true, count: numLayers) }
   if text.hasPrefix("every:") {
-    guard let n = Int(text.dropFirst(6)), n >= 1 else {
+    let digits = text.dropFirst(6)
+    guard digits.allSatisfy(\.isASCIIDigit), let n = Int(digits), n >= 1 else {
       throw MoEError.invalid("layers '\(text)': every:N needs a positive integer N")
+    }
+    guard n <= numLayers else {
+      throw MoEError.invalid("layers '\(text)' selects no layer (the model has \(numLayers) layers)")
     }
     return (0..<numLayers).map { ($0 + 1) % n == 0 }
   }
@@ -71,6 +75,7 @@ public func parseLayerSelection(_ spec: String?, numLayers: Int) throws -> [Bool
     let item = String(part).trimmingSpaces
     let bounds = item.split(separator: "-", omittingEmptySubsequences: false)
     guard bounds.count == 1 || bounds.count == 2,
+          bounds.allSatisfy({ !$0.isEmpty && $0.allSatisfy(\.isASCIIDigit) }),
           let lo = Int(bounds[0]), let hi = Int(bounds[bounds.count - 1]), lo <= hi else {
       throw MoEError.invalid("layers '\(text)': '\(item)' is not a layer index or range (use all, every:N, or a list like 0,2,5-7)")
     }
@@ -81,6 +86,10 @@ public func parseLayerSelection(_ spec: String?, numLayers: Int) throws -> [Bool
   }
   guard flags.contains(true) else { throw MoEError.invalid("layers '\(text)' selects no layer") }
   return flags
+}
+
+extension Character {
+  var isASCIIDigit: Bool { isASCII && isNumber }
 }
 
 extension String {
