@@ -21,9 +21,10 @@
  * Threading
  *  - All functions may be called from several threads at once. The error
  *    message returned by moe_last_error() is per thread.
- *  - moe_upcycle() runs on the calling thread and may start up to
- *    `params->threads` short-lived worker threads of its own (0 = one per
- *    available CPU); they end before it returns. It does not call OpenBLAS.
+ *  - moe_upcycle() writes on the calling thread and, unless
+ *    `params->threads` is 1, starts one short-lived background thread that
+ *    builds the next tensor while the previous one is written; it ends before
+ *    moe_upcycle() returns. It does not call OpenBLAS.
  *  - Progress callbacks run on the thread that called moe_upcycle().
  */
 #ifndef MOEUPCYCLE_H
@@ -292,7 +293,9 @@ typedef struct moe_upcycle_params {
   int32_t force;
   /** Shard size limit of the output safetensors files. Default 4 GiB. */
   uint64_t max_shard_bytes;
-  /** Worker threads, 0 = one per available CPU. Output does not depend on it. */
+  /** 1 = build and write tensors on the calling thread; 0 or more = build the
+   *  next tensor on a background thread while writing. Output does not depend
+   *  on it. Default 0. */
   uint32_t threads;
   /** Recorded in the config as router_aux_loss_coef. Default 0.02. */
   double router_aux_loss_coef;

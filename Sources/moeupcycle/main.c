@@ -50,7 +50,7 @@ static void usage(FILE *f) {
     "  --dtype D              keep | f32 | bf16 | f16 (default keep)\n"
     "  --aux-loss-coef C      router_aux_loss_coef recorded in the config (default 0.02)\n"
     "  --max-shard-size BYTES shard limit of the safetensors files (default 4 GiB)\n"
-    "  --threads N            worker threads (0 = all CPUs)\n"
+    "  --threads N            1 = no background thread (default 0: build and write overlap)\n"
     "  --seed N               same seed = byte-identical output (default 0)\n"
     "  --force                replace an existing output directory\n",
     moe_version_string());
