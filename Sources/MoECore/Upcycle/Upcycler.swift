@@ -314,7 +314,9 @@ public final class Upcycler {
       for n in names where FileSystem.isRegularFile(FileSystem.join(src, n)) {
         try FileSystem.copyFile(FileSystem.join(src, n), FileSystem.join(dir, n))
       }
-    } else if let g = checkpoint.gguf, g.value("tokenizer.ggml.model") != nil {
+    } else if let g = checkpoint.gguf, g.value("tokenizer.ggml.model")?.stringValue == "gpt2" {
+      // Byte-level BPE vocabularies become tokenizer.json; other GGUF tokenizer
+      // models (SentencePiece) are left out rather than exported wrongly.
       let files = try TokenizerExport.build(from: g, maxLength: d.maxPositionEmbeddings)
       try writeJSON(files.tokenizerJSON, dir, "tokenizer.json", &report)
       try writeJSON(files.tokenizerConfig, dir, "tokenizer_config.json", &report)
