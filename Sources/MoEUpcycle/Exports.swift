@@ -195,8 +195,7 @@ public func moe_upcycle(_ out: UnsafeMutablePointer<moe_upcycle_result>!,
     if let fn = cParams.progress {
       let user = cParams.user_data
       progress = { done, total, stage in
-        var s = stage
-        return s.withUTF8 { _ in stage.withCString { fn(done, total, $0, user) == 0 } }
+        stage.withCString { fn(done, total, $0, user) == 0 }
       }
     }
     let report = try upcycler.write(to: output, progress: progress)

@@ -169,17 +169,26 @@ import Testing
 
     // Chi-square against the exact bin probabilities (33 degrees of freedom;
     // 90 is far beyond the 1e-6 quantile, so only a wrong shape fails).
-    var chi2 = 0.0
-    for b in 0..<(inner + 2) {
-      let p: Double
-      if b == 0 { p = Self.phi(lo) }
-      else if b == inner + 1 { p = 1 - Self.phi(-lo) }
-      else { p = Self.phi(lo + Double(b) * width) - Self.phi(lo + Double(b - 1) * width) }
-      let e = p * N
-      chi2 += (Double(bins[b]) - e) * (Double(bins[b]) - e) / e
-    }
+    let chi2 = Self.chiSquare(bins: bins, lo: lo, width: width, samples: N)
     #expect(chi2 < 90, "chi-square \(chi2), bins \(bins)")
   }
+
+  /// Chi-square of a histogram against the standard normal: bin 0 is x < lo, the last bin
+  /// x >= -lo, and the inner bins are `width` wide from `lo`.
+  static func chiSquare(bins: [Int], lo: Double, width: Double, samples: Double) -> Double {
+    let inner = bins.count - 2
+    var chi2 = 0.0
+    for b in 0..<bins.count {
+      let p: Double
+      if b == 0 { p = phi(lo) }
+      else if b == inner + 1 { p = 1 - phi(-lo) }
+      else { p = phi(lo + Double(b) * width) - phi(lo + Double(b - 1) * width) }
+      let e = p * samples
+      chi2 += (Double(bins[b]) - e) * (Double(bins[b]) - e) / e
+    }
+    return chi2
+  }
+
 
   /// A finer look at the ziggurat with more samples: a 0.05-wide histogram (catches errors in the
   /// layer tables and the wedge test) and a Kolmogorov-Smirnov test of the samples beyond r
@@ -200,15 +209,7 @@ import Testing
       else { bins[1 + min(inner - 1, Int((x - lo) / width))] += 1 }
     }
     let N = Double(n)
-    var chi2 = 0.0
-    for b in 0..<(inner + 2) {
-      let p: Double
-      if b == 0 { p = Self.phi(lo) }
-      else if b == inner + 1 { p = 1 - Self.phi(-lo) }
-      else { p = Self.phi(lo + Double(b) * width) - Self.phi(lo + Double(b - 1) * width) }
-      let e = p * N
-      chi2 += (Double(bins[b]) - e) * (Double(bins[b]) - e) / e
-    }
+    let chi2 = Self.chiSquare(bins: bins, lo: lo, width: width, samples: N)
     // 161 degrees of freedom: mean 161, sd 18; 260 is beyond the 1e-6 quantile.
     #expect(chi2 < 260, "fine chi-square \(chi2)")
 

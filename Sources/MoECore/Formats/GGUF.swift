@@ -266,8 +266,6 @@ public final class GGUFSource: TensorSource {
 
   public func info(_ name: String) -> TensorInfo? { mapped[name]?.info }
 
-  public var dataBytes: Int { gguf.tensors.reduce(0) { $0 + $1.byteCount } }
-
   public func readFloat(_ name: String, into dst: UnsafeMutablePointer<Float>) throws {
     guard let m = mapped[name] else { throw MoEError.notFound("tensor '\(name)' is missing from the checkpoint") }
     guard let base = gguf.file.bytes.baseAddress else { return }

@@ -176,8 +176,6 @@ public final class Upcycler {
     try copy("model.norm.weight")
     if !d.tiedEmbeddings { try copy("lm_head.weight") }
     plan = p
-    // Attention tensors were appended in description order with norms moved; keep the
-    // HF reading order stable: sort nothing, the order above is the file order.
   }
 
   // MARK: Producing tensor data
