@@ -3,6 +3,11 @@ import PackageDescription
 
 let root = Context.packageDirectory
 
+// The kernels are written with SIMD types; the compiler vectorizes them for the
+// build machine's CPU (like -march=native). Set MOEUPCYCLE_TARGET_CPU to a CPU
+// name (e.g. haswell, znver4, sapphirerapids) to build for another machine.
+let targetCPU = Context.environment["MOEUPCYCLE_TARGET_CPU"] ?? "native"
+
 // MARK: - Products
 let products: [Product] = [
   // libmoeupcycle.so: the C ABI over the Swift core. Release builds add
@@ -23,8 +28,9 @@ let libraryTargets: [Target] = [
   // The public header, exposed to Swift so `@c @implementation` checks every
   // exported function against its declaration.
   .target(name: "CMoeUpcycle", path: "Sources/CMoeUpcycle", publicHeadersPath: "include"),
-  // Pure Swift core: formats, upcycling, kernels.
-  .target(name: "MoECore", dependencies: ["COpenBLAS", "CHwloc"]),
+  // Pure Swift core: formats, upcycling, runtime, kernels.
+  .target(name: "MoECore", dependencies: ["COpenBLAS", "CHwloc"],
+          swiftSettings: [.unsafeFlags(["-target-cpu", targetCPU])]),
   // The ABI layer: validation, error mapping, exported functions.
   .target(name: "MoEUpcycle", dependencies: ["CMoeUpcycle", "MoECore"],
           exclude: ["exports.map"],

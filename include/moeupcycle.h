@@ -26,6 +26,20 @@
  *    builds the next tensor while the previous one is written; it ends before
  *    moe_upcycle() returns. It does not call OpenBLAS.
  *  - Progress callbacks run on the thread that called moe_upcycle().
+ *  - A moe_runtime owns a pool of worker threads (one per core unless told
+ *    otherwise), each pinned to its core when the machine allows it. The
+ *    runtime may be shared by several layers and threads; it runs one
+ *    parallel job at a time (callers queue). The caller's thread is never
+ *    pinned or used as a worker.
+ *  - A moe_layer must be used by one thread at a time (forward, backward and
+ *    gradient calls change its saved state). Different layers may be used
+ *    from different threads at once.
+ *  - OpenBLAS: workers call single-threaded sgemm on their own tiles, so the
+ *    library sets OpenBLAS to one thread (openblas_set_num_threads(1)) when a
+ *    runtime is created and before each layer call. That setting is
+ *    process-wide. OpenBLAS reads OPENBLAS_CORETYPE once when it loads; on
+ *    AVX-512 machines OPENBLAS_CORETYPE=SkylakeX is usually much faster than
+ *    Haswell. moe_runtime_describe() reports which kernels are in use.
  */
 #ifndef MOEUPCYCLE_H
 #define MOEUPCYCLE_H
@@ -205,7 +219,12 @@ typedef enum moe_routing {
   /** Softmax over all experts, top-k, weights not renormalized. */
   MOE_ROUTING_SOFTMAX_TOPK = 1,
   /** Top-k of the logits, softmax over the k chosen. */
-  MOE_ROUTING_TOPK_SOFTMAX = 2
+  MOE_ROUTING_TOPK_SOFTMAX = 2,
+  /** Sigmoid scores, top-k, weights the k scores (MoE layers only). */
+  MOE_ROUTING_SIGMOID_TOPK = 3,
+  /** Sigmoid scores, top-k, weights renormalized to sum 1 (DeepSeek-V3;
+   *  MoE layers only). */
+  MOE_ROUTING_SIGMOID_TOPK_RENORM = 4
 } moe_routing;
 
 typedef enum moe_output_format {
@@ -339,6 +358,335 @@ typedef struct moe_upcycle_result {
 moe_status moe_upcycle(moe_upcycle_result *out, const char *input_path,
                        const char *output_path,
                        const moe_upcycle_params *params);
+
+/* ------------------------------------------------------------------------ */
+/* Runtime: topology, pinned workers, NUMA placement                        */
+/* ------------------------------------------------------------------------ */
+
+/** How a layer's expert weights are spread over NUMA nodes. */
+typedef enum moe_placement {
+  /** Each node owns a slice of every expert's intermediate dimension (rows of
+   *  gate/up, columns of down) and computes a partial output; partial outputs
+   *  are summed in node order. */
+  MOE_PLACEMENT_ROW_SLICE = 0,
+  /** Each node owns whole experts, balanced by expected load per worker. */
+  MOE_PLACEMENT_EXPERT = 1,
+  /** One copy with pages interleaved over all nodes. */
+  MOE_PLACEMENT_INTERLEAVE = 2,
+  /** One copy, no binding. */
+  MOE_PLACEMENT_NONE = 3
+} moe_placement;
+
+/** A topology and its pinned worker threads. Opaque. */
+typedef struct moe_runtime moe_runtime;
+
+typedef struct moe_runtime_params {
+  /** sizeof(moe_runtime_params); set by moe_runtime_params_init(). */
+  size_t struct_size;
+  /** Worker threads: 0 (default) = one per core; otherwise 1..4096 (more
+   *  than the cores wrap round them). */
+  uint32_t threads;
+  /** Non-zero (default): pin each worker to its core. */
+  int32_t pin;
+  /** Default placement of layers created on this runtime.
+   *  Default MOE_PLACEMENT_ROW_SLICE. */
+  moe_placement placement;
+  /** A synthetic hwloc topology (e.g. "pack:2 [numa] core:4 pu:1") to plan
+   *  for instead of the machine; NULL (default) = the machine, which hwloc
+   *  may itself replace through HWLOC_SYNTHETIC or HWLOC_XMLFILE. On such
+   *  topologies nothing is really pinned or bound, and the runtime says so. */
+  const char *topology_synthetic;
+  /** An hwloc XML topology file to use instead of the machine. NULL = none. */
+  const char *topology_xml;
+} moe_runtime_params;
+
+/** Fill `params` with defaults (including struct_size). NULL is ignored. */
+void moe_runtime_params_init(moe_runtime_params *params);
+
+/**
+ * Create a runtime: discover the topology, start and pin the workers, set
+ * OpenBLAS to one thread. `params` may be NULL for all defaults. Free with
+ * moe_runtime_free() after every layer using it is freed.
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT,
+ * MOE_ERR_IO (unreadable topology XML), MOE_ERR_OUT_OF_MEMORY.
+ */
+moe_status moe_runtime_create(moe_runtime **out, const moe_runtime_params *params);
+
+/** Stop the workers and release the runtime. NULL is ignored. */
+void moe_runtime_free(moe_runtime *runtime);
+
+/** What a runtime runs on. */
+typedef struct moe_runtime_info {
+  /** Set by the caller to sizeof(moe_runtime_info) before the call. */
+  size_t struct_size;
+  uint32_t numa_nodes;
+  uint32_t cores;
+  uint32_t pus;
+  uint32_t workers;
+  /** 1 when the topology is this machine's (0 for synthetic or XML ones). */
+  int32_t is_this_system;
+  /** 1 when every worker really is pinned to its core. */
+  int32_t workers_pinned;
+  /** 1 when memory can really be bound to a node (hwloc support flags). */
+  int32_t memory_binding;
+  /** OpenBLAS threads now, and its kernel family (e.g. "Haswell", "SkylakeX"). */
+  int32_t blas_threads;
+  char blas_core[32];
+} moe_runtime_info;
+
+/** Fill `out` (out->struct_size set by the caller) about `runtime`.
+ *  Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT. */
+moe_status moe_runtime_get_info(moe_runtime_info *out, const moe_runtime *runtime);
+
+/** Layout of moe_runtime_describe()'s text. */
+typedef enum moe_text_format {
+  MOE_TEXT_PLAIN = 0,
+  MOE_TEXT_JSON = 1
+} moe_text_format;
+
+struct moe_layer_config;
+
+/**
+ * Describe the runtime as text: NUMA nodes and their cores, each worker's
+ * core and whether it is pinned, OpenBLAS kernels and threads, whether
+ * memory binding is effective, and, when `layer` is not NULL, the placement
+ * plan of a layer of that shape (which node holds which rows of which expert).
+ * Writes a NUL-terminated text of at most `capacity` bytes into `buffer`
+ * (which may be NULL when capacity is 0) and stores the size needed
+ * (including the NUL) in `*needed` (which may be NULL).
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT,
+ * MOE_ERR_BUFFER_TOO_SMALL (then *needed says how much).
+ */
+moe_status moe_runtime_describe(const moe_runtime *runtime,
+                                const struct moe_layer_config *layer,
+                                moe_text_format format, char *buffer,
+                                size_t capacity, size_t *needed);
+
+/* ------------------------------------------------------------------------ */
+/* MoE layer: forward and backward                                          */
+/* ------------------------------------------------------------------------ */
+
+/** One Mixture-of-Experts SwiGLU feed-forward layer. Opaque. */
+typedef struct moe_layer moe_layer;
+
+typedef struct moe_layer_config {
+  /** sizeof(moe_layer_config); set by moe_layer_config_init(). */
+  size_t struct_size;
+  /** Model width H, 1..2^20. No default: must be set. */
+  uint32_t hidden;
+  /** Intermediate size F of each routed expert, 1..2^20. Must be set. */
+  uint32_t ffn;
+  /** Routed experts E, 1..4096. Must be set. */
+  uint32_t experts;
+  /** Experts per token K, 1..E (expert choice: average experts per token).
+   *  Must be set. */
+  uint32_t top_k;
+  /** Default MOE_ROUTING_SOFTMAX_TOPK_RENORM. */
+  moe_routing routing;
+  /** Token choice: 0 (default) = dropless; > 0 = each expert keeps at most
+   *  ceil(capacity_factor * T * K / E) tokens, filled by slot (every token's
+   *  first choice, then second choices, ...) in token order; the rest are
+   *  dropped (their output is 0; the caller's residual carries them).
+   *  Expert choice: each expert takes ceil(capacity_factor * T * K / E)
+   *  tokens (at most T); 0 means 1. */
+  float capacity_factor;
+  /** Non-zero: Expert Choice routing (experts pick their top tokens by
+   *  score). Default 0. */
+  int32_t expert_choice;
+  /** Intermediate size of a shared expert, 0 (default) = none. Its output is
+   *  scaled by sigmoid(x . g) with a learned [H] vector g (Qwen2-MoE). */
+  uint32_t shared_ffn;
+  /** Storage of expert weights: MOE_DTYPE_F32 (default) or MOE_DTYPE_BF16.
+   *  Compute is f32; the router and the shared-expert gate stay f32. */
+  moe_dtype storage;
+  /** A moe_placement, or -1 (default) for the runtime's. */
+  int32_t placement;
+  /** Router jitter in training forwards: the router input is multiplied by
+   *  Uniform(1 - jitter, 1 + jitter) noise (Switch). 0 (default) = off. */
+  float jitter;
+  /** Seed of the jitter noise. Default 0. */
+  uint64_t seed;
+  /** Coefficient of the Switch load-balancing loss
+   *  E * sum_e f_e * P_e (f_e: fraction of the T*K choices given to e before
+   *  capacity drops; P_e: mean router probability of e; for sigmoid routing
+   *  the probabilities are the scores normalized to sum 1). Default 0.01. */
+  float balance_loss_coef;
+  /** Coefficient of the router z-loss mean_t(logsumexp(logits_t)^2).
+   *  Default 0.001. */
+  float z_loss_coef;
+} moe_layer_config;
+
+/** Fill `config` with defaults (including struct_size; hidden, ffn, experts
+ *  and top_k are 0 and must be set). NULL is ignored. */
+void moe_layer_config_init(moe_layer_config *config);
+
+/** The tensors of a layer. Shapes are row-major, as HF checkpoints store them. */
+typedef enum moe_weight {
+  /** [E, H] router. */
+  MOE_WEIGHT_ROUTER = 0,
+  /** [E, F, H] gate projections (HF w1 / gate_proj). */
+  MOE_WEIGHT_GATE = 1,
+  /** [E, F, H] up projections (HF w3 / up_proj). */
+  MOE_WEIGHT_UP = 2,
+  /** [E, H, F] down projections (HF w2 / down_proj). */
+  MOE_WEIGHT_DOWN = 3,
+  /** [Fs, H], [Fs, H], [H, Fs]: the shared expert. */
+  MOE_WEIGHT_SHARED_GATE = 4,
+  MOE_WEIGHT_SHARED_UP = 5,
+  MOE_WEIGHT_SHARED_DOWN = 6,
+  /** [H] the shared expert's sigmoid gate vector. */
+  MOE_WEIGHT_SHARED_EXPERT_GATE = 7
+} moe_weight;
+
+/**
+ * Create a layer on `runtime` with owned, zero weights placed on NUMA nodes
+ * by the configured placement (each slice allocated on, and first touched by
+ * the workers of, its node). The runtime must outlive the layer.
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT,
+ * MOE_ERR_UNSUPPORTED (storage dtype), MOE_ERR_OUT_OF_MEMORY.
+ */
+moe_status moe_layer_create(moe_layer **out, moe_runtime *runtime,
+                            const moe_layer_config *config);
+
+/**
+ * Create a layer from MoE layer `layer_index` of an MoE checkpoint (an HF
+ * Mixtral or Qwen2-MoE directory, as moe_upcycle() writes). Shape, routing
+ * (Mixtral: renormalized; Qwen2-MoE: from norm_topk_prob) and the shared
+ * expert come from the checkpoint. `overrides` may be NULL; if not, its
+ * storage, placement, capacity_factor, expert_choice, jitter, seed and loss
+ * coefficients are used (its shape fields are ignored).
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (layer
+ * index, or a dense layer), MOE_ERR_IO, MOE_ERR_FORMAT, MOE_ERR_UNSUPPORTED,
+ * MOE_ERR_NOT_FOUND, MOE_ERR_SHAPE, MOE_ERR_OUT_OF_MEMORY.
+ */
+moe_status moe_layer_load(moe_layer **out, moe_runtime *runtime,
+                          const char *checkpoint_path, uint32_t layer_index,
+                          const moe_layer_config *overrides);
+
+/** Release a layer (never the memory it borrows). NULL is ignored. */
+void moe_layer_free(moe_layer *layer);
+
+/** The layer's configuration (out->struct_size set by the caller; placement
+ *  is the one in effect). Returns MOE_OK, MOE_ERR_NULL_POINTER,
+ *  MOE_ERR_INVALID_ARGUMENT. */
+moe_status moe_layer_get_config(moe_layer_config *out, const moe_layer *layer);
+
+/** Number of floats of `weight`, or of one expert of it when `expert` >= 0
+ *  (routed expert weights only; -1 = the whole tensor).
+ *  Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT. */
+moe_status moe_layer_weight_count(size_t *out, const moe_layer *layer,
+                                  moe_weight weight, int64_t expert);
+
+/**
+ * Copy `count` floats from `data` into `weight` (all experts when expert is
+ * -1, else that expert), converting to the storage dtype (bf16 rounds to
+ * nearest even). `count` must equal moe_layer_weight_count().
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (also when
+ * the experts are borrowed), MOE_ERR_SHAPE (count).
+ */
+moe_status moe_layer_set_weight(moe_layer *layer, moe_weight weight,
+                                int64_t expert, const float *data, size_t count);
+
+/** Copy `weight` (or one expert of it) as f32 into `out`, which holds
+ *  `capacity` floats. Returns MOE_OK, MOE_ERR_NULL_POINTER,
+ *  MOE_ERR_INVALID_ARGUMENT, MOE_ERR_BUFFER_TOO_SMALL. */
+moe_status moe_layer_get_weight(const moe_layer *layer, moe_weight weight,
+                                int64_t expert, float *out, size_t capacity);
+
+/**
+ * Use caller memory for the routed experts' weights, without copying:
+ * gate and up [E, F, H], down [E, H, F], all of `dtype` (MOE_DTYPE_F32 or
+ * MOE_DTYPE_BF16). The caller keeps the memory alive and unchanged until the
+ * layer is freed. Placement does not move borrowed memory. Router and shared
+ * expert weights stay owned.
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_UNSUPPORTED (dtype).
+ */
+moe_status moe_layer_borrow_experts(moe_layer *layer, moe_dtype dtype,
+                                    const void *gate, const void *up,
+                                    const void *down);
+
+/** Fill router and expert weights with Normal(0, std^2) draws, the same for
+ *  a seed whatever the placement or thread count; the shared-expert gate
+ *  vector is set to zero. Returns MOE_OK, MOE_ERR_NULL_POINTER,
+ *  MOE_ERR_INVALID_ARGUMENT. */
+moe_status moe_layer_init_random(moe_layer *layer, uint64_t seed, float std);
+
+/** moe_layer_forward() flags. */
+#define MOE_FORWARD_SAVE 1u  /**< keep what moe_layer_backward() needs */
+#define MOE_FORWARD_TRAIN 2u /**< training: apply router jitter */
+
+/**
+ * out[T, H] = MoE(x[T, H]) for `tokens` T (0..2^24) rows of width H.
+ * `x` and `out` must not overlap. Routing statistics and losses are kept for
+ * moe_layer_get_stats(). With MOE_FORWARD_SAVE the layer copies what
+ * backward needs (x is not referenced after the call). With MOE_FORWARD_TRAIN
+ * and a non-zero jitter, noise step n (see moe_layer_set_noise_step) is used
+ * and the step advances. Results are bit-identical for the same inputs,
+ * weights and worker count.
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER (x or out with tokens > 0),
+ * MOE_ERR_INVALID_ARGUMENT, MOE_ERR_OUT_OF_MEMORY.
+ */
+moe_status moe_layer_forward(moe_layer *layer, const float *x, size_t tokens,
+                             float *out, uint32_t flags);
+
+/**
+ * Backward of the last forward run with MOE_FORWARD_SAVE: given
+ * grad_out = dL/d out [T, H], writes dL/dx into grad_x [T, H] and adds the
+ * weight gradients (experts, router, shared expert) to the layer's gradient
+ * buffers, including balance_loss_coef * d(balance loss) and
+ * z_loss_coef * d(z-loss). Consumes the saved forward.
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (no saved
+ * forward), MOE_ERR_OUT_OF_MEMORY.
+ */
+moe_status moe_layer_backward(moe_layer *layer, const float *grad_out,
+                              float *grad_x);
+
+/** Copy the accumulated gradient of `weight` (or one expert of it) into
+ *  `out` (`capacity` floats). Gradients start at zero. Returns MOE_OK,
+ *  MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT, MOE_ERR_BUFFER_TOO_SMALL. */
+moe_status moe_layer_get_grad(const moe_layer *layer, moe_weight weight,
+                              int64_t expert, float *out, size_t capacity);
+
+/** Set every gradient to zero. Returns MOE_OK, MOE_ERR_NULL_POINTER. */
+moe_status moe_layer_zero_grad(moe_layer *layer);
+
+/** Set the noise step the next training forward uses. Returns MOE_OK,
+ *  MOE_ERR_NULL_POINTER. */
+moe_status moe_layer_set_noise_step(moe_layer *layer, uint64_t step);
+
+/** Statistics of the last forward. */
+typedef struct moe_layer_stats {
+  /** Set by the caller to sizeof(moe_layer_stats) before the call. */
+  size_t struct_size;
+  uint64_t tokens;
+  /** Token-expert assignments computed (after capacity drops). */
+  uint64_t assignments;
+  /** Token choice: assignments dropped by capacity. */
+  uint64_t dropped;
+  /** Switch balancing loss and router z-loss, without their coefficients. */
+  double balance_loss;
+  double z_loss;
+  /** Bytes of owned expert memory, and how much of it is bound to a node. */
+  uint64_t weight_bytes;
+  uint64_t bound_bytes;
+} moe_layer_stats;
+
+/**
+ * Fill `out` (out->struct_size set) with the last forward's statistics, and
+ * when `tokens_per_expert` is not NULL, its first min(capacity, E) entries
+ * with the tokens each routed expert computed.
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT.
+ */
+moe_status moe_layer_get_stats(moe_layer_stats *out, const moe_layer *layer,
+                               uint64_t *tokens_per_expert, size_t capacity);
+
+/**
+ * The last forward's combine weights as a dense [T, E] matrix: entry (t, e)
+ * is the weight of expert e's output in token t's result, 0 when e was not
+ * chosen or was dropped. `out` holds `capacity` floats (at least T * E).
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_BUFFER_TOO_SMALL.
+ */
+moe_status moe_layer_get_routing(const moe_layer *layer, float *out, size_t capacity);
 
 #ifdef __cplusplus
 } /* extern "C" */

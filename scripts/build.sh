@@ -14,8 +14,12 @@ BIN="$(swift build -c release -Xswiftc -static-stdlib --show-bin-path)"
 install -d "$PREFIX/lib" "$PREFIX/include" "$PREFIX/bin"
 install -m 0755 "$BIN/libmoeupcycle.so" "$PREFIX/lib/libmoeupcycle.so"
 install -m 0644 include/moeupcycle.h "$PREFIX/include/moeupcycle.h"
+# The host is plain C over the header; `bench moe` also calls OpenBLAS sgemm
+# itself for its GEMM-only bound.
+# shellcheck disable=SC2046
 ${CC:-cc} -std=c11 -O2 -Wall -Wextra -pedantic -Werror \
-  -I"$PREFIX/include" Sources/moeupcycle/main.c \
-  -L"$PREFIX/lib" -lmoeupcycle -Wl,-rpath,'$ORIGIN/../lib' \
+  -I"$PREFIX/include" $(pkg-config --cflags openblas) Sources/moeupcycle/*.c \
+  -L"$PREFIX/lib" -lmoeupcycle $(pkg-config --libs openblas) -lpthread -lm \
+  -Wl,-rpath,'$ORIGIN/../lib' \
   -o "$PREFIX/bin/moeupcycle"
 echo "installed into $PREFIX"

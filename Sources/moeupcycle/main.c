@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "moeupcycle.h"
+#include "cli.h"
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -25,6 +26,10 @@ static void usage(FILE *f) {
     "  moeupcycle info PATH [--json]\n"
     "  moeupcycle upcycle IN OUT [options]\n"
     "  moeupcycle bench upcycle IN [options] [--work DIR] [--json]\n"
+    "  moeupcycle bench moe [--tokens T --hidden H --ffn F --experts E --top-k K]\n"
+    "                       [--threads N] [--backward] [--dtype f32|bf16] [--json] ...\n"
+    "  moeupcycle topology [--json] [--threads N] [--placement P] [--hidden H --ffn F\n"
+    "                      --experts E --top-k K] [--synthetic SPEC | --xml FILE]\n"
     "  moeupcycle version\n"
     "\n"
     "PATH / IN: an HF model directory (config.json + safetensors) or a .gguf file.\n"
@@ -52,35 +57,37 @@ static void usage(FILE *f) {
     "  --max-shard-size BYTES shard limit of the safetensors files (default 4 GiB)\n"
     "  --threads N            1 = no background thread (default 0: build and write overlap)\n"
     "  --seed N               same seed = byte-identical output (default 0)\n"
-    "  --force                replace an existing output directory\n",
+    "  --force                replace an existing output directory\n"
+    "\n"
+    "Run 'moeupcycle bench moe --help' or 'moeupcycle topology --help' for theirs.\n",
     moe_version_string());
 }
 
-static int fail(moe_status st) {
+int fail(moe_status st) {
   fprintf(stderr, "moeupcycle: error: %s (%s)\n", moe_last_error(), moe_status_string(st));
   return 1;
 }
 
-static int bad_usage(const char *msg, const char *arg) {
+int bad_usage(const char *msg, const char *arg) {
   fprintf(stderr, "moeupcycle: %s%s%s\n", msg, arg ? ": " : "", arg ? arg : "");
   fprintf(stderr, "run 'moeupcycle help' for usage\n");
   return 2;
 }
 
-static double now_seconds(void) {
+double now_seconds(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static void human_bytes(double b, char *buf, size_t n) {
+void human_bytes(double b, char *buf, size_t n) {
   const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   int u = 0;
   while (b >= 1024.0 && u < 4) { b /= 1024.0; u++; }
   snprintf(buf, n, u == 0 ? "%.0f %s" : "%.2f %s", b, units[u]);
 }
 
-static void json_string(FILE *f, const char *s) {
+void json_string(FILE *f, const char *s) {
   fputc('"', f);
   for (; *s; s++) {
     unsigned char c = (unsigned char)*s;
@@ -176,7 +183,7 @@ static int progress_bar(uint64_t done, uint64_t total, const char *stage, void *
   return 0;
 }
 
-static int parse_u64(const char *s, uint64_t *out) {
+int parse_u64(const char *s, uint64_t *out) {
   if (!s || !*s || *s == '-') return 0;
   char *end = NULL;
   errno = 0;
@@ -186,14 +193,14 @@ static int parse_u64(const char *s, uint64_t *out) {
   return 1;
 }
 
-static int parse_u32(const char *s, uint32_t *out) {
+int parse_u32(const char *s, uint32_t *out) {
   uint64_t v;
   if (!parse_u64(s, &v) || v > 0xFFFFFFFFull) return 0;
   *out = (uint32_t)v;
   return 1;
 }
 
-static int parse_double(const char *s, double *out) {
+int parse_double(const char *s, double *out) {
   if (!s || !*s) return 0;
   char *end = NULL;
   errno = 0;
@@ -367,7 +374,8 @@ static void remove_tree(const char *path) {
 }
 
 static int cmd_bench(int argc, char **argv) {
-  if (argc < 1 || strcmp(argv[0], "upcycle") != 0) return bad_usage("bench needs a subject: upcycle", argc ? argv[0] : NULL);
+  if (argc >= 1 && strcmp(argv[0], "moe") == 0) return cmd_bench_moe(argc - 1, argv + 1);
+  if (argc < 1 || strcmp(argv[0], "upcycle") != 0) return bad_usage("bench needs a subject: upcycle or moe", argc ? argv[0] : NULL);
   moe_upcycle_params p;
   moe_upcycle_params_init(&p);
   const char *in = NULL, *work = NULL;
@@ -435,5 +443,6 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "info") == 0) return cmd_info(argc - 2, argv + 2);
   if (strcmp(cmd, "upcycle") == 0) return cmd_upcycle(argc - 2, argv + 2);
   if (strcmp(cmd, "bench") == 0) return cmd_bench(argc - 2, argv + 2);
+  if (strcmp(cmd, "topology") == 0) return cmd_topology(argc - 2, argv + 2);
   return bad_usage("unknown command", cmd);
 }

@@ -40,7 +40,7 @@ public final class MappedFile: @unchecked Sendable {
   /// Tells the kernel a range will not be needed soon (keeps RSS bounded while streaming).
   public func release(offset: Int, count: Int) {
     guard let base, count > 0 else { return }
-    let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+    let page = Int(getpagesize())
     let start = (offset / page) * page
     let end = min(bytes.count, offset + count)
     guard end > start else { return }

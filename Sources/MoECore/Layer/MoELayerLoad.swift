@@ -1,0 +1,90 @@
+// Loading an MoE layer from an upcycled (HF Mixtral / Qwen2-MoE) checkpoint,
+// and views of the last forward's routing.
+
+extension MoELayer {
+  /// Creates the layer from MoE layer `layer` of the checkpoint at `path`.
+  /// `adjust` may change behaviour fields (storage, placement, capacity, ...).
+  public static func load(checkpoint path: String, layer l: Int, runtime: Runtime,
+                          adjust: ((inout MoELayerConfig) throws -> Void)?) throws -> MoELayer {
+    let ckpt = try Checkpoint(path: path)
+    let d = ckpt.description
+    guard let moe = d.moe else {
+      throw MoEError.invalid("'\(path)' is a dense \(d.architecture.rawValue) checkpoint; load an MoE checkpoint (upcycle it first)")
+    }
+    guard l >= 0, l < d.numLayers else {
+      throw MoEError.invalid("layer_index is \(l); the checkpoint has \(d.numLayers) layers")
+    }
+    guard moe.moeLayers[l] else {
+      let list = moe.moeLayers.indices.filter { moe.moeLayers[$0] }.map(String.init).joined(separator: ",")
+      throw MoEError.invalid("layer \(l) of '\(path)' is dense; its MoE layers are \(list)")
+    }
+    let H = d.hiddenSize, E = moe.numExperts, F = moe.expertIntermediateSize
+    var config = MoELayerConfig(hidden: H, ffn: F, experts: E, topK: moe.topK)
+    let prefix = ModelDescription.layerPrefix(l)
+    let src = ckpt.source
+    let mixtral = src.info(prefix + "block_sparse_moe.gate.weight") != nil
+    let sc = d.sourceConfig
+    if mixtral {
+      config.routing = .softmaxTopKRenorm
+    } else {
+      config.routing = (sc?["norm_topk_prob"]?.boolValue ?? false) ? .softmaxTopKRenorm : .softmaxTopK
+      config.sharedFFN = moe.sharedExpertIntermediateSize
+    }
+    // A routing recorded by the upcycler wins (e.g. top-k then softmax).
+    if let name = sc?["moeupcycle"]?["routing"]?.stringValue {
+      switch name {
+      case "softmax_topk_renorm": config.routing = .softmaxTopKRenorm
+      case "softmax_topk": config.routing = .softmaxTopK
+      case "topk_softmax": config.routing = .topKSoftmax
+      default: break
+      }
+    }
+    if let coef = sc?["router_aux_loss_coef"]?.doubleValue, coef.isFinite, coef >= 0 { config.balanceCoef = Float(coef) }
+    try adjust?(&config)
+    let layer = try MoELayer(config: config, runtime: runtime)
+
+    func read(_ name: String, _ shape: [Int], into kind: LayerWeight, expert: Int) throws {
+      let values = try src.readFloat(name, shape: shape)
+      try values.withUnsafeBufferPointer { try layer.setWeight(kind, expert: expert, data: $0.baseAddress!, count: values.count) }
+    }
+    if mixtral {
+      let b = prefix + "block_sparse_moe."
+      try read(b + "gate.weight", [E, H], into: .router, expert: -1)
+      for e in 0..<E {
+        try read(b + "experts.\(e).w1.weight", [F, H], into: .gate, expert: e)
+        try read(b + "experts.\(e).w3.weight", [F, H], into: .up, expert: e)
+        try read(b + "experts.\(e).w2.weight", [H, F], into: .down, expert: e)
+      }
+    } else {
+      let b = prefix + "mlp."
+      try read(b + "gate.weight", [E, H], into: .router, expert: -1)
+      for e in 0..<E {
+        try read(b + "experts.\(e).gate_proj.weight", [F, H], into: .gate, expert: e)
+        try read(b + "experts.\(e).up_proj.weight", [F, H], into: .up, expert: e)
+        try read(b + "experts.\(e).down_proj.weight", [H, F], into: .down, expert: e)
+      }
+      let Fs = config.sharedFFN
+      if Fs > 0 {
+        try read(b + "shared_expert.gate_proj.weight", [Fs, H], into: .sharedGate, expert: -1)
+        try read(b + "shared_expert.up_proj.weight", [Fs, H], into: .sharedUp, expert: -1)
+        try read(b + "shared_expert.down_proj.weight", [H, Fs], into: .sharedDown, expert: -1)
+        try read(b + "shared_expert_gate.weight", [1, H], into: .sharedExpertGate, expert: -1)
+      }
+    }
+    return layer
+  }
+
+  /// Tokens of the saved forward, if one is saved.
+  public var savedTokens: Int? { saved?.tokens }
+
+  /// The last forward's combine weights as a dense [T, E] matrix.
+  public func denseRoutingWeights() -> [Float] {
+    guard let r = lastRouting else { return [] }
+    let E = config.experts
+    var dense = [Float](repeating: 0, count: r.tokens * E)
+    for row in 0..<r.rows {
+      dense[Int(r.rowToken[row]) * E + Int(r.rowExpert[row])] = r.rowWeight[row]
+    }
+    return dense
+  }
+}

@@ -1,0 +1,573 @@
+/*
+ * moeupcycle topology and moeupcycle bench moe: the runtime and the MoE layer
+ * from the shell. The GEMM-only bound of the benchmark calls OpenBLAS sgemm
+ * directly (the same library libmoeupcycle uses) on the same expert shapes.
+ */
+#define _GNU_SOURCE
+#include <cblas.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "moeupcycle.h"
+
+/* OpenBLAS extensions (declared by OpenBLAS's cblas.h too; repeated for clarity). */
+void openblas_set_num_threads(int num_threads);
+int openblas_get_num_threads(void);
+
+/* ---------------------------------------------------------- shared flags -- */
+
+typedef struct layer_flags {
+  moe_layer_config config;
+  uint32_t threads;
+  int has_shape;
+  const char *synthetic;
+  const char *xml;
+} layer_flags;
+
+static int parse_placement(const char *s, int32_t *out) {
+  if (strcmp(s, "row-slice") == 0) *out = MOE_PLACEMENT_ROW_SLICE;
+  else if (strcmp(s, "expert") == 0) *out = MOE_PLACEMENT_EXPERT;
+  else if (strcmp(s, "interleave") == 0) *out = MOE_PLACEMENT_INTERLEAVE;
+  else if (strcmp(s, "none") == 0) *out = MOE_PLACEMENT_NONE;
+  else return 0;
+  return 1;
+}
+
+static int parse_routing(const char *s, moe_routing *out) {
+  if (strcmp(s, "softmax-topk-renorm") == 0) *out = MOE_ROUTING_SOFTMAX_TOPK_RENORM;
+  else if (strcmp(s, "softmax-topk") == 0) *out = MOE_ROUTING_SOFTMAX_TOPK;
+  else if (strcmp(s, "topk-softmax") == 0) *out = MOE_ROUTING_TOPK_SOFTMAX;
+  else if (strcmp(s, "sigmoid-topk") == 0) *out = MOE_ROUTING_SIGMOID_TOPK;
+  else if (strcmp(s, "sigmoid-topk-renorm") == 0) *out = MOE_ROUTING_SIGMOID_TOPK_RENORM;
+  else return 0;
+  return 1;
+}
+
+/* Parses an option shared by topology and bench moe at argv[*i].
+ * Returns 1 if consumed, 0 if not one of these, -1 on a usage error. */
+static int parse_layer_option(int argc, char **argv, int *i, layer_flags *f) {
+  const char *opt = argv[*i];
+  const char *val = (*i + 1 < argc) ? argv[*i + 1] : NULL;
+  moe_layer_config *c = &f->config;
+  double d = 0;
+#define NEED() do { if (!val) { bad_usage("option needs a value", opt); return -1; } (*i)++; } while (0)
+#define BAD() do { bad_usage("invalid value for option", opt); return -1; } while (0)
+  if (strcmp(opt, "--hidden") == 0) { NEED(); if (!parse_u32(val, &c->hidden)) BAD(); f->has_shape = 1; }
+  else if (strcmp(opt, "--ffn") == 0) { NEED(); if (!parse_u32(val, &c->ffn)) BAD(); f->has_shape = 1; }
+  else if (strcmp(opt, "--experts") == 0) { NEED(); if (!parse_u32(val, &c->experts)) BAD(); f->has_shape = 1; }
+  else if (strcmp(opt, "--top-k") == 0) { NEED(); if (!parse_u32(val, &c->top_k)) BAD(); f->has_shape = 1; }
+  else if (strcmp(opt, "--shared-ffn") == 0) { NEED(); if (!parse_u32(val, &c->shared_ffn)) BAD(); }
+  else if (strcmp(opt, "--threads") == 0) { NEED(); if (!parse_u32(val, &f->threads)) BAD(); }
+  else if (strcmp(opt, "--placement") == 0) { NEED(); if (!parse_placement(val, &c->placement)) BAD(); }
+  else if (strcmp(opt, "--routing") == 0) { NEED(); if (!parse_routing(val, &c->routing)) BAD(); }
+  else if (strcmp(opt, "--capacity-factor") == 0) { NEED(); if (!parse_double(val, &d)) BAD(); c->capacity_factor = (float)d; }
+  else if (strcmp(opt, "--expert-choice") == 0) { c->expert_choice = 1; }
+  else if (strcmp(opt, "--dtype") == 0) {
+    NEED();
+    if (strcmp(val, "f32") == 0) c->storage = MOE_DTYPE_F32;
+    else if (strcmp(val, "bf16") == 0) c->storage = MOE_DTYPE_BF16;
+    else BAD();
+  }
+  else if (strcmp(opt, "--synthetic") == 0) { NEED(); f->synthetic = val; }
+  else if (strcmp(opt, "--xml") == 0) { NEED(); f->xml = val; }
+  else return 0;
+  return 1;
+#undef NEED
+#undef BAD
+}
+
+static moe_status make_runtime(const layer_flags *f, moe_runtime **rt) {
+  moe_runtime_params p;
+  moe_runtime_params_init(&p);
+  p.threads = f->threads;
+  if (f->config.placement >= 0) p.placement = (moe_placement)f->config.placement;
+  p.topology_synthetic = f->synthetic;
+  p.topology_xml = f->xml;
+  return moe_runtime_create(rt, &p);
+}
+
+/* ------------------------------------------------------------- topology -- */
+
+static void topology_usage(FILE *out) {
+  fprintf(out,
+    "usage: moeupcycle topology [--json] [--threads N] [--placement P]\n"
+    "                           [--hidden H --ffn F --experts E --top-k K [--shared-ffn S]]\n"
+    "                           [--synthetic SPEC | --xml FILE]\n"
+    "Prints NUMA nodes and cores, each worker's core and whether it is pinned,\n"
+    "OpenBLAS kernels and threads, whether memory binding is effective, and with a\n"
+    "layer shape the placement plan (P: row-slice | expert | interleave | none).\n"
+    "SPEC is an hwloc synthetic topology such as \"pack:2 [numa] core:4 pu:1\".\n");
+}
+
+int cmd_topology(int argc, char **argv) {
+  layer_flags f;
+  memset(&f, 0, sizeof f);
+  moe_layer_config_init(&f.config);
+  int json = 0;
+  for (int i = 0; i < argc; i++) {
+    if (strcmp(argv[i], "--json") == 0) { json = 1; continue; }
+    if (strcmp(argv[i], "--help") == 0) { topology_usage(stdout); return 0; }
+    int r = parse_layer_option(argc, argv, &i, &f);
+    if (r < 0) return 2;
+    if (r == 0) return bad_usage("unknown argument", argv[i]);
+  }
+  if (f.has_shape && (!f.config.hidden || !f.config.ffn || !f.config.experts || !f.config.top_k))
+    return bad_usage("a layer shape needs --hidden, --ffn, --experts and --top-k", NULL);
+  moe_runtime *rt = NULL;
+  moe_status st = make_runtime(&f, &rt);
+  if (st != MOE_OK) return fail(st);
+  size_t needed = 0;
+  const moe_layer_config *layer = f.has_shape ? &f.config : NULL;
+  moe_text_format fmt = json ? MOE_TEXT_JSON : MOE_TEXT_PLAIN;
+  st = moe_runtime_describe(rt, layer, fmt, NULL, 0, &needed);
+  if (st != MOE_OK && st != MOE_ERR_BUFFER_TOO_SMALL) { moe_runtime_free(rt); return fail(st); }
+  char *text = malloc(needed);
+  if (!text) { moe_runtime_free(rt); fprintf(stderr, "moeupcycle: out of memory\n"); return 1; }
+  st = moe_runtime_describe(rt, layer, fmt, text, needed, &needed);
+  if (st == MOE_OK) fputs(text, stdout);
+  free(text);
+  moe_runtime_free(rt);
+  return st == MOE_OK ? 0 : fail(st);
+}
+
+/* ------------------------------------------------------------ bench moe -- */
+
+static void bench_usage(FILE *out) {
+  fprintf(out,
+    "usage: moeupcycle bench moe [options]\n"
+    "  --tokens T          tokens per call (default 2048)\n"
+    "  --hidden H          (default 576)   --ffn F (default 1536)\n"
+    "  --experts E         (default 8)     --top-k K (default 2)\n"
+    "  --shared-ffn S      shared expert size (default 0)\n"
+    "  --threads N         workers, 0 = one per core (default 0)\n"
+    "  --backward          also time forward+backward\n"
+    "  --dtype f32|bf16    expert weight storage (default f32)\n"
+    "  --placement P       row-slice | expert | interleave | none\n"
+    "  --routing R         softmax-topk-renorm | softmax-topk | topk-softmax |\n"
+    "                      sigmoid-topk | sigmoid-topk-renorm\n"
+    "  --capacity-factor C, --expert-choice\n"
+    "  --iters N           timed calls, best and median reported (default 10)\n"
+    "  --layers N          layers cycled through per timed call (default: 1, or for\n"
+    "                      T <= 64 enough for 1 GiB of weights, so decode reads DRAM)\n"
+    "  --stream-mib M      buffer of the bandwidth measurement (default 1024)\n"
+    "  --seed N            weights and inputs (default 1)\n"
+    "  --json              one JSON object\n"
+    "Reports the layer's forward (and forward+backward) time and GFLOP/s, the time\n"
+    "of the same expert GEMMs done alone by OpenBLAS sgemm on all N threads (the\n"
+    "GEMM-only bound; efficiency = bound / layer), the bytes of active expert\n"
+    "weights read per forward in GB/s, and the machine's streaming read bandwidth\n"
+    "measured with N threads in the same run.\n");
+}
+
+static int compare_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+typedef struct timing { double best, median; } timing;
+
+static timing summarize(double *t, int n) {
+  qsort(t, (size_t)n, sizeof *t, compare_double);
+  timing r = { t[0], n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]) };
+  return r;
+}
+
+/* A deterministic normal draw (Box-Muller over an LCG): inputs only. */
+static uint64_t lcg_state = 1;
+static float normal_draw(void) {
+  lcg_state = lcg_state * 6364136223846793005ull + 1442695040888963407ull;
+  double u1 = ((lcg_state >> 11) + 1.0) / 9007199254740993.0;
+  lcg_state = lcg_state * 6364136223846793005ull + 1442695040888963407ull;
+  double u2 = (lcg_state >> 11) / 9007199254740992.0;
+  return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+/* ---- streaming read bandwidth: N threads each sum their part of a buffer. */
+
+typedef struct stream_job {
+  const uint64_t *data;
+  size_t words;
+  uint64_t sink;
+  pthread_barrier_t *barrier;
+  double seconds;
+} stream_job;
+
+/* 64-byte vectors (GCC/Clang vector extension): wide loads whatever the
+ * compiler's target flags, so one thread can approach the memory's speed. */
+typedef uint64_t stream_vec __attribute__((vector_size(64)));
+
+/* Sums n vectors; compiled for AVX-512, AVX2 and the baseline, picked at run
+ * time, so the loads are as wide as the machine allows. */
+#define STREAM_SUM_BODY                                                   \
+  {                                                                       \
+    stream_vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                    \
+    for (size_t i = 0; i + 4 <= n; i += 4) {                              \
+      a0 += p[i]; a1 += p[i + 1]; a2 += p[i + 2]; a3 += p[i + 3];         \
+    }                                                                     \
+    stream_vec acc = a0 ^ a1 ^ a2 ^ a3;                                   \
+    uint64_t sink = 0;                                                    \
+    for (int k = 0; k < 8; k++) sink ^= acc[k];                           \
+    return sink;                                                          \
+  }
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) static uint64_t stream_sum_avx512(const stream_vec *p, size_t n) STREAM_SUM_BODY
+__attribute__((target("avx2"))) static uint64_t stream_sum_avx2(const stream_vec *p, size_t n) STREAM_SUM_BODY
+#endif
+static uint64_t stream_sum_baseline(const stream_vec *p, size_t n) STREAM_SUM_BODY
+
+static void *stream_worker(void *arg) {
+  stream_job *j = arg;
+  const stream_vec *p = (const stream_vec *)j->data;
+  size_t n = (j->words / 8) & ~(size_t)3;
+  uint64_t (*sum)(const stream_vec *, size_t) = stream_sum_baseline;
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("avx512f")) sum = stream_sum_avx512;
+  else if (__builtin_cpu_supports("avx2")) sum = stream_sum_avx2;
+#endif
+  pthread_barrier_wait(j->barrier);
+  double t0 = now_seconds();
+  j->sink = sum(p, n);
+  j->seconds = now_seconds() - t0;
+  j->words = n * 8;
+  return NULL;
+}
+
+/* Best of 3 passes, in GB/s (1e9 bytes); 0 on failure. */
+static double stream_bandwidth(size_t bytes, int threads) {
+  size_t words = bytes / 8;
+  uint64_t *buf = aligned_alloc(64, (words * 8 + 63) & ~(size_t)63);
+  if (!buf) return 0;
+  for (size_t i = 0; i < words; i++) buf[i] = i;
+  pthread_t tid[256];
+  stream_job jobs[256];
+  if (threads > 256) threads = 256;
+  double best = 0;
+  for (int pass = 0; pass < 3; pass++) {
+    pthread_barrier_t barrier;
+    pthread_barrier_init(&barrier, NULL, (unsigned)threads);
+    for (int t = 0; t < threads; t++) {
+      size_t lo = (words * (size_t)t / (size_t)threads) & ~(size_t)7;
+      size_t hi = (words * (size_t)(t + 1) / (size_t)threads) & ~(size_t)7;
+      jobs[t] = (stream_job){ buf + lo, hi - lo, 0, &barrier, 0 };
+      pthread_create(&tid[t], NULL, stream_worker, &jobs[t]);
+    }
+    double slowest = 0;
+    uint64_t sink = 0, read = 0;
+    for (int t = 0; t < threads; t++) {
+      pthread_join(tid[t], NULL);
+      if (jobs[t].seconds > slowest) slowest = jobs[t].seconds;
+      sink ^= jobs[t].sink;
+      read += jobs[t].words * 8;
+    }
+    pthread_barrier_destroy(&barrier);
+    if (sink == 42) fputc(' ', stderr); /* keeps the sums alive */
+    double gbps = (double)read / slowest / 1e9;
+    if (gbps > best) best = gbps;
+  }
+  free(buf);
+  return best;
+}
+
+/* ---- the GEMM-only bound: the layer's expert GEMMs, alone, OpenBLAS threaded. */
+
+typedef struct bound_buffers {
+  float *x, *g, *u, *a, *y, *dx, *da, *w_gate, *w_up, *w_down, *dw_gate, *dw_up, *dw_down;
+} bound_buffers;
+
+/* Columns [lo, hi) of n split into `parts` equal shares. */
+static void share(int n, int part, int parts, int *lo, int *hi) {
+  *lo = (int)((long long)n * part / parts);
+  *hi = (int)((long long)n * (part + 1) / parts);
+}
+
+/* One forward (3 GEMMs per expert) or forward+backward (9 per expert), or
+ * share `part` of `parts` of their output columns. */
+static void expert_gemms(const uint64_t *rows, uint32_t experts, int H, int F, int backward,
+                         bound_buffers *b, int part, int parts) {
+  size_t offset = 0;
+  int f0, f1, h0, h1;
+  share(F, part, parts, &f0, &f1);
+  share(H, part, parts, &h0, &h1);
+  const int fc = f1 - f0, hc = h1 - h0;
+  for (uint32_t e = 0; e < experts; e++) {
+    int n = (int)rows[e];
+    if (n == 0) continue;
+    float *x = b->x + offset * (size_t)H, *g = b->g + offset * (size_t)F;
+    float *u = b->u + offset * (size_t)F, *a = b->a + offset * (size_t)F, *y = b->y + offset * (size_t)H;
+    float *dx = b->dx + offset * (size_t)H;
+    const float *wg = b->w_gate + (size_t)e * F * H, *wu = b->w_up + (size_t)e * F * H;
+    const float *wd = b->w_down + (size_t)e * H * F;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, fc, H, 1, x, H, wg + (size_t)f0 * H, H, 0, g + f0, F);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, fc, H, 1, x, H, wu + (size_t)f0 * H, H, 0, u + f0, F);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, hc, F, 1, a, F, wd + (size_t)h0 * F, F, 0, y + h0, H);
+    if (backward) {
+      /* dWd += dY^T a; da = dY Wd; dWg += dg^T x; dWu += du^T x; dx = dg Wg + du Wu */
+      float *dwd = b->dw_down + (size_t)e * H * F, *dwg = b->dw_gate + (size_t)e * F * H;
+      float *dwu = b->dw_up + (size_t)e * F * H;
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, H, fc, n, 1, y, H, a + f0, F, 1, dwd + f0, F);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, fc, H, 1, y, H, wd + f0, F, 0, b->da + offset * (size_t)F + f0, F);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, fc, H, n, 1, g + f0, F, x, H, 1, dwg + (size_t)f0 * H, H);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, fc, H, n, 1, u + f0, F, x, H, 1, dwu + (size_t)f0 * H, H);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hc, F, 1, g, F, wg + h0, H, 0, dx + h0, H);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hc, F, 1, u, F, wu + h0, H, 1, dx + h0, H);
+    }
+    offset += (size_t)n;
+  }
+}
+
+typedef struct bound_job {
+  const uint64_t *rows;
+  uint32_t experts;
+  int H, F, backward, part, parts;
+  bound_buffers *b;
+} bound_job;
+
+static void *bound_worker(void *arg) {
+  bound_job *j = arg;
+  expert_gemms(j->rows, j->experts, j->H, j->F, j->backward, j->b, j->part, j->parts);
+  return NULL;
+}
+
+/* The GEMMs split by output columns over `threads` threads, each calling
+ * single-threaded sgemm (how the layer's workers use OpenBLAS). */
+static void expert_gemms_split(const uint64_t *rows, uint32_t experts, int H, int F, int backward,
+                               bound_buffers *b, int threads) {
+  pthread_t tid[256];
+  bound_job jobs[256];
+  if (threads > 256) threads = 256;
+  for (int t = 0; t < threads; t++) {
+    jobs[t] = (bound_job){ rows, experts, H, F, backward, t, threads, b };
+    if (t > 0) pthread_create(&tid[t], NULL, bound_worker, &jobs[t]);
+  }
+  bound_worker(&jobs[0]);
+  for (int t = 1; t < threads; t++) pthread_join(tid[t], NULL);
+}
+
+/* Times `iters` runs of the GEMMs, OpenBLAS-threaded or split; best and median. */
+static timing time_gemms(const uint64_t *rows, uint32_t E, int H, int F, int backward, bound_buffers *b,
+                         int threads, int split, uint32_t iters, double *times) {
+  openblas_set_num_threads(split ? 1 : threads);
+  for (uint32_t i = 0; i <= iters; i++) {
+    double t0 = now_seconds();
+    if (split) expert_gemms_split(rows, E, H, F, backward, b, threads);
+    else expert_gemms(rows, E, H, F, backward, b, 0, 1);
+    if (i > 0) times[i - 1] = now_seconds() - t0; /* the first run warms up */
+  }
+  openblas_set_num_threads(1);
+  return summarize(times, (int)iters);
+}
+
+int cmd_bench_moe(int argc, char **argv) {
+  layer_flags f;
+  memset(&f, 0, sizeof f);
+  moe_layer_config_init(&f.config);
+  moe_layer_config *c = &f.config;
+  c->hidden = 576; c->ffn = 1536; c->experts = 8; c->top_k = 2;
+  uint64_t tokens = 2048, seed = 1;
+  uint32_t iters = 10, stream_mib = 1024, nlayers = 0;
+  int json = 0, backward = 0;
+  for (int i = 0; i < argc; i++) {
+    const char *opt = argv[i];
+    const char *val = (i + 1 < argc) ? argv[i + 1] : NULL;
+    if (strcmp(opt, "--json") == 0) { json = 1; continue; }
+    if (strcmp(opt, "--backward") == 0) { backward = 1; continue; }
+    if (strcmp(opt, "--help") == 0) { bench_usage(stdout); return 0; }
+    if (strcmp(opt, "--layers") == 0) {
+      if (!val || !parse_u32(val, &nlayers) || nlayers > 4096) return bad_usage("invalid value for option", opt);
+      i++;
+      continue;
+    }
+    if (strcmp(opt, "--tokens") == 0 || strcmp(opt, "--iters") == 0 || strcmp(opt, "--seed") == 0 ||
+        strcmp(opt, "--stream-mib") == 0) {
+      uint64_t v;
+      if (!val) return bad_usage("option needs a value", opt);
+      if (!parse_u64(val, &v)) return bad_usage("invalid value for option", opt);
+      i++;
+      if (opt[2] == 't') tokens = v;
+      else if (opt[2] == 'i') { if (v < 1 || v > 100000) return bad_usage("invalid value for option", opt); iters = (uint32_t)v; }
+      else if (opt[3] == 'e') seed = v;
+      else { if (v < 1 || v > (1u << 20)) return bad_usage("invalid value for option", opt); stream_mib = (uint32_t)v; }
+      continue;
+    }
+    int r = parse_layer_option(argc, argv, &i, &f);
+    if (r < 0) return 2;
+    if (r == 0) return bad_usage("unknown argument", opt);
+  }
+  if (tokens < 1 || tokens > (1u << 24)) return bad_usage("--tokens must be in 1..16777216", NULL);
+
+  moe_runtime *rt = NULL;
+  moe_status st = make_runtime(&f, &rt);
+  if (st != MOE_OK) return fail(st);
+  moe_runtime_info info;
+  memset(&info, 0, sizeof info);
+  info.struct_size = sizeof info;
+  moe_runtime_get_info(&info, rt);
+  /* Decode-sized calls re-read the same weights; with one layer they would
+   * come from cache. Like a real model, cycle over enough layers that their
+   * expert weights (at least 1 GiB) cannot stay cached. */
+  double layer_bytes = (c->storage == MOE_DTYPE_BF16 ? 2.0 : 4.0) * 3.0 * c->hidden *
+                       ((double)c->experts * c->ffn + c->shared_ffn);
+  if (nlayers == 0) nlayers = tokens <= 64 ? (uint32_t)ceil((double)(1u << 30) / layer_bytes) : 1;
+  if (nlayers > 4096) nlayers = 4096;
+  moe_layer **layers = calloc(nlayers, sizeof *layers);
+  if (!layers) return 1;
+  for (uint32_t l = 0; l < nlayers; l++) {
+    st = moe_layer_create(&layers[l], rt, c);
+    if (st == MOE_OK) st = moe_layer_init_random(layers[l], seed + l, 0.02f);
+    if (st != MOE_OK) {
+      for (uint32_t k = 0; k <= l; k++) moe_layer_free(layers[k]);
+      moe_runtime_free(rt);
+      return fail(st);
+    }
+  }
+  moe_layer *layer = layers[0];
+
+  const int T = (int)tokens, H = (int)c->hidden, F = (int)c->ffn;
+  const uint32_t E = c->experts;
+  size_t xn = (size_t)T * H;
+  float *x = malloc(xn * 4), *out = malloc(xn * 4), *gx = malloc(xn * 4);
+  double *times = malloc(sizeof(double) * iters);
+  if (!x || !out || !gx || !times) { fprintf(stderr, "moeupcycle: out of memory\n"); return 1; }
+  lcg_state = seed * 2654435761u + 1;
+  for (size_t i = 0; i < xn; i++) x[i] = normal_draw();
+
+  /* Layer forward: warm up, then time (per layer, over a round of all layers). */
+  for (uint32_t l = 0; l < nlayers; l++) moe_layer_forward(layers[l], x, (size_t)T, out, 0);
+  for (uint32_t i = 0; i < iters; i++) {
+    double t0 = now_seconds();
+    for (uint32_t l = 0; l < nlayers && st == MOE_OK; l++) st = moe_layer_forward(layers[l], x, (size_t)T, out, 0);
+    times[i] = (now_seconds() - t0) / nlayers;
+    if (st != MOE_OK) return fail(st);
+  }
+  timing fwd = summarize(times, (int)iters);
+  timing fb = { 0, 0 };
+  if (backward) {
+    for (size_t i = 0; i < xn; i++) gx[i] = 1e-3f * normal_draw();
+    memcpy(out, gx, xn * 4);
+    float *gout = out;
+    float *gin = malloc(xn * 4);
+    float *y = malloc(xn * 4);
+    if (!gin || !y) { fprintf(stderr, "moeupcycle: out of memory\n"); return 1; }
+    moe_layer_forward(layer, x, (size_t)T, y, MOE_FORWARD_SAVE | MOE_FORWARD_TRAIN);
+    moe_layer_backward(layer, gout, gin);
+    for (uint32_t i = 0; i < iters; i++) {
+      double t0 = now_seconds();
+      st = moe_layer_forward(layer, x, (size_t)T, y, MOE_FORWARD_SAVE | MOE_FORWARD_TRAIN);
+      if (st == MOE_OK) st = moe_layer_backward(layer, gout, gin);
+      times[i] = now_seconds() - t0;
+      if (st != MOE_OK) { moe_layer_free(layer); moe_runtime_free(rt); return fail(st); }
+    }
+    fb = summarize(times, (int)iters);
+    free(gin);
+    free(y);
+  }
+  moe_layer_stats stats;
+  memset(&stats, 0, sizeof stats);
+  stats.struct_size = sizeof stats;
+  uint64_t *rows = calloc(E, sizeof *rows);
+  if (!rows) return 1;
+  moe_layer_get_stats(&stats, layer, rows, E);
+  for (uint32_t l = 0; l < nlayers; l++) moe_layer_free(layers[l]);
+  free(layers);
+
+  /* The GEMM-only bound: the same expert GEMMs on the same row counts, alone,
+   * once with OpenBLAS threaded over all N threads and once split by columns
+   * over N threads of single-threaded sgemm; the faster is the bound. */
+  uint64_t total_rows = 0, active_experts = 0;
+  for (uint32_t e = 0; e < E; e++) { total_rows += rows[e]; active_experts += rows[e] > 0; }
+  bound_buffers b;
+  size_t r = total_rows ? (size_t)total_rows : 1, wn = (size_t)E * F * H;
+  float **all[] = { &b.x, &b.g, &b.u, &b.a, &b.y, &b.dx, &b.da, &b.w_gate, &b.w_up, &b.w_down,
+                    &b.dw_gate, &b.dw_up, &b.dw_down };
+  size_t sizes[] = { r * H, r * F, r * F, r * F, r * H, r * H, r * F, wn, wn, wn, wn, wn, wn };
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    *all[i] = malloc(sizes[i] * 4);
+    if (!*all[i]) { fprintf(stderr, "moeupcycle: out of memory for the GEMM bound\n"); return 1; }
+    for (size_t j = 0; j < sizes[i]; j++) (*all[i])[j] = (i >= 10) ? 0.0f : 0.02f * normal_draw();
+  }
+  int threads = (int)info.workers;
+  timing blas_fwd = time_gemms(rows, E, H, F, 0, &b, threads, 0, iters, times);
+  timing split_fwd = time_gemms(rows, E, H, F, 0, &b, threads, 1, iters, times);
+  timing bound_fwd = blas_fwd.best < split_fwd.best ? blas_fwd : split_fwd;
+  timing blas_fb = { 0, 0 }, split_fb = { 0, 0 }, bound_fb = { 0, 0 };
+  if (backward) {
+    blas_fb = time_gemms(rows, E, H, F, 1, &b, threads, 0, iters, times);
+    split_fb = time_gemms(rows, E, H, F, 1, &b, threads, 1, iters, times);
+    bound_fb = blas_fb.best < split_fb.best ? blas_fb : split_fb;
+  }
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) free(*all[i]);
+
+  double stream = stream_bandwidth((size_t)stream_mib << 20, (int)info.workers);
+  moe_runtime_free(rt);
+
+  /* Work and traffic. */
+  double flops_fwd = 2.0 * 3.0 * (double)total_rows * H * F;
+  if (c->shared_ffn) flops_fwd += 2.0 * 3.0 * (double)T * H * c->shared_ffn;
+  double bytes_per = c->storage == MOE_DTYPE_BF16 ? 2.0 : 4.0;
+  double weight_bytes = bytes_per * 3.0 * (double)H * ((double)active_experts * F + c->shared_ffn);
+  double weight_gbps = weight_bytes / fwd.best / 1e9;
+  double eff_fwd = bound_fwd.best / fwd.best;
+  double eff_fb = backward ? bound_fb.best / fb.best : 0;
+
+  if (json) {
+    printf("{\"tokens\": %d, \"hidden\": %d, \"ffn\": %d, \"experts\": %u, \"top_k\": %u, \"shared_ffn\": %u,\n",
+           T, H, F, E, c->top_k, c->shared_ffn);
+    printf(" \"layers\": %u, \"threads\": %u, \"dtype\": \"%s\", \"blas_core\": ", nlayers, info.workers,
+           c->storage == MOE_DTYPE_BF16 ? "bf16" : "f32");
+    json_string(stdout, info.blas_core);
+    printf(", \"workers_pinned\": %d, \"numa_nodes\": %u, \"iters\": %u,\n", info.workers_pinned, info.numa_nodes, iters);
+    printf(" \"forward_s\": {\"best\": %.6g, \"median\": %.6g}, \"forward_gflops\": %.2f,\n",
+           fwd.best, fwd.median, flops_fwd / fwd.best / 1e9);
+    printf(" \"gemm_bound_forward_s\": {\"best\": %.6g, \"median\": %.6g}, \"efficiency_forward\": %.3f,\n",
+           bound_fwd.best, bound_fwd.median, eff_fwd);
+    printf(" \"gemm_openblas_threaded_forward_s\": %.6g, \"gemm_split_forward_s\": %.6g,\n",
+           blas_fwd.best, split_fwd.best);
+    if (backward) {
+      printf(" \"forward_backward_s\": {\"best\": %.6g, \"median\": %.6g}, \"forward_backward_gflops\": %.2f,\n",
+             fb.best, fb.median, 3 * flops_fwd / fb.best / 1e9);
+      printf(" \"gemm_bound_forward_backward_s\": {\"best\": %.6g, \"median\": %.6g}, \"efficiency_forward_backward\": %.3f,\n",
+             bound_fb.best, bound_fb.median, eff_fb);
+      printf(" \"gemm_openblas_threaded_forward_backward_s\": %.6g, \"gemm_split_forward_backward_s\": %.6g,\n",
+             blas_fb.best, split_fb.best);
+    }
+    printf(" \"active_experts\": %llu, \"active_weight_bytes\": %.0f, \"weight_read_gbps\": %.2f,\n",
+           (unsigned long long)active_experts, weight_bytes, weight_gbps);
+    printf(" \"stream_gbps\": %.2f, \"bandwidth_fraction\": %.3f, \"dropped\": %llu, \"tokens_per_expert\": [",
+           stream, stream > 0 ? weight_gbps / stream : 0, (unsigned long long)stats.dropped);
+    for (uint32_t e = 0; e < E; e++) printf("%s%llu", e ? ", " : "", (unsigned long long)rows[e]);
+    printf("]}\n");
+  } else {
+    printf("MoE layer T=%d H=%d F=%d E=%u K=%u%s x %u layers, %s weights, %u threads (%s), OpenBLAS %s\n",
+           T, H, F, E, c->top_k, c->shared_ffn ? " +shared" : "", nlayers,
+           c->storage == MOE_DTYPE_BF16 ? "bf16" : "f32", info.workers,
+           info.workers_pinned ? "pinned" : "not pinned", info.blas_core);
+    printf("forward            best %9.3f ms  median %9.3f ms  %8.1f GFLOP/s\n",
+           fwd.best * 1e3, fwd.median * 1e3, flops_fwd / fwd.best / 1e9);
+    printf("GEMM-only bound    best %9.3f ms  median %9.3f ms  efficiency %.2f (bound/layer)\n",
+           bound_fwd.best * 1e3, bound_fwd.median * 1e3, eff_fwd);
+    printf("  (OpenBLAS threaded %.3f ms, split over threads %.3f ms)\n", blas_fwd.best * 1e3, split_fwd.best * 1e3);
+    if (backward) {
+      printf("forward+backward   best %9.3f ms  median %9.3f ms  %8.1f GFLOP/s\n",
+             fb.best * 1e3, fb.median * 1e3, 3 * flops_fwd / fb.best / 1e9);
+      printf("GEMM-only bound    best %9.3f ms  median %9.3f ms  efficiency %.2f (bound/layer)\n",
+             bound_fb.best * 1e3, bound_fb.median * 1e3, eff_fb);
+      printf("  (OpenBLAS threaded %.3f ms, split over threads %.3f ms)\n", blas_fb.best * 1e3, split_fb.best * 1e3);
+    }
+    char wb[32];
+    human_bytes(weight_bytes, wb, sizeof wb);
+    printf("active weights     %s per forward (%llu experts), read at %.2f GB/s\n", wb,
+           (unsigned long long)active_experts, weight_gbps);
+    printf("stream bandwidth   %.2f GB/s with %u threads; weights read at %.0f%% of it\n",
+           stream, info.workers, stream > 0 ? 100 * weight_gbps / stream : 0);
+    printf("tokens per expert ");
+    for (uint32_t e = 0; e < E; e++) printf(" %llu", (unsigned long long)rows[e]);
+    printf("  (dropped %llu)\n", (unsigned long long)stats.dropped);
+  }
+  free(rows); free(x); free(out); free(gx); free(times);
+  return 0;
+}
