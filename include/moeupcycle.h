@@ -407,8 +407,10 @@ void moe_runtime_params_init(moe_runtime_params *params);
  * Create a runtime: discover the topology, start and pin the workers, set
  * OpenBLAS to one thread. `params` may be NULL for all defaults. Free with
  * moe_runtime_free() after every layer using it is freed.
- * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT,
- * MOE_ERR_IO (unreadable topology XML), MOE_ERR_OUT_OF_MEMORY.
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (also a
+ * malformed synthetic topology), MOE_ERR_NOT_FOUND (topology XML file
+ * missing), MOE_ERR_IO or MOE_ERR_FORMAT (XML unreadable or malformed),
+ * MOE_ERR_OUT_OF_MEMORY.
  */
 moe_status moe_runtime_create(moe_runtime **out, const moe_runtime_params *params);
 
@@ -598,7 +600,8 @@ moe_status moe_layer_get_weight(const moe_layer *layer, moe_weight weight,
  * gate and up [E, F, H], down [E, H, F], all of `dtype` (MOE_DTYPE_F32 or
  * MOE_DTYPE_BF16). The caller keeps the memory alive and unchanged until the
  * layer is freed. Placement does not move borrowed memory. Router and shared
- * expert weights stay owned.
+ * expert weights stay owned; the layer's own expert memory is released when
+ * it has no shared expert.
  * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_UNSUPPORTED (dtype).
  */
 moe_status moe_layer_borrow_experts(moe_layer *layer, moe_dtype dtype,
@@ -619,7 +622,8 @@ moe_status moe_layer_init_random(moe_layer *layer, uint64_t seed, float std);
  * out[T, H] = MoE(x[T, H]) for `tokens` T (0..2^24) rows of width H.
  * `x` and `out` must not overlap. Routing statistics and losses are kept for
  * moe_layer_get_stats(). With MOE_FORWARD_SAVE the layer copies what
- * backward needs (x is not referenced after the call). With MOE_FORWARD_TRAIN
+ * backward needs (x is not referenced after the call); a forward without it
+ * uses separate buffers and leaves the saved state alone. With MOE_FORWARD_TRAIN
  * and a non-zero jitter, noise step n (see moe_layer_set_noise_step) is used
  * and the step advances. Results are bit-identical for the same inputs,
  * weights and worker count.

@@ -116,6 +116,7 @@ func writeText(_ text: String, _ buffer: UnsafeMutablePointer<CChar>?, _ capacit
                _ needed: UnsafeMutablePointer<Int>?) throws {
   let bytes = Array(text.utf8)
   needed?.pointee = bytes.count + 1
+  guard buffer != nil || capacity == 0 else { throw MoEError(.nullPointer, "buffer is NULL but capacity is \(capacity)") }
   guard capacity >= bytes.count + 1 else {
     throw MoEError(.bufferTooSmall, "the text needs \(bytes.count + 1) bytes but capacity is \(capacity)")
   }

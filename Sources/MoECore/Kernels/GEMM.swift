@@ -206,6 +206,22 @@ enum SmallGEMM {
       let row = UnsafeRawPointer(w.bf16 + j * w.ld)
       let tailRow = w.bf16 + j * w.ld
       var i = 0
+      // One token left: two accumulators, no repeated work.
+      if n == 1 {
+        let e0 = UnsafePointer(scratch), o0 = e0 + half
+        var a0 = Vec16(), a1 = Vec16()
+        var m = 0
+        while m < half {
+          let words = row.loadUnaligned(fromByteOffset: 4 * m, as: SIMD16<UInt32>.self)
+          a0 = a0.addingProduct(unsafeBitCast(words &<< 16, to: Vec16.self), load16(e0 + m))
+          a1 = a1.addingProduct(unsafeBitCast(words & highMask, to: Vec16.self), load16(o0 + m))
+          m += 16
+        }
+        var s = (a0 + a1).sum()
+        for h in k32..<k { s += bf16ToFloat(tailRow[h]) * x[h] }
+        store(s, c + j, accumulate)
+        continue
+      }
       while i < n {
         let group = min(4, n - i)
         // Missing tokens of a short group repeat the group's first token.

@@ -171,7 +171,9 @@ public final class MoELayer: @unchecked Sendable {
   public func setWeight(_ weight: LayerWeight, expert: Int, data: UnsafePointer<Float>, count: Int) throws {
     let need = try elementCount(of: weight, expert: expert)
     guard count == need else {
-      throw MoEError.shape("\(weight.name)\(expert >= 0 ? " of expert \(expert)" : ""): count is \(count) but \(need) elements are needed (shape \(try shape(of: weight)))")
+      let full = try shape(of: weight)
+      let shape = expert >= 0 ? Array(full.dropFirst()) : full
+      throw MoEError.shape("\(weight.name)\(expert >= 0 ? " of expert \(expert)" : ""): count is \(count) but \(need) elements are needed (shape \(shape))")
     }
     let H = config.hidden
     switch weight {
@@ -203,7 +205,7 @@ public final class MoELayer: @unchecked Sendable {
   public func getWeight(_ weight: LayerWeight, expert: Int, out: UnsafeMutablePointer<Float>, count: Int) throws {
     let need = try elementCount(of: weight, expert: expert)
     guard count >= need else {
-      throw MoEError(.bufferTooSmall, "\(weight.name): buffer holds \(count) floats but \(need) are needed")
+      throw MoEError(.bufferTooSmall, "\(weight.name): capacity is \(count) floats but \(need) are needed")
     }
     let H = config.hidden
     switch weight {
@@ -245,6 +247,12 @@ public final class MoELayer: @unchecked Sendable {
       }
     }
     expertsBorrowed = true
+    // Without a shared expert nothing owned is left in the shards: release them.
+    if config.sharedFFN == 0 {
+      shardMemory = []
+      ownedBytes = 0
+      boundBytes = 0
+    }
   }
 
   /// Fills the router and expert weights with N(0, std^2) draws (deterministic
@@ -317,7 +325,7 @@ public final class MoELayer: @unchecked Sendable {
   public func getGradient(_ weight: LayerWeight, expert: Int, out: UnsafeMutablePointer<Float>, count: Int) throws {
     let need = try elementCount(of: weight, expert: expert)
     guard count >= need else {
-      throw MoEError(.bufferTooSmall, "\(weight.name) gradient: buffer holds \(count) floats but \(need) are needed")
+      throw MoEError(.bufferTooSmall, "\(weight.name) gradient: capacity is \(count) floats but \(need) are needed")
     }
     let g = try gradient(weight)
     out.update(from: g.pointer + (expert >= 0 ? expert * need : 0), count: need)

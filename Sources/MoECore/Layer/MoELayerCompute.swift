@@ -48,8 +48,13 @@ extension MoELayer {
       throw MoEError.invalid("tokens is \(T); it must be in 0...\(Self.maxTokens)")
     }
     Runtime.keepBLASSingleThreaded()
-    saved = nil
+    // A saving forward replaces the saved state; any other forward uses its
+    // own buffers and leaves the saved state for backward.
+    if save { saved = nil }
     lastRouting = nil
+    let buffer: (String, Int) throws -> UnsafeMutablePointer<Float> = { [scratch] name, floats in
+      try scratch.get(save ? name : "inference_" + name, floats: floats)
+    }
     let E = config.experts, H = config.hidden, F = config.ffn, Fs = config.sharedFFN
     let shared = Fs > 0
 
@@ -57,8 +62,8 @@ extension MoELayer {
     let jittered = training && config.jitter > 0 && T > 0
     var routerInput = x
     if jittered {
-      let noise = try scratch.get("jitter", floats: T * H)
-      let xj = try scratch.get("x_router", floats: T * H)
+      let noise = try buffer("jitter", T * H)
+      let xj = try buffer("x_router", T * H)
       var rng = Rng(seed: config.seed, stream: [0x6A69_7474_6572, noiseStep])
       let eps = Double(config.jitter)
       for i in 0..<(T * H) {
@@ -69,12 +74,12 @@ extension MoELayer {
     }
     if training && config.jitter > 0 { noiseStep &+= 1 }
     if save {
-      let xs = try scratch.get("x_saved", floats: T * H)
+      let xs = try buffer("x_saved", T * H)
       xs.update(from: x, count: T * H)
     }
 
     // Router logits [T, E].
-    let logits = try scratch.get("logits", floats: T * E)
+    let logits = try buffer("logits", T * E)
     let routerW = WeightMatrix(base: UnsafeRawPointer(router.pointer), dtype: .f32, ld: H)
     runtime.parallelFor(T, inlineBelow: 1 << 16, costPerItem: E * H) { r in
       GEMM.xWt(n: r.count, rows: E, k: H, x: routerInput + r.lowerBound * H, ldx: H, w: routerW,
@@ -89,17 +94,17 @@ extension MoELayer {
     var rowCount = (0..<E).map { routing.rowsOf(expert: $0) }
     if shared { rowStart.append(R); rowCount.append(T) }
 
-    let xp = try scratch.get("x_rows", floats: Rt * H)
-    let y = try scratch.get("y", floats: Rt * H)
+    let xp = try buffer("x_rows", Rt * H)
+    let y = try buffer("y", Rt * H)
     let layout = RowLayout(rowStart: rowStart, rowCount: rowCount,
-                           g: try scratch.get("g", floats: R * F), u: try scratch.get("u", floats: R * F),
-                           a: try scratch.get("a", floats: R * F),
-                           gs: try scratch.get("gs", floats: T * Fs), us: try scratch.get("us", floats: T * Fs),
-                           as_: try scratch.get("as", floats: T * Fs),
+                           g: try buffer("g", R * F), u: try buffer("u", R * F),
+                           a: try buffer("a", R * F),
+                           gs: try buffer("gs", T * Fs), us: try buffer("us", T * Fs),
+                           as_: try buffer("as", T * Fs),
                            experts: E, ffn: F, sharedFFN: Fs)
     let split = plan.splitsExperts
-    let partial = try (0..<(split ? plan.shards.count : 0)).map { try scratch.get("y_shard\($0)", floats: Rt * H) }
-    let sharedGateValues = try scratch.get("shared_gate", floats: T)
+    let partial = try (0..<(split ? plan.shards.count : 0)).map { try buffer("y_shard\($0)", Rt * H) }
+    let sharedGateValues = try buffer("shared_gate", T)
 
     // Gather token rows in expert order (and every token once more for the shared expert).
     runtime.parallelFor(Rt, costPerItem: H) { rows in

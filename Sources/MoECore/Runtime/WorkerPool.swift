@@ -60,9 +60,10 @@ public final class WorkerPool: @unchecked Sendable {
   ///   3+5 cores, T = 3 -> 1+2. A node may get no worker when its share is small
   ///   (1+15 cores, T = 2 -> 0+2); memory-only nodes never get one.
   /// - Workers of one node have contiguous indices, nodes in the order given.
-  /// - Within a node with c cores and n <= c workers, worker j takes core floor(j * c / n):
-  ///   distinct cores spread evenly over the node, so that in logical order (which groups
-  ///   cores by shared cache) they land in different cache / chiplet groups.
+  /// - Within a node with c cores and n <= c workers, worker j takes the node's core j
+  ///   (logical order): the first n cores. Spreading them over the node was measured
+  ///   slower on virtual machines, whose vCPU i and i + c/2 are often SMT siblings of
+  ///   one physical core that hwloc cannot see.
   /// - With n > c workers, worker j takes core j mod c and, in round r = j / c, the core's
   ///   PU r mod (PUs of the core): SMT siblings are used before a PU is doubled up.
   public static func plan(nodes: [TopologyNode], threads: Int) throws -> [WorkerPlacement] {
@@ -84,7 +85,7 @@ public final class WorkerPool: @unchecked Sendable {
         let core: TopologyCore
         let round: Int
         if nodeWorkers <= cores.count {
-          core = cores[j * cores.count / nodeWorkers]
+          core = cores[j]
           round = 0
         } else {
           core = cores[j % cores.count]

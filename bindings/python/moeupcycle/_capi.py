@@ -8,7 +8,8 @@ from __future__ import annotations
 import ctypes
 import os
 from ctypes import (CFUNCTYPE, POINTER, Structure, c_char, c_char_p, c_double,
-                    c_int, c_int32, c_size_t, c_uint32, c_uint64, c_void_p)
+                    c_float, c_int, c_int32, c_int64, c_size_t, c_uint32, c_uint64,
+                    c_void_p)
 from pathlib import Path
 
 # moe_status codes (frozen).
@@ -26,12 +27,15 @@ MOE_ERR_CANCELLED = -10
 MOE_ERR_BUFFER_TOO_SMALL = -11
 MOE_ERR_INTERNAL = -12
 
+# moe_dtype
+MOE_DTYPE_F32, MOE_DTYPE_F16, MOE_DTYPE_BF16, MOE_DTYPE_Q8_0, MOE_DTYPE_Q4_0, MOE_DTYPE_Q4_1 = range(6)
 # moe_upcycle_method
 MOE_METHOD_COPY, MOE_METHOD_DROP, MOE_METHOD_NOISE, MOE_METHOD_GRANULAR, MOE_METHOD_PARTITION = range(5)
 # moe_router_init
 MOE_ROUTER_INIT_NORMAL, MOE_ROUTER_INIT_UNIFORM, MOE_ROUTER_INIT_ZEROS = range(3)
 # moe_routing
-MOE_ROUTING_SOFTMAX_TOPK_RENORM, MOE_ROUTING_SOFTMAX_TOPK, MOE_ROUTING_TOPK_SOFTMAX = range(3)
+(MOE_ROUTING_SOFTMAX_TOPK_RENORM, MOE_ROUTING_SOFTMAX_TOPK, MOE_ROUTING_TOPK_SOFTMAX,
+ MOE_ROUTING_SIGMOID_TOPK, MOE_ROUTING_SIGMOID_TOPK_RENORM) = range(5)
 # moe_output_format
 MOE_FORMAT_MIXTRAL, MOE_FORMAT_QWEN2_MOE = range(2)
 # moe_output_dtype
@@ -40,6 +44,17 @@ MOE_OUTPUT_DTYPE_KEEP, MOE_OUTPUT_DTYPE_F32, MOE_OUTPUT_DTYPE_BF16, MOE_OUTPUT_D
 MOE_PARTITION_RANDOM, MOE_PARTITION_UNIFORM, MOE_PARTITION_IMPORTANCE = range(3)
 # moe_granular_scaling
 MOE_GRANULAR_SCALE_DOWN, MOE_GRANULAR_SCALE_CUBE_ROOT, MOE_GRANULAR_SCALE_NONE = range(3)
+
+# moe_placement
+MOE_PLACEMENT_ROW_SLICE, MOE_PLACEMENT_EXPERT, MOE_PLACEMENT_INTERLEAVE, MOE_PLACEMENT_NONE = range(4)
+# moe_text_format
+MOE_TEXT_PLAIN, MOE_TEXT_JSON = range(2)
+# moe_weight
+(MOE_WEIGHT_ROUTER, MOE_WEIGHT_GATE, MOE_WEIGHT_UP, MOE_WEIGHT_DOWN, MOE_WEIGHT_SHARED_GATE,
+ MOE_WEIGHT_SHARED_UP, MOE_WEIGHT_SHARED_DOWN, MOE_WEIGHT_SHARED_EXPERT_GATE) = range(8)
+# moe_layer_forward() flags
+MOE_FORWARD_SAVE = 1
+MOE_FORWARD_TRAIN = 2
 
 # typedef int (*moe_progress_fn)(uint64_t done, uint64_t total, const char *stage, void *user_data);
 moe_progress_fn = CFUNCTYPE(c_int, c_uint64, c_uint64, c_char_p, c_void_p)
@@ -119,6 +134,65 @@ class moe_upcycle_result(Structure):
     ]
 
 
+class moe_runtime_params(Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("threads", c_uint32),
+        ("pin", c_int32),
+        ("placement", c_int),
+        ("topology_synthetic", c_char_p),
+        ("topology_xml", c_char_p),
+    ]
+
+
+class moe_runtime_info(Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("numa_nodes", c_uint32),
+        ("cores", c_uint32),
+        ("pus", c_uint32),
+        ("workers", c_uint32),
+        ("is_this_system", c_int32),
+        ("workers_pinned", c_int32),
+        ("memory_binding", c_int32),
+        ("blas_threads", c_int32),
+        ("blas_core", c_char * 32),
+    ]
+
+
+class moe_layer_config(Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("hidden", c_uint32),
+        ("ffn", c_uint32),
+        ("experts", c_uint32),
+        ("top_k", c_uint32),
+        ("routing", c_int),
+        ("capacity_factor", c_float),
+        ("expert_choice", c_int32),
+        ("shared_ffn", c_uint32),
+        ("storage", c_int),
+        ("placement", c_int32),
+        ("jitter", c_float),
+        ("seed", c_uint64),
+        ("balance_loss_coef", c_float),
+        ("z_loss_coef", c_float),
+    ]
+
+
+class moe_layer_stats(Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("tokens", c_uint64),
+        ("assignments", c_uint64),
+        ("dropped", c_uint64),
+        ("balance_loss", c_double),
+        ("z_loss", c_double),
+        ("weight_bytes", c_uint64),
+        ("bound_bytes", c_uint64),
+    ]
+
+
 def _find_library() -> str:
     env = os.environ.get("MOEUPCYCLE_LIBRARY")
     if env:
@@ -153,3 +227,81 @@ lib.moe_upcycle_params_init.restype = None
 #                        const char *output_path, const moe_upcycle_params *params);
 lib.moe_upcycle.argtypes = [POINTER(moe_upcycle_result), c_char_p, c_char_p, POINTER(moe_upcycle_params)]
 lib.moe_upcycle.restype = c_int
+
+# void moe_runtime_params_init(moe_runtime_params *params);
+lib.moe_runtime_params_init.argtypes = [POINTER(moe_runtime_params)]
+lib.moe_runtime_params_init.restype = None
+# moe_status moe_runtime_create(moe_runtime **out, const moe_runtime_params *params);
+lib.moe_runtime_create.argtypes = [POINTER(c_void_p), POINTER(moe_runtime_params)]
+lib.moe_runtime_create.restype = c_int
+# void moe_runtime_free(moe_runtime *runtime);
+lib.moe_runtime_free.argtypes = [c_void_p]
+lib.moe_runtime_free.restype = None
+# moe_status moe_runtime_get_info(moe_runtime_info *out, const moe_runtime *runtime);
+lib.moe_runtime_get_info.argtypes = [POINTER(moe_runtime_info), c_void_p]
+lib.moe_runtime_get_info.restype = c_int
+# moe_status moe_runtime_describe(const moe_runtime *runtime, const struct moe_layer_config *layer,
+#                                 moe_text_format format, char *buffer, size_t capacity,
+#                                 size_t *needed);
+lib.moe_runtime_describe.argtypes = [c_void_p, POINTER(moe_layer_config), c_int, c_char_p, c_size_t,
+                                     POINTER(c_size_t)]
+lib.moe_runtime_describe.restype = c_int
+# void moe_layer_config_init(moe_layer_config *config);
+lib.moe_layer_config_init.argtypes = [POINTER(moe_layer_config)]
+lib.moe_layer_config_init.restype = None
+# moe_status moe_layer_create(moe_layer **out, moe_runtime *runtime, const moe_layer_config *config);
+lib.moe_layer_create.argtypes = [POINTER(c_void_p), c_void_p, POINTER(moe_layer_config)]
+lib.moe_layer_create.restype = c_int
+# moe_status moe_layer_load(moe_layer **out, moe_runtime *runtime, const char *checkpoint_path,
+#                           uint32_t layer_index, const moe_layer_config *overrides);
+lib.moe_layer_load.argtypes = [POINTER(c_void_p), c_void_p, c_char_p, c_uint32, POINTER(moe_layer_config)]
+lib.moe_layer_load.restype = c_int
+# void moe_layer_free(moe_layer *layer);
+lib.moe_layer_free.argtypes = [c_void_p]
+lib.moe_layer_free.restype = None
+# moe_status moe_layer_get_config(moe_layer_config *out, const moe_layer *layer);
+lib.moe_layer_get_config.argtypes = [POINTER(moe_layer_config), c_void_p]
+lib.moe_layer_get_config.restype = c_int
+# moe_status moe_layer_weight_count(size_t *out, const moe_layer *layer, moe_weight weight,
+#                                   int64_t expert);
+lib.moe_layer_weight_count.argtypes = [POINTER(c_size_t), c_void_p, c_int, c_int64]
+lib.moe_layer_weight_count.restype = c_int
+# moe_status moe_layer_set_weight(moe_layer *layer, moe_weight weight, int64_t expert,
+#                                 const float *data, size_t count);
+lib.moe_layer_set_weight.argtypes = [c_void_p, c_int, c_int64, POINTER(c_float), c_size_t]
+lib.moe_layer_set_weight.restype = c_int
+# moe_status moe_layer_get_weight(const moe_layer *layer, moe_weight weight, int64_t expert,
+#                                 float *out, size_t capacity);
+lib.moe_layer_get_weight.argtypes = [c_void_p, c_int, c_int64, POINTER(c_float), c_size_t]
+lib.moe_layer_get_weight.restype = c_int
+# moe_status moe_layer_borrow_experts(moe_layer *layer, moe_dtype dtype, const void *gate,
+#                                     const void *up, const void *down);
+lib.moe_layer_borrow_experts.argtypes = [c_void_p, c_int, c_void_p, c_void_p, c_void_p]
+lib.moe_layer_borrow_experts.restype = c_int
+# moe_status moe_layer_init_random(moe_layer *layer, uint64_t seed, float std);
+lib.moe_layer_init_random.argtypes = [c_void_p, c_uint64, c_float]
+lib.moe_layer_init_random.restype = c_int
+# moe_status moe_layer_forward(moe_layer *layer, const float *x, size_t tokens, float *out,
+#                              uint32_t flags);
+lib.moe_layer_forward.argtypes = [c_void_p, POINTER(c_float), c_size_t, POINTER(c_float), c_uint32]
+lib.moe_layer_forward.restype = c_int
+# moe_status moe_layer_backward(moe_layer *layer, const float *grad_out, float *grad_x);
+lib.moe_layer_backward.argtypes = [c_void_p, POINTER(c_float), POINTER(c_float)]
+lib.moe_layer_backward.restype = c_int
+# moe_status moe_layer_get_grad(const moe_layer *layer, moe_weight weight, int64_t expert,
+#                               float *out, size_t capacity);
+lib.moe_layer_get_grad.argtypes = [c_void_p, c_int, c_int64, POINTER(c_float), c_size_t]
+lib.moe_layer_get_grad.restype = c_int
+# moe_status moe_layer_zero_grad(moe_layer *layer);
+lib.moe_layer_zero_grad.argtypes = [c_void_p]
+lib.moe_layer_zero_grad.restype = c_int
+# moe_status moe_layer_set_noise_step(moe_layer *layer, uint64_t step);
+lib.moe_layer_set_noise_step.argtypes = [c_void_p, c_uint64]
+lib.moe_layer_set_noise_step.restype = c_int
+# moe_status moe_layer_get_stats(moe_layer_stats *out, const moe_layer *layer,
+#                                uint64_t *tokens_per_expert, size_t capacity);
+lib.moe_layer_get_stats.argtypes = [POINTER(moe_layer_stats), c_void_p, POINTER(c_uint64), c_size_t]
+lib.moe_layer_get_stats.restype = c_int
+# moe_status moe_layer_get_routing(const moe_layer *layer, float *out, size_t capacity);
+lib.moe_layer_get_routing.argtypes = [c_void_p, POINTER(c_float), c_size_t]
+lib.moe_layer_get_routing.restype = c_int
