@@ -31,6 +31,8 @@
  *    runtime may be shared by several layers and threads; it runs one
  *    parallel job at a time (callers queue). The caller's thread is never
  *    pinned or used as a worker.
+ *  - A moe_model must be used by one thread at a time (it owns a KV cache
+ *    and scratch buffers); several models may share a runtime.
  *  - A moe_layer must be used by one thread at a time (forward, backward and
  *    gradient calls change its saved state). Different layers may be used
  *    from different threads at once.
@@ -691,6 +693,226 @@ moe_status moe_layer_get_stats(moe_layer_stats *out, const moe_layer *layer,
  * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_BUFFER_TOO_SMALL.
  */
 moe_status moe_layer_get_routing(const moe_layer *layer, float *out, size_t capacity);
+
+/* ------------------------------------------------------------------------ */
+/* Models: load, tokenize, evaluate, generate                               */
+/* ------------------------------------------------------------------------ */
+
+/** A loaded decoder (dense or MoE) with its tokenizer and KV cache. Opaque. */
+typedef struct moe_model moe_model;
+
+typedef struct moe_model_params {
+  /** sizeof(moe_model_params); set by moe_model_params_init(). */
+  size_t struct_size;
+  /** Storage of matrix weights: -1 (default) = bf16 when the checkpoint
+   *  stores bf16 or f16, else f32 (quantized GGUF tensors become f32);
+   *  or MOE_DTYPE_F32 / MOE_DTYPE_BF16. Compute is f32. */
+  int32_t weight_dtype;
+  /** A moe_placement for MoE layers, or -1 (default) for the runtime's. */
+  int32_t placement;
+  /** Longest sequence (prompt plus generated tokens, or an evaluation
+   *  window); 0 (default) = the model's context length. */
+  uint32_t max_context;
+} moe_model_params;
+
+/** Fill `params` with defaults (including struct_size). NULL is ignored. */
+void moe_model_params_init(moe_model_params *params);
+
+/**
+ * Load the model at `path`: an HF directory (Llama, Mistral, Qwen2 dense;
+ * Mixtral or Qwen2-MoE with per-expert or fused gate_up_proj experts, as
+ * moe_upcycle writes) or a .gguf file (llama, qwen2), with its byte-level BPE
+ * tokenizer (tokenizer.json, or the GGUF metadata). `params` may be NULL.
+ * The runtime must outlive the model.
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT, MOE_ERR_IO,
+ * MOE_ERR_FORMAT, MOE_ERR_UNSUPPORTED, MOE_ERR_NOT_FOUND, MOE_ERR_SHAPE,
+ * MOE_ERR_OUT_OF_MEMORY.
+ */
+moe_status moe_model_load(moe_model **out, moe_runtime *runtime, const char *path,
+                          const moe_model_params *params);
+
+/** Release a model. NULL is ignored. */
+void moe_model_free(moe_model *model);
+
+/** What a loaded model is. */
+typedef struct moe_model_info {
+  /** Set by the caller to sizeof(moe_model_info) before the call. */
+  size_t struct_size;
+  char architecture[32];
+  uint32_t num_layers;
+  uint32_t hidden_size;
+  uint32_t vocab_size;
+  /** Longest sequence this model object accepts. */
+  uint32_t context_length;
+  uint32_t num_moe_layers;
+  uint32_t num_experts;
+  uint32_t top_k;
+  /** BOS and EOS token ids, -1 when the tokenizer has none. */
+  int32_t bos_token_id;
+  int32_t eos_token_id;
+  /** Storage of matrix weights (MOE_DTYPE_F32 or MOE_DTYPE_BF16). */
+  moe_dtype weight_dtype;
+  /** Bytes of weights held, and read per decoded token (all dense matrices,
+   *  the active experts of each MoE layer, the LM head, one embedding row). */
+  uint64_t weight_bytes;
+  uint64_t weight_bytes_per_token;
+} moe_model_info;
+
+/** Fill `out` (out->struct_size set by the caller). Returns MOE_OK,
+ *  MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT. */
+moe_status moe_model_get_info(moe_model_info *out, const moe_model *model);
+
+/**
+ * Tokenize UTF-8 `text` (`length` bytes) with the model's tokenizer. Special
+ * tokens written in the text (e.g. "<|im_start|>") become their ids. With
+ * `add_special` non-zero, BOS is prepended when the tokenizer asks for it.
+ * Writes up to `capacity` ids into `tokens` (NULL when capacity is 0) and
+ * the number needed into `*count`.
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (invalid
+ * UTF-8), MOE_ERR_BUFFER_TOO_SMALL (then *count says how many).
+ */
+moe_status moe_model_tokenize(const moe_model *model, const char *text, size_t length,
+                              int32_t add_special, int32_t *tokens, size_t capacity,
+                              size_t *count);
+
+/**
+ * The text of `count` token ids, NUL-terminated, into `buffer` of `capacity`
+ * bytes; `*needed` (may be NULL) receives the size needed including the NUL.
+ * Bytes that are not valid UTF-8 become U+FFFD. With `skip_special`
+ * non-zero, control tokens (BOS, EOS, chat markers) are left out.
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (an id
+ * outside the vocabulary), MOE_ERR_BUFFER_TOO_SMALL.
+ */
+moe_status moe_model_detokenize(const moe_model *model, const int32_t *tokens, size_t count,
+                                int32_t skip_special, char *buffer, size_t capacity,
+                                size_t *needed);
+
+/**
+ * Logits [count, vocab_size] of `count` tokens run as a fresh sequence at
+ * positions 0..count-1 (row t scores the token after tokens[0..t]), into
+ * `logits` of `capacity` floats.
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (ids outside
+ * the vocabulary, count 0 or above the context), MOE_ERR_BUFFER_TOO_SMALL,
+ * MOE_ERR_OUT_OF_MEMORY.
+ */
+moe_status moe_model_logits(moe_model *model, const int32_t *tokens, size_t count,
+                            float *logits, size_t capacity);
+
+typedef struct moe_eval_params {
+  /** sizeof(moe_eval_params); set by moe_eval_params_init(). */
+  size_t struct_size;
+  /** Tokens per window (2..context); windows do not overlap and each starts
+   *  a fresh context. Default 512. */
+  uint32_t seq_len;
+  /** Evaluate at most this many tokens of the data; 0 (default) = all. */
+  uint64_t max_tokens;
+  /** Progress in tokens (stage "eval"); return non-zero to cancel. */
+  moe_progress_fn progress;
+  void *user_data;
+} moe_eval_params;
+
+void moe_eval_params_init(moe_eval_params *params);
+
+typedef struct moe_eval_result {
+  /** Set by the caller to sizeof(moe_eval_result) before the call. */
+  size_t struct_size;
+  /** Tokens predicted (each window's first token is context only). */
+  uint64_t tokens_scored;
+  uint32_t windows;
+  /** Mean cross-entropy in nats, and exp of it. */
+  double mean_nll;
+  double perplexity;
+  double seconds;
+  /** Tokens per second through the model (scored + context). */
+  double tokens_per_second;
+  /** MoE models: the mean Switch balance figure E * sum_e f_e * P_e over
+   *  layers and windows (1 = perfectly balanced); 0 for dense models.
+   *  moe_model_router_stats() gives tokens per expert per layer. */
+  double balance;
+} moe_eval_result;
+
+/**
+ * Perplexity of the model on UTF-8 `text` (`length` bytes, tokenized without
+ * BOS) or, with moe_model_eval_tokens, on token ids. `params` may be NULL.
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (fewer than
+ * 2 tokens, bad seq_len, ids outside the vocabulary, invalid UTF-8),
+ * MOE_ERR_CANCELLED, MOE_ERR_OUT_OF_MEMORY.
+ */
+moe_status moe_model_eval_text(moe_eval_result *out, moe_model *model, const char *text,
+                               size_t length, const moe_eval_params *params);
+moe_status moe_model_eval_tokens(moe_eval_result *out, moe_model *model,
+                                 const int32_t *tokens, size_t count,
+                                 const moe_eval_params *params);
+
+/**
+ * Tokens per expert routed in layer `layer` since the last evaluation began
+ * (generation adds to them too): writes min(capacity, E) counts and stores E
+ * in `*experts` (may be NULL). A dense layer has E = 0.
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (layer).
+ */
+moe_status moe_model_router_stats(const moe_model *model, uint32_t layer,
+                                  uint64_t *tokens_per_expert, size_t capacity,
+                                  uint32_t *experts);
+
+/** Receives each generated token and the text it completes (UTF-8 held back
+ *  until complete; may be empty). Return non-zero to stop. */
+typedef int (*moe_token_fn)(int32_t token, const char *text, void *user_data);
+
+typedef struct moe_generate_params {
+  /** sizeof(moe_generate_params); set by moe_generate_params_init(). */
+  size_t struct_size;
+  /** Default 64. */
+  uint32_t max_new_tokens;
+  /** 0 = greedy (default); otherwise logits are divided by it. */
+  float temperature;
+  /** Sample among the k most likely tokens; 0 (default) = off. */
+  uint32_t top_k;
+  /** Sample within the smallest set of probability >= top_p; 1 (default) = off. */
+  float top_p;
+  /** Same seed and settings give the same tokens. Default 0. */
+  uint64_t seed;
+  /** Non-zero: wrap the prompt in the model's (ChatML) chat template. */
+  int32_t chat;
+  /** Non-zero (default): prepend BOS when the tokenizer asks for it. */
+  int32_t add_special;
+  /** Optional streaming callback and its user data. */
+  moe_token_fn on_token;
+  void *user_data;
+  /** Non-zero: keep going past the end-of-sequence token (benchmarks).
+   *  Default 0. */
+  int32_t ignore_eos;
+} moe_generate_params;
+
+void moe_generate_params_init(moe_generate_params *params);
+
+typedef struct moe_generate_result {
+  /** Set by the caller to sizeof(moe_generate_result) before the call. */
+  size_t struct_size;
+  uint64_t prompt_tokens;
+  uint64_t generated_tokens;
+  double prompt_seconds;
+  double decode_seconds;
+  /** Generated tokens per second (decode only). */
+  double tokens_per_second;
+  /** 0: max_new_tokens or the context reached, 1: end of sequence token,
+   *  2: the callback asked to stop. */
+  int32_t stop_reason;
+} moe_generate_result;
+
+/**
+ * Generate after `prompt` with a KV cache. `out` may be NULL (else its
+ * struct_size set); `params` may be NULL. The generated text (without the
+ * prompt) is written NUL-terminated into `text` of `capacity` bytes when
+ * `text` is not NULL, and its size including the NUL into `*needed` (may be
+ * NULL); a too-small buffer is not an error here: the text is cut at a
+ * UTF-8 boundary.
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (empty
+ * prompt, prompt at or beyond the context, bad sampling settings),
+ * MOE_ERR_UNSUPPORTED (chat without a ChatML template), MOE_ERR_OUT_OF_MEMORY.
+ */
+moe_status moe_model_generate(moe_generate_result *out, moe_model *model, const char *prompt,
+                              const moe_generate_params *params, char *text,
+                              size_t capacity, size_t *needed);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -22,5 +22,16 @@ int parse_double(const char *s, double *out);
 /* layer.c */
 int cmd_topology(int argc, char **argv);
 int cmd_bench_moe(int argc, char **argv);
+/* Streaming read bandwidth in GB/s with `threads` threads over `bytes` (best of 3). */
+double stream_bandwidth(size_t bytes, int threads);
+
+/* model.c */
+int cmd_eval(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_bench_decode(int argc, char **argv);
+/* State of progress_bar: set start = now_seconds(), last_percent = -1. */
+struct progress_state { double start; int last_percent; };
+/* Draws a progress bar on stderr when it is a terminal (a moe_progress_fn). */
+int progress_bar(uint64_t done, uint64_t total, const char *stage, void *user_data);
 
 #endif

@@ -238,7 +238,7 @@ static void *stream_worker(void *arg) {
 }
 
 /* Best of 3 passes, in GB/s (1e9 bytes); 0 on failure. */
-static double stream_bandwidth(size_t bytes, int threads) {
+double stream_bandwidth(size_t bytes, int threads) {
   size_t words = bytes / 8;
   uint64_t *buf = aligned_alloc(64, (words * 8 + 63) & ~(size_t)63);
   if (!buf) return 0;

@@ -28,6 +28,10 @@ static void usage(FILE *f) {
     "  moeupcycle bench upcycle IN [options] [--work DIR] [--json]\n"
     "  moeupcycle bench moe [--tokens T --hidden H --ffn F --experts E --top-k K]\n"
     "                       [--threads N] [--backward] [--dtype f32|bf16] [--json] ...\n"
+    "  moeupcycle eval MODEL --data FILE [--seq-len T] [--max-tokens N] [--ids] [--json]\n"
+    "  moeupcycle generate MODEL --prompt TEXT [--max-new-tokens N] [--temperature T]\n"
+    "                      [--top-k K] [--top-p P] [--seed N] [--chat] [--json]\n"
+    "  moeupcycle bench decode MODEL [--tokens N] [--prompt TEXT] [--json]\n"
     "  moeupcycle topology [--json] [--threads N] [--placement P] [--hidden H --ffn F\n"
     "                      --experts E --top-k K] [--synthetic SPEC | --xml FILE]\n"
     "  moeupcycle version\n"
@@ -59,6 +63,9 @@ static void usage(FILE *f) {
     "  --seed N               same seed = byte-identical output (default 0)\n"
     "  --force                replace an existing output directory\n"
     "\n"
+    "MODEL: an HF directory (dense, or an upcycled Mixtral / Qwen2-MoE) or a .gguf file.\n"
+    "eval, generate and bench decode take --threads N (default: one per core) and\n"
+    "--dtype f32|bf16 (weight storage; default bf16 for bf16/f16 checkpoints, else f32).\n"
     "Run 'moeupcycle bench moe --help' or 'moeupcycle topology --help' for theirs.\n",
     moe_version_string());
 }
@@ -166,9 +173,7 @@ static int cmd_info(int argc, char **argv) {
 
 /* ------------------------------------------------------------- upcycle -- */
 
-struct progress_state { double start; int last_percent; };
-
-static int progress_bar(uint64_t done, uint64_t total, const char *stage, void *user_data) {
+int progress_bar(uint64_t done, uint64_t total, const char *stage, void *user_data) {
   struct progress_state *ps = user_data;
   int percent = total ? (int)(done * 100 / total) : 100;
   if (percent == ps->last_percent) return 0;
@@ -375,7 +380,8 @@ static void remove_tree(const char *path) {
 
 static int cmd_bench(int argc, char **argv) {
   if (argc >= 1 && strcmp(argv[0], "moe") == 0) return cmd_bench_moe(argc - 1, argv + 1);
-  if (argc < 1 || strcmp(argv[0], "upcycle") != 0) return bad_usage("bench needs a subject: upcycle or moe", argc ? argv[0] : NULL);
+  if (argc >= 1 && strcmp(argv[0], "decode") == 0) return cmd_bench_decode(argc - 1, argv + 1);
+  if (argc < 1 || strcmp(argv[0], "upcycle") != 0) return bad_usage("bench needs a subject: upcycle, moe or decode", argc ? argv[0] : NULL);
   moe_upcycle_params p;
   moe_upcycle_params_init(&p);
   const char *in = NULL, *work = NULL;
@@ -444,5 +450,7 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "upcycle") == 0) return cmd_upcycle(argc - 2, argv + 2);
   if (strcmp(cmd, "bench") == 0) return cmd_bench(argc - 2, argv + 2);
   if (strcmp(cmd, "topology") == 0) return cmd_topology(argc - 2, argv + 2);
+  if (strcmp(cmd, "eval") == 0) return cmd_eval(argc - 2, argv + 2);
+  if (strcmp(cmd, "generate") == 0) return cmd_generate(argc - 2, argv + 2);
   return bad_usage("unknown command", cmd);
 }

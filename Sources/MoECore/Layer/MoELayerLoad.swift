@@ -6,7 +6,16 @@ extension MoELayer {
   /// `adjust` may change behaviour fields (storage, placement, capacity, ...).
   public static func load(checkpoint path: String, layer l: Int, runtime: Runtime,
                           adjust: ((inout MoELayerConfig) throws -> Void)?) throws -> MoELayer {
-    let ckpt = try Checkpoint(path: path)
+    try load(checkpoint: try Checkpoint(path: path), layer: l, runtime: runtime, adjust: adjust)
+  }
+
+  /// Creates the layer from MoE layer `layer` of an opened checkpoint. Expert
+  /// weights may be stored per expert (Mixtral w1/w2/w3 or Qwen2-MoE
+  /// gate/up/down_proj) or fused (`experts.gate_up_proj` [E, 2F, H] with the
+  /// gate rows first, `experts.down_proj` [E, H, F]).
+  public static func load(checkpoint ckpt: Checkpoint, layer l: Int, runtime: Runtime,
+                          adjust: ((inout MoELayerConfig) throws -> Void)?) throws -> MoELayer {
+    let path = ckpt.path
     let d = ckpt.description
     guard let moe = d.moe else {
       throw MoEError.invalid("'\(path)' is a dense \(d.architecture.rawValue) checkpoint; load an MoE checkpoint (upcycle it first)")
@@ -22,7 +31,9 @@ extension MoELayer {
     var config = MoELayerConfig(hidden: H, ffn: F, experts: E, topK: moe.topK)
     let prefix = ModelDescription.layerPrefix(l)
     let src = ckpt.source
-    let mixtral = src.info(prefix + "block_sparse_moe.gate.weight") != nil
+    // Legacy Mixtral names live under block_sparse_moe; newer ones under mlp.
+    let legacyMixtral = src.info(prefix + "block_sparse_moe.gate.weight") != nil
+    let mixtral = legacyMixtral || d.architecture == .mixtral
     let sc = d.sourceConfig
     if mixtral {
       config.routing = .softmaxTopKRenorm
@@ -47,7 +58,21 @@ extension MoELayer {
       let values = try src.readFloat(name, shape: shape)
       try values.withUnsafeBufferPointer { try layer.setWeight(kind, expert: expert, data: $0.baseAddress!, count: values.count) }
     }
-    if mixtral {
+    let block = prefix + (legacyMixtral ? "block_sparse_moe." : "mlp.")
+    if src.info(block + "experts.gate_up_proj") != nil {
+      try read(block + "gate.weight", [E, H], into: .router, expert: -1)
+      let gateUp = try src.readFloat(block + "experts.gate_up_proj", shape: [E, 2 * F, H])
+      try gateUp.withUnsafeBufferPointer { g in
+        for e in 0..<E {
+          let base = g.baseAddress! + e * 2 * F * H
+          try layer.setWeight(.gate, expert: e, data: base, count: F * H)
+          try layer.setWeight(.up, expert: e, data: base + F * H, count: F * H)
+        }
+      }
+      src.release(block + "experts.gate_up_proj")
+      try read(block + "experts.down_proj", [E, H, F], into: .down, expert: -1)
+      src.release(block + "experts.down_proj")
+    } else if legacyMixtral {
       let b = prefix + "block_sparse_moe."
       try read(b + "gate.weight", [E, H], into: .router, expert: -1)
       for e in 0..<E {
@@ -63,6 +88,9 @@ extension MoELayer {
         try read(b + "experts.\(e).up_proj.weight", [F, H], into: .up, expert: e)
         try read(b + "experts.\(e).down_proj.weight", [H, F], into: .down, expert: e)
       }
+    }
+    if !mixtral {
+      let b = prefix + "mlp."
       let Fs = config.sharedFFN
       if Fs > 0 {
         try read(b + "shared_expert.gate_proj.weight", [Fs, H], into: .sharedGate, expert: -1)

@@ -1,0 +1,353 @@
+// A Llama-family decoder (Llama, Mistral, Qwen2, SmolLM; Mixtral and Qwen2-MoE
+// when layers are MoE): embedding, RMSNorm, rotary embeddings, grouped-query
+// causal attention with a KV cache, dense SwiGLU or MoE feed-forward, final
+// norm, tied or untied LM head.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How to load a model.
+public struct ModelLoadOptions: Sendable {
+  /// Storage of matrix weights: nil = bf16 when the checkpoint stores
+  /// bf16/f16, else f32 (quantized GGUF tensors are dequantized to f32).
+  public var weightDType: DType? = nil
+  /// NUMA placement of MoE layers (nil = the runtime's default).
+  public var placement: PlacementPolicy? = nil
+  /// Longest sequence the KV cache may hold (0 = the model's context length).
+  public var maxContext: Int = 0
+
+  public init() {}
+}
+
+final class DecoderLayer {
+  let inputNorm: AlignedBuffer       // [H]
+  let postNorm: AlignedBuffer        // [H]
+  let qkv: DenseWeight               // [(nq + 2 nkv) d, H], with bias for Qwen2
+  let output: DenseWeight            // [H, nq d]
+  let gateUp: DenseWeight?           // dense FFN: [2F, H] (gate rows, then up rows)
+  let down: DenseWeight?             // [H, F]
+  let moe: MoELayer?
+
+  init(inputNorm: AlignedBuffer, postNorm: AlignedBuffer, qkv: DenseWeight, output: DenseWeight,
+       gateUp: DenseWeight?, down: DenseWeight?, moe: MoELayer?) {
+    self.inputNorm = inputNorm
+    self.postNorm = postNorm
+    self.qkv = qkv
+    self.output = output
+    self.gateUp = gateUp
+    self.down = down
+    self.moe = moe
+  }
+}
+
+public final class DecoderModel: @unchecked Sendable {
+  public let description: ModelDescription
+  public let runtime: Runtime
+  /// nil when the checkpoint has no tokenizer, or one this library cannot
+  /// run (logits and token-id evaluation still work).
+  public let tokenizer: BPETokenizer?
+  let tokenizerProblem: MoEError?
+  public let contextLength: Int
+  public let weightDType: DType
+  let layers: [DecoderLayer]
+  let embedding: DenseWeight          // [V, H]
+  let lmHead: DenseWeight             // [V, H] (the embedding when tied)
+  let finalNorm: AlignedBuffer
+  let rotary: RotaryTable
+  let workerScratch: [AlignedBuffer]
+  let workerScratchFloats: Int
+  let scratch = ScratchSet()
+  /// Per layer K and V caches: [capacity, nkv * d].
+  var keyCache: [AlignedBuffer] = []
+  var valueCache: [AlignedBuffer] = []
+  var cacheCapacity = 0
+  /// Tokens per expert summed over forwards since the last reset, per MoE layer.
+  public private(set) var routerCounts: [[Int]]
+  public private(set) var routerBalanceSum: Double = 0
+  public private(set) var routerForwards = 0
+
+  public init(checkpoint ckpt: Checkpoint, runtime: Runtime, options: ModelLoadOptions = ModelLoadOptions()) throws {
+    let d = ckpt.description
+    description = d
+    self.runtime = runtime
+    guard d.numHeads % max(d.numKVHeads, 1) == 0 else {
+      throw MoEError.unsupported("\(d.numHeads) attention heads are not a multiple of \(d.numKVHeads) KV heads")
+    }
+    guard d.headDim % 2 == 0 else { throw MoEError.unsupported("head_dim \(d.headDim) is odd; rotary embeddings need pairs") }
+    if let rs = d.sourceConfig?["rope_scaling"], !rs.isNull {
+      throw MoEError.unsupported("rope_scaling \(rs.serialized()) is not supported")
+    }
+    guard options.maxContext >= 0 else { throw MoEError.invalid("max_context is \(options.maxContext)") }
+    contextLength = options.maxContext > 0 ? min(options.maxContext, max(d.maxPositionEmbeddings, 1)) : max(d.maxPositionEmbeddings, 1)
+    // A missing or unsupported tokenizer leaves the model usable with token ids.
+    do {
+      tokenizer = try BPETokenizer.load(checkpoint: ckpt)
+      tokenizerProblem = nil
+    } catch let e as MoEError where e.kind == .notFound || e.kind == .unsupported {
+      tokenizer = nil
+      tokenizerProblem = e
+    }
+    if let tokenizer, tokenizer.vocabSize > d.vocabSize {
+      throw MoEError.format("the tokenizer has \(tokenizer.vocabSize) tokens but the model's vocabulary is \(d.vocabSize)")
+    }
+    let src = ckpt.source
+    let storedHalf = src.tensorNames.contains { n in
+      guard n.hasSuffix("proj.weight") || n.hasSuffix("w1.weight") || n.hasSuffix("gate_up_proj") else { return false }
+      let t = src.info(n)?.dtype
+      return t == .bf16 || t == .f16
+    }
+    let wt = options.weightDType ?? (storedHalf ? .bf16 : .f32)
+    guard wt == .f32 || wt == .bf16 else { throw MoEError.unsupported("weight dtype \(wt.name): use f32 or bf16") }
+    weightDType = wt
+    let H = d.hiddenSize, hd = d.headDim, nq = d.numHeads, nkv = d.numKVHeads, V = d.vocabSize
+
+    func read(_ name: String, _ shape: [Int]) throws -> [Float] { try src.readFloat(name, shape: shape) }
+    func vector(_ name: String, _ n: Int) throws -> AlignedBuffer {
+      let v = try read(name, [n])
+      let b = try AlignedBuffer(floats: n, what: name)
+      v.withUnsafeBufferPointer { b.pointer.update(from: $0.baseAddress!, count: n) }
+      return b
+    }
+    func dense(_ names: [String], rows: [Int], cols: Int, biases: [String]? = nil) throws -> DenseWeight {
+      var all: [Float] = []
+      for (n, r) in zip(names, rows) { all += try read(n, [r, cols]); src.release(n) }
+      var bias: [Float]? = nil
+      if let biases { bias = []; for (n, r) in zip(biases, rows) { bias! += try read(n, [r]) } }
+      let total = rows.reduce(0, +)
+      return try all.withUnsafeBufferPointer { a in
+        try (bias ?? []).withUnsafeBufferPointer { b in
+          try DenseWeight(rows: total, cols: cols, dtype: wt, values: a.baseAddress!,
+                          bias: bias == nil ? nil : b.baseAddress, what: names[0])
+        }
+      }
+    }
+
+    embedding = try dense(["model.embed_tokens.weight"], rows: [V], cols: H)
+    lmHead = d.tiedEmbeddings ? embedding : try dense(["lm_head.weight"], rows: [V], cols: H)
+    finalNorm = try vector("model.norm.weight", H)
+    var built: [DecoderLayer] = []
+    var counts: [[Int]] = []
+    for l in 0..<d.numLayers {
+      let p = ModelDescription.layerPrefix(l)
+      let a = p + "self_attn."
+      let qkv = try dense([a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"],
+                          rows: [nq * hd, nkv * hd, nkv * hd], cols: H,
+                          biases: d.qkvBias ? [a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias"] : nil)
+      let o = try dense([a + "o_proj.weight"], rows: [H], cols: nq * hd)
+      var gateUp: DenseWeight? = nil, down: DenseWeight? = nil, moe: MoELayer? = nil
+      if let m = d.moe, m.moeLayers[l] {
+        moe = try MoELayer.load(checkpoint: ckpt, layer: l, runtime: runtime) { c in
+          c.storage = wt
+          c.placement = options.placement
+        }
+        counts.append([Int](repeating: 0, count: m.numExperts))
+      } else {
+        let n = d.denseFFNNames(layer: l)
+        let F = d.intermediateSize
+        gateUp = try dense([n.gate, n.up], rows: [F, F], cols: H)
+        down = try dense([n.down], rows: [H], cols: F)
+        counts.append([])
+      }
+      built.append(DecoderLayer(inputNorm: try vector(p + "input_layernorm.weight", H),
+                                postNorm: try vector(p + "post_attention_layernorm.weight", H),
+                                qkv: qkv, output: o, gateUp: gateUp, down: down, moe: moe))
+    }
+    layers = built
+    routerCounts = counts
+    rotary = RotaryTable(headDim: hd, base: d.ropeTheta)
+    let widest = max(H, nq * hd, d.intermediateSize, d.moe?.expertIntermediateSize ?? 0)
+    workerScratchFloats = 128 * widest
+    workerScratch = try (0..<runtime.workerCount).map { _ in try AlignedBuffer(floats: 128 * widest, what: "model scratch") }
+  }
+
+  public convenience init(path: String, runtime: Runtime, options: ModelLoadOptions = ModelLoadOptions()) throws {
+    try self.init(checkpoint: try Checkpoint(path: path), runtime: runtime, options: options)
+  }
+
+  public var vocabSize: Int { description.vocabSize }
+
+  /// The tokenizer, or an error saying the checkpoint has none.
+  public func requireTokenizer() throws -> BPETokenizer {
+    guard let tokenizer else {
+      let why = tokenizerProblem?.message ?? "no tokenizer"
+      throw MoEError(tokenizerProblem?.kind ?? .notFound, "the model's tokenizer cannot be used (\(why)); pass token ids")
+    }
+    return tokenizer
+  }
+  public var numMoELayers: Int { layers.filter { $0.moe != nil }.count }
+
+  /// Bytes of weights one decoded token reads: every dense matrix, the active
+  /// experts of each MoE layer (top-k, plus the shared expert and router),
+  /// one embedding row and the whole LM head.
+  public var weightBytesPerToken: Int {
+    var total = embedding.cols * weightDType.elementBytes + lmHead.bytes
+    for l in layers {
+      total += l.qkv.bytes + l.output.bytes + (l.gateUp?.bytes ?? 0) + (l.down?.bytes ?? 0)
+      if let m = l.moe {
+        let c = m.config, e = c.storage.elementBytes
+        total += c.experts * c.hidden * 4 + c.topK * 3 * c.hidden * c.ffn * e
+        if c.sharedFFN > 0 { total += 3 * c.hidden * c.sharedFFN * e + c.hidden * 4 }
+      }
+    }
+    return total
+  }
+
+  /// Bytes of all weights held.
+  public var weightBytes: Int {
+    var total = embedding.bytes + (lmHead === embedding ? 0 : lmHead.bytes)
+    for l in layers {
+      total += l.qkv.bytes + l.output.bytes + (l.gateUp?.bytes ?? 0) + (l.down?.bytes ?? 0)
+      total += l.moe?.ownedBytes ?? 0
+    }
+    return total
+  }
+
+  public func resetRouterStatistics() {
+    for i in routerCounts.indices { routerCounts[i] = [Int](repeating: 0, count: routerCounts[i].count) }
+    routerBalanceSum = 0
+    routerForwards = 0
+  }
+
+  // MARK: - KV cache
+
+  func ensureCache(_ needed: Int) throws {
+    guard needed > cacheCapacity else { return }
+    let kvWidth = description.numKVHeads * description.headDim
+    let capacity = min(contextLength, max(needed, cacheCapacity * 2, 256))
+    var keys: [AlignedBuffer] = [], values: [AlignedBuffer] = []
+    for l in layers.indices {
+      let k = try AlignedBuffer(floats: capacity * kvWidth, what: "key cache")
+      let v = try AlignedBuffer(floats: capacity * kvWidth, what: "value cache")
+      if cacheCapacity > 0 {
+        k.pointer.update(from: keyCache[l].pointer, count: cacheCapacity * kvWidth)
+        v.pointer.update(from: valueCache[l].pointer, count: cacheCapacity * kvWidth)
+      }
+      keys.append(k)
+      values.append(v)
+    }
+    keyCache = keys
+    valueCache = values
+    cacheCapacity = capacity
+  }
+
+  // MARK: - Forward
+
+  /// Runs `tokens` at positions start ..< start + T (the cache holds 0 ..< start),
+  /// appending their keys and values. Returns the final hidden states [T, H]
+  /// after the final norm (valid until the next call).
+  func forwardHidden(_ tokens: UnsafeBufferPointer<Int32>, start: Int) throws -> UnsafeMutablePointer<Float> {
+    let d = description
+    let T = tokens.count, H = d.hiddenSize, hd = d.headDim, nq = d.numHeads, nkv = d.numKVHeads
+    guard start >= 0, start + T <= contextLength else {
+      throw MoEError.invalid("\(start + T) positions exceed the context length \(contextLength)")
+    }
+    for t in tokens where t < 0 || Int(t) >= d.vocabSize {
+      throw MoEError.invalid("token id \(t) is outside the vocabulary (0..<\(d.vocabSize))")
+    }
+    try ensureCache(start + T)
+    rotary.ensure(start + T)
+    Runtime.keepBLASSingleThreaded()
+    let x = try scratch.get("x", floats: T * H)
+    let h = try scratch.get("h", floats: T * H)
+    let qkvWidth = (nq + 2 * nkv) * hd
+    let qkv = try scratch.get("qkv", floats: T * qkvWidth)
+    let attn = try scratch.get("attn", floats: T * nq * hd)
+    let ffnOut = try scratch.get("ffn_out", floats: T * H)
+    let widestFFN = layers.compactMap { $0.gateUp?.rows }.max() ?? 0
+    let gu = try scratch.get("gate_up", floats: T * widestFFN)
+    let act = try scratch.get("act", floats: T * widestFFN / 2)
+    let scores = try scratch.get("scores", floats: runtime.workerCount * (start + T))
+    let eps = Float(d.rmsNormEps)
+    let scale = 1 / Float(hd).squareRoot()
+    let kvWidth = nkv * hd
+    let group = nq / nkv
+
+    for t in 0..<T { embedding.row(Int(tokens[t]), into: x + t * H) }
+    for (l, layer) in layers.enumerated() {
+      runtime.parallelFor(T, costPerItem: H) { r in
+        for t in r { ModelKernels.rmsNorm(x + t * H, layer.inputNorm.pointer, h + t * H, H, eps: eps) }
+      }
+      runtime.linear(h, tokens: T, layer.qkv, qkv, scratch: workerScratch, scratchFloats: workerScratchFloats)
+      // Rotary embeddings on q and k; k and v into the cache.
+      let keys = keyCache[l].pointer, values = valueCache[l].pointer
+      runtime.parallelFor(T, costPerItem: qkvWidth) { r in
+        for t in r {
+          let row = qkv + t * qkvWidth
+          self.rotary.withRow(start + t) { c, s in
+            for head in 0..<(nq + nkv) { ModelKernels.rope(row + head * hd, hd, cos: c, sin: s) }
+          }
+          (keys + (start + t) * kvWidth).update(from: row + nq * hd, count: kvWidth)
+          (values + (start + t) * kvWidth).update(from: row + (nq + nkv) * hd, count: kvWidth)
+        }
+      }
+      // Causal attention: one item per (token, head).
+      let W = runtime.workerCount
+      let items = T * nq
+      let attendItems: (Range<Int>, UnsafeMutablePointer<Float>) -> Void = { r, buffer in
+        for item in r {
+          let t = item / nq, head = item % nq, kvHead = head / group
+          ModelKernels.attendOne(q: qkv + t * qkvWidth + head * hd, keys: keys + kvHead * hd,
+                                 values: values + kvHead * hd, stride: kvWidth, last: start + t, d: hd,
+                                 scale: scale, scores: buffer, out: attn + t * nq * hd + head * hd)
+        }
+      }
+      if W == 1 || items * (start + T) * hd < 1 << 15 {
+        attendItems(0..<items, scores)
+      } else {
+        runtime.pool.run { w in
+          let lo = items * w / W, hi = items * (w + 1) / W
+          if hi > lo { attendItems(lo..<hi, scores + w * (start + T)) }
+        }
+      }
+      runtime.linear(attn, tokens: T, layer.output, ffnOut, scratch: workerScratch, scratchFloats: workerScratchFloats)
+      runtime.parallelFor(T, costPerItem: 2 * H) { r in
+        for t in r {
+          axpy(1, ffnOut + t * H, x + t * H, H)
+          ModelKernels.rmsNorm(x + t * H, layer.postNorm.pointer, h + t * H, H, eps: eps)
+        }
+      }
+      if let moe = layer.moe {
+        try moe.forward(x: h, tokens: T, out: ffnOut, save: false, training: false)
+        let stats = moe.stats
+        for e in stats.tokensPerExpert.indices { routerCounts[l][e] += stats.tokensPerExpert[e] }
+        routerBalanceSum += Double(stats.losses.balance)
+        routerForwards += 1
+      } else if let gateUp = layer.gateUp, let down = layer.down {
+        let F = gateUp.rows / 2
+        runtime.linear(h, tokens: T, gateUp, gu, scratch: workerScratch, scratchFloats: workerScratchFloats)
+        runtime.parallelFor(T, costPerItem: F) { r in
+          for t in r { swigluForward(gate: gu + t * 2 * F, up: gu + t * 2 * F + F, out: act + t * F, count: F) }
+        }
+        runtime.linear(act, tokens: T, down, ffnOut, scratch: workerScratch, scratchFloats: workerScratchFloats)
+      }
+      runtime.parallelFor(T, costPerItem: H) { r in
+        for t in r { axpy(1, ffnOut + t * H, x + t * H, H) }
+      }
+    }
+    runtime.parallelFor(T, costPerItem: H) { r in
+      for t in r { ModelKernels.rmsNorm(x + t * H, self.finalNorm.pointer, h + t * H, H, eps: eps) }
+    }
+    return h
+  }
+
+  /// Logits [rows.count, V] of hidden rows `rows` of `hidden` [T, H].
+  func logits(hidden: UnsafePointer<Float>, rows: Range<Int>, into out: UnsafeMutablePointer<Float>) {
+    let H = description.hiddenSize
+    runtime.linear(hidden + rows.lowerBound * H, tokens: rows.count, lmHead, out,
+                   scratch: workerScratch, scratchFloats: workerScratchFloats)
+  }
+
+  /// Logits [T, V] for `tokens` at positions 0 ..< T (a fresh sequence).
+  public func logits(tokens: [Int32], into out: UnsafeMutablePointer<Float>) throws {
+    guard !tokens.isEmpty else { return }
+    let hidden = try tokens.withUnsafeBufferPointer { try forwardHidden($0, start: 0) }
+    let chunk = 64
+    var r0 = 0
+    while r0 < tokens.count {
+      let r1 = min(tokens.count, r0 + chunk)
+      logits(hidden: hidden, rows: r0..<r1, into: out + r0 * vocabSize)
+      r0 = r1
+    }
+  }
+}
