@@ -802,7 +802,7 @@ typedef struct moe_eval_params {
   /** sizeof(moe_eval_params); set by moe_eval_params_init(). */
   size_t struct_size;
   /** Tokens per window (2..context); windows do not overlap and each starts
-   *  a fresh context. Default 512. */
+   *  a fresh context. 0 (default) = 512, or the context length if shorter. */
   uint32_t seq_len;
   /** Evaluate at most this many tokens of the data; 0 (default) = all. */
   uint64_t max_tokens;
@@ -833,7 +833,8 @@ typedef struct moe_eval_result {
 
 /**
  * Perplexity of the model on UTF-8 `text` (`length` bytes, tokenized without
- * BOS) or, with moe_model_eval_tokens, on token ids. `params` may be NULL.
+ * BOS; special-token text such as "<|im_start|>" is read as plain text) or,
+ * with moe_model_eval_tokens, on token ids. `params` may be NULL.
  * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (fewer than
  * 2 tokens, bad seq_len, ids outside the vocabulary, invalid UTF-8),
  * MOE_ERR_CANCELLED, MOE_ERR_OUT_OF_MEMORY.
@@ -905,7 +906,8 @@ typedef struct moe_generate_result {
  * prompt) is written NUL-terminated into `text` of `capacity` bytes when
  * `text` is not NULL, and its size including the NUL into `*needed` (may be
  * NULL); a too-small buffer is not an error here: the text is cut at a
- * UTF-8 boundary.
+ * UTF-8 boundary. The text equals the pieces passed to `on_token`: an
+ * unfinished UTF-8 sequence at the very end is left out of both.
  * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (empty
  * prompt, prompt at or beyond the context, bad sampling settings),
  * MOE_ERR_UNSUPPORTED (chat without a ChatML template), MOE_ERR_OUT_OF_MEMORY.

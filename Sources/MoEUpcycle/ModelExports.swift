@@ -127,7 +127,8 @@ public func moe_model_detokenize(_ model: OpaquePointer?, _ tokens: UnsafePointe
   guarded("moe_model_detokenize") {
     let m = try handleObject(model, DecoderModel.self, "model")
     let tokenizer = try m.requireTokenizer()
-    let ids = try tokenArgument(tokens, count, vocab: tokenizer.vocabSize)
+    // Ids of a padded vocabulary beyond the tokenizer's have no text.
+    let ids = try tokenArgument(tokens, count, vocab: m.vocabSize)
     try writeText(tokenizer.decode(ids, skipSpecial: skip_special != 0), buffer, capacity, needed)
   }
 }
@@ -158,7 +159,7 @@ public func moe_eval_params_init(_ params: UnsafeMutablePointer<moe_eval_params>
   guard let params else { return }
   var p = moe_eval_params()
   p.struct_size = MemoryLayout<moe_eval_params>.size
-  p.seq_len = 512
+  p.seq_len = 0
   p.max_tokens = 0
   p.progress = nil
   p.user_data = nil

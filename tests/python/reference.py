@@ -113,3 +113,90 @@ def forward(weights: dict, config: dict, tokens) -> np.ndarray:
     x = rms_norm(x, w["model.norm.weight"], eps)
     head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
     return x @ head.T
+
+
+# --------------------------------------------------------------------------- byte-level BPE tokenizer files
+
+
+def bytes_to_unicode() -> dict:
+    """GPT-2's byte -> printable character table (the byte-level BPE alphabet)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+TINY_MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r"), ("Ġ", "s"),
+               ("o", "n"), ("Ġt", "h")]
+TINY_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHATML_TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']"
+                   " + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+                   "{% endif %}")
+
+
+def tiny_tokenizer_json(merges=TINY_MERGES, specials=TINY_SPECIALS) -> dict:
+    """An HF tokenizer.json: byte b is id b (in GPT-2's alphabet), merged tokens follow from id 256, then
+    the special tokens (added_tokens with special: true)."""
+    table = bytes_to_unicode()
+    vocab = {table[b]: b for b in range(256)}
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    added = []
+    for s in specials:
+        added.append({"id": len(vocab), "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+                      "normalized": False, "special": True})
+        vocab[s] = len(vocab)
+    return {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": vocab, "merges": [f"{a} {b}" for a, b in merges]},
+    }
+
+
+def write_tiny_tokenizer(path, *, add_bos=True, chat_template=CHATML_TEMPLATE, bos="<|endoftext|>",
+                         eos="<|endoftext|>", merges=TINY_MERGES) -> dict:
+    """Writes tokenizer.json and tokenizer_config.json into the HF directory `path`; returns the vocabulary
+    (token text in vocabulary form -> id)."""
+    import json
+    from pathlib import Path
+    path = Path(path)
+    tok = tiny_tokenizer_json(merges)
+    (path / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False))
+    cfg = {"add_bos_token": add_bos, "add_eos_token": False, "bos_token": bos, "eos_token": eos,
+           "model_max_length": 256, "tokenizer_class": "GPT2Tokenizer"}
+    if chat_template is not None:
+        cfg["chat_template"] = chat_template
+    (path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return dict(tok["model"]["vocab"])
+
+
+def window_nll(logits_of, tokens, seq_len, max_tokens=0):
+    """Perplexity evaluation as the library defines it, from a logits function: non-overlapping windows of
+    seq_len tokens, each a fresh context whose first token is context only; a trailing window of one token
+    is dropped. Returns (mean NLL, tokens scored, windows, tokens run)."""
+    tokens = list(tokens)
+    if max_tokens:
+        tokens = tokens[:max_tokens]
+    total, scored, windows, run = 0.0, 0, 0, 0
+    start = 0
+    while start + 1 < len(tokens):
+        window = tokens[start:start + seq_len]
+        z = np.asarray(logits_of(window), dtype=np.float64)
+        m = z.max(axis=-1, keepdims=True)
+        lse = (m + np.log(np.exp(z - m).sum(axis=-1, keepdims=True)))[:, 0]
+        for i in range(len(window) - 1):
+            total += lse[i] - z[i, window[i + 1]]
+        scored += len(window) - 1
+        windows += 1
+        run += len(window)
+        start += len(window)
+    return total / scored, scored, windows, run

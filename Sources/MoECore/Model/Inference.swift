@@ -6,8 +6,9 @@ import Glibc
 
 public struct EvalOptions: Sendable {
   /// Tokens per window; windows do not overlap and each starts a fresh
-  /// context, so a window's first token is context only.
-  public var seqLen: Int = 512
+  /// context, so a window's first token is context only. 0 = 512, or the
+  /// context length when that is shorter.
+  public var seqLen: Int = 0
   /// Stop after this many tokens of data (0 = all).
   public var maxTokens: Int = 0
   public init() {}
@@ -61,8 +62,9 @@ extension DecoderModel {
   /// `progress(done, total)` returns false to cancel.
   public func evaluate(tokens all: [Int32], options: EvalOptions,
                        progress: ((Int, Int) -> Bool)? = nil) throws -> EvalResult {
-    guard options.seqLen >= 2, options.seqLen <= contextLength else {
-      throw MoEError.invalid("seq_len is \(options.seqLen); it must be in 2...\(contextLength) (the context length)")
+    let seqLen = options.seqLen == 0 ? min(512, contextLength) : options.seqLen
+    guard seqLen >= 2, seqLen <= contextLength else {
+      throw MoEError.invalid("seq_len is \(options.seqLen); it must be in 2...\(contextLength) (the context length), or 0")
     }
     guard options.maxTokens >= 0 else { throw MoEError.invalid("max_tokens is \(options.maxTokens)") }
     let tokens = options.maxTokens > 0 ? Array(all.prefix(options.maxTokens)) : all
@@ -78,7 +80,7 @@ extension DecoderModel {
     let logits = try scratch.get("eval_logits", floats: chunk * V)
     var start = 0
     while start + 1 < tokens.count {
-      let end = min(start + options.seqLen, tokens.count)
+      let end = min(start + seqLen, tokens.count)
       let window = Array(tokens[start..<end])
       let hidden = try window.withUnsafeBufferPointer { try forwardHidden($0, start: 0) }
       var r0 = 0
@@ -176,7 +178,9 @@ extension DecoderModel {
       position += 1
     }
     result.decodeSeconds = monotonicSeconds() - t0
-    result.text = String(decoding: bytes + pending, as: UTF8.self)
+    // An unfinished UTF-8 sequence at the very end was never streamed; leave
+    // it out of the text too, so the text equals the streamed pieces.
+    result.text = String(decoding: bytes, as: UTF8.self)
     return result
   }
 

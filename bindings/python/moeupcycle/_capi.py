@@ -305,3 +305,146 @@ lib.moe_layer_get_stats.restype = c_int
 # moe_status moe_layer_get_routing(const moe_layer *layer, float *out, size_t capacity);
 lib.moe_layer_get_routing.argtypes = [c_void_p, POINTER(c_float), c_size_t]
 lib.moe_layer_get_routing.restype = c_int
+
+# --------------------------------------------------------------------------- models
+
+# typedef int (*moe_token_fn)(int32_t token, const char *text, void *user_data);
+moe_token_fn = CFUNCTYPE(c_int, c_int32, c_char_p, c_void_p)
+
+
+class moe_model_params(Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("weight_dtype", c_int32),
+        ("placement", c_int32),
+        ("max_context", c_uint32),
+    ]
+
+
+class moe_model_info(Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("architecture", c_char * 32),
+        ("num_layers", c_uint32),
+        ("hidden_size", c_uint32),
+        ("vocab_size", c_uint32),
+        ("context_length", c_uint32),
+        ("num_moe_layers", c_uint32),
+        ("num_experts", c_uint32),
+        ("top_k", c_uint32),
+        ("bos_token_id", c_int32),
+        ("eos_token_id", c_int32),
+        ("weight_dtype", c_int),
+        ("weight_bytes", c_uint64),
+        ("weight_bytes_per_token", c_uint64),
+    ]
+
+
+class moe_eval_params(Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("seq_len", c_uint32),
+        ("max_tokens", c_uint64),
+        ("progress", moe_progress_fn),
+        ("user_data", c_void_p),
+    ]
+
+
+class moe_eval_result(Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("tokens_scored", c_uint64),
+        ("windows", c_uint32),
+        ("mean_nll", c_double),
+        ("perplexity", c_double),
+        ("seconds", c_double),
+        ("tokens_per_second", c_double),
+        ("balance", c_double),
+    ]
+
+
+class moe_generate_params(Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("max_new_tokens", c_uint32),
+        ("temperature", c_float),
+        ("top_k", c_uint32),
+        ("top_p", c_float),
+        ("seed", c_uint64),
+        ("chat", c_int32),
+        ("add_special", c_int32),
+        ("on_token", moe_token_fn),
+        ("user_data", c_void_p),
+        ("ignore_eos", c_int32),
+    ]
+
+
+class moe_generate_result(Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("prompt_tokens", c_uint64),
+        ("generated_tokens", c_uint64),
+        ("prompt_seconds", c_double),
+        ("decode_seconds", c_double),
+        ("tokens_per_second", c_double),
+        ("stop_reason", c_int32),
+    ]
+
+
+# void moe_model_params_init(moe_model_params *params);
+lib.moe_model_params_init.argtypes = [POINTER(moe_model_params)]
+lib.moe_model_params_init.restype = None
+# moe_status moe_model_load(moe_model **out, moe_runtime *runtime, const char *path,
+#                           const moe_model_params *params);
+lib.moe_model_load.argtypes = [POINTER(c_void_p), c_void_p, c_char_p, POINTER(moe_model_params)]
+lib.moe_model_load.restype = c_int
+# void moe_model_free(moe_model *model);
+lib.moe_model_free.argtypes = [c_void_p]
+lib.moe_model_free.restype = None
+# moe_status moe_model_get_info(moe_model_info *out, const moe_model *model);
+lib.moe_model_get_info.argtypes = [POINTER(moe_model_info), c_void_p]
+lib.moe_model_get_info.restype = c_int
+# moe_status moe_model_tokenize(const moe_model *model, const char *text, size_t length,
+#                               int32_t add_special, int32_t *tokens, size_t capacity,
+#                               size_t *count);
+lib.moe_model_tokenize.argtypes = [c_void_p, c_char_p, c_size_t, c_int32, POINTER(c_int32), c_size_t,
+                                   POINTER(c_size_t)]
+lib.moe_model_tokenize.restype = c_int
+# moe_status moe_model_detokenize(const moe_model *model, const int32_t *tokens, size_t count,
+#                                 int32_t skip_special, char *buffer, size_t capacity,
+#                                 size_t *needed);
+lib.moe_model_detokenize.argtypes = [c_void_p, POINTER(c_int32), c_size_t, c_int32, c_char_p, c_size_t,
+                                     POINTER(c_size_t)]
+lib.moe_model_detokenize.restype = c_int
+# moe_status moe_model_logits(moe_model *model, const int32_t *tokens, size_t count,
+#                             float *logits, size_t capacity);
+lib.moe_model_logits.argtypes = [c_void_p, POINTER(c_int32), c_size_t, POINTER(c_float), c_size_t]
+lib.moe_model_logits.restype = c_int
+# void moe_eval_params_init(moe_eval_params *params);
+lib.moe_eval_params_init.argtypes = [POINTER(moe_eval_params)]
+lib.moe_eval_params_init.restype = None
+# moe_status moe_model_eval_text(moe_eval_result *out, moe_model *model, const char *text,
+#                                size_t length, const moe_eval_params *params);
+lib.moe_model_eval_text.argtypes = [POINTER(moe_eval_result), c_void_p, c_char_p, c_size_t,
+                                    POINTER(moe_eval_params)]
+lib.moe_model_eval_text.restype = c_int
+# moe_status moe_model_eval_tokens(moe_eval_result *out, moe_model *model,
+#                                  const int32_t *tokens, size_t count,
+#                                  const moe_eval_params *params);
+lib.moe_model_eval_tokens.argtypes = [POINTER(moe_eval_result), c_void_p, POINTER(c_int32), c_size_t,
+                                      POINTER(moe_eval_params)]
+lib.moe_model_eval_tokens.restype = c_int
+# moe_status moe_model_router_stats(const moe_model *model, uint32_t layer,
+#                                   uint64_t *tokens_per_expert, size_t capacity,
+#                                   uint32_t *experts);
+lib.moe_model_router_stats.argtypes = [c_void_p, c_uint32, POINTER(c_uint64), c_size_t, POINTER(c_uint32)]
+lib.moe_model_router_stats.restype = c_int
+# void moe_generate_params_init(moe_generate_params *params);
+lib.moe_generate_params_init.argtypes = [POINTER(moe_generate_params)]
+lib.moe_generate_params_init.restype = None
+# moe_status moe_model_generate(moe_generate_result *out, moe_model *model, const char *prompt,
+#                               const moe_generate_params *params, char *text,
+#                               size_t capacity, size_t *needed);
+lib.moe_model_generate.argtypes = [POINTER(moe_generate_result), c_void_p, c_char_p,
+                                   POINTER(moe_generate_params), c_char_p, c_size_t, POINTER(c_size_t)]
+lib.moe_model_generate.restype = c_int
