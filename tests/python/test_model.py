@@ -1384,30 +1384,8 @@ def hamlet_ids(smollm2, hamlet):
 @pytest.fixture(scope="module")
 def smollm2_reference(smollm2_path):
     """HF-order f32 weights dequantized by the gguf package, independently of the library."""
-    from gguf import GGUFReader, quants
-    from gguf_models import unpermute
-    r = GGUFReader(str(smollm2_path))
-    names = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight"}
-    per = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn_q": "self_attn.q_proj",
-           "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
-           "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
-    w = {}
-    for t in r.tensors:
-        if t.name in names:
-            name = names[t.name]
-        else:
-            _, l, kind, _ = t.name.split(".")
-            name = f"model.layers.{l}.{per[kind]}.weight"
-        shape = tuple(int(d) for d in reversed(t.shape))
-        a = quants.dequantize(t.data, t.tensor_type).reshape(shape).astype(np.float32)
-        if name.endswith("q_proj.weight"):
-            a = unpermute(a, 9)
-        elif name.endswith("k_proj.weight"):
-            a = unpermute(a, 3)
-        w[name] = a
-    cfg = {"model_type": "llama", "hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3,
-           "num_hidden_layers": 30, "rms_norm_eps": 1e-5, "rope_theta": 100000.0}
-    return w, cfg
+    from gguf_models import smollm2_dequantized
+    return smollm2_dequantized(smollm2_path)
 
 
 def test_smollm2_info(smollm2):
