@@ -28,7 +28,7 @@ public struct LayerStats: Sendable, Equatable {
 }
 
 public final class MoELayer: @unchecked Sendable {
-  public let config: MoELayerConfig
+  public internal(set) var config: MoELayerConfig
   public let runtime: Runtime
   public let plan: PlacementPlan
 
@@ -329,6 +329,15 @@ public final class MoELayer: @unchecked Sendable {
     }
     let g = try gradient(weight)
     out.update(from: g.pointer + (expert >= 0 ? expert * need : 0), count: need)
+  }
+
+  /// Sets the balance and z-loss coefficients backward uses.
+  public func setLossCoefficients(balance: Float, z: Float) throws {
+    guard balance.isFinite, balance >= 0, z.isFinite, z >= 0 else {
+      throw MoEError.invalid("loss coefficients must be finite and >= 0 (balance \(balance), z \(z))")
+    }
+    config.balanceCoef = balance
+    config.zCoef = z
   }
 
   public func zeroGradients() {
