@@ -31,6 +31,8 @@
  *    runtime may be shared by several layers and threads; it runs one
  *    parallel job at a time (callers queue). The caller's thread is never
  *    pinned or used as a worker.
+ *  - A moe_trainer and the model it trains must be used by one thread at a
+ *    time.
  *  - A moe_model must be used by one thread at a time (it owns a KV cache
  *    and scratch buffers); several models may share a runtime.
  *  - A moe_layer must be used by one thread at a time (forward, backward and
@@ -915,6 +917,141 @@ typedef struct moe_generate_result {
 moe_status moe_model_generate(moe_generate_result *out, moe_model *model, const char *prompt,
                               const moe_generate_params *params, char *text,
                               size_t capacity, size_t *needed);
+
+/* ------------------------------------------------------------------------ */
+/* Training: continued pretraining of dense and MoE models                  */
+/* ------------------------------------------------------------------------ */
+
+/** Trains a loaded model in place. Opaque; one thread at a time. */
+typedef struct moe_trainer moe_trainer;
+
+typedef enum moe_train_only {
+  MOE_TRAIN_ALL = 0,
+  /** MoE layers only (routers and experts). */
+  MOE_TRAIN_MOE = 1,
+  /** Routers only. */
+  MOE_TRAIN_ROUTERS = 2
+} moe_train_only;
+
+typedef enum moe_lr_schedule {
+  /** Linear warmup, then cosine from lr to min_lr at the last step. */
+  MOE_LR_COSINE = 0,
+  /** Linear warmup, then lr. */
+  MOE_LR_CONSTANT = 1
+} moe_lr_schedule;
+
+typedef struct moe_trainer_params {
+  /** sizeof(moe_trainer_params); set by moe_trainer_params_init(). */
+  size_t struct_size;
+  /** Tokens predicted per sequence. Default 256. */
+  uint32_t seq_len;
+  /** Sequences per step; gradients are accumulated over them. Default 4. */
+  uint32_t batch;
+  /** Total steps (for the schedule). Default 100. */
+  uint32_t steps;
+  /** Warmup steps. Default 0. */
+  uint32_t warmup;
+  /** Peak and final learning rate. Defaults 2e-4 and 2e-5 (Drop-Upcycling). */
+  float lr;
+  float min_lr;
+  moe_lr_schedule schedule;
+  /** AdamW. Defaults 0.9, 0.95, 1e-8, weight decay 0.1 (matrices only, not
+   *  norms or biases). */
+  float beta1;
+  float beta2;
+  float eps;
+  float weight_decay;
+  /** Global gradient-norm clip; 0 = off. Default 1. */
+  float clip;
+  /** Switch load-balancing and router z-loss coefficients of MoE layers.
+   *  Defaults 0.02 and 0.001. */
+  float aux_loss_coef;
+  float z_loss_coef;
+  /** Default MOE_TRAIN_ALL. */
+  moe_train_only train_only;
+  /** Seeds the order of training windows. Default 0. */
+  uint64_t seed;
+  /** Fraction of the data, at its end, held out for evaluation. Default 0.05. */
+  double eval_fraction;
+  /** Held-out windows per evaluation, at most. Default 8. */
+  uint32_t eval_windows;
+} moe_trainer_params;
+
+void moe_trainer_params_init(moe_trainer_params *params);
+
+/**
+ * Create a trainer for `model` (which must be loaded with f32 weights) over
+ * `count` token ids (copied). Windows of seq_len + 1 tokens are drawn at
+ * positions that depend only on (seed, step, index), so a resumed run reads
+ * the same data. The model stays usable for evaluation and generation
+ * between steps and must outlive the trainer.
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (settings,
+ * too little data, ids outside the vocabulary), MOE_ERR_UNSUPPORTED (bf16
+ * weights), MOE_ERR_OUT_OF_MEMORY.
+ */
+moe_status moe_trainer_create(moe_trainer **out, moe_model *model, const int32_t *tokens,
+                              size_t count, const moe_trainer_params *params);
+
+/** As moe_trainer_create, over UTF-8 `text` tokenized with the model's
+ *  tokenizer (no BOS, special-token text read as plain text). */
+moe_status moe_trainer_create_text(moe_trainer **out, moe_model *model, const char *text,
+                                   size_t length, const moe_trainer_params *params);
+
+/** Release a trainer (not the model). NULL is ignored. */
+void moe_trainer_free(moe_trainer *trainer);
+
+typedef struct moe_train_stats {
+  /** Set by the caller to sizeof(moe_train_stats) before the call. */
+  size_t struct_size;
+  /** Steps done, this one included. */
+  uint64_t step;
+  /** Mean cross-entropy of the step's tokens. */
+  double loss;
+  /** MoE models: mean balance figure and z-loss of the step (0 if dense). */
+  double balance;
+  double z_loss;
+  double lr;
+  /** Global gradient norm before clipping. */
+  double grad_norm;
+  uint64_t tokens;
+  double seconds;
+  double tokens_per_second;
+  /** Busiest expert's tokens relative to an even share, worst MoE layer. */
+  double max_expert_load;
+} moe_train_stats;
+
+/** One optimizer step. `out` may be NULL (else its struct_size set).
+ *  Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT,
+ *  MOE_ERR_OUT_OF_MEMORY. */
+moe_status moe_trainer_step(moe_train_stats *out, moe_trainer *trainer);
+
+/** Mean cross-entropy on the held-out windows, into `*mean_nll`.
+ *  Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (no
+ *  held-out data). */
+moe_status moe_trainer_eval(double *mean_nll, moe_trainer *trainer);
+
+/** Steps done so far. Returns MOE_OK, MOE_ERR_NULL_POINTER. */
+moe_status moe_trainer_get_step(uint64_t *out, const moe_trainer *trainer);
+
+/**
+ * Write a checkpoint directory: the model in HF format (loadable by
+ * moe_model_load and transformers), plus trainer.json (step, settings) and
+ * optimizer.safetensors (AdamW moments), written to a temporary name and
+ * renamed into place. An existing directory is replaced only with `force`.
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT,
+ * MOE_ERR_EXISTS, MOE_ERR_IO.
+ */
+moe_status moe_trainer_save(moe_trainer *trainer, const char *path, int32_t force);
+
+/**
+ * Continue from a checkpoint written by moe_trainer_save: restores the step
+ * and optimizer moments. The trainer's model must have been loaded from the
+ * same directory and the data and settings must be the same; the run then
+ * continues exactly (bit-identical weights for the same thread count).
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (settings
+ * differ), MOE_ERR_IO, MOE_ERR_FORMAT, MOE_ERR_NOT_FOUND.
+ */
+moe_status moe_trainer_resume(moe_trainer *trainer, const char *path);
 
 #ifdef __cplusplus
 } /* extern "C" */

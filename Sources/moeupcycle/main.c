@@ -32,6 +32,8 @@ static void usage(FILE *f) {
     "  moeupcycle generate MODEL --prompt TEXT [--max-new-tokens N] [--temperature T]\n"
     "                      [--top-k K] [--top-p P] [--seed N] [--chat] [--json]\n"
     "  moeupcycle bench decode MODEL [--tokens N] [--prompt TEXT] [--json]\n"
+    "  moeupcycle train MODEL --data FILE --out DIR [--steps N] [--batch B] [--seq-len T]\n"
+    "                   [--lr LR] [--train-only all|moe|routers] [--resume] ... (train --help)\n"
     "  moeupcycle topology [--json] [--threads N] [--placement P] [--hidden H --ffn F\n"
     "                      --experts E --top-k K] [--synthetic SPEC | --xml FILE]\n"
     "  moeupcycle version\n"
@@ -451,6 +453,7 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "bench") == 0) return cmd_bench(argc - 2, argv + 2);
   if (strcmp(cmd, "topology") == 0) return cmd_topology(argc - 2, argv + 2);
   if (strcmp(cmd, "eval") == 0) return cmd_eval(argc - 2, argv + 2);
+  if (strcmp(cmd, "train") == 0) return cmd_train(argc - 2, argv + 2);
   if (strcmp(cmd, "generate") == 0) return cmd_generate(argc - 2, argv + 2);
   return bad_usage("unknown command", cmd);
 }

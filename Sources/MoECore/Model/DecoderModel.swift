@@ -44,6 +44,8 @@ final class DecoderLayer {
 public final class DecoderModel: @unchecked Sendable {
   public let description: ModelDescription
   public let runtime: Runtime
+  /// The checkpoint the model was loaded from (HF directory or .gguf file).
+  public let sourcePath: String
   /// nil when the checkpoint has no tokenizer, or one this library cannot
   /// run (logits and token-id evaluation still work).
   public let tokenizer: BPETokenizer?
@@ -70,6 +72,7 @@ public final class DecoderModel: @unchecked Sendable {
   public init(checkpoint ckpt: Checkpoint, runtime: Runtime, options: ModelLoadOptions = ModelLoadOptions()) throws {
     let d = ckpt.description
     description = d
+    sourcePath = ckpt.path
     self.runtime = runtime
     guard d.numHeads % max(d.numKVHeads, 1) == 0 else {
       throw MoEError.unsupported("\(d.numHeads) attention heads are not a multiple of \(d.numKVHeads) KV heads")

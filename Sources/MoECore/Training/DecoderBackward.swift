@@ -80,7 +80,7 @@ extension DecoderModel {
     Runtime.keepBLASSingleThreaded()
     rotary.ensure(T)
     let H = d.hiddenSize, hd = d.headDim, nq = d.numHeads, nkv = d.numKVHeads, V = d.vocabSize
-    let qkvWidth = (nq + 2 * nkv) * hd, kvWidth = nkv * hd, group = nq / nkv
+    let qkvWidth = (nq + 2 * nkv) * hd, group = nq / nkv
     let eps = Float(d.rmsNormEps), scale = 1 / Float(hd).squareRoot()
     let L = layers.count
     func buf(_ name: String, _ n: Int) throws -> UnsafeMutablePointer<Float> { try scratch.get("train_" + name, floats: n) }

@@ -448,3 +448,81 @@ lib.moe_generate_params_init.restype = None
 lib.moe_model_generate.argtypes = [POINTER(moe_generate_result), c_void_p, c_char_p,
                                    POINTER(moe_generate_params), c_char_p, c_size_t, POINTER(c_size_t)]
 lib.moe_model_generate.restype = c_int
+
+# moe_train_only
+MOE_TRAIN_ALL, MOE_TRAIN_MOE, MOE_TRAIN_ROUTERS = range(3)
+# moe_lr_schedule
+MOE_LR_COSINE, MOE_LR_CONSTANT = range(2)
+
+
+class moe_trainer_params(Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("seq_len", c_uint32),
+        ("batch", c_uint32),
+        ("steps", c_uint32),
+        ("warmup", c_uint32),
+        ("lr", c_float),
+        ("min_lr", c_float),
+        ("schedule", c_int),
+        ("beta1", c_float),
+        ("beta2", c_float),
+        ("eps", c_float),
+        ("weight_decay", c_float),
+        ("clip", c_float),
+        ("aux_loss_coef", c_float),
+        ("z_loss_coef", c_float),
+        ("train_only", c_int),
+        ("seed", c_uint64),
+        ("eval_fraction", c_double),
+        ("eval_windows", c_uint32),
+    ]
+
+
+class moe_train_stats(Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("step", c_uint64),
+        ("loss", c_double),
+        ("balance", c_double),
+        ("z_loss", c_double),
+        ("lr", c_double),
+        ("grad_norm", c_double),
+        ("tokens", c_uint64),
+        ("seconds", c_double),
+        ("tokens_per_second", c_double),
+        ("max_expert_load", c_double),
+    ]
+
+
+# void moe_trainer_params_init(moe_trainer_params *params);
+lib.moe_trainer_params_init.argtypes = [POINTER(moe_trainer_params)]
+lib.moe_trainer_params_init.restype = None
+# moe_status moe_trainer_create(moe_trainer **out, moe_model *model, const int32_t *tokens,
+#                               size_t count, const moe_trainer_params *params);
+lib.moe_trainer_create.argtypes = [POINTER(c_void_p), c_void_p, POINTER(c_int32), c_size_t,
+                                   POINTER(moe_trainer_params)]
+lib.moe_trainer_create.restype = c_int
+# moe_status moe_trainer_create_text(moe_trainer **out, moe_model *model, const char *text,
+#                                    size_t length, const moe_trainer_params *params);
+lib.moe_trainer_create_text.argtypes = [POINTER(c_void_p), c_void_p, c_char_p, c_size_t,
+                                        POINTER(moe_trainer_params)]
+lib.moe_trainer_create_text.restype = c_int
+# void moe_trainer_free(moe_trainer *trainer);
+lib.moe_trainer_free.argtypes = [c_void_p]
+lib.moe_trainer_free.restype = None
+# moe_status moe_trainer_step(moe_train_stats *out, moe_trainer *trainer);
+lib.moe_trainer_step.argtypes = [POINTER(moe_train_stats), c_void_p]
+lib.moe_trainer_step.restype = c_int
+# moe_status moe_trainer_eval(double *mean_nll, moe_trainer *trainer);
+lib.moe_trainer_eval.argtypes = [POINTER(c_double), c_void_p]
+lib.moe_trainer_eval.restype = c_int
+# moe_status moe_trainer_get_step(uint64_t *out, const moe_trainer *trainer);
+lib.moe_trainer_get_step.argtypes = [POINTER(c_uint64), c_void_p]
+lib.moe_trainer_get_step.restype = c_int
+# moe_status moe_trainer_save(moe_trainer *trainer, const char *path, int32_t force);
+lib.moe_trainer_save.argtypes = [c_void_p, c_char_p, c_int32]
+lib.moe_trainer_save.restype = c_int
+# moe_status moe_trainer_resume(moe_trainer *trainer, const char *path);
+lib.moe_trainer_resume.argtypes = [c_void_p, c_char_p]
+lib.moe_trainer_resume.restype = c_int

@@ -1,0 +1,414 @@
+// Writing a loaded decoder back to disk as an HF checkpoint directory
+// (config.json, safetensors shards, tokenizer and generation files), for
+// training checkpoints. Tensors are streamed one at a time from the model's
+// own buffers; the directory is written under a temporary name and renamed
+// into place (OutputDirectory, shared with the upcycler).
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension DecoderModel {
+  /// Writes the model (weights in f32, or bf16 when `dtype` is .bf16) as an HF
+  /// checkpoint directory at `path` (temporary name + rename; refuses an
+  /// existing path unless `force`, and never replaces `source` or a directory
+  /// holding it). Dense layers use Llama/Qwen2 names; MoE layers use the names
+  /// of the model's architecture (Mixtral: block_sparse_moe.experts.N.w1/w2/w3;
+  /// Qwen2-MoE: mlp.experts.N.gate_proj/up_proj/down_proj, shared_expert and
+  /// shared_expert_gate), so a fused-layout source is written per expert.
+  ///
+  /// config.json is the source's with `torch_dtype` updated (HF sources), or a
+  /// Llama/Qwen2 config built from the description (GGUF sources).
+  /// `source` is the checkpoint the model was loaded from (an HF directory or a
+  /// .gguf file; the model does not record it): its tokenizer and generation
+  /// files are copied (HF) or built from its metadata (GGUF, byte-level BPE);
+  /// without it only generation_config.json is written, from the bos/eos ids.
+  /// `extraFiles` (name, bytes) are written into the directory before the
+  /// rename (optimizer state, trainer metadata); names are plain file names
+  /// that do not collide with the checkpoint's own files.
+  /// Not to be called while another thread runs or trains the model.
+  public func save(to path: String, dtype: DType = .f32, force: Bool = false,
+                   extraFiles: [(String, [UInt8])] = [], source: String? = nil) throws {
+    try save(to: path, dtype: dtype, force: force, extraFiles: extraFiles, source: source ?? sourcePath,
+             maxShardBytes: ModelWriter.defaultMaxShardBytes)
+  }
+
+  /// `save` with a shard size limit: consecutive tensors go into one
+  /// safetensors file until the next would pass `maxShardBytes`.
+  func save(to path: String, dtype: DType, force: Bool, extraFiles: [(String, [UInt8])],
+            source: String?, maxShardBytes: Int) throws {
+    guard dtype == .f32 || dtype == .bf16 else {
+      throw MoEError.unsupported("checkpoint dtype \(dtype.name) is not supported; use f32 or bf16")
+    }
+    guard maxShardBytes >= 1 << 10 else { throw MoEError.invalid("max shard size is \(maxShardBytes) bytes; it must be at least 1 KiB") }
+    try ModelWriter.checkExtraFileNames(extraFiles.map { $0.0 })
+    if let source, !FileSystem.isDirectory(source) && !FileSystem.isRegularFile(source) {
+      throw MoEError.notFound("source '\(source)' is neither an HF model directory nor a .gguf file")
+    }
+    let tensors = try checkpointTensors()
+    let config = try checkpointConfig(dtype: dtype)
+
+    // A training run saving over the checkpoint it resumed from: the model
+    // holds its weights in memory, so keep the side files in memory too and
+    // let the new directory replace the old one.
+    var carried: [(String, [UInt8])]? = nil
+    var input = source ?? ""
+    if force, let source, FileSystem.isDirectory(source), let rs = realPath(source), let rp = realPath(path), rs == rp {
+      carried = try ModelWriter.sideFileNames.filter { FileSystem.isRegularFile(FileSystem.join(source, $0)) }
+        .map { ($0, try FileSystem.readAll(FileSystem.join(source, $0))) }
+      input = ""
+    }
+    let target = try OutputDirectory(path: path, force: force, input: input)
+    defer { target.discard() }
+    try ModelWriter.writeShards(tensors, dtype: dtype, into: target.temporary, maxShardBytes: maxShardBytes)
+    try ModelWriter.writeJSON(config, FileSystem.join(target.temporary, "config.json"))
+    if let carried {
+      for (name, bytes) in carried {
+        let out = try OutputFile(path: FileSystem.join(target.temporary, name))
+        try out.write(bytes)
+        try out.close()
+      }
+      try writeSideFiles(into: target.temporary, source: nil)
+    } else {
+      try writeSideFiles(into: target.temporary, source: source)
+    }
+    for (name, bytes) in extraFiles {
+      let file = FileSystem.join(target.temporary, name)
+      guard !FileSystem.exists(file) else {
+        throw MoEError.invalid("extra file '\(name)' would replace a file of the checkpoint")
+      }
+      let out = try OutputFile(path: file)
+      try out.write(bytes)
+      try out.close()
+    }
+    try target.commit()
+  }
+
+  // MARK: - Tensors
+
+  /// Every tensor of the checkpoint, in file order, with how to stream it.
+  func checkpointTensors() throws -> [ModelWriter.Tensor] {
+    let d = description
+    let H = d.hiddenSize, hd = d.headDim, nq = d.numHeads, nkv = d.numKVHeads
+    var out: [ModelWriter.Tensor] = []
+    func dense(_ name: String, _ w: DenseWeight, rows: Range<Int>) {
+      out.append(ModelWriter.Tensor(name: name, shape: [rows.count, w.cols]) { try $0.write(w, rows: rows) })
+    }
+    func vector(_ name: String, _ b: AlignedBuffer, offset: Int = 0, count: Int) {
+      out.append(ModelWriter.Tensor(name: name, shape: [count]) { try $0.write(floats: b.pointer + offset, count: count) })
+    }
+    func moeWeight(_ name: String, _ moe: MoELayer, _ kind: LayerWeight, expert: Int, shape: [Int]) {
+      out.append(ModelWriter.Tensor(name: name, shape: shape) { w in
+        let n = shape.reduce(1, *)
+        var values = [Float](repeating: 0, count: n)
+        try values.withUnsafeMutableBufferPointer { try moe.getWeight(kind, expert: expert, out: $0.baseAddress!, count: n) }
+        try values.withUnsafeBufferPointer { try w.write(floats: $0.baseAddress!, count: n) }
+      })
+    }
+
+    dense("model.embed_tokens.weight", embedding, rows: 0..<embedding.rows)
+    for (l, layer) in layers.enumerated() {
+      let p = ModelDescription.layerPrefix(l), a = p + "self_attn."
+      vector(p + "input_layernorm.weight", layer.inputNorm, count: H)
+      // qkv rows: q [nq d], then k [nkv d], then v [nkv d].
+      let q = 0..<(nq * hd), k = q.upperBound..<(q.upperBound + nkv * hd), v = k.upperBound..<(k.upperBound + nkv * hd)
+      guard v.upperBound == layer.qkv.rows else {
+        throw MoEError(.internal, "layer \(l): q/k/v weight has \(layer.qkv.rows) rows, expected \(v.upperBound)")
+      }
+      dense(a + "q_proj.weight", layer.qkv, rows: q)
+      dense(a + "k_proj.weight", layer.qkv, rows: k)
+      dense(a + "v_proj.weight", layer.qkv, rows: v)
+      if let bias = layer.qkv.bias {
+        vector(a + "q_proj.bias", bias, offset: q.lowerBound, count: q.count)
+        vector(a + "k_proj.bias", bias, offset: k.lowerBound, count: k.count)
+        vector(a + "v_proj.bias", bias, offset: v.lowerBound, count: v.count)
+      }
+      dense(a + "o_proj.weight", layer.output, rows: 0..<layer.output.rows)
+      vector(p + "post_attention_layernorm.weight", layer.postNorm, count: H)
+      if let moe = layer.moe {
+        let c = moe.config, E = c.experts, F = c.ffn, Fs = c.sharedFFN
+        switch d.architecture {
+        case .mixtral:
+          guard Fs == 0 else {
+            throw MoEError.unsupported("layer \(l) has a shared expert, which the Mixtral format cannot hold")
+          }
+          let b = p + "block_sparse_moe."
+          moeWeight(b + "gate.weight", moe, .router, expert: -1, shape: [E, H])
+          for e in 0..<E {
+            moeWeight(b + "experts.\(e).w1.weight", moe, .gate, expert: e, shape: [F, H])
+            moeWeight(b + "experts.\(e).w2.weight", moe, .down, expert: e, shape: [H, F])
+            moeWeight(b + "experts.\(e).w3.weight", moe, .up, expert: e, shape: [F, H])
+          }
+        case .qwen2Moe:
+          let b = p + "mlp."
+          moeWeight(b + "gate.weight", moe, .router, expert: -1, shape: [E, H])
+          for e in 0..<E {
+            moeWeight(b + "experts.\(e).gate_proj.weight", moe, .gate, expert: e, shape: [F, H])
+            moeWeight(b + "experts.\(e).up_proj.weight", moe, .up, expert: e, shape: [F, H])
+            moeWeight(b + "experts.\(e).down_proj.weight", moe, .down, expert: e, shape: [H, F])
+          }
+          if Fs > 0 {
+            moeWeight(b + "shared_expert.gate_proj.weight", moe, .sharedGate, expert: -1, shape: [Fs, H])
+            moeWeight(b + "shared_expert.up_proj.weight", moe, .sharedUp, expert: -1, shape: [Fs, H])
+            moeWeight(b + "shared_expert.down_proj.weight", moe, .sharedDown, expert: -1, shape: [H, Fs])
+            moeWeight(b + "shared_expert_gate.weight", moe, .sharedExpertGate, expert: -1, shape: [1, H])
+          }
+        default:
+          throw MoEError.unsupported("layer \(l) is MoE but the architecture \(d.architecture.rawValue) has no MoE tensor names")
+        }
+      } else if let gateUp = layer.gateUp, let down = layer.down {
+        // gateUp rows: gate [F], then up [F].
+        let n = d.denseFFNNames(layer: l), F = gateUp.rows / 2
+        dense(n.gate, gateUp, rows: 0..<F)
+        dense(n.up, gateUp, rows: F..<(2 * F))
+        dense(n.down, down, rows: 0..<down.rows)
+      } else {
+        throw MoEError(.internal, "layer \(l) has neither a dense nor an MoE feed-forward")
+      }
+    }
+    vector("model.norm.weight", finalNorm, count: H)
+    if !d.tiedEmbeddings { dense("lm_head.weight", lmHead, rows: 0..<lmHead.rows) }
+    return out
+  }
+
+  // MARK: - config.json
+
+  /// The source config with `torch_dtype` updated, or (GGUF sources, which have
+  /// none) a Llama/Qwen2 config built from the description.
+  func checkpointConfig(dtype: DType) throws -> JSON {
+    let dtypeName = dtype == .bf16 ? "bfloat16" : "float32"
+    let d = description
+    if var c = d.sourceConfig, c.objectValue != nil {
+      c.set("torch_dtype", .string(dtypeName))
+      if c["dtype"] != nil { c.set("dtype", .string(dtypeName)) }  // transformers v5 spelling
+      return c
+    }
+    let (architectureName, modelType): (String, String)
+    switch d.architecture {
+    case .llama: (architectureName, modelType) = ("LlamaForCausalLM", "llama")
+    case .mistral: (architectureName, modelType) = ("MistralForCausalLM", "mistral")
+    case .qwen2: (architectureName, modelType) = ("Qwen2ForCausalLM", "qwen2")
+    case .mixtral, .qwen2Moe:
+      throw MoEError.unsupported("the model (\(d.architecture.rawValue)) has no source config.json to carry over")
+    }
+    var c: [(String, JSON)] = [
+      ("architectures", .array([.string(architectureName)])),
+      ("model_type", .string(modelType)),
+      ("vocab_size", .int(d.vocabSize)),
+      ("hidden_size", .int(d.hiddenSize)),
+      ("intermediate_size", .int(d.intermediateSize)),
+      ("num_hidden_layers", .int(d.numLayers)),
+      ("num_attention_heads", .int(d.numHeads)),
+      ("num_key_value_heads", .int(d.numKVHeads)),
+      ("head_dim", .int(d.headDim)),
+      ("hidden_act", .string("silu")),
+      ("max_position_embeddings", .int(d.maxPositionEmbeddings)),
+      ("initializer_range", .number(0.02)),
+      ("rms_norm_eps", .number(ModelWriter.shortestDecimal(ofFloat: d.rmsNormEps))),
+      ("use_cache", .bool(true)),
+      ("rope_theta", .number(d.ropeTheta)),
+      ("attention_dropout", .number(0)),
+      ("tie_word_embeddings", .bool(d.tiedEmbeddings)),
+    ]
+    if d.architecture == .qwen2 {
+      c += [("use_sliding_window", .bool(false)), ("max_window_layers", .int(d.numLayers))]
+    } else {
+      c += [("attention_bias", .bool(false)), ("mlp_bias", .bool(false))]
+    }
+    if let b = d.bosTokenId { c.append(("bos_token_id", .int(b))) }
+    if let e = d.eosTokenId { c.append(("eos_token_id", .int(e))) }
+    c.append(("torch_dtype", .string(dtypeName)))
+    return .object(c)
+  }
+
+  // MARK: - Tokenizer and generation files
+
+  /// Copies the tokenizer and generation files of an HF `source`, or builds
+  /// them from a GGUF `source`'s metadata (byte-level BPE only, as the upcycler
+  /// does); writes generation_config.json from the bos/eos ids if none came.
+  func writeSideFiles(into dir: String, source: String?) throws {
+    if let source {
+      if FileSystem.isDirectory(source) {
+        for n in ModelWriter.sideFileNames where FileSystem.isRegularFile(FileSystem.join(source, n)) {
+          try FileSystem.copyFile(FileSystem.join(source, n), FileSystem.join(dir, n))
+        }
+      } else if FileSystem.isRegularFile(source) {
+        let g = try GGUFFile(path: source)
+        if g.value("tokenizer.ggml.model")?.stringValue == "gpt2" {
+          let files = try TokenizerExport.build(from: g, maxLength: description.maxPositionEmbeddings)
+          try ModelWriter.writeJSON(files.tokenizerJSON, FileSystem.join(dir, "tokenizer.json"))
+          try ModelWriter.writeJSON(files.tokenizerConfig, FileSystem.join(dir, "tokenizer_config.json"))
+          try ModelWriter.writeJSON(files.specialTokensMap, FileSystem.join(dir, "special_tokens_map.json"))
+        }
+      } else {
+        throw MoEError.notFound("source '\(source)' is neither an HF model directory nor a .gguf file")
+      }
+    }
+    let generation = FileSystem.join(dir, "generation_config.json")
+    if !FileSystem.exists(generation) {
+      var gen: [(String, JSON)] = [("_from_model_config", .bool(true))]
+      if let b = description.bosTokenId { gen.append(("bos_token_id", .int(b))) }
+      if let e = description.eosTokenId { gen.append(("eos_token_id", .int(e))) }
+      try ModelWriter.writeJSON(.object(gen), generation)
+    }
+  }
+}
+
+/// Pieces of `DecoderModel.save`.
+enum ModelWriter {
+  /// Same default as the upcycler's shards.
+  static let defaultMaxShardBytes = 4 << 30
+
+  /// Files carried over from an HF source directory (the upcycler's list).
+  static let sideFileNames = ["generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                              "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model",
+                              "added_tokens.json", "chat_template.jinja", "chat_template.json"]
+
+  /// One tensor of the checkpoint: its name, shape, and how to stream its data.
+  struct Tensor {
+    var name: String
+    var shape: [Int]
+    var emit: (TensorStream) throws -> Void
+  }
+
+  /// Extra file names are plain names (no path) that the checkpoint does not use itself.
+  static func checkExtraFileNames(_ names: [String]) throws {
+    var seen = Set<String>()
+    for name in names {
+      guard !name.isEmpty, name != ".", name != "..", !name.contains("/"), !name.utf8.contains(0) else {
+        throw MoEError.invalid("extra file name '\(name)' is not a plain file name")
+      }
+      let reserved = name == "config.json" || name == "model.safetensors" || name == "model.safetensors.index.json"
+        || (name.hasPrefix("model-") && name.hasSuffix(".safetensors")) || sideFileNames.contains(name)
+      guard !reserved else { throw MoEError.invalid("extra file name '\(name)' is one of the checkpoint's own files") }
+      guard seen.insert(name).inserted else { throw MoEError.invalid("extra file name '\(name)' appears twice") }
+    }
+  }
+
+  /// A value read from an f32 (GGUF metadata) as the shortest decimal that
+  /// reads back to the same f32 (1e-06, not 9.99999997e-07); other values as they are.
+  static func shortestDecimal(ofFloat v: Double) -> Double {
+    let f = Float(v)
+    guard Double(f) == v, let shortest = Double("\(f)"), Float(shortest) == f else { return v }
+    return shortest
+  }
+
+  static func writeJSON(_ json: JSON, _ path: String) throws {
+    try FileSystem.writeText(json.serialized(indent: 2) + "\n", to: path)
+  }
+
+  /// Writes `tensors` as model.safetensors, or as numbered shards of at most
+  /// `maxShardBytes` (a larger tensor gets a shard of its own) with
+  /// model.safetensors.index.json.
+  static func writeShards(_ tensors: [Tensor], dtype: DType, into dir: String, maxShardBytes: Int) throws {
+    func bytes(_ t: Tensor) -> Int { t.shape.reduce(1, *) * dtype.elementBytes }
+    var shards: [[Int]] = [[]]
+    var shardBytes = 0
+    for (i, t) in tensors.enumerated() {
+      if !shards[shards.count - 1].isEmpty && shardBytes + bytes(t) > maxShardBytes {
+        shards.append([])
+        shardBytes = 0
+      }
+      shards[shards.count - 1].append(i)
+      shardBytes += bytes(t)
+    }
+    func pad5(_ n: Int) -> String {
+      let s = String(n)
+      return String(repeating: "0", count: max(0, 5 - s.count)) + s
+    }
+    let stream = TensorStream(dtype: dtype)
+    var weightMap: [(String, JSON)] = []
+    for (s, indices) in shards.enumerated() {
+      let fileName = shards.count == 1 ? "model.safetensors" : "model-\(pad5(s + 1))-of-\(pad5(shards.count)).safetensors"
+      let file = try OutputFile(path: FileSystem.join(dir, fileName))
+      try file.write(Safetensors.headerBytes(tensors: indices.map { (tensors[$0].name, dtype, tensors[$0].shape) },
+                                             metadata: [("format", "pt")]))
+      stream.file = file
+      for i in indices {
+        let t = tensors[i]
+        let before = file.bytesWritten
+        try t.emit(stream)
+        guard file.bytesWritten - before == UInt64(bytes(t)) else {
+          throw MoEError(.internal, "tensor '\(t.name)' wrote \(file.bytesWritten - before) bytes, expected \(bytes(t))")
+        }
+        weightMap.append((t.name, .string(fileName)))
+      }
+      stream.file = nil
+      try file.close()
+    }
+    if shards.count > 1 {
+      let index: JSON = .object([
+        ("metadata", .object([("total_size", .int(tensors.reduce(0) { $0 + bytes($1) }))])),
+        ("weight_map", .object(weightMap.sorted { $0.0 < $1.0 })),
+      ])
+      try writeJSON(index, FileSystem.join(dir, "model.safetensors.index.json"))
+    }
+  }
+}
+
+/// Streams tensor data into the open safetensors file in the checkpoint dtype
+/// (f32 or bf16), through a small conversion buffer.
+final class TensorStream {
+  let dtype: DType
+  var file: OutputFile?
+  private let chunk = 1 << 16
+  private let widened: UnsafeMutablePointer<Float>   // [chunk]
+  private let encoded: UnsafeMutableRawPointer        // [chunk] elements of dtype
+
+  init(dtype: DType) {
+    self.dtype = dtype
+    widened = .allocate(capacity: chunk)
+    encoded = .allocate(byteCount: chunk * 4, alignment: 64)
+  }
+
+  deinit {
+    widened.deallocate()
+    encoded.deallocate()
+  }
+
+  private func output() throws -> OutputFile {
+    guard let file else { throw MoEError(.internal, "no safetensors file is open") }
+    return file
+  }
+
+  /// f32 values, converted to the checkpoint dtype.
+  func write(floats src: UnsafePointer<Float>, count: Int) throws {
+    let out = try output()
+    var i = 0
+    while i < count {
+      let n = min(chunk, count - i)
+      encodeFromFloat(dtype, src: src + i, count: n, dst: encoded)
+      try out.write(UnsafeRawBufferPointer(start: encoded, count: n * dtype.elementBytes))
+      i += n
+    }
+  }
+
+  /// bf16 values: copied as they are into a bf16 checkpoint, widened otherwise.
+  func write(bf16 src: UnsafePointer<UInt16>, count: Int) throws {
+    let out = try output()
+    var i = 0
+    while i < count {
+      let n = min(chunk, count - i)
+      if dtype == .bf16 {
+        let dst = encoded.assumingMemoryBound(to: UInt16.self)
+        for j in 0..<n { dst[j] = src[i + j].littleEndian }
+        try out.write(UnsafeRawBufferPointer(start: encoded, count: 2 * n))
+      } else {
+        widenBF16(src + i, widened, count: n)
+        encodeFromFloat(dtype, src: widened, count: n, dst: encoded)
+        try out.write(UnsafeRawBufferPointer(start: encoded, count: n * dtype.elementBytes))
+      }
+      i += n
+    }
+  }
+
+  /// Rows `rows` of a dense weight.
+  func write(_ w: DenseWeight, rows: Range<Int>) throws {
+    let first = rows.lowerBound * w.cols, count = rows.count * w.cols
+    if w.dtype == .bf16 {
+      try write(bf16: UnsafeRawPointer(w.storage.pointer).assumingMemoryBound(to: UInt16.self) + first, count: count)
+    } else {
+      try write(floats: w.storage.pointer + first, count: count)
+    }
+  }
+}

@@ -1,0 +1,151 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMoeUpcycle
+import MoECore
+
+@c @implementation
+public func moe_trainer_params_init(_ params: UnsafeMutablePointer<moe_trainer_params>!) {
+  guard let params else { return }
+  let d = TrainerOptions()
+  var p = moe_trainer_params()
+  p.struct_size = MemoryLayout<moe_trainer_params>.size
+  p.seq_len = UInt32(d.seqLen)
+  p.batch = UInt32(d.batch)
+  p.steps = UInt32(d.steps)
+  p.warmup = UInt32(d.warmup)
+  p.lr = d.lr
+  p.min_lr = d.minLR
+  p.schedule = MOE_LR_COSINE
+  p.beta1 = d.beta1
+  p.beta2 = d.beta2
+  p.eps = d.eps
+  p.weight_decay = d.weightDecay
+  p.clip = d.clip
+  p.aux_loss_coef = d.balanceCoef
+  p.z_loss_coef = d.zCoef
+  p.train_only = MOE_TRAIN_ALL
+  p.seed = d.seed
+  p.eval_fraction = d.evalFraction
+  p.eval_windows = UInt32(d.evalWindows)
+  params.pointee = p
+}
+
+func trainerOptions(_ params: UnsafePointer<moe_trainer_params>?) throws -> TrainerOptions {
+  var p = moe_trainer_params()
+  if let params { p = params.pointee } else { moe_trainer_params_init(&p) }
+  try checkStructSize(p.struct_size, MemoryLayout<moe_trainer_params>.size, "params")
+  var o = TrainerOptions()
+  o.seqLen = Int(p.seq_len)
+  o.batch = Int(p.batch)
+  o.steps = Int(p.steps)
+  o.warmup = Int(p.warmup)
+  o.lr = p.lr
+  o.minLR = p.min_lr
+  guard let schedule = LRSchedule(rawValue: Int32(bitPattern: p.schedule.rawValue)) else {
+    throw MoEError.invalid("params->schedule has invalid value \(p.schedule.rawValue)")
+  }
+  o.schedule = schedule
+  o.beta1 = p.beta1
+  o.beta2 = p.beta2
+  o.eps = p.eps
+  o.weightDecay = p.weight_decay
+  o.clip = p.clip
+  o.balanceCoef = p.aux_loss_coef
+  o.zCoef = p.z_loss_coef
+  guard let only = TrainOnly(rawValue: Int32(bitPattern: p.train_only.rawValue)) else {
+    throw MoEError.invalid("params->train_only has invalid value \(p.train_only.rawValue)")
+  }
+  o.trainOnly = only
+  o.seed = p.seed
+  o.evalFraction = p.eval_fraction
+  o.evalWindows = Int(p.eval_windows)
+  return o
+}
+
+@c @implementation
+public func moe_trainer_create(_ out: UnsafeMutablePointer<OpaquePointer?>!, _ model: OpaquePointer?,
+                               _ tokens: UnsafePointer<Int32>!, _ count: Int,
+                               _ params: UnsafePointer<moe_trainer_params>!) -> moe_status {
+  guarded("moe_trainer_create") {
+    guard let out else { throw MoEError(.nullPointer, "out is NULL") }
+    out.pointee = nil
+    let m = try handleObject(model, DecoderModel.self, "model")
+    let ids = try tokenArgument(tokens, count, vocab: m.vocabSize)
+    out.pointee = retainedHandle(try Trainer(model: m, tokens: ids, options: try trainerOptions(params)))
+  }
+}
+
+@c @implementation
+public func moe_trainer_create_text(_ out: UnsafeMutablePointer<OpaquePointer?>!, _ model: OpaquePointer?,
+                                    _ text: UnsafePointer<CChar>!, _ length: Int,
+                                    _ params: UnsafePointer<moe_trainer_params>!) -> moe_status {
+  guarded("moe_trainer_create_text") {
+    guard let out else { throw MoEError(.nullPointer, "out is NULL") }
+    out.pointee = nil
+    let m = try handleObject(model, DecoderModel.self, "model")
+    let ids = try m.requireTokenizer().encode(try utf8Argument(text, length, "text"), addSpecial: false, parseSpecial: false)
+    out.pointee = retainedHandle(try Trainer(model: m, tokens: ids, options: try trainerOptions(params)))
+  }
+}
+
+@c @implementation
+public func moe_trainer_free(_ trainer: OpaquePointer?) {
+  releaseHandle(trainer, Trainer.self)
+}
+
+@c @implementation
+public func moe_trainer_step(_ out: UnsafeMutablePointer<moe_train_stats>!, _ trainer: OpaquePointer?) -> moe_status {
+  guarded("moe_trainer_step") {
+    if let out { try checkStructSize(out.pointee.struct_size, MemoryLayout<moe_train_stats>.size, "out") }
+    let t = try handleObject(trainer, Trainer.self, "trainer")
+    let s = try t.trainStep()
+    guard let out else { return }
+    var r = moe_train_stats()
+    r.struct_size = MemoryLayout<moe_train_stats>.size
+    r.step = UInt64(s.step)
+    r.loss = s.loss
+    r.balance = s.balance
+    r.z_loss = s.zLoss
+    r.lr = Double(s.lr)
+    r.grad_norm = s.gradNorm
+    r.tokens = UInt64(s.tokens)
+    r.seconds = s.seconds
+    r.tokens_per_second = s.seconds > 0 ? Double(s.tokens) / s.seconds : 0
+    r.max_expert_load = s.maxExpertLoad
+    out.pointee = r
+  }
+}
+
+@c @implementation
+public func moe_trainer_eval(_ mean_nll: UnsafeMutablePointer<Double>!, _ trainer: OpaquePointer?) -> moe_status {
+  guarded("moe_trainer_eval") {
+    guard let mean_nll else { throw MoEError(.nullPointer, "mean_nll is NULL") }
+    mean_nll.pointee = try handleObject(trainer, Trainer.self, "trainer").evaluateHeldOut()
+  }
+}
+
+@c @implementation
+public func moe_trainer_get_step(_ out: UnsafeMutablePointer<UInt64>!, _ trainer: OpaquePointer?) -> moe_status {
+  guarded("moe_trainer_get_step") {
+    guard let out else { throw MoEError(.nullPointer, "out is NULL") }
+    out.pointee = UInt64(try handleObject(trainer, Trainer.self, "trainer").step)
+  }
+}
+
+@c @implementation
+public func moe_trainer_save(_ trainer: OpaquePointer?, _ path: UnsafePointer<CChar>!, _ force: Int32) -> moe_status {
+  guarded("moe_trainer_save") {
+    let t = try handleObject(trainer, Trainer.self, "trainer")
+    let p = try stringArgument(path, "path")
+    try t.model.save(to: p, dtype: .f32, force: force != 0, extraFiles: t.stateFiles())
+  }
+}
+
+@c @implementation
+public func moe_trainer_resume(_ trainer: OpaquePointer?, _ path: UnsafePointer<CChar>!) -> moe_status {
+  guarded("moe_trainer_resume") {
+    let t = try handleObject(trainer, Trainer.self, "trainer")
+    try t.restore(from: try stringArgument(path, "path"))
+  }
+}
