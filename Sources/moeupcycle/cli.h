@@ -24,6 +24,7 @@ int cmd_topology(int argc, char **argv);
 int cmd_bench_moe(int argc, char **argv);
 /* train.c */
 int cmd_train(int argc, char **argv);
+int cmd_bench_train(int argc, char **argv);
 /* Streaming read bandwidth in GB/s with `threads` threads over `bytes` (best of 3). */
 double stream_bandwidth(size_t bytes, int threads);
 

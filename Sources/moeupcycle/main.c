@@ -34,6 +34,7 @@ static void usage(FILE *f) {
     "  moeupcycle bench decode MODEL [--tokens N] [--prompt TEXT] [--json]\n"
     "  moeupcycle train MODEL --data FILE --out DIR [--steps N] [--batch B] [--seq-len T]\n"
     "                   [--lr LR] [--train-only all|moe|routers] [--resume] ... (train --help)\n"
+    "  moeupcycle bench train DENSE MOE [--batch B] [--seq-len T] [--steps N] [--json]\n"
     "  moeupcycle topology [--json] [--threads N] [--placement P] [--hidden H --ffn F\n"
     "                      --experts E --top-k K] [--synthetic SPEC | --xml FILE]\n"
     "  moeupcycle version\n"
@@ -383,7 +384,8 @@ static void remove_tree(const char *path) {
 static int cmd_bench(int argc, char **argv) {
   if (argc >= 1 && strcmp(argv[0], "moe") == 0) return cmd_bench_moe(argc - 1, argv + 1);
   if (argc >= 1 && strcmp(argv[0], "decode") == 0) return cmd_bench_decode(argc - 1, argv + 1);
-  if (argc < 1 || strcmp(argv[0], "upcycle") != 0) return bad_usage("bench needs a subject: upcycle, moe or decode", argc ? argv[0] : NULL);
+  if (argc >= 1 && strcmp(argv[0], "train") == 0) return cmd_bench_train(argc - 1, argv + 1);
+  if (argc < 1 || strcmp(argv[0], "upcycle") != 0) return bad_usage("bench needs a subject: upcycle, moe, decode or train", argc ? argv[0] : NULL);
   moe_upcycle_params p;
   moe_upcycle_params_init(&p);
   const char *in = NULL, *work = NULL;

@@ -213,3 +213,119 @@ int cmd_train(int argc, char **argv) {
   moe_runtime_free(rt);
   return rc;
 }
+
+/* ---------------------------------------------------------- bench train -- */
+
+/* Seconds per step of `model` on random ids: one warm-up step, then `steps`. */
+static int time_steps(moe_model *model, uint32_t vocab, const moe_trainer_params *tp, uint32_t steps,
+                      double *seconds, double *loss) {
+  size_t count = (size_t)tp->seq_len * tp->batch * 4 + 1;
+  int32_t *tokens = malloc(count * sizeof *tokens);
+  if (!tokens) return 0;
+  uint64_t state = 12345;
+  for (size_t i = 0; i < count; i++) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    tokens[i] = (int32_t)((state >> 33) % vocab);
+  }
+  moe_trainer *trainer = NULL;
+  moe_status st = moe_trainer_create(&trainer, model, tokens, count, tp);
+  free(tokens);
+  if (st != MOE_OK) { fail(st); return 0; }
+  moe_train_stats s;
+  memset(&s, 0, sizeof s);
+  s.struct_size = sizeof s;
+  st = moe_trainer_step(&s, trainer);
+  double total = 0;
+  for (uint32_t i = 0; i < steps && st == MOE_OK; i++) {
+    st = moe_trainer_step(&s, trainer);
+    total += s.seconds;
+  }
+  moe_trainer_free(trainer);
+  if (st != MOE_OK) { fail(st); return 0; }
+  *seconds = total / steps;
+  *loss = s.loss;
+  return 1;
+}
+
+int cmd_bench_train(int argc, char **argv) {
+  const char *paths[2] = { NULL, NULL };
+  uint32_t threads = 0, steps = 3;
+  int json = 0;
+  moe_trainer_params tp;
+  moe_trainer_params_init(&tp);
+  tp.batch = 2;
+  tp.seq_len = 256;
+  tp.eval_fraction = 0;
+  for (int i = 0; i < argc; i++) {
+    const char *opt = argv[i];
+    const char *val = (i + 1 < argc) ? argv[i + 1] : NULL;
+    if (strcmp(opt, "--json") == 0) { json = 1; continue; }
+    if (opt[0] != '-') {
+      if (!paths[0]) paths[0] = opt;
+      else if (!paths[1]) paths[1] = opt;
+      else return bad_usage("unexpected argument", opt);
+      continue;
+    }
+    if (!val) return bad_usage("option needs a value", opt);
+    i++;
+    int ok = 1;
+    if (strcmp(opt, "--batch") == 0) ok = parse_u32(val, &tp.batch);
+    else if (strcmp(opt, "--seq-len") == 0) ok = parse_u32(val, &tp.seq_len);
+    else if (strcmp(opt, "--steps") == 0) ok = parse_u32(val, &steps) && steps > 0;
+    else if (strcmp(opt, "--threads") == 0) ok = parse_u32(val, &threads);
+    else if (strcmp(opt, "--train-only") == 0) {
+      if (strcmp(val, "all") == 0) tp.train_only = MOE_TRAIN_ALL;
+      else if (strcmp(val, "moe") == 0) tp.train_only = MOE_TRAIN_MOE;
+      else if (strcmp(val, "routers") == 0) tp.train_only = MOE_TRAIN_ROUTERS;
+      else ok = 0;
+    } else return bad_usage("unknown option", opt);
+    if (!ok) return bad_usage("invalid value for option", opt);
+  }
+  if (!paths[0] || !paths[1]) return bad_usage("bench train needs DENSE and MOE models", NULL);
+  moe_runtime_params rp;
+  moe_runtime_params_init(&rp);
+  rp.threads = threads;
+  moe_runtime *rt = NULL;
+  moe_status st = moe_runtime_create(&rt, &rp);
+  if (st != MOE_OK) return fail(st);
+  moe_runtime_info rinfo;
+  memset(&rinfo, 0, sizeof rinfo);
+  rinfo.struct_size = sizeof rinfo;
+  moe_runtime_get_info(&rinfo, rt);
+  double seconds[2] = { 0, 0 }, loss[2] = { 0, 0 };
+  for (int m = 0; m < 2; m++) {
+    moe_model_params mp;
+    moe_model_params_init(&mp);
+    mp.weight_dtype = MOE_DTYPE_F32;
+    moe_model *model = NULL;
+    st = moe_model_load(&model, rt, paths[m], &mp);
+    if (st != MOE_OK) { int rc = fail(st); moe_runtime_free(rt); return rc; }
+    moe_model_info info;
+    memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
+    moe_model_get_info(&info, model);
+    int ok = time_steps(model, info.vocab_size, &tp, steps, &seconds[m], &loss[m]);
+    moe_model_free(model);
+    if (!ok) { moe_runtime_free(rt); return 1; }
+  }
+  moe_runtime_free(rt);
+  double tokens = (double)tp.batch * tp.seq_len;
+  if (json) {
+    printf("{\"dense\": ");
+    json_string(stdout, paths[0]);
+    printf(", \"moe\": ");
+    json_string(stdout, paths[1]);
+    printf(", \"threads\": %u, \"batch\": %u, \"seq_len\": %u, \"steps\": %u,"
+           " \"dense_step_s\": %.4f, \"moe_step_s\": %.4f, \"dense_tokens_per_second\": %.2f,"
+           " \"moe_tokens_per_second\": %.2f, \"moe_over_dense\": %.3f}\n",
+           rinfo.workers, tp.batch, tp.seq_len, steps, seconds[0], seconds[1], tokens / seconds[0],
+           tokens / seconds[1], seconds[1] / seconds[0]);
+  } else {
+    printf("training step, batch %u x %u tokens, %u threads, mean of %u steps after a warm-up:\n", tp.batch,
+           tp.seq_len, rinfo.workers, steps);
+    printf("  dense %-40s %8.3f s/step  %8.1f tokens/s\n", paths[0], seconds[0], tokens / seconds[0]);
+    printf("  MoE   %-40s %8.3f s/step  %8.1f tokens/s\n", paths[1], seconds[1], tokens / seconds[1]);
+    printf("  MoE step / dense step: %.2fx\n", seconds[1] / seconds[0]);
+  }
+  return 0;
+}
