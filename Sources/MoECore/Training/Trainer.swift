@@ -89,6 +89,8 @@ public final class Trainer {
   let trainTokens: [Int32]
   let heldOut: [Int32]
   public private(set) var step = 0
+  /// True when every gradient buffer is zero (a step ended normally).
+  var gradientsClean = false
   let grads: DecoderGradients
   let parameterCount: Int
   let moments: AlignedBuffer     // m then v, 2 * parameterCount
@@ -179,10 +181,13 @@ public final class Trainer {
     let o = options
     var stats = StepStats()
     stats.lr = learningRate(at: step)
-    grads.zero()
+    // The update clears the gradients it consumes; frozen ones are cleared here.
+    let clean = gradientsClean
+    gradientsClean = false
+    if o.trainOnly != .all || !clean { grads.zero() }
     let moeLayers = model.layers.compactMap(\.moe)
     for moe in moeLayers {
-      moe.zeroGradients()
+      if o.trainOnly == .routers || !clean { moe.zeroGradients() }
       // Backward adds the coefficients once per sequence: average over the batch.
       try moe.setLossCoefficients(balance: o.balanceCoef / Float(o.batch), z: o.zCoef / Float(o.batch))
     }
@@ -200,31 +205,18 @@ public final class Trainer {
         if total > 0 { worst = max(worst, Double(counts.max() ?? 0) * Double(counts.count) / Double(total)) }
       }
     }
-    let visit = try Trainer.trainable(model, o.trainOnly, grads)
-    var squares: Double = 0
-    try visit { _, g, n, _ in
-      for i in 0..<n { squares += Double(g[i]) * Double(g[i]) }
-    }
-    let norm = squares.squareRoot()
+    // The trainable regions, with their offsets into the moments.
+    var regions: [Region] = []
+    var total = 0
+    try Trainer.trainable(model, o.trainOnly, grads)({ w, g, n, decay in
+      regions.append(Region(weights: w, gradients: UnsafeMutablePointer(mutating: g), count: n, decay: decay, offset: total))
+      total += n
+    })
+    let norm = globalNorm(regions)
     let clipScale: Float = o.clip > 0 && norm > Double(o.clip) ? Float(Double(o.clip) / norm) : 1
     step += 1
-    let t = Float(step)
-    let correction1 = 1 - powf(o.beta1, t), correction2 = 1 - powf(o.beta2, t)
-    let lr = stats.lr
-    var offset = 0
-    let m = moments.pointer, v = moments.pointer + parameterCount
-    try visit { w, g, n, decay in
-      let mm = m + offset, vv = v + offset
-      for i in 0..<n {
-        let grad = g[i] * clipScale
-        mm[i] = o.beta1 * mm[i] + (1 - o.beta1) * grad
-        vv[i] = o.beta2 * vv[i] + (1 - o.beta2) * grad * grad
-        let update = (mm[i] / correction1) / ((vv[i] / correction2).squareRoot() + o.eps)
-        if decay { w[i] -= lr * o.weightDecay * w[i] }
-        w[i] -= lr * update
-      }
-      offset += n
-    }
+    adamW(regions, total: total, lr: stats.lr, clipScale: clipScale)
+    gradientsClean = true
     let sequences = Double(o.batch * max(moeLayers.count, 1))
     stats.step = step
     stats.loss = lossSum / Double(o.batch * o.seqLen)
@@ -235,6 +227,84 @@ public final class Trainer {
     stats.seconds = monotonicSeconds() - started
     stats.maxExpertLoad = worst
     return stats
+  }
+
+  /// A trainable tensor region: weights, gradients, elements, decayed, offset into the moments.
+  struct Region: @unchecked Sendable {
+    var weights: UnsafeMutablePointer<Float>
+    var gradients: UnsafeMutablePointer<Float>
+    var count: Int
+    var decay: Bool
+    var offset: Int
+  }
+
+  /// Splits regions into one contiguous run per worker, by element count.
+  func forEachWorkerRun(_ regions: [Region], total: Int, _ body: (Int, ArraySlice<Region>) -> Void) {
+    let W = model.runtime.workerCount
+    var bounds = [Int](repeating: regions.count, count: W + 1)
+    bounds[0] = 0
+    var w = 1
+    for (i, r) in regions.enumerated() where w < W {
+      while w < W && r.offset >= total * w / W { bounds[w] = i; w += 1 }
+    }
+    model.runtime.pool.run { worker in
+      let lo = bounds[worker], hi = max(lo, bounds[worker + 1])
+      body(worker, regions[lo..<hi])
+    }
+  }
+
+  /// sqrt of the sum of squared gradients (per-worker partial sums added in worker order).
+  func globalNorm(_ regions: [Region]) -> Double {
+    let total = regions.reduce(0) { $0 + $1.count }
+    var partial = [Double](repeating: 0, count: model.runtime.workerCount)
+    partial.withUnsafeMutableBufferPointer { sums in
+      forEachWorkerRun(regions, total: total) { worker, run in
+        var s: Double = 0
+        for r in run { s += Double(dot(r.gradients, r.gradients, r.count)) }
+        sums[worker] = s
+      }
+    }
+    return partial.reduce(0, +).squareRoot()
+  }
+
+  /// AdamW on every region (SIMD), clearing each gradient after use.
+  func adamW(_ regions: [Region], total: Int, lr: Float, clipScale: Float) {
+    let o = options
+    let t = Float(step)
+    let c1 = 1 / (1 - powf(o.beta1, t)), c2 = 1 / (1 - powf(o.beta2, t))
+    let m = moments.pointer, v = moments.pointer + parameterCount
+    let b1 = Vec16(repeating: o.beta1), b2 = Vec16(repeating: o.beta2)
+    let ob1 = Vec16(repeating: 1 - o.beta1), ob2 = Vec16(repeating: 1 - o.beta2)
+    let scale = Vec16(repeating: clipScale), lrv = Vec16(repeating: lr), epsv = Vec16(repeating: o.eps)
+    let c1v = Vec16(repeating: c1), c2v = Vec16(repeating: c2)
+    forEachWorkerRun(regions, total: total) { _, run in
+      for r in run {
+        let w = r.weights, g = r.gradients, mm = m + r.offset, vv = v + r.offset
+        let keep = Vec16(repeating: r.decay ? 1 - lr * o.weightDecay : 1)
+        var i = 0
+        while i + 16 <= r.count {
+          let grad = load16(g + i) * scale
+          let mi = (b1 * load16(mm + i)).addingProduct(ob1, grad)
+          let vi = (b2 * load16(vv + i)).addingProduct(ob2, grad * grad)
+          let update = (mi * c1v) / ((vi * c2v).squareRoot() + epsv)
+          store16(mi, mm + i)
+          store16(vi, vv + i)
+          store16((load16(w + i) * keep) - lrv * update, w + i)
+          store16(Vec16(), g + i)
+          i += 16
+        }
+        let keepScalar = r.decay ? 1 - lr * o.weightDecay : 1
+        while i < r.count {
+          let grad = g[i] * clipScale
+          mm[i] = o.beta1 * mm[i] + (1 - o.beta1) * grad
+          vv[i] = o.beta2 * vv[i] + (1 - o.beta2) * grad * grad
+          let update = (mm[i] * c1) / ((vv[i] * c2).squareRoot() + o.eps)
+          w[i] = w[i] * keepScalar - lr * update
+          g[i] = 0
+          i += 1
+        }
+      }
+    }
   }
 
   /// Mean cross-entropy on held-out windows (at most evalWindows of seqLen).
