@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 
 #include "cli.h"
@@ -36,6 +37,7 @@ static void train_usage(FILE *out) {
     "  --force              replace an existing DIR when not resuming\n"
     "  --seed N             order of training windows (default 0)\n"
     "  --ids                FILE holds whitespace-separated token ids, not text\n"
+    "  (--data may name a directory: its files are read in name order)\n"
     "  --log FILE           JSON lines, one per step and evaluation (default DIR.jsonl)\n"
     "  --threads N          workers (default one per core)\n"
     "The model is trained in f32. DIR is an HF checkpoint (moeupcycle eval and\n"
@@ -45,6 +47,75 @@ static void train_usage(FILE *out) {
 static int is_dir(const char *p) {
   struct stat st;
   return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int compare_names(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Appends the file at `path` to buf (grown as needed); 0 on failure. */
+static int append_file(const char *path, char **buf, size_t *length, size_t *cap) {
+  FILE *fp = fopen(path, "rb");
+  if (!fp) return 0;
+  int ok = 1;
+  for (;;) {
+    if (*cap - *length < (1 << 16)) {
+      size_t bigger = *cap ? *cap * 2 : 1 << 20;
+      char *p = realloc(*buf, bigger);
+      if (!p) { ok = 0; break; }
+      *buf = p;
+      *cap = bigger;
+    }
+    size_t got = fread(*buf + *length, 1, *cap - *length, fp);
+    *length += got;
+    if (got == 0) break;
+  }
+  if (ferror(fp)) ok = 0;
+  fclose(fp);
+  return ok;
+}
+
+/* The training text: a file, or every regular file of a directory in name
+ * order, separated by newlines. NULL (with a message) on failure. */
+static char *read_data(const char *path, size_t *length) {
+  char *buf = NULL;
+  size_t cap = 0;
+  *length = 0;
+  if (!is_dir(path)) {
+    if (append_file(path, &buf, length, &cap)) return buf;
+    fprintf(stderr, "moeupcycle: error: cannot read '%s': %s\n", path, strerror(errno));
+    free(buf);
+    return NULL;
+  }
+  DIR *dir = opendir(path);
+  if (!dir) { fprintf(stderr, "moeupcycle: error: cannot list '%s': %s\n", path, strerror(errno)); return NULL; }
+  char **names = NULL;
+  size_t count = 0;
+  struct dirent *e;
+  while ((e = readdir(dir))) {
+    if (e->d_name[0] == '.') continue;
+    char **more = realloc(names, (count + 1) * sizeof *names);
+    if (!more) break;
+    names = more;
+    names[count++] = strdup(e->d_name);
+  }
+  closedir(dir);
+  qsort(names, count, sizeof *names, compare_names);
+  int ok = 1;
+  for (size_t i = 0; i < count && ok; i++) {
+    char file[4096];
+    snprintf(file, sizeof file, "%s/%s", path, names[i]);
+    struct stat st;
+    if (stat(file, &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    ok = append_file(file, &buf, length, &cap);
+    if (ok && *length < cap) buf[(*length)++] = '\n';
+    if (!ok) fprintf(stderr, "moeupcycle: error: cannot read '%s': %s\n", file, strerror(errno));
+  }
+  for (size_t i = 0; i < count; i++) free(names[i]);
+  free(names);
+  if (!ok) { free(buf); return NULL; }
+  if (!buf) buf = malloc(1);
+  return buf;
 }
 
 int cmd_train(int argc, char **argv) {
@@ -128,21 +199,8 @@ int cmd_train(int argc, char **argv) {
   if (st != MOE_OK) { int rc = fail(st); moe_runtime_free(rt); return rc; }
 
   size_t length = 0;
-  FILE *fp = fopen(data, "rb");
-  char *text = NULL;
-  if (fp) {
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    text = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (text) length = fread(text, 1, (size_t)n, fp);
-    fclose(fp);
-  }
-  if (!text) {
-    fprintf(stderr, "moeupcycle: error: cannot read '%s': %s\n", data, strerror(errno));
-    moe_model_free(model); moe_runtime_free(rt);
-    return 1;
-  }
+  char *text = read_data(data, &length);
+  if (!text) { moe_model_free(model); moe_runtime_free(rt); return 1; }
   moe_trainer *trainer = NULL;
   if (ids) {
     int32_t *tokens = malloc((length / 2 + 1) * sizeof *tokens);
@@ -175,7 +233,16 @@ int cmd_train(int argc, char **argv) {
   /* The first save replaces DIR only when resuming it or told to. */
   int owns_out = resume || force;
   int rc = 0;
-  while (step < tp.steps) {
+  if (eval_every && step == 0 && tp.eval_fraction > 0) {
+    double nll = 0;
+    st = moe_trainer_eval(&nll, trainer);
+    if (st != MOE_OK) rc = fail(st);
+    else {
+      printf("step     0  held-out loss %.4f\n", nll);
+      if (log) { fprintf(log, "{\"step\": 0, \"eval_loss\": %.6f}\n", nll); fflush(log); }
+    }
+  }
+  while (rc == 0 && step < tp.steps) {
     moe_train_stats s;
     memset(&s, 0, sizeof s);
     s.struct_size = sizeof s;

@@ -206,3 +206,18 @@ def test_cli_train_resume_and_eval(tiny, tmp_path):
     assert run("train", tiny, "--out", tmp_path / "c", "--steps", "x", *common).returncode == 2
     missing = run("train", tiny, "--out", tmp_path / "none", "--resume", "--steps", "2", *common)
     assert missing.returncode == 1 and "checkpoint" in missing.stderr
+
+
+def test_cli_train_reads_a_directory_of_texts(tiny, tmp_path):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "b.txt").write_text("The cat sat on the mat. " * 30)
+    (texts / "a.txt").write_text("Hello world! " * 30)
+    r = run("train", tiny, "--data", texts, "--out", tmp_path / "d", "--steps", "2", "--batch", "1",
+            "--seq-len", "16", "--eval-fraction", "0")
+    assert r.returncode == 0, r.stderr
+    assert "step     2/2" in r.stdout
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run("train", tiny, "--data", empty, "--out", tmp_path / "e", "--steps", "1", "--seq-len", "16")
+    assert r.returncode == 1 and "tokens" in r.stderr
