@@ -132,58 +132,12 @@ import Glibc
                   (b + "ffn_down.weight", [H, F])]
       if bias { tensors += [(b + "attn_q.bias", [heads * hd]), (b + "attn_k.bias", [kvHeads * hd]), (b + "attn_v.bias", [kvHeads * hd])] }
     }
-    var out: [UInt8] = []
-    func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
-    func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
-    func string(_ s: String) { u64(UInt64(s.utf8.count)); out += Array(s.utf8) }
-    func typeCode(_ v: GGUFValue) -> UInt32 {
-      switch v {
-      case .uint: return 4
-      case .int: return 5
-      case .float: return 6
-      case .bool: return 7
-      case .string: return 8
-      case .array: return 9
-      }
-    }
-    func value(_ v: GGUFValue) {
-      switch v {
-      case let .uint(x): u32(UInt32(truncatingIfNeeded: x))
-      case let .int(x): u32(UInt32(bitPattern: Int32(truncatingIfNeeded: x)))
-      case let .float(x): u32(Float(x).bitPattern)
-      case let .bool(b): out.append(b ? 1 : 0)
-      case let .string(s): string(s)
-      case let .array(items):
-        u32(items.first.map(typeCode) ?? 8)
-        u64(UInt64(items.count))
-        for item in items { value(item) }
-      }
-    }
-    u32(0x4655_4747)
-    u32(3)
-    u64(UInt64(tensors.count))
-    u64(UInt64(metadata.count))
-    for (key, v) in metadata { string(key); u32(typeCode(v)); value(v) }
-    var offset = 0
-    for (name, shape) in tensors {
-      string(name)
-      u32(UInt32(shape.count))
-      for d in shape.reversed() { u64(UInt64(d)) }
-      u32(0)  // F32
-      u64(UInt64(offset))
-      offset += (shape.reduce(1, *) * 4 + 31) / 32 * 32
-    }
-    while out.count % 32 != 0 { out.append(0) }
     var rng = Rng(seed: 5)
-    for (name, shape) in tensors {
+    let withValues = tensors.map { (name, shape) -> (String, [Int], [Float]) in
       let norm = name.hasSuffix("norm.weight")
-      var values = (0..<shape.reduce(1, *)).map { _ in Float(norm ? 1 + 0.1 * rng.normal() : 0.3 * rng.normal()) }
-      while values.count % 8 != 0 { values.append(0) }
-      values.withUnsafeBytes { out += $0 }
+      return (name, shape, (0..<shape.reduce(1, *)).map { _ in Float(norm ? 1 + 0.1 * rng.normal() : 0.3 * rng.normal()) })
     }
-    let file = try OutputFile(path: path)
-    try file.write(out)
-    try file.close()
+    try writeGGUFFile(path, metadata: metadata, tensors: withValues)
   }
 
   /// Rewrites a legacy Mixtral checkpoint with fused experts under mlp.

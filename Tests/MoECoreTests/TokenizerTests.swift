@@ -461,45 +461,7 @@ private func expectError(_ kind: MoEErrorKind, mentions: [String] = [], _ body: 
 
 /// Writes a GGUF v3 file holding only metadata.
 private func writeGGUF(_ entries: [(String, GGUFValue)], to path: String) throws {
-  var out: [UInt8] = []
-  func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
-  func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
-  func string(_ s: String) { u64(UInt64(s.utf8.count)); out += Array(s.utf8) }
-  func typeCode(_ v: GGUFValue) -> UInt32 {
-    switch v {
-    case .uint: return 4
-    case .int: return 5
-    case .float: return 6
-    case .bool: return 7
-    case .string: return 8
-    case .array: return 9
-    }
-  }
-  func value(_ v: GGUFValue) {
-    switch v {
-    case let .uint(x): u32(UInt32(truncatingIfNeeded: x))
-    case let .int(x): u32(UInt32(bitPattern: Int32(truncatingIfNeeded: x)))
-    case let .float(x): u32(Float(x).bitPattern)
-    case let .bool(b): out.append(b ? 1 : 0)
-    case let .string(s): string(s)
-    case let .array(items):
-      u32(items.first.map(typeCode) ?? 8)
-      u64(UInt64(items.count))
-      for item in items { value(item) }
-    }
-  }
-  u32(0x4655_4747)
-  u32(3)
-  u64(0)
-  u64(UInt64(entries.count))
-  for (key, v) in entries {
-    string(key)
-    u32(typeCode(v))
-    value(v)
-  }
-  let file = try OutputFile(path: path)
-  try file.write(out)
-  try file.close()
+  try writeGGUFFile(path, metadata: entries)
 }
 
 /// GGUF tokenizer metadata for the fixture vocabulary (ids as in `Fixture`).
