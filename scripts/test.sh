@@ -15,5 +15,7 @@ echo "== CMake package and pkg-config (consumers built against the installed tre
 tests/cmake/run.sh dist
 echo "== C++ bindings"
 bindings/cpp/run.sh dist
+echo "== Rust bindings (cargo test, offline)"
+bindings/rust/run.sh dist
 echo "== python (C ABI, CLI, real model)"
 python3 -m pytest -q tests/python
