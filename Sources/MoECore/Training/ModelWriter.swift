@@ -54,14 +54,14 @@ extension DecoderModel {
     var carried: [(String, [UInt8])]? = nil
     var input = source ?? ""
     if force, let source, FileSystem.isDirectory(source), let rs = realPath(source), let rp = realPath(path), rs == rp {
-      carried = try ModelWriter.sideFileNames.filter { FileSystem.isRegularFile(FileSystem.join(source, $0)) }
+      carried = try CheckpointFiles.sideFileNames.filter { FileSystem.isRegularFile(FileSystem.join(source, $0)) }
         .map { ($0, try FileSystem.readAll(FileSystem.join(source, $0))) }
       input = ""
     }
     let target = try OutputDirectory(path: path, force: force, input: input)
     defer { target.discard() }
     try ModelWriter.writeShards(tensors, dtype: dtype, into: target.temporary, maxShardBytes: maxShardBytes)
-    try ModelWriter.writeJSON(config, FileSystem.join(target.temporary, "config.json"))
+    try CheckpointFiles.writeJSON(config, FileSystem.join(target.temporary, "config.json"))
     if let carried {
       for (name, bytes) in carried {
         let out = try OutputFile(path: FileSystem.join(target.temporary, name))
@@ -227,30 +227,17 @@ extension DecoderModel {
   /// them from a GGUF `source`'s metadata (byte-level BPE only, as the upcycler
   /// does); writes generation_config.json from the bos/eos ids if none came.
   func writeSideFiles(into dir: String, source: String?) throws {
+    var directory: String? = nil, gguf: GGUFFile? = nil
     if let source {
       if FileSystem.isDirectory(source) {
-        for n in ModelWriter.sideFileNames where FileSystem.isRegularFile(FileSystem.join(source, n)) {
-          try FileSystem.copyFile(FileSystem.join(source, n), FileSystem.join(dir, n))
-        }
+        directory = source
       } else if FileSystem.isRegularFile(source) {
-        let g = try GGUFFile(path: source)
-        if g.value("tokenizer.ggml.model")?.stringValue == "gpt2" {
-          let files = try TokenizerExport.build(from: g, maxLength: description.maxPositionEmbeddings)
-          try ModelWriter.writeJSON(files.tokenizerJSON, FileSystem.join(dir, "tokenizer.json"))
-          try ModelWriter.writeJSON(files.tokenizerConfig, FileSystem.join(dir, "tokenizer_config.json"))
-          try ModelWriter.writeJSON(files.specialTokensMap, FileSystem.join(dir, "special_tokens_map.json"))
-        }
+        gguf = try GGUFFile(path: source)
       } else {
         throw MoEError.notFound("source '\(source)' is neither an HF model directory nor a .gguf file")
       }
     }
-    let generation = FileSystem.join(dir, "generation_config.json")
-    if !FileSystem.exists(generation) {
-      var gen: [(String, JSON)] = [("_from_model_config", .bool(true))]
-      if let b = description.bosTokenId { gen.append(("bos_token_id", .int(b))) }
-      if let e = description.eosTokenId { gen.append(("eos_token_id", .int(e))) }
-      try ModelWriter.writeJSON(.object(gen), generation)
-    }
+    try CheckpointFiles.writeSideFiles(into: dir, directory: directory, gguf: gguf, description: description)
   }
 }
 
@@ -259,10 +246,6 @@ enum ModelWriter {
   /// Same default as the upcycler's shards.
   static let defaultMaxShardBytes = 4 << 30
 
-  /// Files carried over from an HF source directory (the upcycler's list).
-  static let sideFileNames = ["generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                              "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model",
-                              "added_tokens.json", "chat_template.jinja", "chat_template.json"]
 
   /// One tensor of the checkpoint: its name, shape, and how to stream its data.
   struct Tensor {
@@ -279,7 +262,7 @@ enum ModelWriter {
         throw MoEError.invalid("extra file name '\(name)' is not a plain file name")
       }
       let reserved = name == "config.json" || name == "model.safetensors" || name == "model.safetensors.index.json"
-        || (name.hasPrefix("model-") && name.hasSuffix(".safetensors")) || sideFileNames.contains(name)
+        || (name.hasPrefix("model-") && name.hasSuffix(".safetensors")) || CheckpointFiles.sideFileNames.contains(name)
       guard !reserved else { throw MoEError.invalid("extra file name '\(name)' is one of the checkpoint's own files") }
       guard seen.insert(name).inserted else { throw MoEError.invalid("extra file name '\(name)' appears twice") }
     }
@@ -293,33 +276,17 @@ enum ModelWriter {
     return shortest
   }
 
-  static func writeJSON(_ json: JSON, _ path: String) throws {
-    try FileSystem.writeText(json.serialized(indent: 2) + "\n", to: path)
-  }
 
   /// Writes `tensors` as model.safetensors, or as numbered shards of at most
   /// `maxShardBytes` (a larger tensor gets a shard of its own) with
   /// model.safetensors.index.json.
   static func writeShards(_ tensors: [Tensor], dtype: DType, into dir: String, maxShardBytes: Int) throws {
     func bytes(_ t: Tensor) -> Int { t.shape.reduce(1, *) * dtype.elementBytes }
-    var shards: [[Int]] = [[]]
-    var shardBytes = 0
-    for (i, t) in tensors.enumerated() {
-      if !shards[shards.count - 1].isEmpty && shardBytes + bytes(t) > maxShardBytes {
-        shards.append([])
-        shardBytes = 0
-      }
-      shards[shards.count - 1].append(i)
-      shardBytes += bytes(t)
-    }
-    func pad5(_ n: Int) -> String {
-      let s = String(n)
-      return String(repeating: "0", count: max(0, 5 - s.count)) + s
-    }
+    let shards = CheckpointFiles.shards(tensors.map(bytes), maxBytes: UInt64(maxShardBytes))
     let stream = TensorStream(dtype: dtype)
     var weightMap: [(String, JSON)] = []
     for (s, indices) in shards.enumerated() {
-      let fileName = shards.count == 1 ? "model.safetensors" : "model-\(pad5(s + 1))-of-\(pad5(shards.count)).safetensors"
+      let fileName = CheckpointFiles.shardFileName(s, of: shards.count)
       let file = try OutputFile(path: FileSystem.join(dir, fileName))
       try file.write(Safetensors.headerBytes(tensors: indices.map { (tensors[$0].name, dtype, tensors[$0].shape) },
                                              metadata: [("format", "pt")]))
@@ -337,11 +304,8 @@ enum ModelWriter {
       try file.close()
     }
     if shards.count > 1 {
-      let index: JSON = .object([
-        ("metadata", .object([("total_size", .int(tensors.reduce(0) { $0 + bytes($1) }))])),
-        ("weight_map", .object(weightMap.sorted { $0.0 < $1.0 })),
-      ])
-      try writeJSON(index, FileSystem.join(dir, "model.safetensors.index.json"))
+      try CheckpointFiles.writeJSON(CheckpointFiles.index(totalBytes: tensors.reduce(0) { $0 + bytes($1) }, weightMap: weightMap),
+                    FileSystem.join(dir, "model.safetensors.index.json"))
     }
   }
 }

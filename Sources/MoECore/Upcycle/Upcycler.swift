@@ -223,16 +223,7 @@ public final class Upcycler {
     defer { target.discard() }
 
     // Shards: consecutive tensors up to the size limit.
-    var shards: [[Int]] = [[]]
-    var shardBytes = 0
-    for (i, t) in plan.enumerated() {
-      if !shards[shards.count - 1].isEmpty && UInt64(shardBytes + t.byteCount) > options.maxShardBytes {
-        shards.append([])
-        shardBytes = 0
-      }
-      shards[shards.count - 1].append(i)
-      shardBytes += t.byteCount
-    }
+    let shards = CheckpointFiles.shards(plan.map(\.byteCount), maxBytes: options.maxShardBytes)
     let totalBytes = UInt64(plan.reduce(0) { $0 + $1.byteCount })
     var report = UpcycleReport()
     report.shards = shards.count
@@ -253,8 +244,7 @@ public final class Upcycler {
     var weightMap: [(String, JSON)] = []
     let metadata = [("format", "pt")]
     for (s, indices) in shards.enumerated() {
-      let fileName = shards.count == 1 ? "model.safetensors"
-        : "model-\(pad5(s + 1))-of-\(pad5(shards.count)).safetensors"
+      let fileName = CheckpointFiles.shardFileName(s, of: shards.count)
       let file = try OutputFile(path: FileSystem.join(target.temporary, fileName))
       let header = Safetensors.headerBytes(
         tensors: indices.map { (plan[$0].name, plan[$0].dtype, plan[$0].shape) }, metadata: metadata)
@@ -277,55 +267,17 @@ public final class Upcycler {
     pipeline.finish()
     cachedLayer = nil
     if shards.count > 1 {
-      let index: JSON = .object([
-        ("metadata", .object([("total_size", .int(Int(totalBytes)))])),
-        ("weight_map", .object(weightMap.sorted { $0.0 < $1.0 })),
-      ])
-      try writeJSON(index, target.temporary, "model.safetensors.index.json", &report)
+      report.bytesWritten += try CheckpointFiles.writeJSON(
+        CheckpointFiles.index(totalBytes: Int(totalBytes), weightMap: weightMap),
+        FileSystem.join(target.temporary, "model.safetensors.index.json"))
     }
-    try writeJSON(makeConfig(), target.temporary, "config.json", &report)
-    try writeSideFiles(target.temporary, &report)
+    report.bytesWritten += try CheckpointFiles.writeJSON(makeConfig(), FileSystem.join(target.temporary, "config.json"))
+    report.bytesWritten += try CheckpointFiles.writeSideFiles(
+      into: target.temporary, directory: checkpoint.directory, gguf: checkpoint.gguf, description: checkpoint.description)
     try target.commit()
     report.seconds = monotonicSeconds() - start
     report.peakRSS = peakResidentBytes()
     return report
-  }
-
-  private func pad5(_ n: Int) -> String {
-    let s = String(n)
-    return String(repeating: "0", count: max(0, 5 - s.count)) + s
-  }
-
-  private func writeJSON(_ json: JSON, _ dir: String, _ name: String, _ report: inout UpcycleReport) throws {
-    let text = json.serialized(indent: 2) + "\n"
-    try FileSystem.writeText(text, to: FileSystem.join(dir, name))
-    report.bytesWritten += UInt64(text.utf8.count)
-  }
-
-  /// Tokenizer and generation files: copied from an HF source, built from GGUF metadata otherwise.
-  private func writeSideFiles(_ dir: String, _ report: inout UpcycleReport) throws {
-    let d = checkpoint.description
-    if let src = checkpoint.directory {
-      let names = ["generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja",
-                   "chat_template.json"]
-      for n in names where FileSystem.isRegularFile(FileSystem.join(src, n)) {
-        try FileSystem.copyFile(FileSystem.join(src, n), FileSystem.join(dir, n))
-      }
-    } else if let g = checkpoint.gguf, g.value("tokenizer.ggml.model")?.stringValue == "gpt2" {
-      // Byte-level BPE vocabularies become tokenizer.json; other GGUF tokenizer
-      // models (SentencePiece) are left out rather than exported wrongly.
-      let files = try TokenizerExport.build(from: g, maxLength: d.maxPositionEmbeddings)
-      try writeJSON(files.tokenizerJSON, dir, "tokenizer.json", &report)
-      try writeJSON(files.tokenizerConfig, dir, "tokenizer_config.json", &report)
-      try writeJSON(files.specialTokensMap, dir, "special_tokens_map.json", &report)
-    }
-    if !FileSystem.exists(FileSystem.join(dir, "generation_config.json")) {
-      var gen: [(String, JSON)] = [("_from_model_config", .bool(true))]
-      if let b = d.bosTokenId { gen.append(("bos_token_id", .int(b))) }
-      if let e = d.eosTokenId { gen.append(("eos_token_id", .int(e))) }
-      try writeJSON(.object(gen), dir, "generation_config.json", &report)
-    }
   }
 
   // MARK: Config
