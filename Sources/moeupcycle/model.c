@@ -189,6 +189,25 @@ int cmd_eval(int argc, char **argv) {
 
 /* ------------------------------------------------------------- generate -- */
 
+/* Growable text gathered from the streamed pieces (they equal the generated text). */
+typedef struct text_sink { char *data; size_t length, capacity; int failed; } text_sink;
+
+static int collect_token(int32_t token, const char *text, void *user_data) {
+  (void)token;
+  text_sink *sink = user_data;
+  size_t n = strlen(text);
+  if (sink->length + n + 1 > sink->capacity) {
+    size_t capacity = (sink->length + n + 1) * 2;
+    char *bigger = realloc(sink->data, capacity);
+    if (!bigger) { sink->failed = 1; return 1; }
+    sink->data = bigger;
+    sink->capacity = capacity;
+  }
+  memcpy(sink->data + sink->length, text, n + 1);
+  sink->length += n;
+  return 0;
+}
+
 static int print_token(int32_t token, const char *text, void *user_data) {
   (void)token;
   (void)user_data;
@@ -238,17 +257,24 @@ int cmd_generate(int argc, char **argv) {
   moe_runtime *rt = NULL;
   moe_model *model = NULL;
   if (!open_model(&f, &rt, &model)) return 1;
-  if (!f.json) { gp.on_token = print_token; fputs(prompt, stdout); fflush(stdout); }
+  text_sink sink = { NULL, 0, 0, 0 };
+  if (f.json) {
+    gp.on_token = collect_token;
+    gp.user_data = &sink;
+  } else {
+    gp.on_token = print_token;
+    fputs(prompt, stdout);
+    fflush(stdout);
+  }
   moe_generate_result r;
   memset(&r, 0, sizeof r);
   r.struct_size = sizeof r;
-  size_t needed = 0;
-  moe_status st = moe_model_generate(&r, model, prompt, &gp, NULL, 0, &needed);
-  char *text = NULL;
-  if (st == MOE_OK && f.json) {
-    /* Run again into a buffer of the right size: same seed, same tokens. */
-    text = malloc(needed);
-    if (text) st = moe_model_generate(&r, model, prompt, &gp, text, needed, &needed);
+  moe_status st = moe_model_generate(&r, model, prompt, &gp, NULL, 0, NULL);
+  char *text = sink.data;
+  if (st == MOE_OK && sink.failed) {
+    fprintf(stderr, "moeupcycle: error: out of memory collecting the generated text\n");
+    free(text); moe_model_free(model); moe_runtime_free(rt);
+    return 1;
   }
   if (st != MOE_OK) { int rc = fail(st); free(text); moe_model_free(model); moe_runtime_free(rt); return rc; }
   static const char *reasons[] = { "length", "eos", "callback" };

@@ -361,17 +361,19 @@ class Model(_Handle):
         C.lib.moe_generate_params_init(p)
         p.max_new_tokens, p.temperature, p.top_k, p.top_p, p.seed, p.chat = (
             max_new_tokens, temperature, top_k, top_p, seed, int(chat))
-        callback = None
-        if on_token is not None:
-            callback = C.moe_token_fn(lambda tok, text, _: 0 if on_token(tok, text.decode(errors="replace")) is not False else 1)
-            p.on_token = callback
-        needed = ctypes.c_size_t()
-        _check(C.lib.moe_model_generate(None, self.handle, prompt.encode(), p, None, 0, ctypes.byref(needed)))
-        if callback is not None:
-            p.on_token = C.moe_token_fn()
-        buf = ctypes.create_string_buffer(needed.value)
-        _check(C.lib.moe_model_generate(None, self.handle, prompt.encode(), p, buf, needed.value, ctypes.byref(needed)))
-        return buf.value.decode()
+        # The streamed pieces equal the generated text: gather them in one run.
+        pieces: list[bytes] = []
+
+        def receive(token: int, text: bytes, _user) -> int:
+            pieces.append(text)
+            if on_token is not None and on_token(token, text.decode(errors="replace")) is False:
+                return 1
+            return 0
+
+        callback = C.moe_token_fn(receive)
+        p.on_token = callback
+        _check(C.lib.moe_model_generate(None, self.handle, prompt.encode(), p, None, 0, None))
+        return b"".join(pieces).decode()
 
 
 class Trainer(_Handle):
