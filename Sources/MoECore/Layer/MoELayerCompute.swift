@@ -33,6 +33,35 @@ struct RowLayout {
   }
 }
 
+/// The row-space buffers of one call (shared by forward and the backward that follows it).
+struct RowBuffers {
+  var xp: UnsafeMutablePointer<Float>        // [Rt, H] token rows in expert order
+  var y: UnsafeMutablePointer<Float>         // [Rt, H] expert outputs
+  var layout: RowLayout
+  var partial: [UnsafeMutablePointer<Float>] // per shard [Rt, H] when experts are split
+  var sharedGateValues: UnsafeMutablePointer<Float> // [T]
+}
+
+extension MoELayer {
+  /// The row layout of `routing` and its named buffers, from `buffer(name, floats)`.
+  func rowBuffers(routing: RoutingPlan, tokens T: Int,
+                  _ buffer: (String, Int) throws -> UnsafeMutablePointer<Float>) throws -> RowBuffers {
+    let E = config.experts, H = config.hidden, F = config.ffn, Fs = config.sharedFFN
+    let R = routing.rows
+    let Rt = R + (Fs > 0 ? T : 0)
+    var rowStart = (0..<E).map { routing.expertOffsets[$0] }
+    var rowCount = (0..<E).map { routing.rowsOf(expert: $0) }
+    if Fs > 0 { rowStart.append(R); rowCount.append(T) }
+    let layout = RowLayout(rowStart: rowStart, rowCount: rowCount,
+                           g: try buffer("g", R * F), u: try buffer("u", R * F), a: try buffer("a", R * F),
+                           gs: try buffer("gs", T * Fs), us: try buffer("us", T * Fs), as_: try buffer("as", T * Fs),
+                           experts: E, ffn: F, sharedFFN: Fs)
+    return RowBuffers(xp: try buffer("x_rows", Rt * H), y: try buffer("y", Rt * H), layout: layout,
+                      partial: try (0..<(plan.splitsExperts ? plan.shards.count : 0)).map { try buffer("y_shard\($0)", Rt * H) },
+                      sharedGateValues: try buffer("shared_gate", T))
+  }
+}
+
 extension MoELayer {
   /// Largest token count of one call.
   public static let maxTokens = 1 << 24
@@ -55,7 +84,7 @@ extension MoELayer {
     let buffer: (String, Int) throws -> UnsafeMutablePointer<Float> = { [scratch] name, floats in
       try scratch.get(save ? name : "inference_" + name, floats: floats)
     }
-    let E = config.experts, H = config.hidden, F = config.ffn, Fs = config.sharedFFN
+    let E = config.experts, H = config.hidden, Fs = config.sharedFFN
     let shared = Fs > 0
 
     // Router input, jittered in training.
@@ -90,21 +119,10 @@ extension MoELayer {
     let routing = Routing.route(logits: logits, tokens: T, config: config.routingConfig)
     let R = routing.rows
     let Rt = R + (shared ? T : 0)
-    var rowStart = (0..<E).map { routing.expertOffsets[$0] }
-    var rowCount = (0..<E).map { routing.rowsOf(expert: $0) }
-    if shared { rowStart.append(R); rowCount.append(T) }
-
-    let xp = try buffer("x_rows", Rt * H)
-    let y = try buffer("y", Rt * H)
-    let layout = RowLayout(rowStart: rowStart, rowCount: rowCount,
-                           g: try buffer("g", R * F), u: try buffer("u", R * F),
-                           a: try buffer("a", R * F),
-                           gs: try buffer("gs", T * Fs), us: try buffer("us", T * Fs),
-                           as_: try buffer("as", T * Fs),
-                           experts: E, ffn: F, sharedFFN: Fs)
-    let split = plan.splitsExperts
-    let partial = try (0..<(split ? plan.shards.count : 0)).map { try buffer("y_shard\($0)", Rt * H) }
-    let sharedGateValues = try buffer("shared_gate", T)
+    let rows = try rowBuffers(routing: routing, tokens: T, buffer)
+    let xp = rows.xp, y = rows.y, layout = rows.layout, partial = rows.partial
+    let sharedGateValues = rows.sharedGateValues
+    let split = !partial.isEmpty
 
     // Gather token rows in expert order (and every token once more for the shared expert).
     runtime.parallelFor(Rt, costPerItem: H) { rows in
@@ -165,8 +183,7 @@ extension MoELayer {
       }
     }
 
-    var tokensPerExpert = rowCount
-    if shared { tokensPerExpert.removeLast() }
+    let tokensPerExpert = Array(layout.rowCount.prefix(E))
     stats = LayerStats(tokens: T, rows: R, dropped: routing.dropped, tokensPerExpert: tokensPerExpert,
                        losses: Routing.losses(logits: logits, plan: routing))
     lastRouting = routing
@@ -197,25 +214,13 @@ extension MoELayer {
     let E = config.experts, H = config.hidden, F = config.ffn, Fs = config.sharedFFN
     let shared = Fs > 0
     let R = routing.rows
-    let Rt = R + (shared ? T : 0)
-    var rowStart = (0..<E).map { routing.expertOffsets[$0] }
-    var rowCount = (0..<E).map { routing.rowsOf(expert: $0) }
-    if shared { rowStart.append(R); rowCount.append(T) }
-
     // The same buffers forward filled.
     let xSaved = try scratch.get("x_saved", floats: T * H)
     let logits = try scratch.get("logits", floats: T * E)
-    let xp = try scratch.get("x_rows", floats: Rt * H)
-    let y = try scratch.get("y", floats: Rt * H)
-    let layout = RowLayout(rowStart: rowStart, rowCount: rowCount,
-                           g: try scratch.get("g", floats: R * F), u: try scratch.get("u", floats: R * F),
-                           a: try scratch.get("a", floats: R * F),
-                           gs: try scratch.get("gs", floats: T * Fs), us: try scratch.get("us", floats: T * Fs),
-                           as_: try scratch.get("as", floats: T * Fs),
-                           experts: E, ffn: F, sharedFFN: Fs)
-    let split = plan.splitsExperts
-    let partial = try (0..<(split ? plan.shards.count : 0)).map { try scratch.get("y_shard\($0)", floats: Rt * H) }
-    let sharedGateValues = try scratch.get("shared_gate", floats: T)
+    let rows = try rowBuffers(routing: routing, tokens: T) { [scratch] name, floats in try scratch.get(name, floats: floats) }
+    let xp = rows.xp, y = rows.y, layout = rows.layout, partial = rows.partial
+    let sharedGateValues = rows.sharedGateValues
+    let split = !partial.isEmpty
     let dRowWeight = try scratch.get("d_row_weight", floats: R)
     let dSharedLogit = try scratch.get("d_shared_logit", floats: T)
     let dLogits = try scratch.get("d_logits", floats: T * E)
