@@ -133,16 +133,21 @@ final class DenseWeight: @unchecked Sendable {
 }
 
 extension Runtime {
+  /// Worker `worker`'s share of `count` columns or rows, split in 16-wide units.
+  func unitRange(_ count: Int, worker: Int) -> Range<Int> {
+    let units = (count + 15) / 16, W = workerCount
+    return min(count, units * worker / W * 16)..<min(count, units * (worker + 1) / W * 16)
+  }
+
   /// out[T, w.rows] = x[T, w.cols] * w^T (+ bias), output rows split over the
   /// workers in 16-row units: each worker streams its own rows of the weight.
   func linear(_ x: UnsafePointer<Float>, tokens T: Int, _ w: DenseWeight, _ out: UnsafeMutablePointer<Float>,
               scratch: [AlignedBuffer], scratchFloats: Int) {
     guard T > 0 else { return }
     let W = workerCount
-    let units = (w.rows + 15) / 16
     let matrix = w.matrix
     let body: (Int) -> Void = { worker in
-      let lo = min(w.rows, units * worker / W * 16), hi = min(w.rows, units * (worker + 1) / W * 16)
+      let r = self.unitRange(w.rows, worker: worker), lo = r.lowerBound, hi = r.upperBound
       guard hi > lo else { return }
       GEMM.xWt(n: T, rows: hi - lo, k: w.cols, x: x, ldx: w.cols, w: matrix.offset(row: lo, col: 0),
                c: out + lo, ldc: w.rows, accumulate: false,

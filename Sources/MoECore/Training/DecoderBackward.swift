@@ -267,10 +267,8 @@ extension DecoderModel {
   /// dW[rows, cols] += dY[T, rows]^T x[T, cols], rows split over the workers.
   static func addWeightGradient(_ runtime: Runtime, dY: UnsafePointer<Float>, x: UnsafePointer<Float>, tokens T: Int,
                                 rows: Int, cols: Int, into dW: AlignedBuffer) {
-    let W = runtime.workerCount
-    let units = (rows + 15) / 16
     runtime.pool.run { w in
-      let lo = min(rows, units * w / W * 16), hi = min(rows, units * (w + 1) / W * 16)
+      let r = runtime.unitRange(rows, worker: w), lo = r.lowerBound, hi = r.upperBound
       guard hi > lo else { return }
       GEMM.atB(n: T, m: hi - lo, cols: cols, a: dY + lo, lda: rows, b: x, ldb: cols, c: dW.pointer + lo * cols, ldc: cols)
     }
@@ -279,11 +277,9 @@ extension DecoderModel {
   /// dX[T, cols] += dY[T, rows] w[rows, cols], columns split over the workers.
   static func addInputGradient(_ runtime: Runtime, dY: UnsafePointer<Float>, w: DenseWeight, tokens T: Int,
                                into dX: UnsafeMutablePointer<Float>, scratch: [AlignedBuffer], scratchFloats: Int) {
-    let W = runtime.workerCount
-    let units = (w.cols + 15) / 16
     let matrix = w.matrix
     runtime.pool.run { worker in
-      let lo = min(w.cols, units * worker / W * 16), hi = min(w.cols, units * (worker + 1) / W * 16)
+      let r = runtime.unitRange(w.cols, worker: worker), lo = r.lowerBound, hi = r.upperBound
       guard hi > lo else { return }
       GEMM.aW(n: T, cols: hi - lo, k: w.rows, a: dY, lda: w.rows, w: matrix.offset(row: 0, col: lo), c: dX + lo,
               ldc: w.cols, accumulate: true, scratch: scratch[worker].pointer, scratchFloats: scratchFloats)
