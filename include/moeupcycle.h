@@ -3,20 +3,55 @@
  *
  * libmoeupcycle turns dense transformer checkpoints (HF safetensors or GGUF,
  * Llama / Mistral / Qwen2 family) into Mixture-of-Experts checkpoints
- * ("upcycling") in the HF Mixtral or Qwen2-MoE format.
+ * ("upcycling") in the HF Mixtral or Qwen2-MoE format, and runs and trains
+ * dense and MoE models on CPUs.
  *
  * This header is the contract. Every function documents what it does, who owns
  * what, what may be NULL, and which status codes it returns.
  *
  * Conventions
- *  - Every fallible call returns a moe_status: MOE_OK (0) or a negative error.
- *    On error, moe_last_error() returns a message naming what was wrong.
+ *  - Status. Every fallible call returns a moe_status: MOE_OK (0) or a
+ *    negative error. On error, moe_last_error() returns a message naming what
+ *    was wrong. A successful call leaves that message unchanged: it always
+ *    describes the most recent failed call on the calling thread.
  *  - Outputs come first and are named `out`.
- *  - Parameter structs are passed by pointer, start with `struct_size`, and have
- *    an `_init` function filling defaults. Always call the `_init` function
- *    first; fields may be appended in later versions, never reordered.
- *  - Enum values and status codes are frozen: never renumbered or reused.
+ *  - Versioned structs. Every parameter and result struct starts with
+ *    `size_t struct_size`: the size of the struct as the caller's header
+ *    declares it (sizeof). Fields are only ever appended, never reordered or
+ *    removed, and a field appended in a later version starts at or after the
+ *    previous version's sizeof (so an older struct never covers part of a
+ *    newer field). Each struct names its first version. The library accepts
+ *    any struct_size from the size of that first version up to its own:
+ *      * parameter structs: fields beyond the caller's struct_size take their
+ *        defaults;
+ *      * result structs: the library writes only the caller's struct_size
+ *        bytes.
+ *    A struct_size larger than the library's own (a caller built against a
+ *    newer header) is accepted for parameters when every byte the library does
+ *    not know is zero (MOE_ERR_UNSUPPORTED otherwise: an option this library
+ *    lacks was asked for), and for results those bytes are set to zero. A
+ *    struct_size below the first version is MOE_ERR_INVALID_ARGUMENT.
+ *  - Parameter structs are passed by pointer and filled with defaults by their
+ *    `_init` function, which writes exactly `struct_size` bytes:
+ *        moe_upcycle_params p;
+ *        moe_upcycle_params_init(&p, sizeof p);
+ *    A NULL parameter pointer means "all defaults".
+ *  - Output buffers. A function that returns a variable amount of data takes
+ *    `(buf, capacity, size_t *needed)`: `*needed` (when `needed` is not NULL)
+ *    always receives how many elements the full answer takes (bytes including
+ *    the terminating NUL for text). With `buf` NULL and `capacity` 0 the call
+ *    only asks: it returns MOE_OK having written nothing but `*needed`. When
+ *    `capacity` is smaller than needed it returns MOE_ERR_BUFFER_TOO_SMALL and
+ *    writes nothing into `buf`. Nothing is ever silently truncated.
+ *  - Enums are append-only and never renumbered; status codes are frozen
+ *    (a retired code keeps its number). A field that can say "use the
+ *    default" has an explicit DEFAULT value (MOE_DTYPE_DEFAULT,
+ *    MOE_PLACEMENT_DEFAULT). Every enum has moe_<enum>_name() and
+ *    moe_<enum>_from_name() (see "Names"), the one table of its names.
  *  - Strings are UTF-8, NUL-terminated. Paths are file-system paths.
+ *  - Sizes are bounded: every count, length and size parameter has a
+ *    documented upper limit; values beyond it are MOE_ERR_INVALID_ARGUMENT
+ *    with a message saying why, before anything that size is allocated.
  *
  * Threading
  *  - All functions may be called from several threads at once. The error
@@ -25,7 +60,7 @@
  *    `params->threads` is 1, starts one short-lived background thread that
  *    builds the next tensor while the previous one is written; it ends before
  *    moe_upcycle() returns. It does not call OpenBLAS.
- *  - Progress callbacks run on the thread that called moe_upcycle().
+ *  - Progress callbacks run on the thread that called the function.
  *  - A moe_runtime owns a pool of worker threads (one per core unless told
  *    otherwise), each pinned to its core when the machine allows it. The
  *    runtime may be shared by several layers and threads; it runs one
@@ -44,6 +79,9 @@
  *    process-wide. OpenBLAS reads OPENBLAS_CORETYPE once when it loads; on
  *    AVX-512 machines OPENBLAS_CORETYPE=SkylakeX is usually much faster than
  *    Haswell. moe_runtime_describe() reports which kernels are in use.
+ *  - The library never installs signal handlers. A host that wants Ctrl-C to
+ *    stop a long call cleanly returns non-zero from the call's progress
+ *    callback (the call then removes what it had started to write).
  */
 #ifndef MOEUPCYCLE_H
 #define MOEUPCYCLE_H
@@ -60,17 +98,18 @@ extern "C" {
 /* ------------------------------------------------------------------------ */
 
 #define MOE_VERSION_MAJOR 0
-#define MOE_VERSION_MINOR 1
+#define MOE_VERSION_MINOR 2
 #define MOE_VERSION_PATCH 0
 /** MAJOR * 10000 + MINOR * 100 + PATCH. */
 #define MOE_VERSION_NUMBER \
   (MOE_VERSION_MAJOR * 10000 + MOE_VERSION_MINOR * 100 + MOE_VERSION_PATCH)
-#define MOE_VERSION_STRING "0.1.0"
+#define MOE_VERSION_STRING "0.2.0"
 
-/** The library's MOE_VERSION_NUMBER, to compare with the header's at run time. */
+/** The library's MOE_VERSION_NUMBER, to compare with the header's at run time.
+ *  Before 1.0, a library of another minor version is not compatible. */
 uint32_t moe_version_number(void);
 
-/** The library's version as static text, e.g. "0.1.0". Never NULL. */
+/** The library's version as static text, e.g. "0.2.0". Never NULL. */
 const char *moe_version_string(void);
 
 /* ------------------------------------------------------------------------ */
@@ -83,11 +122,13 @@ typedef enum moe_status {
   MOE_ERR_INVALID_ARGUMENT = -1,
   /** A required pointer argument is NULL. */
   MOE_ERR_NULL_POINTER = -2,
-  /** Reading or writing a file failed (missing file, permission, disk full). */
+  /** Reading or writing a file failed (missing file, permission, disk full,
+   *  read-only file system, file size limit). */
   MOE_ERR_IO = -3,
   /** A file is malformed: truncated, corrupt, or violates its format. */
   MOE_ERR_FORMAT = -4,
-  /** Well-formed but not supported (architecture, dtype, layout). */
+  /** Well-formed but not supported (architecture, dtype, layout, or a struct
+   *  field this library does not know). */
   MOE_ERR_UNSUPPORTED = -5,
   /** The output already exists and overwriting was not requested. */
   MOE_ERR_EXISTS = -6,
@@ -102,16 +143,20 @@ typedef enum moe_status {
   /** A caller-provided buffer is too small; the needed size was reported. */
   MOE_ERR_BUFFER_TOO_SMALL = -11,
   /** A bug in the library: please report it with the message. */
-  MOE_ERR_INTERNAL = -12
+  MOE_ERR_INTERNAL = -12,
+  /** A computation produced NaN or infinity (a diverging training step, or
+   *  weights that are not finite); the message names where. */
+  MOE_ERR_NUMERIC = -13
 } moe_status;
 
 /** Static text describing `status` (e.g. "invalid argument"). Never NULL. */
 const char *moe_status_string(moe_status status);
 
 /**
- * The message of the last error on the calling thread: what was wrong, with
- * which argument or file. Empty text if no error happened yet. Never NULL.
- * The pointer stays valid until the next call into the library on this thread.
+ * The message of the most recent failed call on the calling thread: what was
+ * wrong, with which argument or file. Successful calls do not change it; it is
+ * empty text until a call fails. Never NULL. The pointer stays valid until the
+ * next failing call on this thread.
  */
 const char *moe_last_error(void);
 
@@ -119,8 +164,12 @@ const char *moe_last_error(void);
 /* Common enums (append-only)                                               */
 /* ------------------------------------------------------------------------ */
 
-/** Storage type of tensors. */
+/** Storage type of tensors: of checkpoints, of loaded weights, of upcycled
+ *  output. Names: "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"; "default". */
 typedef enum moe_dtype {
+  /** Where a field accepts it: the dtype the context chooses (documented at
+   *  the field; e.g. the source's dtype for upcycled output). */
+  MOE_DTYPE_DEFAULT = -1,
   MOE_DTYPE_F32 = 0,
   MOE_DTYPE_F16 = 1,
   MOE_DTYPE_BF16 = 2,
@@ -139,7 +188,8 @@ typedef int (*moe_progress_fn)(uint64_t done, uint64_t total,
 /* Checkpoint inspection                                                    */
 /* ------------------------------------------------------------------------ */
 
-/** What moe_checkpoint_inspect() reports about a dense or MoE checkpoint. */
+/** What moe_checkpoint_inspect() reports about a dense or MoE checkpoint.
+ *  First version: 0.1.0 (all fields below). */
 typedef struct moe_checkpoint_info {
   /** Set by the caller to sizeof(moe_checkpoint_info) before the call. */
   size_t struct_size;
@@ -167,6 +217,7 @@ typedef struct moe_checkpoint_info {
   /** MoE fields; all 0 for a dense checkpoint. */
   uint32_t num_experts;
   uint32_t top_k;
+  /** Intermediate size of each routed expert. */
   uint32_t moe_intermediate_size;
   uint32_t shared_expert_intermediate_size;
   uint32_t num_moe_layers;
@@ -181,8 +232,8 @@ typedef struct moe_checkpoint_info {
 /**
  * Inspect the checkpoint at `path`: an HF model directory (config.json with
  * model.safetensors or model.safetensors.index.json) or a .gguf file.
- * `out->struct_size` must be set to sizeof(moe_checkpoint_info).
- * Files are memory-mapped and validated; no tensor data is read.
+ * `out->struct_size` must be set. Files are memory-mapped and validated; no
+ * tensor data is read.
  * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (struct_size),
  * MOE_ERR_IO, MOE_ERR_FORMAT, MOE_ERR_UNSUPPORTED, MOE_ERR_NOT_FOUND, MOE_ERR_SHAPE.
  */
@@ -192,8 +243,9 @@ moe_status moe_checkpoint_inspect(moe_checkpoint_info *out, const char *path);
 /* Upcycling: dense checkpoint -> MoE checkpoint                            */
 /* ------------------------------------------------------------------------ */
 
-/** How experts are made from the dense FFN (see docs/methods). */
-typedef enum moe_upcycle_method {
+/** How experts are made from the dense FFN (see docs/methods.md).
+ *  Names: "copy", "drop", "noise", "granular", "partition". */
+typedef enum moe_method {
   /** Every expert is an exact copy of the dense FFN (Sparse Upcycling). */
   MOE_METHOD_COPY = 0,
   /** Drop-Upcycling: a fraction `ratio` of intermediate neurons per expert is
@@ -206,8 +258,9 @@ typedef enum moe_upcycle_method {
   MOE_METHOD_GRANULAR = 3,
   /** Each expert takes a subset of intermediate neurons (I / granularity). */
   MOE_METHOD_PARTITION = 4
-} moe_upcycle_method;
+} moe_method;
 
+/** How router weights start. Names: "normal", "uniform", "zeros". */
 typedef enum moe_router_init {
   /** Normal(0, router_std). */
   MOE_ROUTER_INIT_NORMAL = 0,
@@ -216,7 +269,9 @@ typedef enum moe_router_init {
   MOE_ROUTER_INIT_ZEROS = 2
 } moe_router_init;
 
-/** Routing recorded in the output config (the flavour the model is run with). */
+/** How tokens choose experts and weigh their outputs. Names:
+ *  "softmax-topk-renorm", "softmax-topk", "topk-softmax", "sigmoid-topk",
+ *  "sigmoid-topk-renorm". */
 typedef enum moe_routing {
   /** Softmax over all experts, top-k, renormalize the k weights (Mixtral). */
   MOE_ROUTING_SOFTMAX_TOPK_RENORM = 0,
@@ -231,22 +286,16 @@ typedef enum moe_routing {
   MOE_ROUTING_SIGMOID_TOPK_RENORM = 4
 } moe_routing;
 
-typedef enum moe_output_format {
+/** Checkpoint format of upcycled output. Names: "mixtral", "qwen2-moe". */
+typedef enum moe_format {
   /** HF MixtralForCausalLM, legacy per-expert tensor names. */
   MOE_FORMAT_MIXTRAL = 0,
   /** HF Qwen2MoeForCausalLM (always has a shared expert). */
   MOE_FORMAT_QWEN2_MOE = 1
-} moe_output_format;
+} moe_format;
 
-typedef enum moe_output_dtype {
-  /** The source tensor's dtype (F32/F16/BF16); quantized sources give F32. */
-  MOE_OUTPUT_DTYPE_KEEP = 0,
-  MOE_OUTPUT_DTYPE_F32 = 1,
-  MOE_OUTPUT_DTYPE_BF16 = 2,
-  MOE_OUTPUT_DTYPE_F16 = 3
-} moe_output_dtype;
-
-/** How `partition` chooses each expert's neurons. */
+/** How `partition` chooses each expert's neurons.
+ *  Names: "random", "uniform", "importance". */
 typedef enum moe_partition_select {
   MOE_PARTITION_RANDOM = 0,
   /** Evenly spaced neurons (disjoint: strided, neuron i to expert i mod E). */
@@ -256,7 +305,8 @@ typedef enum moe_partition_select {
   MOE_PARTITION_IMPORTANCE = 2
 } moe_partition_select;
 
-/** How `granular` compensates the output scale. */
+/** How `granular` compensates the output scale.
+ *  Names: "down", "cube-root", "none". */
 typedef enum moe_granular_scaling {
   /** The whole scale on down_proj: exactly function-preserving when top_k is
    *  a multiple of the granularity and routing renormalizes. */
@@ -266,6 +316,7 @@ typedef enum moe_granular_scaling {
   MOE_GRANULAR_SCALE_NONE = 2
 } moe_granular_scaling;
 
+/** What moe_upcycle() builds. First version: 0.2.0 (all fields below). */
 typedef struct moe_upcycle_params {
   /** sizeof(moe_upcycle_params); set by moe_upcycle_params_init(). */
   size_t struct_size;
@@ -274,7 +325,7 @@ typedef struct moe_upcycle_params {
   /** Experts per token k, 1..E. Default 2. */
   uint32_t top_k;
   /** Default MOE_METHOD_COPY. */
-  moe_upcycle_method method;
+  moe_method method;
   /** Fraction of neurons re-drawn (drop) or perturbed (noise), in (0, 1].
    *  Default 0.5. */
   double ratio;
@@ -294,7 +345,8 @@ typedef struct moe_upcycle_params {
   /** partition: non-zero = scale down_proj by I / (k * I/G). Default 1. */
   int32_t partition_scale;
   /** Which layers become MoE: NULL or "all", "every:N" (layers i with
-   *  (i+1) % N == 0), or a list "0,2,5-7". Default NULL (all). */
+   *  (i+1) % N == 0), or a list "0,2,5-7". Default NULL (all). An empty
+   *  string is an error. */
   const char *layers;
   /** Default MOE_ROUTER_INIT_NORMAL. */
   moe_router_init router_init;
@@ -304,33 +356,43 @@ typedef struct moe_upcycle_params {
    *  sigmoid gate; routed experts' down_proj are halved so the output starts
    *  equal to the dense FFN's for `copy`. Forced on for Qwen2-MoE. */
   int32_t shared_expert;
-  /** Default MOE_ROUTING_SOFTMAX_TOPK_RENORM (Mixtral supports only that). */
+  /** Default MOE_ROUTING_SOFTMAX_TOPK_RENORM (Mixtral supports only that;
+   *  checkpoints hold the first three). */
   moe_routing routing;
   /** Default MOE_FORMAT_MIXTRAL. */
-  moe_output_format format;
-  /** Default MOE_OUTPUT_DTYPE_KEEP. */
-  moe_output_dtype dtype;
+  moe_format format;
+  /** Output dtype: MOE_DTYPE_DEFAULT (default: the source tensor's dtype,
+   *  F32/F16/BF16; quantized sources give F32), MOE_DTYPE_F32, MOE_DTYPE_BF16
+   *  or MOE_DTYPE_F16. */
+  moe_dtype dtype;
   /** Same seed and parameters give byte-identical output. Default 0. */
   uint64_t seed;
-  /** Non-zero: replace an existing output directory. Default 0. */
+  /** Non-zero: replace an existing output directory (never a regular file or
+   *  a symbolic link; never the input or a directory holding it). Default 0. */
   int32_t force;
-  /** Shard size limit of the output safetensors files. Default 4 GiB. */
+  /** Shard size limit of the output safetensors files, 1 KiB..1 TiB.
+   *  Default 4 GiB. */
   uint64_t max_shard_bytes;
   /** 1 = build and write tensors on the calling thread; 0 or more = build the
    *  next tensor on a background thread while writing. Output does not depend
    *  on it. Default 0. */
   uint32_t threads;
-  /** Recorded in the config as router_aux_loss_coef. Default 0.02. */
-  double router_aux_loss_coef;
-  /** Optional progress callback (NULL = none) and its user data. */
+  /** Switch load-balancing loss coefficient, recorded in the output config
+   *  (router_aux_loss_coef). Finite, >= 0. Default 0.02. */
+  double aux_loss_coef;
+  /** Optional progress callback (NULL = none) and its user data. Returning
+   *  non-zero cancels: nothing is left behind. */
   moe_progress_fn progress;
   void *user_data;
 } moe_upcycle_params;
 
-/** Fill `params` with defaults (including struct_size). NULL is ignored. */
-void moe_upcycle_params_init(moe_upcycle_params *params);
+/** Fill `params` with defaults, writing `struct_size` bytes (pass
+ *  sizeof *params). Returns MOE_OK, MOE_ERR_NULL_POINTER,
+ *  MOE_ERR_INVALID_ARGUMENT (struct_size below the first version). */
+moe_status moe_upcycle_params_init(moe_upcycle_params *params, size_t struct_size);
 
-/** What moe_upcycle() reports. */
+/** What moe_upcycle() reports. First version: 0.1.0 (fields up to
+ *  peak_rss_bytes); 0.2.0 appended the stale_* fields. */
 typedef struct moe_upcycle_result {
   /** Set by the caller to sizeof(moe_upcycle_result) before the call. */
   size_t struct_size;
@@ -341,23 +403,36 @@ typedef struct moe_upcycle_result {
   double seconds;
   /** Peak resident memory of the process, in bytes, when it returned. */
   uint64_t peak_rss_bytes;
+  /* ---- 0.2.0 ---- */
+  /** Temporary directories of this output left by processes that no longer
+   *  run (killed, crashed, power loss), removed before writing, and their
+   *  bytes. */
+  uint64_t stale_bytes_removed;
+  uint32_t stale_removed;
 } moe_upcycle_result;
 
 /**
  * Upcycle the dense checkpoint at `input_path` (HF directory or .gguf file)
  * into an MoE checkpoint directory at `output_path`.
  *
- * The output is written into a temporary directory beside `output_path` and
- * renamed into place at the end; on any error nothing is left behind. An
- * existing `output_path` is refused with MOE_ERR_EXISTS unless `params->force`.
- * The input is never modified. Memory use grows with the largest layer, not
- * with the model.
+ * The output is written into a temporary directory beside `output_path`
+ * (named `.NAME.tmp-PID-RANDOM`) and renamed into place at the end; on any
+ * error or cancel the temporary directory is removed, so `output_path` is
+ * either absent, the complete old output, or the complete new one. A
+ * temporary directory of the same output left by a process that has died is
+ * removed first (and reported in `out`). An existing `output_path` is refused
+ * with MOE_ERR_EXISTS unless `params->force`; with force, an existing
+ * directory is swapped for the new one atomically where the file system can
+ * exchange two names (Linux renameat2), else replaced by two renames. The
+ * input is never modified. Memory use grows with the largest layer, not with
+ * the model.
  *
- * `out` may be NULL; if not, out->struct_size must be set. `params` may be
- * NULL for all defaults.
- * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT, MOE_ERR_IO,
- * MOE_ERR_FORMAT, MOE_ERR_UNSUPPORTED, MOE_ERR_EXISTS, MOE_ERR_NOT_FOUND,
- * MOE_ERR_SHAPE, MOE_ERR_OUT_OF_MEMORY, MOE_ERR_CANCELLED.
+ * `out` may be NULL (else its struct_size set). `params` may be NULL for all
+ * defaults.
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT, MOE_ERR_IO
+ * (also disk full, read-only destination, file size limit), MOE_ERR_FORMAT,
+ * MOE_ERR_UNSUPPORTED, MOE_ERR_EXISTS, MOE_ERR_NOT_FOUND, MOE_ERR_SHAPE,
+ * MOE_ERR_OUT_OF_MEMORY, MOE_ERR_CANCELLED.
  */
 moe_status moe_upcycle(moe_upcycle_result *out, const char *input_path,
                        const char *output_path,
@@ -367,8 +442,11 @@ moe_status moe_upcycle(moe_upcycle_result *out, const char *input_path,
 /* Runtime: topology, pinned workers, NUMA placement                        */
 /* ------------------------------------------------------------------------ */
 
-/** How a layer's expert weights are spread over NUMA nodes. */
+/** How a layer's expert weights are spread over NUMA nodes.
+ *  Names: "row-slice", "expert", "interleave", "none"; "default". */
 typedef enum moe_placement {
+  /** The runtime's placement (for a runtime: MOE_PLACEMENT_ROW_SLICE). */
+  MOE_PLACEMENT_DEFAULT = -1,
   /** Each node owns a slice of every expert's intermediate dimension (rows of
    *  gate/up, columns of down) and computes a partial output; partial outputs
    *  are summed in node order. */
@@ -384,6 +462,7 @@ typedef enum moe_placement {
 /** A topology and its pinned worker threads. Opaque. */
 typedef struct moe_runtime moe_runtime;
 
+/** How a runtime is made. First version: 0.1.0 (all fields below). */
 typedef struct moe_runtime_params {
   /** sizeof(moe_runtime_params); set by moe_runtime_params_init(). */
   size_t struct_size;
@@ -393,27 +472,29 @@ typedef struct moe_runtime_params {
   /** Non-zero (default): pin each worker to its core. */
   int32_t pin;
   /** Default placement of layers created on this runtime.
-   *  Default MOE_PLACEMENT_ROW_SLICE. */
+   *  MOE_PLACEMENT_DEFAULT (default) = MOE_PLACEMENT_ROW_SLICE. */
   moe_placement placement;
   /** A synthetic hwloc topology (e.g. "pack:2 [numa] core:4 pu:1") to plan
-   *  for instead of the machine; NULL (default) = the machine, which hwloc
-   *  may itself replace through HWLOC_SYNTHETIC or HWLOC_XMLFILE. On such
-   *  topologies nothing is really pinned or bound, and the runtime says so. */
+   *  for instead of the machine, at most 4096 processing units and 256
+   *  characters; NULL (default) = the machine, which hwloc may itself
+   *  replace through HWLOC_SYNTHETIC or HWLOC_XMLFILE. On such topologies
+   *  nothing is really pinned or bound, and the runtime says so. */
   const char *topology_synthetic;
   /** An hwloc XML topology file to use instead of the machine. NULL = none. */
   const char *topology_xml;
 } moe_runtime_params;
 
-/** Fill `params` with defaults (including struct_size). NULL is ignored. */
-void moe_runtime_params_init(moe_runtime_params *params);
+/** Fill `params` with defaults, writing `struct_size` bytes. Returns MOE_OK,
+ *  MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT. */
+moe_status moe_runtime_params_init(moe_runtime_params *params, size_t struct_size);
 
 /**
  * Create a runtime: discover the topology, start and pin the workers, set
  * OpenBLAS to one thread. `params` may be NULL for all defaults. Free with
- * moe_runtime_free() after every layer using it is freed.
+ * moe_runtime_free() after every layer and model using it is freed.
  * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (also a
- * malformed synthetic topology), MOE_ERR_NOT_FOUND (topology XML file
- * missing), MOE_ERR_IO or MOE_ERR_FORMAT (XML unreadable or malformed),
+ * malformed or too large synthetic topology), MOE_ERR_NOT_FOUND (topology XML
+ * file missing), MOE_ERR_IO or MOE_ERR_FORMAT (XML unreadable or malformed),
  * MOE_ERR_OUT_OF_MEMORY.
  */
 moe_status moe_runtime_create(moe_runtime **out, const moe_runtime_params *params);
@@ -421,7 +502,7 @@ moe_status moe_runtime_create(moe_runtime **out, const moe_runtime_params *param
 /** Stop the workers and release the runtime. NULL is ignored. */
 void moe_runtime_free(moe_runtime *runtime);
 
-/** What a runtime runs on. */
+/** What a runtime runs on. First version: 0.1.0 (all fields below). */
 typedef struct moe_runtime_info {
   /** Set by the caller to sizeof(moe_runtime_info) before the call. */
   size_t struct_size;
@@ -444,7 +525,7 @@ typedef struct moe_runtime_info {
  *  Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT. */
 moe_status moe_runtime_get_info(moe_runtime_info *out, const moe_runtime *runtime);
 
-/** Layout of moe_runtime_describe()'s text. */
+/** Layout of moe_runtime_describe()'s text. Names: "plain", "json". */
 typedef enum moe_text_format {
   MOE_TEXT_PLAIN = 0,
   MOE_TEXT_JSON = 1
@@ -457,11 +538,10 @@ struct moe_layer_config;
  * core and whether it is pinned, OpenBLAS kernels and threads, whether
  * memory binding is effective, and, when `layer` is not NULL, the placement
  * plan of a layer of that shape (which node holds which rows of which expert).
- * Writes a NUL-terminated text of at most `capacity` bytes into `buffer`
- * (which may be NULL when capacity is 0) and stores the size needed
- * (including the NUL) in `*needed` (which may be NULL).
+ * The NUL-terminated text goes into `buffer` by the output-buffer rule
+ * (`*needed` in bytes including the NUL).
  * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT,
- * MOE_ERR_BUFFER_TOO_SMALL (then *needed says how much).
+ * MOE_ERR_BUFFER_TOO_SMALL.
  */
 moe_status moe_runtime_describe(const moe_runtime *runtime,
                                 const struct moe_layer_config *layer,
@@ -475,15 +555,16 @@ moe_status moe_runtime_describe(const moe_runtime *runtime,
 /** One Mixture-of-Experts SwiGLU feed-forward layer. Opaque. */
 typedef struct moe_layer moe_layer;
 
+/** A layer's shape and behaviour. First version: 0.1.0 (all fields below). */
 typedef struct moe_layer_config {
   /** sizeof(moe_layer_config); set by moe_layer_config_init(). */
   size_t struct_size;
   /** Model width H, 1..2^20. No default: must be set. */
-  uint32_t hidden;
+  uint32_t hidden_size;
   /** Intermediate size F of each routed expert, 1..2^20. Must be set. */
-  uint32_t ffn;
+  uint32_t moe_intermediate_size;
   /** Routed experts E, 1..4096. Must be set. */
-  uint32_t experts;
+  uint32_t num_experts;
   /** Experts per token K, 1..E (expert choice: average experts per token).
    *  Must be set. */
   uint32_t top_k;
@@ -501,12 +582,12 @@ typedef struct moe_layer_config {
   int32_t expert_choice;
   /** Intermediate size of a shared expert, 0 (default) = none. Its output is
    *  scaled by sigmoid(x . g) with a learned [H] vector g (Qwen2-MoE). */
-  uint32_t shared_ffn;
+  uint32_t shared_expert_intermediate_size;
   /** Storage of expert weights: MOE_DTYPE_F32 (default) or MOE_DTYPE_BF16.
    *  Compute is f32; the router and the shared-expert gate stay f32. */
   moe_dtype storage;
-  /** A moe_placement, or -1 (default) for the runtime's. */
-  int32_t placement;
+  /** MOE_PLACEMENT_DEFAULT (default: the runtime's) or a placement. */
+  moe_placement placement;
   /** Router jitter in training forwards: the router input is multiplied by
    *  Uniform(1 - jitter, 1 + jitter) noise (Switch). 0 (default) = off. */
   float jitter;
@@ -516,17 +597,20 @@ typedef struct moe_layer_config {
    *  E * sum_e f_e * P_e (f_e: fraction of the T*K choices given to e before
    *  capacity drops; P_e: mean router probability of e; for sigmoid routing
    *  the probabilities are the scores normalized to sum 1). Default 0.01. */
-  float balance_loss_coef;
+  float aux_loss_coef;
   /** Coefficient of the router z-loss mean_t(logsumexp(logits_t)^2).
    *  Default 0.001. */
   float z_loss_coef;
 } moe_layer_config;
 
-/** Fill `config` with defaults (including struct_size; hidden, ffn, experts
- *  and top_k are 0 and must be set). NULL is ignored. */
-void moe_layer_config_init(moe_layer_config *config);
+/** Fill `config` with defaults, writing `struct_size` bytes (hidden_size,
+ *  moe_intermediate_size, num_experts and top_k are 0 and must be set).
+ *  Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT. */
+moe_status moe_layer_config_init(moe_layer_config *config, size_t struct_size);
 
-/** The tensors of a layer. Shapes are row-major, as HF checkpoints store them. */
+/** The tensors of a layer. Shapes are row-major, as HF checkpoints store them.
+ *  Names: "router", "gate", "up", "down", "shared-gate", "shared-up",
+ *  "shared-down", "shared-expert-gate". */
 typedef enum moe_weight {
   /** [E, H] router. */
   MOE_WEIGHT_ROUTER = 0,
@@ -543,6 +627,10 @@ typedef enum moe_weight {
   /** [H] the shared expert's sigmoid gate vector. */
   MOE_WEIGHT_SHARED_EXPERT_GATE = 7
 } moe_weight;
+
+/** The `expert` argument of the weight functions meaning "every expert" (the
+ *  whole tensor); otherwise an expert index 0..E-1 (routed expert weights). */
+#define MOE_ALL_EXPERTS (-1)
 
 /**
  * Create a layer on `runtime` with owned, zero weights placed on NUMA nodes
@@ -577,27 +665,28 @@ void moe_layer_free(moe_layer *layer);
  *  MOE_ERR_INVALID_ARGUMENT. */
 moe_status moe_layer_get_config(moe_layer_config *out, const moe_layer *layer);
 
-/** Number of floats of `weight`, or of one expert of it when `expert` >= 0
- *  (routed expert weights only; -1 = the whole tensor).
+/** Number of floats of `weight`, or of one expert of it when `expert` is an
+ *  index (MOE_ALL_EXPERTS = the whole tensor).
  *  Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT. */
 moe_status moe_layer_weight_count(size_t *out, const moe_layer *layer,
                                   moe_weight weight, int64_t expert);
 
 /**
- * Copy `count` floats from `data` into `weight` (all experts when expert is
- * -1, else that expert), converting to the storage dtype (bf16 rounds to
- * nearest even). `count` must equal moe_layer_weight_count().
+ * Copy `count` floats from `data` into `weight` (every expert with
+ * MOE_ALL_EXPERTS, else that expert), converting to the storage dtype (bf16
+ * rounds to nearest even). `count` must equal moe_layer_weight_count().
  * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (also when
  * the experts are borrowed), MOE_ERR_SHAPE (count).
  */
 moe_status moe_layer_set_weight(moe_layer *layer, moe_weight weight,
                                 int64_t expert, const float *data, size_t count);
 
-/** Copy `weight` (or one expert of it) as f32 into `out`, which holds
- *  `capacity` floats. Returns MOE_OK, MOE_ERR_NULL_POINTER,
+/** Copy `weight` (or one expert of it) as f32 into `out` by the output-buffer
+ *  rule (`*needed` in floats). Returns MOE_OK, MOE_ERR_NULL_POINTER,
  *  MOE_ERR_INVALID_ARGUMENT, MOE_ERR_BUFFER_TOO_SMALL. */
 moe_status moe_layer_get_weight(const moe_layer *layer, moe_weight weight,
-                                int64_t expert, float *out, size_t capacity);
+                                int64_t expert, float *out, size_t capacity,
+                                size_t *needed);
 
 /**
  * Use caller memory for the routed experts' weights, without copying:
@@ -641,7 +730,7 @@ moe_status moe_layer_forward(moe_layer *layer, const float *x, size_t tokens,
  * Backward of the last forward run with MOE_FORWARD_SAVE: given
  * grad_out = dL/d out [T, H], writes dL/dx into grad_x [T, H] and adds the
  * weight gradients (experts, router, shared expert) to the layer's gradient
- * buffers, including balance_loss_coef * d(balance loss) and
+ * buffers, including aux_loss_coef * d(balance loss) and
  * z_loss_coef * d(z-loss). Consumes the saved forward.
  * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (no saved
  * forward), MOE_ERR_OUT_OF_MEMORY.
@@ -650,10 +739,12 @@ moe_status moe_layer_backward(moe_layer *layer, const float *grad_out,
                               float *grad_x);
 
 /** Copy the accumulated gradient of `weight` (or one expert of it) into
- *  `out` (`capacity` floats). Gradients start at zero. Returns MOE_OK,
- *  MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT, MOE_ERR_BUFFER_TOO_SMALL. */
+ *  `out` by the output-buffer rule (`*needed` in floats). Gradients start at
+ *  zero. Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT,
+ *  MOE_ERR_BUFFER_TOO_SMALL. */
 moe_status moe_layer_get_grad(const moe_layer *layer, moe_weight weight,
-                              int64_t expert, float *out, size_t capacity);
+                              int64_t expert, float *out, size_t capacity,
+                              size_t *needed);
 
 /** Set every gradient to zero. Returns MOE_OK, MOE_ERR_NULL_POINTER. */
 moe_status moe_layer_zero_grad(moe_layer *layer);
@@ -662,7 +753,7 @@ moe_status moe_layer_zero_grad(moe_layer *layer);
  *  MOE_ERR_NULL_POINTER. */
 moe_status moe_layer_set_noise_step(moe_layer *layer, uint64_t step);
 
-/** Statistics of the last forward. */
+/** Statistics of the last forward. First version: 0.1.0 (all fields below). */
 typedef struct moe_layer_stats {
   /** Set by the caller to sizeof(moe_layer_stats) before the call. */
   size_t struct_size;
@@ -671,8 +762,9 @@ typedef struct moe_layer_stats {
   uint64_t assignments;
   /** Token choice: assignments dropped by capacity. */
   uint64_t dropped;
-  /** Switch balancing loss and router z-loss, without their coefficients. */
-  double balance_loss;
+  /** Switch load-balancing loss E * sum_e f_e * P_e (1 = perfectly balanced)
+   *  and router z-loss, without their coefficients. */
+  double aux_loss;
   double z_loss;
   /** Bytes of owned expert memory, and how much of it is bound to a node. */
   uint64_t weight_bytes;
@@ -681,20 +773,24 @@ typedef struct moe_layer_stats {
 
 /**
  * Fill `out` (out->struct_size set) with the last forward's statistics, and
- * when `tokens_per_expert` is not NULL, its first min(capacity, E) entries
- * with the tokens each routed expert computed.
- * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT.
+ * `tokens_per_expert` with the tokens each routed expert computed, by the
+ * output-buffer rule (`*needed` = E; NULL and 0 to fill `out` alone).
+ * Nothing is written on error.
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT,
+ * MOE_ERR_BUFFER_TOO_SMALL.
  */
 moe_status moe_layer_get_stats(moe_layer_stats *out, const moe_layer *layer,
-                               uint64_t *tokens_per_expert, size_t capacity);
+                               uint64_t *tokens_per_expert, size_t capacity,
+                               size_t *needed);
 
 /**
  * The last forward's combine weights as a dense [T, E] matrix: entry (t, e)
  * is the weight of expert e's output in token t's result, 0 when e was not
- * chosen or was dropped. `out` holds `capacity` floats (at least T * E).
+ * chosen or was dropped. By the output-buffer rule (`*needed` = T * E floats).
  * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_BUFFER_TOO_SMALL.
  */
-moe_status moe_layer_get_routing(const moe_layer *layer, float *out, size_t capacity);
+moe_status moe_layer_get_routing(const moe_layer *layer, float *out, size_t capacity,
+                                 size_t *needed);
 
 /* ------------------------------------------------------------------------ */
 /* Models: load, tokenize, evaluate, generate                               */
@@ -703,22 +799,26 @@ moe_status moe_layer_get_routing(const moe_layer *layer, float *out, size_t capa
 /** A loaded decoder (dense or MoE) with its tokenizer and KV cache. Opaque. */
 typedef struct moe_model moe_model;
 
+/** How a model is loaded. First version: 0.1.0 (all fields below). */
 typedef struct moe_model_params {
   /** sizeof(moe_model_params); set by moe_model_params_init(). */
   size_t struct_size;
-  /** Storage of matrix weights: -1 (default) = bf16 when the checkpoint
-   *  stores bf16 or f16, else f32 (quantized GGUF tensors become f32);
-   *  or MOE_DTYPE_F32 / MOE_DTYPE_BF16. Compute is f32. */
-  int32_t weight_dtype;
-  /** A moe_placement for MoE layers, or -1 (default) for the runtime's. */
-  int32_t placement;
+  /** Storage of matrix weights: MOE_DTYPE_DEFAULT (default) = bf16 when the
+   *  checkpoint stores bf16 or f16, else f32 (quantized GGUF tensors become
+   *  f32); or MOE_DTYPE_F32 / MOE_DTYPE_BF16. Compute is f32. */
+  moe_dtype weight_dtype;
+  /** Placement of MoE layers: MOE_PLACEMENT_DEFAULT (default: the
+   *  runtime's) or a placement. */
+  moe_placement placement;
   /** Longest sequence (prompt plus generated tokens, or an evaluation
-   *  window); 0 (default) = the model's context length. */
+   *  window), at most the model's context length; 0 (default) = the model's
+   *  context length. */
   uint32_t max_context;
 } moe_model_params;
 
-/** Fill `params` with defaults (including struct_size). NULL is ignored. */
-void moe_model_params_init(moe_model_params *params);
+/** Fill `params` with defaults, writing `struct_size` bytes. Returns MOE_OK,
+ *  MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT. */
+moe_status moe_model_params_init(moe_model_params *params, size_t struct_size);
 
 /**
  * Load the model at `path`: an HF directory (Llama, Mistral, Qwen2 dense;
@@ -736,7 +836,10 @@ moe_status moe_model_load(moe_model **out, moe_runtime *runtime, const char *pat
 /** Release a model. NULL is ignored. */
 void moe_model_free(moe_model *model);
 
-/** What a loaded model is. */
+/** A token id field's value when the tokenizer has no such token. */
+#define MOE_NO_TOKEN (-1)
+
+/** What a loaded model is. First version: 0.1.0 (all fields below). */
 typedef struct moe_model_info {
   /** Set by the caller to sizeof(moe_model_info) before the call. */
   size_t struct_size;
@@ -749,7 +852,7 @@ typedef struct moe_model_info {
   uint32_t num_moe_layers;
   uint32_t num_experts;
   uint32_t top_k;
-  /** BOS and EOS token ids, -1 when the tokenizer has none. */
+  /** BOS and EOS token ids, MOE_NO_TOKEN when the tokenizer has none. */
   int32_t bos_token_id;
   int32_t eos_token_id;
   /** Storage of matrix weights (MOE_DTYPE_F32 or MOE_DTYPE_BF16). */
@@ -765,25 +868,25 @@ typedef struct moe_model_info {
 moe_status moe_model_get_info(moe_model_info *out, const moe_model *model);
 
 /**
- * Tokenize UTF-8 `text` (`length` bytes) with the model's tokenizer. Special
- * tokens written in the text (e.g. "<|im_start|>") become their ids. With
- * `add_special` non-zero, BOS is prepended when the tokenizer asks for it.
- * Writes up to `capacity` ids into `tokens` (NULL when capacity is 0) and
- * the number needed into `*count`.
+ * Tokenize UTF-8 `text` (`length` bytes, at most 1 GiB) with the model's
+ * tokenizer. Special tokens written in the text (e.g. "<|im_start|>") become
+ * their ids. With `add_special` non-zero, BOS is prepended when the tokenizer
+ * asks for it. The ids go into `tokens` by the output-buffer rule (`*needed`
+ * in ids).
  * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (invalid
- * UTF-8), MOE_ERR_BUFFER_TOO_SMALL (then *count says how many).
+ * UTF-8), MOE_ERR_UNSUPPORTED (no usable tokenizer), MOE_ERR_BUFFER_TOO_SMALL.
  */
 moe_status moe_model_tokenize(const moe_model *model, const char *text, size_t length,
                               int32_t add_special, int32_t *tokens, size_t capacity,
-                              size_t *count);
+                              size_t *needed);
 
 /**
- * The text of `count` token ids, NUL-terminated, into `buffer` of `capacity`
- * bytes; `*needed` (may be NULL) receives the size needed including the NUL.
- * Bytes that are not valid UTF-8 become U+FFFD. With `skip_special`
- * non-zero, control tokens (BOS, EOS, chat markers) are left out.
+ * The text of `count` token ids, NUL-terminated, into `buffer` by the
+ * output-buffer rule (`*needed` in bytes including the NUL). Bytes that are
+ * not valid UTF-8 become U+FFFD. With `skip_special` non-zero, control tokens
+ * (BOS, EOS, chat markers) are left out.
  * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (an id
- * outside the vocabulary), MOE_ERR_BUFFER_TOO_SMALL.
+ * outside the vocabulary), MOE_ERR_UNSUPPORTED, MOE_ERR_BUFFER_TOO_SMALL.
  */
 moe_status moe_model_detokenize(const moe_model *model, const int32_t *tokens, size_t count,
                                 int32_t skip_special, char *buffer, size_t capacity,
@@ -792,14 +895,18 @@ moe_status moe_model_detokenize(const moe_model *model, const int32_t *tokens, s
 /**
  * Logits [count, vocab_size] of `count` tokens run as a fresh sequence at
  * positions 0..count-1 (row t scores the token after tokens[0..t]), into
- * `logits` of `capacity` floats.
+ * `logits` by the output-buffer rule (`*needed` = count * vocab_size floats;
+ * asking computes nothing).
  * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (ids outside
  * the vocabulary, count 0 or above the context), MOE_ERR_BUFFER_TOO_SMALL,
+ * MOE_ERR_NUMERIC (non-finite logits: the weights hold NaN or infinity),
  * MOE_ERR_OUT_OF_MEMORY.
  */
 moe_status moe_model_logits(moe_model *model, const int32_t *tokens, size_t count,
-                            float *logits, size_t capacity);
+                            float *logits, size_t capacity, size_t *needed);
 
+/** How moe_model_eval_text/_tokens evaluate. First version: 0.1.0 (all
+ *  fields below). */
 typedef struct moe_eval_params {
   /** sizeof(moe_eval_params); set by moe_eval_params_init(). */
   size_t struct_size;
@@ -813,8 +920,11 @@ typedef struct moe_eval_params {
   void *user_data;
 } moe_eval_params;
 
-void moe_eval_params_init(moe_eval_params *params);
+/** Fill `params` with defaults, writing `struct_size` bytes. Returns MOE_OK,
+ *  MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT. */
+moe_status moe_eval_params_init(moe_eval_params *params, size_t struct_size);
 
+/** What an evaluation measured. First version: 0.1.0 (all fields below). */
 typedef struct moe_eval_result {
   /** Set by the caller to sizeof(moe_eval_result) before the call. */
   size_t struct_size;
@@ -827,18 +937,20 @@ typedef struct moe_eval_result {
   double seconds;
   /** Tokens per second through the model (scored + context). */
   double tokens_per_second;
-  /** MoE models: the mean Switch balance figure E * sum_e f_e * P_e over
+  /** MoE models: the mean Switch load-balancing loss E * sum_e f_e * P_e over
    *  layers and windows (1 = perfectly balanced); 0 for dense models.
    *  moe_model_router_stats() gives tokens per expert per layer. */
-  double balance;
+  double aux_loss;
 } moe_eval_result;
 
 /**
  * Perplexity of the model on UTF-8 `text` (`length` bytes, tokenized without
  * BOS; special-token text such as "<|im_start|>" is read as plain text) or,
- * with moe_model_eval_tokens, on token ids. `params` may be NULL.
+ * with moe_model_eval_tokens, on token ids. `out` may be NULL (else its
+ * struct_size set); `params` may be NULL.
  * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (fewer than
  * 2 tokens, bad seq_len, ids outside the vocabulary, invalid UTF-8),
+ * MOE_ERR_NUMERIC (a non-finite loss: the weights hold NaN or infinity),
  * MOE_ERR_CANCELLED, MOE_ERR_OUT_OF_MEMORY.
  */
 moe_status moe_model_eval_text(moe_eval_result *out, moe_model *model, const char *text,
@@ -849,22 +961,24 @@ moe_status moe_model_eval_tokens(moe_eval_result *out, moe_model *model,
 
 /**
  * Tokens per expert routed in layer `layer` since the last evaluation began
- * (generation adds to them too): writes min(capacity, E) counts and stores E
- * in `*experts` (may be NULL). A dense layer has E = 0.
- * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (layer).
+ * (generation adds to them too), into `tokens_per_expert` by the
+ * output-buffer rule (`*needed` = E of that layer; 0 for a dense layer).
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (layer),
+ * MOE_ERR_BUFFER_TOO_SMALL.
  */
 moe_status moe_model_router_stats(const moe_model *model, uint32_t layer,
                                   uint64_t *tokens_per_expert, size_t capacity,
-                                  uint32_t *experts);
+                                  size_t *needed);
 
 /** Receives each generated token and the text it completes (UTF-8 held back
  *  until complete; may be empty). Return non-zero to stop. */
 typedef int (*moe_token_fn)(int32_t token, const char *text, void *user_data);
 
+/** How moe_model_generate samples. First version: 0.1.0 (all fields below). */
 typedef struct moe_generate_params {
   /** sizeof(moe_generate_params); set by moe_generate_params_init(). */
   size_t struct_size;
-  /** Default 64. */
+  /** Default 64; generation also stops at the context length. */
   uint32_t max_new_tokens;
   /** 0 = greedy (default); otherwise logits are divided by it. */
   float temperature;
@@ -886,8 +1000,21 @@ typedef struct moe_generate_params {
   int32_t ignore_eos;
 } moe_generate_params;
 
-void moe_generate_params_init(moe_generate_params *params);
+/** Fill `params` with defaults, writing `struct_size` bytes. Returns MOE_OK,
+ *  MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT. */
+moe_status moe_generate_params_init(moe_generate_params *params, size_t struct_size);
 
+/** Why generation stopped. Names: "length", "eos", "callback". */
+typedef enum moe_stop_reason {
+  /** max_new_tokens or the context length reached. */
+  MOE_STOP_LENGTH = 0,
+  /** The end-of-sequence token was generated. */
+  MOE_STOP_EOS = 1,
+  /** The token callback asked to stop. */
+  MOE_STOP_CALLBACK = 2
+} moe_stop_reason;
+
+/** What a generation did. First version: 0.1.0 (all fields below). */
 typedef struct moe_generate_result {
   /** Set by the caller to sizeof(moe_generate_result) before the call. */
   size_t struct_size;
@@ -897,22 +1024,23 @@ typedef struct moe_generate_result {
   double decode_seconds;
   /** Generated tokens per second (decode only). */
   double tokens_per_second;
-  /** 0: max_new_tokens or the context reached, 1: end of sequence token,
-   *  2: the callback asked to stop. */
-  int32_t stop_reason;
+  moe_stop_reason stop_reason;
 } moe_generate_result;
 
 /**
  * Generate after `prompt` with a KV cache. `out` may be NULL (else its
  * struct_size set); `params` may be NULL. The generated text (without the
- * prompt) is written NUL-terminated into `text` of `capacity` bytes when
- * `text` is not NULL, and its size including the NUL into `*needed` (may be
- * NULL); a too-small buffer is not an error here: the text is cut at a
- * UTF-8 boundary. The text equals the pieces passed to `on_token`: an
- * unfinished UTF-8 sequence at the very end is left out of both.
+ * prompt; it equals the pieces passed to `on_token`, an unfinished UTF-8
+ * sequence at the very end left out of both) goes NUL-terminated into `text`
+ * by the output-buffer rule, except that generation runs in any case: with
+ * `text` NULL only `*needed` is set; when `capacity` is too small the call
+ * returns MOE_ERR_BUFFER_TOO_SMALL after generating, with `out` and `*needed`
+ * filled and nothing written into `text`.
  * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (empty
  * prompt, prompt at or beyond the context, bad sampling settings),
- * MOE_ERR_UNSUPPORTED (chat without a ChatML template), MOE_ERR_OUT_OF_MEMORY.
+ * MOE_ERR_UNSUPPORTED (chat without a ChatML template), MOE_ERR_NUMERIC
+ * (non-finite logits: the weights hold NaN or infinity),
+ * MOE_ERR_BUFFER_TOO_SMALL, MOE_ERR_OUT_OF_MEMORY.
  */
 moe_status moe_model_generate(moe_generate_result *out, moe_model *model, const char *prompt,
                               const moe_generate_params *params, char *text,
@@ -925,6 +1053,7 @@ moe_status moe_model_generate(moe_generate_result *out, moe_model *model, const 
 /** Trains a loaded model in place. Opaque; one thread at a time. */
 typedef struct moe_trainer moe_trainer;
 
+/** Which parameters are trained. Names: "all", "moe", "routers". */
 typedef enum moe_train_only {
   MOE_TRAIN_ALL = 0,
   /** MoE layers only (routers and experts). */
@@ -933,6 +1062,7 @@ typedef enum moe_train_only {
   MOE_TRAIN_ROUTERS = 2
 } moe_train_only;
 
+/** Learning-rate schedule. Names: "cosine", "constant". */
 typedef enum moe_lr_schedule {
   /** Linear warmup, then cosine from lr to min_lr at the last step. */
   MOE_LR_COSINE = 0,
@@ -940,23 +1070,40 @@ typedef enum moe_lr_schedule {
   MOE_LR_CONSTANT = 1
 } moe_lr_schedule;
 
+/** What a training step does when its loss or gradient norm is NaN or
+ *  infinite. Names: "error", "skip". */
+typedef enum moe_nonfinite {
+  /** moe_trainer_step() returns MOE_ERR_NUMERIC naming the loss or the first
+   *  tensor whose gradient is not finite; weights and optimizer state are
+   *  left as they were before the step, and the step is not counted. */
+  MOE_NONFINITE_ERROR = 0,
+  /** The step is skipped: no weight or optimizer update, the step counter
+   *  and the schedule advance, and moe_train_stats.skipped is 1. */
+  MOE_NONFINITE_SKIP = 1
+} moe_nonfinite;
+
+/** How a trainer trains. First version: 0.1.0 (fields up to eval_windows);
+ *  0.2.0 appended on_nonfinite. */
 typedef struct moe_trainer_params {
   /** sizeof(moe_trainer_params); set by moe_trainer_params_init(). */
   size_t struct_size;
-  /** Tokens predicted per sequence. Default 256. */
+  /** Tokens predicted per sequence, 1..the model's context. Default 256. */
   uint32_t seq_len;
-  /** Sequences per step; gradients are accumulated over them. Default 4. */
+  /** Sequences per step; gradients are accumulated over them. At least 1;
+   *  batch * seq_len at most 2^24 tokens per step. Default 4. */
   uint32_t batch;
-  /** Total steps (for the schedule). Default 100. */
+  /** Total steps (for the schedule), 1..2^31. Default 100. */
   uint32_t steps;
-  /** Warmup steps. Default 0. */
+  /** Warmup steps, at most `steps`. Default 0. */
   uint32_t warmup;
-  /** Peak and final learning rate. Defaults 2e-4 and 2e-5 (Drop-Upcycling). */
+  /** Peak and final learning rate, finite, >= 0. Defaults 2e-4 and 2e-5
+   *  (Drop-Upcycling). */
   float lr;
   float min_lr;
   moe_lr_schedule schedule;
-  /** AdamW. Defaults 0.9, 0.95, 1e-8, weight decay 0.1 (matrices only, not
-   *  norms or biases). */
+  /** AdamW: beta1 and beta2 in [0, 1), eps finite and > 0, weight decay
+   *  finite and >= 0. Defaults 0.9, 0.95, 1e-8, weight decay 0.1 (matrices
+   *  only, not norms or biases). */
   float beta1;
   float beta2;
   float eps;
@@ -971,13 +1118,21 @@ typedef struct moe_trainer_params {
   moe_train_only train_only;
   /** Seeds the order of training windows. Default 0. */
   uint64_t seed;
-  /** Fraction of the data, at its end, held out for evaluation. Default 0.05. */
+  /** Fraction of the data, at its end, held out for evaluation, in [0, 1).
+   *  Default 0.05. */
   double eval_fraction;
-  /** Held-out windows per evaluation, at most. Default 8. */
+  /** Held-out windows per evaluation, at most; 1..65536. Default 8. */
   uint32_t eval_windows;
+  /** Not used; keeps the fields below outside the 0.1.0 struct. */
+  uint32_t reserved0;
+  /* ---- 0.2.0 ---- */
+  /** Default MOE_NONFINITE_ERROR. */
+  moe_nonfinite on_nonfinite;
 } moe_trainer_params;
 
-void moe_trainer_params_init(moe_trainer_params *params);
+/** Fill `params` with defaults, writing `struct_size` bytes. Returns MOE_OK,
+ *  MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT. */
+moe_status moe_trainer_params_init(moe_trainer_params *params, size_t struct_size);
 
 /**
  * Create a trainer for `model` (which must be loaded with f32 weights) over
@@ -985,9 +1140,10 @@ void moe_trainer_params_init(moe_trainer_params *params);
  * positions that depend only on (seed, step, index), so a resumed run reads
  * the same data. The model stays usable for evaluation and generation
  * between steps and must outlive the trainer.
- * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (settings,
- * too little data, ids outside the vocabulary), MOE_ERR_UNSUPPORTED (bf16
- * weights), MOE_ERR_OUT_OF_MEMORY.
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (settings
+ * out of their ranges, too little data, ids outside the vocabulary),
+ * MOE_ERR_UNSUPPORTED (bf16 weights, or params fields this library does not
+ * know), MOE_ERR_OUT_OF_MEMORY.
  */
 moe_status moe_trainer_create(moe_trainer **out, moe_model *model, const int32_t *tokens,
                               size_t count, const moe_trainer_params *params);
@@ -1000,6 +1156,8 @@ moe_status moe_trainer_create_text(moe_trainer **out, moe_model *model, const ch
 /** Release a trainer (not the model). NULL is ignored. */
 void moe_trainer_free(moe_trainer *trainer);
 
+/** What a training step did. First version: 0.1.0 (fields up to
+ *  max_expert_load); 0.2.0 appended skipped. */
 typedef struct moe_train_stats {
   /** Set by the caller to sizeof(moe_train_stats) before the call. */
   size_t struct_size;
@@ -1007,8 +1165,9 @@ typedef struct moe_train_stats {
   uint64_t step;
   /** Mean cross-entropy of the step's tokens. */
   double loss;
-  /** MoE models: mean balance figure and z-loss of the step (0 if dense). */
-  double balance;
+  /** MoE models: mean Switch load-balancing loss and z-loss of the step
+   *  (0 if dense). */
+  double aux_loss;
   double z_loss;
   double lr;
   /** Global gradient norm before clipping. */
@@ -1018,16 +1177,21 @@ typedef struct moe_train_stats {
   double tokens_per_second;
   /** Busiest expert's tokens relative to an even share, worst MoE layer. */
   double max_expert_load;
+  /* ---- 0.2.0 ---- */
+  /** 1 when the step was skipped (MOE_NONFINITE_SKIP and a non-finite loss
+   *  or gradient norm): weights and optimizer state did not change. */
+  int32_t skipped;
 } moe_train_stats;
 
 /** One optimizer step. `out` may be NULL (else its struct_size set).
  *  Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT,
+ *  MOE_ERR_NUMERIC (non-finite loss or gradient, with MOE_NONFINITE_ERROR),
  *  MOE_ERR_OUT_OF_MEMORY. */
 moe_status moe_trainer_step(moe_train_stats *out, moe_trainer *trainer);
 
 /** Mean cross-entropy on the held-out windows, into `*mean_nll`.
  *  Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (no
- *  held-out data). */
+ *  held-out data), MOE_ERR_NUMERIC. */
 moe_status moe_trainer_eval(double *mean_nll, moe_trainer *trainer);
 
 /** Steps done so far. Returns MOE_OK, MOE_ERR_NULL_POINTER. */
@@ -1037,9 +1201,12 @@ moe_status moe_trainer_get_step(uint64_t *out, const moe_trainer *trainer);
  * Write a checkpoint directory: the model in HF format (loadable by
  * moe_model_load and transformers), plus trainer.json (step, settings) and
  * optimizer.safetensors (AdamW moments), written to a temporary name and
- * renamed into place. An existing directory is replaced only with `force`.
+ * renamed into place as moe_upcycle() does (stale temporaries of the same
+ * path left by dead processes are removed first). An existing directory is
+ * replaced only with `force`. Weights that are not finite are refused before
+ * anything is written.
  * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT,
- * MOE_ERR_EXISTS, MOE_ERR_IO.
+ * MOE_ERR_EXISTS, MOE_ERR_IO, MOE_ERR_NUMERIC.
  */
 moe_status moe_trainer_save(moe_trainer *trainer, const char *path, int32_t force);
 
@@ -1052,6 +1219,50 @@ moe_status moe_trainer_save(moe_trainer *trainer, const char *path, int32_t forc
  * differ), MOE_ERR_IO, MOE_ERR_FORMAT, MOE_ERR_NOT_FOUND.
  */
 moe_status moe_trainer_resume(moe_trainer *trainer, const char *path);
+
+/* ------------------------------------------------------------------------ */
+/* Names: the one table of every enum's names                               */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * moe_<enum>_name(value) returns the canonical name of an enum value (the
+ * names listed at each enum, e.g. "drop", "softmax-topk-renorm", "qwen2-moe")
+ * as static text, or NULL when `value` is not a defined value; the values of
+ * each enum run from 0 without gaps (plus DEFAULT = -1 where it exists), so
+ * looping from 0 until NULL lists every name.
+ * moe_<enum>_from_name(&out, name) accepts a canonical name, ignoring case and
+ * treating '_' as '-' (for dtypes, "keep" and "auto" also mean DEFAULT).
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (an unknown
+ * name; the message lists the valid ones).
+ */
+const char *moe_dtype_name(moe_dtype value);
+moe_status moe_dtype_from_name(moe_dtype *out, const char *name);
+const char *moe_method_name(moe_method value);
+moe_status moe_method_from_name(moe_method *out, const char *name);
+const char *moe_router_init_name(moe_router_init value);
+moe_status moe_router_init_from_name(moe_router_init *out, const char *name);
+const char *moe_routing_name(moe_routing value);
+moe_status moe_routing_from_name(moe_routing *out, const char *name);
+const char *moe_format_name(moe_format value);
+moe_status moe_format_from_name(moe_format *out, const char *name);
+const char *moe_partition_select_name(moe_partition_select value);
+moe_status moe_partition_select_from_name(moe_partition_select *out, const char *name);
+const char *moe_granular_scaling_name(moe_granular_scaling value);
+moe_status moe_granular_scaling_from_name(moe_granular_scaling *out, const char *name);
+const char *moe_placement_name(moe_placement value);
+moe_status moe_placement_from_name(moe_placement *out, const char *name);
+const char *moe_text_format_name(moe_text_format value);
+moe_status moe_text_format_from_name(moe_text_format *out, const char *name);
+const char *moe_weight_name(moe_weight value);
+moe_status moe_weight_from_name(moe_weight *out, const char *name);
+const char *moe_stop_reason_name(moe_stop_reason value);
+moe_status moe_stop_reason_from_name(moe_stop_reason *out, const char *name);
+const char *moe_train_only_name(moe_train_only value);
+moe_status moe_train_only_from_name(moe_train_only *out, const char *name);
+const char *moe_lr_schedule_name(moe_lr_schedule value);
+moe_status moe_lr_schedule_from_name(moe_lr_schedule *out, const char *name);
+const char *moe_nonfinite_name(moe_nonfinite value);
+moe_status moe_nonfinite_from_name(moe_nonfinite *out, const char *name);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -20,26 +20,17 @@ func releaseHandle<T: AnyObject>(_ p: OpaquePointer?, _ type: T.Type) {
   Unmanaged<T>.fromOpaque(UnsafeRawPointer(p)).release()
 }
 
-/// Checks a caller struct's struct_size field against ours.
-func checkStructSize(_ size: Int, _ expected: Int, _ name: String) throws {
-  guard size == expected else {
-    throw MoEError.invalid("\(name)->struct_size is \(size), expected \(expected); initialize the struct first")
-  }
-}
-
 // MARK: - Runtime
 
 @c @implementation
-public func moe_runtime_params_init(_ params: UnsafeMutablePointer<moe_runtime_params>!) {
-  guard let params else { return }
-  var p = moe_runtime_params()
-  p.struct_size = MemoryLayout<moe_runtime_params>.size
-  p.threads = 0
-  p.pin = 1
-  p.placement = MOE_PLACEMENT_ROW_SLICE
-  p.topology_synthetic = nil
-  p.topology_xml = nil
-  params.pointee = p
+public func moe_runtime_params_init(_ params: UnsafeMutablePointer<moe_runtime_params>!, _ struct_size: Int) -> moe_status {
+  initParameters(params, struct_size, "moe_runtime_params_init")
+}
+
+/// A placement field: nil for MOE_PLACEMENT_DEFAULT.
+func placementArgument(_ p: moe_placement, _ field: String) throws -> PlacementPolicy? {
+  if p == MOE_PLACEMENT_DEFAULT { return nil }
+  return try coreEnum(p, PlacementPolicy.self, field)
 }
 
 @c @implementation
@@ -48,12 +39,8 @@ public func moe_runtime_create(_ out: UnsafeMutablePointer<OpaquePointer?>!,
   guarded("moe_runtime_create") {
     guard let out else { throw MoEError(.nullPointer, "out is NULL") }
     out.pointee = nil
-    var p = moe_runtime_params()
-    if let params { p = params.pointee } else { moe_runtime_params_init(&p) }
-    try checkStructSize(p.struct_size, MemoryLayout<moe_runtime_params>.size, "params")
-    guard let placement = PlacementPolicy(rawValue: Int32(bitPattern: p.placement.rawValue)) else {
-      throw MoEError.invalid("params->placement has invalid value \(p.placement.rawValue)")
-    }
+    let p = try readParameters(params, "params")
+    let placement = try placementArgument(p.placement, "params->placement") ?? .rowSlice
     guard p.threads <= 4096 else { throw MoEError.invalid("params->threads is \(p.threads); use 0 (one per core) or 1...4096") }
     var source = TopologySource.system
     if p.topology_synthetic != nil && p.topology_xml != nil {
@@ -76,10 +63,9 @@ public func moe_runtime_get_info(_ out: UnsafeMutablePointer<moe_runtime_info>!,
                                  _ runtime: OpaquePointer?) -> moe_status {
   guarded("moe_runtime_get_info") {
     guard let out else { throw MoEError(.nullPointer, "out is NULL") }
-    try checkStructSize(out.pointee.struct_size, MemoryLayout<moe_runtime_info>.size, "out")
+    try checkResult(out, "out")
     let rt = try handleObject(runtime, Runtime.self, "runtime")
     var info = moe_runtime_info()
-    info.struct_size = MemoryLayout<moe_runtime_info>.size
     info.numa_nodes = UInt32(rt.topology.nodes.count)
     info.cores = UInt32(rt.topology.coreCount)
     info.pus = UInt32(rt.topology.puCount)
@@ -89,7 +75,7 @@ public func moe_runtime_get_info(_ out: UnsafeMutablePointer<moe_runtime_info>!,
     info.memory_binding = rt.topology.support.canBindMemory ? 1 : 0
     info.blas_threads = Int32(BLAS.threads)
     copyText(BLAS.coreName, into: &info.blas_core)
-    out.pointee = info
+    try writeResult(info, to: out, "out")
   }
 }
 
@@ -100,7 +86,7 @@ public func moe_runtime_describe(_ runtime: OpaquePointer?, _ layer: UnsafePoint
   guarded("moe_runtime_describe") {
     let rt = try handleObject(runtime, Runtime.self, "runtime")
     var config: MoELayerConfig? = nil
-    if let layer { config = try layerConfig(layer.pointee, name: "layer") }
+    if let layer { config = try layerConfig(try readParameters(layer, "layer"), name: "layer") }
     let text: String
     switch format {
     case MOE_TEXT_PLAIN: text = try rt.describe(layer: config, json: false)
@@ -111,47 +97,17 @@ public func moe_runtime_describe(_ runtime: OpaquePointer?, _ layer: UnsafePoint
   }
 }
 
-/// Writes `text` NUL-terminated into a caller buffer, reporting the size needed.
-func writeText(_ text: String, _ buffer: UnsafeMutablePointer<CChar>?, _ capacity: Int,
-               _ needed: UnsafeMutablePointer<Int>?) throws {
-  let bytes = Array(text.utf8)
-  needed?.pointee = bytes.count + 1
-  guard buffer != nil || capacity == 0 else { throw MoEError(.nullPointer, "buffer is NULL but capacity is \(capacity)") }
-  guard capacity >= bytes.count + 1 else {
-    throw MoEError(.bufferTooSmall, "the text needs \(bytes.count + 1) bytes but capacity is \(capacity)")
-  }
-  guard let buffer else { throw MoEError(.nullPointer, "buffer is NULL") }
-  bytes.withUnsafeBufferPointer { src in
-    UnsafeMutableRawPointer(buffer).copyMemory(from: src.baseAddress!, byteCount: bytes.count)
-  }
-  buffer[bytes.count] = 0
-}
-
 // MARK: - Layer configuration
 
 @c @implementation
-public func moe_layer_config_init(_ config: UnsafeMutablePointer<moe_layer_config>!) {
-  guard let config else { return }
-  let d = MoELayerConfig(hidden: 0, ffn: 0, experts: 0, topK: 0)
-  var c = moe_layer_config()
-  c.struct_size = MemoryLayout<moe_layer_config>.size
-  c.routing = MOE_ROUTING_SOFTMAX_TOPK_RENORM
-  c.capacity_factor = d.capacityFactor
-  c.expert_choice = 0
-  c.shared_ffn = 0
-  c.storage = MOE_DTYPE_F32
-  c.placement = -1
-  c.jitter = d.jitter
-  c.seed = d.seed
-  c.balance_loss_coef = d.balanceCoef
-  c.z_loss_coef = d.zCoef
-  config.pointee = c
+public func moe_layer_config_init(_ config: UnsafeMutablePointer<moe_layer_config>!, _ struct_size: Int) -> moe_status {
+  initParameters(config, struct_size, "moe_layer_config_init")
 }
 
-/// Translates and validates a C layer configuration.
+/// Translates and validates a C layer configuration (read with readParameters).
 func layerConfig(_ c: moe_layer_config, name: String) throws -> MoELayerConfig {
-  try checkStructSize(c.struct_size, MemoryLayout<moe_layer_config>.size, name)
-  var m = MoELayerConfig(hidden: Int(c.hidden), ffn: Int(c.ffn), experts: Int(c.experts), topK: Int(c.top_k))
+  var m = MoELayerConfig(hidden: Int(c.hidden_size), ffn: Int(c.moe_intermediate_size), experts: Int(c.num_experts),
+                         topK: Int(c.top_k))
   try applyBehaviour(c, to: &m, name: name)
   try m.validate()
   return m
@@ -160,11 +116,8 @@ func layerConfig(_ c: moe_layer_config, name: String) throws -> MoELayerConfig {
 /// The non-shape fields of a C configuration (shared by create and load).
 func applyBehaviour(_ c: moe_layer_config, to m: inout MoELayerConfig, name: String, includeRouting: Bool = true) throws {
   if includeRouting {
-    guard let mode = RoutingMode(rawValue: Int32(bitPattern: c.routing.rawValue)) else {
-      throw MoEError.invalid("\(name)->routing has invalid value \(c.routing.rawValue)")
-    }
-    m.routing = mode
-    m.sharedFFN = Int(c.shared_ffn)
+    m.routing = try coreEnum(c.routing, RoutingMode.self, "\(name)->routing")
+    m.sharedFFN = Int(c.shared_expert_intermediate_size)
   }
   m.capacityFactor = c.capacity_factor
   m.expertChoice = c.expert_choice != 0
@@ -173,17 +126,10 @@ func applyBehaviour(_ c: moe_layer_config, to m: inout MoELayerConfig, name: Str
   case MOE_DTYPE_BF16: m.storage = .bf16
   default: throw MoEError.unsupported("\(name)->storage must be MOE_DTYPE_F32 or MOE_DTYPE_BF16 (got \(c.storage.rawValue))")
   }
-  if c.placement == -1 {
-    m.placement = nil
-  } else {
-    guard let p = PlacementPolicy(rawValue: c.placement) else {
-      throw MoEError.invalid("\(name)->placement has invalid value \(c.placement); use a moe_placement or -1")
-    }
-    m.placement = p
-  }
+  m.placement = try placementArgument(c.placement, "\(name)->placement")
   m.jitter = c.jitter
   m.seed = c.seed
-  m.balanceCoef = c.balance_loss_coef
+  m.balanceCoef = c.aux_loss_coef
   m.zCoef = c.z_loss_coef
 }
 
@@ -197,7 +143,7 @@ public func moe_layer_create(_ out: UnsafeMutablePointer<OpaquePointer?>!, _ run
     out.pointee = nil
     let rt = try handleObject(runtime, Runtime.self, "runtime")
     guard let config else { throw MoEError(.nullPointer, "config is NULL") }
-    let layer = try MoELayer(config: try layerConfig(config.pointee, name: "config"), runtime: rt)
+    let layer = try MoELayer(config: try layerConfig(try readParameters(config, "config"), name: "config"), runtime: rt)
     out.pointee = retainedHandle(layer)
   }
 }
@@ -213,8 +159,7 @@ public func moe_layer_load(_ out: UnsafeMutablePointer<OpaquePointer?>!, _ runti
     let path = try stringArgument(checkpoint_path, "checkpoint_path")
     var adjust: ((inout MoELayerConfig) throws -> Void)? = nil
     if let overrides {
-      let c = overrides.pointee
-      try checkStructSize(c.struct_size, MemoryLayout<moe_layer_config>.size, "overrides")
+      let c = try readParameters(overrides, "overrides")
       adjust = { m in try applyBehaviour(c, to: &m, name: "overrides", includeRouting: false) }
     }
     let layer = try MoELayer.load(checkpoint: path, layer: Int(layer_index), runtime: rt, adjust: adjust)
@@ -231,26 +176,25 @@ public func moe_layer_free(_ layer: OpaquePointer?) {
 public func moe_layer_get_config(_ out: UnsafeMutablePointer<moe_layer_config>!, _ layer: OpaquePointer?) -> moe_status {
   guarded("moe_layer_get_config") {
     guard let out else { throw MoEError(.nullPointer, "out is NULL") }
-    try checkStructSize(out.pointee.struct_size, MemoryLayout<moe_layer_config>.size, "out")
+    try checkResult(out, "out")
     let l = try handleObject(layer, MoELayer.self, "layer")
     let m = l.config
     var c = moe_layer_config()
-    c.struct_size = MemoryLayout<moe_layer_config>.size
-    c.hidden = UInt32(m.hidden)
-    c.ffn = UInt32(m.ffn)
-    c.experts = UInt32(m.experts)
+    c.hidden_size = UInt32(m.hidden)
+    c.moe_intermediate_size = UInt32(m.ffn)
+    c.num_experts = UInt32(m.experts)
     c.top_k = UInt32(m.topK)
     c.routing = moe_routing(rawValue: UInt32(m.routing.rawValue))
     c.capacity_factor = m.capacityFactor
     c.expert_choice = m.expertChoice ? 1 : 0
-    c.shared_ffn = UInt32(m.sharedFFN)
+    c.shared_expert_intermediate_size = UInt32(m.sharedFFN)
     c.storage = m.storage == .bf16 ? MOE_DTYPE_BF16 : MOE_DTYPE_F32
-    c.placement = l.plan.policy.rawValue
+    c.placement = moe_placement(rawValue: l.plan.policy.rawValue)
     c.jitter = m.jitter
     c.seed = m.seed
-    c.balance_loss_coef = m.balanceCoef
+    c.aux_loss_coef = m.balanceCoef
     c.z_loss_coef = m.zCoef
-    out.pointee = c
+    try writeResult(c, to: out, "out")
   }
 }
 
@@ -264,7 +208,9 @@ func weightKind(_ w: moe_weight) throws -> LayerWeight {
 }
 
 func expertIndex(_ e: Int64) throws -> Int {
-  guard e >= -1, e <= Int64(Int32.max) else { throw MoEError.invalid("expert is \(e); use -1 (all) or an expert index") }
+  guard e >= Int64(MOE_ALL_EXPERTS), e <= Int64(Int32.max) else {
+    throw MoEError.invalid("expert is \(e); use MOE_ALL_EXPERTS (-1) or an expert index")
+  }
   return Int(e)
 }
 
@@ -290,11 +236,14 @@ public func moe_layer_set_weight(_ layer: OpaquePointer?, _ weight: moe_weight, 
 
 @c @implementation
 public func moe_layer_get_weight(_ layer: OpaquePointer?, _ weight: moe_weight, _ expert: Int64,
-                                 _ out: UnsafeMutablePointer<Float>!, _ capacity: Int) -> moe_status {
+                                 _ out: UnsafeMutablePointer<Float>!, _ capacity: Int,
+                                 _ needed: UnsafeMutablePointer<Int>!) -> moe_status {
   guarded("moe_layer_get_weight") {
     let l = try handleObject(layer, MoELayer.self, "layer")
-    guard let out else { throw MoEError(.nullPointer, "out is NULL") }
-    try l.getWeight(try weightKind(weight), expert: try expertIndex(expert), out: out, count: capacity)
+    let kind = try weightKind(weight), e = try expertIndex(expert)
+    let count = try l.elementCount(of: kind, expert: e)
+    guard let dst = try outputBuffer(out, capacity: capacity, needed: needed, count: count, "out", unit: "floats") else { return }
+    try l.getWeight(kind, expert: e, out: dst, count: count)
   }
 }
 
@@ -306,7 +255,7 @@ public func moe_layer_borrow_experts(_ layer: OpaquePointer?, _ dtype: moe_dtype
     guard let gate else { throw MoEError(.nullPointer, "gate is NULL") }
     guard let up else { throw MoEError(.nullPointer, "up is NULL") }
     guard let down else { throw MoEError(.nullPointer, "down is NULL") }
-    guard let d = DType(rawValue: Int32(bitPattern: dtype.rawValue)) else {
+    guard let d = DType(rawValue: dtype.rawValue) else {
       throw MoEError.invalid("dtype has invalid value \(dtype.rawValue)")
     }
     try l.borrowExperts(gate: gate, up: up, down: down, dtype: d)
@@ -371,11 +320,14 @@ public func moe_layer_backward(_ layer: OpaquePointer?, _ grad_out: UnsafePointe
 
 @c @implementation
 public func moe_layer_get_grad(_ layer: OpaquePointer?, _ weight: moe_weight, _ expert: Int64,
-                               _ out: UnsafeMutablePointer<Float>!, _ capacity: Int) -> moe_status {
+                               _ out: UnsafeMutablePointer<Float>!, _ capacity: Int,
+                               _ needed: UnsafeMutablePointer<Int>!) -> moe_status {
   guarded("moe_layer_get_grad") {
     let l = try handleObject(layer, MoELayer.self, "layer")
-    guard let out else { throw MoEError(.nullPointer, "out is NULL") }
-    try l.getGradient(try weightKind(weight), expert: try expertIndex(expert), out: out, count: capacity)
+    let kind = try weightKind(weight), e = try expertIndex(expert)
+    let count = try l.elementCount(of: kind, expert: e)
+    guard let dst = try outputBuffer(out, capacity: capacity, needed: needed, count: count, "out", unit: "floats") else { return }
+    try l.getGradient(kind, expert: e, out: dst, count: count)
   }
 }
 
@@ -395,40 +347,35 @@ public func moe_layer_set_noise_step(_ layer: OpaquePointer?, _ step: UInt64) ->
 
 @c @implementation
 public func moe_layer_get_stats(_ out: UnsafeMutablePointer<moe_layer_stats>!, _ layer: OpaquePointer?,
-                                _ tokens_per_expert: UnsafeMutablePointer<UInt64>!, _ capacity: Int) -> moe_status {
+                                _ tokens_per_expert: UnsafeMutablePointer<UInt64>!, _ capacity: Int,
+                                _ needed: UnsafeMutablePointer<Int>!) -> moe_status {
   guarded("moe_layer_get_stats") {
     guard let out else { throw MoEError(.nullPointer, "out is NULL") }
-    try checkStructSize(out.pointee.struct_size, MemoryLayout<moe_layer_stats>.size, "out")
+    try checkResult(out, "out")
     let l = try handleObject(layer, MoELayer.self, "layer")
     let s = l.stats
+    let counts = try outputBuffer(tokens_per_expert, capacity: capacity, needed: needed,
+                                  count: s.tokensPerExpert.count, "tokens_per_expert", unit: "counts")
     var r = moe_layer_stats()
-    r.struct_size = MemoryLayout<moe_layer_stats>.size
     r.tokens = UInt64(s.tokens)
     r.assignments = UInt64(s.rows)
     r.dropped = UInt64(s.dropped)
-    r.balance_loss = Double(s.losses.balance)
+    r.aux_loss = Double(s.losses.balance)
     r.z_loss = Double(s.losses.z)
     r.weight_bytes = UInt64(l.ownedBytes)
     r.bound_bytes = UInt64(l.boundBytes)
-    out.pointee = r
-    if let tokens_per_expert {
-      for e in 0..<min(max(capacity, 0), s.tokensPerExpert.count) { tokens_per_expert[e] = UInt64(s.tokensPerExpert[e]) }
+    try writeResult(r, to: out, "out")
+    if let counts {
+      for (e, n) in s.tokensPerExpert.enumerated() { counts[e] = UInt64(n) }
     }
   }
 }
 
 @c @implementation
-public func moe_layer_get_routing(_ layer: OpaquePointer?, _ out: UnsafeMutablePointer<Float>!, _ capacity: Int) -> moe_status {
+public func moe_layer_get_routing(_ layer: OpaquePointer?, _ out: UnsafeMutablePointer<Float>!, _ capacity: Int,
+                                  _ needed: UnsafeMutablePointer<Int>!) -> moe_status {
   guarded("moe_layer_get_routing") {
     let l = try handleObject(layer, MoELayer.self, "layer")
-    let dense = l.denseRoutingWeights()
-    guard capacity >= dense.count else {
-      throw MoEError(.bufferTooSmall, "routing needs \(dense.count) floats (T * E) but capacity is \(capacity)")
-    }
-    guard let out else {
-      if dense.isEmpty { return }
-      throw MoEError(.nullPointer, "out is NULL")
-    }
-    for i in dense.indices { out[i] = dense[i] }
+    try writeValues(l.denseRoutingWeights(), out, capacity, needed, "out", unit: "floats (T * E)")
   }
 }

@@ -5,36 +5,12 @@ import CMoeUpcycle
 import MoECore
 
 @c @implementation
-public func moe_trainer_params_init(_ params: UnsafeMutablePointer<moe_trainer_params>!) {
-  guard let params else { return }
-  let d = TrainerOptions()
-  var p = moe_trainer_params()
-  p.struct_size = MemoryLayout<moe_trainer_params>.size
-  p.seq_len = UInt32(d.seqLen)
-  p.batch = UInt32(d.batch)
-  p.steps = UInt32(d.steps)
-  p.warmup = UInt32(d.warmup)
-  p.lr = d.lr
-  p.min_lr = d.minLR
-  p.schedule = MOE_LR_COSINE
-  p.beta1 = d.beta1
-  p.beta2 = d.beta2
-  p.eps = d.eps
-  p.weight_decay = d.weightDecay
-  p.clip = d.clip
-  p.aux_loss_coef = d.balanceCoef
-  p.z_loss_coef = d.zCoef
-  p.train_only = MOE_TRAIN_ALL
-  p.seed = d.seed
-  p.eval_fraction = d.evalFraction
-  p.eval_windows = UInt32(d.evalWindows)
-  params.pointee = p
+public func moe_trainer_params_init(_ params: UnsafeMutablePointer<moe_trainer_params>!, _ struct_size: Int) -> moe_status {
+  initParameters(params, struct_size, "moe_trainer_params_init")
 }
 
 func trainerOptions(_ params: UnsafePointer<moe_trainer_params>?) throws -> TrainerOptions {
-  var p = moe_trainer_params()
-  if let params { p = params.pointee } else { moe_trainer_params_init(&p) }
-  try checkStructSize(p.struct_size, MemoryLayout<moe_trainer_params>.size, "params")
+  let p = try readParameters(params, "params")
   var o = TrainerOptions()
   o.seqLen = Int(p.seq_len)
   o.batch = Int(p.batch)
@@ -42,10 +18,7 @@ func trainerOptions(_ params: UnsafePointer<moe_trainer_params>?) throws -> Trai
   o.warmup = Int(p.warmup)
   o.lr = p.lr
   o.minLR = p.min_lr
-  guard let schedule = LRSchedule(rawValue: Int32(bitPattern: p.schedule.rawValue)) else {
-    throw MoEError.invalid("params->schedule has invalid value \(p.schedule.rawValue)")
-  }
-  o.schedule = schedule
+  o.schedule = try coreEnum(p.schedule, LRSchedule.self, "params->schedule")
   o.beta1 = p.beta1
   o.beta2 = p.beta2
   o.eps = p.eps
@@ -53,13 +26,11 @@ func trainerOptions(_ params: UnsafePointer<moe_trainer_params>?) throws -> Trai
   o.clip = p.clip
   o.balanceCoef = p.aux_loss_coef
   o.zCoef = p.z_loss_coef
-  guard let only = TrainOnly(rawValue: Int32(bitPattern: p.train_only.rawValue)) else {
-    throw MoEError.invalid("params->train_only has invalid value \(p.train_only.rawValue)")
-  }
-  o.trainOnly = only
+  o.trainOnly = try coreEnum(p.train_only, TrainOnly.self, "params->train_only")
   o.seed = p.seed
   o.evalFraction = p.eval_fraction
   o.evalWindows = Int(p.eval_windows)
+  o.onNonFinite = try coreEnum(p.on_nonfinite, NonFinitePolicy.self, "params->on_nonfinite")
   return o
 }
 
@@ -97,15 +68,14 @@ public func moe_trainer_free(_ trainer: OpaquePointer?) {
 @c @implementation
 public func moe_trainer_step(_ out: UnsafeMutablePointer<moe_train_stats>!, _ trainer: OpaquePointer?) -> moe_status {
   guarded("moe_trainer_step") {
-    if let out { try checkStructSize(out.pointee.struct_size, MemoryLayout<moe_train_stats>.size, "out") }
+    if let out { try checkResult(out, "out") }
     let t = try handleObject(trainer, Trainer.self, "trainer")
     let s = try t.trainStep()
     guard let out else { return }
     var r = moe_train_stats()
-    r.struct_size = MemoryLayout<moe_train_stats>.size
     r.step = UInt64(s.step)
     r.loss = s.loss
-    r.balance = s.balance
+    r.aux_loss = s.balance
     r.z_loss = s.zLoss
     r.lr = Double(s.lr)
     r.grad_norm = s.gradNorm
@@ -113,7 +83,8 @@ public func moe_trainer_step(_ out: UnsafeMutablePointer<moe_train_stats>!, _ tr
     r.seconds = s.seconds
     r.tokens_per_second = s.seconds > 0 ? Double(s.tokens) / s.seconds : 0
     r.max_expert_load = s.maxExpertLoad
-    out.pointee = r
+    r.skipped = s.skipped ? 1 : 0
+    try writeResult(r, to: out, "out")
   }
 }
 

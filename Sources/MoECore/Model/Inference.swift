@@ -44,7 +44,7 @@ public struct GenerateOptions: Sendable {
   public init() {}
 }
 
-public enum StopReason: Int32, Sendable { case length = 0, endOfSequence = 1, callback = 2 }
+public enum StopReason: Int32, Sendable, CaseIterable { case length = 0, endOfSequence = 1, callback = 2 }
 
 public struct GenerateResult: Sendable {
   public var promptTokens = 0

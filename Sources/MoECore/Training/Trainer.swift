@@ -8,7 +8,7 @@ import Glibc
 #endif
 
 /// Which parameters a trainer updates.
-public enum TrainOnly: Int32, Sendable {
+public enum TrainOnly: Int32, Sendable, CaseIterable {
   case all = 0
   /// MoE layers (routers and experts); attention, norms, dense layers and embeddings frozen.
   case moe = 1
@@ -16,7 +16,7 @@ public enum TrainOnly: Int32, Sendable {
   case routers = 2
 }
 
-public enum LRSchedule: Int32, Sendable {
+public enum LRSchedule: Int32, Sendable, CaseIterable {
   /// Linear warmup, then cosine from lr to minLR at the last step.
   case cosine = 0
   /// Linear warmup, then lr.
@@ -49,6 +49,8 @@ public struct TrainerOptions: Sendable {
   public var evalFraction: Double = 0.05
   /// Held-out windows evaluated by evaluateHeldOut (at most).
   public var evalWindows = 8
+  /// What a step does with a non-finite loss or gradient norm.
+  public var onNonFinite = NonFinitePolicy.error
 
   public init() {}
 
@@ -81,6 +83,8 @@ public struct StepStats: Sendable {
   public var seconds: Double = 0
   /// Busiest expert's share of tokens relative to an even share, worst MoE layer (0 for dense).
   public var maxExpertLoad: Double = 0
+  /// The step was skipped (non-finite loss or gradient with `.skip`).
+  public var skipped = false
 }
 
 public final class Trainer {

@@ -1,12 +1,13 @@
 /// What `upcycle` builds; mirrors `moe_upcycle_params` (raw values equal the ABI's enums).
 public struct UpcycleOptions: Sendable {
-  public enum Method: Int32, Sendable { case copy = 0, drop, noise, granular, partition }
-  public enum RouterInit: Int32, Sendable { case normal = 0, uniform, zeros }
-  public enum Routing: Int32, Sendable { case softmaxTopKRenorm = 0, softmaxTopK, topKSoftmax }
-  public enum Format: Int32, Sendable { case mixtral = 0, qwen2Moe }
-  public enum OutputDType: Int32, Sendable { case keep = 0, f32, bf16, f16 }
-  public enum PartitionSelect: Int32, Sendable { case random = 0, uniform, importance }
-  public enum GranularScaling: Int32, Sendable { case down = 0, cubeRoot, none }
+  public enum Method: Int32, Sendable, CaseIterable { case copy = 0, drop, noise, granular, partition }
+  public enum RouterInit: Int32, Sendable, CaseIterable { case normal = 0, uniform, zeros }
+  public enum Routing: Int32, Sendable, CaseIterable { case softmaxTopKRenorm = 0, softmaxTopK, topKSoftmax }
+  public enum Format: Int32, Sendable, CaseIterable { case mixtral = 0, qwen2Moe }
+  /// Raw values equal `moe_dtype` (keep = MOE_DTYPE_DEFAULT).
+  public enum OutputDType: Int32, Sendable { case keep = -1, f32 = 0, f16 = 1, bf16 = 2 }
+  public enum PartitionSelect: Int32, Sendable, CaseIterable { case random = 0, uniform, importance }
+  public enum GranularScaling: Int32, Sendable, CaseIterable { case down = 0, cubeRoot, none }
 
   public var numExperts = 8
   public var topK = 2

@@ -386,7 +386,7 @@ public final class Upcycler {
   }
 }
 
-public let moeupcycleVersion = "0.1.0"
+public let moeupcycleVersion = "0.2.0"
 
 /// An output directory written under a temporary name and renamed into place.
 final class OutputDirectory {

@@ -1,7 +1,8 @@
 /*
- * moeupcycle topology and moeupcycle bench moe: the runtime and the MoE layer
- * from the shell. The GEMM-only bound of the benchmark calls OpenBLAS sgemm
- * directly (the same library libmoeupcycle uses) on the same expert shapes.
+ * moeupcycle bench moe: the MoE layer's forward (and backward) time beside
+ * the GEMM-only bound, the weight bytes read and the machine's bandwidth. The
+ * bound calls OpenBLAS sgemm directly (the same library libmoeupcycle uses)
+ * on the same expert shapes.
  */
 #define _GNU_SOURCE
 #include <cblas.h>
@@ -13,129 +14,10 @@
 #include <string.h>
 
 #include "cli.h"
-#include "moeupcycle.h"
 
 /* OpenBLAS extensions (declared by OpenBLAS's cblas.h too; repeated for clarity). */
 void openblas_set_num_threads(int num_threads);
 int openblas_get_num_threads(void);
-
-/* ---------------------------------------------------------- shared flags -- */
-
-typedef struct layer_flags {
-  moe_layer_config config;
-  uint32_t threads;
-  int has_shape;
-  const char *synthetic;
-  const char *xml;
-} layer_flags;
-
-static int parse_placement(const char *s, int32_t *out) {
-  if (strcmp(s, "row-slice") == 0) *out = MOE_PLACEMENT_ROW_SLICE;
-  else if (strcmp(s, "expert") == 0) *out = MOE_PLACEMENT_EXPERT;
-  else if (strcmp(s, "interleave") == 0) *out = MOE_PLACEMENT_INTERLEAVE;
-  else if (strcmp(s, "none") == 0) *out = MOE_PLACEMENT_NONE;
-  else return 0;
-  return 1;
-}
-
-static int parse_routing(const char *s, moe_routing *out) {
-  if (strcmp(s, "softmax-topk-renorm") == 0) *out = MOE_ROUTING_SOFTMAX_TOPK_RENORM;
-  else if (strcmp(s, "softmax-topk") == 0) *out = MOE_ROUTING_SOFTMAX_TOPK;
-  else if (strcmp(s, "topk-softmax") == 0) *out = MOE_ROUTING_TOPK_SOFTMAX;
-  else if (strcmp(s, "sigmoid-topk") == 0) *out = MOE_ROUTING_SIGMOID_TOPK;
-  else if (strcmp(s, "sigmoid-topk-renorm") == 0) *out = MOE_ROUTING_SIGMOID_TOPK_RENORM;
-  else return 0;
-  return 1;
-}
-
-/* Parses an option shared by topology and bench moe at argv[*i].
- * Returns 1 if consumed, 0 if not one of these, -1 on a usage error. */
-static int parse_layer_option(int argc, char **argv, int *i, layer_flags *f) {
-  const char *opt = argv[*i];
-  const char *val = (*i + 1 < argc) ? argv[*i + 1] : NULL;
-  moe_layer_config *c = &f->config;
-  double d = 0;
-#define NEED() do { if (!val) { bad_usage("option needs a value", opt); return -1; } (*i)++; } while (0)
-#define BAD() do { bad_usage("invalid value for option", opt); return -1; } while (0)
-  if (strcmp(opt, "--hidden") == 0) { NEED(); if (!parse_u32(val, &c->hidden)) BAD(); f->has_shape = 1; }
-  else if (strcmp(opt, "--ffn") == 0) { NEED(); if (!parse_u32(val, &c->ffn)) BAD(); f->has_shape = 1; }
-  else if (strcmp(opt, "--experts") == 0) { NEED(); if (!parse_u32(val, &c->experts)) BAD(); f->has_shape = 1; }
-  else if (strcmp(opt, "--top-k") == 0) { NEED(); if (!parse_u32(val, &c->top_k)) BAD(); f->has_shape = 1; }
-  else if (strcmp(opt, "--shared-ffn") == 0) { NEED(); if (!parse_u32(val, &c->shared_ffn)) BAD(); }
-  else if (strcmp(opt, "--threads") == 0) { NEED(); if (!parse_u32(val, &f->threads)) BAD(); }
-  else if (strcmp(opt, "--placement") == 0) { NEED(); if (!parse_placement(val, &c->placement)) BAD(); }
-  else if (strcmp(opt, "--routing") == 0) { NEED(); if (!parse_routing(val, &c->routing)) BAD(); }
-  else if (strcmp(opt, "--capacity-factor") == 0) { NEED(); if (!parse_double(val, &d)) BAD(); c->capacity_factor = (float)d; }
-  else if (strcmp(opt, "--expert-choice") == 0) { c->expert_choice = 1; }
-  else if (strcmp(opt, "--dtype") == 0) {
-    NEED();
-    if (strcmp(val, "f32") == 0) c->storage = MOE_DTYPE_F32;
-    else if (strcmp(val, "bf16") == 0) c->storage = MOE_DTYPE_BF16;
-    else BAD();
-  }
-  else if (strcmp(opt, "--synthetic") == 0) { NEED(); f->synthetic = val; }
-  else if (strcmp(opt, "--xml") == 0) { NEED(); f->xml = val; }
-  else return 0;
-  return 1;
-#undef NEED
-#undef BAD
-}
-
-static moe_status make_runtime(const layer_flags *f, moe_runtime **rt) {
-  moe_runtime_params p;
-  moe_runtime_params_init(&p);
-  p.threads = f->threads;
-  if (f->config.placement >= 0) p.placement = (moe_placement)f->config.placement;
-  p.topology_synthetic = f->synthetic;
-  p.topology_xml = f->xml;
-  return moe_runtime_create(rt, &p);
-}
-
-/* ------------------------------------------------------------- topology -- */
-
-static void topology_usage(FILE *out) {
-  fprintf(out,
-    "usage: moeupcycle topology [--json] [--threads N] [--placement P]\n"
-    "                           [--hidden H --ffn F --experts E --top-k K [--shared-ffn S]]\n"
-    "                           [--synthetic SPEC | --xml FILE]\n"
-    "Prints NUMA nodes and cores, each worker's core and whether it is pinned,\n"
-    "OpenBLAS kernels and threads, whether memory binding is effective, and with a\n"
-    "layer shape the placement plan (P: row-slice | expert | interleave | none).\n"
-    "SPEC is an hwloc synthetic topology such as \"pack:2 [numa] core:4 pu:1\".\n");
-}
-
-int cmd_topology(int argc, char **argv) {
-  layer_flags f;
-  memset(&f, 0, sizeof f);
-  moe_layer_config_init(&f.config);
-  int json = 0;
-  for (int i = 0; i < argc; i++) {
-    if (strcmp(argv[i], "--json") == 0) { json = 1; continue; }
-    if (strcmp(argv[i], "--help") == 0) { topology_usage(stdout); return 0; }
-    int r = parse_layer_option(argc, argv, &i, &f);
-    if (r < 0) return 2;
-    if (r == 0) return bad_usage("unknown argument", argv[i]);
-  }
-  if (f.has_shape && (!f.config.hidden || !f.config.ffn || !f.config.experts || !f.config.top_k))
-    return bad_usage("a layer shape needs --hidden, --ffn, --experts and --top-k", NULL);
-  moe_runtime *rt = NULL;
-  moe_status st = make_runtime(&f, &rt);
-  if (st != MOE_OK) return fail(st);
-  size_t needed = 0;
-  const moe_layer_config *layer = f.has_shape ? &f.config : NULL;
-  moe_text_format fmt = json ? MOE_TEXT_JSON : MOE_TEXT_PLAIN;
-  st = moe_runtime_describe(rt, layer, fmt, NULL, 0, &needed);
-  if (st != MOE_OK && st != MOE_ERR_BUFFER_TOO_SMALL) { moe_runtime_free(rt); return fail(st); }
-  char *text = malloc(needed);
-  if (!text) { moe_runtime_free(rt); fprintf(stderr, "moeupcycle: out of memory\n"); return 1; }
-  st = moe_runtime_describe(rt, layer, fmt, text, needed, &needed);
-  if (st == MOE_OK) fputs(text, stdout);
-  free(text);
-  moe_runtime_free(rt);
-  return st == MOE_OK ? 0 : fail(st);
-}
-
-/* ------------------------------------------------------------ bench moe -- */
 
 static void bench_usage(FILE *out) {
   fprintf(out,
@@ -147,9 +29,8 @@ static void bench_usage(FILE *out) {
     "  --threads N         workers, 0 = one per core (default 0)\n"
     "  --backward          also time forward+backward\n"
     "  --dtype f32|bf16    expert weight storage (default f32)\n"
-    "  --placement P       row-slice | expert | interleave | none\n"
-    "  --routing R         softmax-topk-renorm | softmax-topk | topk-softmax |\n"
-    "                      sigmoid-topk | sigmoid-topk-renorm\n"
+    "  --placement P       %s\n"
+    "  --routing R         %s\n"
     "  --capacity-factor C, --expert-choice\n"
     "  --iters N           timed calls, best and median reported (default 10)\n"
     "  --layers N          layers cycled through per timed call (default: 1, or for\n"
@@ -161,7 +42,8 @@ static void bench_usage(FILE *out) {
     "of the same expert GEMMs done alone by OpenBLAS sgemm on all N threads (the\n"
     "GEMM-only bound; efficiency = bound / layer), the bytes of active expert\n"
     "weights read per forward in GB/s, and the machine's streaming read bandwidth\n"
-    "measured with N threads in the same run.\n");
+    "measured with N threads in the same run.\n",
+    enum_names(cli_name_placement), enum_names(cli_name_routing));
 }
 
 static int compare_double(const void *a, const void *b) {
@@ -185,92 +67,6 @@ static float normal_draw(void) {
   lcg_state = lcg_state * 6364136223846793005ull + 1442695040888963407ull;
   double u2 = (lcg_state >> 11) / 9007199254740992.0;
   return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
-}
-
-/* ---- streaming read bandwidth: N threads each sum their part of a buffer. */
-
-typedef struct stream_job {
-  const uint64_t *data;
-  size_t words;
-  uint64_t sink;
-  pthread_barrier_t *barrier;
-  double seconds;
-} stream_job;
-
-/* 64-byte vectors (GCC/Clang vector extension): wide loads whatever the
- * compiler's target flags, so one thread can approach the memory's speed. */
-typedef uint64_t stream_vec __attribute__((vector_size(64)));
-
-/* Sums n vectors; compiled for AVX-512, AVX2 and the baseline, picked at run
- * time, so the loads are as wide as the machine allows. */
-#define STREAM_SUM_BODY                                                   \
-  {                                                                       \
-    stream_vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                    \
-    for (size_t i = 0; i + 4 <= n; i += 4) {                              \
-      a0 += p[i]; a1 += p[i + 1]; a2 += p[i + 2]; a3 += p[i + 3];         \
-    }                                                                     \
-    stream_vec acc = a0 ^ a1 ^ a2 ^ a3;                                   \
-    uint64_t sink = 0;                                                    \
-    for (int k = 0; k < 8; k++) sink ^= acc[k];                           \
-    return sink;                                                          \
-  }
-#if defined(__x86_64__)
-__attribute__((target("avx512f"))) static uint64_t stream_sum_avx512(const stream_vec *p, size_t n) STREAM_SUM_BODY
-__attribute__((target("avx2"))) static uint64_t stream_sum_avx2(const stream_vec *p, size_t n) STREAM_SUM_BODY
-#endif
-static uint64_t stream_sum_baseline(const stream_vec *p, size_t n) STREAM_SUM_BODY
-
-static void *stream_worker(void *arg) {
-  stream_job *j = arg;
-  const stream_vec *p = (const stream_vec *)j->data;
-  size_t n = (j->words / 8) & ~(size_t)3;
-  uint64_t (*sum)(const stream_vec *, size_t) = stream_sum_baseline;
-#if defined(__x86_64__)
-  if (__builtin_cpu_supports("avx512f")) sum = stream_sum_avx512;
-  else if (__builtin_cpu_supports("avx2")) sum = stream_sum_avx2;
-#endif
-  pthread_barrier_wait(j->barrier);
-  double t0 = now_seconds();
-  j->sink = sum(p, n);
-  j->seconds = now_seconds() - t0;
-  j->words = n * 8;
-  return NULL;
-}
-
-/* Best of 3 passes, in GB/s (1e9 bytes); 0 on failure. */
-double stream_bandwidth(size_t bytes, int threads) {
-  size_t words = bytes / 8;
-  uint64_t *buf = aligned_alloc(64, (words * 8 + 63) & ~(size_t)63);
-  if (!buf) return 0;
-  for (size_t i = 0; i < words; i++) buf[i] = i;
-  pthread_t tid[256];
-  stream_job jobs[256];
-  if (threads > 256) threads = 256;
-  double best = 0;
-  for (int pass = 0; pass < 3; pass++) {
-    pthread_barrier_t barrier;
-    pthread_barrier_init(&barrier, NULL, (unsigned)threads);
-    for (int t = 0; t < threads; t++) {
-      size_t lo = (words * (size_t)t / (size_t)threads) & ~(size_t)7;
-      size_t hi = (words * (size_t)(t + 1) / (size_t)threads) & ~(size_t)7;
-      jobs[t] = (stream_job){ buf + lo, hi - lo, 0, &barrier, 0 };
-      pthread_create(&tid[t], NULL, stream_worker, &jobs[t]);
-    }
-    double slowest = 0;
-    uint64_t sink = 0, read = 0;
-    for (int t = 0; t < threads; t++) {
-      pthread_join(tid[t], NULL);
-      if (jobs[t].seconds > slowest) slowest = jobs[t].seconds;
-      sink ^= jobs[t].sink;
-      read += jobs[t].words * 8;
-    }
-    pthread_barrier_destroy(&barrier);
-    if (sink == 42) fputc(' ', stderr); /* keeps the sums alive */
-    double gbps = (double)read / slowest / 1e9;
-    if (gbps > best) best = gbps;
-  }
-  free(buf);
-  return best;
 }
 
 /* ---- the GEMM-only bound: the layer's expert GEMMs, alone, OpenBLAS threaded. */
@@ -364,44 +160,30 @@ static timing time_gemms(const uint64_t *rows, uint32_t E, int H, int F, int bac
 
 int cmd_bench_moe(int argc, char **argv) {
   layer_flags f;
-  memset(&f, 0, sizeof f);
-  moe_layer_config_init(&f.config);
+  layer_flags_init(&f);
   moe_layer_config *c = &f.config;
-  c->hidden = 576; c->ffn = 1536; c->experts = 8; c->top_k = 2;
+  c->hidden_size = 576; c->moe_intermediate_size = 1536; c->num_experts = 8; c->top_k = 2;
   uint64_t tokens = 2048, seed = 1;
   uint32_t iters = 10, stream_mib = 1024, nlayers = 0;
-  int json = 0, backward = 0;
-  for (int i = 0; i < argc; i++) {
-    const char *opt = argv[i];
-    const char *val = (i + 1 < argc) ? argv[i + 1] : NULL;
-    if (strcmp(opt, "--json") == 0) { json = 1; continue; }
-    if (strcmp(opt, "--backward") == 0) { backward = 1; continue; }
-    if (strcmp(opt, "--help") == 0) { bench_usage(stdout); return 0; }
-    if (strcmp(opt, "--layers") == 0) {
-      if (!val || !parse_u32(val, &nlayers) || nlayers > 4096) return bad_usage("invalid value for option", opt);
-      i++;
-      continue;
-    }
-    if (strcmp(opt, "--tokens") == 0 || strcmp(opt, "--iters") == 0 || strcmp(opt, "--seed") == 0 ||
-        strcmp(opt, "--stream-mib") == 0) {
-      uint64_t v;
-      if (!val) return bad_usage("option needs a value", opt);
-      if (!parse_u64(val, &v)) return bad_usage("invalid value for option", opt);
-      i++;
-      if (opt[2] == 't') tokens = v;
-      else if (opt[2] == 'i') { if (v < 1 || v > 100000) return bad_usage("invalid value for option", opt); iters = (uint32_t)v; }
-      else if (opt[3] == 'e') seed = v;
-      else { if (v < 1 || v > (1u << 20)) return bad_usage("invalid value for option", opt); stream_mib = (uint32_t)v; }
-      continue;
-    }
-    int r = parse_layer_option(argc, argv, &i, &f);
-    if (r < 0) return 2;
-    if (r == 0) return bad_usage("unknown argument", opt);
-  }
+  int32_t json = 0, backward = 0;
+  const cli_option options[] = {
+    LAYER_OPTIONS(&f),
+    OPT_U64("--tokens", &tokens),
+    OPT_U32_IN("--iters", &iters, 1, 100000),
+    OPT_U64("--seed", &seed),
+    OPT_U32_IN("--stream-mib", &stream_mib, 1, 1u << 20),
+    OPT_U32_IN("--layers", &nlayers, 1, 4096),
+    OPT_FLAG("--json", &json),
+    OPT_FLAG("--backward", &backward),
+    OPT_END
+  };
+  int help = 0;
+  if (cli_parse(argc, argv, options, NULL, 0, NULL, &help)) return 2;
+  if (help) { bench_usage(stdout); return 0; }
   if (tokens < 1 || tokens > (1u << 24)) return bad_usage("--tokens must be in 1..16777216", NULL);
 
   moe_runtime *rt = NULL;
-  moe_status st = make_runtime(&f, &rt);
+  moe_status st = layer_runtime(&f, &rt);
   if (st != MOE_OK) return fail(st);
   moe_runtime_info info;
   memset(&info, 0, sizeof info);
@@ -410,8 +192,8 @@ int cmd_bench_moe(int argc, char **argv) {
   /* Decode-sized calls re-read the same weights; with one layer they would
    * come from cache. Like a real model, cycle over enough layers that their
    * expert weights (at least 1 GiB) cannot stay cached. */
-  double layer_bytes = (c->storage == MOE_DTYPE_BF16 ? 2.0 : 4.0) * 3.0 * c->hidden *
-                       ((double)c->experts * c->ffn + c->shared_ffn);
+  double layer_bytes = (c->storage == MOE_DTYPE_BF16 ? 2.0 : 4.0) * 3.0 * c->hidden_size *
+                       ((double)c->num_experts * c->moe_intermediate_size + c->shared_expert_intermediate_size);
   if (nlayers == 0) nlayers = tokens <= 64 ? (uint32_t)ceil((double)(1u << 30) / layer_bytes) : 1;
   if (nlayers > 4096) nlayers = 4096;
   moe_layer **layers = calloc(nlayers, sizeof *layers);
@@ -427,8 +209,8 @@ int cmd_bench_moe(int argc, char **argv) {
   }
   moe_layer *layer = layers[0];
 
-  const int T = (int)tokens, H = (int)c->hidden, F = (int)c->ffn;
-  const uint32_t E = c->experts;
+  const int T = (int)tokens, H = (int)c->hidden_size, F = (int)c->moe_intermediate_size;
+  const uint32_t E = c->num_experts;
   size_t xn = (size_t)T * H;
   float *x = malloc(xn * 4), *out = malloc(xn * 4), *gx = malloc(xn * 4);
   double *times = malloc(sizeof(double) * iters);
@@ -471,7 +253,7 @@ int cmd_bench_moe(int argc, char **argv) {
   stats.struct_size = sizeof stats;
   uint64_t *rows = calloc(E, sizeof *rows);
   if (!rows) return 1;
-  moe_layer_get_stats(&stats, layer, rows, E);
+  moe_layer_get_stats(&stats, layer, rows, E, NULL);
   for (uint32_t l = 0; l < nlayers; l++) moe_layer_free(layers[l]);
   free(layers);
 
@@ -507,16 +289,16 @@ int cmd_bench_moe(int argc, char **argv) {
 
   /* Work and traffic. */
   double flops_fwd = 2.0 * 3.0 * (double)total_rows * H * F;
-  if (c->shared_ffn) flops_fwd += 2.0 * 3.0 * (double)T * H * c->shared_ffn;
+  if (c->shared_expert_intermediate_size) flops_fwd += 2.0 * 3.0 * (double)T * H * c->shared_expert_intermediate_size;
   double bytes_per = c->storage == MOE_DTYPE_BF16 ? 2.0 : 4.0;
-  double weight_bytes = bytes_per * 3.0 * (double)H * ((double)active_experts * F + c->shared_ffn);
+  double weight_bytes = bytes_per * 3.0 * (double)H * ((double)active_experts * F + c->shared_expert_intermediate_size);
   double weight_gbps = weight_bytes / fwd.best / 1e9;
   double eff_fwd = bound_fwd.best / fwd.best;
   double eff_fb = backward ? bound_fb.best / fb.best : 0;
 
   if (json) {
     printf("{\"tokens\": %d, \"hidden\": %d, \"ffn\": %d, \"experts\": %u, \"top_k\": %u, \"shared_ffn\": %u,\n",
-           T, H, F, E, c->top_k, c->shared_ffn);
+           T, H, F, E, c->top_k, c->shared_expert_intermediate_size);
     printf(" \"layers\": %u, \"threads\": %u, \"dtype\": \"%s\", \"blas_core\": ", nlayers, info.workers,
            c->storage == MOE_DTYPE_BF16 ? "bf16" : "f32");
     json_string(stdout, info.blas_core);
@@ -543,7 +325,7 @@ int cmd_bench_moe(int argc, char **argv) {
     printf("]}\n");
   } else {
     printf("MoE layer T=%d H=%d F=%d E=%u K=%u%s x %u layers, %s weights, %u threads (%s), OpenBLAS %s\n",
-           T, H, F, E, c->top_k, c->shared_ffn ? " +shared" : "", nlayers,
+           T, H, F, E, c->top_k, c->shared_expert_intermediate_size ? " +shared" : "", nlayers,
            c->storage == MOE_DTYPE_BF16 ? "bf16" : "f32", info.workers,
            info.workers_pinned ? "pinned" : "not pinned", info.blas_core);
     printf("forward            best %9.3f ms  median %9.3f ms  %8.1f GFLOP/s\n",

@@ -1,0 +1,160 @@
+/*
+ * moeupcycle upcycle and moeupcycle bench upcycle: dense checkpoint -> MoE
+ * checkpoint, and the same timed against a plain copy of its output.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static void report_stale(const moe_upcycle_result *res, const char *out) {
+  if (!res->stale_removed) return;
+  char bytes[32];
+  human_bytes((double)res->stale_bytes_removed, bytes, sizeof bytes);
+  fprintf(stderr, "moeupcycle: removed %u temporar%s of '%s' (%s) left by a run that no longer runs\n",
+          res->stale_removed, res->stale_removed == 1 ? "y" : "ies", out, bytes);
+}
+
+int cmd_upcycle(int argc, char **argv) {
+  moe_upcycle_params p;
+  moe_upcycle_params_init(&p, sizeof p);
+  const cli_option options[] = { UPCYCLE_OPTIONS(&p), OPT_END };
+  const char *paths[2] = { NULL, NULL };
+  int n = 0, help = 0;
+  if (cli_parse(argc, argv, options, paths, 2, &n, &help)) return 2;
+  if (help) { printf("usage: moeupcycle upcycle IN OUT [options]; 'moeupcycle help' lists them\n"); return 0; }
+  if (n < 2) return bad_usage("upcycle needs IN and OUT", NULL);
+  cli_handle_signals();
+  struct progress_state ps = { now_seconds(), -1, isatty(STDERR_FILENO) };
+  p.progress = progress_bar;
+  p.user_data = &ps;
+  moe_upcycle_result res;
+  memset(&res, 0, sizeof res);
+  res.struct_size = sizeof res;
+  moe_status st = moe_upcycle(&res, paths[0], paths[1], &p);
+  if (st != MOE_OK) return fail(st);
+  report_stale(&res, paths[1]);
+  char written[32], rss[32];
+  human_bytes((double)res.bytes_written, written, sizeof written);
+  human_bytes((double)res.peak_rss_bytes, rss, sizeof rss);
+  printf("upcycled %s -> %s: %u MoE layers, %llu tensors in %u shard%s, %s written in %.2f s, peak RSS %s\n",
+         paths[0], paths[1], res.moe_layers, (unsigned long long)res.tensors_written, res.shards,
+         res.shards == 1 ? "" : "s", written, res.seconds, rss);
+  return 0;
+}
+
+/* --------------------------------------------------------------- bench -- */
+
+/* Copies every regular file of `from` into the new directory `to`, with fsync (as the upcycler does). */
+static int copy_tree(const char *from, const char *to, uint64_t *bytes) {
+  if (mkdir(to, 0755) != 0) return -1;
+  DIR *d = opendir(from);
+  if (!d) return -1;
+  struct dirent *e;
+  size_t cap = 8u << 20;
+  char *buf = malloc(cap);
+  int rc = buf ? 0 : -1;
+  while (rc == 0 && (e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.') continue;
+    char *src = NULL, *dst = NULL;
+    if (asprintf(&src, "%s/%s", from, e->d_name) < 0) src = NULL;
+    if (asprintf(&dst, "%s/%s", to, e->d_name) < 0) dst = NULL;
+    int fi = src ? open(src, O_RDONLY) : -1;
+    int fo = dst ? open(dst, O_WRONLY | O_CREAT | O_EXCL, 0644) : -1;
+    free(src);
+    free(dst);
+    if (fi < 0 || fo < 0) rc = -1;
+    while (rc == 0) {
+      ssize_t got = read(fi, buf, cap);
+      if (got < 0) { rc = -1; break; }
+      if (got == 0) break;
+      for (ssize_t off = 0; off < got;) {
+        ssize_t w = write(fo, buf + off, (size_t)(got - off));
+        if (w < 0) { rc = -1; break; }
+        off += w;
+      }
+      *bytes += (uint64_t)got;
+    }
+    if (fo >= 0) { if (fsync(fo) != 0) rc = -1; close(fo); }
+    if (fi >= 0) close(fi);
+  }
+  free(buf);
+  closedir(d);
+  return rc;
+}
+
+static void remove_tree(const char *path) {
+  DIR *d = opendir(path);
+  if (d) {
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+      if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+      char *p = NULL;
+      if (asprintf(&p, "%s/%s", path, e->d_name) >= 0) { unlink(p); free(p); }
+    }
+    closedir(d);
+  }
+  rmdir(path);
+}
+
+int cmd_bench_upcycle(int argc, char **argv) {
+  moe_upcycle_params p;
+  moe_upcycle_params_init(&p, sizeof p);
+  const char *work = NULL, *in = NULL;
+  int32_t json = 0;
+  const cli_option options[] = {
+    UPCYCLE_OPTIONS(&p), OPT_FLAG("--json", &json), OPT_STRING("--work", &work), OPT_END
+  };
+  int n = 0, help = 0;
+  if (cli_parse(argc, argv, options, &in, 1, &n, &help)) return 2;
+  if (help) { printf("usage: moeupcycle bench upcycle IN [upcycle options] [--work DIR] [--json]\n"); return 0; }
+  if (!in) return bad_usage("bench upcycle needs IN", NULL);
+  if (!work) work = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+  char out_dir[4096], copy_dir[4096];
+  snprintf(out_dir, sizeof out_dir, "%s/moeupcycle-bench-%d-out", work, (int)getpid());
+  snprintf(copy_dir, sizeof copy_dir, "%s/moeupcycle-bench-%d-copy", work, (int)getpid());
+  moe_upcycle_result res;
+  memset(&res, 0, sizeof res);
+  res.struct_size = sizeof res;
+  double t0 = now_seconds();
+  moe_status st = moe_upcycle(&res, in, out_dir, &p);
+  double upcycle_s = now_seconds() - t0;
+  if (st != MOE_OK) return fail(st);
+  uint64_t copied = 0;
+  t0 = now_seconds();
+  int rc = copy_tree(out_dir, copy_dir, &copied);
+  double copy_s = now_seconds() - t0;
+  remove_tree(out_dir);
+  remove_tree(copy_dir);
+  if (rc != 0) { fprintf(stderr, "moeupcycle: bench: copying the output failed: %s\n", strerror(errno)); return 1; }
+  double ratio = copy_s > 0 ? upcycle_s / copy_s : 0;
+  const char *method = moe_method_name(p.method);
+  if (json) {
+    printf("{\"input\": "); json_string(stdout, in);
+    printf(", \"experts\": %u, \"top_k\": %u, \"method\": \"%s\", \"bytes_written\": %llu, \"tensors\": %llu"
+           ", \"upcycle_seconds\": %.4f, \"copy_seconds\": %.4f, \"upcycle_over_copy\": %.3f"
+           ", \"upcycle_gb_per_s\": %.3f, \"copy_gb_per_s\": %.3f, \"peak_rss_bytes\": %llu}\n",
+           p.num_experts, p.top_k, method, (unsigned long long)res.bytes_written,
+           (unsigned long long)res.tensors_written, upcycle_s, copy_s, ratio,
+           res.bytes_written / upcycle_s / 1e9, copied / copy_s / 1e9,
+           (unsigned long long)res.peak_rss_bytes);
+  } else {
+    char written[32], rss[32];
+    human_bytes((double)res.bytes_written, written, sizeof written);
+    human_bytes((double)res.peak_rss_bytes, rss, sizeof rss);
+    printf("bench upcycle %s: %u experts top-%u (%s), %s written\n", in, p.num_experts, p.top_k, method, written);
+    printf("  upcycle      %8.3f s  (%.2f GB/s)\n", upcycle_s, res.bytes_written / upcycle_s / 1e9);
+    printf("  plain copy   %8.3f s  (%.2f GB/s, same bytes, same fsync)\n", copy_s, copied / copy_s / 1e9);
+    printf("  ratio        %8.2fx of the copy time\n", ratio);
+    printf("  peak RSS     %s\n", rss);
+  }
+  return 0;
+}
