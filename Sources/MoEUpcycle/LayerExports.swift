@@ -354,8 +354,10 @@ public func moe_layer_get_stats(_ out: UnsafeMutablePointer<moe_layer_stats>!, _
     try checkResult(out, "out")
     let l = try handleObject(layer, MoELayer.self, "layer")
     let s = l.stats
+    // E counts, zeros before the first forward.
+    let experts = l.config.experts
     let counts = try outputBuffer(tokens_per_expert, capacity: capacity, needed: needed,
-                                  count: s.tokensPerExpert.count, "tokens_per_expert", unit: "counts")
+                                  count: experts, "tokens_per_expert", unit: "counts")
     var r = moe_layer_stats()
     r.tokens = UInt64(s.tokens)
     r.assignments = UInt64(s.rows)
@@ -366,7 +368,7 @@ public func moe_layer_get_stats(_ out: UnsafeMutablePointer<moe_layer_stats>!, _
     r.bound_bytes = UInt64(l.boundBytes)
     try writeResult(r, to: out, "out")
     if let counts {
-      for (e, n) in s.tokensPerExpert.enumerated() { counts[e] = UInt64(n) }
+      for e in 0..<experts { counts[e] = e < s.tokensPerExpert.count ? UInt64(s.tokensPerExpert[e]) : 0 }
     }
   }
 }

@@ -6,8 +6,9 @@
 
 int main(void) {
   moe_upcycle_params p;
-  moe_upcycle_params_init(&p);
-  if (p.struct_size != sizeof p || p.num_experts != 8 || p.top_k != 2 || p.ratio != 0.5) {
+  if (moe_upcycle_params_init(&p, sizeof p) != MOE_OK) return 1;
+  if (p.struct_size != sizeof p || p.num_experts != 8 || p.top_k != 2 || p.ratio != 0.5 ||
+      p.dtype != MOE_DTYPE_DEFAULT || p.format != MOE_FORMAT_MIXTRAL) {
     fprintf(stderr, "unexpected defaults\n");
     return 1;
   }

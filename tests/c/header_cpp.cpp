@@ -5,7 +5,7 @@
 
 int main() {
   moe_upcycle_params p{};
-  moe_upcycle_params_init(&p);
+  moe_upcycle_params_init(&p, sizeof p);
   moe_upcycle_result r{};
   r.struct_size = sizeof r;
   moe_status st = moe_upcycle(&r, nullptr, "out", &p);

@@ -16,6 +16,20 @@ build_c() { cc -std=c11 -Wall -Wextra -pedantic -Werror -I"$PREFIX/include" test
   -L"$PREFIX/lib" -lmoeupcycle -Wl,-rpath,"$PWD/$PREFIX/lib" -o "$OUT/header_c" && "$OUT/header_c"; }
 build_cpp() { c++ -std=c++17 -Wall -Wextra -pedantic -Werror -I"$PREFIX/include" tests/c/header_cpp.cpp \
   -L"$PREFIX/lib" -lmoeupcycle -Wl,-rpath,"$PWD/$PREFIX/lib" -o "$OUT/header_cpp" && "$OUT/header_cpp"; }
+abi_rules() {
+  python3 tests/c/tiny_model.py "$OUT/tiny" && mkdir -p "$OUT/work" &&
+  cc -std=c11 -Wall -Wextra -pedantic -Werror -I"$PREFIX/include" tests/c/abi_rules.c \
+    -L"$PREFIX/lib" -lmoeupcycle -lm -Wl,-rpath,"$PWD/$PREFIX/lib" -o "$OUT/abi_rules" &&
+  "$OUT/abi_rules" "$OUT/tiny" "$OUT/work"
+}
+declared_equals_exported() {
+  # Every function the header declares is exported, and nothing else.
+  local declared exported
+  declared="$(cc -E -P -I"$PREFIX/include" "$PREFIX/include/moeupcycle.h" | tr -s ' \n' ' ' | tr ';' '\n' |
+    grep -oE '\bmoe_[a-z0-9_]+ *\(' | grep -vE '^moe_(progress|token)_fn' | tr -d ' (' | sort -u)"
+  exported="$(nm -D --defined-only "$PREFIX/lib/libmoeupcycle.so" | awk '{print $3}' | sort -u)"
+  [ "$declared" = "$exported" ] || { diff <(echo "$declared") <(echo "$exported"); return 1; }
+}
 only_moe_symbols() {
   local other
   other="$(nm -D --defined-only "$PREFIX/lib/libmoeupcycle.so" | awk '{print $3}' | grep -v '^moe_' || true)"
@@ -32,6 +46,8 @@ system_deps_only() {
 check "header compiles and runs as C11" build_c
 check "header compiles and runs as C++17" build_cpp
 check "only moe_* symbols exported" only_moe_symbols
+check "every declared function exported, nothing else" declared_equals_exported
+check "struct versions, output buffers, names, last error (abi_rules.c)" abi_rules
 check "only system libraries needed, no toolchain RUNPATH" system_deps_only
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
