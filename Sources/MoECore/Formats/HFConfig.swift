@@ -116,8 +116,8 @@ enum HFConfig {
   /// architecture has them. Everything else comes from the description.
   static let carriedFields = ["max_position_embeddings", "initializer_range", "rms_norm_eps", "rope_theta",
                               "rope_scaling", "rope_parameters", "sliding_window", "use_sliding_window",
-                              "max_window_layers", "attention_dropout", "pad_token_id", "bos_token_id",
-                              "eos_token_id"]
+                              "max_window_layers", "attention_dropout", "attention_bias", "pad_token_id",
+                              "bos_token_id", "eos_token_id"]
 
   /// The dtype name transformers uses for `dtype`.
   static func dtypeName(_ t: DType) -> String {
