@@ -17,8 +17,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if ! python3 -c "import numpy, pytest, safetensors, gguf" 2>/dev/null; then
-  python3 -m pip install -q --disable-pip-version-check numpy pytest safetensors gguf
+# transformers (5.x: strictly typed configs) and tokenizers check what the library
+# writes; they install without torch.
+if ! python3 -c "import numpy, pytest, safetensors, gguf, tokenizers, transformers
+assert int(transformers.__version__.split('.')[0]) >= 5" 2>/dev/null; then
+  python3 -m pip install -q --disable-pip-version-check numpy pytest safetensors gguf tokenizers "transformers>=5"
 fi
 
 scripts/build.sh dist >&2

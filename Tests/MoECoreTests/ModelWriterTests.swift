@@ -189,9 +189,11 @@ import Glibc
     // Same names, shapes and bits as the source (which uses the names save writes).
     try Self.expectSameTensors(src, out)
     #expect(try FileSystem.listDirectory(out) == ["config.json", "generation_config.json", "model.safetensors"])
-    // config.json: the source's, with torch_dtype added.
+    // config.json: the source's, with RoPE parameters and both dtype spellings added.
     var expected = try Self.readJSON(FileSystem.join(src, "config.json"))
+    expected.set("rope_parameters", .object([("rope_type", .string("default")), ("rope_theta", .float(10000))]))
     expected.set("torch_dtype", .string("float32"))
+    expected.set("dtype", .string("float32"))
     #expect(try Self.readJSON(FileSystem.join(out, "config.json")) == expected)
     // The saved checkpoint saves again to the same bytes.
     let again = FileSystem.join(dir, "again")
@@ -273,9 +275,12 @@ import Glibc
     #expect(c["vocab_size"]?.intValue == Tiny.V && c["max_position_embeddings"]?.intValue == 64)
     #expect(c["tie_word_embeddings"]?.boolValue == tied && c["hidden_act"]?.stringValue == "silu")
     #expect(c["bos_token_id"]?.intValue == 28 && c["eos_token_id"]?.intValue == 29)
-    #expect(c["torch_dtype"]?.stringValue == "float32" && c["rope_theta"]?.doubleValue == 10000)
+    #expect(c["torch_dtype"]?.stringValue == "float32" && c["dtype"]?.stringValue == "float32")
+    #expect(c["rope_theta"] == .float(10000))
     // GGUF holds eps as f32: written as the shortest decimal of that f32.
-    #expect(c["rms_norm_eps"]?.doubleValue == 1e-6 && Float(1e-6) == Float(model.description.rmsNormEps))
+    #expect(c["rms_norm_eps"] == .float(1e-6) && Float(1e-6) == Float(model.description.rmsNormEps))
+    let configText = String(decoding: try FileSystem.readAll(FileSystem.join(out, "config.json")), as: UTF8.self)
+    #expect(configText.contains("\"rms_norm_eps\": 1e-06,"))
     let names = try FileSystem.listDirectory(out)
     for n in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
       #expect(names.contains(n), "\(n) missing")

@@ -407,7 +407,7 @@ private func expectError(_ kind: MoEErrorKind, mentions: [String] = [], _ body: 
     for bad: JSON in [.string("ab"), .string("a b c"), .string(" a"), .array([.string("a")]), .int(3)] {
       expectError(.format, mentions: ["merge #23"]) { _ = try BPETokenizer(tokenizerJSON: addingMerge(bad)) }
     }
-    for badId: JSON in [.int(-1), .int(1 << 30), .number(2.5), .string("7")] {
+    for badId: JSON in [.int(-1), .int(1 << 30), .float(2.5), .string("7")] {
       expectError(.format, mentions: ["zzz"]) {
         _ = try BPETokenizer(tokenizerJSON: Fixture.editingModel { m in
           m.set("vocab", .object((m["vocab"]?.objectValue ?? []) + [("zzz", badId)]))

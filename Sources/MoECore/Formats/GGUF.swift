@@ -25,6 +25,14 @@ public enum GGUFValue: Sendable {
   public var stringValue: String? { if case let .string(s) = self { return s }; return nil }
   public var boolValue: Bool? { if case let .bool(b) = self { return b }; return nil }
   public var arrayValue: [GGUFValue]? { if case let .array(a) = self { return a }; return nil }
+
+  /// An f32 as the Double of its shortest decimal that reads back to the same
+  /// f32 (1e-05, not 9.999999747378752e-06), so configs built from GGUF metadata
+  /// carry the value the model was made with; reading it as f32 gives the same bits.
+  static func shortestDecimal(_ f: Float) -> Double {
+    guard f.isFinite, let d = Double(f.description), Float(d) == f else { return Double(f) }
+    return d
+  }
 }
 
 /// Bounds-checked little-endian reader over a byte buffer.
@@ -172,7 +180,7 @@ public final class GGUFFile {
     case 3: return .int(Int64(Int16(bitPattern: try c.u16())))
     case 4: return .uint(UInt64(try c.u32()))
     case 5: return .int(Int64(Int32(bitPattern: try c.u32())))
-    case 6: return .float(Double(Float(bitPattern: try c.u32())))
+    case 6: return .float(GGUFValue.shortestDecimal(Float(bitPattern: try c.u32())))
     case 7: return .bool(try c.u8() != 0)
     case 8: return .string(try c.string())
     case 9:

@@ -1,9 +1,25 @@
 /// Architectures the library reads.
-public enum Architecture: String, Sendable {
+public enum Architecture: String, CaseIterable, Sendable {
   case llama, mistral, qwen2, mixtral
   case qwen2Moe = "qwen2_moe"
 
   public var isMoE: Bool { self == .mixtral || self == .qwen2Moe }
+
+  /// The transformers model class of a checkpoint (config.json's `architectures`).
+  public var hfClassName: String {
+    switch self {
+    case .llama: return "LlamaForCausalLM"
+    case .mistral: return "MistralForCausalLM"
+    case .qwen2: return "Qwen2ForCausalLM"
+    case .mixtral: return "MixtralForCausalLM"
+    case .qwen2Moe: return "Qwen2MoeForCausalLM"
+    }
+  }
+
+  public init?(hfClassName: String) {
+    guard let arch = Architecture.allCases.first(where: { $0.hfClassName == hfClassName }) else { return nil }
+    self = arch
+  }
 }
 
 /// MoE-specific dimensions of a checkpoint.

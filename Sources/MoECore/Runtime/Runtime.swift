@@ -66,7 +66,7 @@ public final class Runtime: @unchecked Sendable {
         .object([
           ("index", .int(n.logicalIndex)),
           ("os_index", .int(n.osIndex)),
-          ("memory_bytes", .number(Double(n.memoryBytes))),
+          ("memory_bytes", .unsigned(n.memoryBytes)),
           ("cores", .array(n.cores.map { .int($0.osIndex) })),
         ])
       })),

@@ -1,9 +1,16 @@
 /// A small JSON value type with a strict parser and a deterministic writer.
 /// Object key order is preserved (configs are written in a readable order).
+///
+/// Numbers keep their kind: an integer literal is `.int`, a literal with a '.',
+/// 'e' or 'E' (or NaN/Infinity) is `.float`, and each is written back the same
+/// way (`.float` always with a '.' or an exponent), so a reader that types its
+/// fields strictly gets a float where the source had one. Equality compares kinds
+/// too (`.int(2) != .float(2)`); `doubleValue` and `intValue` read either kind.
 public enum JSON: Equatable, Sendable {
   case null
   case bool(Bool)
-  case number(Double)
+  case int(Int)
+  case float(Double)
   case string(String)
   case array([JSON])
   case object([(String, JSON)])
@@ -12,13 +19,19 @@ public enum JSON: Equatable, Sendable {
     switch (a, b) {
     case (.null, .null): return true
     case let (.bool(x), .bool(y)): return x == y
-    case let (.number(x), .number(y)): return x == y
+    case let (.int(x), .int(y)): return x == y
+    case let (.float(x), .float(y)): return x == y || (x.isNaN && y.isNaN)
     case let (.string(x), .string(y)): return x == y
     case let (.array(x), .array(y)): return x == y
     case let (.object(x), .object(y)):
       return x.count == y.count && zip(x, y).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
     default: return false
     }
+  }
+
+  /// An unsigned integer: `.int` when it fits, else the nearest `.float`.
+  public static func unsigned(_ v: UInt64) -> JSON {
+    v <= UInt64(Int.max) ? .int(Int(v)) : .float(Double(v))
   }
 
   public subscript(key: String) -> JSON? {
@@ -29,17 +42,35 @@ public enum JSON: Equatable, Sendable {
   }
 
   public var stringValue: String? { if case let .string(s) = self { return s }; return nil }
-  public var doubleValue: Double? { if case let .number(d) = self { return d }; return nil }
+  /// Either kind of number as a Double.
+  public var doubleValue: Double? {
+    switch self {
+    case let .int(i): return Double(i)
+    case let .float(d): return d
+    default: return nil
+    }
+  }
   public var boolValue: Bool? { if case let .bool(b) = self { return b }; return nil }
   public var arrayValue: [JSON]? { if case let .array(a) = self { return a }; return nil }
   public var objectValue: [(String, JSON)]? { if case let .object(o) = self { return o }; return nil }
   public var isNull: Bool { if case .null = self { return true }; return false }
+  public var isNumber: Bool { doubleValue != nil }
 
-  /// An exact non-negative or negative integer, or nil.
+  /// An integer, or a float with an exact integral value (2.0), or nil.
   public var intValue: Int? {
-    guard case let .number(d) = self, d.isFinite, d == d.rounded(.towardZero),
-          abs(d) < 9.0e15 else { return nil }
-    return Int(d)
+    switch self {
+    case let .int(i): return i
+    case let .float(d):
+      guard d.isFinite, d == d.rounded(.towardZero), abs(d) < 9.0e15 else { return nil }
+      return Int(d)
+    default: return nil
+    }
+  }
+
+  /// The same value with an integer number turned into a float (other values unchanged).
+  public var asFloat: JSON {
+    if case let .int(i) = self { return .float(Double(i)) }
+    return self
   }
 
   /// Sets (or appends) a key of an object value.
@@ -54,8 +85,6 @@ public enum JSON: Equatable, Sendable {
     pairs.removeAll { $0.0 == key }
     self = .object(pairs)
   }
-
-  public static func int(_ v: Int) -> JSON { .number(Double(v)) }
 }
 
 // MARK: - Parsing
@@ -110,9 +139,9 @@ public struct JSONParser {
     case UInt8(ascii: "t"): try expectLiteral("true"); return .bool(true)
     case UInt8(ascii: "f"): try expectLiteral("false"); return .bool(false)
     case UInt8(ascii: "n"): try expectLiteral("null"); return .null
-    case UInt8(ascii: "N"): try expectLiteral("NaN"); return .number(.nan)
-    case UInt8(ascii: "I"): try expectLiteral("Infinity"); return .number(.infinity)
-    default: return .number(try parseNumber())
+    case UInt8(ascii: "N"): try expectLiteral("NaN"); return .float(.nan)
+    case UInt8(ascii: "I"): try expectLiteral("Infinity"); return .float(.infinity)
+    default: return try parseNumber()
     }
   }
 
@@ -236,24 +265,28 @@ public struct JSONParser {
     return s
   }
 
-  private mutating func parseNumber() throws -> Double {
+  /// A number: `.int` for an integer literal that fits an Int, `.float` for a
+  /// literal with '.', 'e' or 'E' (and for an integer too large for an Int).
+  private mutating func parseNumber() throws -> JSON {
     let start = pos
     if pos < bytes.count, bytes[pos] == UInt8(ascii: "-") {
       pos += 1
-      if pos < bytes.count, bytes[pos] == UInt8(ascii: "I") { try expectLiteral("Infinity"); return -.infinity }
+      if pos < bytes.count, bytes[pos] == UInt8(ascii: "I") { try expectLiteral("Infinity"); return .float(-.infinity) }
     }
     var digits = 0
+    var isFloat = false
     while pos < bytes.count {
       let c = bytes[pos]
       if (c >= 0x30 && c <= 0x39) { digits += 1; pos += 1 }
-      else if c == UInt8(ascii: ".") || c == UInt8(ascii: "e") || c == UInt8(ascii: "E")
-        || c == UInt8(ascii: "+") || c == UInt8(ascii: "-") { pos += 1 }
+      else if c == UInt8(ascii: ".") || c == UInt8(ascii: "e") || c == UInt8(ascii: "E") { isFloat = true; pos += 1 }
+      else if c == UInt8(ascii: "+") || c == UInt8(ascii: "-") { pos += 1 }
       else { break }
     }
     guard digits > 0 else { throw fail("expected a value") }
     let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<pos]), as: UTF8.self)
+    if !isFloat, let i = Int(text) { return .int(i) }
     guard let d = Double(text) else { throw fail("invalid number '\(text)'") }
-    return d
+    return .float(d)
   }
 }
 
@@ -271,7 +304,8 @@ extension JSON {
     switch self {
     case .null: out += "null"
     case let .bool(b): out += b ? "true" : "false"
-    case let .number(d): out += JSON.formatNumber(d)
+    case let .int(i): out += String(i)
+    case let .float(d): out += JSON.formatFloat(d)
     case let .string(s): JSON.writeString(s, to: &out)
     case let .array(items):
       if items.isEmpty { out += "[]"; return }
@@ -308,11 +342,13 @@ extension JSON {
     }
   }
 
-  static func formatNumber(_ d: Double) -> String {
+  /// The shortest text that reads back to `d`, always with a '.' or an
+  /// exponent (0.0, 100000.0, 1e-05, 1e+16); NaN and Infinity as Python writes them.
+  static func formatFloat(_ d: Double) -> String {
     if d.isNaN { return "NaN" }
     if d.isInfinite { return d > 0 ? "Infinity" : "-Infinity" }
-    if d == d.rounded(.towardZero) && abs(d) < 1e15 { return String(Int64(d)) }
-    return "\(d)"
+    let text = d.description
+    return text.contains(where: { $0 == "." || $0 == "e" || $0 == "E" }) ? text : text + ".0"
   }
 
   static func writeString(_ s: String, to out: inout String) {

@@ -17,8 +17,8 @@ extension DecoderModel {
   /// Qwen2-MoE: mlp.experts.N.gate_proj/up_proj/down_proj, shared_expert and
   /// shared_expert_gate), so a fused-layout source is written per expert.
   ///
-  /// config.json is the source's with `torch_dtype` updated (HF sources), or a
-  /// Llama/Qwen2 config built from the description (GGUF sources).
+  /// config.json is the source's with its dtype updated (HF sources), or a
+  /// Llama/Qwen2 config built from the description (GGUF sources); see HFConfig.make.
   /// `source` is the checkpoint the model was loaded from (an HF directory or a
   /// .gguf file; the model does not record it): its tokenizer and generation
   /// files are copied (HF) or built from its metadata (GGUF, byte-level BPE);
@@ -46,7 +46,7 @@ extension DecoderModel {
       throw MoEError.notFound("source '\(source)' is neither an HF model directory nor a .gguf file")
     }
     let tensors = try checkpointTensors()
-    let config = try checkpointConfig(dtype: dtype)
+    let config = try HFConfig.make(description, dtype: dtype)
 
     // A training run saving over the checkpoint it resumed from: the model
     // holds its weights in memory, so keep the side files in memory too and
@@ -171,56 +171,6 @@ extension DecoderModel {
     return out
   }
 
-  // MARK: - config.json
-
-  /// The source config with `torch_dtype` updated, or (GGUF sources, which have
-  /// none) a Llama/Qwen2 config built from the description.
-  func checkpointConfig(dtype: DType) throws -> JSON {
-    let dtypeName = dtype == .bf16 ? "bfloat16" : "float32"
-    let d = description
-    if var c = d.sourceConfig, c.objectValue != nil {
-      c.set("torch_dtype", .string(dtypeName))
-      if c["dtype"] != nil { c.set("dtype", .string(dtypeName)) }  // transformers v5 spelling
-      return c
-    }
-    let (architectureName, modelType): (String, String)
-    switch d.architecture {
-    case .llama: (architectureName, modelType) = ("LlamaForCausalLM", "llama")
-    case .mistral: (architectureName, modelType) = ("MistralForCausalLM", "mistral")
-    case .qwen2: (architectureName, modelType) = ("Qwen2ForCausalLM", "qwen2")
-    case .mixtral, .qwen2Moe:
-      throw MoEError.unsupported("the model (\(d.architecture.rawValue)) has no source config.json to carry over")
-    }
-    var c: [(String, JSON)] = [
-      ("architectures", .array([.string(architectureName)])),
-      ("model_type", .string(modelType)),
-      ("vocab_size", .int(d.vocabSize)),
-      ("hidden_size", .int(d.hiddenSize)),
-      ("intermediate_size", .int(d.intermediateSize)),
-      ("num_hidden_layers", .int(d.numLayers)),
-      ("num_attention_heads", .int(d.numHeads)),
-      ("num_key_value_heads", .int(d.numKVHeads)),
-      ("head_dim", .int(d.headDim)),
-      ("hidden_act", .string("silu")),
-      ("max_position_embeddings", .int(d.maxPositionEmbeddings)),
-      ("initializer_range", .number(0.02)),
-      ("rms_norm_eps", .number(ModelWriter.shortestDecimal(ofFloat: d.rmsNormEps))),
-      ("use_cache", .bool(true)),
-      ("rope_theta", .number(d.ropeTheta)),
-      ("attention_dropout", .number(0)),
-      ("tie_word_embeddings", .bool(d.tiedEmbeddings)),
-    ]
-    if d.architecture == .qwen2 {
-      c += [("use_sliding_window", .bool(false)), ("max_window_layers", .int(d.numLayers))]
-    } else {
-      c += [("attention_bias", .bool(false)), ("mlp_bias", .bool(false))]
-    }
-    if let b = d.bosTokenId { c.append(("bos_token_id", .int(b))) }
-    if let e = d.eosTokenId { c.append(("eos_token_id", .int(e))) }
-    c.append(("torch_dtype", .string(dtypeName)))
-    return .object(c)
-  }
-
   // MARK: - Tokenizer and generation files
 
   /// Copies the tokenizer and generation files of an HF `source`, or builds
@@ -267,15 +217,6 @@ enum ModelWriter {
       guard seen.insert(name).inserted else { throw MoEError.invalid("extra file name '\(name)' appears twice") }
     }
   }
-
-  /// A value read from an f32 (GGUF metadata) as the shortest decimal that
-  /// reads back to the same f32 (1e-06, not 9.99999997e-07); other values as they are.
-  static func shortestDecimal(ofFloat v: Double) -> Double {
-    let f = Float(v)
-    guard Double(f) == v, let shortest = Double("\(f)"), Float(shortest) == f else { return v }
-    return shortest
-  }
-
 
   /// Writes `tensors` as model.safetensors, or as numbered shards of at most
   /// `maxShardBytes` (a larger tensor gets a shard of its own) with

@@ -326,13 +326,13 @@ public final class Trainer {
   public func stateFiles() -> [(String, [UInt8])] {
     let o = options
     let json: JSON = .object([
-      ("step", .int(step)), ("parameters", .int(parameterCount)), ("seed", .number(Double(o.seed))),
+      ("step", .int(step)), ("parameters", .int(parameterCount)), ("seed", .unsigned(o.seed)),
       ("seq_len", .int(o.seqLen)), ("batch", .int(o.batch)), ("steps", .int(o.steps)),
-      ("lr", .number(Double(o.lr))), ("min_lr", .number(Double(o.minLR))), ("warmup", .int(o.warmup)),
+      ("lr", .float(Double(o.lr))), ("min_lr", .float(Double(o.minLR))), ("warmup", .int(o.warmup)),
       ("schedule", .string(o.schedule == .cosine ? "cosine" : "constant")),
-      ("beta1", .number(Double(o.beta1))), ("beta2", .number(Double(o.beta2))), ("eps", .number(Double(o.eps))),
-      ("weight_decay", .number(Double(o.weightDecay))), ("clip", .number(Double(o.clip))),
-      ("aux_loss_coef", .number(Double(o.balanceCoef))), ("z_loss_coef", .number(Double(o.zCoef))),
+      ("beta1", .float(Double(o.beta1))), ("beta2", .float(Double(o.beta2))), ("eps", .float(Double(o.eps))),
+      ("weight_decay", .float(Double(o.weightDecay))), ("clip", .float(Double(o.clip))),
+      ("aux_loss_coef", .float(Double(o.balanceCoef))), ("z_loss_coef", .float(Double(o.zCoef))),
       ("train_only", .int(Int(o.trainOnly.rawValue))), ("train_tokens", .int(trainTokens.count)),
     ])
     var optimizer = Safetensors.headerBytes(tensors: [("adam.m", .f32, [parameterCount]), ("adam.v", .f32, [parameterCount])],

@@ -271,7 +271,7 @@ public final class Upcycler {
         CheckpointFiles.index(totalBytes: Int(totalBytes), weightMap: weightMap),
         FileSystem.join(target.temporary, "model.safetensors.index.json"))
     }
-    report.bytesWritten += try CheckpointFiles.writeJSON(makeConfig(), FileSystem.join(target.temporary, "config.json"))
+    report.bytesWritten += try CheckpointFiles.writeJSON(try makeConfig(), FileSystem.join(target.temporary, "config.json"))
     report.bytesWritten += try CheckpointFiles.writeSideFiles(
       into: target.temporary, directory: checkpoint.directory, gguf: checkpoint.gguf, description: checkpoint.description)
     try target.commit()
@@ -282,87 +282,25 @@ public final class Upcycler {
 
   // MARK: Config
 
-  func makeConfig() -> JSON {
+  /// config.json of the output: the output model's description (HFConfig.make)
+  /// and the `moeupcycle` block recording how it was made.
+  func makeConfig() throws -> JSON {
     let d = checkpoint.description
     let o = options
-    let dtypeName: String
-    switch plan.first(where: { if case .expert = $0.producer { return true }; return false })?.dtype ?? plan[0].dtype {
-    case .bf16: dtypeName = "bfloat16"
-    case .f16: dtypeName = "float16"
-    default: dtypeName = "float32"
-    }
-    var c: [(String, JSON)] = []
-    switch o.format {
-    case .mixtral:
-      c = [
-        ("architectures", .array([.string("MixtralForCausalLM")])),
-        ("model_type", .string("mixtral")),
-        ("vocab_size", .int(d.vocabSize)),
-        ("hidden_size", .int(d.hiddenSize)),
-        ("intermediate_size", .int(expertSize)),
-        ("num_hidden_layers", .int(d.numLayers)),
-        ("num_attention_heads", .int(d.numHeads)),
-        ("num_key_value_heads", .int(d.numKVHeads)),
-        ("head_dim", .int(d.headDim)),
-        ("hidden_act", .string("silu")),
-        ("max_position_embeddings", .int(d.maxPositionEmbeddings)),
-        ("initializer_range", .number(0.02)),
-        ("rms_norm_eps", .number(d.rmsNormEps)),
-        ("use_cache", .bool(true)),
-        ("rope_theta", .number(d.ropeTheta)),
-        ("sliding_window", d.sourceConfig?["sliding_window"] ?? .null),
-        ("attention_dropout", .number(0)),
-        ("num_experts_per_tok", .int(o.topK)),
-        ("num_local_experts", .int(o.numExperts)),
-        ("output_router_logits", .bool(false)),
-        ("router_aux_loss_coef", .number(o.routerAuxLossCoef)),
-        ("router_jitter_noise", .number(0)),
-        ("tie_word_embeddings", .bool(d.tiedEmbeddings)),
-      ]
-    case .qwen2Moe:
-      let dense = (0..<d.numLayers).filter { !moeLayers[$0] }
-      c = [
-        ("architectures", .array([.string("Qwen2MoeForCausalLM")])),
-        ("model_type", .string("qwen2_moe")),
-        ("vocab_size", .int(d.vocabSize)),
-        ("hidden_size", .int(d.hiddenSize)),
-        ("intermediate_size", .int(d.intermediateSize)),
-        ("num_hidden_layers", .int(d.numLayers)),
-        ("num_attention_heads", .int(d.numHeads)),
-        ("num_key_value_heads", .int(d.numKVHeads)),
-        ("hidden_act", .string("silu")),
-        ("max_position_embeddings", .int(d.maxPositionEmbeddings)),
-        ("initializer_range", .number(0.02)),
-        ("rms_norm_eps", .number(d.rmsNormEps)),
-        ("use_cache", .bool(true)),
-        ("rope_theta", .number(d.ropeTheta)),
-        ("use_sliding_window", .bool(false)),
-        ("sliding_window", d.sourceConfig?["sliding_window"] ?? .null),
-        ("max_window_layers", .int(d.numLayers)),
-        ("attention_dropout", .number(0)),
-        ("qkv_bias", .bool(true)),
-        ("decoder_sparse_step", .int(1)),
-        ("moe_intermediate_size", .int(expertSize)),
-        ("shared_expert_intermediate_size", .int(d.intermediateSize)),
-        ("num_experts_per_tok", .int(o.topK)),
-        ("num_experts", .int(o.numExperts)),
-        ("norm_topk_prob", .bool(o.renormalizes)),
-        ("output_router_logits", .bool(false)),
-        ("router_aux_loss_coef", .number(o.routerAuxLossCoef)),
-        ("mlp_only_layers", .array(dense.map { .int($0) })),
-        ("tie_word_embeddings", .bool(d.tiedEmbeddings)),
-      ]
-    }
-    if let b = d.bosTokenId { c.append(("bos_token_id", .int(b))) }
-    if let e = d.eosTokenId { c.append(("eos_token_id", .int(e))) }
-    if let rs = d.sourceConfig?["rope_scaling"], !rs.isNull { c.append(("rope_scaling", rs)) }
-    c.append(("torch_dtype", .string(dtypeName)))
+    let dtype = plan.first(where: { if case .expert = $0.producer { return true }; return false })?.dtype ?? plan[0].dtype
+    var out = d
+    out.architecture = o.format == .mixtral ? .mixtral : .qwen2Moe
+    out.qkvBias = d.qkvBias || o.format == .qwen2Moe
+    out.moe = MoEDescription(numExperts: o.numExperts, topK: o.topK, expertIntermediateSize: expertSize,
+                             sharedExpertIntermediateSize: o.sharedExpert ? d.intermediateSize : 0, moeLayers: moeLayers)
+    var c = try HFConfig.make(out, dtype: dtype,
+                              routing: HFConfig.Routing(normTopKProb: o.renormalizes, routerAuxLossCoef: o.routerAuxLossCoef))
     var record: [(String, JSON)] = [
       ("version", .string(moeupcycleVersion)),
       ("source_architecture", .string(d.architecture.rawValue)),
       ("method", .string(o.methodName)),
       ("routing", .string(o.routingName)),
-      ("seed", .number(Double(o.seed))),
+      ("seed", .unsigned(o.seed)),
       ("num_experts", .int(o.numExperts)),
       ("top_k", .int(o.topK)),
       ("expert_intermediate_size", .int(expertSize)),
@@ -371,9 +309,9 @@ public final class Upcycler {
     ]
     switch o.method {
     case .drop, .noise:
-      record.append(("ratio", .number(o.ratio)))
+      record.append(("ratio", .float(o.ratio)))
       record.append(("shared_indices", .bool(o.sharedIndices)))
-      if o.method == .noise { record.append(("noise_std", .number(o.noiseStd))) }
+      if o.method == .noise { record.append(("noise_std", .float(o.noiseStd))) }
     case .granular:
       record.append(("granularity", .int(o.granularity == 0 ? 1 : o.granularity)))
     case .partition:
@@ -381,8 +319,8 @@ public final class Upcycler {
       record.append(("partition_disjoint", .bool(o.partitionDisjoint)))
     case .copy: break
     }
-    c.append(("moeupcycle", .object(record)))
-    return .object(c)
+    c.set("moeupcycle", .object(record))
+    return c
   }
 }
 
