@@ -81,6 +81,11 @@ public final class DecoderModel: @unchecked Sendable {
     if let rs = d.sourceConfig?["rope_scaling"], !rs.isNull {
       throw MoEError.unsupported("rope_scaling \(rs.serialized()) is not supported")
     }
+    // transformers 5 writes RoPE as rope_parameters alone; only plain RoPE is run here.
+    if let rp = d.sourceConfig?["rope_parameters"], rp.objectValue != nil,
+       let type = rp["rope_type"]?.stringValue ?? rp["type"]?.stringValue, type != "default" {
+      throw MoEError.unsupported("rope_parameters of type '\(type)' (\(rp.serialized())) is not supported; only plain RoPE is")
+    }
     guard options.maxContext >= 0 else { throw MoEError.invalid("max_context is \(options.maxContext)") }
     contextLength = options.maxContext > 0 ? min(options.maxContext, max(d.maxPositionEmbeddings, 1)) : max(d.maxPositionEmbeddings, 1)
     // A missing or unsupported tokenizer leaves the model usable with token ids.
