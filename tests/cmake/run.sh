@@ -19,9 +19,12 @@ cp -a "$PREFIX" "$MOVED"
 no_absolute_paths() {
   ! grep -rn -e "$PREFIX" -e "$PWD" "$PREFIX/lib/cmake/moeupcycle" "$PREFIX/lib/pkgconfig/moeupcycle.pc"
 }
+header_version() {
+  sed -n 's/^#define MOE_VERSION_STRING "\(.*\)"$/\1/p' "$PREFIX/include/moeupcycle.h"
+}
 versions_match_header() {
   local v
-  v="$(sed -n 's/^#define MOE_VERSION_STRING "\(.*\)"$/\1/p' "$PREFIX/include/moeupcycle.h")"
+  v="$(header_version)"
   [ "$(PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig" pkg-config --modversion moeupcycle)" = "$v" ] &&
     grep -q "^set(PACKAGE_VERSION \"$v\")$" "$PREFIX/lib/cmake/moeupcycle/moeupcycleConfigVersion.cmake"
 }
@@ -42,7 +45,7 @@ rejects_other_major() {
   printf 'cmake_minimum_required(VERSION 3.16)\nproject(p NONE)\nfind_package(moeupcycle 1 CONFIG REQUIRED)\n' \
     >"$OUT/major/CMakeLists.txt"
   ! cmake -S "$OUT/major" -B "$OUT/major/build" -DCMAKE_PREFIX_PATH="$PREFIX" >"$OUT/major.log" 2>&1 &&
-    grep -q 'version: 0\.1\.0' "$OUT/major.log"
+    grep -q "version: $(header_version | sed 's/\./\\./g')" "$OUT/major.log"
 }
 links_by_name() {  # the executable records libmoeupcycle.so, not a path, and its include dir is the moved prefix's
   readelf -d "$OUT/cmake-moved/app" | grep -q 'NEEDED.*\[libmoeupcycle\.so\]' &&
