@@ -28,7 +28,7 @@ ${CC:-cc} -std=c11 -O2 -Wall -Wextra -pedantic -Werror \
 ver() { sed -n "s/^#define MOE_VERSION_$1 \([0-9][0-9]*\)\$/\1/p" include/moeupcycle.h; }
 MAJOR="$(ver MAJOR)"; MINOR="$(ver MINOR)"; PATCH="$(ver PATCH)"
 [ -n "$MAJOR" ] && [ -n "$MINOR" ] && [ -n "$PATCH" ] || { echo "version not found in include/moeupcycle.h" >&2; exit 1; }
-subst() { sed -e "s/@MOE_VERSION@/$MAJOR.$MINOR.$PATCH/g" -e "s/@MOE_VERSION_MAJOR@/$MAJOR/g" "$1"; }
+subst() { sed -e "s/@MOE_VERSION@/$MAJOR.$MINOR.$PATCH/g" -e "s/@MOE_VERSION_MAJOR@/$MAJOR/g" -e "s/@MOE_VERSION_MINOR@/$MINOR/g" "$1"; }
 install -d "$PREFIX/lib/cmake/moeupcycle" "$PREFIX/lib/pkgconfig"
 subst cmake/moeupcycleConfig.cmake.in > "$PREFIX/lib/cmake/moeupcycle/moeupcycleConfig.cmake"
 subst cmake/moeupcycleConfigVersion.cmake.in > "$PREFIX/lib/cmake/moeupcycle/moeupcycleConfigVersion.cmake"

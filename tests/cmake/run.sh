@@ -19,9 +19,12 @@ cp -a "$PREFIX" "$MOVED"
 no_absolute_paths() {
   ! grep -rn -e "$PREFIX" -e "$PWD" "$PREFIX/lib/cmake/moeupcycle" "$PREFIX/lib/pkgconfig/moeupcycle.pc"
 }
+header_version() {
+  sed -n 's/^#define MOE_VERSION_STRING "\(.*\)"$/\1/p' "$PREFIX/include/moeupcycle.h"
+}
 versions_match_header() {
   local v
-  v="$(sed -n 's/^#define MOE_VERSION_STRING "\(.*\)"$/\1/p' "$PREFIX/include/moeupcycle.h")"
+  v="$(header_version)"
   [ "$(PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig" pkg-config --modversion moeupcycle)" = "$v" ] &&
     grep -q "^set(PACKAGE_VERSION \"$v\")$" "$PREFIX/lib/cmake/moeupcycle/moeupcycleConfigVersion.cmake"
 }
@@ -42,7 +45,20 @@ rejects_other_major() {
   printf 'cmake_minimum_required(VERSION 3.16)\nproject(p NONE)\nfind_package(moeupcycle 1 CONFIG REQUIRED)\n' \
     >"$OUT/major/CMakeLists.txt"
   ! cmake -S "$OUT/major" -B "$OUT/major/build" -DCMAKE_PREFIX_PATH="$PREFIX" >"$OUT/major.log" 2>&1 &&
-    grep -q 'version: 0\.1\.0' "$OUT/major.log"
+    grep -q "version: $(header_version | sed 's/\./\\./g')" "$OUT/major.log"
+}
+rejects_other_minor_before_1() {  # 0.x: another minor version is not compatible
+  local major minor
+  IFS=. read -r major minor _ <<<"$(header_version)"
+  [ "$major" != 0 ] && return 0
+  mkdir -p "$OUT/minor"
+  printf 'cmake_minimum_required(VERSION 3.16)\nproject(p NONE)\nfind_package(moeupcycle 0.%s CONFIG REQUIRED)\n' \
+    "$((minor + 1))" >"$OUT/minor/CMakeLists.txt"
+  ! cmake -S "$OUT/minor" -B "$OUT/minor/build" -DCMAKE_PREFIX_PATH="$PREFIX" >"$OUT/minor.log" 2>&1 || return 1
+  [ "$minor" -eq 0 ] && return 0
+  printf 'cmake_minimum_required(VERSION 3.16)\nproject(p NONE)\nfind_package(moeupcycle 0.%s CONFIG REQUIRED)\n' \
+    "$((minor - 1))" >"$OUT/minor/CMakeLists.txt"
+  ! cmake -S "$OUT/minor" -B "$OUT/minor/build-older" -DCMAKE_PREFIX_PATH="$PREFIX" >"$OUT/minor-older.log" 2>&1
 }
 links_by_name() {  # the executable records libmoeupcycle.so, not a path, and its include dir is the moved prefix's
   readelf -d "$OUT/cmake-moved/app" | grep -q 'NEEDED.*\[libmoeupcycle\.so\]' &&
@@ -56,5 +72,6 @@ check "find_package(moeupcycle) consumer, moved prefix" build_cmake "$MOVED" "$O
 check "pkg-config consumer, moved prefix" build_pkgconfig "$MOVED" "$OUT/app-pc-moved"
 check "cmake consumer links libmoeupcycle.so by name, from the moved prefix" links_by_name
 check "find_package(moeupcycle 1) rejected (SameMajorVersion)" rejects_other_major
+check "find_package(moeupcycle 0.N) of another minor version rejected before 1.0" rejects_other_minor_before_1
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
