@@ -140,7 +140,7 @@ public final class MoELayer: @unchecked Sendable {
   public func shape(of weight: LayerWeight) throws -> [Int] {
     let E = config.experts, F = config.ffn, H = config.hidden, Fs = config.sharedFFN
     if weight.isShared && Fs == 0 {
-      throw MoEError.invalid("the layer has no shared expert (shared_ffn is 0), so it has no \(weight.name) weight")
+      throw MoEError.invalid("the layer has no shared expert (shared_expert_intermediate_size is 0), so it has no \(weight.name) weight")
     }
     switch weight {
     case .router: return [E, H]

@@ -55,11 +55,11 @@ public struct MoELayerConfig: Sendable, Equatable {
     func check(_ v: Int, _ name: String, _ range: ClosedRange<Int>) throws {
       guard range.contains(v) else { throw MoEError.invalid("\(name) is \(v); it must be in \(range.lowerBound)...\(range.upperBound)") }
     }
-    try check(hidden, "hidden", 1...Self.maxDimension)
-    try check(ffn, "ffn", 1...Self.maxDimension)
-    try check(experts, "experts", 1...4096)
+    try check(hidden, "hidden_size", 1...Self.maxDimension)
+    try check(ffn, "moe_intermediate_size", 1...Self.maxDimension)
+    try check(experts, "num_experts", 1...4096)
     try check(topK, "top_k", 1...experts)
-    try check(sharedFFN, "shared_ffn", 0...Self.maxDimension)
+    try check(sharedFFN, "shared_expert_intermediate_size", 0...Self.maxDimension)
     guard capacityFactor.isFinite, capacityFactor >= 0, capacityFactor <= 1000 else {
       throw MoEError.invalid("capacity_factor is \(capacityFactor); it must be 0 (dropless) or in (0, 1000]")
     }
@@ -67,7 +67,7 @@ public struct MoELayerConfig: Sendable, Equatable {
       throw MoEError.unsupported("storage dtype \(storage.name) is not supported for layer weights; use f32 or bf16")
     }
     guard jitter.isFinite, jitter >= 0, jitter < 1 else { throw MoEError.invalid("jitter is \(jitter); it must be in [0, 1)") }
-    guard balanceCoef.isFinite, balanceCoef >= 0 else { throw MoEError.invalid("balance_loss_coef is \(balanceCoef); it must be >= 0") }
+    guard balanceCoef.isFinite, balanceCoef >= 0 else { throw MoEError.invalid("aux_loss_coef is \(balanceCoef); it must be >= 0") }
     guard zCoef.isFinite, zCoef >= 0 else { throw MoEError.invalid("z_loss_coef is \(zCoef); it must be >= 0") }
     let expertWeights = try checkedProduct([3, experts, ffn, hidden], what: "expert weights")
     let sharedWeights = try checkedProduct([3, sharedFFN, hidden], what: "shared expert weights")

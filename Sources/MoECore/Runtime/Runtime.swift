@@ -125,8 +125,9 @@ extension Runtime {
       var j = json()
       if let layer, let plan {
         j.set("layer", .object([
-          ("hidden", .int(layer.hidden)), ("ffn", .int(layer.ffn)), ("experts", .int(layer.experts)),
-          ("top_k", .int(layer.topK)), ("shared_ffn", .int(layer.sharedFFN)),
+          ("hidden_size", .int(layer.hidden)), ("moe_intermediate_size", .int(layer.ffn)),
+          ("num_experts", .int(layer.experts)), ("top_k", .int(layer.topK)),
+          ("shared_expert_intermediate_size", .int(layer.sharedFFN)),
         ]))
         j.set("placement", plan.json())
       }

@@ -50,7 +50,7 @@ public final class Upcycler {
     if o.format == .qwen2Moe { o.sharedExpert = true }
     let I = d.intermediateSize
     guard o.numExperts >= 1 && o.numExperts <= 1024 else {
-      throw MoEError.invalid("experts must be in 1..1024 (got \(o.numExperts))")
+      throw MoEError.invalid("num_experts must be in 1..1024 (got \(o.numExperts))")
     }
     guard o.topK >= 1 && o.topK <= o.numExperts else {
       throw MoEError.invalid("top-k must be in 1..\(o.numExperts) (the number of experts), got \(o.topK)")
