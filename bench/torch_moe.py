@@ -45,15 +45,15 @@ class LibraryLayer:
 
     def __init__(self, weights: dict, threads: int, top_k: int):
         params = C.moe_runtime_params()
-        C.lib.moe_runtime_params_init(ctypes.byref(params))
+        check(C.lib.moe_runtime_params_init(ctypes.byref(params), ctypes.sizeof(params)))
         params.threads = threads
         self.runtime = ctypes.c_void_p()
         check(C.lib.moe_runtime_create(ctypes.byref(self.runtime), ctypes.byref(params)))
         E, F, H = weights["gate"].shape
         config = C.moe_layer_config()
-        C.lib.moe_layer_config_init(ctypes.byref(config))
-        config.hidden, config.ffn, config.experts, config.top_k = H, F, E, top_k
-        config.balance_loss_coef = 0.0
+        check(C.lib.moe_layer_config_init(ctypes.byref(config), ctypes.sizeof(config)))
+        config.hidden_size, config.moe_intermediate_size, config.num_experts, config.top_k = H, F, E, top_k
+        config.aux_loss_coef = 0.0
         config.z_loss_coef = 0.0
         self.layer = ctypes.c_void_p()
         check(C.lib.moe_layer_create(ctypes.byref(self.layer), self.runtime, ctypes.byref(config)))
