@@ -1,5 +1,5 @@
-"""Small dense checkpoints written by independent tools (the safetensors and gguf
-packages), and helpers to call the library through ctypes."""
+"""Small dense checkpoints written by independent tools (the safetensors package), and
+readers of what the library writes."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,6 @@ from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
-
-from moeupcycle import _capi as C
 
 CLI = Path(os.environ["MOEUPCYCLE_LIBRARY"]).resolve().parents[1] / "bin" / "moeupcycle"
 
@@ -145,54 +143,3 @@ def read_safetensors_dir(path: Path) -> dict:
                 raise ValueError(e["dtype"])
             out[name] = a.reshape(e["shape"]).copy()
     return out
-
-
-class UpcycleError(Exception):
-    def __init__(self, code, message):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-ENUMS = {
-    "method": {"copy": 0, "drop": 1, "noise": 2, "granular": 3, "partition": 4},
-    "router_init": {"normal": 0, "uniform": 1, "zeros": 2},
-    "routing": {"softmax-topk-renorm": 0, "softmax-topk": 1, "topk-softmax": 2},
-    "format": {"mixtral": 0, "qwen2-moe": 1},
-    "dtype": {"keep": 0, "f32": 1, "bf16": 2, "f16": 3},
-    "partition_select": {"random": 0, "uniform": 1, "importance": 2},
-    "granular_scaling": {"down": 0, "cube-root": 1, "none": 2},
-}
-
-
-def upcycle(src, dst, **kw):
-    p = C.moe_upcycle_params()
-    C.lib.moe_upcycle_params_init(p)
-    for k, v in kw.items():
-        if k in ENUMS and isinstance(v, str):
-            v = ENUMS[k][v]
-        if k == "layers" and isinstance(v, str):
-            v = v.encode()
-        if not hasattr(p, k):
-            raise AttributeError(k)
-        setattr(p, k, v)
-    r = C.moe_upcycle_result()
-    r.struct_size = ctypes_sizeof(r)
-    st = C.lib.moe_upcycle(r, str(src).encode(), str(dst).encode(), p)
-    if st != 0:
-        raise UpcycleError(st, C.lib.moe_last_error().decode())
-    return r
-
-
-def inspect(path):
-    info = C.moe_checkpoint_info()
-    info.struct_size = ctypes_sizeof(info)
-    st = C.lib.moe_checkpoint_inspect(info, str(path).encode())
-    if st != 0:
-        raise UpcycleError(st, C.lib.moe_last_error().decode())
-    return info
-
-
-def ctypes_sizeof(x):
-    import ctypes
-    return ctypes.sizeof(x)

@@ -6,7 +6,8 @@ import struct
 import numpy as np
 import pytest
 
-from models import UpcycleError, dense_weights, inspect, upcycle, write_hf
+from abi import LibError, inspect, params, raises, result, upcycle
+from models import dense_weights, write_hf
 from moeupcycle import _capi as C
 
 
@@ -17,19 +18,12 @@ def dense(tmp_path):
     return src
 
 
-def expect(code, fragment, fn, *args, **kw):
-    with pytest.raises(UpcycleError) as e:
-        fn(*args, **kw)
-    assert e.value.code == code, e.value.message
-    assert fragment in e.value.message, e.value.message
-    return e.value.message
-
-
 def test_version_and_status_strings():
-    assert C.lib.moe_version_number() == 100
-    assert C.lib.moe_version_string() == b"0.1.0"
+    assert C.lib.moe_version_number() == 200 == C.MOE_VERSION_NUMBER
+    assert C.lib.moe_version_string() == b"0.2.0" == C.MOE_VERSION_STRING.encode()
     assert C.lib.moe_status_string(C.MOE_OK) == b"ok"
     assert C.lib.moe_status_string(C.MOE_ERR_FORMAT) == b"malformed file"
+    assert C.lib.moe_status_string(C.MOE_ERR_NUMERIC) not in (b"unknown status", b"")
     assert C.lib.moe_status_string(12345) == b"unknown status"
     assert C.lib.moe_last_error() is not None
 
@@ -43,18 +37,17 @@ def test_null_pointers():
     assert b"path is NULL" in C.lib.moe_last_error()
     assert C.lib.moe_upcycle(None, None, b"out", None) == C.MOE_ERR_NULL_POINTER
     assert b"input_path" in C.lib.moe_last_error()
-    C.lib.moe_upcycle_params_init(None)  # ignored, no crash
+    assert C.lib.moe_upcycle_params_init(None, ctypes.sizeof(C.moe_upcycle_params)) == C.MOE_ERR_NULL_POINTER
+    assert b"params is NULL" in C.lib.moe_last_error()
 
 
 def test_struct_size_checked(dense, tmp_path):
     info = C.moe_checkpoint_info()
     info.struct_size = 0
     assert C.lib.moe_checkpoint_inspect(info, str(dense).encode()) == C.MOE_ERR_INVALID_ARGUMENT
-    p = C.moe_upcycle_params()
-    C.lib.moe_upcycle_params_init(p)
+    p = params(C.moe_upcycle_params)
     p.struct_size = 8
-    r = C.moe_upcycle_result()
-    r.struct_size = ctypes.sizeof(r)
+    r = result(C.moe_upcycle_result)
     assert C.lib.moe_upcycle(r, str(dense).encode(), str(tmp_path / "o").encode(), p) == C.MOE_ERR_INVALID_ARGUMENT
     assert b"struct_size" in C.lib.moe_last_error()
 
@@ -66,29 +59,29 @@ def test_null_params_means_defaults(dense, tmp_path):
 
 
 def test_missing_input(tmp_path):
-    expect(C.MOE_ERR_NOT_FOUND, "does not exist", inspect, tmp_path / "nope")
+    raises(C.MOE_ERR_NOT_FOUND, "does not exist", inspect, tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    expect(C.MOE_ERR_NOT_FOUND, "config.json", inspect, tmp_path / "empty")
+    raises(C.MOE_ERR_NOT_FOUND, "config.json", inspect, tmp_path / "empty")
 
 
 def test_output_exists_refused_then_forced(dense, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
-    expect(C.MOE_ERR_EXISTS, "already exists", upcycle, dense, out)
+    raises(C.MOE_ERR_EXISTS, "already exists", upcycle, dense, out)
     assert (out / "keep.txt").read_text() == "user data"
     upcycle(dense, out, force=1)
     assert not (out / "keep.txt").exists() and (out / "config.json").exists()
 
 
 def test_force_never_replaces_the_input(dense):
-    expect(C.MOE_ERR_INVALID_ARGUMENT, "is or contains the input", upcycle, dense, dense, force=1)
+    raises(C.MOE_ERR_INVALID_ARGUMENT, "is or contains the input", upcycle, dense, dense, force=1)
     assert (dense / "model.safetensors").exists()
-    expect(C.MOE_ERR_INVALID_ARGUMENT, "is or contains the input", upcycle, dense, dense.parent, force=1)
+    raises(C.MOE_ERR_INVALID_ARGUMENT, "is or contains the input", upcycle, dense, dense.parent, force=1)
 
 
 def test_output_parent_missing(dense, tmp_path):
-    expect(C.MOE_ERR_NOT_FOUND, "parent directory", upcycle, dense, tmp_path / "a" / "b")
+    raises(C.MOE_ERR_NOT_FOUND, "parent directory", upcycle, dense, tmp_path / "a" / "b")
 
 
 @pytest.mark.parametrize("kw,fragment", [
@@ -108,12 +101,18 @@ def test_output_parent_missing(dense, tmp_path):
     (dict(layers="abc"), "not a layer index"),
     (dict(format="qwen2-moe", layers="9"), "out of range"),
     (dict(method=17), "params->method has invalid value 17"),
-    (dict(dtype=9), "params->dtype"),
+    (dict(granular_scaling=3), "params->granular_scaling has invalid value 3"),
+    pytest.param(dict(dtype=9), "params->dtype has invalid value 9", marks=pytest.mark.xfail(
+        strict=True, reason="the library answers an undefined output dtype with MOE_ERR_UNSUPPORTED")),
+    pytest.param(dict(routing=5), "params->routing has invalid value 5", marks=pytest.mark.xfail(
+        strict=True, reason="the library answers an undefined routing with MOE_ERR_UNSUPPORTED")),
     (dict(router_std=-1.0), "router std"),
     (dict(max_shard_bytes=10), "max shard size"),
+    (dict(aux_loss_coef=-1.0), "params->aux_loss_coef must be finite and >= 0"),
+    (dict(aux_loss_coef=float("inf")), "params->aux_loss_coef must be finite and >= 0"),
 ])
 def test_invalid_parameters(dense, tmp_path, kw, fragment):
-    expect(C.MOE_ERR_INVALID_ARGUMENT, fragment, upcycle, dense, tmp_path / "o", **kw)
+    raises(C.MOE_ERR_INVALID_ARGUMENT, fragment, upcycle, dense, tmp_path / "o", **kw)
     assert not (tmp_path / "o").exists()
 
 
@@ -121,14 +120,17 @@ def test_invalid_parameters(dense, tmp_path, kw, fragment):
     (dict(layers="0"), "mixtral format makes every layer MoE"),
     (dict(shared_expert=1), "no shared expert"),
     (dict(routing="softmax-topk"), "renormalizes"),
+    (dict(routing="sigmoid-topk"), "for MoE layers only"),
+    (dict(dtype="q8_0"), "q8_0 is not an output dtype"),
+    (dict(dtype="q4_1"), "q4_1 is not an output dtype"),
 ])
 def test_unsupported_combinations(dense, tmp_path, kw, fragment):
-    expect(C.MOE_ERR_UNSUPPORTED, fragment, upcycle, dense, tmp_path / "o", **kw)
+    raises(C.MOE_ERR_UNSUPPORTED, fragment, upcycle, dense, tmp_path / "o", **kw)
 
 
 def test_moe_input_refused(dense, tmp_path):
     upcycle(dense, tmp_path / "moe")
-    expect(C.MOE_ERR_UNSUPPORTED, "already an MoE checkpoint", upcycle, tmp_path / "moe", tmp_path / "again")
+    raises(C.MOE_ERR_UNSUPPORTED, "already an MoE checkpoint", upcycle, tmp_path / "moe", tmp_path / "again")
 
 
 def _header(path):
@@ -148,30 +150,30 @@ def test_corrupt_safetensors(dense):
     data = raw[8 + n:]
     # Truncated data.
     f.write_bytes(raw[:-10])
-    expect(C.MOE_ERR_FORMAT, "out of range", inspect, dense)
+    raises(C.MOE_ERR_FORMAT, "out of range", inspect, dense)
     # Truncated header.
     f.write_bytes(raw[:8 + n // 2])
-    expect(C.MOE_ERR_FORMAT, "truncated", inspect, dense)
+    raises(C.MOE_ERR_FORMAT, "truncated", inspect, dense)
     # Absurd header length.
     f.write_bytes(struct.pack("<Q", 1 << 40) + raw[8:])
-    expect(C.MOE_ERR_FORMAT, "100 MB", inspect, dense)
+    raises(C.MOE_ERR_FORMAT, "100 MB", inspect, dense)
     # Trailing garbage.
     f.write_bytes(raw + b"xxxxxxxx")
-    expect(C.MOE_ERR_FORMAT, "trailing", inspect, dense)
+    raises(C.MOE_ERR_FORMAT, "trailing", inspect, dense)
     # Not JSON.
     f.write_bytes(struct.pack("<Q", 4) + b"{abc" + data)
-    expect(C.MOE_ERR_FORMAT, "invalid JSON", inspect, dense)
+    raises(C.MOE_ERR_FORMAT, "invalid JSON", inspect, dense)
     # Unsupported dtype.
     h2 = dict(header)
     name = "model.norm.weight"
     h2[name] = dict(h2[name], dtype="I64")
     _rewrite(f, h2, data)
-    expect(C.MOE_ERR_UNSUPPORTED, "I64", inspect, dense)
+    raises(C.MOE_ERR_UNSUPPORTED, "I64", inspect, dense)
     # Size does not match the shape.
     h3 = dict(header)
     h3[name] = dict(h3[name], shape=[7])
     _rewrite(f, h3, data)
-    expect(C.MOE_ERR_FORMAT, name, inspect, dense)
+    raises(C.MOE_ERR_FORMAT, name, inspect, dense)
 
 
 def test_missing_tensor_and_wrong_shape(tmp_path):
@@ -180,25 +182,25 @@ def test_missing_tensor_and_wrong_shape(tmp_path):
     del w["model.layers.1.mlp.up_proj.weight"]
     src = tmp_path / "a"
     write_hf(src, w)
-    expect(C.MOE_ERR_NOT_FOUND, "model.layers.1.mlp.up_proj.weight", inspect, src)
+    raises(C.MOE_ERR_NOT_FOUND, "model.layers.1.mlp.up_proj.weight", inspect, src)
     w = dense_weights(rng)
     w["model.layers.0.self_attn.k_proj.weight"] = w["model.layers.0.self_attn.k_proj.weight"][:8]
     src = tmp_path / "b"
     write_hf(src, w)
-    expect(C.MOE_ERR_SHAPE, "k_proj", inspect, src)
+    raises(C.MOE_ERR_SHAPE, "k_proj", inspect, src)
 
 
 def test_unsupported_architecture(dense):
     cfg = json.loads((dense / "config.json").read_text())
     cfg["model_type"] = "gpt2"
     (dense / "config.json").write_text(json.dumps(cfg))
-    expect(C.MOE_ERR_UNSUPPORTED, "gpt2", inspect, dense)
+    raises(C.MOE_ERR_UNSUPPORTED, "gpt2", inspect, dense)
     cfg["model_type"] = "llama"
     cfg["hidden_act"] = "gelu"
     (dense / "config.json").write_text(json.dumps(cfg))
-    expect(C.MOE_ERR_UNSUPPORTED, "gelu", inspect, dense)
+    raises(C.MOE_ERR_UNSUPPORTED, "gelu", inspect, dense)
     (dense / "config.json").write_text("{not json")
-    expect(C.MOE_ERR_FORMAT, "config.json", inspect, dense)
+    raises(C.MOE_ERR_FORMAT, "config.json", inspect, dense)
 
 
 def test_errors_are_per_thread(tmp_path):
@@ -209,7 +211,7 @@ def test_errors_are_per_thread(tmp_path):
         inspect_status = None
         try:
             inspect(tmp_path / name)
-        except UpcycleError as e:
+        except LibError as e:
             inspect_status = e.message
         seen[name] = (inspect_status, C.lib.moe_last_error())
 
@@ -231,4 +233,4 @@ def test_duplicate_tensor_name_in_header(dense):
     # Same name twice, the second entry covering the first entry's bytes again.
     text = json.dumps(header)[:-1] + ", " + json.dumps(name) + ": " + json.dumps(e) + "}"
     f.write_bytes(struct.pack("<Q", len(text)) + text.encode() + data)
-    expect(C.MOE_ERR_FORMAT, "appears twice", inspect, dense)
+    raises(C.MOE_ERR_FORMAT, "appears twice", inspect, dense)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from gguf_models import permute, unpermute, write_llama_gguf
-from models import UpcycleError, dense_weights, inspect, read_safetensors_dir, upcycle
+from abi import LibError, inspect, upcycle
+from models import dense_weights, read_safetensors_dir
 from reference import forward
 from moeupcycle import _capi as C
 
@@ -79,11 +80,11 @@ def test_truncated_gguf_is_a_format_error(tmp_path):
     for cut in [3, 20, len(data) // 3, len(data) - 100]:
         bad = tmp_path / f"cut{cut}.gguf"
         bad.write_bytes(data[:cut])
-        with pytest.raises(UpcycleError) as e:
+        with pytest.raises(LibError) as e:
             inspect(bad)
         assert e.value.code == C.MOE_ERR_FORMAT, (cut, e.value.message)
     garbage = tmp_path / "bad.gguf"
     garbage.write_bytes(b"GGML" + data[4:])
-    with pytest.raises(UpcycleError) as e:
+    with pytest.raises(LibError) as e:
         inspect(garbage)
     assert e.value.code == C.MOE_ERR_FORMAT and "magic" in e.value.message

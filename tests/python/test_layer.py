@@ -10,13 +10,11 @@ import numpy as np
 import pytest
 
 import layer_reference as ref
-from models import bf16_round, dense_weights, read_safetensors_dir, to_bf16_bytes, upcycle, write_hf
+from abi import (WEIGHT_IDS, Layer, Runtime, check, expect, fptr, last_error, layer_config, params, result,
+                 upcycle)
+from models import bf16_round, dense_weights, read_safetensors_dir, to_bf16_bytes, write_hf
 from moeupcycle import _capi as C
 
-WEIGHT_IDS = {"router": C.MOE_WEIGHT_ROUTER, "gate": C.MOE_WEIGHT_GATE, "up": C.MOE_WEIGHT_UP,
-              "down": C.MOE_WEIGHT_DOWN, "shared_gate": C.MOE_WEIGHT_SHARED_GATE,
-              "shared_up": C.MOE_WEIGHT_SHARED_UP, "shared_down": C.MOE_WEIGHT_SHARED_DOWN,
-              "shared_expert_gate": C.MOE_WEIGHT_SHARED_EXPERT_GATE}
 ROUTINGS = [C.MOE_ROUTING_SOFTMAX_TOPK_RENORM, C.MOE_ROUTING_SOFTMAX_TOPK, C.MOE_ROUTING_TOPK_SOFTMAX,
             C.MOE_ROUTING_SIGMOID_TOPK, C.MOE_ROUTING_SIGMOID_TOPK_RENORM]
 PLACEMENTS_ = {"row-slice": C.MOE_PLACEMENT_ROW_SLICE, "expert": C.MOE_PLACEMENT_EXPERT,
@@ -27,156 +25,9 @@ ROUTING_NAMES = ["softmax-topk-renorm", "softmax-topk", "topk-softmax", "sigmoid
 # --------------------------------------------------------------------------- helpers
 
 
-def fptr(a):
-    if a is None:
-        return None
-    assert a.dtype == np.float32 and a.flags.c_contiguous
-    return a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-
-
-def last_error() -> str:
-    return C.lib.moe_last_error().decode()
-
-
-class LayerError(Exception):
-    def __init__(self, code, msg):
-        super().__init__(f"{code}: {msg}")
-        self.code = code
-
-
-def check(st):
-    if st != C.MOE_OK:
-        raise LayerError(st, last_error())
-
-
-class Runtime:
-    def __init__(self, threads=2, placement=None, synthetic=None, pin=None):
-        p = C.moe_runtime_params()
-        C.lib.moe_runtime_params_init(p)
-        p.threads = threads
-        if placement is not None:
-            p.placement = placement
-        if pin is not None:
-            p.pin = pin
-        self._synthetic = synthetic.encode() if synthetic else None
-        p.topology_synthetic = self._synthetic
-        h = ctypes.c_void_p()
-        check(C.lib.moe_runtime_create(ctypes.byref(h), p))
-        self.h = h
-
-    def info(self):
-        i = C.moe_runtime_info()
-        i.struct_size = ctypes.sizeof(i)
-        check(C.lib.moe_runtime_get_info(i, self.h))
-        return i
-
-    def describe(self, cfg=None, fmt=C.MOE_TEXT_JSON):
-        needed = ctypes.c_size_t(0)
-        st = C.lib.moe_runtime_describe(self.h, cfg, fmt, None, 0, ctypes.byref(needed))
-        assert st == C.MOE_ERR_BUFFER_TOO_SMALL, (st, last_error())
-        buf = ctypes.create_string_buffer(needed.value)
-        check(C.lib.moe_runtime_describe(self.h, cfg, fmt, buf, needed.value, ctypes.byref(needed)))
-        return buf.value.decode()
-
-    def close(self):
-        if self.h:
-            C.lib.moe_runtime_free(self.h)
-            self.h = None
-
-
-def make_config(hidden, ffn, experts, top_k, **kw):
-    c = C.moe_layer_config()
-    C.lib.moe_layer_config_init(c)
-    c.hidden, c.ffn, c.experts, c.top_k = hidden, ffn, experts, top_k
-    for k, v in kw.items():
-        if not hasattr(c, k):
-            raise AttributeError(k)
-        setattr(c, k, v)
-    return c
-
-
-class Layer:
-    def __init__(self, rt: Runtime, handle=None, **cfg):
-        self.rt = rt
-        self._keep = []
-        if handle is None:
-            self.config = make_config(**cfg)
-            h = ctypes.c_void_p()
-            check(C.lib.moe_layer_create(ctypes.byref(h), rt.h, self.config))
-            handle = h
-        self.h = handle
-        c = C.moe_layer_config()
-        c.struct_size = ctypes.sizeof(c)
-        check(C.lib.moe_layer_get_config(c, self.h))
-        self.config = c
-        self.H, self.E = c.hidden, c.experts
-
-    def close(self):
-        if self.h:
-            C.lib.moe_layer_free(self.h)
-            self.h = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        self.close()
-
-    def count(self, name, expert=-1):
-        n = ctypes.c_size_t()
-        check(C.lib.moe_layer_weight_count(ctypes.byref(n), self.h, WEIGHT_IDS[name], expert))
-        return n.value
-
-    def set(self, name, a, expert=-1):
-        a = np.ascontiguousarray(a, np.float32)
-        check(C.lib.moe_layer_set_weight(self.h, WEIGHT_IDS[name], expert, fptr(a), a.size))
-
-    def set_all(self, W):
-        for k, v in W.items():
-            self.set(k, v)
-
-    def get(self, name, expert=-1):
-        n = self.count(name, expert)
-        out = np.zeros(n, np.float32)
-        check(C.lib.moe_layer_get_weight(self.h, WEIGHT_IDS[name], expert, fptr(out), n))
-        return out
-
-    def grad(self, name, expert=-1):
-        n = self.count(name, expert)
-        out = np.full(n, np.nan, np.float32)
-        check(C.lib.moe_layer_get_grad(self.h, WEIGHT_IDS[name], expert, fptr(out), n))
-        return out
-
-    def grads(self, names):
-        return {k: self.grad(k) for k in names}
-
-    def forward(self, x, flags=0):
-        x = np.ascontiguousarray(x, np.float32)
-        T = x.shape[0]
-        out = np.full((T, self.H), np.nan, np.float32)
-        check(C.lib.moe_layer_forward(self.h, fptr(x) if T else None, T, fptr(out) if T else None, flags))
-        return out
-
-    def backward(self, dout):
-        dout = np.ascontiguousarray(dout, np.float32)
-        dx = np.full(dout.shape, np.nan, np.float32)
-        if dout.size == 0:
-            dout = np.zeros(1, np.float32)
-            dx = np.zeros(1, np.float32)
-        check(C.lib.moe_layer_backward(self.h, fptr(dout), fptr(dx)))
-        return dx
-
-    def stats(self):
-        s = C.moe_layer_stats()
-        s.struct_size = ctypes.sizeof(s)
-        tpe = (ctypes.c_uint64 * self.E)()
-        check(C.lib.moe_layer_get_stats(s, self.h, tpe, self.E))
-        return s, np.array(list(tpe), dtype=np.int64)
-
-    def routing(self, T):
-        out = np.full(max(T * self.E, 1), np.nan, np.float32)
-        check(C.lib.moe_layer_get_routing(self.h, fptr(out), T * self.E))
-        return out[:T * self.E].reshape(T, self.E)
+def dims(H, F, E, shared=0):
+    """The shape fields of moe_layer_config: width H, routed expert size F, E experts, shared expert size."""
+    return dict(hidden_size=H, moe_intermediate_size=F, num_experts=E, shared_expert_intermediate_size=shared)
 
 
 @pytest.fixture(scope="module")
@@ -186,10 +37,10 @@ def rt():
     r.close()
 
 
-def ref_config(top_k, routing=0, capacity_factor=0.0, expert_choice=False, balance_loss_coef=0.01,
+def ref_config(top_k, routing=0, capacity_factor=0.0, expert_choice=False, aux_loss_coef=0.01,
                z_loss_coef=0.001, **_):
     return ref.Config(top_k=top_k, routing=routing, capacity_factor=float(np.float32(capacity_factor)),
-                      expert_choice=bool(expert_choice), balance_coef=float(np.float32(balance_loss_coef)),
+                      expert_choice=bool(expert_choice), balance_coef=float(np.float32(aux_loss_coef)),
                       z_coef=float(np.float32(z_loss_coef)))
 
 
@@ -209,8 +60,8 @@ def run_case(rt, W, x, cfg, *, check_margin=True, flags=0):
     """Creates a layer, runs forward, compares forward, routing and stats with the reference."""
     H = x.shape[1]
     E, F = W["gate"].shape[:2]
-    shared_ffn = W["shared_gate"].shape[0] if "shared_gate" in W else 0
-    layer = Layer(rt, hidden=H, ffn=F, experts=E, shared_ffn=shared_ffn, **cfg)
+    shared = W["shared_gate"].shape[0] if "shared_gate" in W else 0
+    layer = Layer(rt, **dims(H, F, E, shared), **cfg)
     layer.set_all(W)
     rc = ref_config(**cfg)
     r = ref.forward(x, W, rc)
@@ -228,7 +79,7 @@ def compare_forward(layer, r, out, T, what=""):
     assert list(tpe) == list(r.tokens_per_expert), (list(tpe), list(r.tokens_per_expert))
     assert s.assignments == r.assignments
     assert s.dropped == r.plan.dropped
-    assert s.balance_loss == pytest.approx(r.balance_loss, rel=1e-4, abs=1e-6), "balance_loss"
+    assert s.aux_loss == pytest.approx(r.balance_loss, rel=1e-4, abs=1e-6), "aux_loss"
     assert s.z_loss == pytest.approx(r.z_loss, rel=1e-4, abs=1e-6), "z_loss"
 
 
@@ -395,7 +246,7 @@ def test_backward_matches_reference(rt, name, zero_dout):
     shared = case.pop("shared", 0)
     T, H, F, E = 48, 32, 40, 5
     rng, W, x = data(400 + len(name), T, H, E, F, shared_ffn=shared)
-    cfg = dict(balance_loss_coef=0.5, z_loss_coef=0.1, **case)
+    cfg = dict(aux_loss_coef=0.5, z_loss_coef=0.1, **case)
     layer, r, rc, out = run_case(rt, W, x, cfg, flags=C.MOE_FORWARD_SAVE)
     with layer:
         compare_forward(layer, r, out, T, what=name)
@@ -411,7 +262,7 @@ def test_backward_matches_reference(rt, name, zero_dout):
 def test_backward_accumulates_and_zero_grad(rt):
     T, H, F, E = 20, 32, 40, 4
     rng, W, x = data(5, T, H, E, F, shared_ffn=16)
-    layer, r, rc, out = run_case(rt, W, x, dict(top_k=2, routing=0, balance_loss_coef=0.2, z_loss_coef=0.1),
+    layer, r, rc, out = run_case(rt, W, x, dict(top_k=2, routing=0, aux_loss_coef=0.2, z_loss_coef=0.1),
                                  flags=C.MOE_FORWARD_SAVE)
     with layer:
         dout = rng.standard_normal((T, H)).astype(np.float32)
@@ -447,7 +298,7 @@ def library_fd_check(layer, x, R, cb, cz, names, rng, *, n_entries=5, eps=1e-2, 
             check(C.lib.moe_layer_set_noise_step(layer.h, noise_step))
         out = layer.forward(xx, fl)
         s, _ = layer.stats()
-        L = float((out.astype(np.float64) * R).sum()) + cb * s.balance_loss + cz * s.z_loss
+        L = float((out.astype(np.float64) * R).sum()) + cb * s.aux_loss + cz * s.z_loss
         return L, layer.routing(T) != 0
 
     _, pattern = fwd(x, flags | C.MOE_FORWARD_SAVE)
@@ -516,8 +367,7 @@ def test_library_finite_differences(rt, name, aux_only):
     T, H, F, E = 12, 16, 24, 4
     rng, W, x = data(500 + len(name), T, H, E, F, shared_ffn=shared, router_scale=3.0)
     cb, cz = (0.5, 0.2) if aux_only else (0.05, 0.02)
-    with Layer(rt, hidden=H, ffn=F, experts=E, shared_ffn=shared, balance_loss_coef=cb, z_loss_coef=cz,
-               **case) as layer:
+    with Layer(rt, **dims(H, F, E, shared), aux_loss_coef=cb, z_loss_coef=cz, **case) as layer:
         layer.set_all(W)
         R = np.zeros((T, H)) if aux_only else rng.standard_normal((T, H))
         names = ["router"] if aux_only else list(W)
@@ -536,7 +386,7 @@ def test_one_dominant_expert(request, k, on):
     x[:, 0] = 4.0
     W["router"][:, 0] = -1.0
     W["router"][3, 0] = 3.0  # expert 3 wins every token by a wide margin
-    cfg = dict(top_k=k, routing=0, balance_loss_coef=0.1, z_loss_coef=0.01)
+    cfg = dict(top_k=k, routing=0, aux_loss_coef=0.1, z_loss_coef=0.01)
     layer, r, rc, out = run_case(rt, W, x, cfg, flags=C.MOE_FORWARD_SAVE)
     with layer:
         assert r.plan.selected[:, 3].all()
@@ -556,14 +406,16 @@ def test_one_dominant_expert(request, k, on):
 def test_zero_tokens(rt):
     H, F, E = 32, 40, 4
     _, W, _ = data(12, 0, H, E, F, shared_ffn=8)
-    with Layer(rt, hidden=H, ffn=F, experts=E, top_k=2, shared_ffn=8) as layer:
+    with Layer(rt, **dims(H, F, E, 8), top_k=2) as layer:
         layer.set_all(W)
         check(C.lib.moe_layer_forward(layer.h, None, 0, None, 0))
         s, tpe = layer.stats()
         assert (s.tokens, s.assignments, s.dropped) == (0, 0, 0) and not tpe.any()
-        assert s.balance_loss == 0 and s.z_loss == 0
+        assert s.aux_loss == 0 and s.z_loss == 0
         out = np.zeros(1, np.float32)
-        check(C.lib.moe_layer_get_routing(layer.h, fptr(out), 0))
+        needed = ctypes.c_size_t(7)
+        check(C.lib.moe_layer_get_routing(layer.h, fptr(out), 0, ctypes.byref(needed)))
+        assert needed.value == 0
         check(C.lib.moe_layer_forward(layer.h, None, 0, None, C.MOE_FORWARD_SAVE))
         layer.backward(np.zeros((0, H), np.float32))
         for k in WEIGHT_IDS:
@@ -622,7 +474,7 @@ def test_deterministic_and_thread_count_independent(rt):
     T, H, F, E = 96, 32, 48, 6
     rng, W, x = data(15, T, H, E, F, shared_ffn=16)
     dout = rng.standard_normal((T, H)).astype(np.float32)
-    cfg = dict(hidden=H, ffn=F, experts=E, top_k=2, shared_ffn=16)
+    cfg = dict(dims(H, F, E, 16), top_k=2)
     with Layer(rt, **cfg) as a:
         a.set_all(W)
         o1, d1, g1 = run_fwd_bwd(a, x, dout)
@@ -653,8 +505,8 @@ def test_deterministic_and_thread_count_independent(rt):
 
 
 def test_init_random_is_deterministic(rt):
-    with Layer(rt, hidden=16, ffn=24, experts=4, top_k=2, shared_ffn=8) as a, \
-            Layer(rt, hidden=16, ffn=24, experts=4, top_k=2, shared_ffn=8,
+    with Layer(rt, **dims(16, 24, 4, 8), top_k=2) as a, \
+            Layer(rt, **dims(16, 24, 4, 8), top_k=2,
                   placement=C.MOE_PLACEMENT_EXPERT) as b:
         check(C.lib.moe_layer_init_random(a.h, 42, 0.5))
         check(C.lib.moe_layer_init_random(b.h, 42, 0.5))
@@ -671,7 +523,7 @@ def test_init_random_is_deterministic(rt):
 def test_bf16_storage(rt):
     T, H, F, E = 33, 32, 40, 4
     rng, W, x = data(16, T, H, E, F, shared_ffn=16)
-    with Layer(rt, hidden=H, ffn=F, experts=E, top_k=2, shared_ffn=16, storage=C.MOE_DTYPE_BF16) as layer:
+    with Layer(rt, **dims(H, F, E, 16), top_k=2, storage=C.MOE_DTYPE_BF16) as layer:
         layer.set_all(W)
         Wr = dict(W)
         # "Compute is f32; the router and the shared-expert gate stay f32": every other weight is bf16.
@@ -692,7 +544,7 @@ def test_bf16_rounds_to_nearest_even(rt):
     # 1 + 3*2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: goes to 1 + 2^-6.
     vals = np.array([1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -20, -(1 + 2 ** -8)], np.float32)
     want = np.array([1.0, 1 + 2 ** -6, 1 + 2 ** -7, -1.0], np.float32)
-    with Layer(rt, hidden=4, ffn=1, experts=1, top_k=1, storage=C.MOE_DTYPE_BF16) as layer:
+    with Layer(rt, **dims(4, 1, 1), top_k=1, storage=C.MOE_DTYPE_BF16) as layer:
         layer.set("gate", vals)
         assert layer.get("gate").tolist() == want.tolist()
 
@@ -702,7 +554,7 @@ def test_borrowed_experts(rt, dtype):
     T, H, F, E = 40, 32, 40, 4
     rng, W, x = data(17, T, H, E, F, shared_ffn=16)
     storage = C.MOE_DTYPE_F32 if dtype == "f32" else C.MOE_DTYPE_BF16
-    cfg = dict(hidden=H, ffn=F, experts=E, top_k=2, shared_ffn=16, storage=storage)
+    cfg = dict(dims(H, F, E, 16), top_k=2, storage=storage)
     dout = rng.standard_normal((T, H)).astype(np.float32)
     with Layer(rt, **cfg) as owned:
         owned.set_all(W)
@@ -742,7 +594,7 @@ def test_borrowing_releases_owned_expert_memory(rt):
     """Without a shared expert, borrowing leaves no owned expert memory behind."""
     T, H, F, E = 24, 32, 40, 4
     rng, W, x = data(23, T, H, E, F)
-    with Layer(rt, hidden=H, ffn=F, experts=E, top_k=2) as layer:
+    with Layer(rt, **dims(H, F, E), top_k=2) as layer:
         layer.set_all(W)
         expected = layer.forward(x)
         assert layer.stats()[0].weight_bytes == 4 * 3 * H * E * F
@@ -763,7 +615,7 @@ def test_odd_shapes(rt, routing, storage):
     if storage == C.MOE_DTYPE_BF16:
         for k in ("gate", "up", "down", "shared_gate", "shared_up", "shared_down"):
             W[k] = bf16_round(W[k])
-    cfg = dict(top_k=2, routing=routing, storage=storage, balance_loss_coef=0.1, z_loss_coef=0.01)
+    cfg = dict(top_k=2, routing=routing, storage=storage, aux_loss_coef=0.1, z_loss_coef=0.01)
     layer, r, rc, out = run_case(rt, W, x, cfg, flags=C.MOE_FORWARD_SAVE)
     with layer:
         compare_forward(layer, r, out, T, what="odd shapes")
@@ -773,7 +625,7 @@ def test_odd_shapes(rt, routing, storage):
 def test_set_weight_per_expert(rt):
     T, H, F, E = 20, 16, 24, 3
     rng, W, x = data(22, T, H, E, F, shared_ffn=8)
-    with Layer(rt, hidden=H, ffn=F, experts=E, top_k=2, shared_ffn=8) as layer:
+    with Layer(rt, **dims(H, F, E, 8), top_k=2) as layer:
         for k, v in W.items():
             if k in ("gate", "up", "down"):
                 for e in range(E):
@@ -801,7 +653,7 @@ def test_stats_memory():
             runtime = runtime or Runtime(threads=2)
             for storage, b in ((C.MOE_DTYPE_F32, 4), (C.MOE_DTYPE_BF16, 2)):
                 for pl in PLACEMENTS.values():
-                    with Layer(runtime, hidden=H, ffn=F, experts=E, top_k=2, shared_ffn=Fs, storage=storage,
+                    with Layer(runtime, **dims(H, F, E, Fs), top_k=2, storage=storage,
                                placement=pl) as layer:
                         check(C.lib.moe_layer_forward(layer.h, None, 0, None, 0))
                         s, _ = layer.stats()
@@ -819,7 +671,7 @@ def test_f32_layer_borrows_bf16(rt):
     T, H, F, E = 30, 32, 40, 4
     rng, W, x = data(23, T, H, E, F, shared_ffn=16)
     arrays = [np.ascontiguousarray(to_bf16_bytes(W[k])) for k in ("gate", "up", "down")]
-    with Layer(rt, hidden=H, ffn=F, experts=E, top_k=2, shared_ffn=16) as layer:
+    with Layer(rt, **dims(H, F, E, 16), top_k=2) as layer:
         layer.set_all(W)
         layer._keep = arrays
         check(C.lib.moe_layer_borrow_experts(layer.h, C.MOE_DTYPE_BF16, *(a.ctypes.data for a in arrays)))
@@ -840,7 +692,7 @@ def test_bf16_special_values(rt):
                      0x000116C2, 0x800116C2, 0x00000001, 0x00008000, 0x00018000,  # subnormals, ties
                      0x00000000, 0x80000000], np.uint32)
     vals = bits.view(np.float32)
-    with Layer(rt, hidden=len(vals), ffn=1, experts=1, top_k=1, storage=C.MOE_DTYPE_BF16) as layer:
+    with Layer(rt, **dims(len(vals), 1, 1), top_k=1, storage=C.MOE_DTYPE_BF16) as layer:
         layer.set("gate", vals)
         got = layer.get("gate")
     gb = got.view(np.uint32)
@@ -859,7 +711,7 @@ def test_large_logits_are_stable(rt, routing, expert_choice):
     """Router logits of several hundred: softmax and logsumexp must not overflow in f32."""
     T, H, F, E = 40, 16, 16, 4
     rng, W, x = data(31, T, H, E, F, router_scale=200.0)
-    cfg = dict(top_k=2, routing=routing, expert_choice=expert_choice, balance_loss_coef=0.1, z_loss_coef=0.01)
+    cfg = dict(top_k=2, routing=routing, expert_choice=expert_choice, aux_loss_coef=0.1, z_loss_coef=0.01)
     layer, r, rc, out = run_case(rt, W, x, cfg, flags=C.MOE_FORWARD_SAVE)
     with layer:
         assert np.abs(r.cache["logits"]).max() > 200
@@ -944,15 +796,14 @@ def test_runtime_defaults(tmp_path):
 
 def test_runtime_unreadable_or_missing_xml(tmp_path):
     """moe_runtime_create: MOE_ERR_IO for a malformed topology XML, MOE_ERR_NOT_FOUND for a missing one."""
-    p = C.moe_runtime_params()
-    C.lib.moe_runtime_params_init(p)
+    p = params(C.moe_runtime_params)
     h = ctypes.c_void_p()
     path = str(tmp_path / "missing.xml").encode()
     p.topology_xml = path
     bad = tmp_path / "bad.xml"
     bad.write_text("not xml <<")
     p.topology_xml = str(bad).encode()
-    expect_err(C.MOE_ERR_IO, "bad.xml", C.lib.moe_runtime_create(ctypes.byref(h), p))
+    expect(C.lib.moe_runtime_create(ctypes.byref(h), p), C.MOE_ERR_IO, "bad.xml")
     p.topology_xml = path
     st = C.lib.moe_runtime_create(ctypes.byref(h), p)
     assert "missing.xml" in last_error()
@@ -976,7 +827,7 @@ PLACEMENTS = PLACEMENTS_
 def test_placement_forward_backward(rt2, placement, F):
     T, H, E = 57, 32, 4
     rng, W, x = data(18 + F, T, H, E, F, shared_ffn=24)
-    cfg = dict(top_k=2, routing=0, placement=PLACEMENTS[placement], balance_loss_coef=0.2, z_loss_coef=0.05)
+    cfg = dict(top_k=2, routing=0, placement=PLACEMENTS[placement], aux_loss_coef=0.2, z_loss_coef=0.05)
     layer, r, rc, out = run_case(rt2, W, x, cfg, flags=C.MOE_FORWARD_SAVE)
     with layer:
         assert layer.config.placement == PLACEMENTS[placement]
@@ -991,7 +842,7 @@ def test_placement_forward_backward(rt2, placement, F):
 def test_placement_default_comes_from_runtime():
     r = Runtime(threads=4, synthetic=SYNTHETIC, placement=C.MOE_PLACEMENT_EXPERT)
     try:
-        with Layer(r, hidden=8, ffn=8, experts=2, top_k=1) as layer:
+        with Layer(r, **dims(8, 8, 2), top_k=1) as layer:
             assert layer.config.placement == C.MOE_PLACEMENT_EXPERT
     finally:
         r.close()
@@ -1001,7 +852,7 @@ def test_placement_default_comes_from_runtime():
 @pytest.mark.parametrize("placement", list(PLACEMENTS))
 def test_describe_json_plan(rt2, placement, shared):
     E, F = 4, 64
-    cfg = make_config(32, F, E, 2, placement=PLACEMENTS[placement], shared_ffn=shared)
+    cfg = layer_config(32, F, E, 2, placement=PLACEMENTS[placement], shared_expert_intermediate_size=shared)
     j = json.loads(rt2.describe(cfg))
     assert j["layer"]["hidden"] == 32 and j["layer"]["ffn"] == F and j["layer"]["shared_ffn"] == shared
     assert len(j["nodes"]) == 2
@@ -1032,21 +883,21 @@ def test_describe_json_plan(rt2, placement, shared):
 
 def test_describe_buffer_too_small(rt2):
     needed = ctypes.c_size_t(0)
-    assert C.lib.moe_runtime_describe(rt2.h, None, C.MOE_TEXT_JSON, None, 0, ctypes.byref(needed)) == \
-        C.MOE_ERR_BUFFER_TOO_SMALL
+    assert C.lib.moe_runtime_describe(rt2.h, None, C.MOE_TEXT_JSON, None, 0, ctypes.byref(needed)) == C.MOE_OK
     n = needed.value
     assert n > 2
-    buf = ctypes.create_string_buffer(n)
+    buf = ctypes.create_string_buffer(b"\x7f" * n, n)
+    needed.value = 0
     assert C.lib.moe_runtime_describe(rt2.h, None, C.MOE_TEXT_JSON, buf, n - 1, ctypes.byref(needed)) == \
         C.MOE_ERR_BUFFER_TOO_SMALL and needed.value == n
+    assert buf.raw == b"\x7f" * n, "a buffer too small was written into"
     assert C.lib.moe_runtime_describe(rt2.h, None, C.MOE_TEXT_JSON, buf, n, None) == C.MOE_OK
     assert len(buf.value) == n - 1
     json.loads(buf.value)
     assert C.lib.moe_runtime_describe(None, None, C.MOE_TEXT_JSON, buf, n, None) == C.MOE_ERR_NULL_POINTER
     assert C.lib.moe_runtime_describe(rt2.h, None, C.MOE_TEXT_JSON, None, n + 10, None) == C.MOE_ERR_NULL_POINTER
-    bad = make_config(0, 8, 2, 1)
-    expect_err(C.MOE_ERR_INVALID_ARGUMENT, "hidden",
-               C.lib.moe_runtime_describe(rt2.h, bad, C.MOE_TEXT_JSON, buf, n, None))
+    bad = layer_config(0, 8, 2, 1)
+    expect(C.lib.moe_runtime_describe(rt2.h, bad, C.MOE_TEXT_JSON, buf, n, None), C.MOE_ERR_INVALID_ARGUMENT, "hidden")
     assert C.lib.moe_runtime_describe(rt2.h, None, 7, buf, n, None) == C.MOE_ERR_INVALID_ARGUMENT
     assert "format" in last_error()
 
@@ -1057,7 +908,7 @@ def test_describe_buffer_too_small(rt2):
 def test_jitter(rt):
     T, H, F, E = 40, 32, 40, 6
     rng, W, x = data(19, T, H, E, F)
-    with Layer(rt, hidden=H, ffn=F, experts=E, top_k=2, jitter=0.1, seed=3) as layer:
+    with Layer(rt, **dims(H, F, E), top_k=2, jitter=0.1, seed=3) as layer:
         layer.set_all(W)
         train = C.MOE_FORWARD_TRAIN
         check(C.lib.moe_layer_set_noise_step(layer.h, 5))
@@ -1078,7 +929,7 @@ def test_jitter(rt):
         plain2 = layer.forward(x, C.MOE_FORWARD_SAVE)
         assert np.array_equal(plain, plain2)
     # a different seed gives different noise
-    with Layer(rt, hidden=H, ffn=F, experts=E, top_k=2, jitter=0.1, seed=4) as other:
+    with Layer(rt, **dims(H, F, E), top_k=2, jitter=0.1, seed=4) as other:
         other.set_all(W)
         check(C.lib.moe_layer_set_noise_step(other.h, 5))
         assert not np.array_equal(other.forward(x, train), a)
@@ -1088,8 +939,8 @@ def test_jitter(rt):
 def test_jitter_backward_finite_differences(rt, routing):
     T, H, F, E = 12, 16, 24, 4
     rng, W, x = data(20 + routing, T, H, E, F, shared_ffn=8, router_scale=3.0)
-    with Layer(rt, hidden=H, ffn=F, experts=E, top_k=2, shared_ffn=8, routing=routing, jitter=0.3, seed=9,
-               balance_loss_coef=0.1, z_loss_coef=0.05) as layer:
+    with Layer(rt, **dims(H, F, E, 8), top_k=2, routing=routing, jitter=0.3, seed=9,
+               aux_loss_coef=0.1, z_loss_coef=0.05) as layer:
         layer.set_all(W)
         R = rng.standard_normal((T, H))
         library_fd_check(layer, x, R, float(np.float32(0.1)), float(np.float32(0.05)), ["router", "gate"], rng,
@@ -1104,7 +955,7 @@ def test_jitter_multiplies_router_input(rt):
     W["router"] = np.array([[2.0], [1.0], [0.0], [-1.0]], np.float32)
     x = (1 + rng.random((T, 1))).astype(np.float32)  # 1..2, away from 0
     jit = 0.2
-    with Layer(rt, hidden=1, ffn=F, experts=E, top_k=E, routing=0, jitter=jit, seed=5) as layer:
+    with Layer(rt, **dims(1, F, E), top_k=E, routing=0, jitter=jit, seed=5) as layer:
         layer.set_all(W)
         check(C.lib.moe_layer_set_noise_step(layer.h, 3))
         out = layer.forward(x, C.MOE_FORWARD_TRAIN)
@@ -1124,7 +975,7 @@ def test_jitter_multiplies_router_input(rt):
 def test_noise_step_advances_only_in_training(rt):
     T, H, F, E = 20, 16, 16, 4
     rng, W, x = data(25, T, H, E, F)
-    with Layer(rt, hidden=H, ffn=F, experts=E, top_k=2, jitter=0.2, seed=1) as layer:
+    with Layer(rt, **dims(H, F, E), top_k=2, jitter=0.2, seed=1) as layer:
         layer.set_all(W)
         check(C.lib.moe_layer_set_noise_step(layer.h, 8))
         layer.forward(x, C.MOE_FORWARD_TRAIN)
@@ -1140,7 +991,7 @@ def test_backward_uses_the_saved_forward(rt):
     """Backward is "of the last forward run with MOE_FORWARD_SAVE", even after plain forwards."""
     T, H, F, E = 24, 32, 40, 4
     rng, W, x = data(26, T, H, E, F, shared_ffn=16)
-    cfg = dict(top_k=2, routing=0, balance_loss_coef=0.2, z_loss_coef=0.05)
+    cfg = dict(top_k=2, routing=0, aux_loss_coef=0.2, z_loss_coef=0.05)
     layer, r, rc, out = run_case(rt, W, x, cfg, flags=C.MOE_FORWARD_SAVE)
     with layer:
         x2 = rng.standard_normal((40, H)).astype(np.float32)
@@ -1154,7 +1005,7 @@ def test_layers_on_one_runtime_from_several_threads(rt):
     cases = []
     for i in range(3):
         rng, W, x = data(27 + i, T, H, E, F, shared_ffn=16)
-        layer = Layer(rt, hidden=H, ffn=F, experts=E, top_k=2, shared_ffn=16)
+        layer = Layer(rt, **dims(H, F, E, 16), top_k=2)
         layer.set_all(W)
         dout = rng.standard_normal((T, H)).astype(np.float32)
         want = run_fwd_bwd(layer, x, dout)
@@ -1184,19 +1035,12 @@ def test_layers_on_one_runtime_from_several_threads(rt):
 # --------------------------------------------------------------------------- errors
 
 
-def expect_err(code, fragment, st):
-    """The status is `code` and the message names the argument (any of the '|'-separated words)."""
-    msg = last_error()
-    print(f"{st}: {msg}")
-    assert st == code, (st, msg)
-    assert any(f.lower() in msg.lower() for f in fragment.split("|")), \
-        f"message {msg!r} does not mention {fragment!r}"
-
-
-def create_status(rt, **kw):
-    base = dict(hidden=8, ffn=8, experts=4, top_k=2)
+def create_status(rt, struct_size=None, **kw):
+    base = dict(hidden_size=8, moe_intermediate_size=8, num_experts=4, top_k=2)
     base.update(kw)
-    c = make_config(**base)
+    c = layer_config(**base)
+    if struct_size is not None:
+        c.struct_size = struct_size
     h = ctypes.c_void_p()
     st = C.lib.moe_layer_create(ctypes.byref(h), rt.h, c)
     if st == C.MOE_OK:
@@ -1205,9 +1049,9 @@ def create_status(rt, **kw):
 
 
 @pytest.mark.parametrize("kw,code,fragment", [
-    (dict(hidden=0), C.MOE_ERR_INVALID_ARGUMENT, "hidden"),
-    (dict(ffn=0), C.MOE_ERR_INVALID_ARGUMENT, "ffn"),
-    (dict(experts=0), C.MOE_ERR_INVALID_ARGUMENT, "experts"),
+    (dict(hidden_size=0), C.MOE_ERR_INVALID_ARGUMENT, "hidden"),
+    (dict(moe_intermediate_size=0), C.MOE_ERR_INVALID_ARGUMENT, "ffn"),
+    (dict(num_experts=0), C.MOE_ERR_INVALID_ARGUMENT, "experts"),
     (dict(top_k=0), C.MOE_ERR_INVALID_ARGUMENT, "top_k"),
     (dict(top_k=5), C.MOE_ERR_INVALID_ARGUMENT, "top_k"),
     (dict(capacity_factor=-0.5), C.MOE_ERR_INVALID_ARGUMENT, "capacity_factor"),
@@ -1222,140 +1066,151 @@ def create_status(rt, **kw):
     (dict(struct_size=8), C.MOE_ERR_INVALID_ARGUMENT, "struct_size"),
 ])
 def test_create_rejects(rt, kw, code, fragment):
-    expect_err(code, fragment, create_status(rt, **kw))
+    expect(create_status(rt, **kw), code, fragment)
 
 
 def test_null_pointers_and_struct_sizes(rt):
-    c = make_config(8, 8, 4, 2)
+    c = layer_config(8, 8, 4, 2)
     h = ctypes.c_void_p()
-    expect_err(C.MOE_ERR_NULL_POINTER, "runtime", C.lib.moe_layer_create(ctypes.byref(h), None, c))
-    expect_err(C.MOE_ERR_NULL_POINTER, "out", C.lib.moe_layer_create(None, rt.h, c))
-    expect_err(C.MOE_ERR_NULL_POINTER, "config", C.lib.moe_layer_create(ctypes.byref(h), rt.h, None))
-    expect_err(C.MOE_ERR_NULL_POINTER, "out", C.lib.moe_runtime_create(None, None))
-    expect_err(C.MOE_ERR_NULL_POINTER, "runtime", C.lib.moe_layer_load(ctypes.byref(h), None, b"x", 0, None))
-    expect_err(C.MOE_ERR_NULL_POINTER, "checkpoint_path", C.lib.moe_layer_load(ctypes.byref(h), rt.h, None, 0, None))
-    info = C.moe_runtime_info()
-    info.struct_size = ctypes.sizeof(info)
-    expect_err(C.MOE_ERR_NULL_POINTER, "runtime", C.lib.moe_runtime_get_info(info, None))
-    expect_err(C.MOE_ERR_NULL_POINTER, "out", C.lib.moe_runtime_get_info(None, rt.h))
+    expect(C.lib.moe_layer_create(ctypes.byref(h), None, c), C.MOE_ERR_NULL_POINTER, "runtime")
+    expect(C.lib.moe_layer_create(None, rt.h, c), C.MOE_ERR_NULL_POINTER, "out")
+    expect(C.lib.moe_layer_create(ctypes.byref(h), rt.h, None), C.MOE_ERR_NULL_POINTER, "config")
+    expect(C.lib.moe_runtime_create(None, None), C.MOE_ERR_NULL_POINTER, "out")
+    expect(C.lib.moe_layer_load(ctypes.byref(h), None, b"x", 0, None), C.MOE_ERR_NULL_POINTER, "runtime")
+    expect(C.lib.moe_layer_load(ctypes.byref(h), rt.h, None, 0, None), C.MOE_ERR_NULL_POINTER, "checkpoint_path")
+    info = result(C.moe_runtime_info)
+    expect(C.lib.moe_runtime_get_info(info, None), C.MOE_ERR_NULL_POINTER, "runtime")
+    expect(C.lib.moe_runtime_get_info(None, rt.h), C.MOE_ERR_NULL_POINTER, "out")
     info.struct_size = 4
-    expect_err(C.MOE_ERR_INVALID_ARGUMENT, "struct_size", C.lib.moe_runtime_get_info(info, rt.h))
-    p = C.moe_runtime_params()
-    C.lib.moe_runtime_params_init(p)
+    expect(C.lib.moe_runtime_get_info(info, rt.h), C.MOE_ERR_INVALID_ARGUMENT, "struct_size")
+    p = params(C.moe_runtime_params)
     p.struct_size = 3
-    expect_err(C.MOE_ERR_INVALID_ARGUMENT, "struct_size", C.lib.moe_runtime_create(ctypes.byref(h), p))
-    C.lib.moe_runtime_params_init(p)
-    p.threads = 5000
-    expect_err(C.MOE_ERR_INVALID_ARGUMENT, "threads", C.lib.moe_runtime_create(ctypes.byref(h), p))
-    C.lib.moe_runtime_params_init(p)
-    p.placement = 9
-    expect_err(C.MOE_ERR_INVALID_ARGUMENT, "placement", C.lib.moe_runtime_create(ctypes.byref(h), p))
-    C.lib.moe_runtime_params_init(p)
-    p.topology_synthetic = b"this is not a topology"
-    expect_err(C.MOE_ERR_INVALID_ARGUMENT, "synthetic", C.lib.moe_runtime_create(ctypes.byref(h), p))
+    expect(C.lib.moe_runtime_create(ctypes.byref(h), p), C.MOE_ERR_INVALID_ARGUMENT, "struct_size")
+    p = params(C.moe_runtime_params, threads=5000)
+    expect(C.lib.moe_runtime_create(ctypes.byref(h), p), C.MOE_ERR_INVALID_ARGUMENT, "threads")
+    for placement in (4, 9, -2):
+        p = params(C.moe_runtime_params, placement=placement)
+        expect(C.lib.moe_runtime_create(ctypes.byref(h), p), C.MOE_ERR_INVALID_ARGUMENT, "placement")
+    p = params(C.moe_runtime_params, topology_synthetic=b"this is not a topology")
+    expect(C.lib.moe_runtime_create(ctypes.byref(h), p), C.MOE_ERR_INVALID_ARGUMENT, "synthetic")
     p.topology_xml = b"/nonexistent.xml"
-    expect_err(C.MOE_ERR_INVALID_ARGUMENT, "topology_xml", C.lib.moe_runtime_create(ctypes.byref(h), p))
-    # NULL is ignored by the free and init functions
+    expect(C.lib.moe_runtime_create(ctypes.byref(h), p), C.MOE_ERR_INVALID_ARGUMENT, "topology_xml")
+    # NULL is ignored by the free functions; the init functions answer it with a status
     C.lib.moe_runtime_free(None)
     C.lib.moe_layer_free(None)
-    C.lib.moe_runtime_params_init(None)
-    C.lib.moe_layer_config_init(None)
+    expect(C.lib.moe_runtime_params_init(None, ctypes.sizeof(p)), C.MOE_ERR_NULL_POINTER, "params")
+    expect(C.lib.moe_layer_config_init(None, ctypes.sizeof(c)), C.MOE_ERR_NULL_POINTER, "params")
     # defaults
-    C.lib.moe_runtime_params_init(p)
+    p = params(C.moe_runtime_params)
     assert p.struct_size == ctypes.sizeof(p) and p.threads == 0 and p.pin != 0
-    assert p.placement == C.MOE_PLACEMENT_ROW_SLICE and p.topology_synthetic is None and p.topology_xml is None
-    c = C.moe_layer_config()
-    C.lib.moe_layer_config_init(c)
-    assert c.struct_size == ctypes.sizeof(c) and (c.hidden, c.ffn, c.experts, c.top_k) == (0, 0, 0, 0)
-    assert c.routing == 0 and c.capacity_factor == 0 and c.expert_choice == 0 and c.shared_ffn == 0
-    assert c.storage == C.MOE_DTYPE_F32 and c.placement == -1 and c.jitter == 0 and c.seed == 0
-    assert c.balance_loss_coef == pytest.approx(0.01) and c.z_loss_coef == pytest.approx(0.001)
+    assert p.placement == C.MOE_PLACEMENT_DEFAULT and p.topology_synthetic is None and p.topology_xml is None
+    c = params(C.moe_layer_config)
+    assert c.struct_size == ctypes.sizeof(c)
+    assert (c.hidden_size, c.moe_intermediate_size, c.num_experts, c.top_k) == (0, 0, 0, 0)
+    assert c.routing == C.MOE_ROUTING_SOFTMAX_TOPK_RENORM and c.capacity_factor == 0 and c.expert_choice == 0
+    assert c.shared_expert_intermediate_size == 0
+    assert c.storage == C.MOE_DTYPE_F32 and c.placement == C.MOE_PLACEMENT_DEFAULT and c.jitter == 0 and c.seed == 0
+    assert c.aux_loss_coef == pytest.approx(0.01) and c.z_loss_coef == pytest.approx(0.001)
 
 
 def test_layer_call_errors(rt):
     T, H, F, E = 4, 8, 8, 4
-    with Layer(rt, hidden=H, ffn=F, experts=E, top_k=2) as layer:
+    lib, NULL, INVALID = C.lib, C.MOE_ERR_NULL_POINTER, C.MOE_ERR_INVALID_ARGUMENT
+    GATE, UP, DOWN = C.MOE_WEIGHT_GATE, C.MOE_WEIGHT_UP, C.MOE_WEIGHT_DOWN
+    with Layer(rt, **dims(H, F, E), top_k=2) as layer:
         x = np.ones((T, H), np.float32)
         out = np.zeros((T, H), np.float32)
         L = layer.h
-        expect_err(C.MOE_ERR_NULL_POINTER, "layer", C.lib.moe_layer_forward(None, fptr(x), T, fptr(out), 0))
-        expect_err(C.MOE_ERR_NULL_POINTER, "x", C.lib.moe_layer_forward(L, None, T, fptr(out), 0))
-        expect_err(C.MOE_ERR_NULL_POINTER, "out", C.lib.moe_layer_forward(L, fptr(x), T, None, 0))
-        expect_err(C.MOE_ERR_INVALID_ARGUMENT, "flags", C.lib.moe_layer_forward(L, fptr(x), T, fptr(out), 4))
-        expect_err(C.MOE_ERR_INVALID_ARGUMENT, "flags", C.lib.moe_layer_forward(L, fptr(x), T, fptr(out), 0x80000000))
-        expect_err(C.MOE_ERR_INVALID_ARGUMENT, "tokens", C.lib.moe_layer_forward(L, fptr(x), (1 << 24) + 1, fptr(out), 0))
+        expect(lib.moe_layer_forward(None, fptr(x), T, fptr(out), 0), NULL, "layer")
+        expect(lib.moe_layer_forward(L, None, T, fptr(out), 0), NULL, "x")
+        expect(lib.moe_layer_forward(L, fptr(x), T, None, 0), NULL, "out")
+        expect(lib.moe_layer_forward(L, fptr(x), T, fptr(out), 4), INVALID, "flags")
+        expect(lib.moe_layer_forward(L, fptr(x), T, fptr(out), 0x80000000), INVALID, "flags")
+        expect(lib.moe_layer_forward(L, fptr(x), (1 << 24) + 1, fptr(out), 0), INVALID, "tokens")
         # backward without a saved forward
-        check(C.lib.moe_layer_forward(L, fptr(x), T, fptr(out), 0))
-        expect_err(C.MOE_ERR_INVALID_ARGUMENT, "forward", C.lib.moe_layer_backward(L, fptr(out), fptr(x.copy())))
-        check(C.lib.moe_layer_forward(L, fptr(x), T, fptr(out), C.MOE_FORWARD_SAVE))
-        expect_err(C.MOE_ERR_NULL_POINTER, "grad_out", C.lib.moe_layer_backward(L, None, fptr(x.copy())))
-        expect_err(C.MOE_ERR_NULL_POINTER, "grad_x", C.lib.moe_layer_backward(L, fptr(out), None))
-        expect_err(C.MOE_ERR_NULL_POINTER, "layer", C.lib.moe_layer_backward(None, fptr(out), fptr(x.copy())))
+        check(lib.moe_layer_forward(L, fptr(x), T, fptr(out), 0))
+        expect(lib.moe_layer_backward(L, fptr(out), fptr(x.copy())), INVALID, "forward")
+        check(lib.moe_layer_forward(L, fptr(x), T, fptr(out), C.MOE_FORWARD_SAVE))
+        expect(lib.moe_layer_backward(L, None, fptr(x.copy())), NULL, "grad_out")
+        expect(lib.moe_layer_backward(L, fptr(out), None), NULL, "grad_x")
+        expect(lib.moe_layer_backward(None, fptr(out), fptr(x.copy())), NULL, "layer")
         # weights
         n = ctypes.c_size_t()
-        expect_err(C.MOE_ERR_NULL_POINTER, "out", C.lib.moe_layer_weight_count(None, L, C.MOE_WEIGHT_GATE, -1))
-        expect_err(C.MOE_ERR_NULL_POINTER, "layer", C.lib.moe_layer_weight_count(ctypes.byref(n), None, 1, -1))
-        check(C.lib.moe_layer_weight_count(ctypes.byref(n), L, C.MOE_WEIGHT_GATE, -1))
+        expect(lib.moe_layer_weight_count(None, L, GATE, C.MOE_ALL_EXPERTS), NULL, "out")
+        expect(lib.moe_layer_weight_count(ctypes.byref(n), None, GATE, C.MOE_ALL_EXPERTS), NULL, "layer")
+        check(lib.moe_layer_weight_count(ctypes.byref(n), L, GATE, C.MOE_ALL_EXPERTS))
         assert n.value == E * F * H
-        check(C.lib.moe_layer_weight_count(ctypes.byref(n), L, C.MOE_WEIGHT_DOWN, 3))
+        check(lib.moe_layer_weight_count(ctypes.byref(n), L, DOWN, 3))
         assert n.value == H * F
-        check(C.lib.moe_layer_weight_count(ctypes.byref(n), L, C.MOE_WEIGHT_ROUTER, -1))
+        check(lib.moe_layer_weight_count(ctypes.byref(n), L, C.MOE_WEIGHT_ROUTER, C.MOE_ALL_EXPERTS))
         assert n.value == E * H
         for w in (C.MOE_WEIGHT_SHARED_GATE, C.MOE_WEIGHT_SHARED_UP, C.MOE_WEIGHT_SHARED_DOWN,
                   C.MOE_WEIGHT_SHARED_EXPERT_GATE):
-            expect_err(C.MOE_ERR_INVALID_ARGUMENT, "shared", C.lib.moe_layer_weight_count(ctypes.byref(n), L, w, -1))
-        expect_err(C.MOE_ERR_INVALID_ARGUMENT, "weight", C.lib.moe_layer_weight_count(ctypes.byref(n), L, 8, -1))
-        expect_err(C.MOE_ERR_INVALID_ARGUMENT, "expert", C.lib.moe_layer_weight_count(ctypes.byref(n), L, 1, E))
-        expect_err(C.MOE_ERR_INVALID_ARGUMENT, "expert", C.lib.moe_layer_weight_count(ctypes.byref(n), L, 1, -2))
-        expect_err(C.MOE_ERR_INVALID_ARGUMENT, "expert", C.lib.moe_layer_weight_count(ctypes.byref(n), L, 0, 0))
+            expect(lib.moe_layer_weight_count(ctypes.byref(n), L, w, -1), INVALID, "shared")
+        expect(lib.moe_layer_weight_count(ctypes.byref(n), L, 8, -1), INVALID, "weight")
+        expect(lib.moe_layer_weight_count(ctypes.byref(n), L, GATE, E), INVALID, "expert")
+        expect(lib.moe_layer_weight_count(ctypes.byref(n), L, GATE, -2), INVALID, "expert")
+        expect(lib.moe_layer_weight_count(ctypes.byref(n), L, C.MOE_WEIGHT_ROUTER, 0), INVALID, "expert")
         buf = np.zeros(E * F * H, np.float32)
-        expect_err(C.MOE_ERR_SHAPE, "count", C.lib.moe_layer_set_weight(L, C.MOE_WEIGHT_GATE, -1, fptr(buf), buf.size - 1))
-        expect_err(C.MOE_ERR_SHAPE, "count", C.lib.moe_layer_set_weight(L, C.MOE_WEIGHT_GATE, 0, fptr(buf), buf.size))
-        expect_err(C.MOE_ERR_NULL_POINTER, "data", C.lib.moe_layer_set_weight(L, C.MOE_WEIGHT_GATE, -1, None, buf.size))
-        expect_err(C.MOE_ERR_NULL_POINTER, "layer", C.lib.moe_layer_set_weight(None, 1, -1, fptr(buf), buf.size))
-        expect_err(C.MOE_ERR_INVALID_ARGUMENT, "expert", C.lib.moe_layer_set_weight(L, 1, E, fptr(buf), F * H))
-        expect_err(C.MOE_ERR_INVALID_ARGUMENT, "shared", C.lib.moe_layer_set_weight(L, C.MOE_WEIGHT_SHARED_EXPERT_GATE, -1, fptr(buf), H))
-        expect_err(C.MOE_ERR_BUFFER_TOO_SMALL, "capacity|buffer", C.lib.moe_layer_get_weight(L, C.MOE_WEIGHT_GATE, -1, fptr(buf), 10))
-        expect_err(C.MOE_ERR_NULL_POINTER, "out", C.lib.moe_layer_get_weight(L, C.MOE_WEIGHT_GATE, -1, None, buf.size))
-        expect_err(C.MOE_ERR_INVALID_ARGUMENT, "expert", C.lib.moe_layer_get_weight(L, C.MOE_WEIGHT_UP, E, fptr(buf), buf.size))
-        expect_err(C.MOE_ERR_BUFFER_TOO_SMALL, "capacity|buffer", C.lib.moe_layer_get_grad(L, C.MOE_WEIGHT_DOWN, -1, fptr(buf), 10))
-        expect_err(C.MOE_ERR_INVALID_ARGUMENT, "expert", C.lib.moe_layer_get_grad(L, C.MOE_WEIGHT_DOWN, 7, fptr(buf), buf.size))
-        expect_err(C.MOE_ERR_NULL_POINTER, "layer", C.lib.moe_layer_get_grad(None, 1, -1, fptr(buf), buf.size))
-        expect_err(C.MOE_ERR_NULL_POINTER, "layer", C.lib.moe_layer_zero_grad(None))
-        expect_err(C.MOE_ERR_NULL_POINTER, "layer", C.lib.moe_layer_set_noise_step(None, 1))
-        expect_err(C.MOE_ERR_NULL_POINTER, "layer", C.lib.moe_layer_init_random(None, 1, 0.1))
-        expect_err(C.MOE_ERR_INVALID_ARGUMENT, "std", C.lib.moe_layer_init_random(L, 1, -1.0))
-        expect_err(C.MOE_ERR_NULL_POINTER, "layer", C.lib.moe_layer_borrow_experts(None, 0, buf.ctypes.data, buf.ctypes.data, buf.ctypes.data))
+        expect(lib.moe_layer_set_weight(L, GATE, -1, fptr(buf), buf.size - 1), C.MOE_ERR_SHAPE, "count")
+        expect(lib.moe_layer_set_weight(L, GATE, 0, fptr(buf), buf.size), C.MOE_ERR_SHAPE, "count")
+        expect(lib.moe_layer_set_weight(L, GATE, -1, None, buf.size), NULL, "data")
+        expect(lib.moe_layer_set_weight(None, GATE, -1, fptr(buf), buf.size), NULL, "layer")
+        expect(lib.moe_layer_set_weight(L, GATE, E, fptr(buf), F * H), INVALID, "expert")
+        expect(lib.moe_layer_set_weight(L, C.MOE_WEIGHT_SHARED_EXPERT_GATE, -1, fptr(buf), H), INVALID, "shared")
+        needed = ctypes.c_size_t(0)
+        for get in (lib.moe_layer_get_weight, lib.moe_layer_get_grad):
+            expect(get(L, GATE, -1, fptr(buf), 10, ctypes.byref(needed)), C.MOE_ERR_BUFFER_TOO_SMALL,
+                   f"holds 10 floats but {E * F * H} are needed")
+            assert needed.value == E * F * H
+            expect(get(L, GATE, -1, None, buf.size, None), NULL, "out")
+            expect(get(L, UP, E, fptr(buf), buf.size, None), INVALID, "expert")
+            expect(get(L, DOWN, 7, fptr(buf), buf.size, None), INVALID, "expert")
+            expect(get(None, GATE, -1, fptr(buf), buf.size, None), NULL, "layer")
+        expect(lib.moe_layer_zero_grad(None), NULL, "layer")
+        expect(lib.moe_layer_set_noise_step(None, 1), NULL, "layer")
+        expect(lib.moe_layer_init_random(None, 1, 0.1), NULL, "layer")
+        expect(lib.moe_layer_init_random(L, 1, -1.0), INVALID, "std")
+        expect(lib.moe_layer_borrow_experts(None, C.MOE_DTYPE_F32, buf.ctypes.data, buf.ctypes.data,
+                                            buf.ctypes.data), NULL, "layer")
         # stats / routing / config
         s = C.moe_layer_stats()
         s.struct_size = 8
-        expect_err(C.MOE_ERR_INVALID_ARGUMENT, "struct_size", C.lib.moe_layer_get_stats(s, L, None, 0))
-        expect_err(C.MOE_ERR_NULL_POINTER, "out", C.lib.moe_layer_get_stats(None, L, None, 0))
+        expect(lib.moe_layer_get_stats(s, L, None, 0, None), INVALID, "struct_size")
+        expect(lib.moe_layer_get_stats(None, L, None, 0, None), NULL, "out")
         s.struct_size = ctypes.sizeof(s)
-        expect_err(C.MOE_ERR_NULL_POINTER, "layer", C.lib.moe_layer_get_stats(s, None, None, 0))
-        check(C.lib.moe_layer_get_stats(s, L, None, 0))
+        expect(lib.moe_layer_get_stats(s, None, None, 0, None), NULL, "layer")
+        check(lib.moe_layer_get_stats(s, L, None, 0, None))
         assert s.tokens == T
+        # too small for E counts: an error, and neither the counts nor the stats are written
         tpe = (ctypes.c_uint64 * 2)(99, 99)
-        check(C.lib.moe_layer_get_stats(s, L, tpe, 1))
-        assert tpe[1] == 99, "get_stats wrote past its capacity"
-        expect_err(C.MOE_ERR_BUFFER_TOO_SMALL, "capacity|buffer", C.lib.moe_layer_get_routing(L, fptr(buf), T * E - 1))
-        expect_err(C.MOE_ERR_NULL_POINTER, "out", C.lib.moe_layer_get_routing(L, None, T * E))
-        expect_err(C.MOE_ERR_NULL_POINTER, "layer", C.lib.moe_layer_get_routing(None, fptr(buf), T * E))
+        s = C.moe_layer_stats()
+        s.struct_size = ctypes.sizeof(s)
+        s.tokens = 12345
+        expect(lib.moe_layer_get_stats(s, L, tpe, 1, ctypes.byref(needed)), C.MOE_ERR_BUFFER_TOO_SMALL,
+               "are needed")
+        assert list(tpe) == [99, 99] and needed.value == E, "get_stats wrote into a buffer too small"
+        assert s.tokens == 12345, "get_stats filled its result on an error"
+        expect(lib.moe_layer_get_stats(s, L, None, E, None), NULL, "tokens_per_expert")
+        expect(lib.moe_layer_get_routing(L, fptr(buf), T * E - 1, None), C.MOE_ERR_BUFFER_TOO_SMALL,
+               "are needed")
+        expect(lib.moe_layer_get_routing(L, None, T * E, None), NULL, "out")
+        expect(lib.moe_layer_get_routing(None, fptr(buf), T * E, None), NULL, "layer")
         c = C.moe_layer_config()
         c.struct_size = 0
-        expect_err(C.MOE_ERR_INVALID_ARGUMENT, "struct_size", C.lib.moe_layer_get_config(c, L))
+        expect(lib.moe_layer_get_config(c, L), INVALID, "struct_size")
         c.struct_size = ctypes.sizeof(c)
-        expect_err(C.MOE_ERR_NULL_POINTER, "out", C.lib.moe_layer_get_config(None, L))
-        expect_err(C.MOE_ERR_NULL_POINTER, "layer", C.lib.moe_layer_get_config(c, None))
+        expect(lib.moe_layer_get_config(None, L), NULL, "out")
+        expect(lib.moe_layer_get_config(c, None), NULL, "layer")
 
 
 def test_shared_weights_on_shared_layer(rt):
-    with Layer(rt, hidden=8, ffn=8, experts=4, top_k=2, shared_ffn=6) as layer:
+    with Layer(rt, **dims(8, 8, 4, 6), top_k=2) as layer:
         assert layer.count("shared_gate") == 48 and layer.count("shared_down") == 48
         assert layer.count("shared_expert_gate") == 8
         n = ctypes.c_size_t()
-        expect_err(C.MOE_ERR_INVALID_ARGUMENT, "expert",
-                   C.lib.moe_layer_weight_count(ctypes.byref(n), layer.h, C.MOE_WEIGHT_SHARED_GATE, 0))
+        expect(C.lib.moe_layer_weight_count(ctypes.byref(n), layer.h, C.MOE_WEIGHT_SHARED_GATE, 0),
+               C.MOE_ERR_INVALID_ARGUMENT, "expert")
 
 
 # --------------------------------------------------------------------------- moe_layer_load
@@ -1385,7 +1240,7 @@ def test_layer_load(rt, dense_dir, tmp_path, fmt, dtype):
     assert st == C.MOE_OK, last_error()
     with Layer(rt, handle=h) as layer:
         c = layer.config
-        assert (c.hidden, c.ffn, c.experts, c.top_k) == (32, 64, 4, 2)
+        assert (c.hidden_size, c.moe_intermediate_size, c.num_experts, c.top_k) == (32, 64, 4, 2)
         p = "model.layers.1."
         if fmt == "mixtral":
             b = p + "block_sparse_moe."
@@ -1393,7 +1248,7 @@ def test_layer_load(rt, dense_dir, tmp_path, fmt, dtype):
             W = {"router": t[b + "gate.weight"]}
             for k, n in names.items():
                 W[k] = np.stack([t[b + f"experts.{e}.{n}.weight"] for e in range(4)])
-            assert c.shared_ffn == 0 and c.routing == C.MOE_ROUTING_SOFTMAX_TOPK_RENORM
+            assert c.shared_expert_intermediate_size == 0 and c.routing == C.MOE_ROUTING_SOFTMAX_TOPK_RENORM
         else:
             b = p + "mlp."
             W = {"router": t[b + "gate.weight"]}
@@ -1402,7 +1257,7 @@ def test_layer_load(rt, dense_dir, tmp_path, fmt, dtype):
             for k in ("gate", "up", "down"):
                 W["shared_" + k] = t[b + f"shared_expert.{k}_proj.weight"]
             W["shared_expert_gate"] = t[b + "shared_expert_gate.weight"].reshape(-1)
-            assert c.shared_ffn == W["shared_gate"].shape[0]
+            assert c.shared_expert_intermediate_size == W["shared_gate"].shape[0]
             want = C.MOE_ROUTING_SOFTMAX_TOPK_RENORM if cfgj.get("norm_topk_prob") else C.MOE_ROUTING_SOFTMAX_TOPK
             assert c.routing == want
         for k, v in W.items():
@@ -1413,34 +1268,34 @@ def test_layer_load(rt, dense_dir, tmp_path, fmt, dtype):
         out_ = layer.forward(x)
         compare_forward(layer, r, out_, 25, what=f"loaded {fmt}")
     # overrides: placement, storage and loss coefficients are taken, shape is not
-    ov = make_config(1, 1, 1, 1, storage=C.MOE_DTYPE_BF16, placement=C.MOE_PLACEMENT_NONE,
-                     balance_loss_coef=0.25, z_loss_coef=0.125, capacity_factor=1.5, expert_choice=1,
-                     jitter=0.05, seed=77, routing=C.MOE_ROUTING_SIGMOID_TOPK, shared_ffn=3)
+    ov = layer_config(1, 1, 1, 1, storage=C.MOE_DTYPE_BF16, placement=C.MOE_PLACEMENT_NONE,
+                     aux_loss_coef=0.25, z_loss_coef=0.125, capacity_factor=1.5, expert_choice=1,
+                     jitter=0.05, seed=77, routing=C.MOE_ROUTING_SIGMOID_TOPK, shared_expert_intermediate_size=3)
     st, h = load_layer(rt, out, 1, ov)
     assert st == C.MOE_OK, last_error()
     with Layer(rt, handle=h) as layer:
         c = layer.config
-        assert (c.hidden, c.ffn, c.experts, c.top_k, c.storage, c.placement) == (
+        assert (c.hidden_size, c.moe_intermediate_size, c.num_experts, c.top_k, c.storage, c.placement) == (
             32, 64, 4, 2, C.MOE_DTYPE_BF16, C.MOE_PLACEMENT_NONE)
-        assert c.balance_loss_coef == pytest.approx(0.25) and c.capacity_factor == pytest.approx(1.5)
+        assert c.aux_loss_coef == pytest.approx(0.25) and c.capacity_factor == pytest.approx(1.5)
         assert c.z_loss_coef == pytest.approx(0.125) and c.jitter == pytest.approx(0.05)
         assert c.expert_choice == 1 and c.seed == 77
         assert c.routing == want_routing, "routing comes from the checkpoint, not the overrides"
-        assert c.shared_ffn == (0 if fmt == "mixtral" else W["shared_gate"].shape[0])
+        assert c.shared_expert_intermediate_size == (0 if fmt == "mixtral" else W["shared_gate"].shape[0])
         assert np.array_equal(layer.get("gate"), bf16_round(W["gate"]).ravel())
     ov.struct_size = 8
-    expect_err(C.MOE_ERR_INVALID_ARGUMENT, "struct_size", load_layer(rt, out, 1, ov)[0])
-    ov = make_config(1, 1, 1, 1, storage=C.MOE_DTYPE_F16)
-    expect_err(C.MOE_ERR_UNSUPPORTED, "storage", load_layer(rt, out, 1, ov)[0])
-    expect_err(C.MOE_ERR_INVALID_ARGUMENT, "layer", load_layer(rt, out, 2)[0])
-    expect_err(C.MOE_ERR_INVALID_ARGUMENT, "layer", load_layer(rt, out, 1000)[0])
+    expect(load_layer(rt, out, 1, ov)[0], C.MOE_ERR_INVALID_ARGUMENT, "struct_size")
+    ov = layer_config(1, 1, 1, 1, storage=C.MOE_DTYPE_F16)
+    expect(load_layer(rt, out, 1, ov)[0], C.MOE_ERR_UNSUPPORTED, "storage")
+    expect(load_layer(rt, out, 2)[0], C.MOE_ERR_INVALID_ARGUMENT, "layer")
+    expect(load_layer(rt, out, 1000)[0], C.MOE_ERR_INVALID_ARGUMENT, "layer")
 
 
 def test_layer_load_rejects_dense(rt, dense_dir, tmp_path):
-    expect_err(C.MOE_ERR_INVALID_ARGUMENT, "layer", load_layer(rt, dense_dir, 0)[0])
+    expect(load_layer(rt, dense_dir, 0)[0], C.MOE_ERR_INVALID_ARGUMENT, "layer")
     out = tmp_path / "every2"
     upcycle(dense_dir, out, num_experts=4, top_k=1, layers="every:2", format="qwen2-moe")  # layer 0 stays dense
-    expect_err(C.MOE_ERR_INVALID_ARGUMENT, "layer", load_layer(rt, out, 0)[0])
+    expect(load_layer(rt, out, 0)[0], C.MOE_ERR_INVALID_ARGUMENT, "layer")
     st, h = load_layer(rt, out, 1)
     assert st == C.MOE_OK, last_error()
     C.lib.moe_layer_free(h)

@@ -19,7 +19,8 @@ import pytest
 from safetensors.numpy import save_file
 
 import reference as ref
-from models import bf16_round, dense_weights, read_safetensors_dir, upcycle, write_hf
+from abi import Model, Runtime, check, expect, ids_array, last_error, load_status, params, result, upcycle
+from models import bf16_round, dense_weights, read_safetensors_dir, write_hf
 from moeupcycle import _capi as C
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,198 +30,6 @@ ENDOFTEXT, IM_START, IM_END = 265, 266, 267
 ASCII_TEXT = "The theater: in the heat, a seer sat on the sea. They then thought the thin thing through!"
 OTHER_TEXT = "Grüße aus Zürich, 東京 and Kraków — naïve café 🙂🚀 ½ the end\n\ttabs\r\nand ١٢٣ digits 42"
 EVAL_TEXT = ("So the one thin seer, in the heat of the sea air, sat and then ate the other thing. " * 3)
-
-
-# --------------------------------------------------------------------------- ctypes helpers
-
-
-def last_error() -> str:
-    return C.lib.moe_last_error().decode()
-
-
-def expect(status, code, *fragments):
-    """Asserts a status code and that moe_last_error() names the problem (each fragment, case-insensitive)."""
-    msg = last_error()
-    assert status == code, f"expected {code}, got {status}: {msg!r}"
-    for f in fragments:
-        assert f.lower() in msg.lower(), f"{f!r} not in {msg!r}"
-    return msg
-
-
-class ModelError(Exception):
-    def __init__(self, code, message):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-def check(st):
-    if st != C.MOE_OK:
-        raise ModelError(st, last_error())
-
-
-def ids_array(ids):
-    a = (ctypes.c_int32 * max(len(ids), 1))(*ids)
-    return a
-
-
-class Runtime:
-    def __init__(self, threads=2):
-        p = C.moe_runtime_params()
-        C.lib.moe_runtime_params_init(p)
-        p.threads = threads
-        h = ctypes.c_void_p()
-        check(C.lib.moe_runtime_create(ctypes.byref(h), p))
-        self.h = h
-        self.models = []
-
-    def close(self):
-        for m in self.models:
-            m.close()
-        self.models = []
-        if self.h:
-            C.lib.moe_runtime_free(self.h)
-            self.h = None
-
-
-def model_params(weight_dtype=None, max_context=0, placement=None):
-    p = C.moe_model_params()
-    C.lib.moe_model_params_init(p)
-    if weight_dtype is not None:
-        p.weight_dtype = weight_dtype
-    if placement is not None:
-        p.placement = placement
-    p.max_context = max_context
-    return p
-
-
-def load_status(rt, path, params=None):
-    h = ctypes.c_void_p()
-    st = C.lib.moe_model_load(ctypes.byref(h), rt.h, str(path).encode(), params)
-    if st == C.MOE_OK:
-        C.lib.moe_model_free(h)
-    return st
-
-
-class Model:
-    """A loaded moe_model; freed by its runtime's close() (the runtime must outlive it)."""
-
-    def __init__(self, rt, path, **kw):
-        h = ctypes.c_void_p()
-        check(C.lib.moe_model_load(ctypes.byref(h), rt.h, str(path).encode(), model_params(**kw)))
-        self.h = h
-        self.path = Path(path)
-        rt.models.append(self)
-        self.info = self.get_info()
-        self.V = self.info.vocab_size
-
-    def close(self):
-        if self.h:
-            C.lib.moe_model_free(self.h)
-            self.h = None
-
-    def get_info(self):
-        i = C.moe_model_info()
-        i.struct_size = ctypes.sizeof(i)
-        check(C.lib.moe_model_get_info(i, self.h))
-        return i
-
-    def tokenize(self, text, add_special=False):
-        data = text.encode() if isinstance(text, str) else text
-        n = ctypes.c_size_t(0)
-        st = C.lib.moe_model_tokenize(self.h, data, len(data), int(add_special), None, 0, ctypes.byref(n))
-        if st == C.MOE_OK:
-            assert n.value == 0
-            return []
-        assert st == C.MOE_ERR_BUFFER_TOO_SMALL, (st, last_error())
-        buf = (ctypes.c_int32 * n.value)()
-        check(C.lib.moe_model_tokenize(self.h, data, len(data), int(add_special), buf, n.value, ctypes.byref(n)))
-        return list(buf[:n.value])
-
-    def detokenize_bytes(self, ids, skip_special=False):
-        arr = ids_array(ids)
-        needed = ctypes.c_size_t(0)
-        st = C.lib.moe_model_detokenize(self.h, arr, len(ids), int(skip_special), None, 0, ctypes.byref(needed))
-        assert st == C.MOE_ERR_BUFFER_TOO_SMALL, (st, last_error())
-        buf = ctypes.create_string_buffer(needed.value)
-        check(C.lib.moe_model_detokenize(self.h, arr, len(ids), int(skip_special), buf, needed.value,
-                                         ctypes.byref(needed)))
-        assert buf.raw[needed.value - 1] == 0
-        return buf.raw[:needed.value - 1]
-
-    def detokenize(self, ids, skip_special=False):
-        return self.detokenize_bytes(ids, skip_special).decode()
-
-    def logits(self, ids):
-        out = np.empty((len(ids), self.V), dtype=np.float32)
-        check(C.lib.moe_model_logits(self.h, ids_array(ids), len(ids),
-                                     out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), out.size))
-        return out
-
-    def eval_params(self, seq_len=8, max_tokens=0, progress=None):
-        p = C.moe_eval_params()
-        C.lib.moe_eval_params_init(p)
-        p.seq_len = seq_len
-        p.max_tokens = max_tokens
-        if progress is not None:
-            p.progress = progress
-        return p
-
-    def eval_tokens(self, ids, **kw):
-        r = C.moe_eval_result()
-        r.struct_size = ctypes.sizeof(r)
-        check(C.lib.moe_model_eval_tokens(r, self.h, ids_array(ids), len(ids), self.eval_params(**kw)))
-        return r
-
-    def eval_text(self, text, **kw):
-        data = text.encode() if isinstance(text, str) else text
-        r = C.moe_eval_result()
-        r.struct_size = ctypes.sizeof(r)
-        check(C.lib.moe_model_eval_text(r, self.h, data, len(data), self.eval_params(**kw)))
-        return r
-
-    def router_stats(self, layer):
-        experts = ctypes.c_uint32(12345)
-        counts = (ctypes.c_uint64 * 1024)()
-        check(C.lib.moe_model_router_stats(self.h, layer, counts, 1024, ctypes.byref(experts)))
-        return list(counts[:experts.value])
-
-    def generate(self, prompt, *, capacity=None, stream=False, stop_after=None, **kw):
-        """Returns (result, text bytes, needed, streamed [(token, piece bytes)])."""
-        p = C.moe_generate_params()
-        C.lib.moe_generate_params_init(p)
-        for k, v in kw.items():
-            assert hasattr(p, k), k
-            setattr(p, k, v)
-        streamed = []
-
-        @C.moe_token_fn
-        def on_token(token, text, user):
-            streamed.append((token, text))
-            return 1 if stop_after is not None and len(streamed) >= stop_after else 0
-
-        if stream or stop_after is not None:
-            p.on_token = on_token
-        r = C.moe_generate_result()
-        r.struct_size = ctypes.sizeof(r)
-        needed = ctypes.c_size_t(0)
-        if capacity is None:
-            st = C.lib.moe_model_generate(r, self.h, prompt.encode(), p, None, 0, ctypes.byref(needed))
-            check(st)
-            if stream or stop_after is not None:
-                streamed.clear()
-            capacity = needed.value
-        buf = ctypes.create_string_buffer(max(capacity, 1))
-        check(C.lib.moe_model_generate(r, self.h, prompt.encode(), p, buf, capacity, ctypes.byref(needed)))
-        raw = buf.raw
-        text = raw[:raw.index(b"\0")] if capacity > 0 else b""
-        return r, text, needed.value, streamed
-
-    def greedy_chain(self, prompt_ids, n):
-        ids = list(prompt_ids)
-        for _ in range(n):
-            ids.append(int(np.argmax(self.logits(ids)[-1])))
-        return ids[len(prompt_ids):]
 
 
 @pytest.fixture(scope="module")
@@ -331,45 +140,20 @@ TOKENS20 = [84, 257, 258, 97, 116, 261, 58, 32, 259, 299, 0, 255, 128, 17, 265, 
 # --------------------------------------------------------------------------- declarations and defaults
 
 
-def test_struct_layout_matches_header(tmp_path):
-    """The ctypes structs have the C compiler's sizes and field offsets."""
-    cc = shutil.which(os.environ.get("CC", "cc"))
-    assert cc is not None, f"no C compiler: '{os.environ.get('CC', 'cc')}' is not on PATH"
-    structs = {name: getattr(C, name) for name in
-               ["moe_model_params", "moe_model_info", "moe_eval_params", "moe_eval_result", "moe_generate_params",
-                "moe_generate_result"]}
-    lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "moeupcycle.h"', "int main(void) {"]
-    for name, cls in structs.items():
-        lines.append(f'  printf("{name} %zu\\n", sizeof({name}));')
-        for field, _ in cls._fields_:
-            lines.append(f'  printf("{name}.{field} %zu\\n", offsetof({name}, {field}));')
-    lines.append("  return 0;\n}")
-    (tmp_path / "layout.c").write_text("\n".join(lines))
-    subprocess.run([cc, "-std=c11", "-I", str(ROOT / "include"), str(tmp_path / "layout.c"), "-o",
-                    str(tmp_path / "layout")], check=True)
-    got = dict(l.split() for l in subprocess.run([str(tmp_path / "layout")], capture_output=True, text=True,
-                                                  check=True).stdout.splitlines())
-    for name, cls in structs.items():
-        assert int(got[name]) == ctypes.sizeof(cls), name
-        for field, _ in cls._fields_:
-            assert int(got[f"{name}.{field}"]) == getattr(cls, field).offset, f"{name}.{field}"
-
-
 def test_params_init_defaults():
-    p = C.moe_model_params()
-    C.lib.moe_model_params_init(p)
-    assert (p.struct_size, p.weight_dtype, p.placement, p.max_context) == (ctypes.sizeof(p), -1, -1, 0)
-    e = C.moe_eval_params()
-    C.lib.moe_eval_params_init(e)
+    p = params(C.moe_model_params)
+    assert (p.struct_size, p.weight_dtype, p.placement, p.max_context) == (
+        ctypes.sizeof(p), C.MOE_DTYPE_DEFAULT, C.MOE_PLACEMENT_DEFAULT, 0)
+    e = params(C.moe_eval_params)
     assert (e.struct_size, e.seq_len, e.max_tokens, e.user_data) == (ctypes.sizeof(e), 0, 0, None)
     assert not e.progress
-    g = C.moe_generate_params()
-    C.lib.moe_generate_params_init(g)
+    g = params(C.moe_generate_params)
     assert (g.struct_size, g.max_new_tokens, g.temperature, g.top_k, g.top_p, g.seed, g.chat, g.add_special,
             g.ignore_eos) == (ctypes.sizeof(g), 64, 0.0, 0, 1.0, 0, 0, 1, 0)
     assert not g.on_token and g.user_data is None
-    for fn in (C.lib.moe_model_params_init, C.lib.moe_eval_params_init, C.lib.moe_generate_params_init):
-        fn(None)  # ignored
+    for fn, cls in ((C.lib.moe_model_params_init, C.moe_model_params), (C.lib.moe_eval_params_init, C.moe_eval_params),
+                    (C.lib.moe_generate_params_init, C.moe_generate_params)):
+        expect(fn(None, ctypes.sizeof(cls)), C.MOE_ERR_NULL_POINTER, "params")
     C.lib.moe_model_free(None)
 
 
@@ -444,7 +228,7 @@ def test_copy_upcycled_mixtral_matches_dense(fresh_rt, tmp_path, tiny, tiny_mode
     ids = [int(t) for t in np.random.default_rng(5).integers(0, VOCAB, 40)]
     a, b = m.eval_tokens(ids, seq_len=16), tiny_model.eval_tokens(ids, seq_len=16)
     assert a.perplexity == pytest.approx(b.perplexity, rel=1e-5)
-    assert a.balance > 0 and b.balance == 0
+    assert a.aux_loss > 0 and b.aux_loss == 0
 
 
 def test_mixtral_differs_from_dense(rt, tiny, tiny_model, mixtral_model):
@@ -574,7 +358,8 @@ def test_logits_of_long_sequence_and_context(fresh_rt, tiny):
     ids = list(np.random.default_rng(3).integers(0, VOCAB, 150))
     got = m.logits(ids)
     assert np.max(np.abs(got - reference_logits(path, ids, stored))) <= 2e-4
-    st = C.lib.moe_model_logits(m.h, ids_array(ids + [1]), 151, (ctypes.c_float * (151 * VOCAB))(), 151 * VOCAB)
+    st = C.lib.moe_model_logits(m.h, ids_array(ids + [1]), 151, (ctypes.c_float * (151 * VOCAB))(), 151 * VOCAB,
+                                None)
     expect(st, C.MOE_ERR_INVALID_ARGUMENT, "151", "150")
     # max_context beyond the model's own context is clamped to it.
     assert Model(fresh_rt, path, max_context=100000).info.context_length == 256
@@ -651,7 +436,7 @@ def test_eval_tokens_matches_numpy(tiny, tiny_model, count, seq_len, max_tokens,
     # Against the library's own logits too.
     own, _, _, _ = ref.window_nll(tiny_model.logits, ids, seq_len, max_tokens)
     assert r.mean_nll == pytest.approx(own, rel=1e-6, abs=1e-6)
-    assert r.seconds > 0 and r.tokens_per_second > 0 and r.balance == 0
+    assert r.seconds > 0 and r.tokens_per_second > 0 and r.aux_loss == 0
 
 
 def test_eval_text_equals_eval_tokens(tiny_model):
@@ -677,8 +462,7 @@ def test_eval_null_params_means_defaults(fresh_rt, tmp_path, tiny):
     (path / "config.json").write_text(json.dumps(cfg))
     m = Model(fresh_rt, path)
     ids = [int(t) for t in np.random.default_rng(1).integers(0, VOCAB, 520)]
-    r = C.moe_eval_result()
-    r.struct_size = ctypes.sizeof(r)
+    r = result(C.moe_eval_result)
     check(C.lib.moe_model_eval_tokens(r, m.h, ids_array(ids), len(ids), None))
     assert (r.windows, r.tokens_scored) == (2, 511 + 7)
     want = m.eval_tokens(ids, seq_len=512)
@@ -703,8 +487,7 @@ def test_eval_progress_and_cancel(tiny_model):
     def cancel(done, total, stage, user):
         return 1
 
-    r = C.moe_eval_result()
-    r.struct_size = ctypes.sizeof(r)
+    r = result(C.moe_eval_result)
     st = C.lib.moe_model_eval_tokens(r, tiny_model.h, ids_array(ids), len(ids),
                                      tiny_model.eval_params(progress=cancel))
     expect(st, C.MOE_ERR_CANCELLED, "cancel")
@@ -715,7 +498,7 @@ def test_router_stats_mixtral(mixtral, mixtral_model):
     ids = [int(t) for t in np.random.default_rng(7).integers(0, VOCAB, 25)]
     r = m.eval_tokens(ids, seq_len=8)
     run = 24  # three windows of 8; the 25th token is not run
-    assert r.balance > 0
+    assert r.aux_loss > 0
     for layer in range(2):
         counts = m.router_stats(layer)
         assert len(counts) == 4
@@ -730,23 +513,26 @@ def test_router_stats_mixtral(mixtral, mixtral_model):
     added = res.prompt_tokens + res.generated_tokens - 1
     for layer in range(2):
         assert sum(m.router_stats(layer)) == (run + added) * 2
-    # Capacity smaller than the expert count: only that many are written; experts reports E.
+    # Capacity smaller than the expert count: an error, nothing written, needed reports E.
     counts = (ctypes.c_uint64 * 4)(*([777] * 4))
-    experts = ctypes.c_uint32(0)
-    check(C.lib.moe_model_router_stats(m.h, 1, counts, 2, ctypes.byref(experts)))
-    assert experts.value == 4 and counts[2] == counts[3] == 777
+    needed = ctypes.c_size_t(0)
+    st = C.lib.moe_model_router_stats(m.h, 1, counts, 2, ctypes.byref(needed))
+    expect(st, C.MOE_ERR_BUFFER_TOO_SMALL, "2", "4")
+    assert needed.value == 4 and list(counts) == [777] * 4
     check(C.lib.moe_model_router_stats(m.h, 1, None, 0, None))
-    st = C.lib.moe_model_router_stats(m.h, 2, counts, 4, ctypes.byref(experts))
+    st = C.lib.moe_model_router_stats(m.h, 2, counts, 4, ctypes.byref(needed))
     expect(st, C.MOE_ERR_INVALID_ARGUMENT, "layer", "2")
-    st = C.lib.moe_model_router_stats(None, 0, counts, 4, ctypes.byref(experts))
+    st = C.lib.moe_model_router_stats(None, 0, counts, 4, ctypes.byref(needed))
     expect(st, C.MOE_ERR_NULL_POINTER, "model")
+    st = C.lib.moe_model_router_stats(m.h, 0, None, 4, ctypes.byref(needed))
+    expect(st, C.MOE_ERR_NULL_POINTER, "tokens_per_expert")
 
 
 def test_router_stats_qwen2_moe_dense_layer(fresh_rt, qwen2_moe):
     m = Model(fresh_rt, qwen2_moe)
     ids = [int(t) for t in np.random.default_rng(8).integers(0, VOCAB, 30)]
     r = m.eval_tokens(ids, seq_len=8)
-    assert r.balance > 0
+    assert r.aux_loss > 0
     assert m.router_stats(0) == []  # mlp_only layer
     assert sum(m.router_stats(1)) == 30 * 2
 
@@ -754,9 +540,9 @@ def test_router_stats_qwen2_moe_dense_layer(fresh_rt, qwen2_moe):
 def test_router_stats_dense_model(tiny_model):
     tiny_model.eval_tokens(list(range(10)), seq_len=4)
     for layer in range(2):
-        experts = ctypes.c_uint32(99)
-        check(C.lib.moe_model_router_stats(tiny_model.h, layer, None, 0, ctypes.byref(experts)))
-        assert experts.value == 0
+        needed = ctypes.c_size_t(99)
+        check(C.lib.moe_model_router_stats(tiny_model.h, layer, None, 0, ctypes.byref(needed)))
+        assert needed.value == 0
 
 
 def test_routing_matches_numpy(mixtral, mixtral_model):
@@ -930,29 +716,35 @@ def test_end_of_sequence_and_ignore_eos(fresh_rt, tmp_path, tiny):
     assert r.stop_reason == 0 and r.generated_tokens == 30 and [t for t, _ in streamed] == chain
 
 
-def test_text_buffer_too_small_is_cut_at_utf8_boundary(flat_model):
+def test_text_buffer_too_small_is_an_error_after_generating(flat_model):
+    """A text buffer too small: generation runs (out, *needed and the stream are filled), the call returns
+    MOE_ERR_BUFFER_TOO_SMALL and nothing is written into the buffer; never a truncated text."""
     kw = dict(max_new_tokens=40, ignore_eos=1, temperature=1.0, seed=21)
-    r, full, needed, _ = flat_model.generate("The sea", **kw)
-    assert needed == len(full) + 1
-    assert any(b >= 0x80 for b in full), full  # multi-byte characters to cut through
-    text = full.decode()
-    boundaries = {len(text[:i].encode()) for i in range(len(text) + 1)}
-    for capacity in range(1, needed + 2):
-        r2, got, n2, _ = flat_model.generate("The sea", capacity=capacity, **kw)
-        assert n2 == needed and r2.generated_tokens == r.generated_tokens
-        want = max(b for b in boundaries if b <= capacity - 1)
-        assert got == full[:want], (capacity, got, full)
+    r, full, needed, streamed = flat_model.generate("The sea", stream=True, **kw)
+    assert needed == len(full) + 1 and b"".join(piece for _, piece in streamed) == full
+    assert any(b >= 0x80 for b in full), full  # multi-byte characters a truncation could cut through
+    for capacity in (0, 1, 2, needed // 2, needed - 1):
+        st, r2, raw, n2, streamed2 = flat_model.generate_status("The sea", capacity, stream=True, **kw)
+        expect(st, C.MOE_ERR_BUFFER_TOO_SMALL, str(needed))
+        assert raw == b"\x7f" * max(capacity, 1), (capacity, raw)
+        assert n2 == needed and r2.generated_tokens == r.generated_tokens == len(streamed2)
+        assert r2.stop_reason == C.MOE_STOP_LENGTH and streamed2 == streamed
+    for capacity in (needed, needed + 3):
+        st, _, raw, n2, _ = flat_model.generate_status("The sea", capacity, **kw)
+        check(st)
+        assert n2 == needed and raw[:needed] == full + b"\0" and raw[needed:] == b"\x7f" * (capacity - needed)
     # No buffer at all: only the size.
-    p = C.moe_generate_params()
-    C.lib.moe_generate_params_init(p)
-    p.max_new_tokens, p.ignore_eos, p.temperature, p.seed = 40, 1, 1.0, 21
+    p = params(C.moe_generate_params, max_new_tokens=40, ignore_eos=1, temperature=1.0, seed=21)
     needed2 = ctypes.c_size_t(0)
     check(C.lib.moe_model_generate(None, flat_model.h, b"The sea", p, None, 0, ctypes.byref(needed2)))
     assert needed2.value == needed
-    # Capacity 0 with a buffer writes nothing; needed may be NULL.
+    # A buffer too small with needed NULL is still an error that writes nothing.
     buf = ctypes.create_string_buffer(b"\x7f" * 4, 4)
-    check(C.lib.moe_model_generate(None, flat_model.h, b"The sea", p, buf, 0, None))
+    expect(C.lib.moe_model_generate(None, flat_model.h, b"The sea", p, buf, 4, None), C.MOE_ERR_BUFFER_TOO_SMALL)
     assert buf.raw == b"\x7f" * 4
+    # A NULL text with a capacity is a NULL pointer.
+    expect(C.lib.moe_model_generate(None, flat_model.h, b"The sea", p, None, 8, None), C.MOE_ERR_NULL_POINTER,
+           "text")
 
 
 def test_chat_wraps_prompt_in_chatml(tiny_model):
@@ -1032,7 +824,7 @@ def test_tokenize_buffer_and_errors(tiny_model):
     buf = (ctypes.c_int32 * 4)(*([-7] * 4))
     st = C.lib.moe_model_tokenize(tiny_model.h, text, len(text), 0, buf, 4, ctypes.byref(count))
     expect(st, C.MOE_ERR_BUFFER_TOO_SMALL, str(n_all))
-    assert count.value == n_all
+    assert count.value == n_all and list(buf) == [-7] * 4, "a buffer too small was written into"
     # Exactly enough.
     buf = (ctypes.c_int32 * n_all)()
     check(C.lib.moe_model_tokenize(tiny_model.h, text, len(text), 0, buf, n_all, ctypes.byref(count)))
@@ -1043,8 +835,11 @@ def test_tokenize_buffer_and_errors(tiny_model):
     for bad in (b"\xff\xfe abc", b"abc\xc3", b"\xed\xa0\x80", b"\xc0\xaf"):
         st = C.lib.moe_model_tokenize(tiny_model.h, bad, len(bad), 0, buf, n_all, ctypes.byref(count))
         expect(st, C.MOE_ERR_INVALID_ARGUMENT, "UTF-8")
-    st = C.lib.moe_model_tokenize(tiny_model.h, text, len(text), 0, buf, n_all, None)
-    expect(st, C.MOE_ERR_NULL_POINTER, "count")
+    # needed may be NULL.
+    want = tiny_model.tokenize(ASCII_TEXT)
+    buf = (ctypes.c_int32 * n_all)()
+    check(C.lib.moe_model_tokenize(tiny_model.h, text, len(text), 0, buf, n_all, None))
+    assert list(buf) == want
     st = C.lib.moe_model_tokenize(None, text, len(text), 0, buf, n_all, ctypes.byref(count))
     expect(st, C.MOE_ERR_NULL_POINTER, "model")
     st = C.lib.moe_model_tokenize(tiny_model.h, None, 5, 0, buf, n_all, ctypes.byref(count))
@@ -1064,10 +859,10 @@ def test_detokenize_buffer_special_and_errors(tiny_model):
     arr = ids_array(ids)
     needed = ctypes.c_size_t(0)
     full = "<|endoftext|>Grüße<|im_end|>".encode()
-    buf = ctypes.create_string_buffer(8)
+    buf = ctypes.create_string_buffer(b"\x7f" * 8, 8)
     st = C.lib.moe_model_detokenize(tiny_model.h, arr, len(ids), 0, buf, 8, ctypes.byref(needed))
-    expect(st, C.MOE_ERR_BUFFER_TOO_SMALL)
-    assert needed.value == len(full) + 1
+    expect(st, C.MOE_ERR_BUFFER_TOO_SMALL, str(len(full) + 1))
+    assert needed.value == len(full) + 1 and buf.raw == b"\x7f" * 8, "a buffer too small was written into"
     buf = ctypes.create_string_buffer(len(full) + 1)
     check(C.lib.moe_model_detokenize(tiny_model.h, arr, len(ids), 0, buf, len(full) + 1, None))
     assert buf.value == full
@@ -1107,18 +902,18 @@ def test_null_pointers_and_struct_sizes(rt, tiny, tiny_model):
     # NULL params: defaults.
     check(C.lib.moe_model_load(ctypes.byref(h), rt.h, path, None))
     C.lib.moe_model_free(h)
-    for size in (0, 8, ctypes.sizeof(C.moe_model_params) + 8):
-        p = model_params()
+    for size in (0, 8, ctypes.sizeof(C.moe_model_params) - 4):
+        p = params(C.moe_model_params)
         p.struct_size = size
         h = ctypes.c_void_p()
         expect(C.lib.moe_model_load(ctypes.byref(h), rt.h, path, p), C.MOE_ERR_INVALID_ARGUMENT, "struct_size")
         assert h.value is None
     for field, value in (("weight_dtype", C.MOE_DTYPE_F16), ("weight_dtype", 7), ("placement", 42)):
-        p = model_params()
+        p = params(C.moe_model_params)
         setattr(p, field, value)
         expect(load_status(rt, tiny[0], p), C.MOE_ERR_INVALID_ARGUMENT, field)
 
-    info = C.moe_model_info()
+    info = result(C.moe_model_info)
     info.struct_size = ctypes.sizeof(info) - 8
     expect(C.lib.moe_model_get_info(info, tiny_model.h), C.MOE_ERR_INVALID_ARGUMENT, "struct_size")
     info.struct_size = ctypes.sizeof(info)
@@ -1127,15 +922,14 @@ def test_null_pointers_and_struct_sizes(rt, tiny, tiny_model):
 
     ids = ids_array([1, 2, 3, 4])
     logits = (ctypes.c_float * (4 * VOCAB))()
-    expect(C.lib.moe_model_logits(None, ids, 4, logits, 4 * VOCAB), C.MOE_ERR_NULL_POINTER, "model")
-    expect(C.lib.moe_model_logits(tiny_model.h, None, 4, logits, 4 * VOCAB), C.MOE_ERR_NULL_POINTER, "tokens")
-    expect(C.lib.moe_model_logits(tiny_model.h, ids, 4, None, 4 * VOCAB), C.MOE_ERR_NULL_POINTER, "logits")
-    expect(C.lib.moe_model_logits(tiny_model.h, ids, 4, logits, 4 * VOCAB - 1), C.MOE_ERR_BUFFER_TOO_SMALL,
+    expect(C.lib.moe_model_logits(None, ids, 4, logits, 4 * VOCAB, None), C.MOE_ERR_NULL_POINTER, "model")
+    expect(C.lib.moe_model_logits(tiny_model.h, None, 4, logits, 4 * VOCAB, None), C.MOE_ERR_NULL_POINTER, "tokens")
+    expect(C.lib.moe_model_logits(tiny_model.h, ids, 4, None, 4 * VOCAB, None), C.MOE_ERR_NULL_POINTER, "logits")
+    expect(C.lib.moe_model_logits(tiny_model.h, ids, 4, logits, 4 * VOCAB - 1, None), C.MOE_ERR_BUFFER_TOO_SMALL,
            str(4 * VOCAB))
-    expect(C.lib.moe_model_logits(tiny_model.h, ids, 0, logits, 4 * VOCAB), C.MOE_ERR_INVALID_ARGUMENT, "count")
+    expect(C.lib.moe_model_logits(tiny_model.h, ids, 0, logits, 4 * VOCAB, None), C.MOE_ERR_INVALID_ARGUMENT, "count")
 
-    r = C.moe_eval_result()
-    r.struct_size = ctypes.sizeof(r)
+    r = result(C.moe_eval_result)
     ep = tiny_model.eval_params()
     expect(C.lib.moe_model_eval_tokens(r, None, ids, 4, ep), C.MOE_ERR_NULL_POINTER, "model")
     expect(C.lib.moe_model_eval_tokens(r, tiny_model.h, None, 4, ep), C.MOE_ERR_NULL_POINTER, "tokens")
@@ -1149,17 +943,15 @@ def test_null_pointers_and_struct_sizes(rt, tiny, tiny_model):
     # out NULL is allowed.
     check(C.lib.moe_model_eval_tokens(None, tiny_model.h, ids, 4, tiny_model.eval_params()))
 
-    g = C.moe_generate_params()
-    C.lib.moe_generate_params_init(g)
+    g = params(C.moe_generate_params)
     g.max_new_tokens = 2
-    res = C.moe_generate_result()
-    res.struct_size = ctypes.sizeof(res)
+    res = result(C.moe_generate_result)
     expect(C.lib.moe_model_generate(res, None, b"The", g, None, 0, None), C.MOE_ERR_NULL_POINTER, "model")
     expect(C.lib.moe_model_generate(res, tiny_model.h, None, g, None, 0, None), C.MOE_ERR_NULL_POINTER, "prompt")
     g.struct_size = 0
     expect(C.lib.moe_model_generate(res, tiny_model.h, b"The", g, None, 0, None), C.MOE_ERR_INVALID_ARGUMENT,
            "struct_size")
-    C.lib.moe_generate_params_init(g)
+    g = params(C.moe_generate_params)
     res.struct_size = 0
     expect(C.lib.moe_model_generate(res, tiny_model.h, b"The", g, None, 0, None), C.MOE_ERR_INVALID_ARGUMENT,
            "struct_size")
@@ -1217,10 +1009,9 @@ def test_load_errors(fresh_rt, tmp_path):
 def test_token_ids_outside_vocabulary(tiny_model):
     logits = (ctypes.c_float * (3 * VOCAB))()
     for bad in (VOCAB, -1, 1 << 30):
-        st = C.lib.moe_model_logits(tiny_model.h, ids_array([1, bad, 2]), 3, logits, 3 * VOCAB)
+        st = C.lib.moe_model_logits(tiny_model.h, ids_array([1, bad, 2]), 3, logits, 3 * VOCAB, None)
         expect(st, C.MOE_ERR_INVALID_ARGUMENT, str(bad), "vocabulary")
-        r = C.moe_eval_result()
-        r.struct_size = ctypes.sizeof(r)
+        r = result(C.moe_eval_result)
         st = C.lib.moe_model_eval_tokens(r, tiny_model.h, ids_array([1, 2, bad]), 3, tiny_model.eval_params())
         expect(st, C.MOE_ERR_INVALID_ARGUMENT, str(bad), "vocabulary")
     # The last valid id works.
@@ -1233,8 +1024,7 @@ def test_prompt_longer_than_context(fresh_rt, tiny):
     long_prompt = "abcdefghijklmnopqrstuvwxyz"
     n = len(m.tokenize(long_prompt, add_special=True))
     assert n == 27
-    g = C.moe_generate_params()
-    C.lib.moe_generate_params_init(g)
+    g = params(C.moe_generate_params)
     st = C.lib.moe_model_generate(None, m.h, long_prompt.encode(), g, None, 0, None)
     expect(st, C.MOE_ERR_INVALID_ARGUMENT, "27", "16")
     # A prompt exactly as long as the context leaves no room: refused too.
@@ -1247,18 +1037,16 @@ def test_prompt_longer_than_context(fresh_rt, tiny):
     assert r.generated_tokens == 1
     # Logits and evaluation windows are bounded by the context too.
     logits = (ctypes.c_float * (17 * VOCAB))()
-    st = C.lib.moe_model_logits(m.h, ids_array(list(range(17))), 17, logits, 17 * VOCAB)
+    st = C.lib.moe_model_logits(m.h, ids_array(list(range(17))), 17, logits, 17 * VOCAB, None)
     expect(st, C.MOE_ERR_INVALID_ARGUMENT, "17", "16")
-    r = C.moe_eval_result()
-    r.struct_size = ctypes.sizeof(r)
+    r = result(C.moe_eval_result)
     st = C.lib.moe_model_eval_tokens(r, m.h, ids_array(list(range(40))), 40, m.eval_params(seq_len=17))
     expect(st, C.MOE_ERR_INVALID_ARGUMENT, "seq_len", "17")
     assert m.eval_tokens(list(range(40)), seq_len=16).windows == 3
 
 
 def test_eval_errors(tiny_model):
-    r = C.moe_eval_result()
-    r.struct_size = ctypes.sizeof(r)
+    r = result(C.moe_eval_result)
     st = C.lib.moe_model_eval_tokens(r, tiny_model.h, ids_array([5]), 1, tiny_model.eval_params())
     expect(st, C.MOE_ERR_INVALID_ARGUMENT, "at least 2")
     st = C.lib.moe_model_eval_tokens(r, tiny_model.h, None, 0, tiny_model.eval_params())
@@ -1280,10 +1068,8 @@ def test_eval_errors(tiny_model):
 
 
 def test_generate_errors(fresh_rt, tmp_path, tiny_model):
-    g = C.moe_generate_params()
-
     def status(prompt=b"The", **kw):
-        C.lib.moe_generate_params_init(g)
+        g = params(C.moe_generate_params)
         g.max_new_tokens = 2
         for k, v in kw.items():
             setattr(g, k, v)
@@ -1302,7 +1088,7 @@ def test_generate_errors(fresh_rt, tmp_path, tiny_model):
     write_tiny(path, chat_template=None)
     m = Model(fresh_rt, path)
     r, _, _, _ = m.generate("Hello", max_new_tokens=2, capacity=16, ignore_eos=1)
-    C.lib.moe_generate_params_init(g)
+    g = params(C.moe_generate_params)
     g.chat = 1
     st = C.lib.moe_model_generate(None, m.h, b"Hello", g, None, 0, None)
     expect(st, C.MOE_ERR_UNSUPPORTED, "chat template")
@@ -1330,8 +1116,7 @@ def test_checkpoint_without_tokenizer(fresh_rt, tmp_path):
     text = ctypes.create_string_buffer(16)
     st = C.lib.moe_model_detokenize(m.h, ids_array([1, 2]), 2, 0, text, 16, ctypes.byref(count))
     expect(st, C.MOE_ERR_NOT_FOUND, "tokenizer")
-    r = C.moe_eval_result()
-    r.struct_size = ctypes.sizeof(r)
+    r = result(C.moe_eval_result)
     st = C.lib.moe_model_eval_text(r, m.h, b"hello there", 11, m.eval_params())
     expect(st, C.MOE_ERR_NOT_FOUND, "tokenizer")
     st = C.lib.moe_model_generate(None, m.h, b"hello", None, None, 0, None)
@@ -1445,13 +1230,13 @@ def test_smollm2_copy_upcycle_keeps_perplexity(rt, smollm2, smollm2_path, hamlet
               f"{r.perplexity:.4f}")
         assert r.tokens_scored == dense.tokens_scored
         assert abs(r.perplexity / dense.perplexity - 1) < 5e-5
-        assert r.balance > 0
+        assert r.aux_loss > 0
         for layer in (0, 29):
             assert sum(moe.router_stats(layer)) == 1024 * 2
         assert np.max(np.abs(moe.logits(hamlet_ids[:64]) - dense_logits)) <= 1e-3
     finally:
         moe.close()
-        rt.models.remove(moe)
+        rt.children.remove(moe)
         shutil.rmtree(out)
     out = tmp_path / "drop8"
     upcycle(smollm2_path, out, num_experts=8, top_k=2, method="drop", ratio=0.5, dtype="keep", seed=1)
@@ -1462,19 +1247,17 @@ def test_smollm2_copy_upcycle_keeps_perplexity(rt, smollm2, smollm2_path, hamlet
         assert r.perplexity > dense.perplexity * 1.01
     finally:
         drop.close()
-        rt.models.remove(drop)
+        rt.children.remove(drop)
         shutil.rmtree(out)
 
 
 def test_eval_default_window_is_capped_by_the_context(tiny_model):
     """seq_len 0 (the default) means 512, or the context length when shorter (256 here)."""
     ids = ids_array([i % 250 for i in range(600)])
-    r = C.moe_eval_result()
-    r.struct_size = ctypes.sizeof(r)
+    r = result(C.moe_eval_result)
     expect(C.lib.moe_model_eval_tokens(r, tiny_model.h, ids, 600, tiny_model.eval_params(seq_len=0)), C.MOE_OK)
     assert (r.windows, r.tokens_scored) == (3, 597)
-    explicit = C.moe_eval_result()
-    explicit.struct_size = ctypes.sizeof(explicit)
+    explicit = result(C.moe_eval_result)
     expect(C.lib.moe_model_eval_tokens(explicit, tiny_model.h, ids, 600, tiny_model.eval_params(seq_len=256)),
            C.MOE_OK)
     assert explicit.mean_nll == r.mean_nll

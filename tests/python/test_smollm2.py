@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from gguf_models import smollm2_dequantized
-from models import inspect, read_safetensors_dir, upcycle
+from abi import inspect, upcycle
+from models import read_safetensors_dir
 from reference import forward
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,44 +1,24 @@
 """Training through the C ABI and the CLI: overfitting, exact resume, checkpoints, errors."""
 import ctypes
+import json
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from abi import Model, Runtime, Trainer, check, expect, fptr, ids_array, last_error, params, upcycle
+from models import CLI
 from moeupcycle import _capi as C
-from models import CLI, upcycle
-from test_model import Model, Runtime, check, expect, ids_array, last_error, write_tiny
+from test_model import write_tiny
 
 PATTERN = [72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100, 33, 10, 84, 104, 101]
 
 
 def trainer_params(**kw):
-    p = C.moe_trainer_params()
-    C.lib.moe_trainer_params_init(p)
-    for k, v in kw.items():
-        setattr(p, k, v)
-    return p
-
-
-class Trainer:
-    def __init__(self, model, tokens, **kw):
-        self.h = ctypes.c_void_p()
-        check(C.lib.moe_trainer_create(ctypes.byref(self.h), model.h, ids_array(tokens), len(tokens),
-                                       trainer_params(**kw)))
-
-    def step(self):
-        s = C.moe_train_stats()
-        s.struct_size = ctypes.sizeof(s)
-        check(C.lib.moe_trainer_step(s, self.h))
-        return s
-
-    def save(self, path, force=0):
-        check(C.lib.moe_trainer_save(self.h, str(path).encode(), force))
-
-    def close(self):
-        C.lib.moe_trainer_free(self.h)
-        self.h = None
+    return params(C.moe_trainer_params, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +79,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(rt, tiny, mixtral, tmp_pat
     first.close()
     second = Trainer(f32(rt, tmp_path / "half"), tokens, **kw)
     check(C.lib.moe_trainer_resume(second.h, str(tmp_path / "half").encode()))
-    step = ctypes.c_uint64()
-    check(C.lib.moe_trainer_get_step(step, second.h))
-    assert step.value == 3
+    assert second.get_step() == 3
     for _ in range(3):
         second.step()
     second.save(tmp_path / "half", force=1)   # over the checkpoint it resumed from
@@ -129,9 +107,8 @@ def test_checkpoint_loads_and_held_out_loss_falls(rt, tiny, tmp_path):
     ids = PATTERN[:10]
     a = np.empty(10 * model.V, np.float32)
     b = np.empty(10 * model.V, np.float32)
-    check(C.lib.moe_model_logits(model.h, ids_array(ids), 10, a.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), a.size))
-    check(C.lib.moe_model_logits(reloaded.h, ids_array(ids), 10, b.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
-                                 b.size))
+    check(C.lib.moe_model_logits(model.h, ids_array(ids), 10, fptr(a), a.size, None))
+    check(C.lib.moe_model_logits(reloaded.h, ids_array(ids), 10, fptr(b), b.size, None))
     assert np.array_equal(a, b)
 
 
@@ -180,6 +157,57 @@ def test_trainer_errors(rt, tiny, tmp_path):
     assert last_error()
 
 
+@pytest.mark.parametrize("kw,fragment", [
+    (dict(on_nonfinite=2), "params->on_nonfinite has invalid value 2"),
+    (dict(schedule=2), "params->schedule has invalid value 2"),
+    (dict(train_only=3), "params->train_only has invalid value 3"),
+    (dict(beta1=1.0), "beta1"),
+    (dict(beta2=-0.5), "beta2"),
+    (dict(eps=-1.0), "eps"),
+    (dict(eps=float("nan")), "eps"),
+    (dict(weight_decay=-1.0), "weight_decay"),
+    (dict(steps=0), "steps"),
+    (dict(eval_fraction=1.0), "eval_fraction"),
+    (dict(min_lr=-1.0), "min_lr"),
+    (dict(clip=-1.0), "clip"),
+    (dict(aux_loss_coef=-1.0), "aux_loss_coef"),
+    (dict(z_loss_coef=float("nan")), "z_loss_coef"),
+    # What the header says that the library does not do yet.
+    *[pytest.param(kw, fragment, marks=pytest.mark.xfail(strict=True, reason=why)) for kw, fragment, why in [
+        (dict(eps=0.0), "eps", "the library accepts eps = 0 (the header asks for eps > 0)"),
+        (dict(warmup=101, steps=100), "warmup", "the library accepts warmup > steps (the header: at most steps)"),
+        (dict(eval_windows=0), "eval_windows", "the library accepts eval_windows = 0 (the header: 1..65536)"),
+        (dict(eval_windows=65537), "eval_windows", "the library accepts eval_windows = 65537 (the header: 1..65536)"),
+        (dict(steps=2 ** 31 + 1), "steps", "the library accepts steps = 2^31 + 1 (the header: 1..2^31)"),
+        (dict(batch=2 ** 20, seq_len=32), "batch",
+         "the library accepts batch * seq_len = 2^25 (the header: at most 2^24 tokens per step)"),
+        (dict(on_nonfinite=-1), "params->on_nonfinite has invalid value -1",
+         "the library refuses on_nonfinite = -1 but names it 4294967295 (a negative enum value printed unsigned)"),
+    ]],
+])
+def test_trainer_settings_out_of_range(rt, tiny, kw, fragment):
+    model = f32(rt, tiny)
+    h = ctypes.c_void_p()
+    expect(C.lib.moe_trainer_create(ctypes.byref(h), model.h, ids_array([1] * 600), 600, trainer_params(**kw)),
+           C.MOE_ERR_INVALID_ARGUMENT, fragment)
+    assert not h
+
+
+def test_on_nonfinite_policies_train_a_finite_run_alike(rt, tiny, tmp_path):
+    """Both policies train a finite run alike: no step skipped, the same losses and weights."""
+    tokens = PATTERN * 40
+    kw = dict(seq_len=12, batch=2, steps=4, lr=3e-3, eval_fraction=0)
+    runs = {}
+    for policy in ("error", "skip"):
+        t = Trainer(f32(rt, tiny), tokens, on_nonfinite=policy, **kw)
+        runs[policy] = [t.step() for _ in range(2)]
+        assert all(s.skipped == 0 and np.isfinite(s.loss) for s in runs[policy])
+        t.save(tmp_path / policy)
+        t.close()
+    assert [s.loss for s in runs["error"]] == [s.loss for s in runs["skip"]]
+    assert read_bytes(tmp_path / "error", "model.safetensors") == read_bytes(tmp_path / "skip", "model.safetensors")
+
+
 def run(*args):
     return subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True)
 
@@ -191,8 +219,10 @@ def test_cli_train_resume_and_eval(tiny, tmp_path):
     straight = run("train", tiny, "--out", tmp_path / "a", "--steps", "4", *common)
     assert straight.returncode == 0, straight.stderr
     assert "held-out loss" in straight.stdout and "step     4/4" in straight.stdout
-    log = (tmp_path / "a.jsonl").read_text().splitlines()
-    assert len([l for l in log if '"loss"' in l]) == 4
+    log = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    steps = [e for e in log if "loss" in e]
+    assert [e["step"] for e in steps] == [1, 2, 3, 4]
+    assert all(e["aux_loss"] == 0 and e["skipped"] is False and "balance" not in e for e in steps), steps
     half = run("train", tiny, "--out", tmp_path / "b", "--steps", "2", *common)
     assert half.returncode == 0, half.stderr
     resumed = run("train", tiny, "--out", tmp_path / "b", "--steps", "4", "--resume", *common)
@@ -221,3 +251,60 @@ def test_cli_train_reads_a_directory_of_texts(tiny, tmp_path):
     empty.mkdir()
     r = run("train", tiny, "--data", empty, "--out", tmp_path / "e", "--steps", "1", "--seq-len", "16")
     assert r.returncode == 1 and "tokens" in r.stderr
+
+
+def test_cli_train_options(tiny, mixtral, tmp_path):
+    """--schedule constant is --constant-lr; options also read as --name=value; the MoE log has aux_loss."""
+    data = tmp_path / "data.txt"
+    data.write_text("Hello world! The cat sat on the mat. " * 60)
+    common = ["--data", data, "--batch", "2", "--seq-len", "12", "--steps", "2", "--lr", "3e-3", "--seed", "4"]
+    a = run("train", tiny, "--out", tmp_path / "a", "--constant-lr", *common)
+    b = run("train", tiny, "--out=" + str(tmp_path / "b"), "--schedule=constant", "--beta1", "0.9", "--eps=1e-8",
+            "--on-nonfinite", "skip", *common)
+    assert a.returncode == 0 and b.returncode == 0, (a.stderr, b.stderr)
+    assert read_bytes(tmp_path / "a", "model.safetensors") == read_bytes(tmp_path / "b", "model.safetensors")
+    c = run("train", tiny, "--out", tmp_path / "c", "--schedule", "cosine", "--beta1", "0.5", *common)
+    assert c.returncode == 0, c.stderr
+    assert read_bytes(tmp_path / "a", "model.safetensors") != read_bytes(tmp_path / "c", "model.safetensors")
+    moe = run("train", mixtral, "--out", tmp_path / "moe", "--eval-fraction", "0", *common)
+    assert moe.returncode == 0, moe.stderr
+    log = [json.loads(line) for line in (tmp_path / "moe.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(e["aux_loss"] > 0 and e["skipped"] is False for e in log), log
+    for bad in (["--schedule", "linear"], ["--on-nonfinite", "ignore"], ["--beta1"]):
+        r = run("train", tiny, "--out", tmp_path / "x", *common, *bad)
+        assert r.returncode == 2 and bad[0] in r.stderr, (bad, r.stderr)
+    r = run("train", tiny, "--out", tmp_path / "x", *common, "--beta1", "1.5")
+    assert r.returncode == 1 and "beta1" in r.stderr, r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_cli_train_stops_cleanly_on_a_signal(tiny, tmp_path, sig):
+    """A signal stops training after the current step: exit 128 + signal, the last checkpoint kept whole."""
+    data = tmp_path / "data.txt"
+    data.write_text("Hello world! The cat sat on the mat. " * 60)
+    out, log = tmp_path / "run", tmp_path / "run.jsonl"
+    p = subprocess.Popen([str(CLI), "train", str(tiny), "--data", str(data), "--out", str(out), "--steps", "100000",
+                          "--batch", "1", "--seq-len", "12", "--save-every", "1", "--eval-fraction", "0"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "trainer.json").exists() and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        assert (out / "trainer.json").exists(), "no checkpoint was saved"
+        p.send_signal(sig)
+        stdout, stderr = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 128 + sig, (p.returncode, stderr)
+    step = json.loads((out / "trainer.json").read_text())["step"]
+    assert 1 <= step < 100000
+    assert f"stopped by a signal after step {step}; '{out}' holds the checkpoint of step {step}" in stderr, stderr
+    assert f"saved {out} at step {step}" in stdout
+    assert len([line for line in log.read_text().splitlines() if '"loss"' in line]) == step
+    # Only the checkpoint and its log are left: no temporary directory beside them.
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["data.txt", "run", "run.jsonl"]
+    ev = run("eval", out, "--data", data, "--seq-len", "16")
+    assert ev.returncode == 0 and "perplexity" in ev.stdout

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from models import (UpcycleError, dense_weights, inspect, read_safetensors_dir, upcycle, write_hf)
+from abi import LibError, inspect, upcycle
+from models import dense_weights, read_safetensors_dir, write_hf
 from reference import forward
 from moeupcycle import _capi as C
 
@@ -52,6 +53,15 @@ def test_copy_preserves_function_mixtral(dense, tmp_path):
     # The router is not trivial: experts are actually chosen differently per token.
     router = moe["model.layers.0.block_sparse_moe.gate.weight"]
     assert 0.01 < router.std() < 0.03
+
+
+@pytest.mark.parametrize("fmt", ["mixtral", "qwen2-moe"])
+def test_aux_loss_coef_is_recorded_in_the_config(dense, tmp_path, fmt):
+    src, _ = dense
+    upcycle(src, tmp_path / "default", format=fmt)
+    assert dense_config(tmp_path / "default")["router_aux_loss_coef"] == pytest.approx(0.02)
+    upcycle(src, tmp_path / "set", format=fmt, aux_loss_coef=0.125)
+    assert dense_config(tmp_path / "set")["router_aux_loss_coef"] == 0.125
 
 
 def test_qwen2_moe_shared_expert_preserves_function(dense, tmp_path):
@@ -200,7 +210,7 @@ def test_importance_partition_prefers_large_neurons(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["F32", "F16", "BF16"])
-@pytest.mark.parametrize("out_dtype", ["keep", "f32", "bf16"])
+@pytest.mark.parametrize("out_dtype", ["keep", "default", "f32", "bf16", "f16"])
 def test_dtypes(tmp_path, dtype, out_dtype):
     rng = np.random.default_rng(2)
     w = dense_weights(rng, layers=1)
@@ -210,7 +220,7 @@ def test_dtypes(tmp_path, dtype, out_dtype):
     upcycle(src, out, num_experts=2, top_k=1, dtype=out_dtype)
     header_len = int.from_bytes((out / "model.safetensors").read_bytes()[:8], "little")
     header = json.loads((out / "model.safetensors").read_bytes()[8:8 + header_len])
-    expected = {"keep": dtype, "f32": "F32", "bf16": "BF16"}[out_dtype]
+    expected = {"keep": dtype, "default": dtype, "f32": "F32", "bf16": "BF16", "f16": "F16"}[out_dtype]
     assert {e["dtype"] for k, e in header.items() if k != "__metadata__"} == {expected}
     assert header["__metadata__"] == {"format": "pt"}
     moe = read_safetensors_dir(out)
@@ -219,6 +229,8 @@ def test_dtypes(tmp_path, dtype, out_dtype):
     if out_dtype == "bf16" and dtype != "BF16":
         from models import bf16_round
         want = bf16_round(want)
+    if out_dtype == "f16" and dtype != "F16":
+        want = want.astype(np.float16).astype(np.float32)
     np.testing.assert_array_equal(got, want)
 
 
@@ -248,7 +260,7 @@ def test_qwen2_source_with_biases(tmp_path):
     w = dense_weights(rng, layers=2, qkv_bias=True)
     src = tmp_path / "qwen2"
     stored = write_hf(src, w, arch="qwen2")
-    with pytest.raises(UpcycleError) as e:
+    with pytest.raises(LibError) as e:
         upcycle(src, tmp_path / "mx", format="mixtral")
     assert e.value.code == C.MOE_ERR_UNSUPPORTED and "bias" in e.value.message
     out = tmp_path / "q"
@@ -306,7 +318,7 @@ def test_progress_callback_and_cancel(dense, tmp_path):
     def cancel(done, total, stage, user):
         return 1 if done > 0 else 0
 
-    with pytest.raises(UpcycleError) as e:
+    with pytest.raises(LibError) as e:
         upcycle(src, tmp_path / "b", progress=cancel)
     assert e.value.code == C.MOE_ERR_CANCELLED
     assert not (tmp_path / "b").exists()

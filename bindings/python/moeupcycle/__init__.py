@@ -9,6 +9,10 @@ A high-level API over the C library (``_capi`` mirrors the header 1:1)::
         print(model.generate("The capital of France is", max_new_tokens=8))
         print(model.eval_text(open("hamlet.txt").read()).perplexity)
 
+Options are the fields of the C parameter structs, by their C names. Enum fields take the
+value or its name as the library spells it ("drop", "qwen2-moe", "softmax-topk-renorm";
+case is ignored and "_" reads as "-"); `names(enum)` lists them.
+
 The library is found through $MOEUPCYCLE_LIBRARY, then the package's own lib/
 directory, then the system loader path.
 """
@@ -21,10 +25,11 @@ import numpy as np
 
 from . import _capi as C
 
-__all__ = ["MoeError", "Runtime", "MoELayer", "Model", "Trainer", "upcycle", "inspect", "version"]
+__all__ = ["MoeError", "Runtime", "MoELayer", "Model", "Trainer", "upcycle", "inspect", "version", "names"]
 
 _F32P = ctypes.POINTER(ctypes.c_float)
 _I32P = ctypes.POINTER(ctypes.c_int32)
+_U64P = ctypes.POINTER(ctypes.c_uint64)
 
 
 class MoeError(Exception):
@@ -39,6 +44,104 @@ class MoeError(Exception):
 def _check(status: int) -> None:
     if status != C.MOE_OK:
         raise MoeError(status, C.lib.moe_last_error().decode())
+
+
+def version() -> str:
+    """The library's version, e.g. "0.2.0"."""
+    return C.lib.moe_version_string().decode()
+
+
+# Before 1.0 a library of another minor version is not compatible with this binding's header.
+if C.lib.moe_version_number() // 100 != C.MOE_VERSION_NUMBER // 100:
+    raise ImportError(f"libmoeupcycle {version()} does not match this binding's ABI {C.MOE_VERSION_STRING}")
+
+
+# ------------------------------------------------------------------------ enums by name
+
+# Which enum each enum-typed struct field holds (the field names are the header's).
+_ENUM_OF_FIELD = {
+    "method": "method", "router_init": "router_init", "routing": "routing", "format": "format",
+    "dtype": "dtype", "storage": "dtype", "weight_dtype": "dtype", "partition_select": "partition_select",
+    "granular_scaling": "granular_scaling", "placement": "placement", "train_only": "train_only",
+    "schedule": "lr_schedule", "on_nonfinite": "nonfinite",
+}
+
+
+def names(enum: str) -> list[str]:
+    """The canonical names of enum `enum` ("method", "routing", "dtype", ...) in value order, from 0."""
+    if enum not in C.NAMED_ENUMS:
+        raise ValueError(f"unknown enum {enum!r}; the enums are {', '.join(C.NAMED_ENUMS)}")
+    name_of = getattr(C.lib, f"moe_{enum}_name")
+    out = []
+    while (name := name_of(len(out))) is not None:
+        out.append(name.decode())
+    return out
+
+
+def _enum_value(enum: str, value) -> int:
+    """`value` of enum `enum`: an int as given, a name through the library's moe_<enum>_from_name."""
+    if not isinstance(value, str):
+        return int(value)
+    out = ctypes.c_int()
+    _check(getattr(C.lib, f"moe_{enum}_from_name")(ctypes.byref(out), value.encode()))
+    return out.value
+
+
+# ------------------------------------------------------------------------ versioned structs
+
+
+# Each parameter struct's _init function.
+_INIT = {
+    C.moe_upcycle_params: C.lib.moe_upcycle_params_init, C.moe_runtime_params: C.lib.moe_runtime_params_init,
+    C.moe_layer_config: C.lib.moe_layer_config_init, C.moe_model_params: C.lib.moe_model_params_init,
+    C.moe_eval_params: C.lib.moe_eval_params_init, C.moe_generate_params: C.lib.moe_generate_params_init,
+    C.moe_trainer_params: C.lib.moe_trainer_params_init,
+}
+
+
+def _params(cls, options: dict, what: str):
+    """A parameter struct filled with the library's defaults by its _init function, then with
+    `options` (C field names; enum fields also take names; text fields take str)."""
+    p = cls()
+    _check(_INIT[cls](p, ctypes.sizeof(p)))
+    fields = {name: ctype for name, ctype in cls._fields_}
+    for key, value in options.items():
+        if key not in fields or key == "struct_size" or key.startswith("reserved") or \
+                fields[key] in (C.moe_progress_fn, C.moe_token_fn, ctypes.c_void_p):
+            raise TypeError(f"unknown {what} option {key!r}")
+        if key in _ENUM_OF_FIELD:
+            value = _enum_value(_ENUM_OF_FIELD[key], value)
+        elif fields[key] is ctypes.c_char_p and isinstance(value, str):
+            value = value.encode()
+        setattr(p, key, value)
+    return p
+
+
+def _result(cls):
+    """A result struct with its struct_size set."""
+    r = cls()
+    r.struct_size = ctypes.sizeof(r)
+    return r
+
+
+def _fetch(call, new):
+    """The output-buffer rule: ask with a NULL buffer how many elements the answer takes, then fill a
+    buffer of that size. `call(buffer, capacity, needed)`; `new(n)` gives (result, pointer to pass)."""
+    needed = ctypes.c_size_t()
+    _check(call(None, 0, ctypes.byref(needed)))
+    result, pointer = new(needed.value)
+    _check(call(pointer, needed.value, ctypes.byref(needed)))
+    return result
+
+
+def _floats(n: int):
+    a = np.empty(n, np.float32)
+    return a, a.ctypes.data_as(_F32P)
+
+
+def _text(n: int):
+    buf = ctypes.create_string_buffer(max(n, 1))
+    return buf, buf
 
 
 def _f32(a, name: str, shape: Optional[tuple] = None, writable: bool = False) -> np.ndarray:
@@ -60,20 +163,14 @@ def _ids(tokens: Iterable[int]) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(list(tokens), dtype=np.int32))
 
 
-def version() -> str:
-    """The library's version, e.g. "0.1.0"."""
-    return C.lib.moe_version_string().decode()
+def _progress_callback(progress):
+    if progress is None:
+        return None
+    return C.moe_progress_fn(lambda done, total, stage, _: 0 if progress(done, total, stage.decode()) is not False
+                             else 1)
 
 
-_UPCYCLE_ENUMS = {
-    "method": {"copy": 0, "drop": 1, "noise": 2, "granular": 3, "partition": 4},
-    "router_init": {"normal": 0, "uniform": 1, "zeros": 2},
-    "routing": {"softmax-topk-renorm": 0, "softmax-topk": 1, "topk-softmax": 2},
-    "format": {"mixtral": 0, "qwen2-moe": 1},
-    "dtype": {"keep": 0, "f32": 1, "bf16": 2, "f16": 3},
-    "partition_select": {"random": 0, "uniform": 1, "importance": 2},
-    "granular_scaling": {"down": 0, "cube-root": 1, "none": 2},
-}
+# ------------------------------------------------------------------------ checkpoints
 
 
 def upcycle(source: str, output: str, progress: Optional[Callable[[int, int, str], bool]] = None,
@@ -81,37 +178,26 @@ def upcycle(source: str, output: str, progress: Optional[Callable[[int, int, str
     """Upcycle the dense checkpoint `source` into an MoE checkpoint at `output`.
 
     Options are the fields of moe_upcycle_params (num_experts, top_k, method, ratio, layers,
-    format, dtype, seed, force, ...); enum fields also take their names ("drop", "qwen2-moe").
-    `progress(done, total, stage)` may return False to cancel.
+    format, dtype, aux_loss_coef, seed, force, ...); enum fields also take their names
+    ("drop", "qwen2-moe", dtype "keep"). `progress(done, total, stage)` may return False to cancel.
     """
-    p = C.moe_upcycle_params()
-    C.lib.moe_upcycle_params_init(p)
-    for key, value in options.items():
-        if not hasattr(p, key) or key in ("struct_size", "progress", "user_data"):
-            raise TypeError(f"unknown upcycle option {key!r}")
-        if key in _UPCYCLE_ENUMS and isinstance(value, str):
-            if value not in _UPCYCLE_ENUMS[key]:
-                raise ValueError(f"{key} must be one of {sorted(_UPCYCLE_ENUMS[key])}")
-            value = _UPCYCLE_ENUMS[key][value]
-        if key == "layers" and isinstance(value, str):
-            value = value.encode()
-        setattr(p, key, value)
-    callback = None
-    if progress is not None:
-        callback = C.moe_progress_fn(lambda done, total, stage, _: 0 if progress(done, total, stage.decode()) is not False else 1)
+    p = _params(C.moe_upcycle_params, options, "upcycle")
+    callback = _progress_callback(progress)
+    if callback is not None:
         p.progress = callback
-    r = C.moe_upcycle_result()
-    r.struct_size = ctypes.sizeof(r)
+    r = _result(C.moe_upcycle_result)
     _check(C.lib.moe_upcycle(r, str(source).encode(), str(output).encode(), p))
     return r
 
 
 def inspect(path: str) -> C.moe_checkpoint_info:
     """What the checkpoint at `path` is (architecture, sizes, experts, parameters)."""
-    info = C.moe_checkpoint_info()
-    info.struct_size = ctypes.sizeof(info)
+    info = _result(C.moe_checkpoint_info)
     _check(C.lib.moe_checkpoint_inspect(info, str(path).encode()))
     return info
+
+
+# ------------------------------------------------------------------------ handles
 
 
 class _Handle:
@@ -147,38 +233,29 @@ class _Handle:
 
 
 class Runtime(_Handle):
-    """Pinned worker threads (one per core by default) grouped by NUMA node."""
+    """Pinned worker threads (one per core by default) grouped by NUMA node.
+
+    Options are the fields of moe_runtime_params: threads, pin, placement ("row-slice", "expert",
+    "interleave", "none"; default row-slice), topology_synthetic, topology_xml.
+    """
 
     _free = staticmethod(C.lib.moe_runtime_free)
 
-    def __init__(self, threads: int = 0, pin: bool = True, placement: str = "row-slice",
-                 topology_synthetic: Optional[str] = None):
+    def __init__(self, threads: int = 0, **options):
         super().__init__()
-        p = C.moe_runtime_params()
-        C.lib.moe_runtime_params_init(p)
-        p.threads = threads
-        p.pin = 1 if pin else 0
-        p.placement = {"row-slice": 0, "expert": 1, "interleave": 2, "none": 3}[placement]
-        if topology_synthetic:
-            p.topology_synthetic = topology_synthetic.encode()
+        p = _params(C.moe_runtime_params, dict(options, threads=threads), "runtime")
         _check(C.lib.moe_runtime_create(ctypes.byref(self._h), p))
         self._children = []
 
     def info(self) -> C.moe_runtime_info:
-        i = C.moe_runtime_info()
-        i.struct_size = ctypes.sizeof(i)
+        i = _result(C.moe_runtime_info)
         _check(C.lib.moe_runtime_get_info(i, self.handle))
         return i
 
     def describe(self, json: bool = False) -> str:
         """Nodes, cores, worker pinning, OpenBLAS settings (text or JSON)."""
-        needed = ctypes.c_size_t()
         fmt = C.MOE_TEXT_JSON if json else C.MOE_TEXT_PLAIN
-        st = C.lib.moe_runtime_describe(self.handle, None, fmt, None, 0, ctypes.byref(needed))
-        if st not in (C.MOE_OK, C.MOE_ERR_BUFFER_TOO_SMALL):
-            _check(st)
-        buf = ctypes.create_string_buffer(needed.value)
-        _check(C.lib.moe_runtime_describe(self.handle, None, fmt, buf, needed.value, ctypes.byref(needed)))
+        buf = _fetch(lambda b, n, needed: C.lib.moe_runtime_describe(self.handle, None, fmt, b, n, needed), _text)
         return buf.value.decode()
 
     def close(self) -> None:
@@ -188,64 +265,53 @@ class Runtime(_Handle):
         super().close()
 
 
-_WEIGHTS = {"router": 0, "gate": 1, "up": 2, "down": 3, "shared_gate": 4, "shared_up": 5, "shared_down": 6,
-            "shared_expert_gate": 7}
-_ROUTING = {"softmax-topk-renorm": 0, "softmax-topk": 1, "topk-softmax": 2, "sigmoid-topk": 3,
-            "sigmoid-topk-renorm": 4}
-
-
 class MoELayer(_Handle):
     """A Mixture-of-Experts SwiGLU layer: forward and backward through the library's kernels.
 
-    Weights use HF layouts: router [E, H], gate/up [E, F, H], down [E, H, F].
+    Weights use HF layouts: router [E, H], gate/up [E, F, H], down [E, H, F]. Other options are
+    the fields of moe_layer_config (routing, capacity_factor, expert_choice,
+    shared_expert_intermediate_size, storage, placement, jitter, seed, aux_loss_coef, z_loss_coef).
+    Weight names are the library's ("router", "gate", "up", "down", "shared-gate", ...).
     """
 
     _free = staticmethod(C.lib.moe_layer_free)
 
-    def __init__(self, runtime: Runtime, hidden: int, ffn: int, experts: int, top_k: int,
-                 routing: str = "softmax-topk-renorm", shared_ffn: int = 0, storage: str = "f32", **options):
+    def __init__(self, runtime: Runtime, hidden_size: int, moe_intermediate_size: int, num_experts: int,
+                 top_k: int, **options):
         super().__init__()
-        c = C.moe_layer_config()
-        C.lib.moe_layer_config_init(c)
-        c.hidden, c.ffn, c.experts, c.top_k = hidden, ffn, experts, top_k
-        c.routing = _ROUTING[routing]
-        c.shared_ffn = shared_ffn
-        c.storage = {"f32": C.MOE_DTYPE_F32, "bf16": C.MOE_DTYPE_BF16}[storage]
-        for key, value in options.items():
-            if not hasattr(c, key) or key == "struct_size":
-                raise TypeError(f"unknown layer option {key!r}")
-            setattr(c, key, value)
+        shape = dict(hidden_size=hidden_size, moe_intermediate_size=moe_intermediate_size, num_experts=num_experts,
+                     top_k=top_k)
+        c = _params(C.moe_layer_config, dict(options, **shape), "layer")
         _check(C.lib.moe_layer_create(ctypes.byref(self._h), runtime.handle, c))
-        self.hidden, self.experts = hidden, experts
+        self.hidden_size, self.num_experts = hidden_size, num_experts
         self._runtime = runtime
         runtime._children.append(self)
 
-    def _count(self, name: str, expert: int) -> int:
-        n = ctypes.c_size_t()
-        _check(C.lib.moe_layer_weight_count(ctypes.byref(n), self.handle, _WEIGHTS[name], expert))
-        return n.value
+    def config(self) -> C.moe_layer_config:
+        c = _result(C.moe_layer_config)
+        _check(C.lib.moe_layer_get_config(c, self.handle))
+        return c
 
-    def set_weight(self, name: str, values: np.ndarray, expert: int = -1) -> None:
+    def set_weight(self, name: str, values: np.ndarray, expert: int = C.MOE_ALL_EXPERTS) -> None:
         values = np.ascontiguousarray(values, dtype=np.float32)
-        _check(C.lib.moe_layer_set_weight(self.handle, _WEIGHTS[name], expert, _ptr(values), values.size))
+        _check(C.lib.moe_layer_set_weight(self.handle, _enum_value("weight", name), expert, _ptr(values),
+                                          values.size))
 
-    def weight(self, name: str, expert: int = -1) -> np.ndarray:
-        out = np.empty(self._count(name, expert), np.float32)
-        _check(C.lib.moe_layer_get_weight(self.handle, _WEIGHTS[name], expert, _ptr(out), out.size))
-        return out
+    def weight(self, name: str, expert: int = C.MOE_ALL_EXPERTS) -> np.ndarray:
+        w = _enum_value("weight", name)
+        return _fetch(lambda b, n, needed: C.lib.moe_layer_get_weight(self.handle, w, expert, b, n, needed), _floats)
 
-    def grad(self, name: str, expert: int = -1) -> np.ndarray:
-        out = np.empty(self._count(name, expert), np.float32)
-        _check(C.lib.moe_layer_get_grad(self.handle, _WEIGHTS[name], expert, _ptr(out), out.size))
-        return out
+    def grad(self, name: str, expert: int = C.MOE_ALL_EXPERTS) -> np.ndarray:
+        w = _enum_value("weight", name)
+        return _fetch(lambda b, n, needed: C.lib.moe_layer_get_grad(self.handle, w, expert, b, n, needed), _floats)
 
     def init_random(self, seed: int = 0, std: float = 0.02) -> None:
         _check(C.lib.moe_layer_init_random(self.handle, seed, std))
 
     def forward(self, x: np.ndarray, save: bool = False, training: bool = False) -> np.ndarray:
         """out [T, H] for x [T, H] (float32, C-contiguous; passed without copying)."""
-        if x.ndim != 2 or x.shape[1] != self.hidden:
-            raise ValueError(f"x must have shape [T, {self.hidden}], got {x.shape}")
+        if x.ndim != 2 or x.shape[1] != self.hidden_size:
+            raise ValueError(f"x must have shape [T, {self.hidden_size}], got {x.shape}")
         x = _f32(x, "x")
         out = np.empty_like(x)
         flags = (C.MOE_FORWARD_SAVE if save else 0) | (C.MOE_FORWARD_TRAIN if training else 0)
@@ -263,11 +329,20 @@ class MoELayer(_Handle):
         _check(C.lib.moe_layer_zero_grad(self.handle))
 
     def stats(self) -> tuple[C.moe_layer_stats, np.ndarray]:
-        s = C.moe_layer_stats()
-        s.struct_size = ctypes.sizeof(s)
-        counts = (ctypes.c_uint64 * self.experts)()
-        _check(C.lib.moe_layer_get_stats(s, self.handle, counts, self.experts))
-        return s, np.array(list(counts), dtype=np.int64)
+        """The last forward's statistics (tokens, dropped, aux_loss, z_loss, ...) and tokens per expert."""
+        s = _result(C.moe_layer_stats)
+
+        def counts(n):
+            a = np.zeros(n, np.uint64)
+            return a, a.ctypes.data_as(_U64P)
+
+        per_expert = _fetch(lambda b, n, needed: C.lib.moe_layer_get_stats(s, self.handle, b, n, needed), counts)
+        return s, per_expert.astype(np.int64)
+
+    def routing(self) -> np.ndarray:
+        """The last forward's combine weights [T, E]."""
+        w = _fetch(lambda b, n, needed: C.lib.moe_layer_get_routing(self.handle, b, n, needed), _floats)
+        return w.reshape(-1, self.num_experts)
 
     def torch_function(self):
         """A torch.autograd.Function running this layer (needs PyTorch; optional)."""
@@ -289,17 +364,17 @@ class MoELayer(_Handle):
 
 
 class Model(_Handle):
-    """A dense or MoE decoder with its tokenizer (HF directory or GGUF file)."""
+    """A dense or MoE decoder with its tokenizer (HF directory or GGUF file).
+
+    Options are the fields of moe_model_params: weight_dtype ("default", "f32", "bf16"),
+    placement, max_context.
+    """
 
     _free = staticmethod(C.lib.moe_model_free)
 
-    def __init__(self, runtime: Runtime, path: str, weight_dtype: Optional[str] = None, max_context: int = 0):
+    def __init__(self, runtime: Runtime, path: str, **options):
         super().__init__()
-        p = C.moe_model_params()
-        C.lib.moe_model_params_init(p)
-        if weight_dtype is not None:
-            p.weight_dtype = {"f32": C.MOE_DTYPE_F32, "bf16": C.MOE_DTYPE_BF16}[weight_dtype]
-        p.max_context = max_context
+        p = _params(C.moe_model_params, options, "model")
         _check(C.lib.moe_model_load(ctypes.byref(self._h), runtime.handle, str(path).encode(), p))
         self._runtime = runtime
         runtime._children.append(self)
@@ -307,48 +382,46 @@ class Model(_Handle):
         self.vocab_size = self.info.vocab_size
 
     def _info(self) -> C.moe_model_info:
-        i = C.moe_model_info()
-        i.struct_size = ctypes.sizeof(i)
+        i = _result(C.moe_model_info)
         _check(C.lib.moe_model_get_info(i, self.handle))
         return i
 
     def tokenize(self, text: str, add_special: bool = False) -> list[int]:
         data = text.encode()
-        n = ctypes.c_size_t()
-        st = C.lib.moe_model_tokenize(self.handle, data, len(data), int(add_special), None, 0, ctypes.byref(n))
-        if st not in (C.MOE_OK, C.MOE_ERR_BUFFER_TOO_SMALL):
-            _check(st)
-        out = np.empty(max(n.value, 1), np.int32)
-        _check(C.lib.moe_model_tokenize(self.handle, data, len(data), int(add_special), out.ctypes.data_as(_I32P),
-                                        n.value, ctypes.byref(n)))
-        return out[:n.value].tolist()
+
+        def ids(n):
+            a = np.zeros(n, np.int32)
+            return a, a.ctypes.data_as(_I32P)
+
+        return _fetch(lambda b, n, needed: C.lib.moe_model_tokenize(self.handle, data, len(data), int(add_special),
+                                                                    b, n, needed), ids).tolist()
 
     def detokenize(self, tokens: Iterable[int], skip_special: bool = False) -> str:
         ids = _ids(tokens)
-        needed = ctypes.c_size_t()
-        st = C.lib.moe_model_detokenize(self.handle, ids.ctypes.data_as(_I32P), ids.size, int(skip_special), None, 0,
-                                        ctypes.byref(needed))
-        if st not in (C.MOE_OK, C.MOE_ERR_BUFFER_TOO_SMALL):
-            _check(st)
-        buf = ctypes.create_string_buffer(needed.value)
-        _check(C.lib.moe_model_detokenize(self.handle, ids.ctypes.data_as(_I32P), ids.size, int(skip_special), buf,
-                                          needed.value, ctypes.byref(needed)))
+        buf = _fetch(lambda b, n, needed: C.lib.moe_model_detokenize(self.handle, ids.ctypes.data_as(_I32P), ids.size,
+                                                                     int(skip_special), b, n, needed), _text)
         return buf.value.decode()
 
     def logits(self, tokens: Iterable[int]) -> np.ndarray:
         """Logits [T, vocab] of the tokens run as a fresh sequence."""
         ids = _ids(tokens)
-        out = np.empty((ids.size, self.vocab_size), np.float32)
-        _check(C.lib.moe_model_logits(self.handle, ids.ctypes.data_as(_I32P), ids.size, _ptr(out), out.size))
-        return out
+        out = _fetch(lambda b, n, needed: C.lib.moe_model_logits(self.handle, ids.ctypes.data_as(_I32P), ids.size,
+                                                                 b, n, needed), _floats)
+        return out.reshape(ids.size, self.vocab_size)
+
+    def router_stats(self, layer: int) -> np.ndarray:
+        """Tokens routed to each expert of MoE layer `layer` since the last evaluation began (empty if dense)."""
+        def counts(n):
+            a = np.zeros(n, np.uint64)
+            return a, a.ctypes.data_as(_U64P)
+
+        return _fetch(lambda b, n, needed: C.lib.moe_model_router_stats(self.handle, layer, b, n, needed),
+                      counts).astype(np.int64)
 
     def eval_text(self, text: str, seq_len: int = 0, max_tokens: int = 0) -> C.moe_eval_result:
-        """Perplexity over non-overlapping windows (result.perplexity, result.mean_nll)."""
-        p = C.moe_eval_params()
-        C.lib.moe_eval_params_init(p)
-        p.seq_len, p.max_tokens = seq_len, max_tokens
-        r = C.moe_eval_result()
-        r.struct_size = ctypes.sizeof(r)
+        """Perplexity over non-overlapping windows (result.perplexity, result.mean_nll, result.aux_loss)."""
+        p = _params(C.moe_eval_params, dict(seq_len=seq_len, max_tokens=max_tokens), "eval")
+        r = _result(C.moe_eval_result)
         data = text.encode()
         _check(C.lib.moe_model_eval_text(r, self.handle, data, len(data), p))
         return r
@@ -357,10 +430,9 @@ class Model(_Handle):
                  top_p: float = 1.0, seed: int = 0, chat: bool = False,
                  on_token: Optional[Callable[[int, str], Optional[bool]]] = None) -> str:
         """The generated text; `on_token(id, text)` streams it and may return False to stop."""
-        p = C.moe_generate_params()
-        C.lib.moe_generate_params_init(p)
-        p.max_new_tokens, p.temperature, p.top_k, p.top_p, p.seed, p.chat = (
-            max_new_tokens, temperature, top_k, top_p, seed, int(chat))
+        options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                       chat=int(chat))
+        p = _params(C.moe_generate_params, options, "generate")
         # The streamed pieces equal the generated text: gather them in one run.
         pieces: list[bytes] = []
 
@@ -377,33 +449,31 @@ class Model(_Handle):
 
 
 class Trainer(_Handle):
-    """Continued pretraining of a Model (loaded with weight_dtype="f32") on token ids or text."""
+    """Continued pretraining of a Model (loaded with weight_dtype="f32") on token ids or text.
+
+    Options are the fields of moe_trainer_params: seq_len, batch, steps, warmup, lr, min_lr,
+    schedule ("cosine", "constant"), beta1, beta2, eps, weight_decay, clip, aux_loss_coef,
+    z_loss_coef, train_only ("all", "moe", "routers"), seed, eval_fraction, eval_windows and
+    on_nonfinite ("error": a non-finite step fails with MOE_ERR_NUMERIC; "skip": it is skipped).
+    step() returns a moe_train_stats (loss, aux_loss, z_loss, lr, grad_norm, skipped, ...).
+    """
 
     _free = staticmethod(C.lib.moe_trainer_free)
 
     def __init__(self, model: Model, data, **options):
         super().__init__()
-        p = C.moe_trainer_params()
-        C.lib.moe_trainer_params_init(p)
-        for key, value in options.items():
-            if key == "train_only" and isinstance(value, str):
-                value = {"all": 0, "moe": 1, "routers": 2}[value]
-            if key == "schedule" and isinstance(value, str):
-                value = {"cosine": 0, "constant": 1}[value]
-            if not hasattr(p, key) or key == "struct_size":
-                raise TypeError(f"unknown trainer option {key!r}")
-            setattr(p, key, value)
+        p = _params(C.moe_trainer_params, options, "trainer")
         if isinstance(data, str):
             text = data.encode()
             _check(C.lib.moe_trainer_create_text(ctypes.byref(self._h), model.handle, text, len(text), p))
         else:
             ids = _ids(data)
-            _check(C.lib.moe_trainer_create(ctypes.byref(self._h), model.handle, ids.ctypes.data_as(_I32P), ids.size, p))
+            _check(C.lib.moe_trainer_create(ctypes.byref(self._h), model.handle, ids.ctypes.data_as(_I32P), ids.size,
+                                            p))
         self.model = model
 
     def step(self) -> C.moe_train_stats:
-        s = C.moe_train_stats()
-        s.struct_size = ctypes.sizeof(s)
+        s = _result(C.moe_train_stats)
         _check(C.lib.moe_trainer_step(s, self.handle))
         return s
 
