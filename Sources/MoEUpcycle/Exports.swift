@@ -117,17 +117,19 @@ func upcycleOptions(_ p: moe_upcycle_params) throws -> UpcycleOptions {
   o.routerInit = try coreEnum(p.router_init, UpcycleOptions.RouterInit.self, "params->router_init")
   o.routerStd = p.router_std
   o.sharedExpert = p.shared_expert != 0
-  guard let routing = UpcycleOptions.Routing(rawValue: Int32(bitPattern: p.routing.rawValue)) else {
-    let name = Names.routing.text(of: Int32(bitPattern: p.routing.rawValue)).map { String(cString: $0) }
-    throw MoEError.unsupported(name.map { "params->routing \($0) is for MoE layers only; checkpoints hold softmax-topk-renorm, softmax-topk or topk-softmax" }
-                               ?? "params->routing has invalid value \(p.routing.rawValue)")
+  let routingMode = try coreEnum(p.routing, RoutingMode.self, "params->routing")
+  guard let routing = UpcycleOptions.Routing(rawValue: routingMode.rawValue) else {
+    throw MoEError.unsupported("params->routing \(routingMode.caseName) is for MoE layers only; checkpoints hold "
+                               + "softmax-topk-renorm, softmax-topk or topk-softmax")
   }
   o.routing = routing
   o.format = try coreEnum(p.format, UpcycleOptions.Format.self, "params->format")
+  guard let dtypeName = Names.dtype.text(of: p.dtype.rawValue).map({ String(cString: $0) }) else {
+    throw MoEError.invalid("params->dtype has invalid value \(p.dtype.rawValue)")
+  }
   guard let dtype = UpcycleOptions.OutputDType(rawValue: p.dtype.rawValue) else {
-    let name = Names.dtype.text(of: p.dtype.rawValue).map { String(cString: $0) }
-    throw MoEError.unsupported(name.map { "params->dtype \($0) is not an output dtype; use MOE_DTYPE_DEFAULT (keep), F32, BF16 or F16" }
-                               ?? "params->dtype has invalid value \(p.dtype.rawValue)")
+    throw MoEError.unsupported("params->dtype \(dtypeName) is not an output dtype; use default (keep the source's), "
+                               + "f32, bf16 or f16")
   }
   o.dtype = dtype
   o.seed = p.seed

@@ -26,7 +26,9 @@ public func moe_model_load(_ out: UnsafeMutablePointer<OpaquePointer?>!, _ runti
     case MOE_DTYPE_F32: options.weightDType = .f32
     case MOE_DTYPE_BF16: options.weightDType = .bf16
     default:
-      throw MoEError.invalid("params->weight_dtype is \(c.weight_dtype.rawValue); use MOE_DTYPE_DEFAULT, MOE_DTYPE_F32 or MOE_DTYPE_BF16")
+      let name = Names.dtype.text(of: c.weight_dtype.rawValue).map { String(cString: $0) } ?? "\(c.weight_dtype.rawValue)"
+      throw MoEError.invalid("params->weight_dtype is \(name); loaded weights are stored as default (the "
+                             + "checkpoint's choice), f32 or bf16")
     }
     options.placement = try placementArgument(c.placement, "params->placement")
     options.maxContext = Int(c.max_context)

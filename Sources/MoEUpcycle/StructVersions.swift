@@ -209,8 +209,8 @@ extension moe_train_stats: VersionedStruct {
 /// A C enum value as the core enum with the same raw value, or an error naming the field.
 func coreEnum<C: RawRepresentable, E: RawRepresentable>(_ value: C, _ type: E.Type, _ field: String) throws -> E
 where C.RawValue: FixedWidthInteger, E.RawValue == Int32 {
-  guard let raw = Int32(exactly: value.rawValue), let e = E(rawValue: raw) else {
-    throw MoEError.invalid("\(field) has invalid value \(value.rawValue)")
-  }
+  // C enums without negative values arrive as UInt32: read the bits as the C int they are.
+  let raw = Int32(truncatingIfNeeded: value.rawValue)
+  guard let e = E(rawValue: raw) else { throw MoEError.invalid("\(field) has invalid value \(raw)") }
   return e
 }
