@@ -115,17 +115,50 @@ public enum FileSystem {
     return names.sorted()
   }
 
-  /// Removes a file or a directory tree (no symlinks followed).
-  public static func removeTree(_ path: String) {
+  /// Removes a file or a directory tree (no symlinks followed); returns the
+  /// disk space (allocated blocks) of what it removed.
+  @discardableResult
+  public static func removeTree(_ path: String) -> UInt64 {
     var st = stat()
-    guard lstat(path, &st) == 0 else { return }
+    guard lstat(path, &st) == 0 else { return 0 }
+    var freed: UInt64 = 0
     if (st.st_mode & S_IFMT) == S_IFDIR {
       if let names = try? listDirectory(path) {
-        for n in names { removeTree(join(path, n)) }
+        for n in names { freed += removeTree(join(path, n)) }
       }
-      rmdir(path)
-    } else {
-      unlink(path)
+      if rmdir(path) == 0 { freed += UInt64(max(0, st.st_blocks)) * 512 }
+    } else if unlink(path) == 0 {
+      freed += UInt64(max(0, st.st_blocks)) * 512
+    }
+    return freed
+  }
+
+  /// What is at `path` (without following a final symlink), in words: "a
+  /// directory", "a regular file", "a symbolic link", ...; nil when nothing is.
+  public static func kindOfEntry(_ path: String) -> String? {
+    var st = stat()
+    guard lstat(path, &st) == 0 else { return nil }
+    switch st.st_mode & S_IFMT {
+    case S_IFDIR: return "a directory"
+    case S_IFREG: return "a regular file"
+    case S_IFLNK: return "a symbolic link"
+    case S_IFIFO: return "a FIFO"
+    case S_IFSOCK: return "a socket"
+    case S_IFCHR: return "a character device"
+    case S_IFBLK: return "a block device"
+    default: return "a special file"
+    }
+  }
+
+  /// Refuses to start writing `bytes` into `directory` (for `what`) when its
+  /// file system reports less free space than that, before anything large is written.
+  /// File systems that report no size (0 blocks) are not checked.
+  public static func checkFreeSpace(_ bytes: UInt64, in directory: String, for what: String) throws {
+    var fs = statvfs()
+    guard statvfs(directory, &fs) == 0, fs.f_blocks > 0 else { return }
+    let free = UInt64(fs.f_bavail) &* UInt64(fs.f_frsize)
+    guard bytes <= free else {
+      throw MoEError.io("'\(what)' needs \(bytes) bytes but its file system has \(free) bytes free: \(String(cString: strerror(ENOSPC)))")
     }
   }
 
@@ -216,6 +249,13 @@ public final class OutputFile {
     guard syncResult == 0 else { throw MoEError.io("cannot sync '\(path)': \(String(cString: strerror(code)))") }
     guard closeResult == 0 else { throw MoEError.io("cannot close '\(path)': \(errnoText())") }
   }
+}
+
+/// Physical memory of the machine in bytes; 0 when unknown.
+public func physicalMemoryBytes() -> UInt64 {
+  let pages = sysconf(Int32(_SC_PHYS_PAGES)), size = sysconf(Int32(_SC_PAGESIZE))
+  guard pages > 0, size > 0 else { return 0 }
+  return UInt64(pages).multipliedReportingOverflow(by: UInt64(size)).partialValue
 }
 
 /// Peak resident set size of this process, in bytes.
