@@ -74,6 +74,16 @@ final class OutputDirectory {
     }
   }
 
+  /// Runs `body`, which writes the output into `temporary` and commits it.
+  /// I/O errors about files under the hidden temporary directory also name the output.
+  func writing<T>(_ body: () throws -> T) throws -> T {
+    do {
+      return try body()
+    } catch let e as MoEError where e.kind == .io && e.message.contains(temporary) {
+      throw MoEError(.io, "writing the output '\(path)' failed: \(e.message)")
+    }
+  }
+
   /// An existing directory may be replaced unless it is the current directory
   /// (or holds it), a mount point, the input or a directory holding the input.
   private static func checkReplaceable(_ p: String, parent: String, input: String) throws {

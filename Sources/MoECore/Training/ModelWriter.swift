@@ -63,6 +63,14 @@ extension DecoderModel {
     }
     let target = try OutputDirectory(path: path, force: force, input: input)
     defer { target.discard() }
+    try target.writing { try write(tensors, config: config, dtype: dtype, carried: carried, extraFiles: extraFiles,
+                                   source: source, maxShardBytes: maxShardBytes, into: target) }
+  }
+
+  /// The checkpoint's files into the target's temporary directory, then the commit.
+  private func write(_ tensors: [ModelWriter.Tensor], config: JSON, dtype: DType, carried: [(String, [UInt8])]?,
+                     extraFiles: [(String, [UInt8])], source: String?, maxShardBytes: Int,
+                     into target: OutputDirectory) throws {
     try ModelWriter.writeShards(tensors, dtype: dtype, into: target.temporary, maxShardBytes: maxShardBytes)
     try CheckpointFiles.writeJSON(config, FileSystem.join(target.temporary, "config.json"))
     if let carried {

@@ -226,7 +226,11 @@ public final class Upcycler {
     let start = monotonicSeconds()
     let target = try OutputDirectory(path: output, force: options.force, input: checkpoint.path)
     defer { target.discard() }
-    try FileSystem.checkFreeSpace(UInt64(plan.reduce(0) { $0 + $1.byteCount }), in: target.temporary, for: output)
+    return try target.writing { try write(into: target, progress: progress, started: start) }
+  }
+
+  private func write(into target: OutputDirectory, progress: Progress?, started start: Double) throws -> UpcycleReport {
+    try FileSystem.checkFreeSpace(UInt64(plan.reduce(0) { $0 + $1.byteCount }), in: target.temporary, for: target.path)
 
     // Shards: consecutive tensors up to the size limit.
     let shards = CheckpointFiles.shards(plan.map(\.byteCount), maxBytes: options.maxShardBytes)
