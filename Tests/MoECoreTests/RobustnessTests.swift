@@ -148,6 +148,13 @@ import Glibc
     let s = try t.trainStep()
     #expect(!s.skipped && s.step == 2 && s.loss.isFinite && s.gradNorm.isFinite)
     #expect(try Self.trainingState(t) != before)
+    // Fused tensors are named by the part that holds the value: a k row, an up row.
+    let H = Tiny.H, hd = H / Tiny.heads
+    t.grads.layers[0].qkv.pointer[(Tiny.heads * hd + 1) * H + 2] = .infinity
+    Self.expectError(.nonFinite, "'model.layers.0.self_attn.k_proj.weight' is inf") { _ = try t.trainStep() }
+    _ = try t.trainStep()
+    t.grads.layers[0].gateUp!.pointer[(Tiny.F + 3) * H] = .nan
+    Self.expectError(.nonFinite, "'model.layers.0.mlp.up_proj.weight' is nan") { _ = try t.trainStep() }
   }
 
   @Test func skipModeAdvancesTheStepWithoutUpdating() throws {
@@ -173,6 +180,21 @@ import Glibc
     _ = try strict.trainStep()
     try model.layers[1].moe!.gradient(.gate).pointer[2 * Tiny.F * Tiny.H + 3] = .nan
     Self.expectError(.nonFinite, "model.layers.1.block_sparse_moe.experts.2.w1.weight") { _ = try strict.trainStep() }
+  }
+
+  @Test func optimizerStateWithNaNIsNotResumed() throws {
+    let dir = try Self.scratchDirectory("nan-moments")
+    defer { FileSystem.removeTree(dir) }
+    let src = FileSystem.join(dir, "m"), ck = FileSystem.join(dir, "ck")
+    try Tiny.writeModel(src, arch: "llama", tied: true, bias: false)
+    let t = try Self.trainer(try Self.load(src))
+    _ = try t.trainStep()
+    t.moments.pointer[t.parameterCount + 9] = .nan   // adam.v
+    try t.model.save(to: ck, extraFiles: t.stateFiles())
+    let fresh = try Self.trainer(try Self.load(ck))
+    Self.expectError(.nonFinite, "adam.v", "element 9") { try fresh.restore(from: ck) }
+    #expect(fresh.step == 0)
+    #expect(Self.floats(fresh.moments.pointer, 2 * fresh.parameterCount).allSatisfy { $0 == 0 })
   }
 
   @Test func aNaNWeightMakesTheLossNonFiniteAndIsNamed() throws {
@@ -264,7 +286,9 @@ import Glibc
       try FileSystem.makeDirectory(FileSystem.join(dir, name))
       try FileSystem.writeText(String(repeating: "x", count: 10_000), to: FileSystem.join(dir, name + "/data"))
     }
-    let target = try OutputDirectory(path: FileSystem.join(dir, "out"), force: false, input: "")
+    // With an output in place, a dead writer's `.old` tree is stale too.
+    try FileSystem.makeDirectory(FileSystem.join(dir, "out"))
+    let target = try OutputDirectory(path: FileSystem.join(dir, "out"), force: true, input: "")
     defer { target.discard() }
     #expect(target.staleRemoved.count == 2)
     #expect(target.staleRemoved.bytes >= 20_000)
@@ -275,6 +299,25 @@ import Glibc
     // The new temporary names the output and this process.
     #expect(FileSystem.baseName(of: target.temporary).hasPrefix(".out.tmp-\(getpid())-"))
     #expect(OutputDirectory.writerProcess(ofTemporary: FileSystem.baseName(of: target.temporary), output: "x/out") == getpid())
+  }
+
+  /// A writer killed between the two renames of the fallback left no output:
+  /// the next start puts the previous output back before anything else.
+  @Test func anInterruptedTwoRenameReplacementIsRestored() throws {
+    let dir = try Self.scratchDirectory("restore")
+    defer { FileSystem.removeTree(dir) }
+    let dead = try Self.deadProcessID(), out = FileSystem.join(dir, "out")
+    for (name, text) in [(".out.tmp-\(dead)-8.old", "old"), (".out.tmp-\(dead)-8", "new")] {
+      try FileSystem.makeDirectory(FileSystem.join(dir, name))
+      try FileSystem.writeText(text, to: FileSystem.join(dir, name + "/file"))
+    }
+    Self.expectError(.exists, "already exists") { _ = try OutputDirectory(path: out, force: false, input: "") }
+    #expect(try FileSystem.readAll(FileSystem.join(out, "file")) == Array("old".utf8))
+    #expect(try Self.entries(dir) == [".out.tmp-\(dead)-8", "out"])
+    let target = try OutputDirectory(path: out, force: true, input: "")
+    target.discard()
+    #expect(target.staleRemoved.count == 1)
+    #expect(try Self.entries(dir) == ["out"])
   }
 
   @Test func upcycleReportsTheStaleTemporariesItRemoved() throws {

@@ -133,20 +133,38 @@ public enum FileSystem {
     return freed
   }
 
-  /// What is at `path` (without following a final symlink), in words: "a
-  /// directory", "a regular file", "a symbolic link", ...; nil when nothing is.
-  public static func kindOfEntry(_ path: String) -> String? {
+  /// What is at a path.
+  public enum EntryKind: Sendable, Equatable, CustomStringConvertible {
+    case directory, regularFile, symbolicLink, fifo, socket, characterDevice, blockDevice, other
+
+    /// In words, with an article: "a directory", "a symbolic link", ...
+    public var description: String {
+      switch self {
+      case .directory: return "a directory"
+      case .regularFile: return "a regular file"
+      case .symbolicLink: return "a symbolic link"
+      case .fifo: return "a FIFO"
+      case .socket: return "a socket"
+      case .characterDevice: return "a character device"
+      case .blockDevice: return "a block device"
+      case .other: return "a special file"
+      }
+    }
+  }
+
+  /// What is at `path`, without following a final symlink; nil when nothing is.
+  public static func entryKind(_ path: String) -> EntryKind? {
     var st = stat()
     guard lstat(path, &st) == 0 else { return nil }
     switch st.st_mode & S_IFMT {
-    case S_IFDIR: return "a directory"
-    case S_IFREG: return "a regular file"
-    case S_IFLNK: return "a symbolic link"
-    case S_IFIFO: return "a FIFO"
-    case S_IFSOCK: return "a socket"
-    case S_IFCHR: return "a character device"
-    case S_IFBLK: return "a block device"
-    default: return "a special file"
+    case S_IFDIR: return .directory
+    case S_IFREG: return .regularFile
+    case S_IFLNK: return .symbolicLink
+    case S_IFIFO: return .fifo
+    case S_IFSOCK: return .socket
+    case S_IFCHR: return .characterDevice
+    case S_IFBLK: return .blockDevice
+    default: return .other
     }
   }
 

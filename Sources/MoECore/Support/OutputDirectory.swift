@@ -6,7 +6,8 @@
 // `.NAME.tmp-PID-RANDOM` (plus `.old` for a replaced tree on file systems
 // without an atomic exchange). A process killed while writing leaves its
 // temporary behind; the next output started under the same name removes the
-// temporaries whose process no longer exists.
+// temporaries whose process no longer exists (after putting back a replaced
+// tree that a writer killed between its two renames left without an output).
 
 #if canImport(Glibc)
 import Glibc
@@ -48,18 +49,19 @@ final class OutputDirectory {
     self.path = p
     self.force = force
     let parent = FileSystem.parent(of: p)
-    switch FileSystem.kindOfEntry(parent) {
+    switch FileSystem.entryKind(parent) {
     case nil:
       throw MoEError.notFound("the output's parent directory '\(parent)' does not exist")
-    case "a directory":
+    case .directory?:
       break
-    case "a symbolic link" where FileSystem.isDirectory(parent):
+    case .symbolicLink? where FileSystem.isDirectory(parent):
       break
     case let what?:
-      throw MoEError.invalid("the output's parent '\(parent)' is \(what == "a symbolic link" ? "a symbolic link to no directory" : what), not a directory")
+      throw MoEError.invalid("the output's parent '\(parent)' is \(what == .symbolicLink ? "a symbolic link to no directory" : what.description), not a directory")
     }
-    if let what = FileSystem.kindOfEntry(p) {
-      guard what == "a directory" else {
+    OutputDirectory.restoreInterruptedReplacement(of: p)
+    if let what = FileSystem.entryKind(p) {
+      guard what == .directory else {
         throw MoEError(.exists, "output '\(p)' exists and is \(what); only an existing directory is replaced (with force), so remove it or choose another output")
       }
       guard force else { throw MoEError(.exists, "output '\(p)' already exists (set force to replace it)") }
@@ -118,16 +120,33 @@ final class OutputDirectory {
     return pid
   }
 
-  /// Removes the temporaries of output `p` left by processes that no longer
-  /// exist (kill(pid, 0) fails with ESRCH). Those of live processes, this
-  /// one included, are left alone; so is everything when the parent cannot be listed.
+  /// Whether `name` is a temporary of output `p` whose writer no longer
+  /// exists (kill(pid, 0) fails with ESRCH); those of live processes, this one
+  /// included, are not.
+  static func isStaleTemporary(_ name: String, of p: String) -> Bool {
+    guard let pid = writerProcess(ofTemporary: name, output: p), pid != getpid() else { return false }
+    return kill(pid, 0) != 0 && errno == ESRCH
+  }
+
+  /// A writer that replaced the output with two renames and died between them
+  /// left no output and the previous tree at `.NAME.tmp-PID-RANDOM.old`: put
+  /// that tree back, so the interruption loses nothing.
+  static func restoreInterruptedReplacement(of p: String) {
+    guard !FileSystem.exists(p), let names = try? FileSystem.listDirectory(FileSystem.parent(of: p)) else { return }
+    for name in names where name.hasSuffix(".old") && isStaleTemporary(name, of: p) {
+      let old = FileSystem.join(FileSystem.parent(of: p), name)
+      if renameAt2(old, p, flags: renameNoReplace) == 0 { return }
+      if !FileSystem.exists(p) && Glibc.rename(old, p) == 0 { return }
+    }
+  }
+
+  /// Removes the temporaries of output `p` whose writer no longer exists;
+  /// leaves everything when the parent cannot be listed.
   static func removeStaleTemporaries(of p: String) -> StaleTemporaries {
     let parent = FileSystem.parent(of: p)
     var removed = StaleTemporaries()
     guard let names = try? FileSystem.listDirectory(parent) else { return removed }
-    for name in names {
-      guard let pid = writerProcess(ofTemporary: name, output: p), pid != getpid() else { continue }
-      guard kill(pid, 0) != 0 && errno == ESRCH else { continue }
+    for name in names where isStaleTemporary(name, of: p) {
       let stale = FileSystem.join(parent, name)
       removed.bytes += FileSystem.removeTree(stale)
       if !FileSystem.exists(stale) { removed.count += 1 }
@@ -138,8 +157,8 @@ final class OutputDirectory {
   func commit() throws {
     syncDirectory(temporary)
     if force, FileSystem.exists(path) {
-      guard FileSystem.kindOfEntry(path) == "a directory" else {
-        throw MoEError(.exists, "output '\(path)' became \(FileSystem.kindOfEntry(path) ?? "something else") while writing; only a directory is replaced")
+      if let what = FileSystem.entryKind(path), what != .directory {
+        throw MoEError(.exists, "output '\(path)' became \(what) while writing; only a directory is replaced")
       }
       switch atomicExchange ? renameAt2(temporary, path, flags: renameExchange) : ENOSYS {
       case 0:

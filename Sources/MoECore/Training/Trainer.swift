@@ -480,6 +480,10 @@ public final class Trainer {
       }
       try source.readFloat(name, into: dst)
     }
+    if let bad = firstNonFinite(moments.pointer, 2 * parameterCount) {
+      memset(moments.pointer, 0, 2 * parameterCount * 4)
+      throw MoEError.nonFinite("optimizer.safetensors: '\(bad < parameterCount ? "adam.m" : "adam.v")' holds a NaN or infinite value (element \(bad % parameterCount)); the optimizer state cannot be resumed")
+    }
     step = Int(savedStep)
   }
 }
