@@ -231,6 +231,28 @@ import Glibc
     Self.expectError(.nonFinite, "generation") { _ = try model.generate(prompt: "the sea", options: g) }
   }
 
+  /// NaN router logits (a NaN router row, or NaN activations reaching the router)
+  /// route somewhere without trapping, and the NaN surfaces as an error.
+  @Test(arguments: ["router", "embedding"])
+  func nanInAnMoEModelIsReportedNotTrapped(where: String) throws {
+    let dir = try Self.scratchDirectory("nan-moe")
+    defer { FileSystem.removeTree(dir) }
+    try Tiny.writeModel(FileSystem.join(dir, "m"), arch: "mixtral", tied: true, bias: false)
+    let model = try Self.load(FileSystem.join(dir, "m"))
+    let expected: String
+    if `where` == "router" {
+      model.layers[1].moe!.router.pointer[Tiny.H + 2] = .nan
+      expected = "model.layers.1.block_sparse_moe.gate.weight"
+    } else {
+      for i in 0..<(Tiny.V * Tiny.H) { model.embedding.storage.pointer[i] = .nan }
+      expected = "model.embed_tokens.weight"
+    }
+    let tokens = Array((0..<40).map { Int32($0 % 30) })
+    Self.expectError(.nonFinite, "evaluation", expected) { _ = try model.evaluate(tokens: tokens, options: EvalOptions()) }
+    let t = try Self.trainer(model)
+    Self.expectError(.nonFinite, "the loss", expected) { _ = try t.trainStep() }
+  }
+
   @Test func overflowingActivationsAreReportedAsSuch() throws {
     let dir = try Self.scratchDirectory("inf-logits")
     defer { FileSystem.removeTree(dir) }
