@@ -1087,31 +1087,35 @@ typedef enum moe_nonfinite {
 typedef struct moe_trainer_params {
   /** sizeof(moe_trainer_params); set by moe_trainer_params_init(). */
   size_t struct_size;
-  /** Tokens predicted per sequence, 1..the model's context. Default 256. */
+  /** Tokens predicted per sequence, 1..the model's context (and the
+   *  activations of one sequence must fit in memory). Default 256. */
   uint32_t seq_len;
   /** Sequences per step; gradients are accumulated over them. At least 1;
-   *  batch * seq_len at most 2^24 tokens per step. Default 4. */
+   *  batch * seq_len at most 2^20 tokens per step (sequences run one after
+   *  another: a larger step would take hours). Default 4. */
   uint32_t batch;
-  /** Total steps (for the schedule), 1..2^31. Default 100. */
+  /** Total steps (for the schedule), 1..2^24 (AdamW's bias correction counts
+   *  steps in f32). Default 100. */
   uint32_t steps;
   /** Warmup steps, at most `steps`. Default 0. */
   uint32_t warmup;
-  /** Peak and final learning rate, finite, >= 0. Defaults 2e-4 and 2e-5
-   *  (Drop-Upcycling). */
+  /** Peak and final learning rate: lr in [0, 1], min_lr in [0, lr] (cosine).
+   *  Defaults 2e-4 and 2e-5 (Drop-Upcycling). */
   float lr;
   float min_lr;
   moe_lr_schedule schedule;
-  /** AdamW: beta1 and beta2 in [0, 1), eps finite and > 0, weight decay
-   *  finite and >= 0. Defaults 0.9, 0.95, 1e-8, weight decay 0.1 (matrices
-   *  only, not norms or biases). */
+  /** AdamW: beta1 and beta2 in [0, 1), eps in (0, 1] (0 divides by zero
+   *  where gradients were 0), weight decay in [0, 1] with lr * weight_decay
+   *  < 1. Defaults 0.9, 0.95, 1e-8, weight decay 0.1 (matrices only, not
+   *  norms or biases). */
   float beta1;
   float beta2;
   float eps;
   float weight_decay;
-  /** Global gradient-norm clip; 0 = off. Default 1. */
+  /** Global gradient-norm clip, finite; 0 = off. Default 1. */
   float clip;
-  /** Switch load-balancing and router z-loss coefficients of MoE layers.
-   *  Defaults 0.02 and 0.001. */
+  /** Switch load-balancing and router z-loss coefficients of MoE layers, in
+   *  [0, 1]. Defaults 0.02 and 0.001. */
   float aux_loss_coef;
   float z_loss_coef;
   /** Default MOE_TRAIN_ALL. */

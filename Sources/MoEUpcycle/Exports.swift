@@ -173,6 +173,8 @@ public func moe_upcycle(_ out: UnsafeMutablePointer<moe_upcycle_result>!,
       r.moe_layers = UInt32(report.moeLayers)
       r.seconds = report.seconds
       r.peak_rss_bytes = report.peakRSS
+      r.stale_bytes_removed = report.staleTemporaries.bytes
+      r.stale_removed = UInt32(clamping: report.staleTemporaries.count)
       try writeResult(r, to: out, "out")
     }
   }

@@ -9,10 +9,16 @@ import Testing
     #expect(try parseLayerSelection(nil, numLayers: 0) == [])
   }
 
-  @Test func emptyStringMeansAll() throws {
-    // Empty (or blank) is treated like NULL: every layer.
-    #expect(try parseLayerSelection("", numLayers: 3) == [true, true, true])
-    #expect(try parseLayerSelection("   ", numLayers: 2) == [true, true])
+  @Test func emptyStringIsAnError() throws {
+    // Only nil means every layer; an empty or blank string is a mistake, answered with "use all".
+    for spec in ["", "   "] {
+      #expect {
+        _ = try parseLayerSelection(spec, numLayers: 2)
+      } throws: { error in
+        guard let e = error as? MoEError else { return false }
+        return e.kind == .invalidArgument && e.message.contains("empty") && e.message.contains("use all")
+      }
+    }
   }
 
   @Test func everyN() throws {

@@ -167,3 +167,48 @@ func axpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<F
     i += 1
   }
 }
+
+// MARK: - Finiteness
+
+/// Index of the first NaN or infinity among `n` floats; nil when all are finite.
+/// x - x is 0 for a finite x and NaN otherwise, so one sum per block tells
+/// whether the block needs a closer look.
+func firstNonFinite(_ p: UnsafePointer<Float>, _ n: Int) -> Int? {
+  var block = 0
+  while block < n {
+    let end = min(n, block + 4096)
+    var acc = Vec16()
+    var i = block
+    while i + 16 <= end {
+      let x = load16(p + i)
+      acc += x - x
+      i += 16
+    }
+    var sum = acc.sum()
+    while i < end {
+      sum += p[i] - p[i]
+      i += 1
+    }
+    if sum != 0 {
+      for j in block..<end where !p[j].isFinite { return j }
+    }
+    block = end
+  }
+  return nil
+}
+
+/// Index of the first NaN or infinity among `n` bf16 values (all exponent
+/// bits set); nil when all are finite.
+func firstNonFiniteBF16(_ p: UnsafePointer<UInt16>, _ n: Int) -> Int? {
+  var block = 0
+  while block < n {
+    let end = min(n, block + 4096)
+    var any: UInt16 = 0
+    for i in block..<end { any |= (p[i] & 0x7F80) == 0x7F80 ? 1 : 0 }
+    if any != 0 {
+      for j in block..<end where (p[j] & 0x7F80) == 0x7F80 { return j }
+    }
+    block = end
+  }
+  return nil
+}

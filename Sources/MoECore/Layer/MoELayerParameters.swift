@@ -2,15 +2,16 @@
 // row in a fixed order, for optimizers.
 
 extension MoELayer {
-  /// Calls body(weightRow, gradientRow, count) for every row of every owned
-  /// f32 tensor selected by `routerOnly`, in a fixed order (router, then per
-  /// shard and slice: gate, up, down rows; then the shared-expert gate).
+  /// Calls body(weight, expert, weightRow, gradientRow, count) for every row
+  /// of every owned f32 tensor selected by `routerOnly`, in a fixed order
+  /// (router, then per shard and slice: gate, up, down rows; then the
+  /// shared-expert gate). `expert` is -1 for the router and shared tensors.
   /// Throws when weights are bf16 or borrowed (they cannot be updated here).
   public func forEachParameterRow(routerOnly: Bool,
-                                  _ body: (UnsafeMutablePointer<Float>, UnsafePointer<Float>, Int) -> Void) throws {
+                                  _ body: (LayerWeight, Int, UnsafeMutablePointer<Float>, UnsafePointer<Float>, Int) -> Void) throws {
     let E = config.experts, H = config.hidden, F = config.ffn, Fs = config.sharedFFN
     let gRouter = try gradient(.router).pointer
-    for e in 0..<E { body(router.pointer + e * H, gRouter + e * H, H) }
+    for e in 0..<E { body(.router, -1, router.pointer + e * H, gRouter + e * H, H) }
     if routerOnly { return }
     guard config.storage == .f32, !expertsBorrowed else {
       throw MoEError.unsupported("training needs owned f32 expert weights (this layer's are \(expertsBorrowed ? "borrowed" : config.storage.name))")
@@ -29,11 +30,12 @@ extension MoELayer {
         let downGrad = (routed ? gDown + e * H * F : gSharedDown) + f0
         let gate = UnsafeMutablePointer(mutating: v.gate.f32), up = UnsafeMutablePointer(mutating: v.up.f32)
         let down = UnsafeMutablePointer(mutating: v.down.f32)
-        for r in 0..<fn { body(gate + r * H, gateGrad + r * H, H) }
-        for r in 0..<fn { body(up + r * H, upGrad + r * H, H) }
-        for r in 0..<H { body(down + r * v.down.ld, downGrad + r * Fe, fn) }
+        let expert = routed ? e : -1
+        for r in 0..<fn { body(routed ? .gate : .sharedGate, expert, gate + r * H, gateGrad + r * H, H) }
+        for r in 0..<fn { body(routed ? .up : .sharedUp, expert, up + r * H, upGrad + r * H, H) }
+        for r in 0..<H { body(routed ? .down : .sharedDown, expert, down + r * v.down.ld, downGrad + r * Fe, fn) }
       }
     }
-    if Fs > 0 { body(sharedExpertGate.pointer, try gradient(.sharedExpertGate).pointer, H) }
+    if Fs > 0 { body(.sharedExpertGate, -1, sharedExpertGate.pointer, try gradient(.sharedExpertGate).pointer, H) }
   }
 }

@@ -223,6 +223,12 @@ public final class DecoderModel: @unchecked Sendable {
     guard needed > cacheCapacity else { return }
     let kvWidth = description.numKVHeads * description.headDim
     let capacity = min(contextLength, max(needed, cacheCapacity * 2, 256))
+    // The cache grows with the sequence; refuse one that cannot fit in memory
+    // rather than let the machine swap or kill the process.
+    let bytes = Double(capacity) * Double(kvWidth) * 8 * Double(layers.count), memory = physicalMemoryBytes()
+    guard memory == 0 || bytes <= Double(memory) else {
+      throw MoEError(.outOfMemory, "a KV cache for \(capacity) positions needs \(Int(bytes / Double(1 << 20))) MiB, more than this machine's \(memory >> 20) MiB of memory; use shorter sequences or set max_context")
+    }
     var keys: [AlignedBuffer] = [], values: [AlignedBuffer] = []
     for l in layers.indices {
       let k = try AlignedBuffer(floats: capacity * kvWidth, what: "key cache")

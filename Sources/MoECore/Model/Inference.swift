@@ -91,6 +91,10 @@ extension DecoderModel {
           let row = logits + (i - r0) * V
           nllSum += Double(logSumExp(row, V) - row[Int(window[i + 1])])
         }
+        // logSumExp is NaN for non-finite logits, so one check per chunk finds them.
+        guard nllSum.isFinite else {
+          throw MoEError.nonFinite("evaluation: the model's logits are not finite (NaN or infinite) in window \(result.windows + 1), tokens \(start + r0)..<\(start + r1): \(nonFiniteCause())")
+        }
         r0 = r1
       }
       result.tokensScored += window.count - 1
@@ -157,7 +161,9 @@ extension DecoderModel {
     t0 = monotonicSeconds()
     var position = prompt.count
     while result.tokens.count < maxNew {
-      let next = sample(logits, V, options, &rng)
+      guard let next = sample(logits, V, options, &rng) else {
+        throw MoEError.nonFinite("generation: the model's logits for position \(position) are not finite (NaN or infinite): \(nonFiniteCause())")
+      }
       if options.stopAtEndOfSequence, let eos = tokenizer.eosTokenId, next == eos {
         result.stop = .endOfSequence
         break
@@ -186,12 +192,20 @@ extension DecoderModel {
 
   /// Picks the next token: argmax at temperature 0, else a draw from the
   /// tempered distribution restricted to the top-k and the top-p nucleus.
-  func sample(_ logits: UnsafeMutablePointer<Float>, _ V: Int, _ o: GenerateOptions, _ rng: inout Rng) -> Int32 {
+  /// nil when a logit is NaN or infinite (there is no meaningful pick).
+  func sample(_ logits: UnsafeMutablePointer<Float>, _ V: Int, _ o: GenerateOptions, _ rng: inout Rng) -> Int32? {
     if o.temperature == 0 {
+      // The argmax pass also checks finiteness: x - x is NaN only for NaN or infinite x.
       var best = 0
-      for i in 1..<V where logits[i] > logits[best] { best = i }
-      return Int32(best)
+      var check = logits[0] - logits[0]
+      for i in 1..<V {
+        let x = logits[i]
+        check += x - x
+        if x > logits[best] { best = i }
+      }
+      return check == 0 ? Int32(best) : nil
     }
+    guard firstNonFinite(logits, V) == nil else { return nil }
     var candidates = Array(0..<V)
     if o.topK > 0 || o.topP < 1 {
       candidates.sort { logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1) }
@@ -221,10 +235,26 @@ extension DecoderModel {
   }
 }
 
-/// log(sum(exp(v))) over n floats, with SIMD exp.
+/// log(sum(exp(v))) over n floats, with SIMD exp; NaN when any value is NaN
+/// or infinite (exp16 clamps its input, so the sum alone would not show it).
 func logSumExp(_ v: UnsafePointer<Float>, _ n: Int) -> Float {
-  var m = -Float.infinity
-  for i in 0..<n where v[i] > m { m = v[i] }
+  var top = Vec16(repeating: -.infinity)
+  var finite = Vec16()  // x - x: 0 for a finite x, NaN otherwise
+  var j = 0
+  while j + 16 <= n {
+    let x = load16(v + j)
+    top = pointwiseMax(top, x)
+    finite += x - x
+    j += 16
+  }
+  var m = top.max()
+  var check = finite.sum()
+  while j < n {
+    m = max(m, v[j])
+    check += v[j] - v[j]
+    j += 1
+  }
+  guard check == 0 else { return .nan }
   var acc = Vec16()
   let mv = Vec16(repeating: m)
   var i = 0

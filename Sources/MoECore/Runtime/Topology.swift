@@ -127,8 +127,12 @@ public final class Topology: @unchecked Sendable {
 
     switch source {
     case .system:
-      break
+      // hwloc reads a synthetic description from the environment too.
+      if let p = getenv("HWLOC_SYNTHETIC") {
+        try Topology.checkSyntheticSize(String(cString: p), what: "HWLOC_SYNTHETIC")
+      }
     case .synthetic(let description):
+      try Topology.checkSyntheticSize(description, what: "synthetic topology")
       guard hwloc_topology_set_synthetic(topology, description) == 0 else {
         let reason = errnoText()
         throw MoEError.invalid(
@@ -173,6 +177,48 @@ public final class Topology: @unchecked Sendable {
 
   deinit {
     hwloc_topology_destroy(handle)
+  }
+
+  // MARK: - Synthetic descriptions
+
+  /// Most PUs a synthetic description may describe. hwloc gives every object
+  /// a cpuset as wide as the machine, so its time and memory grow with the
+  /// square of the PU count ("pack:300 core:100 pu:1", 30000 PUs, takes half
+  /// a minute and 450 MB); 4096 is also the most workers a runtime runs.
+  public static let maxSyntheticPUs = 4096
+
+  /// Checks the size of a synthetic description before hwloc builds it: the
+  /// product of its level counts (the number of PUs) is at most
+  /// `maxSyntheticPUs`. Levels are `TYPE:COUNT` or `COUNT`, with optional
+  /// `(attributes)`; `[memory]` children (e.g. `[numa]`) add no PUs. The rest
+  /// of the syntax is left to hwloc.
+  static func checkSyntheticSize(_ description: String, what: String) throws {
+    var levels: [String] = []
+    var current = "", depth = 0
+    for c in description {
+      if c == "(" || c == "[" { depth += 1 }
+      if c == ")" || c == "]" { depth = max(0, depth - 1) }
+      if depth == 0 && (c == " " || c == "\t" || c == "\n") {
+        if !current.isEmpty { levels.append(current) }
+        current = ""
+      } else {
+        current.append(c)
+      }
+    }
+    if !current.isEmpty { levels.append(current) }
+    var pus = 1
+    for level in levels where !level.hasPrefix("[") {
+      let head = level.prefix { $0 != "(" }
+      let countText = head.split(separator: ":", omittingEmptySubsequences: false).last ?? ""
+      guard !countText.isEmpty, countText.allSatisfy(\.isASCIIDigit) else {
+        throw MoEError.invalid("\(what) '\(description)': level '\(level)' is not TYPE:COUNT (expected e.g. \"pack:2 [numa] core:4 pu:1\")")
+      }
+      let (product, overflow) = pus.multipliedReportingOverflow(by: Int(countText) ?? Int.max)
+      pus = overflow ? Int.max : product
+    }
+    guard pus <= maxSyntheticPUs else {
+      throw MoEError.invalid("\(what) '\(description)' describes \(pus == Int.max ? "too many" : String(pus)) PUs (the product of its level counts); at most \(maxSyntheticPUs) are allowed: hwloc's time and memory grow with the square of the PU count")
+    }
   }
 
   // MARK: - Thread binding

@@ -12,6 +12,8 @@ public enum MoEErrorKind: Int32, Sendable {
   case cancelled = -10
   case bufferTooSmall = -11
   case `internal` = -12
+  /// A NaN or infinity where a finite number is needed (loss, gradient, weight, logits).
+  case nonFinite = -13
 }
 
 /// The one error type thrown by the core: a kind and a message that says what
@@ -33,6 +35,7 @@ public struct MoEError: Error, CustomStringConvertible, Sendable {
   public static func unsupported(_ m: String) -> MoEError { MoEError(.unsupported, m) }
   public static func notFound(_ m: String) -> MoEError { MoEError(.notFound, m) }
   public static func shape(_ m: String) -> MoEError { MoEError(.shape, m) }
+  public static func nonFinite(_ m: String) -> MoEError { MoEError(.nonFinite, m) }
 }
 
 /// Multiplies sizes, throwing instead of trapping on overflow.

@@ -115,17 +115,68 @@ public enum FileSystem {
     return names.sorted()
   }
 
-  /// Removes a file or a directory tree (no symlinks followed).
-  public static func removeTree(_ path: String) {
+  /// Removes a file or a directory tree (no symlinks followed); returns the
+  /// disk space (allocated blocks) of what it removed.
+  @discardableResult
+  public static func removeTree(_ path: String) -> UInt64 {
     var st = stat()
-    guard lstat(path, &st) == 0 else { return }
+    guard lstat(path, &st) == 0 else { return 0 }
+    var freed: UInt64 = 0
     if (st.st_mode & S_IFMT) == S_IFDIR {
       if let names = try? listDirectory(path) {
-        for n in names { removeTree(join(path, n)) }
+        for n in names { freed += removeTree(join(path, n)) }
       }
-      rmdir(path)
-    } else {
-      unlink(path)
+      if rmdir(path) == 0 { freed += UInt64(max(0, st.st_blocks)) * 512 }
+    } else if unlink(path) == 0 {
+      freed += UInt64(max(0, st.st_blocks)) * 512
+    }
+    return freed
+  }
+
+  /// What is at a path.
+  public enum EntryKind: Sendable, Equatable, CustomStringConvertible {
+    case directory, regularFile, symbolicLink, fifo, socket, characterDevice, blockDevice, other
+
+    /// In words, with an article: "a directory", "a symbolic link", ...
+    public var description: String {
+      switch self {
+      case .directory: return "a directory"
+      case .regularFile: return "a regular file"
+      case .symbolicLink: return "a symbolic link"
+      case .fifo: return "a FIFO"
+      case .socket: return "a socket"
+      case .characterDevice: return "a character device"
+      case .blockDevice: return "a block device"
+      case .other: return "a special file"
+      }
+    }
+  }
+
+  /// What is at `path`, without following a final symlink; nil when nothing is.
+  public static func entryKind(_ path: String) -> EntryKind? {
+    var st = stat()
+    guard lstat(path, &st) == 0 else { return nil }
+    switch st.st_mode & S_IFMT {
+    case S_IFDIR: return .directory
+    case S_IFREG: return .regularFile
+    case S_IFLNK: return .symbolicLink
+    case S_IFIFO: return .fifo
+    case S_IFSOCK: return .socket
+    case S_IFCHR: return .characterDevice
+    case S_IFBLK: return .blockDevice
+    default: return .other
+    }
+  }
+
+  /// Refuses to start writing `bytes` into `directory` (for `what`) when its
+  /// file system reports less free space than that, before anything large is written.
+  /// File systems that report no size (0 blocks) are not checked.
+  public static func checkFreeSpace(_ bytes: UInt64, in directory: String, for what: String) throws {
+    var fs = statvfs()
+    guard statvfs(directory, &fs) == 0, fs.f_blocks > 0 else { return }
+    let free = UInt64(fs.f_bavail) &* UInt64(fs.f_frsize)
+    guard bytes <= free else {
+      throw MoEError.io("'\(what)' needs \(bytes) bytes but its file system has \(free) bytes free: \(String(cString: strerror(ENOSPC)))")
     }
   }
 
@@ -216,6 +267,13 @@ public final class OutputFile {
     guard syncResult == 0 else { throw MoEError.io("cannot sync '\(path)': \(String(cString: strerror(code)))") }
     guard closeResult == 0 else { throw MoEError.io("cannot close '\(path)': \(errnoText())") }
   }
+}
+
+/// Physical memory of the machine in bytes; 0 when unknown.
+public func physicalMemoryBytes() -> UInt64 {
+  let pages = sysconf(Int32(_SC_PHYS_PAGES)), size = sysconf(Int32(_SC_PAGESIZE))
+  guard pages > 0, size > 0 else { return 0 }
+  return UInt64(pages).multipliedReportingOverflow(by: UInt64(size)).partialValue
 }
 
 /// Peak resident set size of this process, in bytes.

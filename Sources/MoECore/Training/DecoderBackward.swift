@@ -66,6 +66,28 @@ extension DecoderModel {
   /// into the gradients: d(lossScale * sum of token losses) is added to
   /// `grads` and to the MoE layers' own gradient buffers (which also receive
   /// their balance and z-loss terms). Returns the summed token loss.
+  /// About how many bytes of activations one training sequence of `seqLen`
+  /// tokens keeps for backward: per layer the residual stream, q/k/v, the
+  /// attention output and probabilities (heads x seqLen^2) and the FFN's
+  /// intermediates. Gradients are accumulated one sequence at a time, so this
+  /// does not grow with the batch.
+  func trainingActivationBytes(seqLen: Int) -> Double {
+    let d = description
+    let T = Double(seqLen), H = Double(d.hiddenSize), nq = Double(d.numHeads), hd = Double(d.headDim)
+    let qkvWidth = Double(d.numHeads + 2 * d.numKVHeads) * hd
+    var perToken = 6 * H + Double(32 * d.vocabSize) / max(T, 1)   // stream, norms, gradients; logits by 32-row chunks
+    var probabilities = 0.0
+    for (l, _) in layers.enumerated() {
+      var ffn = 3 * Double(d.intermediateSize)
+      if let m = d.moe, m.moeLayers.indices.contains(l), m.moeLayers[l] {
+        ffn = 3 * Double(m.topK * m.expertIntermediateSize + m.sharedExpertIntermediateSize) + Double(m.numExperts)
+      }
+      perToken += 2 * H + qkvWidth + nq * hd + ffn
+      probabilities += nq * T * T
+    }
+    return 4 * (T * perToken + probabilities)
+  }
+
   func accumulateGradients(tokens: [Int32], lossScale: Float, grads: DecoderGradients) throws -> Double {
     guard weightDType == .f32 else {
       throw MoEError.unsupported("training needs f32 weights; load the model with weight dtype f32")

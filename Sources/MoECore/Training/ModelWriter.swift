@@ -47,6 +47,9 @@ extension DecoderModel {
     }
     let tensors = try checkpointTensors()
     let config = try HFConfig.make(description, dtype: dtype)
+    if let bad = try ModelWriter.firstNonFinite(tensors) {
+      throw MoEError.nonFinite("weight '\(bad)' holds NaN or infinite values; refusing to save '\(path)' (nothing was written)")
+    }
 
     // A training run saving over the checkpoint it resumed from: the model
     // holds its weights in memory, so keep the side files in memory too and
@@ -60,6 +63,14 @@ extension DecoderModel {
     }
     let target = try OutputDirectory(path: path, force: force, input: input)
     defer { target.discard() }
+    try target.writing { try write(tensors, config: config, dtype: dtype, carried: carried, extraFiles: extraFiles,
+                                   source: source, maxShardBytes: maxShardBytes, into: target) }
+  }
+
+  /// The checkpoint's files into the target's temporary directory, then the commit.
+  private func write(_ tensors: [ModelWriter.Tensor], config: JSON, dtype: DType, carried: [(String, [UInt8])]?,
+                     extraFiles: [(String, [UInt8])], source: String?, maxShardBytes: Int,
+                     into target: OutputDirectory) throws {
     try ModelWriter.writeShards(tensors, dtype: dtype, into: target.temporary, maxShardBytes: maxShardBytes)
     try CheckpointFiles.writeJSON(config, FileSystem.join(target.temporary, "config.json"))
     if let carried {
@@ -132,29 +143,24 @@ extension DecoderModel {
           guard Fs == 0 else {
             throw MoEError.unsupported("layer \(l) has a shared expert, which the Mixtral format cannot hold")
           }
-          let b = p + "block_sparse_moe."
-          moeWeight(b + "gate.weight", moe, .router, expert: -1, shape: [E, H])
-          for e in 0..<E {
-            moeWeight(b + "experts.\(e).w1.weight", moe, .gate, expert: e, shape: [F, H])
-            moeWeight(b + "experts.\(e).w2.weight", moe, .down, expert: e, shape: [H, F])
-            moeWeight(b + "experts.\(e).w3.weight", moe, .up, expert: e, shape: [F, H])
-          }
-        case .qwen2Moe:
-          let b = p + "mlp."
-          moeWeight(b + "gate.weight", moe, .router, expert: -1, shape: [E, H])
-          for e in 0..<E {
-            moeWeight(b + "experts.\(e).gate_proj.weight", moe, .gate, expert: e, shape: [F, H])
-            moeWeight(b + "experts.\(e).up_proj.weight", moe, .up, expert: e, shape: [F, H])
-            moeWeight(b + "experts.\(e).down_proj.weight", moe, .down, expert: e, shape: [H, F])
-          }
-          if Fs > 0 {
-            moeWeight(b + "shared_expert.gate_proj.weight", moe, .sharedGate, expert: -1, shape: [Fs, H])
-            moeWeight(b + "shared_expert.up_proj.weight", moe, .sharedUp, expert: -1, shape: [Fs, H])
-            moeWeight(b + "shared_expert.down_proj.weight", moe, .sharedDown, expert: -1, shape: [H, Fs])
-            moeWeight(b + "shared_expert_gate.weight", moe, .sharedExpertGate, expert: -1, shape: [1, H])
-          }
+        case .qwen2Moe: break
         default:
           throw MoEError.unsupported("layer \(l) is MoE but the architecture \(d.architecture.rawValue) has no MoE tensor names")
+        }
+        func add(_ kind: LayerWeight, expert: Int, shape: [Int]) {
+          moeWeight(moeTensorName(layer: l, kind, expert: expert), moe, kind, expert: expert, shape: shape)
+        }
+        add(.router, expert: -1, shape: [E, H])
+        // File order: Mixtral w1, w2, w3; Qwen2-MoE gate, up, down.
+        let order: [LayerWeight] = d.architecture == .mixtral ? [.gate, .down, .up] : [.gate, .up, .down]
+        for e in 0..<E {
+          for kind in order { add(kind, expert: e, shape: kind == .down ? [H, F] : [F, H]) }
+        }
+        if Fs > 0 {
+          add(.sharedGate, expert: -1, shape: [Fs, H])
+          add(.sharedUp, expert: -1, shape: [Fs, H])
+          add(.sharedDown, expert: -1, shape: [H, Fs])
+          add(.sharedExpertGate, expert: -1, shape: [1, H])
         }
       } else if let gateUp = layer.gateUp, let down = layer.down {
         // gateUp rows: gate [F], then up [F].
@@ -169,6 +175,47 @@ extension DecoderModel {
     vector("model.norm.weight", finalNorm, count: H)
     if !d.tiedEmbeddings { dense("lm_head.weight", lmHead, rows: 0..<lmHead.rows) }
     return out
+  }
+
+  /// The checkpoint name of an MoE layer's tensor in the model's architecture
+  /// (Mixtral: block_sparse_moe.experts.N.w1/w2/w3; Qwen2-MoE and others:
+  /// mlp.experts.N.gate_proj/up_proj/down_proj, shared_expert, shared_expert_gate).
+  func moeTensorName(layer l: Int, _ kind: LayerWeight, expert e: Int) -> String {
+    let p = ModelDescription.layerPrefix(l)
+    if description.architecture == .mixtral {
+      let b = p + "block_sparse_moe."
+      switch kind {
+      case .router: return b + "gate.weight"
+      case .gate: return b + "experts.\(e).w1.weight"
+      case .down: return b + "experts.\(e).w2.weight"
+      case .up: return b + "experts.\(e).w3.weight"
+      default: return b + "shared_expert.\(kind.name)"
+      }
+    }
+    let b = p + "mlp."
+    switch kind {
+    case .router: return b + "gate.weight"
+    case .gate: return b + "experts.\(e).gate_proj.weight"
+    case .up: return b + "experts.\(e).up_proj.weight"
+    case .down: return b + "experts.\(e).down_proj.weight"
+    case .sharedGate: return b + "shared_expert.gate_proj.weight"
+    case .sharedUp: return b + "shared_expert.up_proj.weight"
+    case .sharedDown: return b + "shared_expert.down_proj.weight"
+    case .sharedExpertGate: return b + "shared_expert_gate.weight"
+    }
+  }
+
+  /// The checkpoint name of the first weight tensor holding a NaN or an
+  /// infinity (in checkpoint order); nil when every weight is finite.
+  public func firstNonFiniteWeight() throws -> String? {
+    try ModelWriter.firstNonFinite(try checkpointTensors())
+  }
+
+  /// Says why outputs computed from the weights are not finite: the first
+  /// weight that is not, or that the weights are finite and the computation overflowed.
+  func nonFiniteCause() -> String {
+    if let bad = try? firstNonFiniteWeight() { return "weight '\(bad)' holds NaN or infinite values" }
+    return "every weight is finite, so the activations overflowed"
   }
 
   // MARK: - Tokenizer and generation files
@@ -202,6 +249,18 @@ enum ModelWriter {
     var name: String
     var shape: [Int]
     var emit: (TensorStream) throws -> Void
+  }
+
+  /// The name of the first tensor whose values include a NaN or an infinity;
+  /// nil when all are finite. Streams every tensor through a checking stream
+  /// (no file), so it sees exactly what a save would write.
+  static func firstNonFinite(_ tensors: [Tensor]) throws -> String? {
+    let stream = TensorStream(dtype: .f32, checking: true)
+    for t in tensors {
+      try t.emit(stream)
+      if stream.sawNonFinite { return t.name }
+    }
+    return nil
   }
 
   /// Extra file names are plain names (no path) that the checkpoint does not use itself.
@@ -253,15 +312,19 @@ enum ModelWriter {
 
 /// Streams tensor data into the open safetensors file in the checkpoint dtype
 /// (f32 or bf16), through a small conversion buffer.
+/// A checking stream writes nothing: it records whether any value was NaN or infinite.
 final class TensorStream {
   let dtype: DType
   var file: OutputFile?
+  let checking: Bool
+  private(set) var sawNonFinite = false
   private let chunk = 1 << 16
   private let widened: UnsafeMutablePointer<Float>   // [chunk]
   private let encoded: UnsafeMutableRawPointer        // [chunk] elements of dtype
 
-  init(dtype: DType) {
+  init(dtype: DType, checking: Bool = false) {
     self.dtype = dtype
+    self.checking = checking
     widened = .allocate(capacity: chunk)
     encoded = .allocate(byteCount: chunk * 4, alignment: 64)
   }
@@ -278,6 +341,10 @@ final class TensorStream {
 
   /// f32 values, converted to the checkpoint dtype.
   func write(floats src: UnsafePointer<Float>, count: Int) throws {
+    if checking {
+      if firstNonFinite(src, count) != nil { sawNonFinite = true }
+      return
+    }
     let out = try output()
     var i = 0
     while i < count {
@@ -290,6 +357,10 @@ final class TensorStream {
 
   /// bf16 values: copied as they are into a bf16 checkpoint, widened otherwise.
   func write(bf16 src: UnsafePointer<UInt16>, count: Int) throws {
+    if checking {
+      if firstNonFiniteBF16(src, count) != nil { sawNonFinite = true }
+      return
+    }
     let out = try output()
     var i = 0
     while i < count {

@@ -1,10 +1,11 @@
 /// What a training step does when its loss or gradient norm is NaN or
 /// infinite. Raw values equal the ABI's `moe_nonfinite`.
 public enum NonFinitePolicy: Int32, Sendable, CaseIterable {
-  /// Stop the step with an error naming the loss or the first tensor whose
-  /// gradient is not finite; nothing is updated.
+  /// The step throws `.nonFinite`, naming the loss or the first tensor whose
+  /// gradient is not finite; weights, optimizer moments and the step counter stay as they were.
   case error = 0
-  /// Skip the step: no update; the step counter and the schedule advance.
+  /// The step changes no weight or moment but counts as taken (the step
+  /// counter and the schedule advance); its `StepStats.skipped` is true.
   case skip = 1
 }
 

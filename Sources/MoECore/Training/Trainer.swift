@@ -49,18 +49,56 @@ public struct TrainerOptions: Sendable {
   public var evalFraction: Double = 0.05
   /// Held-out windows evaluated by evaluateHeldOut (at most).
   public var evalWindows = 8
-  /// What a step does with a non-finite loss or gradient norm.
+  /// A step whose loss or gradient norm is NaN or infinite: an error, or skipped.
   public var onNonFinite = NonFinitePolicy.error
 
   public init() {}
 
+  /// Most steps of a run: AdamW's bias correction and the warmup count steps in f32, exact up to 2^24.
+  public static let maxSteps = 1 << 24
+  /// Most tokens (batch x seq_len) one step may process. Gradients are
+  /// accumulated one sequence at a time, so a step's time, not its memory,
+  /// grows with the batch: a million tokens is already minutes to hours of CPU time per step.
+  public static let maxTokensPerStep = 1 << 20
+  /// Most held-out windows per evaluation (each one is a forward pass).
+  public static let maxEvalWindows = 1 << 16
+
   func validate() throws {
-    guard seqLen >= 1, batch >= 1, steps >= 1, warmup >= 0 else {
-      throw MoEError.invalid("seq_len, batch and steps must be >= 1 and warmup >= 0 (got \(seqLen), \(batch), \(steps), \(warmup))")
+    guard seqLen >= 1, batch >= 1 else {
+      throw MoEError.invalid("seq_len and batch must be >= 1 (got \(seqLen) and \(batch))")
     }
-    for (name, v) in [("lr", lr), ("min_lr", minLR), ("eps", eps), ("weight_decay", weightDecay), ("clip", clip),
-                      ("aux_loss_coef", balanceCoef), ("z_loss_coef", zCoef)] {
-      guard v.isFinite, v >= 0 else { throw MoEError.invalid("\(name) is \(v); it must be finite and >= 0") }
+    let (tokens, overflow) = seqLen.multipliedReportingOverflow(by: batch)
+    guard !overflow, tokens <= Self.maxTokensPerStep else {
+      throw MoEError.invalid("batch x seq_len is \(batch) x \(seqLen) tokens per step; at most \(Self.maxTokensPerStep) are allowed: each sequence of a step runs forward and backward in turn, so a larger step would run for hours (use more steps instead)")
+    }
+    guard steps >= 1, steps <= Self.maxSteps else {
+      throw MoEError.invalid("steps is \(steps); it must be in 1...\(Self.maxSteps) (AdamW's bias correction counts steps in f32, exact up to 2^24)")
+    }
+    guard warmup >= 0, warmup <= steps else {
+      throw MoEError.invalid("warmup is \(warmup); it must be in 0...steps (\(steps)), or the learning rate never reaches lr")
+    }
+    guard evalWindows >= 1, evalWindows <= Self.maxEvalWindows else {
+      throw MoEError.invalid("eval_windows is \(evalWindows); it must be in 1...\(Self.maxEvalWindows) (each window is a forward pass over seq_len tokens)")
+    }
+    guard lr.isFinite, lr >= 0, lr <= 1 else {
+      throw MoEError.invalid("lr is \(lr); it must be in [0, 1] (AdamW moves each weight by about lr per step)")
+    }
+    guard minLR.isFinite, minLR >= 0, schedule == .constant || minLR <= lr else {
+      throw MoEError.invalid("min_lr is \(minLR); it must be in [0, lr] (lr is \(lr)): the cosine schedule decays from lr to min_lr")
+    }
+    guard eps.isFinite, eps > 0, eps <= 1 else {
+      throw MoEError.invalid("eps is \(eps); it must be in (0, 1]: AdamW divides by sqrt(v) + eps, and v is 0 wherever the gradients have been 0, so eps = 0 makes NaN weights")
+    }
+    guard weightDecay.isFinite, weightDecay >= 0, weightDecay <= 1, lr * weightDecay < 1 else {
+      throw MoEError.invalid("weight_decay is \(weightDecay); it must be in [0, 1] with lr x weight_decay < 1 (each step scales the weights by 1 - lr x weight_decay)")
+    }
+    guard clip.isFinite, clip >= 0 else {
+      throw MoEError.invalid("clip is \(clip); it must be finite and >= 0 (0 = no clipping)")
+    }
+    for (name, v) in [("aux_loss_coef", balanceCoef), ("z_loss_coef", zCoef)] {
+      guard v.isFinite, v >= 0, v <= 1 else {
+        throw MoEError.invalid("\(name) is \(v); it must be in [0, 1] (a larger auxiliary loss outweighs the language-model loss it regularizes)")
+      }
     }
     guard beta1 >= 0, beta1 < 1, beta2 >= 0, beta2 < 1 else {
       throw MoEError.invalid("beta1 and beta2 must be in [0, 1) (got \(beta1), \(beta2))")
@@ -83,7 +121,8 @@ public struct StepStats: Sendable {
   public var seconds: Double = 0
   /// Busiest expert's share of tokens relative to an even share, worst MoE layer (0 for dense).
   public var maxExpertLoad: Double = 0
-  /// The step was skipped (non-finite loss or gradient with `.skip`).
+  /// The loss or gradient norm was not finite and `onNonFinite` is `.skip`:
+  /// no weight or optimizer moment changed (loss and gradNorm show the values).
   public var skipped = false
 }
 
@@ -107,6 +146,11 @@ public final class Trainer {
     guard options.seqLen <= model.contextLength else {
       throw MoEError.invalid("seq_len \(options.seqLen) exceeds the model's context \(model.contextLength)")
     }
+    let activations = model.trainingActivationBytes(seqLen: options.seqLen)
+    let memory = physicalMemoryBytes()
+    guard memory == 0 || activations <= Double(memory) else {
+      throw MoEError.invalid("seq_len \(options.seqLen) needs about \(Int(activations / Double(1 << 20))) MiB of activations for backward (attention keeps seq_len^2 probabilities per head and layer), more than this machine's \(memory >> 20) MiB of memory; use a shorter seq_len")
+    }
     if let bad = tokens.first(where: { $0 < 0 || Int($0) >= model.vocabSize }) {
       throw MoEError.invalid("token id \(bad) is outside the vocabulary (0..<\(model.vocabSize))")
     }
@@ -121,7 +165,7 @@ public final class Trainer {
     grads = try DecoderGradients(model: model)
     var count = 0
     let visit = try Trainer.trainable(model, options.trainOnly, grads)
-    try visit { _, _, n, _ in count += n }
+    try visit { _, _, _, n, _ in count += n }
     parameterCount = count
     moments = try AlignedBuffer(floats: 2 * count, what: "AdamW moments")
     memset(moments.pointer, 0, 2 * count * 4)
@@ -131,34 +175,68 @@ public final class Trainer {
   public var heldOutTokenCount: Int { heldOut.count }
   public var trainableParameters: Int { parameterCount }
 
-  /// Visits every trainable tensor region (weights, gradients, count, decayed)
-  /// in a fixed order.
-  typealias Visitor = ((UnsafeMutablePointer<Float>, UnsafePointer<Float>, Int, Bool) -> Void) throws -> Void
+  /// Which model tensor a trainable region belongs to (names it in errors).
+  enum Tensor {
+    case embedding, lmHead, finalNorm
+    case inputNorm(Int), postNorm(Int), qkv(Int), qkvBias(Int), output(Int), gateUp(Int), down(Int)
+    case moe(layer: Int, LayerWeight, expert: Int)
+  }
+
+  /// Visits every trainable tensor region (tensor, weights, gradients, count,
+  /// decayed) in a fixed order.
+  typealias Visitor = ((Tensor, UnsafeMutablePointer<Float>, UnsafePointer<Float>, Int, Bool) -> Void) throws -> Void
   static func trainable(_ m: DecoderModel, _ only: TrainOnly, _ g: DecoderGradients) throws -> Visitor {
     return { body in
-      func dense(_ w: DenseWeight, _ grad: AlignedBuffer, bias: AlignedBuffer? = nil) {
-        body(w.storage.pointer, grad.pointer, w.rows * w.cols, true)
-        if let b = w.bias, let bias { body(b.pointer, bias.pointer, w.rows, false) }
+      func dense(_ t: Tensor, _ w: DenseWeight, _ grad: AlignedBuffer, bias: (Tensor, AlignedBuffer)? = nil) {
+        body(t, w.storage.pointer, grad.pointer, w.rows * w.cols, true)
+        if let b = w.bias, let (bt, bias) = bias { body(bt, b.pointer, bias.pointer, w.rows, false) }
       }
       if only == .all {
-        dense(m.embedding, g.embedding)
-        if let lm = g.lmHead { dense(m.lmHead, lm) }
-        body(m.finalNorm.pointer, g.finalNorm.pointer, m.description.hiddenSize, false)
+        dense(.embedding, m.embedding, g.embedding)
+        if let lm = g.lmHead { dense(.lmHead, m.lmHead, lm) }
+        body(.finalNorm, m.finalNorm.pointer, g.finalNorm.pointer, m.description.hiddenSize, false)
       }
       for (l, layer) in m.layers.enumerated() {
         let gl = g.layers[l]
         if only == .all {
-          body(layer.inputNorm.pointer, gl.inputNorm.pointer, m.description.hiddenSize, false)
-          body(layer.postNorm.pointer, gl.postNorm.pointer, m.description.hiddenSize, false)
-          dense(layer.qkv, gl.qkv, bias: gl.qkvBias)
-          dense(layer.output, gl.output)
-          if let gu = layer.gateUp, let ggu = gl.gateUp { dense(gu, ggu) }
-          if let d = layer.down, let gd = gl.down { dense(d, gd) }
+          body(.inputNorm(l), layer.inputNorm.pointer, gl.inputNorm.pointer, m.description.hiddenSize, false)
+          body(.postNorm(l), layer.postNorm.pointer, gl.postNorm.pointer, m.description.hiddenSize, false)
+          dense(.qkv(l), layer.qkv, gl.qkv, bias: gl.qkvBias.map { (.qkvBias(l), $0) })
+          dense(.output(l), layer.output, gl.output)
+          if let gu = layer.gateUp, let ggu = gl.gateUp { dense(.gateUp(l), gu, ggu) }
+          if let d = layer.down, let gd = gl.down { dense(.down(l), d, gd) }
         }
         if let moe = layer.moe {
-          try moe.forEachParameterRow(routerOnly: only == .routers) { w, gr, n in body(w, gr, n, true) }
+          try moe.forEachParameterRow(routerOnly: only == .routers) { kind, e, w, gr, n in
+            body(.moe(layer: l, kind, expert: e), w, gr, n, true)
+          }
         }
       }
+    }
+  }
+
+  /// The checkpoint name of a trainable tensor; `element` (an index into the
+  /// region) picks q, k or v of the fused attention weight and gate or up of
+  /// the fused dense FFN.
+  func name(of t: Tensor, element: Int) -> String {
+    let d = model.description
+    let q = d.numHeads * d.headDim, kv = d.numKVHeads * d.headDim
+    func part(_ row: Int) -> String { row < q ? "q_proj" : row < q + kv ? "k_proj" : "v_proj" }
+    switch t {
+    case .embedding: return "model.embed_tokens.weight"
+    case .lmHead: return "lm_head.weight"
+    case .finalNorm: return "model.norm.weight"
+    case .inputNorm(let l): return ModelDescription.layerPrefix(l) + "input_layernorm.weight"
+    case .postNorm(let l): return ModelDescription.layerPrefix(l) + "post_attention_layernorm.weight"
+    case .qkv(let l):
+      return ModelDescription.layerPrefix(l) + "self_attn.\(part(element / max(1, d.hiddenSize))).weight"
+    case .qkvBias(let l): return ModelDescription.layerPrefix(l) + "self_attn.\(part(element)).bias"
+    case .output(let l): return ModelDescription.layerPrefix(l) + "self_attn.o_proj.weight"
+    case .gateUp(let l):
+      let n = d.denseFFNNames(layer: l)
+      return element / max(1, d.hiddenSize) < d.intermediateSize ? n.gate : n.up
+    case .down(let l): return d.denseFFNNames(layer: l).down
+    case .moe(let l, let kind, let e): return model.moeTensorName(layer: l, kind, expert: e)
     }
   }
 
@@ -212,29 +290,55 @@ public final class Trainer {
     // The trainable regions, with their offsets into the moments.
     var regions: [Region] = []
     var total = 0
-    try Trainer.trainable(model, o.trainOnly, grads)({ w, g, n, decay in
-      regions.append(Region(weights: w, gradients: UnsafeMutablePointer(mutating: g), count: n, decay: decay, offset: total))
+    try Trainer.trainable(model, o.trainOnly, grads)({ t, w, g, n, decay in
+      regions.append(Region(tensor: t, weights: w, gradients: UnsafeMutablePointer(mutating: g), count: n, decay: decay,
+                            offset: total))
       total += n
     })
     let norm = globalNorm(regions)
-    let clipScale: Float = o.clip > 0 && norm > Double(o.clip) ? Float(Double(o.clip) / norm) : 1
-    step += 1
-    adamW(regions, total: total, lr: stats.lr, clipScale: clipScale)
-    gradientsClean = true
     let sequences = Double(o.batch * max(moeLayers.count, 1))
-    stats.step = step
     stats.loss = lossSum / Double(o.batch * o.seqLen)
     stats.balance = moeLayers.isEmpty ? 0 : balance / sequences
     stats.zLoss = moeLayers.isEmpty ? 0 : z / sequences
     stats.gradNorm = norm
     stats.tokens = o.batch * o.seqLen
-    stats.seconds = monotonicSeconds() - started
     stats.maxExpertLoad = worst
+    // A NaN or infinity anywhere in the gradients makes the norm non-finite.
+    // Nothing has changed yet: the gradients are left dirty for the next step to clear.
+    if !lossSum.isFinite || !norm.isFinite {
+      guard o.onNonFinite == .skip else {
+        throw MoEError.nonFinite("step \(step + 1): \(nonFiniteProblem(loss: stats.loss, regions)); no weight or optimizer state was changed")
+      }
+      step += 1
+      stats.step = step
+      stats.skipped = true
+      stats.seconds = monotonicSeconds() - started
+      return stats
+    }
+    let clipScale: Float = o.clip > 0 && norm > Double(o.clip) ? Float(Double(o.clip) / norm) : 1
+    step += 1
+    adamW(regions, total: total, lr: stats.lr, clipScale: clipScale)
+    gradientsClean = true
+    stats.step = step
+    stats.seconds = monotonicSeconds() - started
     return stats
+  }
+
+  /// What is not finite: the loss (and the weight behind it, if one is not
+  /// finite), or the first tensor, in update order, whose gradient is not.
+  func nonFiniteProblem(loss: Double, _ regions: [Region]) -> String {
+    if !loss.isFinite { return "the loss is \(loss) (\(model.nonFiniteCause()))" }
+    for r in regions {
+      if let i = firstNonFinite(r.gradients, r.count) {
+        return "the gradient of '\(name(of: r.tensor, element: i))' is \(r.gradients[i])"
+      }
+    }
+    return "the gradient norm is not finite"
   }
 
   /// A trainable tensor region: weights, gradients, elements, decayed, offset into the moments.
   struct Region: @unchecked Sendable {
+    var tensor: Tensor
     var weights: UnsafeMutablePointer<Float>
     var gradients: UnsafeMutablePointer<Float>
     var count: Int
@@ -351,7 +455,7 @@ public final class Trainer {
       throw MoEError.format("'\(directory)/trainer.json' lacks step or parameters")
     }
     guard Int(params) == parameterCount else {
-      throw MoEError.invalid("the checkpoint's optimizer has \(Int(params)) parameters but this trainer has \(parameterCount) (different --train-only or model?)")
+      throw MoEError.invalid("the checkpoint's optimizer has \(Int(params)) parameters but this trainer has \(parameterCount) (a different train_only setting or model?)")
     }
     for (key, value) in [("seed", Double(options.seed)), ("seq_len", Double(options.seqLen)),
                          ("batch", Double(options.batch)), ("train_tokens", Double(trainTokens.count))] {
@@ -365,6 +469,10 @@ public final class Trainer {
         throw MoEError.format("optimizer.safetensors: '\(name)' is missing or not [\(parameterCount)]")
       }
       try source.readFloat(name, into: dst)
+    }
+    if let bad = firstNonFinite(moments.pointer, 2 * parameterCount) {
+      memset(moments.pointer, 0, 2 * parameterCount * 4)
+      throw MoEError.nonFinite("optimizer.safetensors: '\(bad < parameterCount ? "adam.m" : "adam.v")' holds a NaN or infinite value (element \(bad % parameterCount)); the optimizer state cannot be resumed")
     }
     step = Int(savedStep)
   }

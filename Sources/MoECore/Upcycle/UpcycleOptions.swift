@@ -35,6 +35,9 @@ public struct UpcycleOptions: Sendable {
 
   public init() {}
 
+  /// Most routed experts per MoE layer.
+  public static let maxExperts = 1024
+
   public var methodName: String {
     switch method {
     case .copy: return "copy"
@@ -60,7 +63,10 @@ public struct UpcycleOptions: Sendable {
 /// Parses a layer selection: "all", "every:N" (layers i with (i+1) % N == 0) or "0,2,5-7".
 public func parseLayerSelection(_ spec: String?, numLayers: Int) throws -> [Bool] {
   let text = (spec ?? "all").trimmingSpaces
-  if text.isEmpty || text == "all" { return Array(repeating: true, count: numLayers) }
+  guard !text.isEmpty else {
+    throw MoEError.invalid("layers is empty; use all (every layer), every:N, or a list like 0,2,5-7")
+  }
+  if text == "all" { return Array(repeating: true, count: numLayers) }
   if text.hasPrefix("every:") {
     let digits = text.dropFirst(6)
     guard digits.allSatisfy(\.isASCIIDigit), let n = Int(digits), n >= 1 else {

@@ -10,6 +10,8 @@ public struct UpcycleReport: Sendable {
   public var moeLayers = 0
   public var seconds = 0.0
   public var peakRSS: UInt64 = 0
+  /// Temporaries of the same output left by killed runs, removed before writing.
+  public var staleTemporaries = StaleTemporaries()
 }
 
 /// Dense checkpoint -> MoE checkpoint, streamed one layer at a time.
@@ -49,8 +51,8 @@ public final class Upcycler {
     }
     if o.format == .qwen2Moe { o.sharedExpert = true }
     let I = d.intermediateSize
-    guard o.numExperts >= 1 && o.numExperts <= 1024 else {
-      throw MoEError.invalid("num_experts must be in 1..1024 (got \(o.numExperts))")
+    guard o.numExperts >= 1 && o.numExperts <= UpcycleOptions.maxExperts else {
+      throw MoEError.invalid("num_experts must be in 1..\(UpcycleOptions.maxExperts) (got \(o.numExperts)); every expert adds three FFN-sized tensors per MoE layer to the output")
     }
     guard o.topK >= 1 && o.topK <= o.numExperts else {
       throw MoEError.invalid("top-k must be in 1..\(o.numExperts) (the number of experts), got \(o.topK)")
@@ -83,14 +85,14 @@ public final class Upcycler {
     switch o.format {
     case .mixtral:
       guard !layers.contains(false) else {
-        throw MoEError.unsupported("the mixtral format makes every layer MoE; use --format qwen2-moe for a layer subset")
+        throw MoEError.unsupported("the mixtral format makes every layer MoE; use the qwen2-moe format for a layer subset")
       }
-      guard !o.sharedExpert else { throw MoEError.unsupported("the mixtral format has no shared expert; use --format qwen2-moe") }
+      guard !o.sharedExpert else { throw MoEError.unsupported("the mixtral format has no shared expert; use the qwen2-moe format") }
       guard o.renormalizes else {
-        throw MoEError.unsupported("the mixtral format renormalizes the top-k weights; softmax-topk without renormalization needs --format qwen2-moe")
+        throw MoEError.unsupported("the mixtral format renormalizes the top-k weights; softmax-topk without renormalization needs the qwen2-moe format")
       }
       guard !d.qkvBias else {
-        throw MoEError.unsupported("'\(checkpoint.path)' has q/k/v biases (\(d.architecture.rawValue)), which Mixtral cannot hold; use --format qwen2-moe")
+        throw MoEError.unsupported("'\(checkpoint.path)' has q/k/v biases (\(d.architecture.rawValue)), which Mixtral cannot hold; use the qwen2-moe format")
       }
     case .qwen2Moe:
       guard d.headDim * d.numHeads == d.hiddenSize else {
@@ -98,6 +100,9 @@ public final class Upcycler {
       }
     }
     guard o.maxShardBytes >= 1 << 10 else { throw MoEError.invalid("max shard size must be at least 1 KiB (got \(o.maxShardBytes))") }
+    guard o.threads >= 0 && o.threads <= 4096 else {
+      throw MoEError.invalid("threads is \(o.threads); use 0 (building overlaps writing), 1 (one thread) or up to 4096")
+    }
     self.options = o
     moeLayers = layers
     expertSize = ExpertBuilder.expertSize(options: o, intermediate: I)
@@ -221,11 +226,17 @@ public final class Upcycler {
     let start = monotonicSeconds()
     let target = try OutputDirectory(path: output, force: options.force, input: checkpoint.path)
     defer { target.discard() }
+    return try target.writing { try write(into: target, progress: progress, started: start) }
+  }
+
+  private func write(into target: OutputDirectory, progress: Progress?, started start: Double) throws -> UpcycleReport {
+    try FileSystem.checkFreeSpace(UInt64(plan.reduce(0) { $0 + $1.byteCount }), in: target.temporary, for: target.path)
 
     // Shards: consecutive tensors up to the size limit.
     let shards = CheckpointFiles.shards(plan.map(\.byteCount), maxBytes: options.maxShardBytes)
     let totalBytes = UInt64(plan.reduce(0) { $0 + $1.byteCount })
     var report = UpcycleReport()
+    report.staleTemporaries = target.staleRemoved
     report.shards = shards.count
     report.moeLayers = moeLayers.filter { $0 }.count
     var done: UInt64 = 0
@@ -325,61 +336,6 @@ public final class Upcycler {
 }
 
 public let moeupcycleVersion = "0.2.0"
-
-/// An output directory written under a temporary name and renamed into place.
-final class OutputDirectory {
-  let path: String
-  let temporary: String
-  private var committed = false
-  private let force: Bool
-
-  init(path: String, force: Bool, input: String) throws {
-    var p = path
-    while p.count > 1 && p.hasSuffix("/") { p.removeLast() }
-    guard !p.isEmpty else { throw MoEError.invalid("output path is empty") }
-    self.path = p
-    self.force = force
-    let parent = FileSystem.parent(of: p)
-    guard FileSystem.isDirectory(parent) else {
-      throw MoEError.notFound("the output's parent directory '\(parent)' does not exist")
-    }
-    if FileSystem.exists(p) {
-      guard force else { throw MoEError(.exists, "output '\(p)' already exists (pass force to replace it)") }
-      // Never replace the input or a directory containing it.
-      if let ri = realPath(input), let ro = realPath(p), ri == ro || ri.hasPrefix(ro + "/") {
-        throw MoEError.invalid("output '\(p)' is or contains the input '\(input)'; refusing to replace it")
-      }
-    }
-    temporary = FileSystem.join(parent, ".\(FileSystem.baseName(of: p)).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-    try FileSystem.makeDirectory(temporary)
-  }
-
-  func commit() throws {
-    if FileSystem.exists(path) {
-      guard force else { throw MoEError(.exists, "output '\(path)' appeared while writing; refusing to replace it") }
-      let old = temporary + ".old"
-      try FileSystem.rename(path, old)
-      do { try FileSystem.rename(temporary, path) } catch {
-        try? FileSystem.rename(old, path)
-        throw error
-      }
-      FileSystem.removeTree(old)
-    } else {
-      try FileSystem.rename(temporary, path)
-    }
-    committed = true
-  }
-
-  func discard() {
-    if !committed { FileSystem.removeTree(temporary) }
-  }
-}
-
-func realPath(_ p: String) -> String? {
-  guard let r = realpath(p, nil) else { return nil }
-  defer { free(r) }
-  return String(cString: r)
-}
 
 /// Produces items 0..<count in order into a ring of buffers, on a background thread when
 /// there are two or more slots (inline otherwise). Errors surface from `next()` in order.
