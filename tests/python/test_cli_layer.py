@@ -35,7 +35,8 @@ def test_topology_json_synthetic_with_layer():
     assert b["is_this_system"] is False
     assert b["thread_pinning_effective"] is False and b["memory_binding_effective"] is False
     assert j["openblas"]["threads"] == 1 and j["openblas"]["core"]
-    assert j["layer"] == {"hidden": 32, "ffn": 64, "experts": 4, "top_k": 2, "shared_ffn": 0}
+    assert j["layer"] == {"hidden_size": 32, "moe_intermediate_size": 64, "num_experts": 4, "top_k": 2,
+                          "shared_expert_intermediate_size": 0}
     plan = j["placement"]
     assert plan["policy"] == j["default_placement"] == "row-slice"
     cover = {e: [] for e in range(4)}

@@ -102,10 +102,9 @@ def test_output_parent_missing(dense, tmp_path):
     (dict(format="qwen2-moe", layers="9"), "out of range"),
     (dict(method=17), "params->method has invalid value 17"),
     (dict(granular_scaling=3), "params->granular_scaling has invalid value 3"),
-    pytest.param(dict(dtype=9), "params->dtype has invalid value 9", marks=pytest.mark.xfail(
-        strict=True, reason="the library answers an undefined output dtype with MOE_ERR_UNSUPPORTED")),
-    pytest.param(dict(routing=5), "params->routing has invalid value 5", marks=pytest.mark.xfail(
-        strict=True, reason="the library answers an undefined routing with MOE_ERR_UNSUPPORTED")),
+    (dict(dtype=9), "params->dtype has invalid value 9"),
+    (dict(dtype=-2), "params->dtype has invalid value -2"),
+    (dict(routing=5), "params->routing has invalid value 5"),
     (dict(router_std=-1.0), "router std"),
     (dict(max_shard_bytes=10), "max shard size"),
     (dict(aux_loss_coef=-1.0), "params->aux_loss_coef must be finite and >= 0"),

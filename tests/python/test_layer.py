@@ -854,7 +854,8 @@ def test_describe_json_plan(rt2, placement, shared):
     E, F = 4, 64
     cfg = layer_config(32, F, E, 2, placement=PLACEMENTS[placement], shared_expert_intermediate_size=shared)
     j = json.loads(rt2.describe(cfg))
-    assert j["layer"]["hidden"] == 32 and j["layer"]["ffn"] == F and j["layer"]["shared_ffn"] == shared
+    assert j["layer"]["hidden_size"] == 32 and j["layer"]["moe_intermediate_size"] == F
+    assert j["layer"]["shared_expert_intermediate_size"] == shared
     assert len(j["nodes"]) == 2
     assert len(j["workers"]) == 4 and not any(w["pinned"] for w in j["workers"])
     assert j["binding"]["thread_pinning_effective"] is False
@@ -1049,8 +1050,8 @@ def create_status(rt, struct_size=None, **kw):
 
 
 @pytest.mark.parametrize("kw,code,fragment", [
-    (dict(hidden_size=0), C.MOE_ERR_INVALID_ARGUMENT, "hidden"),
-    (dict(moe_intermediate_size=0), C.MOE_ERR_INVALID_ARGUMENT, "ffn"),
+    (dict(hidden_size=0), C.MOE_ERR_INVALID_ARGUMENT, "hidden_size is 0"),
+    (dict(moe_intermediate_size=0), C.MOE_ERR_INVALID_ARGUMENT, "moe_intermediate_size is 0"),
     (dict(num_experts=0), C.MOE_ERR_INVALID_ARGUMENT, "experts"),
     (dict(top_k=0), C.MOE_ERR_INVALID_ARGUMENT, "top_k"),
     (dict(top_k=5), C.MOE_ERR_INVALID_ARGUMENT, "top_k"),
