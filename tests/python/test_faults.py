@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import time
@@ -208,11 +209,14 @@ def test_sigkill_during_upcycle_leaves_a_complete_output_or_none(big, tmp_path):
             assert run("info", out).returncode == 0
         assert digest(src) == src_digest
     assert mid_run >= 4, f"only {mid_run} kills landed while the temporary was being written"
-    assert temporaries(out)  # what the killed runs left
-    # The next run to the same output removes them.
+    left_behind = temporaries(out)  # what the killed runs left
+    assert left_behind
+    # The next run to the same output removes them, and says so.
     r = run("upcycle", src, out, *UPCYCLE, "--force")
     assert r.returncode == 0, r.stderr
     assert temporaries(out) == []
+    n = len(left_behind)
+    assert f"removed {n} temporar{'y' if n == 1 else 'ies'} of '{out}'" in r.stderr, r.stderr
     assert digest(out) == ref_digest and digest(src) == src_digest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["moe"]
 
@@ -318,15 +322,47 @@ def test_read_only_destination(big, shim, tmp_path):
     assert digest(ref) == ref_digest and temporaries(ref) == [] and digest(src) == src_digest
 
 
-def test_file_size_limit_is_a_clear_error_when_sigxfsz_is_ignored(big, tmp_path):
+def test_file_size_limit_is_a_clear_error(big, tmp_path):
+    """`ulimit -f`: the host ignores SIGXFSZ itself, so the write fails with EFBIG and is reported."""
     src, _, _, _, _ = big
 
     def limited():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
         resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
 
     r = run("upcycle", src, tmp_path / "moe", *UPCYCLE, preexec_fn=limited)
     expect_nothing_written(tmp_path, [], r, "File too large", "cannot write")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "forced"])
+def test_sigint_and_sigterm_during_upcycle_stop_cleanly(big, tmp_path, sig, existing):
+    """Ctrl-C or a TERM while the temporary fills: the command cancels through the library, which removes
+    the temporary; the output is absent (or the old one, untouched), the input unchanged, exit 128 + signal."""
+    src, src_digest, ref, ref_digest, total = big
+    out = tmp_path / "moe"
+    if existing:
+        shutil.copytree(ref, out)
+    p = subprocess.Popen([str(CLI), "upcycle", src, out, *UPCYCLE, "--force"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    sent = False
+    while p.poll() is None and time.monotonic() < deadline:
+        if temporaries(out) and temporary_bytes(out) >= 0.2 * total:
+            p.send_signal(sig)
+            sent = True
+            break
+        time.sleep(0.0005)
+    stdout, stderr = p.communicate(timeout=60)
+    assert sent, "the upcycle finished before the signal could be sent"
+    assert p.returncode == 128 + sig, (p.returncode, stderr)
+    assert "stopped by" in stderr and "nothing was left half-written" in stderr, stderr
+    assert temporaries(out) == []
+    if existing:
+        assert digest(out) == ref_digest
+    else:
+        assert not out.exists()
+    assert digest(src) == src_digest
 
 
 def test_replacement_without_an_atomic_exchange(big, shim, tmp_path):
