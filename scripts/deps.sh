@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what building and testing need on Debian 12 (system packages via
+# apt-get, Python test packages via pip). Sourced by setup.sh and test.sh;
+# safe to run again (skips what is present).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+APT_PACKAGES=(libopenblas-dev libhwloc-dev cmake pkg-config gcc g++ python3-pip)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "installing: ${missing[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# transformers (5.x: strictly typed configs) and tokenizers check what the library
+# writes; they install without torch.
+if ! python3 -c "import numpy, pytest, safetensors, gguf, tokenizers, transformers
+assert int(transformers.__version__.split('.')[0]) >= 5" 2>/dev/null; then
+  python3 -m pip install -q --disable-pip-version-check numpy pytest safetensors gguf tokenizers "transformers>=5"
+fi
