@@ -19,7 +19,7 @@ def main() -> int:
     with open(sys.argv[1]) as f:
         for line in f:
             row = json.loads(line)
-            if "loss" in row:
+            if row.get("loss") is not None:  # a skipped step's non-finite loss is null
                 train.append((row["step"], row["loss"]))
             if "eval_loss" in row:
                 held.append((row["step"], row["eval_loss"]))

@@ -19,6 +19,8 @@ int bad_usage(const char *msg, const char *arg);
 double now_seconds(void);
 void human_bytes(double b, char *buf, size_t n);
 void json_string(FILE *f, const char *s);
+/* `v` printed with `format` into buf, or "null" when it is NaN or infinite (JSON has neither). */
+void json_number(char *buf, size_t n, double v, const char *format);
 /* Strict number parsing: 1 on success, 0 on any junk. */
 int parse_u64(const char *s, uint64_t *out);
 int parse_u32(const char *s, uint32_t *out);

@@ -87,6 +87,11 @@ void json_string(FILE *f, const char *s) {
   fputc('"', f);
 }
 
+void json_number(char *buf, size_t n, double v, const char *format) {
+  if (isfinite(v)) snprintf(buf, n, format, v);
+  else snprintf(buf, n, "null");
+}
+
 int parse_u64(const char *s, uint64_t *out) {
   if (!s || !*s || *s == '-' || *s == '+' || *s == ' ') return 0;
   char *end = NULL;

@@ -243,9 +243,13 @@ int cmd_train(int argc, char **argv) {
     }
     fflush(stdout);
     if (log) {
-      fprintf(log, "{\"step\": %llu, \"loss\": %.6f, \"aux_loss\": %.6f, \"z_loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6f,"
+      /* JSON has no NaN: a skipped step's non-finite loss or norm is null. */
+      char loss[32], norm[32];
+      json_number(loss, sizeof loss, s.loss, "%.6f");
+      json_number(norm, sizeof norm, s.grad_norm, "%.6f");
+      fprintf(log, "{\"step\": %llu, \"loss\": %s, \"aux_loss\": %.6f, \"z_loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %s,"
               " \"max_expert_load\": %.4f, \"tokens_per_second\": %.2f, \"skipped\": %s}\n", (unsigned long long)s.step,
-              s.loss, s.aux_loss, s.z_loss, s.lr, s.grad_norm, s.max_expert_load, s.tokens_per_second,
+              loss, s.aux_loss, s.z_loss, s.lr, norm, s.max_expert_load, s.tokens_per_second,
               s.skipped ? "true" : "false");
       fflush(log);
     }

@@ -361,6 +361,10 @@ public final class DecoderModel: @unchecked Sendable {
     while r0 < tokens.count {
       let r1 = min(tokens.count, r0 + chunk)
       logits(hidden: hidden, rows: r0..<r1, into: out + r0 * vocabSize)
+      if let bad = firstNonFinite(out + r0 * vocabSize, (r1 - r0) * vocabSize) {
+        let row = r0 + bad / vocabSize
+        throw MoEError.nonFinite("logits: the logits of position \(row) are not finite (NaN or infinite): \(nonFiniteCause())")
+      }
       r0 = r1
     }
   }
