@@ -83,9 +83,14 @@ public final class GGUFFile {
   public let dataStart: Int
   public let alignment: Int
 
-  public init(path: String) throws {
-    self.path = path
-    file = try MappedFile(path: path)
+  public convenience init(path: String) throws {
+    try self.init(file: try MappedFile(path: path))
+  }
+
+  /// Parses a mapped file (or bytes held in memory, see `MappedFile(copying:path:)`).
+  public init(file: MappedFile) throws {
+    path = file.path
+    self.file = file
     let what = "'\(path)'"
     var c = ByteCursor(bytes: file.bytes, pos: 0, what: what)
     guard file.bytes.count >= 4 else { throw MoEError.format("\(what): file is too short to be GGUF") }
