@@ -151,6 +151,9 @@ enum HFConfig {
     let heads = try int("num_attention_heads")
     let layers = try int("num_hidden_layers")
     guard heads > 0 else { throw MoEError.format("\(what): num_attention_heads must be positive") }
+    guard layers <= ModelDescription.maxLayers else {
+      throw MoEError.format("\(what): num_hidden_layers \(layers) is more than \(ModelDescription.maxLayers)")
+    }
     var ropeTheta = c["rope_theta"]?.doubleValue
     if ropeTheta == nil { ropeTheta = c["rope_parameters"]?["rope_theta"]?.doubleValue }
     var moe: MoEDescription? = nil
@@ -163,7 +166,7 @@ enum HFConfig {
                            moeLayers: Array(repeating: true, count: max(layers, 0)))
     case .qwen2Moe:
       let step = try optInt("decoder_sparse_step") ?? 1
-      let only = (c["mlp_only_layers"]?.arrayValue ?? []).compactMap { $0.intValue }
+      let only = Set((c["mlp_only_layers"]?.arrayValue ?? []).compactMap { $0.intValue })
       let e = try int("num_experts")
       guard step >= 1 else { throw MoEError.format("\(what): decoder_sparse_step must be >= 1") }
       var flags: [Bool] = []

@@ -38,6 +38,9 @@ public struct ModelDescription: Sendable {
   /// The source config.json (HF sources), carried over for fields not modelled here.
   public var sourceConfig: JSON?
 
+  /// Most layers a checkpoint may declare (readers check it before sizing per-layer arrays).
+  public static let maxLayers = 100_000
+
   /// Checks internal consistency; throws with the offending field.
   public func validate(what: String) throws {
     func positive(_ v: Int, _ name: String) throws {
@@ -49,7 +52,7 @@ public struct ModelDescription: Sendable {
     try positive(numKVHeads, "num_key_value_heads")
     try positive(headDim, "head_dim")
     try positive(vocabSize, "vocab_size")
-    guard numLayers <= 100_000, hiddenSize <= 1 << 20, vocabSize <= 1 << 24, numHeads <= 1 << 14 else {
+    guard numLayers <= ModelDescription.maxLayers, hiddenSize <= 1 << 20, vocabSize <= 1 << 24, numHeads <= 1 << 14 else {
       throw MoEError.format("\(what): absurd dimensions (layers \(numLayers), hidden \(hiddenSize), vocab \(vocabSize))")
     }
     guard numHeads % numKVHeads == 0 else {
