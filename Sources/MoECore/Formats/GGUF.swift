@@ -229,7 +229,8 @@ public final class GGUFSource: TensorSource {
         if t.name.hasSuffix(".attn_k.weight") || t.name.hasSuffix(".attn_k.bias") { heads0 = kvHeads }
       }
       if heads0 > 0 {
-        guard heads0 > 0, shape[0] % (2 * heads0) == 0 else {
+        // Divisible by 2 x heads, without forming 2 x heads (a file may claim any count).
+        guard shape[0] % heads0 == 0, (shape[0] / heads0) % 2 == 0 else {
           throw MoEError.shape("'\(gguf.path)': tensor '\(t.name)' has \(shape[0]) rows, not divisible by 2 x \(heads0) heads")
         }
       }
