@@ -64,24 +64,19 @@ struct FuzzReader {
     defer { pos += n }
     return String(decoding: UnsafeRawBufferPointer(rebasing: bytes[pos..<(pos + n)]), as: UTF8.self)
   }
-
-  /// The rest of the input.
-  mutating func rest() -> UnsafeRawBufferPointer {
-    defer { pos = bytes.count }
-    return UnsafeRawBufferPointer(rebasing: bytes[min(pos, bytes.count)...])
-  }
 }
 
 /// Texts every tokenizer target encodes: ASCII words, contractions, digits,
-/// whitespace runs, non-ASCII letters and symbols, invalid surrogate escapes'
-/// replacement, and strings that look like special tokens.
+/// whitespace runs, non-ASCII letters and symbols, control characters and
+/// U+FFFD, and strings that look like special tokens.
 let sampleTexts = [
   "", " ", "Hello, world!", "it's 12345 o'clock\n\n  x", "  \t\n", "naïve café — 東京 😀",
   "<|im_start|>user\nhi<|im_end|>", "<s></s><unk>", "a\u{0}b\u{7f}\u{FFFD}", "'s'll've're'd'm't",
 ]
 
-/// Builds nothing bigger than the input allows: a decoded tensor holds at most
-/// 8 elements per input byte (4-bit blocks), so reads are bounded by the input.
+/// Reads every tensor of `source` as f32. Accepted tensors lie inside the
+/// input and hold at most 2 elements per byte (4-bit blocks), so the buffers
+/// are bounded by the input size.
 func readAllTensors(_ source: TensorSource) throws {
   for name in source.tensorNames {
     guard let info = source.info(name) else { fatalError("tensor '\(name)' is listed but has no info") }

@@ -16,8 +16,9 @@
 # than FUZZ_TIMEOUT seconds, or memory beyond FUZZ_MEMORY_MB (one allocation
 # or the whole process). The script then exits non-zero, and the input that
 # did it is in fuzz/findings/TARGET/ (crash-*, timeout-*, oom-*); run
-# `.build-fuzz/bin/fuzz-TARGET FILE` to reproduce it. Fixed findings go into
-# fuzz/corpus/TARGET/ as regression inputs.
+# `.build-fuzz/bin/fuzz-TARGET FILE` to reproduce it (FUZZ_VERBOSE=1 prints
+# whether each input was accepted or why it was refused). Fixed findings go
+# into fuzz/corpus/TARGET/ as regression inputs (regress-*).
 #
 # New interesting inputs are kept in .build-fuzz/corpus/TARGET/ across runs;
 # the committed seeds in fuzz/corpus/ are only read. Extra libFuzzer flags go
@@ -31,7 +32,8 @@ BUILD=.build-fuzz
 TIMEOUT="${FUZZ_TIMEOUT:-10}"
 MEMORY_MB="${FUZZ_MEMORY_MB:-512}"
 
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+# The comment at the top of this file.
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2; exit 2; }
 
 # Longest input each target is given.
 max_len() {
