@@ -121,14 +121,16 @@ limits() {
 
 report_failure() {
   local t="$1" log="$2"
-  echo "fuzz-$t: FINDING (log: $log)" >&2
-  grep -E '^(Fatal error|.*: Fatal error|==[0-9]+==ERROR|SUMMARY|.*property violated)' "$log" | head -n 5 >&2 || true
+  echo "fuzz-$t: FINDING (full log: $log)" >&2
+  grep -m 3 -E 'Fatal error|property violated|ERROR: (AddressSanitizer|libFuzzer)' "$log" | sed 's/^/  /' >&2 || true
+  # The innermost frames in the project's code.
+  grep -oE "$ROOT/(Sources|fuzz)/[^ ]*\.swift:[0-9]+" "$log" | sed "s|^$ROOT/||" | awk '!seen[$0]++' | head -n 3 | sed 's/^/  at /' >&2 || true
   if grep -q 'Test unit written to' "$log"; then
-    grep -E 'Test unit written to' "$log" | sed 's/^.*Test unit written to /  reproducer: /' >&2
-    echo "  reproduce: $BUILD/bin/fuzz-$t FILE" >&2
+    sed -n 's/^.*Test unit written to /  input: /p' "$log" >&2
   else
-    tail -n 5 "$log" >&2
+    grep 'Running: ' "$log" | tail -n 1 | sed 's/^.*Running: /  input: /' >&2 || true
   fi
+  echo "  reproduce: $BUILD/bin/fuzz-$t INPUT" >&2
 }
 
 # Runs the fuzz binary of target $2 with the remaining arguments, output into

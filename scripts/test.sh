@@ -24,5 +24,5 @@ echo "== Rust bindings (cargo test, offline)"
 bindings/rust/run.sh dist
 echo "== python (C ABI, CLI, real model)"
 python3 -m pytest -q tests/python
-echo "== fuzz (parsers: committed inputs once, then 10 s of fuzzing per target)"
-scripts/fuzz.sh all 10
+echo "== fuzz (parsers: committed inputs once, then 9 s of fuzzing per target)"
+scripts/fuzz.sh all 9
