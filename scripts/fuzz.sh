@@ -159,12 +159,19 @@ replay() {
 
 # Fuzzes target $1 for $2 seconds.
 fuzz() {
-  local t="$1" seconds="$2" log="$BUILD/logs/$t.log"
-  mkdir -p "$BUILD/corpus/$t"
+  local t="$1" seconds="$2" log="$BUILD/logs/$t.log" start="$BUILD/logs/$t.start"
+  mkdir -p "$BUILD/corpus/$t" "fuzz/findings/$t"
+  touch "$start"
   # shellcheck disable=SC2086
   if ! run "$log" "$t" -max_total_time="$seconds" -max_len="$(max_len "$t")" -dict="$ROOT/fuzz/dict/$t.dict" \
          -print_final_stats=1 ${FUZZ_FLAGS:-} "$ROOT/$BUILD/corpus/$t" "$ROOT/fuzz/corpus/$t"; then
     report_failure "$t" "$log"
+    return 1
+  fi
+  # Parallel jobs (FUZZ_FLAGS=-jobs=N) log into $BUILD/logs/fuzz-N.log; what they find is saved all the same.
+  if [ -n "$(find "fuzz/findings/$t" -type f -newer "$start")" ]; then
+    echo "fuzz-$t: FINDING: new inputs in fuzz/findings/$t/ (logs: $BUILD/logs/)" >&2
+    find "fuzz/findings/$t" -type f -newer "$start" | sed 's/^/  input: /' >&2
     return 1
   fi
   local execs rate cov corpus
