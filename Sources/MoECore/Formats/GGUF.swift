@@ -91,9 +91,14 @@ public final class GGUFFile {
   public let dataStart: Int
   public let alignment: Int
 
-  public init(path: String) throws {
-    self.path = path
-    file = try MappedFile(path: path)
+  public convenience init(path: String) throws {
+    try self.init(file: try MappedFile(path: path))
+  }
+
+  /// Parses a mapped file (or bytes held in memory, see `MappedFile(copying:path:)`).
+  public init(file: MappedFile) throws {
+    path = file.path
+    self.file = file
     let what = "'\(path)'"
     var c = ByteCursor(bytes: file.bytes, pos: 0, what: what)
     guard file.bytes.count >= 4 else { throw MoEError.format("\(what): file is too short to be GGUF") }
@@ -232,7 +237,8 @@ public final class GGUFSource: TensorSource {
         if t.name.hasSuffix(".attn_k.weight") || t.name.hasSuffix(".attn_k.bias") { heads0 = kvHeads }
       }
       if heads0 > 0 {
-        guard heads0 > 0, shape[0] % (2 * heads0) == 0 else {
+        // Divisible by 2 x heads, without forming 2 x heads (a file may claim any count).
+        guard shape[0] % heads0 == 0, (shape[0] / heads0) % 2 == 0 else {
           throw MoEError.shape("'\(gguf.path)': tensor '\(t.name)' has \(shape[0]) rows, not divisible by 2 x \(heads0) heads")
         }
       }

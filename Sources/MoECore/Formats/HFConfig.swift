@@ -52,6 +52,9 @@ enum HFConfig {
     let heads = try int("num_attention_heads")
     let layers = try int("num_hidden_layers")
     guard heads > 0 else { throw MoEError.format("\(what): num_attention_heads must be positive") }
+    guard layers <= ModelDescription.maxLayers else {
+      throw MoEError.format("\(what): num_hidden_layers \(layers) is more than \(ModelDescription.maxLayers)")
+    }
     var ropeTheta = c["rope_theta"]?.doubleValue
     if ropeTheta == nil { ropeTheta = c["rope_parameters"]?["rope_theta"]?.doubleValue }
     var moe: MoEDescription? = nil

@@ -54,6 +54,9 @@ public struct ModelDescription: Sendable {
   /// The source config.json (HF sources), carried over for fields not modelled here.
   public var sourceConfig: JSON?
 
+  /// Most layers a checkpoint may declare (readers check it before sizing per-layer arrays).
+  public static let maxLayers = 100_000
+
   /// Checks internal consistency; throws with the offending field.
   public func validate(what: String) throws {
     func positive(_ v: Int, _ name: String) throws {
@@ -65,7 +68,7 @@ public struct ModelDescription: Sendable {
     try positive(numKVHeads, "num_key_value_heads")
     try positive(headDim, "head_dim")
     try positive(vocabSize, "vocab_size")
-    guard numLayers <= 100_000, hiddenSize <= 1 << 20, vocabSize <= 1 << 24, numHeads <= 1 << 14 else {
+    guard numLayers <= ModelDescription.maxLayers, hiddenSize <= 1 << 20, vocabSize <= 1 << 24, numHeads <= 1 << 14 else {
       throw MoEError.format("\(what): absurd dimensions (layers \(numLayers), hidden \(hiddenSize), vocab \(vocabSize))")
     }
     guard numHeads % numKVHeads == 0 else {
@@ -75,8 +78,19 @@ public struct ModelDescription: Sendable {
       guard moe.numExperts > 0, moe.topK > 0, moe.topK <= moe.numExperts else {
         throw MoEError.format("\(what): invalid MoE settings (experts \(moe.numExperts), top-k \(moe.topK))")
       }
+      guard moe.moeLayers.count == numLayers else {
+        throw MoEError.format("\(what): \(moe.moeLayers.count) MoE layer flags for \(numLayers) layers")
+      }
+      try positive(moe.expertIntermediateSize, "the expert intermediate size")
+      guard moe.sharedExpertIntermediateSize >= 0 else {
+        throw MoEError.format("\(what): shared_expert_intermediate_size must not be negative (got \(moe.sharedExpertIntermediateSize))")
+      }
     } else {
       try positive(intermediateSize, "intermediate_size")
+    }
+    // Every tensor size and count derived from the description must fit in Int.
+    guard countParameters() != nil else {
+      throw MoEError.format("\(what): absurd dimensions: the parameter count overflows (hidden \(hiddenSize), head_dim \(headDim), intermediate \(intermediateSize), vocab \(vocabSize))")
     }
   }
 
@@ -111,26 +125,43 @@ public struct ModelDescription: Sendable {
 
   public var embedShape: [Int] { [vocabSize, hiddenSize] }
 
-  /// Parameter counts (total, active per token) computed from the description.
+  /// Parameter counts (total, active per token) computed from the description;
+  /// Int.max for a description too large to count (`validate` refuses those).
   public func parameterCounts() -> (total: Int, active: Int) {
-    let H = hiddenSize
-    var attn = 2 * H + numHeads * headDim * H * 2 + numKVHeads * headDim * H * 2
-    if qkvBias { attn += numHeads * headDim + 2 * numKVHeads * headDim }
-    var total = vocabSize * H + H + (tiedEmbeddings ? 0 : vocabSize * H)
-    var active = total
-    for l in 0..<numLayers {
-      total += attn
-      active += attn
-      if let moe, moe.moeLayers[l] {
-        let expert = 3 * H * moe.expertIntermediateSize
-        let shared = moe.sharedExpertIntermediateSize > 0 ? 3 * H * moe.sharedExpertIntermediateSize + H : 0
-        total += moe.numExperts * H + moe.numExperts * expert + shared
-        active += moe.numExperts * H + moe.topK * expert + shared
-      } else {
-        total += 3 * H * intermediateSize
-        active += 3 * H * intermediateSize
-      }
+    countParameters() ?? (.max, .max)
+  }
+
+  /// Parameter counts, or nil when one overflows Int (or the MoE layer flags do not match the layers).
+  func countParameters() -> (total: Int, active: Int)? {
+    var overflow = false
+    func mul(_ values: Int...) -> Int {
+      values.reduce(1) { let (r, o) = $0.multipliedReportingOverflow(by: $1); overflow = overflow || o; return r }
     }
-    return (total, active)
+    func add(_ values: Int...) -> Int {
+      values.reduce(0) { let (r, o) = $0.addingReportingOverflow($1); overflow = overflow || o; return r }
+    }
+    let H = hiddenSize
+    let q = mul(numHeads, headDim), kv = mul(numKVHeads, headDim)
+    var attn = add(mul(2, H), mul(q, H, 2), mul(kv, H, 2))
+    if qkvBias { attn = add(attn, q, mul(2, kv)) }
+    let embed = add(mul(vocabSize, H), H, tiedEmbeddings ? 0 : mul(vocabSize, H))
+    let denseFFN = mul(3, H, intermediateSize)
+    var total = add(embed, mul(numLayers, attn))
+    var active = total
+    if let moe {
+      guard moe.moeLayers.count == numLayers else { return nil }
+      let moeCount = moe.moeLayers.filter { $0 }.count
+      let expert = mul(3, H, moe.expertIntermediateSize)
+      let shared = moe.sharedExpertIntermediateSize > 0 ? add(mul(3, H, moe.sharedExpertIntermediateSize), H) : 0
+      let router = mul(moe.numExperts, H)
+      total = add(total, mul(moeCount, add(router, mul(moe.numExperts, expert), shared)),
+                  mul(numLayers - moeCount, denseFFN))
+      active = add(active, mul(moeCount, add(router, mul(moe.topK, expert), shared)),
+                   mul(numLayers - moeCount, denseFFN))
+    } else {
+      total = add(total, mul(numLayers, denseFFN))
+      active = add(active, mul(numLayers, denseFFN))
+    }
+    return overflow ? nil : (total, active)
   }
 }

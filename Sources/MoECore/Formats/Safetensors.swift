@@ -157,7 +157,7 @@ public final class SafetensorsSource: TensorSource {
         expected[tensor] = f
         if !shardNames.contains(f) { shardNames.append(f) }
       }
-      for shard in shardNames { try add(file: FileSystem.join(directory, shard)) }
+      for shard in shardNames { try add(try MappedFile(path: FileSystem.join(directory, shard))) }
       for (tensor, file) in expected {
         guard let loc = locations[tensor] else {
           throw MoEError.notFound("'\(index)' lists tensor '\(tensor)' in '\(file)', but that shard does not contain it")
@@ -167,18 +167,23 @@ public final class SafetensorsSource: TensorSource {
         }
       }
     } else if FileSystem.exists(single) {
-      try add(file: single)
+      try add(try MappedFile(path: single))
     } else {
       throw MoEError.notFound("'\(directory)' has neither model.safetensors nor model.safetensors.index.json")
     }
   }
 
-  public init(file: String) throws {
-    try add(file: file)
+  public convenience init(file: String) throws {
+    try self.init(file: try MappedFile(path: file))
   }
 
-  private func add(file path: String) throws {
-    let f = try MappedFile(path: path)
+  /// One mapped file (or bytes held in memory, see `MappedFile(copying:path:)`).
+  public init(file: MappedFile) throws {
+    try add(file)
+  }
+
+  private func add(_ f: MappedFile) throws {
+    let path = f.path
     let (entries, dataStart, meta) = try Safetensors.parseHeader(f.bytes, path: path)
     files.append(f)
     if metadata.isEmpty { metadata = meta }

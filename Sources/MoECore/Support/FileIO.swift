@@ -6,10 +6,13 @@ import Glibc
 func errnoText() -> String { String(cString: strerror(errno)) }
 
 /// A read-only memory map of a whole file. The mapping lives as long as the object.
+/// `init(copying:path:)` holds bytes from memory instead, for readers fed from memory.
 public final class MappedFile: @unchecked Sendable {
   public let path: String
   public let bytes: UnsafeRawBufferPointer
   private let base: UnsafeMutableRawPointer?
+  /// true when `base` is an mmap (unmapped and madvised), false for an owned copy.
+  private let isMapping: Bool
 
   public init(path: String) throws {
     self.path = path
@@ -26,6 +29,7 @@ public final class MappedFile: @unchecked Sendable {
       throw MoEError.io("'\(path)' is not a regular file")
     }
     let size = Int(st.st_size)
+    isMapping = true
     if size == 0 {
       base = nil
       bytes = UnsafeRawBufferPointer(start: nil, count: 0)
@@ -37,9 +41,19 @@ public final class MappedFile: @unchecked Sendable {
     bytes = UnsafeRawBufferPointer(start: p, count: size)
   }
 
+  /// A copy of `data` (exactly its size) that stands for a file named `path` in messages.
+  public init(copying data: UnsafeRawBufferPointer, path: String) {
+    self.path = path
+    isMapping = false
+    let p = UnsafeMutableRawPointer.allocate(byteCount: max(1, data.count), alignment: 16)
+    if let src = data.baseAddress, data.count > 0 { p.copyMemory(from: src, byteCount: data.count) }
+    base = p
+    bytes = UnsafeRawBufferPointer(start: p, count: data.count)
+  }
+
   /// Tells the kernel a range will not be needed soon (keeps RSS bounded while streaming).
   public func release(offset: Int, count: Int) {
-    guard let base, count > 0 else { return }
+    guard isMapping, let base, count > 0 else { return }
     let page = Int(getpagesize())
     let start = (offset / page) * page
     let end = min(bytes.count, offset + count)
@@ -48,7 +62,8 @@ public final class MappedFile: @unchecked Sendable {
   }
 
   deinit {
-    if let base { munmap(base, bytes.count) }
+    guard let base else { return }
+    if isMapping { munmap(base, bytes.count) } else { base.deallocate() }
   }
 }
 

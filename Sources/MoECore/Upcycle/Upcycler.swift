@@ -201,7 +201,7 @@ public final class Upcycler {
     return b
   }
 
-  private func produce(_ t: PlannedTensor, into dst: UnsafeMutablePointer<Float>) throws {
+  func produce(_ t: PlannedTensor, into dst: UnsafeMutablePointer<Float>) throws {
     let count = t.shape.reduce(1, *)
     switch t.producer {
     case let .copy(name):
