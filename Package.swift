@@ -3,10 +3,21 @@ import PackageDescription
 
 let root = Context.packageDirectory
 
-// The kernels are written with SIMD types; the compiler vectorizes them for the
-// build machine's CPU (like -march=native). Set MOEUPCYCLE_TARGET_CPU to a CPU
-// name (e.g. haswell, znver4, sapphirerapids) to build for another machine.
-let targetCPU = Context.environment["MOEUPCYCLE_TARGET_CPU"] ?? "native"
+// The core is compiled for a baseline CPU: x86-64-v3 (AVX2, FMA, F16C: every
+// x86-64 server CPU since 2013-2015), so one libmoeupcycle.so runs on any of them;
+// the exported functions refuse, with a message, to run on a CPU below it.
+// MOEUPCYCLE_TARGET_CPU (a CPU name: native, znver4, sapphirerapids, ...) builds
+// the core for one machine instead; such a library runs only where it was built.
+let coreCPU = Context.environment["MOEUPCYCLE_TARGET_CPU"] ?? "haswell"
+
+// The matrix-product kernels are compiled once per instruction set, and the
+// library picks one at run time from what the CPU and the OS support
+// (MOEUPCYCLE_KERNELS forces one): AVX-512, AVX2 + FMA, and a portable path.
+let kernelTargets: [(name: String, cpu: String?)] = [
+  ("MoEKernelsAVX512", "skylake-avx512"),
+  ("MoEKernelsAVX2", "haswell"),
+  ("MoEKernelsPortable", nil),
+]
 
 // MARK: - Products
 let products: [Product] = [
@@ -28,12 +39,23 @@ let libraryTargets: [Target] = [
   // The public header, exposed to Swift so `@c @implementation` checks every
   // exported function against its declaration.
   .target(name: "CMoeUpcycle", path: "Sources/CMoeUpcycle", publicHeadersPath: "include"),
+  // CPU features (cpuid, xgetbv) and per-thread packing buffers.
+  .target(name: "CMoECPU", path: "Sources/CMoECPU", publicHeadersPath: "include"),
+  // The kernels' shared source (@inlinable, instantiated by each ISA module).
+  .target(name: "MoEKernelCode", dependencies: ["CMoECPU"]),
+] + kernelTargets.map { k in
+  .target(name: k.name, dependencies: ["MoEKernelCode"],
+          swiftSettings: k.cpu.map { [.unsafeFlags(["-target-cpu", $0])] } ?? [])
+} + [
   // Pure Swift core: formats, upcycling, runtime, kernels.
-  .target(name: "MoECore", dependencies: ["COpenBLAS", "CHwloc"],
-          swiftSettings: [.unsafeFlags(["-target-cpu", targetCPU])]),
-  // The ABI layer: validation, error mapping, exported functions.
-  .target(name: "MoEUpcycle", dependencies: ["CMoeUpcycle", "MoECore"],
+  .target(name: "MoECore", dependencies: ["COpenBLAS", "CHwloc", "CMoECPU", "MoEKernelCode"]
+            + kernelTargets.map { .target(name: $0.name) },
+          swiftSettings: [.unsafeFlags(["-target-cpu", coreCPU])]),
+  // The ABI layer: validation, error mapping, exported functions. Compiled for
+  // the baseline x86-64 so that it can check the CPU before the core runs.
+  .target(name: "MoEUpcycle", dependencies: ["CMoeUpcycle", "CMoECPU", "MoECore"],
           exclude: ["exports.map"],
+          swiftSettings: coreCPU == "haswell" ? [.define("CORE_NEEDS_X86_64_V3")] : [],
           linkerSettings: [
             // Export only moe_* symbols.
             .unsafeFlags(["-use-ld=lld", "-Xlinker", "--version-script=\(root)/Sources/MoEUpcycle/exports.map"]),

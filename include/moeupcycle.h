@@ -73,12 +73,23 @@
  *  - A moe_layer must be used by one thread at a time (forward, backward and
  *    gradient calls change its saved state). Different layers may be used
  *    from different threads at once.
- *  - OpenBLAS: workers call single-threaded sgemm on their own tiles, so the
- *    library sets OpenBLAS to one thread (openblas_set_num_threads(1)) when a
- *    runtime is created and before each layer call. That setting is
- *    process-wide. OpenBLAS reads OPENBLAS_CORETYPE once when it loads; on
- *    AVX-512 machines OPENBLAS_CORETYPE=SkylakeX is usually much faster than
- *    Haswell. moe_runtime_describe() reports which kernels are in use.
+ *  - Matrix products run on the library's own kernels, compiled for AVX-512,
+ *    AVX2 + FMA and a portable x86-64 path; the widest one the CPU and the OS
+ *    support is chosen once per process. The environment variable
+ *    MOEUPCYCLE_KERNELS (auto, avx512, avx2, portable, openblas) forces one;
+ *    an unknown value, or a path this CPU cannot run, makes
+ *    moe_runtime_create() fail with a message. moe_runtime_get_info() and
+ *    moe_runtime_describe() say which path runs and why. Results are
+ *    bit-identical from run to run for a given path and thread count.
+ *  - The library needs an x86-64-v3 CPU (AVX2, FMA, F16C); on an older one
+ *    every function returns MOE_ERR_UNSUPPORTED with a message instead of
+ *    running.
+ *  - OpenBLAS (the "openblas" path): workers call single-threaded sgemm on
+ *    their own tiles, so the library sets OpenBLAS to one thread
+ *    (openblas_set_num_threads(1)) when a runtime is created and before each
+ *    layer call. That setting is process-wide. OpenBLAS picks its kernels from
+ *    the CPU (or OPENBLAS_CORETYPE) once when it loads, and falls back to SSE3
+ *    kernels on CPUs its version does not know.
  *  - The library never installs signal handlers. A host that wants Ctrl-C to
  *    stop a long call cleanly returns non-zero from the call's progress
  *    callback (the call then removes what it had started to write).
@@ -98,18 +109,18 @@ extern "C" {
 /* ------------------------------------------------------------------------ */
 
 #define MOE_VERSION_MAJOR 0
-#define MOE_VERSION_MINOR 2
+#define MOE_VERSION_MINOR 3
 #define MOE_VERSION_PATCH 0
 /** MAJOR * 10000 + MINOR * 100 + PATCH. */
 #define MOE_VERSION_NUMBER \
   (MOE_VERSION_MAJOR * 10000 + MOE_VERSION_MINOR * 100 + MOE_VERSION_PATCH)
-#define MOE_VERSION_STRING "0.2.0"
+#define MOE_VERSION_STRING "0.3.0"
 
 /** The library's MOE_VERSION_NUMBER, to compare with the header's at run time.
  *  Before 1.0, a library of another minor version is not compatible. */
 uint32_t moe_version_number(void);
 
-/** The library's version as static text, e.g. "0.2.0". Never NULL. */
+/** The library's version as static text, e.g. "0.3.0". Never NULL. */
 const char *moe_version_string(void);
 
 /* ------------------------------------------------------------------------ */
@@ -502,7 +513,8 @@ moe_status moe_runtime_create(moe_runtime **out, const moe_runtime_params *param
 /** Stop the workers and release the runtime. NULL is ignored. */
 void moe_runtime_free(moe_runtime *runtime);
 
-/** What a runtime runs on. First version: 0.1.0 (all fields below). */
+/** What a runtime runs on. First version: 0.1.0 (fields up to blas_core);
+ *  0.3.0 appended the kernel_* fields. */
 typedef struct moe_runtime_info {
   /** Set by the caller to sizeof(moe_runtime_info) before the call. */
   size_t struct_size;
@@ -519,11 +531,30 @@ typedef struct moe_runtime_info {
   /** OpenBLAS threads now, and its kernel family (e.g. "Haswell", "SkylakeX"). */
   int32_t blas_threads;
   char blas_core[32];
+  /* ---- 0.3.0 ---- */
+  /** The kernel path of the matrix products: "avx512", "avx2", "portable" or
+   *  "openblas" (see Threading). */
+  char kernel_path[16];
+  /** 1 when MOEUPCYCLE_KERNELS chose the path, 0 when the CPU did. */
+  int32_t kernel_forced;
+  /** Floats per vector of the path's kernels (16, 8, 4; 0 for openblas). */
+  int32_t kernel_vector_floats;
 } moe_runtime_info;
 
 /** Fill `out` (out->struct_size set by the caller) about `runtime`.
  *  Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT. */
 moe_status moe_runtime_get_info(moe_runtime_info *out, const moe_runtime *runtime);
+
+/** The measured multiply-add throughput of the machine, for benchmarks to put
+ *  their figures beside: every worker of `runtime` runs independent chains of
+ *  vector multiply-adds at once for about `seconds` (0.01 to 10) on the
+ *  instruction set of the active kernel path (the widest the CPU runs for the
+ *  "openblas" path). `*gflops` receives the sum over the workers, in GFLOP/s
+ *  (one multiply-add is two operations). `dtype`: MOE_DTYPE_F32; MOE_DTYPE_BF16
+ *  returns MOE_ERR_UNSUPPORTED (no bf16 kernels in this version).
+ *  Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT,
+ *  MOE_ERR_UNSUPPORTED. */
+moe_status moe_runtime_measure_peak(moe_runtime *runtime, moe_dtype dtype, double seconds, double *gflops);
 
 /** Layout of moe_runtime_describe()'s text. Names: "plain", "json". */
 typedef enum moe_text_format {

@@ -55,7 +55,7 @@ extra_sources() {
 swift_flags() {
   local cflag
   echo -swift-version 6 -Onone -g -sanitize=fuzzer,address -parse-as-library -suppress-warnings
-  echo -I Sources/COpenBLAS -I Sources/CHwloc
+  echo -I Sources/COpenBLAS -I Sources/CHwloc -I Sources/CMoECPU/include -I "$BUILD/MoECore"
   for cflag in $(pkg-config --cflags openblas hwloc); do echo -Xcc "$cflag"; done
 }
 
@@ -71,38 +71,58 @@ stale() {
   return 1
 }
 
+# One Swift module of Sources/ as a static library in $BUILD/MoECore (with
+# its .swiftmodule beside it): module name, then extra flags.
+build_module() {
+  local name="$1"; shift
+  local lib="$BUILD/MoECore/lib$name.a"
+  local sources
+  mapfile -t sources < <(find "Sources/$name" -name '*.swift' | LC_ALL=C sort)
+  local flags
+  flags="flags: $(swift_flags | tr '\n' ' ') $*"
+  if stale "$lib" "${sources[@]}" "$flags"; then
+    echo "fuzz: building $name (instrumented)" >&2
+    local start=$SECONDS
+    rm -f "$lib" "$lib.inputs"
+    # shellcheck disable=SC2046
+    swiftc $(swift_flags) "$@" -module-name "$name" -enable-testing -j 2 \
+      -emit-library -static -o "$lib" \
+      -emit-module -emit-module-path "$BUILD/MoECore/$name.swiftmodule" \
+      "${sources[@]}"
+    printf '%s\n' "${sources[@]}" "$flags" > "$lib.inputs"
+    echo "fuzz: $name built in $((SECONDS - start)) s" >&2
+  fi
+}
+
 build() {
   mkdir -p "$BUILD/MoECore" "$BUILD/bin"
-  local core="$BUILD/MoECore/libMoECore.a"
-  local sources
-  mapfile -t sources < <(find Sources/MoECore -name '*.swift' | LC_ALL=C sort)
-  local flags
-  flags="flags: $(swift_flags | tr '\n' ' ')"
-  if stale "$core" "${sources[@]}" "$flags"; then
-    echo "fuzz: building MoECore (instrumented)" >&2
-    local start=$SECONDS
-    rm -f "$core" "$core.inputs"
-    # shellcheck disable=SC2046
-    swiftc $(swift_flags) -module-name MoECore -enable-testing -j 2 \
-      -emit-library -static -o "$core" \
-      -emit-module -emit-module-path "$BUILD/MoECore/MoECore.swiftmodule" \
-      "${sources[@]}"
-    printf '%s\n' "${sources[@]}" "$flags" > "$core.inputs"
-    echo "fuzz: MoECore built in $((SECONDS - start)) s" >&2
+  local cpu="$BUILD/MoECore/cpu.o"
+  if stale "$cpu" Sources/CMoECPU/cpu.c Sources/CMoECPU/include/moe_cpu.h; then
+    clang -c -g -O1 -fsanitize=address -ISources/CMoECPU/include Sources/CMoECPU/cpu.c -o "$cpu"
+    printf '%s\n' Sources/CMoECPU/cpu.c Sources/CMoECPU/include/moe_cpu.h > "$cpu.inputs"
   fi
+  # The kernel modules with the instruction sets Package.swift gives them.
+  build_module MoEKernelCode
+  build_module MoEKernelsAVX512 -target-cpu skylake-avx512
+  build_module MoEKernelsAVX2 -target-cpu haswell
+  build_module MoEKernelsPortable
+  build_module MoECore -target-cpu haswell
+  local core="$BUILD/MoECore/libMoECore.a"
+  local libs=("$core" "$BUILD/MoECore/libMoEKernelCode.a" "$BUILD/MoECore/libMoEKernelsAVX512.a"
+              "$BUILD/MoECore/libMoEKernelsAVX2.a" "$BUILD/MoECore/libMoEKernelsPortable.a")
   local t bin inputs
   for t in "${TARGETS[@]}"; do
     bin="$BUILD/bin/fuzz-$t"
     # shellcheck disable=SC2207
     inputs=(fuzz/Support.swift "fuzz/$t.swift" $(extra_sources "$t"))
-    if stale "$bin" "${inputs[@]}" "$core"; then
+    if stale "$bin" "${inputs[@]}" "${libs[@]}" "$cpu"; then
       echo "fuzz: building fuzz-$t" >&2
       rm -f "$bin" "$bin.inputs"
       # shellcheck disable=SC2046
-      swiftc $(swift_flags) -module-name "fuzz_$t" -I "$BUILD/MoECore" "${inputs[@]}" \
-        -Xlinker --whole-archive "$core" -Xlinker --no-whole-archive \
+      swiftc $(swift_flags) -module-name "fuzz_$t" "${inputs[@]}" \
+        -Xlinker --whole-archive "${libs[@]}" -Xlinker --no-whole-archive "$cpu" \
         $(pkg-config --libs openblas hwloc) -use-ld=lld -o "$bin"
-      printf '%s\n' "${inputs[@]}" "$core" > "$bin.inputs"
+      printf '%s\n' "${inputs[@]}" "${libs[@]}" "$cpu" > "$bin.inputs"
     fi
   done
 }

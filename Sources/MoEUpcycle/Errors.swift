@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CMoECPU
 import CMoeUpcycle
 import MoECore
 
@@ -33,8 +34,25 @@ func status(_ kind: MoEErrorKind) -> moe_status {
   moe_status(rawValue: kind.rawValue)
 }
 
+/// Why this CPU cannot run the core, or nil. The core is compiled for x86-64-v3
+/// (Package.swift); this layer is not, so it can refuse instead of faulting.
+let cpuBelowBaseline: String? = {
+  #if CORE_NEEDS_X86_64_V3
+  let need = MOE_CPU_AVX2.rawValue | MOE_CPU_FMA.rawValue | MOE_CPU_F16C.rawValue
+  if moe_cpu_features() & need != need {
+    return "this CPU (or its OS) lacks AVX2, FMA or F16C (x86-64-v3), which this build of the library needs;"
+      + " build it for this machine with MOEUPCYCLE_TARGET_CPU=native"
+  }
+  #endif
+  return nil
+}()
+
 /// Runs `body`, mapping every thrown error to a status and a thread-local message.
 func guarded(_ function: StaticString, _ body: () throws -> Void) -> moe_status {
+  if let reason = cpuBelowBaseline {
+    LastError.set("\(function): \(reason)")
+    return MOE_ERR_UNSUPPORTED
+  }
   do {
     try body()
     return MOE_OK

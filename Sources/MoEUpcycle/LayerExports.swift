@@ -75,7 +75,27 @@ public func moe_runtime_get_info(_ out: UnsafeMutablePointer<moe_runtime_info>!,
     info.memory_binding = rt.topology.support.canBindMemory ? 1 : 0
     info.blas_threads = Int32(BLAS.threads)
     copyText(BLAS.coreName, into: &info.blas_core)
+    copyText(Kernels.active.path.rawValue, into: &info.kernel_path)
+    info.kernel_forced = Kernels.active.forced ? 1 : 0
+    info.kernel_vector_floats = Int32(Kernels.active.path.vectorFloats)
     try writeResult(info, to: out, "out")
+  }
+}
+
+@c @implementation
+public func moe_runtime_measure_peak(_ runtime: OpaquePointer?, _ dtype: moe_dtype, _ seconds: Double,
+                                     _ gflops: UnsafeMutablePointer<Double>!) -> moe_status {
+  guarded("moe_runtime_measure_peak") {
+    let rt = try handleObject(runtime, Runtime.self, "runtime")
+    guard let gflops else { throw MoEError(.nullPointer, "gflops is NULL") }
+    guard seconds.isFinite, seconds >= 0.01, seconds <= 10 else {
+      throw MoEError.invalid("seconds is \(seconds); it must be in 0.01...10")
+    }
+    switch dtype {
+    case MOE_DTYPE_F32: gflops.pointee = rt.measureFMAPeak(seconds: seconds)
+    case MOE_DTYPE_BF16: throw MoEError.unsupported("dtype bf16: this version has no bf16 kernels")
+    default: throw MoEError.invalid("dtype has invalid value \(dtype.rawValue); use MOE_DTYPE_F32")
+    }
   }
 }
 

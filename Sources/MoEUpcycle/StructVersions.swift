@@ -75,7 +75,8 @@ extension moe_runtime_params: ParameterStruct {
 
 extension moe_runtime_info: VersionedStruct {
   static let cName = "moe_runtime_info"
-  static var firstVersionSize: Int { ownSize }
+  /// 0.3.0 appended kernel_path, kernel_forced and kernel_vector_floats.
+  static var firstVersionSize: Int { MemoryLayout<Self>.offset(of: \.kernel_path)! }
 }
 
 extension moe_layer_config: ParameterStruct {

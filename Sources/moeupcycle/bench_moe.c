@@ -285,7 +285,11 @@ int cmd_bench_moe(int argc, char **argv) {
   for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) free(*all[i]);
 
   double stream = stream_bandwidth((size_t)stream_mib << 20, (int)info.workers);
+  /* The machine's multiply-add ceiling, measured now, on all workers at once. */
+  double peak = 0;
+  st = moe_runtime_measure_peak(rt, MOE_DTYPE_F32, 0.3, &peak);
   moe_runtime_free(rt);
+  if (st != MOE_OK) return fail(st);
 
   /* Work and traffic. */
   double flops_fwd = 2.0 * 3.0 * (double)total_rows * H * F;
@@ -302,6 +306,11 @@ int cmd_bench_moe(int argc, char **argv) {
     printf(" \"layers\": %u, \"threads\": %u, \"dtype\": \"%s\", \"blas_core\": ", nlayers, info.workers,
            c->storage == MOE_DTYPE_BF16 ? "bf16" : "f32");
     json_string(stdout, info.blas_core);
+    printf(", \"kernel_path\": ");
+    json_string(stdout, info.kernel_path);
+    printf(", \"peak_f32_gflops\": %.2f, \"forward_peak_fraction\": %.3f", peak,
+           peak > 0 ? flops_fwd / fwd.best / 1e9 / peak : 0);
+    if (backward) printf(", \"forward_backward_peak_fraction\": %.3f", peak > 0 ? 3 * flops_fwd / fb.best / 1e9 / peak : 0);
     printf(", \"workers_pinned\": %d, \"numa_nodes\": %u, \"iters\": %u,\n", info.workers_pinned, info.numa_nodes, iters);
     printf(" \"forward_s\": {\"best\": %.6g, \"median\": %.6g}, \"forward_gflops\": %.2f,\n",
            fwd.best, fwd.median, flops_fwd / fwd.best / 1e9);
@@ -324,18 +333,22 @@ int cmd_bench_moe(int argc, char **argv) {
     for (uint32_t e = 0; e < E; e++) printf("%s%llu", e ? ", " : "", (unsigned long long)rows[e]);
     printf("]}\n");
   } else {
-    printf("MoE layer T=%d H=%d F=%d E=%u K=%u%s x %u layers, %s weights, %u threads (%s), OpenBLAS %s\n",
+    printf("MoE layer T=%d H=%d F=%d E=%u K=%u%s x %u layers, %s weights, %u threads (%s), kernels %s%s, OpenBLAS %s\n",
            T, H, F, E, c->top_k, c->shared_expert_intermediate_size ? " +shared" : "", nlayers,
            c->storage == MOE_DTYPE_BF16 ? "bf16" : "f32", info.workers,
-           info.workers_pinned ? "pinned" : "not pinned", info.blas_core);
-    printf("forward            best %9.3f ms  median %9.3f ms  %8.1f GFLOP/s\n",
-           fwd.best * 1e3, fwd.median * 1e3, flops_fwd / fwd.best / 1e9);
+           info.workers_pinned ? "pinned" : "not pinned", info.kernel_path, info.kernel_forced ? " (forced)" : "", info.blas_core);
+    printf("f32 peak           %8.1f GFLOP/s measured (multiply-adds on %u threads); bf16: no bf16 kernels\n",
+           peak, info.workers);
+    printf("forward            best %9.3f ms  median %9.3f ms  %8.1f GFLOP/s  %3.0f%% of peak\n",
+           fwd.best * 1e3, fwd.median * 1e3, flops_fwd / fwd.best / 1e9,
+           peak > 0 ? 100 * flops_fwd / fwd.best / 1e9 / peak : 0);
     printf("GEMM-only bound    best %9.3f ms  median %9.3f ms  efficiency %.2f (bound/layer)\n",
            bound_fwd.best * 1e3, bound_fwd.median * 1e3, eff_fwd);
     printf("  (OpenBLAS threaded %.3f ms, split over threads %.3f ms)\n", blas_fwd.best * 1e3, split_fwd.best * 1e3);
     if (backward) {
-      printf("forward+backward   best %9.3f ms  median %9.3f ms  %8.1f GFLOP/s\n",
-             fb.best * 1e3, fb.median * 1e3, 3 * flops_fwd / fb.best / 1e9);
+      printf("forward+backward   best %9.3f ms  median %9.3f ms  %8.1f GFLOP/s  %3.0f%% of peak\n",
+             fb.best * 1e3, fb.median * 1e3, 3 * flops_fwd / fb.best / 1e9,
+             peak > 0 ? 100 * 3 * flops_fwd / fb.best / 1e9 / peak : 0);
       printf("GEMM-only bound    best %9.3f ms  median %9.3f ms  efficiency %.2f (bound/layer)\n",
              bound_fb.best * 1e3, bound_fb.median * 1e3, eff_fb);
       printf("  (OpenBLAS threaded %.3f ms, split over threads %.3f ms)\n", blas_fb.best * 1e3, split_fb.best * 1e3);

@@ -271,6 +271,13 @@ class Runtime {
     return i;
   }
 
+  // All workers' measured f32 multiply-add throughput at once, in GFLOP/s.
+  double measure_peak(double seconds = 0.1) const {
+    double g = 0;
+    check(moe_runtime_measure_peak(h_.get(), MOE_DTYPE_F32, seconds, &g));
+    return g;
+  }
+
   // The runtime (and, with `layer`, a layer's placement plan) as text.
   std::string describe(moe_text_format format = MOE_TEXT_PLAIN,
                        const moe_layer_config* layer = nullptr) const {

@@ -309,6 +309,7 @@ static void test_runtime(mu::Runtime& rt) {
   CHECK(b.get() == raw);
   CHECK(a.get() == nullptr);  // NOLINT(bugprone-use-after-move)
   CHECK(b.info().workers == 1);
+  CHECK(std::string(b.info().kernel_path).size() > 0 && b.measure_peak(0.02) > 0);
 
   const std::string plain = rt.describe();
   CHECK(!plain.empty());

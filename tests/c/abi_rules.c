@@ -59,7 +59,17 @@ typedef struct upcycle_result_0_1 {
   uint64_t peak_rss_bytes;
 } upcycle_result_0_1;
 
+/* ---- the 0.1.0 (and 0.2.0) layout of the struct that 0.3.0 appended fields to ---- */
+
+typedef struct runtime_info_0_1 {
+  size_t struct_size;
+  uint32_t numa_nodes, cores, pus, workers;
+  int32_t is_this_system, workers_pinned, memory_binding, blas_threads;
+  char blas_core[32];
+} runtime_info_0_1;
+
 /* Fields appended later start at or after the earlier version's sizeof. */
+_Static_assert(offsetof(moe_runtime_info, kernel_path) == sizeof(runtime_info_0_1), "runtime info 0.1");
 _Static_assert(offsetof(moe_trainer_params, on_nonfinite) == sizeof(trainer_params_0_1), "trainer params 0.1");
 _Static_assert(offsetof(moe_trainer_params, eval_windows) == offsetof(trainer_params_0_1, eval_windows), "prefix");
 _Static_assert(offsetof(moe_train_stats, skipped) == sizeof(train_stats_0_1), "train stats 0.1");
@@ -166,6 +176,37 @@ static void earlier_versions(const char *tiny, const char *work) {
   EXPECT(ur.struct_size == sizeof ur && ur.bytes_written > 0 && ur.moe_layers == 2, "0.1.0 upcycle result filled");
   EXPECT(untouched_from(&g, sizeof ur), "upcycle wrote beyond the 0.1.0 result");
 
+  /* Runtime info in its 0.1.0 layout: filled up to that size, nothing beyond. */
+  fill(&g);
+  set_size(&g, sizeof(runtime_info_0_1));
+  EXPECT(moe_runtime_get_info((moe_runtime_info *)g.bytes, rt) == MOE_OK, "runtime info into the 0.1.0 layout");
+  runtime_info_0_1 ri;
+  memcpy(&ri, g.bytes, sizeof ri);
+  EXPECT(ri.struct_size == sizeof ri && ri.workers == 2 && ri.blas_core[0] != 0, "0.1.0 runtime info filled");
+  EXPECT(untouched_from(&g, sizeof ri), "runtime info wrote beyond the 0.1.0 layout");
+  moe_runtime_info info;
+  info.struct_size = sizeof info;
+  EXPECT(moe_runtime_get_info(&info, rt) == MOE_OK, "runtime info");
+  EXPECT(memcmp(info.blas_core, ri.blas_core, sizeof ri.blas_core) == 0, "same fields in both layouts");
+  EXPECT(strcmp(info.kernel_path, "avx512") == 0 || strcmp(info.kernel_path, "avx2") == 0 ||
+             strcmp(info.kernel_path, "portable") == 0 || strcmp(info.kernel_path, "openblas") == 0,
+         "kernel path '%s'", info.kernel_path);
+  EXPECT(info.kernel_vector_floats == (strcmp(info.kernel_path, "avx512") == 0 ? 16
+                                       : strcmp(info.kernel_path, "avx2") == 0 ? 8
+                                       : strcmp(info.kernel_path, "portable") == 0 ? 4 : 0),
+         "vector floats %d for %s", info.kernel_vector_floats, info.kernel_path);
+
+  /* The machine's measured peak: positive f32; bf16 unsupported; bad arguments refused. */
+  double peak = -1;
+  EXPECT(moe_runtime_measure_peak(rt, MOE_DTYPE_F32, 0.02, &peak) == MOE_OK && peak > 0.5 && peak < 1e5,
+         "f32 peak %g GFLOP/s", peak);
+  EXPECT(moe_runtime_measure_peak(rt, MOE_DTYPE_BF16, 0.02, &peak) == MOE_ERR_UNSUPPORTED, "bf16 peak");
+  EXPECT(moe_runtime_measure_peak(rt, MOE_DTYPE_F32, 0, &peak) == MOE_ERR_INVALID_ARGUMENT &&
+             strstr(moe_last_error(), "seconds") != NULL, "seconds 0");
+  EXPECT(moe_runtime_measure_peak(rt, MOE_DTYPE_F32, 1e9, &peak) == MOE_ERR_INVALID_ARGUMENT, "seconds 1e9");
+  EXPECT(moe_runtime_measure_peak(rt, MOE_DTYPE_F32, 0.02, NULL) == MOE_ERR_NULL_POINTER, "gflops NULL");
+  EXPECT(moe_runtime_measure_peak(NULL, MOE_DTYPE_F32, 0.02, &peak) == MOE_ERR_NULL_POINTER, "runtime NULL");
+
   moe_model_free(model);
   moe_runtime_free(rt);
 }
@@ -195,7 +236,7 @@ static void below_first_version(void) {
   moe_runtime *rt = NULL;
   EXPECT(moe_runtime_create(&rt, NULL) == MOE_OK, "runtime with NULL params (defaults)");
   fill(&g);
-  set_size(&g, sizeof(moe_runtime_info) - 1);
+  set_size(&g, sizeof(runtime_info_0_1) - 1);
   EXPECT(moe_runtime_get_info((moe_runtime_info *)g.bytes, rt) == MOE_ERR_INVALID_ARGUMENT, "runtime info too small");
   EXPECT(untouched_from(&g, sizeof(size_t)), "runtime info written on error");
   fill(&g);

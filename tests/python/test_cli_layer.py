@@ -96,6 +96,9 @@ def test_bench_moe_json():
     assert len(j["tokens_per_expert"]) == 4 and sum(j["tokens_per_expert"]) == 128
     assert j["dropped"] == 0 and j["active_experts"] == sum(1 for n in j["tokens_per_expert"] if n)
     assert j["dtype"] == "f32" and j["iters"] == 2
+    # The measured ceiling beside the figures: the layer cannot beat it.
+    assert j["peak_f32_gflops"] > 0 and j["kernel_path"] in ("avx512", "avx2", "portable", "openblas")
+    assert 0 < j["forward_peak_fraction"] < 1.5 and 0 < j["forward_backward_peak_fraction"] < 1.5
 
 
 def test_bench_moe_bad_option():

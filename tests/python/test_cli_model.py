@@ -168,11 +168,15 @@ def test_bench_decode(tiny, tiny_model):
     assert j["generated_tokens"] == 8 and j["prompt_tokens"] == len(tiny_model.tokenize("The capital of France is",
                                                                                           add_special=True))
     assert j["weight_dtype"] == "f32" and j["threads"] >= 1
+    assert j["peak_f32_gflops"] > 0 and j["kernel_path"] in ("avx512", "avx2", "portable", "openblas")
+    # prompt_seconds is printed to 0.1 ms: the rate agrees with it within that rounding.
+    tps = j["prompt_tokens_per_second"]
+    assert tps > 0 and abs(tps * j["prompt_seconds"] - j["prompt_tokens"]) <= tps * 6e-5 + 0.01 * j["prompt_tokens"]
     j16 = run_json("bench", "decode", tiny, "--tokens", 4, "--stream-mib", 16, "--dtype", "bf16", "--prompt", "Hi")
     assert j16["weight_dtype"] == "bf16" and j16["generated_tokens"] == 4
     assert j16["weight_bytes_per_token"] * 2 == pytest.approx(j["weight_bytes_per_token"], rel=0.02)
     out = run("bench", "decode", tiny, "--tokens", 4, "--stream-mib", 16).stdout_text
-    assert "tokens/s" in out and "stream bandwidth" in out
+    assert "tokens/s" in out and "stream bandwidth" in out and "f32 peak" in out
 
 
 @pytest.mark.parametrize("args,fragment", [

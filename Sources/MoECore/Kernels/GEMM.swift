@@ -1,9 +1,12 @@
-// Matrix products used by the expert kernels. Large token counts go to
-// OpenBLAS sgemm (single-threaded, called by each pinned worker on its own
-// tile); few tokens (decode) go to a streaming kernel that reads each weight
-// row once. bf16 weights are widened to f32 tile by tile.
+// Matrix products of the library. Each pinned worker calls them on its own
+// tile: the packed kernels of the active path (Kernels.swift: AVX-512, AVX2 or
+// portable, or OpenBLAS's sgemm when forced) for large products, and for few
+// tokens (decode) a streaming kernel that reads each weight row once. bf16
+// weights are widened while they are packed.
 
 import COpenBLAS
+import CMoECPU
+import MoEKernelCode
 
 /// A row-major weight matrix view: f32 or bf16 elements, leading dimension `ld`
 /// (in elements). Not owning.
@@ -35,14 +38,6 @@ public struct WeightMatrix: @unchecked Sendable {
   public func value(_ row: Int, _ col: Int) -> Float {
     dtype == .bf16 ? bf16ToFloat(bf16[row * ld + col]) : f32[row * ld + col]
   }
-
-  /// The block rows x cols as f32 with its leading dimension: the matrix itself
-  /// when it is f32, else widened into `scratch` (at least rows * cols floats).
-  func f32Block(rows: Int, cols: Int, scratch: UnsafeMutablePointer<Float>) -> (UnsafePointer<Float>, Int) {
-    if dtype == .f32 { return (f32, ld) }
-    for r in 0..<rows { widenBF16(bf16 + r * ld, scratch + r * cols, count: cols) }
-    return (UnsafePointer(scratch), cols)
-  }
 }
 
 extension DType {
@@ -54,7 +49,7 @@ public let smallGEMMTokenLimit = 16
 
 enum GEMM {
   /// c[n, rows] (ldc) = x[n, k] (ldx) * w[rows, k]^T, or += when accumulate.
-  /// `scratch` holds at least min(rows, chunk) * k floats for bf16 weights.
+  /// `scratch` holds at least n * k floats for the bf16 decode kernel.
   static func xWt(n: Int, rows: Int, k: Int, x: UnsafePointer<Float>, ldx: Int,
                   w: WeightMatrix, c: UnsafeMutablePointer<Float>, ldc: Int,
                   accumulate: Bool, scratch: UnsafeMutablePointer<Float>, scratchFloats: Int) {
@@ -68,51 +63,65 @@ enum GEMM {
       }
       return
     }
-    if w.dtype == .f32 {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(rows), Int32(k),
-                  1, x, Int32(ldx), w.f32, Int32(w.ld), accumulate ? 1 : 0, c, Int32(ldc))
-      return
-    }
-    // bf16: widen a chunk of weight rows at a time.
-    let chunk = max(1, min(rows, scratchFloats / max(k, 1)))
-    var r0 = 0
-    while r0 < rows {
-      let m = min(chunk, rows - r0)
-      let (b, ldb) = w.offset(row: r0, col: 0).f32Block(rows: m, cols: k, scratch: scratch)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(m), Int32(k),
-                  1, x, Int32(ldx), b, Int32(ldb), accumulate ? 1 : 0, c + r0, Int32(ldc))
-      r0 += m
-    }
+    Kernels.gemm(GEMMProblem(m: n, n: rows, k: k, a: MatrixOperand(base: x, ld: ldx),
+                             b: MatrixOperand(base: w.base, ld: w.ld, transposed: true, bf16: w.dtype == .bf16),
+                             c: c, ldc: ldc, accumulate: accumulate))
   }
 
   /// c[n, cols] (ldc) = a[n, k] (lda) * w[k, cols] (w rows are k), or += when accumulate.
-  /// `scratch` holds at least k * chunk floats for bf16 weights.
   static func aW(n: Int, cols: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
                  w: WeightMatrix, c: UnsafeMutablePointer<Float>, ldc: Int,
                  accumulate: Bool, scratch: UnsafeMutablePointer<Float>, scratchFloats: Int) {
     guard n > 0, cols > 0 else { return }
-    if w.dtype == .f32 {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(n), Int32(cols), Int32(k),
-                  1, a, Int32(lda), w.f32, Int32(w.ld), accumulate ? 1 : 0, c, Int32(ldc))
-      return
-    }
-    let chunk = max(1, min(cols, scratchFloats / max(k, 1)))
-    var c0 = 0
-    while c0 < cols {
-      let m = min(chunk, cols - c0)
-      let (b, ldb) = w.offset(row: 0, col: c0).f32Block(rows: k, cols: m, scratch: scratch)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(n), Int32(m), Int32(k),
-                  1, a, Int32(lda), b, Int32(ldb), accumulate ? 1 : 0, c + c0, Int32(ldc))
-      c0 += m
-    }
+    Kernels.gemm(GEMMProblem(m: n, n: cols, k: k, a: MatrixOperand(base: a, ld: lda),
+                             b: MatrixOperand(base: w.base, ld: w.ld, bf16: w.dtype == .bf16),
+                             c: c, ldc: ldc, accumulate: accumulate))
   }
 
   /// c[m, cols] (ldc) += a[n, m]^T (lda) * b[n, cols] (ldb): weight gradients.
   static func atB(n: Int, m: Int, cols: Int, a: UnsafePointer<Float>, lda: Int,
                   b: UnsafePointer<Float>, ldb: Int, c: UnsafeMutablePointer<Float>, ldc: Int) {
     guard n > 0, m > 0, cols > 0 else { return }
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(m), Int32(cols), Int32(n),
-                1, a, Int32(lda), b, Int32(ldb), 1, c, Int32(ldc))
+    Kernels.gemm(GEMMProblem(m: m, n: cols, k: n, a: MatrixOperand(base: a, ld: lda, transposed: true),
+                             b: MatrixOperand(base: b, ld: ldb), c: c, ldc: ldc, accumulate: true))
+  }
+}
+
+/// The OpenBLAS path: sgemm on the caller's thread (OpenBLAS kept single-threaded
+/// by the runtime); bf16 operands are widened a block of columns at a time.
+enum OpenBLASGEMM {
+  static func run(_ p: GEMMProblem) {
+    guard p.m > 0, p.n > 0 else { return }
+    guard !p.a.bf16 else { PackedGEMM.reference(p); return }
+    if !p.b.bf16 {
+      sgemm(p, b: p.b.base.assumingMemoryBound(to: Float.self), ldb: p.b.ld, columns: 0..<p.n)
+      return
+    }
+    // Widen blocks of B's columns (stored rows when transposed) into a thread buffer.
+    let chunk = max(1, min(p.n, (1 << 20) / max(p.k, 1)))
+    guard let buffer = moe_thread_buffer(2, chunk * max(p.k, 1)) else { PackedGEMM.reference(p); return }
+    var j0 = 0
+    while j0 < p.n {
+      let cols = min(chunk, p.n - j0)
+      let src = p.b.base.assumingMemoryBound(to: UInt16.self)
+      if p.b.transposed {
+        for j in 0..<cols { widenBF16(src + (j0 + j) * p.b.ld, buffer + j * p.k, count: p.k) }
+        sgemm(p, b: buffer, ldb: p.k, columns: j0..<(j0 + cols))
+      } else {
+        for t in 0..<p.k { widenBF16(src + t * p.b.ld + j0, buffer + t * cols, count: cols) }
+        sgemm(p, b: buffer, ldb: cols, columns: j0..<(j0 + cols))
+      }
+      j0 += cols
+    }
+  }
+
+  /// c[:, columns] = a * b', where b' holds B's `columns` (from its first one).
+  private static func sgemm(_ p: GEMMProblem, b: UnsafePointer<Float>, ldb: Int, columns: Range<Int>) {
+    cblas_sgemm(CblasRowMajor, p.a.transposed ? CblasTrans : CblasNoTrans,
+                p.b.transposed ? CblasTrans : CblasNoTrans,
+                Int32(p.m), Int32(columns.count), Int32(p.k), 1,
+                p.a.base.assumingMemoryBound(to: Float.self), Int32(p.a.ld),
+                b, Int32(ldb), p.accumulate ? 1 : 0, p.c + columns.lowerBound, Int32(p.ldc))
   }
 }
 

@@ -15,6 +15,12 @@ public enum BLAS {
     return String(cString: name)
   }
 
+  /// Whether the selected kernel family uses AVX2 or wider (OpenBLAS falls back
+  /// to SSE3 "Prescott" kernels for CPUs its version does not know).
+  public static var hasAVX2Kernels: Bool {
+    ["Haswell", "Zen", "SkylakeX", "Cooperlake", "SapphireRapids", "Excavator"].contains(coreName)
+  }
+
   /// OpenBLAS's build configuration string (version, threading model, target).
   public static var config: String {
     guard let text = openblas_get_config() else { return "" }

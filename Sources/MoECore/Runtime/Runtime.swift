@@ -1,5 +1,6 @@
-// The runtime: a topology, its pinned workers, and OpenBLAS kept at one thread
-// so that each worker's sgemm runs on that worker alone.
+// The runtime: a topology, its pinned workers, the kernel path of the matrix
+// products (Kernels.swift), and OpenBLAS kept at one thread so that, when it is
+// the path, each worker's sgemm runs on that worker alone.
 
 public final class Runtime: @unchecked Sendable {
   public let topology: Topology
@@ -11,6 +12,7 @@ public final class Runtime: @unchecked Sendable {
     guard threads >= 0, threads <= 4096 else {
       throw MoEError.invalid("threads is \(threads); use 0 (one per core) or 1...4096")
     }
+    if case .failure(let e) = Kernels.selection { throw e }
     topology = try Topology(source: source)
     pool = try WorkerPool(topology: topology, threads: threads, pin: pin)
     defaultPlacement = placement
@@ -18,6 +20,16 @@ public final class Runtime: @unchecked Sendable {
   }
 
   public var workerCount: Int { pool.count }
+
+  /// Multiply-add throughput of all workers at once on the active kernel path's
+  /// instruction set, in GFLOP/s (f32), measured over about `seconds`.
+  public func measureFMAPeak(seconds: Double) -> Double {
+    let rates = UnsafeMutablePointer<Double>.allocate(capacity: workerCount)
+    defer { rates.deallocate() }
+    rates.initialize(repeating: 0, count: workerCount)
+    pool.run { w in rates[w] = Kernels.measureFMAPeak(seconds: seconds) }
+    return (0..<workerCount).reduce(0) { $0 + rates[$1] }
+  }
 
   /// The nodes that have workers, with their workers, in node order.
   public var nodeWorkers: [NodeWorkers] {
@@ -89,8 +101,10 @@ public final class Runtime: @unchecked Sendable {
         ("support_area_membind", .bool(s.areaMemBind)),
         ("support_alloc_membind", .bool(s.allocMemBind)),
       ])),
+      ("kernels", Kernels.json()),
       ("openblas", .object([
         ("core", .string(BLAS.coreName)),
+        ("avx2_kernels", .bool(BLAS.hasAVX2Kernels)),
         ("config", .string(BLAS.config)),
         ("threads", .int(BLAS.threads)),
         ("coretype_env", BLAS.coreTypeEnvironment.map { .string($0) } ?? .null),
@@ -152,7 +166,8 @@ extension Runtime {
     lines.append("memory binding effective: \(s.canBindMemory ? "yes" : "no")"
       + " (hwloc: this system \(s.isThisSystem ? "yes" : "no"), area membind \(s.areaMemBind ? "yes" : "no"), alloc membind \(s.allocMemBind ? "yes" : "no"))")
     let env = BLAS.coreTypeEnvironment.map { "OPENBLAS_CORETYPE=\($0)" } ?? "OPENBLAS_CORETYPE unset"
-    lines.append("OpenBLAS: kernels \(BLAS.coreName) (\(env)), threads \(BLAS.threads), \(BLAS.config)")
+    lines.append("kernels: \(Kernels.summary)")
+    lines.append("OpenBLAS: kernels \(BLAS.coreName) (\(env)\(BLAS.hasAVX2Kernels ? "" : "; no AVX2 kernels for this CPU")), threads \(BLAS.threads), \(BLAS.config)")
     if let layer, let plan {
       lines.append("placement \(plan.policy.name) for H=\(layer.hidden) F=\(layer.ffn) E=\(layer.experts) K=\(layer.topK)"
         + (layer.sharedFFN > 0 ? " shared F=\(layer.sharedFFN)" : "") + ":")

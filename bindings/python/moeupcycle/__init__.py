@@ -47,7 +47,7 @@ def _check(status: int) -> None:
 
 
 def version() -> str:
-    """The library's version, e.g. "0.2.0"."""
+    """The library's version, e.g. "0.3.0"."""
     return C.lib.moe_version_string().decode()
 
 
@@ -252,8 +252,14 @@ class Runtime(_Handle):
         _check(C.lib.moe_runtime_get_info(i, self.handle))
         return i
 
+    def measure_peak(self, seconds: float = 0.1) -> float:
+        """All workers' measured f32 multiply-add throughput at once, in GFLOP/s."""
+        g = ctypes.c_double()
+        _check(C.lib.moe_runtime_measure_peak(self.handle, C.MOE_DTYPE_F32, seconds, ctypes.byref(g)))
+        return g.value
+
     def describe(self, json: bool = False) -> str:
-        """Nodes, cores, worker pinning, OpenBLAS settings (text or JSON)."""
+        """Nodes, cores, worker pinning, kernel path, OpenBLAS settings (text or JSON)."""
         fmt = C.MOE_TEXT_JSON if json else C.MOE_TEXT_PLAIN
         buf = _fetch(lambda b, n, needed: C.lib.moe_runtime_describe(self.handle, None, fmt, b, n, needed), _text)
         return buf.value.decode()

@@ -21,10 +21,10 @@ from pathlib import Path
 # ------------------------------------------------------------------------ version
 
 MOE_VERSION_MAJOR = 0
-MOE_VERSION_MINOR = 2
+MOE_VERSION_MINOR = 3
 MOE_VERSION_PATCH = 0
 MOE_VERSION_NUMBER = MOE_VERSION_MAJOR * 10000 + MOE_VERSION_MINOR * 100 + MOE_VERSION_PATCH
-MOE_VERSION_STRING = "0.2.0"
+MOE_VERSION_STRING = "0.3.0"
 
 # ------------------------------------------------------------------------ status codes (frozen)
 
@@ -241,7 +241,7 @@ class moe_runtime_params(Structure):
 
 
 class moe_runtime_info(Structure):
-    """First version: 0.1.0 (all fields)."""
+    """First version: 0.1.0 (up to blas_core); 0.3.0 appended the kernel_* fields."""
     _fields_ = [
         ("struct_size", c_size_t),
         ("numa_nodes", c_uint32),
@@ -253,6 +253,10 @@ class moe_runtime_info(Structure):
         ("memory_binding", c_int32),
         ("blas_threads", c_int32),
         ("blas_core", c_char * 32),
+        # 0.3.0
+        ("kernel_path", c_char * 16),
+        ("kernel_forced", c_int32),
+        ("kernel_vector_floats", c_int32),
     ]
 
 
@@ -479,6 +483,8 @@ _declare("moe_runtime_create", moe_status, POINTER(c_void_p), POINTER(moe_runtim
 _declare("moe_runtime_free", None, c_void_p)
 # moe_status moe_runtime_get_info(moe_runtime_info *out, const moe_runtime *runtime);
 _declare("moe_runtime_get_info", moe_status, POINTER(moe_runtime_info), c_void_p)
+# moe_status moe_runtime_measure_peak(moe_runtime *runtime, moe_dtype dtype, double seconds, double *gflops);
+_declare("moe_runtime_measure_peak", moe_status, c_void_p, moe_dtype, c_double, POINTER(c_double))
 # moe_status moe_runtime_describe(const moe_runtime *runtime, const struct moe_layer_config *layer,
 #                                 moe_text_format format, char *buffer, size_t capacity, size_t *needed);
 _declare("moe_runtime_describe", moe_status, c_void_p, POINTER(moe_layer_config), moe_text_format, c_char_p,

@@ -14,11 +14,11 @@ use std::os::raw::{c_char, c_int, c_void};
 
 // ---------------------------------------------------------------- version
 pub const MOE_VERSION_MAJOR: u32 = 0;
-pub const MOE_VERSION_MINOR: u32 = 2;
+pub const MOE_VERSION_MINOR: u32 = 3;
 pub const MOE_VERSION_PATCH: u32 = 0;
 pub const MOE_VERSION_NUMBER: u32 =
     MOE_VERSION_MAJOR * 10000 + MOE_VERSION_MINOR * 100 + MOE_VERSION_PATCH;
-pub const MOE_VERSION_STRING: &str = "0.2.0";
+pub const MOE_VERSION_STRING: &str = "0.3.0";
 
 // ---------------------------------------------------------------- status
 /// `moe_status` (a C enum: `int`). Frozen: never renumbered.
@@ -203,6 +203,10 @@ pub struct moe_runtime_info {
     pub memory_binding: i32,
     pub blas_threads: i32,
     pub blas_core: [c_char; 32],
+    // 0.3.0
+    pub kernel_path: [c_char; 16],
+    pub kernel_forced: i32,
+    pub kernel_vector_floats: i32,
 }
 
 pub type moe_text_format = c_int;
@@ -453,6 +457,7 @@ extern "C" {
     pub fn moe_runtime_create(out: *mut *mut moe_runtime, params: *const moe_runtime_params) -> moe_status;
     pub fn moe_runtime_free(runtime: *mut moe_runtime);
     pub fn moe_runtime_get_info(out: *mut moe_runtime_info, runtime: *const moe_runtime) -> moe_status;
+    pub fn moe_runtime_measure_peak(runtime: *mut moe_runtime, dtype: moe_dtype, seconds: f64, gflops: *mut f64) -> moe_status;
     pub fn moe_runtime_describe(
         runtime: *const moe_runtime,
         layer: *const moe_layer_config,

@@ -61,7 +61,7 @@ fn rust_structs() -> Vec<StructLayout> {
         moe_runtime_params { struct_size, threads, pin, placement, topology_synthetic, topology_xml }
         moe_runtime_info {
             struct_size, numa_nodes, cores, pus, workers, is_this_system, workers_pinned,
-            memory_binding, blas_threads, blas_core,
+            memory_binding, blas_threads, blas_core, kernel_path, kernel_forced, kernel_vector_floats,
         }
         moe_layer_config {
             struct_size, hidden_size, moe_intermediate_size, num_experts, top_k, routing,
@@ -148,7 +148,7 @@ fn rust_functions() -> Vec<(&'static str, *const ())> {
         moe_version_number, moe_version_string, moe_status_string, moe_last_error,
         moe_checkpoint_inspect, moe_upcycle_params_init, moe_upcycle,
         moe_runtime_params_init, moe_runtime_create, moe_runtime_free, moe_runtime_get_info,
-        moe_runtime_describe,
+        moe_runtime_measure_peak, moe_runtime_describe,
         moe_layer_config_init, moe_layer_create, moe_layer_load, moe_layer_free, moe_layer_get_config,
         moe_layer_weight_count, moe_layer_set_weight, moe_layer_get_weight, moe_layer_borrow_experts,
         moe_layer_init_random, moe_layer_forward, moe_layer_backward, moe_layer_get_grad,

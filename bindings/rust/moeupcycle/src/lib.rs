@@ -1,4 +1,4 @@
-//! Safe wrapper over libmoeupcycle (`include/moeupcycle.h`, ABI 0.2).
+//! Safe wrapper over libmoeupcycle (`include/moeupcycle.h`, ABI 0.3).
 //!
 //! Threading follows the header: a [`Runtime`] may be shared by several
 //! threads and layers (`Send + Sync`); a [`MoELayer`], [`Model`] or
@@ -113,7 +113,7 @@ pub fn version_number() -> u32 {
     unsafe { sys::moe_version_number() }
 }
 
-/// The library's version text, e.g. "0.2.0".
+/// The library's version text, e.g. "0.3.0".
 pub fn version_string() -> String {
     unsafe { cstr_to_string(sys::moe_version_string()) }
 }

@@ -1,0 +1,199 @@
+// Which matrix-product kernels run: chosen once per process from what the CPU
+// reports and the OS enables (cpuid, xgetbv), or forced by MOEUPCYCLE_KERNELS.
+// Every large product of the library (GEMM.xWt, aW, atB) goes through `Kernels.gemm`.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMoECPU
+import MoEKernelCode
+import MoEKernelsAVX2
+import MoEKernelsAVX512
+import MoEKernelsPortable
+
+/// A kernel path: one of the library's instruction-set builds, or OpenBLAS's sgemm.
+public enum KernelPath: String, CaseIterable, Sendable {
+  case avx512, avx2, portable, openblas
+
+  /// What the CPU must support for this path; nil when it can run anywhere.
+  var requirement: (bits: UInt32, name: String)? {
+    switch self {
+    case .avx512: return (UInt32(MOE_CPU_AVX512F.rawValue), "AVX-512F")
+    case .avx2: return (UInt32(MOE_CPU_AVX2.rawValue | MOE_CPU_FMA.rawValue), "AVX2 and FMA")
+    case .portable, .openblas: return nil
+    }
+  }
+
+  /// Floats per vector of this path's kernels (0 for OpenBLAS).
+  public var vectorFloats: Int { table?.width ?? 0 }
+
+  /// The library's own kernels for this path (nil for OpenBLAS).
+  var table: KernelTable? {
+    switch self {
+    case .avx512: return AVX512Kernels.table
+    case .avx2: return AVX2Kernels.table
+    case .portable: return PortableKernels.table
+    case .openblas: return nil
+    }
+  }
+}
+
+/// The CPU as the kernels see it.
+public struct CPUInfo: Sendable {
+  public let brand: String
+  let bits: UInt32
+
+  public static let current: CPUInfo = {
+    var buf = [CChar](repeating: 0, count: 64)
+    moe_cpu_brand(&buf, buf.count)
+    return CPUInfo(brand: String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self),
+                   bits: moe_cpu_features())
+  }()
+
+  /// Feature names, in a fixed order, of what is usable (CPU and OS).
+  public var features: [String] {
+    let names: [(moe_cpu_feature, String)] = [
+      (MOE_CPU_SSE2, "sse2"), (MOE_CPU_AVX2, "avx2"), (MOE_CPU_FMA, "fma"), (MOE_CPU_F16C, "f16c"),
+      (MOE_CPU_AVX512F, "avx512f"), (MOE_CPU_AVX512DQ, "avx512dq"), (MOE_CPU_AVX512BW, "avx512bw"),
+      (MOE_CPU_AVX512VL, "avx512vl"), (MOE_CPU_AVX512BF16, "avx512_bf16"), (MOE_CPU_AMXBF16, "amx_bf16"),
+    ]
+    return names.filter { bits & UInt32($0.0.rawValue) != 0 }.map(\.1)
+  }
+
+  /// Whether the CPU runs `path`; otherwise what it lacks.
+  public func supports(_ path: KernelPath) -> (ok: Bool, missing: String) {
+    guard let need = path.requirement else { return (true, "") }
+    return (bits & need.bits == need.bits, need.name)
+  }
+
+  /// Whether the CPU runs the core as built for x86-64-v3.
+  public var hasX86_64_V3: Bool {
+    let need = UInt32(MOE_CPU_AVX2.rawValue | MOE_CPU_FMA.rawValue | MOE_CPU_F16C.rawValue)
+    return bits & need == need
+  }
+}
+
+/// The kernel path in use, and why.
+public struct KernelChoice: Sendable {
+  public let path: KernelPath
+  public let reason: String
+  /// Whether MOEUPCYCLE_KERNELS chose it.
+  public let forced: Bool
+}
+
+public enum Kernels {
+  /// The environment variable that forces a path.
+  public static let environmentVariable = "MOEUPCYCLE_KERNELS"
+
+  /// The widest of the library's own paths that this CPU runs.
+  public static func bestPath(_ cpu: CPUInfo = .current) -> KernelPath {
+    for p in [KernelPath.avx512, .avx2] where cpu.supports(p).ok { return p }
+    return .portable
+  }
+
+  /// The choice for `setting` (MOEUPCYCLE_KERNELS's value; nil or "auto": automatic).
+  public static func choose(_ setting: String?, cpu: CPUInfo = .current) throws -> KernelChoice {
+    let text = (setting ?? "").filter { $0 != " " }.lowercased()
+    if text.isEmpty || text == "auto" {
+      let best = bestPath(cpu)
+      let why: String
+      switch best {
+      case .avx512: why = "the CPU and the OS support AVX-512F"
+      case .avx2: why = "the CPU and the OS support AVX2 and FMA, not AVX-512F"
+      default: why = "the CPU lacks AVX2 or FMA (or the OS does not enable them)"
+      }
+      return KernelChoice(path: best, reason: why, forced: false)
+    }
+    guard let path = KernelPath(rawValue: text) else {
+      let names = (["auto"] + KernelPath.allCases.map(\.rawValue)).joined(separator: ", ")
+      throw MoEError.invalid("\(environmentVariable)='\(setting ?? "")' is not a kernel path (\(names))")
+    }
+    let support = cpu.supports(path)
+    guard support.ok else {
+      throw MoEError.unsupported("\(environmentVariable)=\(path.rawValue): this CPU (or its OS) does not support \(support.missing)")
+    }
+    return KernelChoice(path: path, reason: "forced by \(environmentVariable)", forced: true)
+  }
+
+  /// The process's choice, made once from the environment; an invalid setting
+  /// is an error that runtime creation reports.
+  public static let selection: Result<KernelChoice, MoEError> = {
+    let value = getenv(environmentVariable).map { String(cString: $0) }
+    do { return .success(try choose(value)) } catch let e as MoEError { return .failure(e) } catch {
+      return .failure(MoEError.invalid("\(error)"))
+    }
+  }()
+
+  /// The path the products use (the automatic one when the setting is invalid;
+  /// a runtime refuses to start in that case, so only direct core callers see it).
+  public static let active: KernelChoice = {
+    switch selection {
+    case .success(let c): return c
+    case .failure: return (try? choose(nil)) ?? KernelChoice(path: .portable, reason: "", forced: false)
+    }
+  }()
+
+  /// The paths this CPU can run, the library's own first.
+  public static func availablePaths(_ cpu: CPUInfo = .current) -> [KernelPath] {
+    KernelPath.allCases.filter { cpu.supports($0).ok }
+  }
+
+  /// c[m, n] (ldc) = a * b (or += when accumulate) on `path` (default: the active one).
+  @inline(__always)
+  static func gemm(_ p: GEMMProblem, path: KernelPath = active.path) {
+    if let table = path.table {
+      table.gemm(p)
+    } else {
+      OpenBLASGEMM.run(p)
+    }
+  }
+
+  /// Measured multiply-add throughput of the calling thread on `path`'s
+  /// instruction set, in GFLOP/s (f32), over about `seconds`.
+  public static func measureFMAPeak(path: KernelPath = active.path, seconds: Double = 0.05) -> Double {
+    let table = path.table ?? bestPath().table ?? PortableKernels.table
+    var iterations = 1 << 14
+    var sink: Float = 0
+    while true {
+      let t0 = monotonicSeconds()
+      let r = table.fmaLoop(iterations)
+      let dt = monotonicSeconds() - t0
+      sink += r.sink
+      if dt >= seconds || iterations >= 1 << 30 {
+        blackHole(sink)
+        return r.flops / max(dt, 1e-9) / 1e9
+      }
+      iterations *= dt > 0 ? max(2, min(16, Int(seconds / dt) + 1)) : 16
+    }
+  }
+}
+
+extension Kernels {
+  /// One line for people: the path, why, and the CPU.
+  public static var summary: String {
+    let cpu = CPUInfo.current
+    return "\(active.path.rawValue) (\(active.reason)); CPU \(cpu.brand.isEmpty ? "unknown" : cpu.brand)"
+      + " [\(cpu.features.joined(separator: " "))]"
+  }
+
+  /// The choice, the CPU's usable features and the paths it can run, as JSON.
+  public static func json() -> JSON {
+    let cpu = CPUInfo.current
+    var fields: [(String, JSON)] = [
+      ("path", .string(active.path.rawValue)),
+      ("reason", .string(active.reason)),
+      ("forced", .bool(active.forced)),
+      ("cpu_brand", .string(cpu.brand)),
+      ("cpu_features", .array(cpu.features.map { .string($0) })),
+      ("available", .array(availablePaths(cpu).map { .string($0.rawValue) })),
+    ]
+    if let table = active.path.table {
+      fields.append(("vector_floats", .int(table.width)))
+      fields.append(("fused_multiply_add", .bool(table.fused)))
+    }
+    return .object(fields)
+  }
+}
+
+@inline(never)
+func blackHole(_ x: Float) { _ = x }

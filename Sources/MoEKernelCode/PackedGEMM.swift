@@ -1,0 +1,352 @@
+// The packed f32 matrix product behind every large GEMM of the library, written
+// once and compiled per instruction set: the bodies here are @inlinable, and each
+// ISA module (MoEKernelsAVX512, MoEKernelsAVX2, MoEKernelsPortable) instantiates
+// them with its own vector type, so their code is generated with that module's
+// target CPU. This module itself only declares; nothing here runs unspecialized.
+//
+// Scheme (as in Goto's GEMM): for each block of kc inner indices, the B block is
+// packed into column panels of NR floats per row (kc x NR, sized to stay in L1),
+// then for each block of mc rows A is packed into row panels of MR values per
+// inner index (mc x kc, sized for L2), and a register-blocked microkernel computes
+// each MR x NR tile of C from one A panel and one B panel. Packing widens bf16 and
+// reads either operand transposed, so one kernel serves x W^T, A W and A^T B.
+// Accumulation order is fixed by the shapes alone: results are bit-identical
+// from run to run for a given path.
+
+import CMoECPU
+
+/// One operand: element (i, j) is at base[i * ld + j], or base[j * ld + i] when
+/// transposed; f32 or bf16 elements.
+public struct MatrixOperand: @unchecked Sendable {
+  public var base: UnsafeRawPointer
+  public var ld: Int
+  public var transposed: Bool
+  public var bf16: Bool
+
+  @inlinable
+  public init(base: UnsafeRawPointer, ld: Int, transposed: Bool = false, bf16: Bool = false) {
+    self.base = base
+    self.ld = ld
+    self.transposed = transposed
+    self.bf16 = bf16
+  }
+
+  /// Element (i, j) as f32.
+  @inlinable @inline(__always)
+  public func value(_ i: Int, _ j: Int) -> Float {
+    let index = transposed ? j * ld + i : i * ld + j
+    if bf16 {
+      let bits = base.loadUnaligned(fromByteOffset: 2 * index, as: UInt16.self)
+      return Float(bitPattern: UInt32(bits) << 16)
+    }
+    return base.loadUnaligned(fromByteOffset: 4 * index, as: Float.self)
+  }
+}
+
+/// c[m, n] (ldc) = a[m, k] * b[k, n], or += when accumulate.
+public struct GEMMProblem: @unchecked Sendable {
+  public var m: Int
+  public var n: Int
+  public var k: Int
+  public var a: MatrixOperand
+  public var b: MatrixOperand
+  public var c: UnsafeMutablePointer<Float>
+  public var ldc: Int
+  public var accumulate: Bool
+
+  @inlinable
+  public init(m: Int, n: Int, k: Int, a: MatrixOperand, b: MatrixOperand,
+              c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
+    self.m = m
+    self.n = n
+    self.k = k
+    self.a = a
+    self.b = b
+    self.c = c
+    self.ldc = ldc
+    self.accumulate = accumulate
+  }
+}
+
+/// What an instruction set provides to the shared kernels: a vector of floats
+/// and its multiply-add (fused where the ISA has FMA).
+public protocol KernelISA {
+  associatedtype V: SIMD where V.Scalar == Float
+  static func load(_ p: UnsafePointer<Float>) -> V
+  static func store(_ v: V, _ p: UnsafeMutablePointer<Float>)
+  /// acc + a * b
+  static func madd(_ acc: V, _ a: V, _ b: V) -> V
+  /// Inner indices per packed block (B panel kc x NR stays in L1).
+  static var kc: Int { get }
+  /// Rows of A per packed block (mc x kc stays in L2); a multiple of gemmMR.
+  static var mc: Int { get }
+}
+
+/// Rows of the microkernel's tile; its columns are two vectors (NR = 2 * V.scalarCount).
+public let gemmMR = 6
+/// Columns of B packed at once.
+public let gemmNC = 2048
+
+public enum PackedGEMM {
+  /// Runs `p` on the calling thread with ISA `K`.
+  @inlinable @inline(__always)
+  public static func run<K: KernelISA>(_: K.Type, _ p: GEMMProblem) {
+    let m = p.m, n = p.n, k = p.k
+    guard m > 0, n > 0 else { return }
+    if k <= 0 {
+      if !p.accumulate { for i in 0..<m { (p.c + i * p.ldc).update(repeating: 0, count: n) } }
+      return
+    }
+    let MR = gemmMR, NR = 2 * K.V.scalarCount
+    let kcMax = K.kc, mcMax = K.mc
+    let ncMax = min(gemmNC, (n + NR - 1) / NR * NR)
+    guard let bufA = moe_thread_buffer(0, mcMax * kcMax), let bufB = moe_thread_buffer(1, ncMax * kcMax) else {
+      // No memory for packing: the plain loop (slow, but an answer).
+      reference(p)
+      return
+    }
+    var jc = 0
+    while jc < n {
+      let nc = min(ncMax, n - jc)
+      var pc = 0
+      while pc < k {
+        let kc = min(kcMax, k - pc)
+        let accumulate = p.accumulate || pc > 0
+        packB(K.self, p.b, rows: pc, kc: kc, cols: jc, nc: nc, into: bufB)
+        var ic = 0
+        while ic < m {
+          let mc = min(mcMax, m - ic)
+          packA(p.a, rows: ic, mc: mc, cols: pc, kc: kc, into: bufA)
+          var jr = 0
+          while jr < nc {
+            let bPanel = UnsafePointer(bufB + (jr / NR) * kc * NR)
+            let nr = min(NR, nc - jr)
+            var ir = 0
+            while ir < mc {
+              micro(K.self, kc: kc, a: UnsafePointer(bufA + (ir / MR) * kc * MR), b: bPanel,
+                    c: p.c + (ic + ir) * p.ldc + jc + jr, ldc: p.ldc,
+                    mr: min(MR, mc - ir), nr: nr, accumulate: accumulate)
+              ir += MR
+            }
+            jr += NR
+          }
+          ic += mc
+        }
+        pc += kc
+      }
+      jc += nc
+    }
+  }
+
+  /// A rows r0..<r0+mc, inner indices c0..<c0+kc into panels of MR rows:
+  /// panel q holds, for each inner index, MR values (zero beyond the last row).
+  @inlinable @inline(__always)
+  static func packA(_ a: MatrixOperand, rows r0: Int, mc: Int, cols c0: Int, kc: Int,
+                    into dst: UnsafeMutablePointer<Float>) {
+    let MR = gemmMR
+    var q = 0
+    while q * MR < mc {
+      let panel = dst + q * kc * MR
+      let i0 = r0 + q * MR, rows = min(MR, mc - q * MR)
+      if !a.bf16 && !a.transposed && rows == MR {
+        // Six rows side by side: each inner index writes one contiguous group.
+        let base = a.base.assumingMemoryBound(to: Float.self) + i0 * a.ld + c0
+        let ld = a.ld
+        let s0 = base, s1 = s0 + ld, s2 = s1 + ld, s3 = s2 + ld, s4 = s3 + ld, s5 = s4 + ld
+        var out = panel
+        for t in 0..<kc {
+          out[0] = s0[t]; out[1] = s1[t]; out[2] = s2[t]
+          out[3] = s3[t]; out[4] = s4[t]; out[5] = s5[t]
+          out += MR
+        }
+      } else if !a.bf16 && !a.transposed {
+        let base = a.base.assumingMemoryBound(to: Float.self)
+        for i in 0..<MR {
+          if i < rows {
+            let src = base + (i0 + i) * a.ld + c0
+            for t in 0..<kc { panel[t &* MR &+ i] = src[t] }
+          } else {
+            for t in 0..<kc { panel[t &* MR &+ i] = 0 }
+          }
+        }
+      } else if !a.bf16 {
+        // Transposed: the MR values of one inner index are contiguous.
+        let base = a.base.assumingMemoryBound(to: Float.self)
+        for t in 0..<kc {
+          let src = base + (c0 + t) * a.ld + i0
+          for i in 0..<MR { panel[t * MR + i] = i < rows ? src[i] : 0 }
+        }
+      } else {
+        for t in 0..<kc {
+          for i in 0..<MR { panel[t * MR + i] = i < rows ? a.value(i0 + i, c0 + t) : 0 }
+        }
+      }
+      q += 1
+    }
+  }
+
+  /// B rows r0..<r0+kc, columns c0..<c0+nc into panels of NR columns: panel q
+  /// holds, for each row, NR values (zero beyond the last column).
+  @inlinable @inline(__always)
+  static func packB<K: KernelISA>(_: K.Type, _ b: MatrixOperand, rows r0: Int, kc: Int, cols c0: Int, nc: Int,
+                                  into dst: UnsafeMutablePointer<Float>) {
+    let NR = 2 * K.V.scalarCount
+    var q = 0
+    while q * NR < nc {
+      let panel = dst + q * kc * NR
+      let j0 = c0 + q * NR, cols = min(NR, nc - q * NR)
+      if b.transposed {
+        // Row j of the stored matrix is column j of B: walk each stored row once.
+        if cols < NR { panel.update(repeating: 0, count: kc * NR) }
+        if b.bf16 {
+          let base = b.base.assumingMemoryBound(to: UInt16.self)
+          for j in 0..<cols {
+            let src = base + (j0 + j) * b.ld + r0
+            for t in 0..<kc { panel[t * NR + j] = Float(bitPattern: UInt32(src[t]) << 16) }
+          }
+        } else {
+          let base = b.base.assumingMemoryBound(to: Float.self)
+          for j in 0..<cols {
+            let src = base + (j0 + j) * b.ld + r0
+            for t in 0..<kc { panel[t * NR + j] = src[t] }
+          }
+        }
+      } else {
+        for t in 0..<kc {
+          let row = panel + t * NR
+          if b.bf16 {
+            let src = b.base.assumingMemoryBound(to: UInt16.self) + (r0 + t) * b.ld + j0
+            for j in 0..<cols { row[j] = Float(bitPattern: UInt32(src[j]) << 16) }
+          } else {
+            let src = b.base.assumingMemoryBound(to: Float.self) + (r0 + t) * b.ld + j0
+            if cols == NR {
+              K.store(K.load(src), row)
+              K.store(K.load(src + K.V.scalarCount), row + K.V.scalarCount)
+              continue
+            }
+            for j in 0..<cols { row[j] = src[j] }
+          }
+          for j in cols..<NR { row[j] = 0 }
+        }
+      }
+      q += 1
+    }
+  }
+
+  /// The MR x NR tile of C from an A panel and a B panel: 12 vector accumulators.
+  @inlinable @inline(__always)
+  static func micro<K: KernelISA>(_: K.Type, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+                                  c: UnsafeMutablePointer<Float>, ldc: Int, mr: Int, nr: Int, accumulate: Bool) {
+    let W = K.V.scalarCount
+    var c00 = K.V(), c01 = K.V(), c10 = K.V(), c11 = K.V(), c20 = K.V(), c21 = K.V()
+    var c30 = K.V(), c31 = K.V(), c40 = K.V(), c41 = K.V(), c50 = K.V(), c51 = K.V()
+    var pa = a, pb = b
+    for _ in 0..<kc {
+      let b0 = K.load(pb), b1 = K.load(pb + W)
+      var x = K.V(repeating: pa[0])
+      c00 = K.madd(c00, x, b0); c01 = K.madd(c01, x, b1)
+      x = K.V(repeating: pa[1])
+      c10 = K.madd(c10, x, b0); c11 = K.madd(c11, x, b1)
+      x = K.V(repeating: pa[2])
+      c20 = K.madd(c20, x, b0); c21 = K.madd(c21, x, b1)
+      x = K.V(repeating: pa[3])
+      c30 = K.madd(c30, x, b0); c31 = K.madd(c31, x, b1)
+      x = K.V(repeating: pa[4])
+      c40 = K.madd(c40, x, b0); c41 = K.madd(c41, x, b1)
+      x = K.V(repeating: pa[5])
+      c50 = K.madd(c50, x, b0); c51 = K.madd(c51, x, b1)
+      pa += gemmMR
+      pb += 2 * W
+    }
+    if mr == gemmMR && nr == 2 * W {
+      @inline(__always) func put(_ row: Int, _ v0: K.V, _ v1: K.V) {
+        let p = c + row * ldc
+        if accumulate {
+          K.store(K.load(p) + v0, p)
+          K.store(K.load(p + W) + v1, p + W)
+        } else {
+          K.store(v0, p)
+          K.store(v1, p + W)
+        }
+      }
+      put(0, c00, c01); put(1, c10, c11); put(2, c20, c21)
+      put(3, c30, c31); put(4, c40, c41); put(5, c50, c51)
+      return
+    }
+    // An edge tile: through a buffer, then only the rows and columns that exist.
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: gemmMR * 2 * W) { tile in
+      guard let t = tile.baseAddress else { return }
+      let NR = 2 * W
+      K.store(c00, t); K.store(c01, t + W)
+      K.store(c10, t + NR); K.store(c11, t + NR + W)
+      K.store(c20, t + 2 * NR); K.store(c21, t + 2 * NR + W)
+      K.store(c30, t + 3 * NR); K.store(c31, t + 3 * NR + W)
+      K.store(c40, t + 4 * NR); K.store(c41, t + 4 * NR + W)
+      K.store(c50, t + 5 * NR); K.store(c51, t + 5 * NR + W)
+      for i in 0..<mr {
+        let p = c + i * ldc, s = t + i * NR
+        if accumulate {
+          for j in 0..<nr { p[j] += s[j] }
+        } else {
+          for j in 0..<nr { p[j] = s[j] }
+        }
+      }
+    }
+  }
+
+  /// The plain product (float accumulation in index order): the fallback when no
+  /// packing memory is available.
+  @inlinable
+  public static func reference(_ p: GEMMProblem) {
+    for i in 0..<p.m {
+      for j in 0..<p.n {
+        var s: Float = 0
+        for t in 0..<p.k { s += p.a.value(i, t) * p.b.value(t, j) }
+        let dst = p.c + i * p.ldc + j
+        dst.pointee = p.accumulate ? dst.pointee + s : s
+      }
+    }
+  }
+}
+
+/// Arithmetic throughput of the calling thread: independent multiply-add chains
+/// over `iterations` steps; returns (flops, a value that depends on every chain
+/// so the work cannot be skipped).
+public enum FMALoop {
+  @inlinable @inline(__always)
+  public static func run<K: KernelISA>(_: K.Type, iterations: Int) -> (flops: Double, sink: Float) {
+    let one = K.V(repeating: 1.0000001), tiny = K.V(repeating: 1e-7)
+    var a0 = K.V(repeating: 0.1), a1 = K.V(repeating: 0.2), a2 = K.V(repeating: 0.3), a3 = K.V(repeating: 0.4)
+    var a4 = K.V(repeating: 0.5), a5 = K.V(repeating: 0.6), a6 = K.V(repeating: 0.7), a7 = K.V(repeating: 0.8)
+    var a8 = K.V(repeating: 0.9), a9 = K.V(repeating: 1.0), a10 = K.V(repeating: 1.1), a11 = K.V(repeating: 1.2)
+    for _ in 0..<iterations {
+      a0 = K.madd(tiny, a0, one); a1 = K.madd(tiny, a1, one); a2 = K.madd(tiny, a2, one)
+      a3 = K.madd(tiny, a3, one); a4 = K.madd(tiny, a4, one); a5 = K.madd(tiny, a5, one)
+      a6 = K.madd(tiny, a6, one); a7 = K.madd(tiny, a7, one); a8 = K.madd(tiny, a8, one)
+      a9 = K.madd(tiny, a9, one); a10 = K.madd(tiny, a10, one); a11 = K.madd(tiny, a11, one)
+    }
+    let s = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)) + ((a8 + a9) + (a10 + a11))
+    return (Double(iterations) * 12 * 2 * Double(K.V.scalarCount), s.sum())
+  }
+}
+
+/// One instruction set's entry points, as the dispatcher sees them.
+public struct KernelTable: Sendable {
+  /// "avx512", "avx2", "portable".
+  public let name: String
+  /// Vector width in floats.
+  public let width: Int
+  /// Whether multiply-adds are fused (FMA instructions).
+  public let fused: Bool
+  public let gemm: @Sendable (GEMMProblem) -> Void
+  public let fmaLoop: @Sendable (Int) -> (flops: Double, sink: Float)
+
+  public init(name: String, width: Int, fused: Bool, gemm: @escaping @Sendable (GEMMProblem) -> Void,
+              fmaLoop: @escaping @Sendable (Int) -> (flops: Double, sink: Float)) {
+    self.name = name
+    self.width = width
+    self.fused = fused
+    self.gemm = gemm
+    self.fmaLoop = fmaLoop
+  }
+}

@@ -1,0 +1,132 @@
+import Testing
+@testable import MoECore
+import MoEKernelCode
+
+/// Every kernel path this CPU runs against the plain product, for the three
+/// operand layouts the library uses (x W^T, A W, A^T B), f32 and bf16 weights,
+/// edge tiles, several packed blocks along k and accumulation.
+@Suite struct PackedGEMMTests {
+  /// c = a * b in Double, from element accessors.
+  static func reference(_ m: Int, _ n: Int, _ k: Int, a: (Int, Int) -> Float, b: (Int, Int) -> Float,
+                        c0: [Float]?) -> [Double] {
+    var out = [Double](repeating: 0, count: m * n)
+    for i in 0..<m {
+      for j in 0..<n {
+        var s = c0.map { Double($0[i * n + j]) } ?? 0
+        for t in 0..<k { s += Double(a(i, t)) * Double(b(t, j)) }
+        out[i * n + j] = s
+      }
+    }
+    return out
+  }
+
+  enum Layout: CaseIterable { case xWt, aW, atB }
+
+  static let shapes: [(m: Int, n: Int, k: Int)] = [
+    (1, 1, 1), (6, 16, 8), (7, 17, 9), (13, 33, 257), (150, 40, 300), (5, 70, 600), (64, 8, 576), (2, 2100, 3),
+  ]
+
+  @Test(arguments: Kernels.availablePaths(), Layout.allCases)
+  func pathMatchesReference(path: KernelPath, layout: Layout) {
+    for (m, n, k) in Self.shapes {
+      for bf16 in [false, true] where !(bf16 && layout == .atB) {
+        for accumulate in [false, true] {
+          check(path: path, layout: layout, m: m, n: n, k: k, bf16: bf16, accumulate: accumulate)
+        }
+      }
+    }
+  }
+
+  func check(path: KernelPath, layout: Layout, m: Int, n: Int, k: Int, bf16: Bool, accumulate: Bool) {
+    var rng = Rng(seed: UInt64(m * 7919 + n * 31 + k))
+    // Stored operands with leading dimensions wider than the product needs.
+    let aRows = layout == .atB ? k : m, aCols = layout == .atB ? m : k, lda = aCols + 3
+    let bRows = layout == .xWt ? n : k, bCols = layout == .xWt ? k : n, ldb = bCols + 5
+    let ldc = n + 2
+    let aStore = (0..<(aRows * lda)).map { _ in Float(rng.normal()) }
+    let bFloat = (0..<(bRows * ldb)).map { _ in Float(rng.normal()) }
+    let bHalf = bFloat.map(floatToBF16)
+    let c0 = (0..<(m * ldc)).map { _ in Float(rng.normal()) }
+    let aAt: (Int, Int) -> Float = { i, t in layout == .atB ? aStore[t * lda + i] : aStore[i * lda + t] }
+    let bValue: (Int) -> Float = { bf16 ? bf16ToFloat(bHalf[$0]) : bFloat[$0] }
+    let bAt: (Int, Int) -> Float = { t, j in layout == .xWt ? bValue(j * ldb + t) : bValue(t * ldb + j) }
+    let start = accumulate ? (0..<(m * n)).map { c0[($0 / n) * ldc + $0 % n] } : nil
+    let ref = Self.reference(m, n, k, a: aAt, b: bAt, c0: start)
+    var c = c0
+    aStore.withUnsafeBytes { ap in
+      (bf16 ? bHalf.withUnsafeBytes { Array($0) } : bFloat.withUnsafeBytes { Array($0) }).withUnsafeBytes { bp in
+        c.withUnsafeMutableBufferPointer { cp in
+          let problem = GEMMProblem(
+            m: m, n: n, k: k,
+            a: MatrixOperand(base: ap.baseAddress!, ld: lda, transposed: layout == .atB),
+            b: MatrixOperand(base: bp.baseAddress!, ld: ldb, transposed: layout == .xWt, bf16: bf16),
+            c: cp.baseAddress!, ldc: ldc, accumulate: accumulate)
+          Kernels.gemm(problem, path: path)
+        }
+      }
+    }
+    let what = "\(path.rawValue) \(layout) m=\(m) n=\(n) k=\(k) bf16=\(bf16) accumulate=\(accumulate)"
+    var worst: Double = 0
+    for i in 0..<m {
+      for j in 0..<n {
+        // f32 sums of k products: error grows like sqrt(k) ulps of the magnitudes.
+        let tol = 2e-6 * Double(k).squareRoot() * max(1, Double(k).squareRoot()) + 1e-6
+        worst = max(worst, abs(Double(c[i * ldc + j]) - ref[i * n + j]) - tol)
+      }
+      // Columns past n are the caller's and stay untouched.
+      for j in n..<ldc { #expect(c[i * ldc + j] == c0[i * ldc + j], "\(what): wrote column \(j)") }
+    }
+    #expect(worst <= 0, "\(what): error over tolerance by \(worst)")
+  }
+
+  /// The same problem twice gives the same bits (fixed accumulation order).
+  @Test(arguments: Kernels.availablePaths())
+  func resultsAreRepeatable(path: KernelPath) {
+    let m = 37, n = 45, k = 700
+    var rng = Rng(seed: 5)
+    let a = (0..<(m * k)).map { _ in Float(rng.normal()) }
+    let b = (0..<(k * n)).map { _ in Float(rng.normal()) }
+    func run() -> [Float] {
+      var c = [Float](repeating: 0, count: m * n)
+      a.withUnsafeBytes { ap in b.withUnsafeBytes { bp in c.withUnsafeMutableBufferPointer { cp in
+        Kernels.gemm(GEMMProblem(m: m, n: n, k: k, a: MatrixOperand(base: ap.baseAddress!, ld: k),
+                                 b: MatrixOperand(base: bp.baseAddress!, ld: n), c: cp.baseAddress!, ldc: n,
+                                 accumulate: false), path: path)
+      } } }
+      return c
+    }
+    let first = run(), second = run()
+    #expect(first.map(\.bitPattern) == second.map(\.bitPattern))
+  }
+
+  @Test func choiceFollowsTheSetting() throws {
+    let auto = try Kernels.choose(nil)
+    #expect(auto.path == Kernels.bestPath() && !auto.forced)
+    #expect(try Kernels.choose("auto").path == auto.path)
+    #expect(try Kernels.choose(" Portable ").path == .portable)
+    #expect(try Kernels.choose("openblas").forced)
+    #expect(throws: MoEError.self) { try Kernels.choose("sse9") }
+    do {
+      _ = try Kernels.choose("sse9")
+    } catch let e as MoEError {
+      #expect(e.message.contains("MOEUPCYCLE_KERNELS='sse9'") && e.message.contains("avx2"))
+    }
+    for path in KernelPath.allCases where !Kernels.availablePaths().contains(path) {
+      do {
+        _ = try Kernels.choose(path.rawValue)
+        Issue.record("\(path) forced on a CPU without it")
+      } catch let e as MoEError {
+        #expect(e.kind == .unsupported && e.message.contains("does not support"))
+      }
+    }
+    #expect(Kernels.availablePaths().contains(.portable) && Kernels.availablePaths().contains(.openblas))
+  }
+
+  @Test func fmaPeakIsMeasured() {
+    for path in Kernels.availablePaths() {
+      let g = Kernels.measureFMAPeak(path: path, seconds: 0.01)
+      // Unoptimized test builds run it slowly: only a positive, finite rate is asserted.
+      #expect(g.isFinite && g > 0, "\(path): \(g) GFLOP/s")
+    }
+  }
+}
