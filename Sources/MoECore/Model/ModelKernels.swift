@@ -92,7 +92,7 @@ enum ModelKernels {
       var c = 0
       while c + 16 <= n {
         let x = load16(row + c)
-        top = pointwiseMax(top, x)
+        top = max16(top, x)
         finite += x - x
         c += 16
       }
