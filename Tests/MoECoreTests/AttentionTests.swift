@@ -163,6 +163,16 @@ import Glibc
     }
   }
 
+  @Test func headsThatDoNotGroupAreAnError() throws {
+    let p = Problem(nq: 3, nkv: 2, d: 8, start: 0, T: 20, seed: 1)
+    do {
+      _ = try p.runtime(threads: 1)
+      Issue.record("3 query heads over 2 KV heads were accepted")
+    } catch let e as MoEError {
+      #expect(e.kind == .invalidArgument && e.message.contains("3 query heads over 2 KV heads"), "\(e.message)")
+    }
+  }
+
   @Test func blockTokensAndCostSplit() {
     // 64 for long prompts on few workers; smaller to give every worker work or to bound the scores.
     #expect(Runtime.attentionBlockTokens(tokens: 512, keys: 512, group: 3, kvHeads: 3, workers: 2) == 64)

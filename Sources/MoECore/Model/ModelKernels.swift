@@ -265,7 +265,10 @@ extension Runtime {
   func causalAttention(q: UnsafePointer<Float>, ldq: Int, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
                        out: UnsafeMutablePointer<Float>, ldo: Int, tokens T: Int, start: Int,
                        heads nq: Int, kvHeads nkv: Int, headDim d: Int, scratch: ScratchSet) throws {
-    guard T > 0, nq > 0, nkv > 0, nq % nkv == 0 else { return }
+    guard nq > 0, nkv > 0, nq % nkv == 0, d > 0, start >= 0 else {
+      throw MoEError.invalid("attention: \(nq) query heads over \(nkv) KV heads of dimension \(d) from position \(start)")
+    }
+    guard T > 0 else { return }
     let W = workerCount, keyCount = start + T, kvWidth = nkv * d, group = nq / nkv
     let scale = 1 / Float(d).squareRoot()
     let small = W == 1 || T * nq * keyCount * d < 1 << 15
