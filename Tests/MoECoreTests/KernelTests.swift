@@ -24,6 +24,23 @@ import Glibc
     #expect(worst < 3e-7, "worst relative error \(worst) at x = \(worstX)")
   }
 
+  /// Out-of-range and NaN inputs take the clamp's bounds: finite, positive results.
+  @Test func exp16ClampsInfinitiesAndNaN() {
+    var x = Vec16(repeating: 1)
+    x[0] = .nan; x[1] = -.infinity; x[2] = -1000; x[3] = .infinity; x[4] = 1000; x[5] = -87.3; x[6] = 88.3
+    let e = exp16(x)
+    let low = exp16(Vec16(repeating: -87.3))[0], high = exp16(Vec16(repeating: 88.3))[0]
+    #expect(low > 0 && high.isFinite)
+    #expect([e[0], e[1], e[2], e[5]].allSatisfy { $0.bitPattern == low.bitPattern })
+    #expect([e[3], e[4], e[6]].allSatisfy { $0.bitPattern == high.bitPattern })
+    #expect(abs(e[7] - Float(M_E)) <= 3e-7 * Float(M_E))
+    // max16 keeps the larger lane and skips a NaN in its second argument.
+    var b = Vec16(repeating: 2)
+    b[0] = .nan; b[1] = 0.5
+    let m = max16(Vec16(repeating: 1), b)
+    #expect(m[0] == 1 && m[1] == 1 && m[2] == 2)
+  }
+
   @Test(arguments: [0, 1, 15, 16, 17, 33, 100])
   func swigluMatchesReference(count: Int) {
     var rng = Rng(seed: UInt64(count))

@@ -19,7 +19,7 @@ import pytest
 from safetensors.numpy import save_file
 
 import reference as ref
-from abi import Model, Runtime, check, expect, ids_array, last_error, load_status, params, result, upcycle
+from abi import Model, Runtime, check, expect, ids_array, inspect, last_error, load_status, params, result, upcycle
 from models import bf16_round, dense_weights, read_safetensors_dir, write_hf
 from moeupcycle import _capi as C
 
@@ -408,6 +408,38 @@ def test_kv_cache_growth_during_generation(fresh_rt, tmp_path, tiny):
     ids = prompt_ids + got
     for pos in list(range(len(prompt_ids), len(prompt_ids) + 10)) + list(range(252, 262)) + list(range(508, 520)):
         assert int(np.argmax(m.logits(ids[:pos])[-1])) == ids[pos], pos
+
+
+def test_prefill_attention_equals_decode_and_numpy(fresh_rt, tmp_path):
+    """Grouped-query attention (3 query heads per KV head, head dim 40) over a few hundred positions: a
+    300-token prompt runs through the blocked prefill attention, the continuation one token at a time over
+    the cache it filled. Every greedy token is the argmax of the logits of the whole sequence run at once,
+    and those logits and the evaluation NLL match the numpy forward."""
+    path = tmp_path / "gqa"
+    stored = write_tiny(path, heads=3, kv_heads=1, hidden=120, ffn=96, seed=5)
+    cfg = tiny_config(path)
+    cfg["max_position_embeddings"] = 512
+    (path / "config.json").write_text(json.dumps(cfg))
+    i = inspect(path)
+    assert (i.num_heads, i.num_kv_heads, i.head_dim) == (3, 1, 40)
+    m = Model(fresh_rt, path)
+    letters = "bcdfgkmpquvwxyz"  # in no merge: one token each
+    prompt = "".join(letters[i] for i in np.random.default_rng(6).integers(0, len(letters), 300))
+    prompt_ids = m.tokenize(prompt, add_special=True)
+    assert len(prompt_ids) == 301
+    n = 60
+    r, _, _, streamed = m.generate(prompt, max_new_tokens=n, ignore_eos=1, stream=True)
+    got = [t for t, _ in streamed]
+    assert r.generated_tokens == n
+    ids = prompt_ids + got
+    logits = m.logits(ids)
+    assert np.argmax(logits[len(prompt_ids) - 1:-1], axis=1).tolist() == got
+    want = reference_logits(path, ids, stored)
+    assert np.max(np.abs(logits - want)) <= 2e-4
+    e = m.eval_tokens(ids, seq_len=len(ids))
+    nll, scored, _, _ = ref.window_nll(lambda w: reference_logits(path, w, stored), ids, len(ids))
+    assert e.tokens_scored == scored == len(ids) - 1
+    assert e.mean_nll == pytest.approx(nll, rel=1e-5, abs=1e-5)
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -10,12 +10,18 @@ public typealias Vec16 = SIMD16<Float>
 
 // MARK: - exp
 
+/// Lane-wise maximum; a NaN lane of `b` is skipped (the generic pointwiseMax
+/// handles NaN with a scalar loop that the compiler may leave out of line).
+@inline(__always)
+func max16(_ a: Vec16, _ b: Vec16) -> Vec16 { a.replacing(with: b, where: b .> a) }
+
 /// e^x for 16 lanes: Cody-Waite range reduction and a degree-6 polynomial
 /// (relative error below 2e-7 over the clamped range). Inputs are clamped to
-/// [-87.3, 88.3], so the result is always finite and positive.
+/// [-87.3, 88.3] (NaN to the lower bound), so the result is always finite and positive.
 @inline(__always)
 func exp16(_ x: Vec16) -> Vec16 {
-  let xc = x.clamped(lowerBound: Vec16(repeating: -87.3), upperBound: Vec16(repeating: 88.3))
+  let lower = Vec16(repeating: -87.3), upper = Vec16(repeating: 88.3)
+  let xc = lower.replacing(with: x.replacing(with: upper, where: x .> upper), where: x .>= lower)
   // t = x*log2(e) + 1.5*2^23: the addition rounds to the nearest integer n, kept in t's low bits.
   let magic = Vec16(repeating: 12582912.0)
   let t = magic.addingProduct(xc, Vec16(repeating: 1.44269504088896341))

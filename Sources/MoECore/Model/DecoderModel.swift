@@ -271,11 +271,8 @@ public final class DecoderModel: @unchecked Sendable {
     let widestFFN = layers.compactMap { $0.gateUp?.rows }.max() ?? 0
     let gu = try scratch.get("gate_up", floats: T * widestFFN)
     let act = try scratch.get("act", floats: T * widestFFN / 2)
-    let scores = try scratch.get("scores", floats: runtime.workerCount * (start + T))
     let eps = Float(d.rmsNormEps)
-    let scale = 1 / Float(hd).squareRoot()
     let kvWidth = nkv * hd
-    let group = nq / nkv
 
     for t in 0..<T { embedding.row(Int(tokens[t]), into: x + t * H) }
     for (l, layer) in layers.enumerated() {
@@ -295,25 +292,8 @@ public final class DecoderModel: @unchecked Sendable {
           (values + (start + t) * kvWidth).update(from: row + (nq + nkv) * hd, count: kvWidth)
         }
       }
-      // Causal attention: one item per (token, head).
-      let W = runtime.workerCount
-      let items = T * nq
-      let attendItems: (Range<Int>, UnsafeMutablePointer<Float>) -> Void = { r, buffer in
-        for item in r {
-          let t = item / nq, head = item % nq, kvHead = head / group
-          ModelKernels.attendOne(q: qkv + t * qkvWidth + head * hd, keys: keys + kvHead * hd,
-                                 values: values + kvHead * hd, stride: kvWidth, last: start + t, d: hd,
-                                 scale: scale, scores: buffer, out: attn + t * nq * hd + head * hd)
-        }
-      }
-      if W == 1 || items * (start + T) * hd < 1 << 15 {
-        attendItems(0..<items, scores)
-      } else {
-        runtime.pool.run { w in
-          let lo = items * w / W, hi = items * (w + 1) / W
-          if hi > lo { attendItems(lo..<hi, scores + w * (start + T)) }
-        }
-      }
+      try runtime.causalAttention(q: qkv, ldq: qkvWidth, keys: keys, values: values, out: attn, ldo: nq * hd,
+                                  tokens: T, start: start, heads: nq, kvHeads: nkv, headDim: hd, scratch: scratch)
       runtime.linear(attn, tokens: T, layer.output, ffnOut, scratch: workerScratch, scratchFloats: workerScratchFloats)
       runtime.parallelFor(T, costPerItem: 2 * H) { r in
         for t in r {

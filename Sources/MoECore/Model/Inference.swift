@@ -243,7 +243,7 @@ func logSumExp(_ v: UnsafePointer<Float>, _ n: Int) -> Float {
   var j = 0
   while j + 16 <= n {
     let x = load16(v + j)
-    top = pointwiseMax(top, x)
+    top = max16(top, x)
     finite += x - x
     j += 16
   }

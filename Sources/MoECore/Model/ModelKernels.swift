@@ -49,6 +49,124 @@ enum ModelKernels {
     out.update(repeating: 0, count: d)
     for j in 0...last { axpy(scores[j] * inv, values + j * stride, out, d) }
   }
+
+  /// Causal attention of a block of queries as matrix products: `count` query
+  /// tokens at positions first ..< first + count, each for the `group` query
+  /// heads that share one key/value head (GQA), so that the keys and values are
+  /// read once for all of them. Query (i, j) (token i, head j of the group) is
+  /// the d floats at q + i * ldq + j * d and its output goes to out + i * ldo + j * d;
+  /// keys/values: position p at base + p * stride (the kv head's slice); token i
+  /// sees positions 0 ... first + i.
+  ///
+  /// S = Q K^T over positions 0 ..< first + count (no key beyond the block's last
+  /// position is multiplied), then per row the causal mask and a numerically
+  /// stable softmax of scale * S with SIMD exp, then O = P V; each row is
+  /// divided by its sum on the way out. A non-finite score makes its row's
+  /// output NaN, as attendOne does; a non-finite value row of a later token of
+  /// the block can reach earlier rows of that block (0 * NaN in the product),
+  /// which are then non-finite too.
+  /// scratch: attendBlockScratchFloats(count:group:first:d:) floats, 64-byte aligned.
+  static func attendBlock(q: UnsafePointer<Float>, ldq: Int, group: Int, count: Int, first: Int,
+                          keys: UnsafePointer<Float>, values: UnsafePointer<Float>, stride: Int, d: Int,
+                          scale: Float, out: UnsafeMutablePointer<Float>, ldo: Int,
+                          scratch: UnsafeMutablePointer<Float>) {
+    guard count > 0, group > 0 else { return }
+    let layout = AttendBlockLayout(count: count, group: group, first: first, d: d)
+    let rows = layout.rows, keyCount = layout.keyCount, ldS = layout.ldS
+    let qs = scratch, s = scratch + layout.scoresOffset, o = scratch + layout.outputOffset
+    let inv = scratch + layout.inverseOffset
+    // Q: rows ordered head by head (row j * count + i).
+    for j in 0..<group {
+      for i in 0..<count { (qs + (j * count + i) * d).update(from: q + i * ldq + j * d, count: d) }
+    }
+    // S = Q K^T; O's space is free until P V and serves as the product's scratch.
+    GEMM.xWt(n: rows, rows: keyCount, k: d, x: qs, ldx: d, w: WeightMatrix(base: keys, dtype: .f32, ld: stride),
+             c: s, ldc: ldS, accumulate: false, scratch: o, scratchFloats: rows * d)
+    let lane = SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+    let scaleV = Vec16(repeating: scale)
+    for r in 0..<rows {
+      let row = s + r * ldS
+      let n = first + r % count + 1   // positions this row sees
+      // Row maximum, and x - x summed: 0 when every score is finite, else NaN.
+      var top = Vec16(repeating: -.infinity), finite = Vec16()
+      var c = 0
+      while c + 16 <= n {
+        let x = load16(row + c)
+        top = max16(top, x)
+        finite += x - x
+        c += 16
+      }
+      var m = top.max(), check = finite.sum()
+      while c < n {
+        m = max(m, row[c])
+        check += row[c] - row[c]
+        c += 1
+      }
+      // P = exp(scale * (S - max)) over the visible positions, 0 beyond them.
+      let mv = Vec16(repeating: m)
+      var sum = Vec16()
+      c = 0
+      while c + 16 <= n {
+        let e = exp16((load16(row + c) - mv) * scaleV)
+        store16(e, row + c)
+        sum += e
+        c += 16
+      }
+      if c < n {
+        let e = Vec16().replacing(with: exp16((load16(row + c) - mv) * scaleV), where: lane .< Int32(n - c))
+        store16(e, row + c)
+        sum += e
+        c += 16
+      }
+      while c < keyCount {
+        store16(Vec16(), row + c)
+        c += 16
+      }
+      inv[r] = check == 0 ? 1 / sum.sum() : .nan
+    }
+    // O = P V; Q's space is free now and serves as the product's scratch.
+    GEMM.aW(n: rows, cols: d, k: keyCount, a: s, lda: ldS, w: WeightMatrix(base: values, dtype: .f32, ld: stride),
+            c: o, ldc: d, accumulate: false, scratch: qs, scratchFloats: rows * d)
+    for r in 0..<rows {
+      let j = r / count, i = r % count
+      let src = o + r * d, dst = out + i * ldo + j * d
+      let f = inv[r], fv = Vec16(repeating: f)
+      var c = 0
+      while c + 16 <= d {
+        store16(load16(src + c) * fv, dst + c)
+        c += 16
+      }
+      while c < d {
+        dst[c] = src[c] * f
+        c += 1
+      }
+    }
+  }
+
+  /// Floats of scratch attendBlock needs for a block of `count` tokens of
+  /// `group` heads starting at position `first`.
+  static func attendBlockScratchFloats(count: Int, group: Int, first: Int, d: Int) -> Int {
+    AttendBlockLayout(count: count, group: group, first: first, d: d).floats
+  }
+}
+
+/// attendBlock's scratch: Q [rows, d], S [rows, ldS], O [rows, d], 1/sum [rows],
+/// each starting on a 64-byte boundary; ldS is the key count rounded up to 16
+/// so that every row can be read and written 16 lanes at a time.
+struct AttendBlockLayout {
+  let rows: Int, keyCount: Int, ldS: Int
+  let scoresOffset: Int, outputOffset: Int, inverseOffset: Int, floats: Int
+
+  init(count: Int, group: Int, first: Int, d: Int) {
+    func round16(_ n: Int) -> Int { (n + 15) & ~15 }
+    rows = count * group
+    keyCount = first + count
+    ldS = round16(keyCount)
+    scoresOffset = round16(rows * d)
+    outputOffset = scoresOffset + rows * ldS
+    inverseOffset = outputOffset + round16(rows * d)
+    floats = inverseOffset + round16(rows)
+  }
 }
 
 /// A rotary table: cos and sin of pos * base^(-2i/d) for i < d/2, grown on demand.
@@ -132,7 +250,103 @@ final class DenseWeight: @unchecked Sendable {
   }
 }
 
+/// Query tokens at or above which the decoder's attention runs attendBlock.
+let blockedAttentionMinTokens = 16
+
 extension Runtime {
+  /// Causal self-attention of T new tokens at positions start ..< start + T
+  /// over a KV cache that already holds positions 0 ..< start + T. Query of
+  /// token t, head h: q + t * ldq + h * d; key and value of position p, kv
+  /// head g: keys/values + p * kvHeads * d + g * d; output of token t, head h:
+  /// out + t * ldo + h * d. Fewer than blockedAttentionMinTokens tokens
+  /// (decode) run attendOne per (token, head); more run attendBlock per
+  /// (query block, kv head), split over the workers in a fixed order by cost,
+  /// so a given thread count always gives the same bits.
+  func causalAttention(q: UnsafePointer<Float>, ldq: Int, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+                       out: UnsafeMutablePointer<Float>, ldo: Int, tokens T: Int, start: Int,
+                       heads nq: Int, kvHeads nkv: Int, headDim d: Int, scratch: ScratchSet) throws {
+    guard nq > 0, nkv > 0, nq % nkv == 0, d > 0, start >= 0 else {
+      throw MoEError.invalid("attention: \(nq) query heads over \(nkv) KV heads of dimension \(d) from position \(start)")
+    }
+    guard T > 0 else { return }
+    let W = workerCount, keyCount = start + T, kvWidth = nkv * d, group = nq / nkv
+    let scale = 1 / Float(d).squareRoot()
+    let small = W == 1 || T * nq * keyCount * d < 1 << 15
+    if T < blockedAttentionMinTokens {
+      let scores = try scratch.get("scores", floats: W * keyCount)
+      let items = T * nq
+      let attendItems: (Range<Int>, UnsafeMutablePointer<Float>) -> Void = { r, buffer in
+        for item in r {
+          let t = item / nq, head = item % nq, kvHead = head / group
+          ModelKernels.attendOne(q: q + t * ldq + head * d, keys: keys + kvHead * d, values: values + kvHead * d,
+                                 stride: kvWidth, last: start + t, d: d, scale: scale, scores: buffer,
+                                 out: out + t * ldo + head * d)
+        }
+      }
+      if small {
+        attendItems(0..<items, scores)
+      } else {
+        pool.run { w in
+          let lo = items * w / W, hi = items * (w + 1) / W
+          if hi > lo { attendItems(lo..<hi, scores + w * keyCount) }
+        }
+      }
+      return
+    }
+    // Items in order: query block b (tokens b * B ..< min(T, (b + 1) * B)), then kv head.
+    let B = Self.attentionBlockTokens(tokens: T, keys: keyCount, group: group, kvHeads: nkv, workers: W)
+    let blocks = (T + B - 1) / B, items = blocks * nkv
+    let perWorker = ModelKernels.attendBlockScratchFloats(count: B, group: group, first: keyCount - B, d: d)
+    let buffer = try scratch.get("attention", floats: W * perWorker)
+    let attendItems: (Range<Int>, UnsafeMutablePointer<Float>) -> Void = { r, work in
+      for item in r {
+        let b = item / nkv, g = item % nkv
+        let t0 = b * B, count = min(T, t0 + B) - t0
+        ModelKernels.attendBlock(q: q + t0 * ldq + g * group * d, ldq: ldq, group: group, count: count,
+                                 first: start + t0, keys: keys + g * d, values: values + g * d, stride: kvWidth,
+                                 d: d, scale: scale, out: out + t0 * ldo + g * group * d, ldo: ldo, scratch: work)
+      }
+    }
+    if small {
+      attendItems(0..<items, buffer)
+      return
+    }
+    // An item's cost grows with the positions its block sees.
+    let costs = (0..<items).map { item in
+      let t0 = item / nkv * B
+      return (min(T, t0 + B) - t0) * (start + min(T, t0 + B))
+    }
+    let bounds = Self.splitByCost(costs, parts: W)
+    pool.run { w in
+      if bounds[w + 1] > bounds[w] { attendItems(bounds[w]..<bounds[w + 1], buffer + w * perWorker) }
+    }
+  }
+
+  /// Query tokens per attendBlock call: 64, halved (not below 16) until every
+  /// worker has about two blocks and a block's scores fit in 1 MiB.
+  static func attentionBlockTokens(tokens T: Int, keys: Int, group: Int, kvHeads: Int, workers: Int) -> Int {
+    var b = 64
+    while b > 16 && (kvHeads * ((T + b - 1) / b) < 2 * workers || group * b * keys > 1 << 18) { b /= 2 }
+    return min(b, T)
+  }
+
+  /// Boundaries (parts + 1 of them) of contiguous runs of items with about
+  /// equal summed cost: part w is bounds[w] ..< bounds[w + 1].
+  static func splitByCost(_ costs: [Int], parts: Int) -> [Int] {
+    let total = max(costs.reduce(0, +), 1)
+    var bounds = [0], sum = 0, item = 0
+    for w in 1..<max(parts, 1) {
+      // Items whose cost starts before w / parts of the total belong to earlier parts.
+      while item < costs.count && sum * parts < w * total {
+        sum += costs[item]
+        item += 1
+      }
+      bounds.append(item)
+    }
+    bounds.append(costs.count)
+    return bounds
+  }
+
   /// Worker `worker`'s share of `count` columns or rows, split in 16-wide units.
   func unitRange(_ count: Int, worker: Int) -> Range<Int> {
     let units = (count + 15) / 16, W = workerCount
