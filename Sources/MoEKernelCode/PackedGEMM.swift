@@ -98,7 +98,10 @@ public enum PackedGEMM {
       return
     }
     let MR = gemmMR, NR = 2 * K.V.scalarCount
-    let kcMax = K.kc, mcMax = K.mc
+    // k in equal blocks of at most K.kc (multiples of 8): no short last block
+    // that would cost a full pass over C.
+    let kBlocks = (k + K.kc - 1) / K.kc
+    let kcMax = min(K.kc, ((k + kBlocks - 1) / kBlocks + 7) / 8 * 8), mcMax = K.mc
     let ncMax = min(gemmNC, (n + NR - 1) / NR * NR)
     guard let bufA = moe_thread_buffer(0, mcMax * kcMax), let bufB = moe_thread_buffer(1, ncMax * kcMax) else {
       // No memory for packing: the plain loop (slow, but an answer).
@@ -205,10 +208,18 @@ public enum PackedGEMM {
             for t in 0..<kc { panel[t * NR + j] = Float(bitPattern: UInt32(src[t]) << 16) }
           }
         } else {
-          let base = b.base.assumingMemoryBound(to: Float.self)
-          for j in 0..<cols {
-            let src = base + (j0 + j) * b.ld + r0
-            for t in 0..<kc { panel[t * NR + j] = src[t] }
+          // Inner index outer: each step writes one contiguous row of the panel and
+          // advances every stored row by one element.
+          let base = b.base.assumingMemoryBound(to: Float.self) + j0 * b.ld + r0
+          let ld = b.ld
+          var out = panel
+          for t in 0..<kc {
+            var src = base + t
+            for j in 0..<cols {
+              out[j] = src.pointee
+              src += ld
+            }
+            out += NR
           }
         }
       } else {

@@ -79,6 +79,43 @@ import MoEKernelCode
     #expect(worst <= 0, "\(what): error over tolerance by \(worst)")
   }
 
+  /// GEMM.aW as the layers call it: the streaming path for few tokens (<= 16) and
+  /// the packed path beyond, f32 and bf16 weights, set and accumulate.
+  @Test(arguments: [1, 3, 16, 17, 40], [DType.f32, .bf16])
+  func aWMatchesReference(tokens n: Int, dtype: DType) {
+    let k = 37, cols = 70, lda = k + 1, ldc = cols + 3, ldw = cols + 2
+    var rng = Rng(seed: UInt64(n * 3 + (dtype == .bf16 ? 1 : 0)))
+    let a = (0..<(n * lda)).map { _ in Float(rng.normal()) }
+    let wf = (0..<(k * ldw)).map { _ in Float(rng.normal()) }
+    let wb = wf.map(floatToBF16)
+    let c0 = (0..<(n * ldc)).map { _ in Float(rng.normal()) }
+    for accumulate in [false, true] {
+      var c = c0
+      let run: (UnsafeRawPointer) -> Void = { w in
+        a.withUnsafeBufferPointer { ap in c.withUnsafeMutableBufferPointer { cp in
+          GEMM.aW(n: n, cols: cols, k: k, a: ap.baseAddress!, lda: lda, w: WeightMatrix(base: w, dtype: dtype, ld: ldw),
+                  c: cp.baseAddress!, ldc: ldc, accumulate: accumulate, scratch: cp.baseAddress!, scratchFloats: 0)
+        } }
+      }
+      if dtype == .f32 { wf.withUnsafeBytes { run($0.baseAddress!) } } else { wb.withUnsafeBytes { run($0.baseAddress!) } }
+      for i in 0..<n {
+        for j in 0..<ldc {
+          guard j < cols else {
+            #expect(c[i * ldc + j] == c0[i * ldc + j], "n=\(n): wrote column \(j)")
+            continue
+          }
+          var s: Double = accumulate ? Double(c0[i * ldc + j]) : 0
+          for t in 0..<k {
+            let wv = dtype == .bf16 ? bf16ToFloat(wb[t * ldw + j]) : wf[t * ldw + j]
+            s += Double(a[i * lda + t]) * Double(wv)
+          }
+          #expect(abs(Double(c[i * ldc + j]) - s) <= 1e-4 * max(1, abs(s)),
+                  "n=\(n) \(dtype.name) accumulate=\(accumulate) [\(i), \(j)]: \(c[i * ldc + j]) vs \(s)")
+        }
+      }
+    }
+  }
+
   /// The same problem twice gives the same bits (fixed accumulation order).
   @Test(arguments: Kernels.availablePaths())
   func resultsAreRepeatable(path: KernelPath) {

@@ -73,6 +73,10 @@ enum GEMM {
                  w: WeightMatrix, c: UnsafeMutablePointer<Float>, ldc: Int,
                  accumulate: Bool, scratch: UnsafeMutablePointer<Float>, scratchFloats: Int) {
     guard n > 0, cols > 0 else { return }
+    if n <= smallGEMMTokenLimit, let row = moe_thread_buffer(3, cols) {
+      SmallGEMM.aW(n: n, cols: cols, k: k, a: a, lda: lda, w: w, c: c, ldc: ldc, accumulate: accumulate, row: row)
+      return
+    }
     Kernels.gemm(GEMMProblem(m: n, n: cols, k: k, a: MatrixOperand(base: a, ld: lda),
                              b: MatrixOperand(base: w.base, ld: w.ld, bf16: w.dtype == .bf16),
                              c: c, ldc: ldc, accumulate: accumulate))
@@ -257,6 +261,23 @@ enum SmallGEMM {
         }
         i += group
       }
+    }
+  }
+
+  /// c[n, cols] (+)= a[n, k] * w[k, cols] for few tokens: each weight row is read
+  /// once and added, scaled, to every token's output (bf16 rows widened into `row`).
+  static func aW(n: Int, cols: Int, k: Int, a: UnsafePointer<Float>, lda: Int, w: WeightMatrix,
+                 c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool, row: UnsafeMutablePointer<Float>) {
+    if !accumulate { for i in 0..<n { (c + i * ldc).update(repeating: 0, count: cols) } }
+    for t in 0..<k {
+      let src: UnsafePointer<Float>
+      if w.dtype == .bf16 {
+        widenBF16(w.bf16 + t * w.ld, row, count: cols)
+        src = UnsafePointer(row)
+      } else {
+        src = w.f32 + t * w.ld
+      }
+      for i in 0..<n { axpy(a[i * lda + t], src, c + i * ldc, cols) }
     }
   }
 
