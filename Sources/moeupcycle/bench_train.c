@@ -66,12 +66,15 @@ int cmd_bench_train(int argc, char **argv) {
   moe_runtime_info rinfo;
   memset(&rinfo, 0, sizeof rinfo);
   rinfo.struct_size = sizeof rinfo;
-  double seconds[2] = { 0, 0 }, loss[2] = { 0, 0 };
+  double seconds[2] = { 0, 0 }, loss[2] = { 0, 0 }, peak = 0;
   for (int m = 0; m < 2; m++) {
     moe_runtime *rt = NULL;
     moe_model *model = NULL;
     if (!open_model(paths[m], &mf, &rt, &model)) return 1;
     moe_runtime_get_info(&rinfo, rt);
+    /* The machine's f32 multiply-add ceiling, measured in the same run. */
+    moe_status st = m == 0 ? moe_runtime_measure_peak(rt, MOE_DTYPE_F32, 0.3, &peak) : MOE_OK;
+    if (st != MOE_OK) { moe_model_free(model); moe_runtime_free(rt); return fail(st); }
     moe_model_info info;
     memset(&info, 0, sizeof info);
     info.struct_size = sizeof info;
@@ -89,15 +92,20 @@ int cmd_bench_train(int argc, char **argv) {
     json_string(stdout, paths[1]);
     printf(", \"threads\": %u, \"batch\": %u, \"seq_len\": %u, \"steps\": %u,"
            " \"dense_step_s\": %.4f, \"moe_step_s\": %.4f, \"dense_tokens_per_second\": %.2f,"
-           " \"moe_tokens_per_second\": %.2f, \"moe_over_dense\": %.3f}\n",
+           " \"moe_tokens_per_second\": %.2f, \"moe_over_dense\": %.3f, \"peak_f32_gflops\": %.2f,"
+           " \"kernel_path\": ",
            rinfo.workers, tp.batch, tp.seq_len, steps, seconds[0], seconds[1], tokens / seconds[0],
-           tokens / seconds[1], seconds[1] / seconds[0]);
+           tokens / seconds[1], seconds[1] / seconds[0], peak);
+    json_string(stdout, rinfo.kernel_path);
+    printf("}\n");
   } else {
     printf("training step, batch %u x %u tokens, %u threads, mean of %u steps after a warm-up:\n", tp.batch,
            tp.seq_len, rinfo.workers, steps);
     printf("  dense %-40s %8.3f s/step  %8.1f tokens/s\n", paths[0], seconds[0], tokens / seconds[0]);
     printf("  MoE   %-40s %8.3f s/step  %8.1f tokens/s\n", paths[1], seconds[1], tokens / seconds[1]);
     printf("  MoE step / dense step: %.2fx\n", seconds[1] / seconds[0]);
+    printf("  kernels %s%s; f32 peak %.1f GFLOP/s measured on %u threads\n", rinfo.kernel_path,
+           rinfo.kernel_forced ? " (forced)" : "", peak, rinfo.workers);
   }
   return 0;
 }

@@ -309,3 +309,16 @@ def test_cli_train_stops_cleanly_on_a_signal(tiny, tmp_path, sig):
     assert sorted(x.name for x in tmp_path.iterdir()) == ["data.txt", "run", "run.jsonl"]
     ev = run("eval", out, "--data", data, "--seq-len", "16")
     assert ev.returncode == 0 and "perplexity" in ev.stdout
+
+
+def test_cli_bench_train(tiny, mixtral):
+    p = run("bench", "train", tiny, mixtral, "--batch", 2, "--seq-len", 16, "--steps", 2, "--json")
+    assert p.returncode == 0, p.stderr
+    j = json.loads(p.stdout)
+    assert (j["batch"], j["seq_len"], j["steps"]) == (2, 16, 2) and j["threads"] >= 1
+    assert j["dense_step_s"] > 0 and j["moe_step_s"] > 0
+    assert j["dense_tokens_per_second"] == pytest.approx(32 / j["dense_step_s"], rel=1e-2)
+    assert j["moe_over_dense"] == pytest.approx(j["moe_step_s"] / j["dense_step_s"], rel=1e-2)
+    assert j["peak_f32_gflops"] > 0 and j["kernel_path"] in ("avx512", "avx2", "portable", "openblas")
+    text = run("bench", "train", tiny, mixtral, "--batch", 2, "--seq-len", 16, "--steps", 1).stdout
+    assert "MoE step / dense step" in text and "f32 peak" in text
