@@ -175,9 +175,19 @@ public enum PackedGEMM {
       } else if !a.bf16 {
         // Transposed: the MR values of one inner index are contiguous.
         let base = a.base.assumingMemoryBound(to: Float.self)
-        for t in 0..<kc {
-          let src = base + (c0 + t) * a.ld + i0
-          for i in 0..<MR { panel[t * MR + i] = i < rows ? src[i] : 0 }
+        if rows == MR {
+          var src = base + c0 * a.ld + i0, out = panel
+          for _ in 0..<kc {
+            out[0] = src[0]; out[1] = src[1]; out[2] = src[2]
+            out[3] = src[3]; out[4] = src[4]; out[5] = src[5]
+            src += a.ld
+            out += MR
+          }
+        } else {
+          for t in 0..<kc {
+            let src = base + (c0 + t) * a.ld + i0
+            for i in 0..<MR { panel[t * MR + i] = i < rows ? src[i] : 0 }
+          }
         }
       } else {
         for t in 0..<kc {
