@@ -317,8 +317,11 @@ def test_cli_bench_train(tiny, mixtral):
     j = json.loads(p.stdout)
     assert (j["batch"], j["seq_len"], j["steps"]) == (2, 16, 2) and j["threads"] >= 1
     assert j["dense_step_s"] > 0 and j["moe_step_s"] > 0
-    assert j["dense_tokens_per_second"] == pytest.approx(32 / j["dense_step_s"], rel=1e-2)
-    assert j["moe_over_dense"] == pytest.approx(j["moe_step_s"] / j["dense_step_s"], rel=1e-2)
+    # Step times are printed to 0.1 ms (the tiny model's steps take about that long): the
+    # derived figures agree with them within that rounding.
+    tps, ratio = j["dense_tokens_per_second"], j["moe_over_dense"]
+    assert abs(tps * j["dense_step_s"] - 32) <= tps * 5e-5 + 0.32
+    assert abs(ratio * j["dense_step_s"] - j["moe_step_s"]) <= 5e-5 * (1 + ratio) + 1e-2 * j["moe_step_s"]
     assert j["peak_f32_gflops"] > 0 and j["kernel_path"] in ("avx512", "avx2", "portable", "openblas")
     text = run("bench", "train", tiny, mixtral, "--batch", 2, "--seq-len", 16, "--steps", 1).stdout
     assert "MoE step / dense step" in text and "f32 peak" in text
