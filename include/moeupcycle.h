@@ -82,8 +82,9 @@
  *    moe_runtime_describe() say which path runs and why. Results are
  *    bit-identical from run to run for a given path and thread count.
  *  - The library needs an x86-64-v3 CPU (AVX2, FMA, F16C); on an older one
- *    every function returns MOE_ERR_UNSUPPORTED with a message instead of
- *    running.
+ *    every function that returns a moe_status returns MOE_ERR_UNSUPPORTED
+ *    with a message instead of running (check one, e.g. moe_runtime_create,
+ *    before calling the name and free functions).
  *  - OpenBLAS (the "openblas" path): workers call single-threaded sgemm on
  *    their own tiles, so the library sets OpenBLAS to one thread
  *    (openblas_set_num_threads(1)) when a runtime is created and before each
