@@ -71,15 +71,36 @@ public struct GEMMProblem: @unchecked Sendable {
 /// What an instruction set provides to the shared kernels: a vector of floats
 /// and its multiply-add (fused where the ISA has FMA).
 public protocol KernelISA {
-  associatedtype V: SIMD where V.Scalar == Float
-  static func load(_ p: UnsafePointer<Float>) -> V
-  static func store(_ v: V, _ p: UnsafeMutablePointer<Float>)
+  associatedtype V: SIMD & BitwiseCopyable where V.Scalar == Float
   /// acc + a * b
   static func madd(_ acc: V, _ a: V, _ b: V) -> V
   /// Inner indices per packed block (B panel kc x NR stays in L1).
   static var kc: Int { get }
   /// Rows of A per packed block (mc x kc stays in L2); a multiple of gemmMR.
   static var mc: Int { get }
+}
+
+extension KernelISA {
+  /// The vector at p (any alignment).
+  @inlinable @inline(__always)
+  public static func load(_ p: UnsafePointer<Float>) -> V {
+    UnsafeRawPointer(p).loadUnaligned(as: V.self)
+  }
+
+  /// Stores v at p (any alignment).
+  @inlinable @inline(__always)
+  public static func store(_ v: V, _ p: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self)
+  }
+
+  /// The dispatch table of this instruction set: the shared kernels, specialized
+  /// (and so compiled) in the module that calls this with its own ISA.
+  @inlinable
+  public static func makeTable(name: String, fused: Bool) -> KernelTable {
+    KernelTable(name: name, width: V.scalarCount, fused: fused,
+                gemm: { PackedGEMM.run(Self.self, $0) },
+                fmaLoop: { FMALoop.run(Self.self, iterations: $0) })
+  }
 }
 
 /// Rows of the microkernel's tile; its columns are two vectors (NR = 2 * V.scalarCount).

@@ -5,20 +5,11 @@ import MoEKernelCode
 
 public enum AVX2Kernels: KernelISA {
   public typealias V = SIMD8<Float>
-  @inline(__always) public static func load(_ p: UnsafePointer<Float>) -> V {
-    UnsafeRawPointer(p).loadUnaligned(as: V.self)
-  }
-  @inline(__always) public static func store(_ v: V, _ p: UnsafeMutablePointer<Float>) {
-    UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self)
-  }
   @inline(__always) public static func madd(_ acc: V, _ a: V, _ b: V) -> V {
     acc.addingProduct(a, b)
   }
   public static var kc: Int { 256 }
   public static var mc: Int { 144 }
 
-  public static let table = KernelTable(
-    name: "avx2", width: 8, fused: true,
-    gemm: { PackedGEMM.run(AVX2Kernels.self, $0) },
-    fmaLoop: { FMALoop.run(AVX2Kernels.self, iterations: $0) })
+  public static let table = makeTable(name: "avx2", fused: true)
 }

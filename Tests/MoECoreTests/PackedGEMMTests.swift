@@ -94,7 +94,7 @@ import MoEKernelCode
       let run: (UnsafeRawPointer) -> Void = { w in
         a.withUnsafeBufferPointer { ap in c.withUnsafeMutableBufferPointer { cp in
           GEMM.aW(n: n, cols: cols, k: k, a: ap.baseAddress!, lda: lda, w: WeightMatrix(base: w, dtype: dtype, ld: ldw),
-                  c: cp.baseAddress!, ldc: ldc, accumulate: accumulate, scratch: cp.baseAddress!, scratchFloats: 0)
+                  c: cp.baseAddress!, ldc: ldc, accumulate: accumulate)
         } }
       }
       if dtype == .f32 { wf.withUnsafeBytes { run($0.baseAddress!) } } else { wb.withUnsafeBytes { run($0.baseAddress!) } }

@@ -65,12 +65,6 @@ public struct CPUInfo: Sendable {
     guard let need = path.requirement else { return (true, "") }
     return (bits & need.bits == need.bits, need.name)
   }
-
-  /// Whether the CPU runs the core as built for x86-64-v3.
-  public var hasX86_64_V3: Bool {
-    let need = UInt32(MOE_CPU_AVX2.rawValue | MOE_CPU_FMA.rawValue | MOE_CPU_F16C.rawValue)
-    return bits & need == need
-  }
 }
 
 /// The kernel path in use, and why.

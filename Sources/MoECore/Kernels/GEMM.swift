@@ -70,8 +70,7 @@ enum GEMM {
 
   /// c[n, cols] (ldc) = a[n, k] (lda) * w[k, cols] (w rows are k), or += when accumulate.
   static func aW(n: Int, cols: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
-                 w: WeightMatrix, c: UnsafeMutablePointer<Float>, ldc: Int,
-                 accumulate: Bool, scratch: UnsafeMutablePointer<Float>, scratchFloats: Int) {
+                 w: WeightMatrix, c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
     guard n > 0, cols > 0 else { return }
     if n <= smallGEMMTokenLimit, let row = moe_thread_buffer(3, cols) {
       SmallGEMM.aW(n: n, cols: cols, k: k, a: a, lda: lda, w: w, c: c, ldc: ldc, accumulate: accumulate, row: row)

@@ -176,6 +176,27 @@ func axpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<F
 
 // MARK: - Finiteness
 
+/// The largest of `n` floats (n > 0) and whether all of them are finite, in one
+/// pass: x - x is 0 for a finite x and NaN otherwise.
+@inline(__always)
+func maxAndFinite(_ v: UnsafePointer<Float>, _ n: Int) -> (max: Float, finite: Bool) {
+  var top = Vec16(repeating: -.infinity), acc = Vec16()
+  var j = 0
+  while j + 16 <= n {
+    let x = load16(v + j)
+    top = max16(top, x)
+    acc += x - x
+    j += 16
+  }
+  var m = top.max(), check = acc.sum()
+  while j < n {
+    m = max(m, v[j])
+    check += v[j] - v[j]
+    j += 1
+  }
+  return (m, check == 0)
+}
+
 /// Index of the first NaN or infinity among `n` floats; nil when all are finite.
 /// x - x is 0 for a finite x and NaN otherwise, so one sum per block tells
 /// whether the block needs a closer look.

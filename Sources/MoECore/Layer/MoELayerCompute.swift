@@ -264,8 +264,7 @@ extension MoELayer {
       let gradUp = e < E ? gUp + e * F * H : gSharedUp
       GEMM.atB(n: n, m: H, cols: cols, a: dY, lda: H, b: act.a + f0, ldb: act.ld, c: gradDown + f0, ldc: Fe)
       GEMM.aW(n: n, cols: cols, k: H, a: dY, lda: H, w: view.down.offset(row: 0, col: range.lowerBound),
-              c: act.a + f0, ldc: act.ld, accumulate: false,
-              scratch: self.workerScratch[w].pointer, scratchFloats: self.workerScratchFloats)
+              c: act.a + f0, ldc: act.ld, accumulate: false)
       for i in 0..<n {
         let o = i * act.ld + f0
         swigluBackward(gate: act.g + o, up: act.u + o, gradOut: act.a + o, count: cols)
@@ -280,13 +279,10 @@ extension MoELayer {
       let e = view.expert, n = layout.rowCount[e]
       let act = layout.activations(e)
       let target = (split ? partial[s] : xp) + layout.rowStart[e] * H + range.lowerBound
-      let ws = self.workerScratch[w].pointer, wsn = self.workerScratchFloats
       GEMM.aW(n: n, cols: range.count, k: view.ffn.count, a: act.g + view.ffn.lowerBound, lda: act.ld,
-              w: view.gate.offset(row: 0, col: range.lowerBound), c: target, ldc: H, accumulate: false,
-              scratch: ws, scratchFloats: wsn)
+              w: view.gate.offset(row: 0, col: range.lowerBound), c: target, ldc: H, accumulate: false)
       GEMM.aW(n: n, cols: range.count, k: view.ffn.count, a: act.u + view.ffn.lowerBound, lda: act.ld,
-              w: view.up.offset(row: 0, col: range.lowerBound), c: target, ldc: H, accumulate: true,
-              scratch: ws, scratchFloats: wsn)
+              w: view.up.offset(row: 0, col: range.lowerBound), c: target, ldc: H, accumulate: true)
     }
 
     // B3: per token: routing backward to dLogits; dx = sum of its rows' dx (fixed

@@ -238,23 +238,8 @@ extension DecoderModel {
 /// log(sum(exp(v))) over n floats, with SIMD exp; NaN when any value is NaN
 /// or infinite (exp16 clamps its input, so the sum alone would not show it).
 func logSumExp(_ v: UnsafePointer<Float>, _ n: Int) -> Float {
-  var top = Vec16(repeating: -.infinity)
-  var finite = Vec16()  // x - x: 0 for a finite x, NaN otherwise
-  var j = 0
-  while j + 16 <= n {
-    let x = load16(v + j)
-    top = max16(top, x)
-    finite += x - x
-    j += 16
-  }
-  var m = top.max()
-  var check = finite.sum()
-  while j < n {
-    m = max(m, v[j])
-    check += v[j] - v[j]
-    j += 1
-  }
-  guard check == 0 else { return .nan }
+  let (m, finite) = maxAndFinite(v, n)
+  guard finite else { return .nan }
   var acc = Vec16()
   let mv = Vec16(repeating: m)
   var i = 0

@@ -87,25 +87,11 @@ enum ModelKernels {
     for r in 0..<rows {
       let row = s + r * ldS
       let n = first + r % count + 1   // positions this row sees
-      // Row maximum, and x - x summed: 0 when every score is finite, else NaN.
-      var top = Vec16(repeating: -.infinity), finite = Vec16()
-      var c = 0
-      while c + 16 <= n {
-        let x = load16(row + c)
-        top = max16(top, x)
-        finite += x - x
-        c += 16
-      }
-      var m = top.max(), check = finite.sum()
-      while c < n {
-        m = max(m, row[c])
-        check += row[c] - row[c]
-        c += 1
-      }
+      let (m, finite) = maxAndFinite(row, n)
       // P = exp(scale * (S - max)) over the visible positions, 0 beyond them.
       let mv = Vec16(repeating: m)
       var sum = Vec16()
-      c = 0
+      var c = 0
       while c + 16 <= n {
         let e = exp16((load16(row + c) - mv) * scaleV)
         store16(e, row + c)
@@ -122,11 +108,11 @@ enum ModelKernels {
         store16(Vec16(), row + c)
         c += 16
       }
-      inv[r] = check == 0 ? 1 / sum.sum() : .nan
+      inv[r] = finite ? 1 / sum.sum() : .nan
     }
-    // O = P V; Q's space is free now and serves as the product's scratch.
+    // O = P V.
     GEMM.aW(n: rows, cols: d, k: keyCount, a: s, lda: ldS, w: WeightMatrix(base: values, dtype: .f32, ld: stride),
-            c: o, ldc: d, accumulate: false, scratch: qs, scratchFloats: rows * d)
+            c: o, ldc: d, accumulate: false)
     for r in 0..<rows {
       let j = r / count, i = r % count
       let src = o + r * d, dst = out + i * ldo + j * d

@@ -194,8 +194,7 @@ extension DecoderModel {
       }
       // dW_lm += dlogits^T h;  dh = dlogits W_lm
       Self.addWeightGradient(runtime, dY: logits, x: hFinal + r0 * H, tokens: n, rows: V, cols: H, into: lmGrad)
-      Self.addInputGradient(runtime, dY: logits, w: lmHead, tokens: n, into: dh + r0 * H, scratch: workerScratch,
-                            scratchFloats: workerScratchFloats)
+      Self.addInputGradient(runtime, dY: logits, w: lmHead, tokens: n, into: dh + r0 * H)
       r0 = r1
     }
     // Final norm backward.
@@ -220,12 +219,10 @@ extension DecoderModel {
         let dact = try buf("dact", T * F)
         memset(dact, 0, T * F * 4)
         memset(dh, 0, T * H * 4)
-        Self.addInputGradient(runtime, dY: dx, w: down, tokens: T, into: dact, scratch: workerScratch,
-                              scratchFloats: workerScratchFloats)
+        Self.addInputGradient(runtime, dY: dx, w: down, tokens: T, into: dact)
         for t in 0..<T { swigluBackward(gate: gu + t * 2 * F, up: gu + t * 2 * F + F, gradOut: dact + t * F, count: F) }
         Self.addWeightGradient(runtime, dY: gu, x: h, tokens: T, rows: 2 * F, cols: H, into: gGU)
-        Self.addInputGradient(runtime, dY: gu, w: gateUp, tokens: T, into: dh, scratch: workerScratch,
-                              scratchFloats: workerScratchFloats)
+        Self.addInputGradient(runtime, dY: gu, w: gateUp, tokens: T, into: dh)
       }
       for t in 0..<T {
         Self.rmsNormBackward(s.xMid + t * H, layer.postNorm.pointer, dh + t * H, dx + t * H, g.postNorm.pointer, H, eps: eps)
@@ -233,8 +230,7 @@ extension DecoderModel {
       // Attention: x_mid = x_in + O(attn(rope(qkv(rms(x_in))))).
       Self.addWeightGradient(runtime, dY: dx, x: s.attn, tokens: T, rows: H, cols: nq * hd, into: g.output)
       memset(dattn, 0, T * nq * hd * 4)
-      Self.addInputGradient(runtime, dY: dx, w: layer.output, tokens: T, into: dattn, scratch: workerScratch,
-                            scratchFloats: workerScratchFloats)
+      Self.addInputGradient(runtime, dY: dx, w: layer.output, tokens: T, into: dattn)
       memset(dqkv, 0, T * qkvWidth * 4)
       // dq per query head; dk and dv summed over the heads of a group, so
       // the heads of one KV group run on one worker.
@@ -275,8 +271,7 @@ extension DecoderModel {
       Self.addWeightGradient(runtime, dY: dqkv, x: h, tokens: T, rows: qkvWidth, cols: H, into: g.qkv)
       if let gb = g.qkvBias { for t in 0..<T { axpy(1, dqkv + t * qkvWidth, gb.pointer, qkvWidth) } }
       memset(dh, 0, T * H * 4)
-      Self.addInputGradient(runtime, dY: dqkv, w: layer.qkv, tokens: T, into: dh, scratch: workerScratch,
-                            scratchFloats: workerScratchFloats)
+      Self.addInputGradient(runtime, dY: dqkv, w: layer.qkv, tokens: T, into: dh)
       for t in 0..<T {
         Self.rmsNormBackward(s.xIn + t * H, layer.inputNorm.pointer, dh + t * H, dx + t * H, g.inputNorm.pointer, H, eps: eps)
       }
@@ -298,13 +293,13 @@ extension DecoderModel {
 
   /// dX[T, cols] += dY[T, rows] w[rows, cols], columns split over the workers.
   static func addInputGradient(_ runtime: Runtime, dY: UnsafePointer<Float>, w: DenseWeight, tokens T: Int,
-                               into dX: UnsafeMutablePointer<Float>, scratch: [AlignedBuffer], scratchFloats: Int) {
+                               into dX: UnsafeMutablePointer<Float>) {
     let matrix = w.matrix
     runtime.pool.run { worker in
       let r = runtime.unitRange(w.cols, worker: worker), lo = r.lowerBound, hi = r.upperBound
       guard hi > lo else { return }
       GEMM.aW(n: T, cols: hi - lo, k: w.rows, a: dY, lda: w.rows, w: matrix.offset(row: 0, col: lo), c: dX + lo,
-              ldc: w.cols, accumulate: true, scratch: scratch[worker].pointer, scratchFloats: scratchFloats)
+              ldc: w.cols, accumulate: true)
     }
   }
 
