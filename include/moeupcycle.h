@@ -1115,7 +1115,7 @@ typedef enum moe_nonfinite {
 } moe_nonfinite;
 
 /** How a trainer trains. First version: 0.1.0 (fields up to eval_windows);
- *  0.2.0 appended on_nonfinite. */
+ *  0.2.0 appended on_nonfinite; 0.4.0 appended micro_batch and recompute. */
 typedef struct moe_trainer_params {
   /** sizeof(moe_trainer_params); set by moe_trainer_params_init(). */
   size_t struct_size;
@@ -1123,8 +1123,8 @@ typedef struct moe_trainer_params {
    *  activations of one sequence must fit in memory). Default 256. */
   uint32_t seq_len;
   /** Sequences per step; gradients are accumulated over them. At least 1;
-   *  batch * seq_len at most 2^20 tokens per step (sequences run one after
-   *  another: a larger step would take hours). Default 4. */
+   *  batch * seq_len at most 2^20 tokens per step (a larger step would take
+   *  hours). Default 4. */
   uint32_t batch;
   /** Total steps (for the schedule), 1..2^24 (AdamW's bias correction counts
    *  steps in f32). Default 100. */
@@ -1164,6 +1164,17 @@ typedef struct moe_trainer_params {
   /* ---- 0.2.0 ---- */
   /** Default MOE_NONFINITE_ERROR. */
   moe_nonfinite on_nonfinite;
+  /* ---- 0.4.0 ---- */
+  /** Sequences per forward/backward pass, 0..batch; 0 (default) = the whole
+   *  batch in one pass. Every projection and MoE layer sees all of a pass's
+   *  tokens at once; a smaller micro-batch bounds the activations' memory
+   *  (the passes' gradients add up to the batch's; the MoE balance and
+   *  z-losses are computed per pass). */
+  uint32_t micro_batch;
+  /** Nonzero: keep only each decoder block's input in the forward and
+   *  recompute the block during backward (less memory, about a third more
+   *  time). Default 0. */
+  int32_t recompute;
 } moe_trainer_params;
 
 /** Fill `params` with defaults, writing `struct_size` bytes. Returns MOE_OK,

@@ -171,7 +171,7 @@ extension moe_generate_result: VersionedStruct {
 
 extension moe_trainer_params: ParameterStruct {
   static let cName = "moe_trainer_params"
-  /// 0.2.0 appended on_nonfinite.
+  /// 0.2.0 appended on_nonfinite; 0.4.0 micro_batch and recompute.
   static var firstVersionSize: Int { MemoryLayout<Self>.offset(of: \.on_nonfinite)! }
   static var defaults: moe_trainer_params {
     let d = TrainerOptions()
@@ -197,6 +197,8 @@ extension moe_trainer_params: ParameterStruct {
     p.eval_windows = UInt32(d.evalWindows)
     p.reserved0 = 0
     p.on_nonfinite = MOE_NONFINITE_ERROR
+    p.micro_batch = UInt32(d.microBatch)
+    p.recompute = d.recompute ? 1 : 0
     return p
   }
 }

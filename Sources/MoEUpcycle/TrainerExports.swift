@@ -31,6 +31,8 @@ func trainerOptions(_ params: UnsafePointer<moe_trainer_params>?) throws -> Trai
   o.evalFraction = p.eval_fraction
   o.evalWindows = Int(p.eval_windows)
   o.onNonFinite = try coreEnum(p.on_nonfinite, NonFinitePolicy.self, "params->on_nonfinite")
+  o.microBatch = Int(p.micro_batch)
+  o.recompute = p.recompute != 0
   return o
 }
 

@@ -19,6 +19,10 @@ static void train_usage(FILE *out) {
     "  --steps N            total steps (default 100)\n"
     "  --batch B            sequences per step (default 4)\n"
     "  --seq-len T          tokens per sequence (default 256)\n"
+    "  --micro-batch M      sequences per forward/backward pass (default 0: the\n"
+    "                       whole batch); smaller bounds the activations' memory\n"
+    "  --recompute          recompute each block's activations in backward\n"
+    "                       (less memory, about a third more time)\n"
     "  --lr LR              peak learning rate (default 2e-4)\n"
     "  --min-lr LR          final learning rate of the cosine (default 2e-5)\n"
     "  --warmup N           linear warmup steps (default 0)\n"
@@ -136,6 +140,8 @@ int cmd_train(int argc, char **argv) {
     OPT_U32("--steps", &tp.steps),
     OPT_U32("--batch", &tp.batch),
     OPT_U32("--seq-len", &tp.seq_len),
+    OPT_U32("--micro-batch", &tp.micro_batch),
+    OPT_FLAG("--recompute", &tp.recompute),
     OPT_U32("--warmup", &tp.warmup),
     OPT_FLOAT("--lr", &tp.lr),
     OPT_FLOAT("--min-lr", &tp.min_lr),

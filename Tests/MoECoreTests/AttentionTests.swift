@@ -75,7 +75,7 @@ import Glibc
       try q.withUnsafeBufferPointer { qp in try keys.withUnsafeBufferPointer { kp in
         try values.withUnsafeBufferPointer { vp in try out.withUnsafeMutableBufferPointer { op in
           try runtime.causalAttention(q: qp.baseAddress!, ldq: nq * d, keys: kp.baseAddress!, values: vp.baseAddress!,
-                                      out: op.baseAddress!, ldo: nq * d, tokens: T, start: start, heads: nq,
+                                      kvStride: nkv * d, out: op.baseAddress!, ldo: nq * d, tokens: T, start: start, heads: nq,
                                       kvHeads: nkv, headDim: d, scratch: scratch)
         } }
       } }

@@ -109,8 +109,9 @@ import Glibc
     m.layers.compactMap { $0.moe?.denseRoutingWeights().map { $0 != 0 } }
   }
 
-  @Test(arguments: [("llama", true, false), ("llama", false, false), ("qwen2", false, true), ("mixtral", true, false)])
-  func backwardMatchesFiniteDifferences(arch: String, tied: Bool, bias: Bool) throws {
+  @Test(arguments: [("llama", true, false, false), ("llama", false, false, true), ("qwen2", false, true, false),
+                     ("mixtral", true, false, false), ("mixtral", false, false, true)])
+  func backwardMatchesFiniteDifferences(arch: String, tied: Bool, bias: Bool, recompute: Bool) throws {
     let dir = "/tmp/moeupcycle-grad-\(getpid())-\(arch)-\(tied)"
     FileSystem.removeTree(dir)
     defer { FileSystem.removeTree(dir) }
@@ -120,12 +121,13 @@ import Glibc
     options.weightDType = .f32
     let model = try DecoderModel(path: dir, runtime: runtime, options: options)
     for l in model.layers { try l.moe?.setLossCoefficients(balance: 0, z: 0) }
-    let tokens: [Int32] = [3, 17, 5, 39, 0, 22, 8, 8, 31]
+    // Two sequences of 6 tokens (each predicting 5) in one pass.
+    let tokens: [Int32] = [3, 17, 5, 39, 0, 22, 8, 8, 31, 12, 1, 30]
     let grads = try DecoderGradients(model: model)
-    _ = try model.accumulateGradients(tokens: tokens, lossScale: 1, grads: grads)
+    _ = try model.accumulateGradients(tokens: tokens, sequences: 2, lossScale: 1, grads: grads, recompute: recompute)
     let scratchGrads = try DecoderGradients(model: model)
     func loss() throws -> Double {
-      try model.accumulateGradients(tokens: tokens, lossScale: 0, grads: scratchGrads)
+      try model.accumulateGradients(tokens: tokens, sequences: 2, lossScale: 0, grads: scratchGrads, recompute: recompute)
     }
     let base = Self.routingPattern(model)
     var rng = Rng(seed: 11)

@@ -60,14 +60,16 @@ public final class DecoderModel: @unchecked Sendable {
   let workerScratch: [AlignedBuffer]
   let workerScratchFloats: Int
   let scratch = ScratchSet()
+  /// Activations and work buffers of training passes.
+  let trainScratch = ScratchSet()
   /// Per layer K and V caches: [capacity, nkv * d].
   var keyCache: [AlignedBuffer] = []
   var valueCache: [AlignedBuffer] = []
   var cacheCapacity = 0
   /// Tokens per expert summed over forwards since the last reset, per MoE layer.
-  public private(set) var routerCounts: [[Int]]
-  public private(set) var routerBalanceSum: Double = 0
-  public private(set) var routerForwards = 0
+  public internal(set) var routerCounts: [[Int]]
+  public internal(set) var routerBalanceSum: Double = 0
+  public internal(set) var routerForwards = 0
 
   public init(checkpoint ckpt: Checkpoint, runtime: Runtime, options: ModelLoadOptions = ModelLoadOptions()) throws {
     let d = ckpt.description
@@ -252,7 +254,7 @@ public final class DecoderModel: @unchecked Sendable {
   /// after the final norm (valid until the next call).
   func forwardHidden(_ tokens: UnsafeBufferPointer<Int32>, start: Int) throws -> UnsafeMutablePointer<Float> {
     let d = description
-    let T = tokens.count, H = d.hiddenSize, hd = d.headDim, nq = d.numHeads, nkv = d.numKVHeads
+    let T = tokens.count, H = d.hiddenSize
     guard start >= 0, start + T <= contextLength else {
       throw MoEError.invalid("\(start + T) positions exceed the context length \(contextLength)")
     }
@@ -263,66 +265,12 @@ public final class DecoderModel: @unchecked Sendable {
     rotary.ensure(start + T)
     Runtime.keepBLASSingleThreaded()
     let x = try scratch.get("x", floats: T * H)
-    let h = try scratch.get("h", floats: T * H)
-    let qkvWidth = (nq + 2 * nkv) * hd
-    let qkv = try scratch.get("qkv", floats: T * qkvWidth)
-    let attn = try scratch.get("attn", floats: T * nq * hd)
-    let ffnOut = try scratch.get("ffn_out", floats: T * H)
-    let widestFFN = layers.compactMap { $0.gateUp?.rows }.max() ?? 0
-    let gu = try scratch.get("gate_up", floats: T * widestFFN)
-    let act = try scratch.get("act", floats: T * widestFFN / 2)
-    let eps = Float(d.rmsNormEps)
-    let kvWidth = nkv * hd
-
+    let hidden = try scratch.get("final_hidden", floats: T * H)
     for t in 0..<T { embedding.row(Int(tokens[t]), into: x + t * H) }
-    for (l, layer) in layers.enumerated() {
-      runtime.parallelFor(T, costPerItem: H) { r in
-        for t in r { ModelKernels.rmsNorm(x + t * H, layer.inputNorm.pointer, h + t * H, H, eps: eps) }
-      }
-      runtime.linear(h, tokens: T, layer.qkv, qkv, scratch: workerScratch, scratchFloats: workerScratchFloats)
-      // Rotary embeddings on q and k; k and v into the cache.
-      let keys = keyCache[l].pointer, values = valueCache[l].pointer
-      runtime.parallelFor(T, costPerItem: qkvWidth) { r in
-        for t in r {
-          let row = qkv + t * qkvWidth
-          self.rotary.withRow(start + t) { c, s in
-            for head in 0..<(nq + nkv) { ModelKernels.rope(row + head * hd, hd, cos: c, sin: s) }
-          }
-          (keys + (start + t) * kvWidth).update(from: row + nq * hd, count: kvWidth)
-          (values + (start + t) * kvWidth).update(from: row + (nq + nkv) * hd, count: kvWidth)
-        }
-      }
-      try runtime.causalAttention(q: qkv, ldq: qkvWidth, keys: keys, values: values, out: attn, ldo: nq * hd,
-                                  tokens: T, start: start, heads: nq, kvHeads: nkv, headDim: hd, scratch: scratch)
-      runtime.linear(attn, tokens: T, layer.output, ffnOut, scratch: workerScratch, scratchFloats: workerScratchFloats)
-      runtime.parallelFor(T, costPerItem: 2 * H) { r in
-        for t in r {
-          axpy(1, ffnOut + t * H, x + t * H, H)
-          ModelKernels.rmsNorm(x + t * H, layer.postNorm.pointer, h + t * H, H, eps: eps)
-        }
-      }
-      if let moe = layer.moe {
-        try moe.forward(x: h, tokens: T, out: ffnOut, save: false, training: false)
-        let stats = moe.stats
-        for e in stats.tokensPerExpert.indices { routerCounts[l][e] += stats.tokensPerExpert[e] }
-        routerBalanceSum += Double(stats.losses.balance)
-        routerForwards += 1
-      } else if let gateUp = layer.gateUp, let down = layer.down {
-        let F = gateUp.rows / 2
-        runtime.linear(h, tokens: T, gateUp, gu, scratch: workerScratch, scratchFloats: workerScratchFloats)
-        runtime.parallelFor(T, costPerItem: F) { r in
-          for t in r { swigluForward(gate: gu + t * 2 * F, up: gu + t * 2 * F + F, out: act + t * F, count: F) }
-        }
-        runtime.linear(act, tokens: T, down, ffnOut, scratch: workerScratch, scratchFloats: workerScratchFloats)
-      }
-      runtime.parallelFor(T, costPerItem: H) { r in
-        for t in r { axpy(1, ffnOut + t * H, x + t * H, H) }
-      }
-    }
-    runtime.parallelFor(T, costPerItem: H) { r in
-      for t in r { ModelKernels.rmsNorm(x + t * H, self.finalNorm.pointer, h + t * H, H, eps: eps) }
-    }
-    return h
+    let batch = TokenBatch(sequences: 1, length: T, start: start, cached: true)
+    for l in layers.indices { try layerForward(l, x: x, batch: batch, training: false, keep: nil, buffers: scratch) }
+    rmsNormRows(x, finalNorm.pointer, hidden, rows: T, eps: Float(d.rmsNormEps))
+    return hidden
   }
 
   /// Logits [rows.count, V] of hidden rows `rows` of `hidden` [T, H].

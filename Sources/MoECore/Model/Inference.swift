@@ -75,27 +75,22 @@ extension DecoderModel {
     let started = monotonicSeconds()
     var result = EvalResult()
     var nllSum: Double = 0
-    let V = vocabSize
-    let chunk = 32
-    let logits = try scratch.get("eval_logits", floats: chunk * V)
+    let losses = try scratch.get("eval_losses", floats: seqLen)
     var start = 0
     while start + 1 < tokens.count {
       let end = min(start + seqLen, tokens.count)
       let window = Array(tokens[start..<end])
       let hidden = try window.withUnsafeBufferPointer { try forwardHidden($0, start: 0) }
-      var r0 = 0
-      while r0 < window.count - 1 {
-        let r1 = min(window.count - 1, r0 + chunk)
-        self.logits(hidden: hidden, rows: r0..<r1, into: logits)
-        for i in r0..<r1 {
-          let row = logits + (i - r0) * V
-          nllSum += Double(logSumExp(row, V) - row[Int(window[i + 1])])
-        }
-        // logSumExp is NaN for non-finite logits, so one check per chunk finds them.
-        guard nllSum.isFinite else {
-          throw MoEError.nonFinite("evaluation: the model's logits are not finite (NaN or infinite) in window \(result.windows + 1), tokens \(start + r0)..<\(start + r1): \(nonFiniteCause())")
-        }
-        r0 = r1
+      let scored = window.count - 1
+      try window.withUnsafeBufferPointer { w in
+        try crossEntropy(hidden: hidden, rows: scored, targets: w.baseAddress! + 1, lossScale: 0, losses: losses,
+                         dHidden: nil, headGradient: nil, buffers: scratch)
+      }
+      for i in 0..<scored { nllSum += Double(losses[i]) }
+      // A row's loss is NaN when its logits are not finite.
+      guard nllSum.isFinite else {
+        let bad = (0..<scored).first { !losses[$0].isFinite } ?? 0
+        throw MoEError.nonFinite("evaluation: the model's logits are not finite (NaN or infinite) in window \(result.windows + 1), token \(start + bad): \(nonFiniteCause())")
       }
       result.tokensScored += window.count - 1
       result.windows += 1

@@ -65,10 +65,13 @@ enum ModelKernels {
   /// output NaN, as attendOne does; a non-finite value row of a later token of
   /// the block can reach earlier rows of that block (0 * NaN in the product),
   /// which are then non-finite too.
+  /// With `lse`, the log-sum-exp of each row's scaled scores (what backward
+  /// needs to rebuild the probabilities) goes to lse[j * ldLSE + i].
   /// scratch: attendBlockScratchFloats(count:group:first:d:) floats, 64-byte aligned.
   static func attendBlock(q: UnsafePointer<Float>, ldq: Int, group: Int, count: Int, first: Int,
                           keys: UnsafePointer<Float>, values: UnsafePointer<Float>, stride: Int, d: Int,
                           scale: Float, out: UnsafeMutablePointer<Float>, ldo: Int,
+                          lse: UnsafeMutablePointer<Float>? = nil, ldLSE: Int = 0,
                           scratch: UnsafeMutablePointer<Float>) {
     guard count > 0, group > 0 else { return }
     let layout = AttendBlockLayout(count: count, group: group, first: first, d: d)
@@ -108,7 +111,9 @@ enum ModelKernels {
         store16(Vec16(), row + c)
         c += 16
       }
-      inv[r] = finite ? 1 / sum.sum() : .nan
+      let total = sum.sum()
+      inv[r] = finite ? 1 / total : .nan
+      if let lse { lse[r / count * ldLSE + r % count] = finite ? m * scale + logf(total) : .nan }
     }
     // O = P V.
     GEMM.aW(n: rows, cols: d, k: keyCount, a: s, lda: ldS, w: WeightMatrix(base: values, dtype: .f32, ld: stride),
@@ -241,32 +246,39 @@ let blockedAttentionMinTokens = 16
 
 extension Runtime {
   /// Causal self-attention of T new tokens at positions start ..< start + T
-  /// over a KV cache that already holds positions 0 ..< start + T. Query of
-  /// token t, head h: q + t * ldq + h * d; key and value of position p, kv
-  /// head g: keys/values + p * kvHeads * d + g * d; output of token t, head h:
-  /// out + t * ldo + h * d. Fewer than blockedAttentionMinTokens tokens
-  /// (decode) run attendOne per (token, head); more run attendBlock per
-  /// (query block, kv head), split over the workers in a fixed order by cost,
-  /// so a given thread count always gives the same bits.
+  /// over keys and values that already hold positions 0 ..< start + T, for
+  /// `sequences` independent sequences. Query of token t, head h of sequence
+  /// s: q + (s * T + t) * ldq + h * d; key and value of its position p, kv head
+  /// g: keys/values + (s * (start + T) + p) * kvStride + g * d (a KV cache has
+  /// kvStride = kvHeads * d; a training pass reads them from its fused q/k/v
+  /// rows); output: out + (s * T + t) * ldo + h * d. With `lse` (training),
+  /// the log-sum-exp of every query row's scaled scores goes to
+  /// lse[(s * heads + h) * T + t]. Fewer than blockedAttentionMinTokens
+  /// tokens without `lse` (decode) run attendOne per (token, head); others run
+  /// attendBlock per (sequence, query block, kv head), split over the workers
+  /// in a fixed order by cost, so a given thread count always gives the same bits.
   func causalAttention(q: UnsafePointer<Float>, ldq: Int, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
-                       out: UnsafeMutablePointer<Float>, ldo: Int, tokens T: Int, start: Int,
-                       heads nq: Int, kvHeads nkv: Int, headDim d: Int, scratch: ScratchSet) throws {
-    guard nq > 0, nkv > 0, nq % nkv == 0, d > 0, start >= 0 else {
+                       kvStride: Int, out: UnsafeMutablePointer<Float>, ldo: Int, tokens T: Int, start: Int,
+                       sequences: Int = 1, heads nq: Int, kvHeads nkv: Int, headDim d: Int,
+                       lse: UnsafeMutablePointer<Float>? = nil, scratch: ScratchSet) throws {
+    guard nq > 0, nkv > 0, nq % nkv == 0, d > 0, start >= 0, sequences >= 1, kvStride >= nkv * d else {
       throw MoEError.invalid("attention: \(nq) query heads over \(nkv) KV heads of dimension \(d) from position \(start)")
     }
     guard T > 0 else { return }
-    let W = workerCount, keyCount = start + T, kvWidth = nkv * d, group = nq / nkv
+    let W = workerCount, keyCount = start + T, group = nq / nkv
     let scale = 1 / Float(d).squareRoot()
-    let small = W == 1 || T * nq * keyCount * d < 1 << 15
-    if T < blockedAttentionMinTokens {
+    let small = W == 1 || sequences * T * nq * keyCount * d < 1 << 15
+    if T < blockedAttentionMinTokens && lse == nil {
       let scores = try scratch.get("scores", floats: W * keyCount)
-      let items = T * nq
+      let items = sequences * T * nq
       let attendItems: (Range<Int>, UnsafeMutablePointer<Float>) -> Void = { r, buffer in
         for item in r {
-          let t = item / nq, head = item % nq, kvHead = head / group
-          ModelKernels.attendOne(q: q + t * ldq + head * d, keys: keys + kvHead * d, values: values + kvHead * d,
-                                 stride: kvWidth, last: start + t, d: d, scale: scale, scores: buffer,
-                                 out: out + t * ldo + head * d)
+          let row = item / nq, head = item % nq, kvHead = head / group
+          let s = row / T, t = row % T
+          let k = keys + s * keyCount * kvStride + kvHead * d, v = values + s * keyCount * kvStride + kvHead * d
+          ModelKernels.attendOne(q: q + row * ldq + head * d, keys: k, values: v,
+                                 stride: kvStride, last: start + t, d: d, scale: scale, scores: buffer,
+                                 out: out + row * ldo + head * d)
         }
       }
       if small {
@@ -279,18 +291,20 @@ extension Runtime {
       }
       return
     }
-    // Items in order: query block b (tokens b * B ..< min(T, (b + 1) * B)), then kv head.
-    let B = Self.attentionBlockTokens(tokens: T, keys: keyCount, group: group, kvHeads: nkv, workers: W)
-    let blocks = (T + B - 1) / B, items = blocks * nkv
+    // Items in order: sequence, then query block b (tokens b * B ..< min(T, (b + 1) * B)), then kv head.
+    let B = Self.attentionBlockTokens(tokens: T, keys: keyCount, group: group, kvHeads: nkv * sequences, workers: W)
+    let blocks = (T + B - 1) / B, items = sequences * blocks * nkv
     let perWorker = ModelKernels.attendBlockScratchFloats(count: B, group: group, first: keyCount - B, d: d)
     let buffer = try scratch.get("attention", floats: W * perWorker)
     let attendItems: (Range<Int>, UnsafeMutablePointer<Float>) -> Void = { r, work in
       for item in r {
-        let b = item / nkv, g = item % nkv
-        let t0 = b * B, count = min(T, t0 + B) - t0
-        ModelKernels.attendBlock(q: q + t0 * ldq + g * group * d, ldq: ldq, group: group, count: count,
-                                 first: start + t0, keys: keys + g * d, values: values + g * d, stride: kvWidth,
-                                 d: d, scale: scale, out: out + t0 * ldo + g * group * d, ldo: ldo, scratch: work)
+        let s = item / (blocks * nkv), b = item / nkv % blocks, g = item % nkv
+        let t0 = b * B, count = min(T, t0 + B) - t0, row = s * T + t0
+        let kv = s * keyCount * kvStride + g * d
+        ModelKernels.attendBlock(q: q + row * ldq + g * group * d, ldq: ldq, group: group, count: count,
+                                 first: start + t0, keys: keys + kv, values: values + kv, stride: kvStride,
+                                 d: d, scale: scale, out: out + row * ldo + g * group * d, ldo: ldo,
+                                 lse: lse.map { $0 + (s * nq + g * group) * T + t0 }, ldLSE: T, scratch: work)
       }
     }
     if small {
@@ -299,7 +313,7 @@ extension Runtime {
     }
     // An item's cost grows with the positions its block sees.
     let costs = (0..<items).map { item in
-      let t0 = item / nkv * B
+      let t0 = item / nkv % blocks * B
       return (min(T, t0 + B) - t0) * (start + min(T, t0 + B))
     }
     let bounds = Self.splitByCost(costs, parts: W)

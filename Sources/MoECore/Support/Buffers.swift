@@ -38,4 +38,9 @@ final class ScratchSet {
   }
 
   func release() { buffers.removeAll() }
+
+  /// Bytes held by the buffers whose names pass `include`.
+  func bytes(where include: (String) -> Bool = { _ in true }) -> Int {
+    buffers.reduce(0) { $0 + (include($1.key) ? $1.value.floats * 4 : 0) }
+  }
 }

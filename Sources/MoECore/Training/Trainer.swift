@@ -28,6 +28,13 @@ public struct TrainerOptions: Sendable {
   public var seqLen = 256
   /// Sequences per step (gradients accumulated over them).
   public var batch = 4
+  /// Sequences per forward/backward pass (0 = the whole batch at once): a
+  /// smaller micro-batch bounds the activations' memory; the passes' gradients
+  /// add up to the batch's.
+  public var microBatch = 0
+  /// Keep only each block's input in the forward and recompute the block's
+  /// activations during backward: less memory, about one more forward of time.
+  public var recompute = false
   /// Total steps, for the schedule.
   public var steps = 100
   public var lr: Float = 2e-4
@@ -56,9 +63,8 @@ public struct TrainerOptions: Sendable {
 
   /// Most steps of a run: AdamW's bias correction and the warmup count steps in f32, exact up to 2^24.
   public static let maxSteps = 1 << 24
-  /// Most tokens (batch x seq_len) one step may process. Gradients are
-  /// accumulated one sequence at a time, so a step's time, not its memory,
-  /// grows with the batch: a million tokens is already minutes to hours of CPU time per step.
+  /// Most tokens (batch x seq_len) one step may process: a million tokens is
+  /// already minutes to hours of CPU time per step.
   public static let maxTokensPerStep = 1 << 20
   /// Most held-out windows per evaluation (each one is a forward pass).
   public static let maxEvalWindows = 1 << 16
@@ -69,7 +75,10 @@ public struct TrainerOptions: Sendable {
     }
     let (tokens, overflow) = seqLen.multipliedReportingOverflow(by: batch)
     guard !overflow, tokens <= Self.maxTokensPerStep else {
-      throw MoEError.invalid("batch x seq_len is \(batch) x \(seqLen) tokens per step; at most \(Self.maxTokensPerStep) are allowed: each sequence of a step runs forward and backward in turn, so a larger step would run for hours (use more steps instead)")
+      throw MoEError.invalid("batch x seq_len is \(batch) x \(seqLen) tokens per step; at most \(Self.maxTokensPerStep) are allowed: a larger step would run for hours (use more steps instead)")
+    }
+    guard microBatch >= 0, microBatch <= batch else {
+      throw MoEError.invalid("micro_batch is \(microBatch); it must be in 0...batch (\(batch)), 0 meaning the whole batch in one pass")
     }
     guard steps >= 1, steps <= Self.maxSteps else {
       throw MoEError.invalid("steps is \(steps); it must be in 1...\(Self.maxSteps) (AdamW's bias correction counts steps in f32, exact up to 2^24)")
@@ -124,6 +133,9 @@ public struct StepStats: Sendable {
   /// The loss or gradient norm was not finite and `onNonFinite` is `.skip`:
   /// no weight or optimizer moment changed (loss and gradNorm show the values).
   public var skipped = false
+  /// Bytes of activations and work buffers the step's passes held at most
+  /// (the decoder's and the MoE layers'), weights, gradients and optimizer state excluded.
+  public var activationBytes = 0
 }
 
 public final class Trainer {
@@ -134,7 +146,10 @@ public final class Trainer {
   public private(set) var step = 0
   /// True when every gradient buffer is zero (a step ended normally).
   var gradientsClean = false
-  let grads: DecoderGradients
+  /// Gradients of the dense weights (nil when only MoE layers train).
+  let grads: DecoderGradients?
+  /// Blocks below this one have nothing to train and run forward only.
+  let lowestLayer: Int
   let parameterCount: Int
   let moments: AlignedBuffer     // m then v, 2 * parameterCount
 
@@ -146,10 +161,13 @@ public final class Trainer {
     guard options.seqLen <= model.contextLength else {
       throw MoEError.invalid("seq_len \(options.seqLen) exceeds the model's context \(model.contextLength)")
     }
-    let activations = model.trainingActivationBytes(seqLen: options.seqLen)
+    let lowest = options.trainOnly == .all ? 0 : model.layers.firstIndex { $0.moe != nil } ?? model.layers.count
+    let passSequences = options.microBatch == 0 ? options.batch : options.microBatch
+    let activations = model.trainingActivationBytes(sequences: passSequences, seqLen: options.seqLen,
+                                                    recompute: options.recompute, lowestLayer: lowest)
     let memory = physicalMemoryBytes()
     guard memory == 0 || activations <= Double(memory) else {
-      throw MoEError.invalid("seq_len \(options.seqLen) needs about \(Int(activations / Double(1 << 20))) MiB of activations for backward (attention keeps seq_len^2 probabilities per head and layer), more than this machine's \(memory >> 20) MiB of memory; use a shorter seq_len")
+      throw MoEError.invalid("a training pass of \(passSequences) x \(options.seqLen) tokens needs about \(Int(activations / Double(1 << 20))) MiB of activations, more than this machine's \(memory >> 20) MiB of memory; use a smaller micro_batch, recompute, or a shorter seq_len")
     }
     if let bad = tokens.first(where: { $0 < 0 || Int($0) >= model.vocabSize }) {
       throw MoEError.invalid("token id \(bad) is outside the vocabulary (0..<\(model.vocabSize))")
@@ -162,7 +180,9 @@ public final class Trainer {
     }
     self.model = model
     self.options = options
-    grads = try DecoderGradients(model: model)
+    grads = options.trainOnly == .all ? try DecoderGradients(model: model) : nil
+    lowestLayer = lowest
+    model.trainScratch.release()
     var count = 0
     let visit = try Trainer.trainable(model, options.trainOnly, grads)
     try visit { _, _, _, n, _ in count += n }
@@ -185,20 +205,19 @@ public final class Trainer {
   /// Visits every trainable tensor region (tensor, weights, gradients, count,
   /// decayed) in a fixed order.
   typealias Visitor = ((Tensor, UnsafeMutablePointer<Float>, UnsafePointer<Float>, Int, Bool) -> Void) throws -> Void
-  static func trainable(_ m: DecoderModel, _ only: TrainOnly, _ g: DecoderGradients) throws -> Visitor {
+  static func trainable(_ m: DecoderModel, _ only: TrainOnly, _ g: DecoderGradients?) throws -> Visitor {
     return { body in
       func dense(_ t: Tensor, _ w: DenseWeight, _ grad: AlignedBuffer, bias: (Tensor, AlignedBuffer)? = nil) {
         body(t, w.storage.pointer, grad.pointer, w.rows * w.cols, true)
         if let b = w.bias, let (bt, bias) = bias { body(bt, b.pointer, bias.pointer, w.rows, false) }
       }
-      if only == .all {
+      if only == .all, let g {
         dense(.embedding, m.embedding, g.embedding)
         if let lm = g.lmHead { dense(.lmHead, m.lmHead, lm) }
         body(.finalNorm, m.finalNorm.pointer, g.finalNorm.pointer, m.description.hiddenSize, false)
       }
       for (l, layer) in m.layers.enumerated() {
-        let gl = g.layers[l]
-        if only == .all {
+        if only == .all, let gl = g?.layers[l] {
           body(.inputNorm(l), layer.inputNorm.pointer, gl.inputNorm.pointer, m.description.hiddenSize, false)
           body(.postNorm(l), layer.postNorm.pointer, gl.postNorm.pointer, m.description.hiddenSize, false)
           dense(.qkv(l), layer.qkv, gl.qkv, bias: gl.qkvBias.map { (.qkvBias(l), $0) })
@@ -266,26 +285,34 @@ public final class Trainer {
     // The update clears the gradients it consumes; frozen ones are cleared here.
     let clean = gradientsClean
     gradientsClean = false
-    if o.trainOnly != .all || !clean { grads.zero() }
+    if !clean { grads?.zero() }
     let moeLayers = model.layers.compactMap(\.moe)
-    for moe in moeLayers {
-      if o.trainOnly == .routers || !clean { moe.zeroGradients() }
-      // Backward adds the coefficients once per sequence: average over the batch.
-      try moe.setLossCoefficients(balance: o.balanceCoef / Float(o.batch), z: o.zCoef / Float(o.batch))
-    }
+    for moe in moeLayers where o.trainOnly == .routers || !clean { moe.zeroGradients() }
     let scale = 1 / Float(o.batch * o.seqLen)
+    let passSize = o.microBatch == 0 ? o.batch : o.microBatch
     var lossSum: Double = 0
     var balance: Double = 0, z: Double = 0, worst: Double = 0
-    for b in 0..<o.batch {
-      let start = windowStart(step: step, index: b)
-      let window = Array(trainTokens[start..<(start + o.seqLen + 1)])
-      lossSum += try model.accumulateGradients(tokens: window, lossScale: scale, grads: grads)
+    var b = 0
+    while b < o.batch {
+      let n = min(passSize, o.batch - b)
+      var windows: [Int32] = []
+      windows.reserveCapacity(n * (o.seqLen + 1))
+      for i in b..<(b + n) {
+        let start = windowStart(step: step, index: i)
+        windows += trainTokens[start..<(start + o.seqLen + 1)]
+      }
+      // Each pass's balance and z-loss count by its share of the batch.
+      let share = Float(n) / Float(o.batch)
+      for moe in moeLayers { try moe.setLossCoefficients(balance: o.balanceCoef * share, z: o.zCoef * share) }
+      lossSum += try model.accumulateGradients(tokens: windows, sequences: n, lossScale: scale, grads: grads,
+                                               recompute: o.recompute, lowestLayer: lowestLayer)
       for moe in moeLayers {
-        balance += Double(moe.stats.losses.balance)
-        z += Double(moe.stats.losses.z)
+        balance += Double(moe.stats.losses.balance) * Double(share)
+        z += Double(moe.stats.losses.z) * Double(share)
         let counts = moe.stats.tokensPerExpert, total = counts.reduce(0, +)
         if total > 0 { worst = max(worst, Double(counts.max() ?? 0) * Double(counts.count) / Double(total)) }
       }
+      b += n
     }
     // The trainable regions, with their offsets into the moments.
     var regions: [Region] = []
@@ -296,10 +323,10 @@ public final class Trainer {
       total += n
     })
     let norm = globalNorm(regions)
-    let sequences = Double(o.batch * max(moeLayers.count, 1))
     stats.loss = lossSum / Double(o.batch * o.seqLen)
-    stats.balance = moeLayers.isEmpty ? 0 : balance / sequences
-    stats.zLoss = moeLayers.isEmpty ? 0 : z / sequences
+    stats.balance = moeLayers.isEmpty ? 0 : balance / Double(moeLayers.count)
+    stats.zLoss = moeLayers.isEmpty ? 0 : z / Double(moeLayers.count)
+    stats.activationBytes = model.trainingBuffersBytes
     stats.gradNorm = norm
     stats.tokens = o.batch * o.seqLen
     stats.maxExpertLoad = worst

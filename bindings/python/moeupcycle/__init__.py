@@ -459,8 +459,9 @@ class Trainer(_Handle):
 
     Options are the fields of moe_trainer_params: seq_len, batch, steps, warmup, lr, min_lr,
     schedule ("cosine", "constant"), beta1, beta2, eps, weight_decay, clip, aux_loss_coef,
-    z_loss_coef, train_only ("all", "moe", "routers"), seed, eval_fraction, eval_windows and
-    on_nonfinite ("error": a non-finite step fails with MOE_ERR_NUMERIC; "skip": it is skipped).
+    z_loss_coef, train_only ("all", "moe", "routers"), seed, eval_fraction, eval_windows,
+    on_nonfinite ("error": a non-finite step fails with MOE_ERR_NUMERIC; "skip": it is skipped),
+    micro_batch (sequences per pass, 0 = the whole batch) and recompute (0 or 1).
     step() returns a moe_train_stats (loss, aux_loss, z_loss, lr, grad_norm, skipped, ...).
     """
 

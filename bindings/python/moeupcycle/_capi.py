@@ -381,7 +381,8 @@ class moe_generate_result(Structure):
 
 
 class moe_trainer_params(Structure):
-    """First version: 0.1.0 (up to eval_windows, with reserved0); 0.2.0 appended on_nonfinite."""
+    """First version: 0.1.0 (up to eval_windows, with reserved0); 0.2.0 appended on_nonfinite;
+    0.4.0 micro_batch and recompute."""
     _fields_ = [
         ("struct_size", c_size_t),
         ("seq_len", c_uint32),
@@ -405,6 +406,9 @@ class moe_trainer_params(Structure):
         ("reserved0", c_uint32),
         # 0.2.0
         ("on_nonfinite", moe_nonfinite),
+        # 0.4.0
+        ("micro_batch", c_uint32),
+        ("recompute", c_int32),
     ]
 
 

@@ -386,7 +386,8 @@ pub type moe_nonfinite = c_int;
 pub const MOE_NONFINITE_ERROR: moe_nonfinite = 0;
 pub const MOE_NONFINITE_SKIP: moe_nonfinite = 1;
 
-/// First version 0.1.0 (up to `eval_windows`); 0.2.0 appended `on_nonfinite`.
+/// First version 0.1.0 (up to `eval_windows`); 0.2.0 appended `on_nonfinite`;
+/// 0.4.0 `micro_batch` and `recompute`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct moe_trainer_params {
@@ -411,6 +412,8 @@ pub struct moe_trainer_params {
     pub eval_windows: u32,
     pub reserved0: u32,
     pub on_nonfinite: moe_nonfinite,
+    pub micro_batch: u32,
+    pub recompute: i32,
 }
 
 /// First version 0.1.0 (up to `max_expert_load`); 0.2.0 appended `skipped`.

@@ -1339,6 +1339,9 @@ impl TrainerOptions {
         eval_fraction: f64 => |r, v| r.eval_fraction = v;
         eval_windows: u32 => |r, v| r.eval_windows = v;
         on_nonfinite: NonFinite => |r, v| r.on_nonfinite = v.raw();
+        /// Sequences per forward/backward pass; 0 = the whole batch.
+        micro_batch: u32 => |r, v| r.micro_batch = v;
+        recompute: bool => |r, v| r.recompute = v as i32;
     }
     pub fn raw(&self) -> &sys::moe_trainer_params {
         &self.raw
