@@ -124,6 +124,8 @@ public struct StepStats: Sendable {
   /// The loss or gradient norm was not finite and `onNonFinite` is `.skip`:
   /// no weight or optimizer moment changed (loss and gradNorm show the values).
   public var skipped = false
+  /// Model FLOPs of the step: `DecoderModel.trainingFLOPsPerToken(seqLen:)` x tokens.
+  public var modelFLOPs: Double = 0
 }
 
 public final class Trainer {
@@ -302,6 +304,7 @@ public final class Trainer {
     stats.zLoss = moeLayers.isEmpty ? 0 : z / sequences
     stats.gradNorm = norm
     stats.tokens = o.batch * o.seqLen
+    stats.modelFLOPs = model.trainingFLOPsPerToken(seqLen: o.seqLen) * Double(stats.tokens)
     stats.maxExpertLoad = worst
     // A NaN or infinity anywhere in the gradients makes the norm non-finite.
     // Nothing has changed yet: the gradients are left dirty for the next step to clear.
