@@ -27,6 +27,7 @@ static void usage(FILE *f) {
     "  moeupcycle train MODEL --data FILE --out DIR [--steps N] [--batch B] [--seq-len T]\n"
     "                   [--lr LR] [--train-only all|moe|routers] [--resume] ... (train --help)\n"
     "  moeupcycle bench train DENSE MOE [--batch B] [--seq-len T] [--steps N] [--json]\n"
+    "                          (s/step, tokens/s, model FLOPs, MFU over the measured peak)\n"
     "  moeupcycle topology [--json] [--threads N] [--placement P] [--hidden H --ffn F\n"
     "                      --experts E --top-k K] [--synthetic SPEC | --xml FILE]\n"
     "  moeupcycle version\n"
