@@ -11,7 +11,8 @@ divide by one ceiling.
 
 Checkpoints: an HF directory (Llama, Qwen2, Mixtral, Qwen2-MoE: safetensors + config.json) loads
 with AutoModelForCausalLM in float32; a .gguf file loads through transformers' GGUF support (the
-`gguf` package dequantizes it, as the library does, to the same f32 values).
+`gguf` package dequantizes it, as the library does, to the same f32 values; transformers also wants
+`accelerate` installed for GGUF files).
 
 What differs from the library for MoE models, and how this script matches it:
   * transformers routes by looping over the experts that received tokens (index_add_ of each
@@ -26,7 +27,7 @@ What differs from the library for MoE models, and how this script matches it:
   * the learning rate is constant here (the library's cosine schedule does not change the
     work of a step).
 
-Not part of the library's build; needs torch, transformers (and gguf for .gguf files):
+Not part of the library's build; needs torch, transformers (and gguf and accelerate for .gguf files):
     python3 bench/torch_train.py MODEL --batch 4 --seq-len 256 --steps 3 --threads 2 [--json]
 """
 from __future__ import annotations

@@ -339,7 +339,6 @@ int cmd_bench_moe(int argc, char **argv) {
            T, H, F, E, c->top_k, c->shared_expert_intermediate_size ? " +shared" : "", nlayers,
            c->storage == MOE_DTYPE_BF16 ? "bf16" : "f32", info.workers,
            info.workers_pinned ? "pinned" : "not pinned", info.kernel_path, info.kernel_forced ? " (forced)" : "", info.blas_core);
-    printf("peak               ");
     peaks_text(stdout, &peaks);
     printf(" measured (multiply-adds on %u threads)\n", info.workers);
     printf("forward            best %9.3f ms  median %9.3f ms  %8.1f GFLOP/s  %3.0f%% of peak\n",
