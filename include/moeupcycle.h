@@ -110,18 +110,18 @@ extern "C" {
 /* ------------------------------------------------------------------------ */
 
 #define MOE_VERSION_MAJOR 0
-#define MOE_VERSION_MINOR 3
+#define MOE_VERSION_MINOR 4
 #define MOE_VERSION_PATCH 0
 /** MAJOR * 10000 + MINOR * 100 + PATCH. */
 #define MOE_VERSION_NUMBER \
   (MOE_VERSION_MAJOR * 10000 + MOE_VERSION_MINOR * 100 + MOE_VERSION_PATCH)
-#define MOE_VERSION_STRING "0.3.0"
+#define MOE_VERSION_STRING "0.4.0"
 
 /** The library's MOE_VERSION_NUMBER, to compare with the header's at run time.
  *  Before 1.0, a library of another minor version is not compatible. */
 uint32_t moe_version_number(void);
 
-/** The library's version as static text, e.g. "0.3.0". Never NULL. */
+/** The library's version as static text, e.g. "0.4.0". Never NULL. */
 const char *moe_version_string(void);
 
 /* ------------------------------------------------------------------------ */
@@ -1204,7 +1204,8 @@ moe_status moe_trainer_create_text(moe_trainer **out, moe_model *model, const ch
 void moe_trainer_free(moe_trainer *trainer);
 
 /** What a training step did. First version: 0.1.0 (fields up to
- *  max_expert_load); 0.2.0 appended skipped. */
+ *  max_expert_load); 0.2.0 appended skipped; 0.4.0 appended model_flops and
+ *  activation_bytes. */
 typedef struct moe_train_stats {
   /** Set by the caller to sizeof(moe_train_stats) before the call. */
   size_t struct_size;
@@ -1228,6 +1229,21 @@ typedef struct moe_train_stats {
   /** 1 when the step was skipped (MOE_NONFINITE_SKIP and a non-finite loss
    *  or gradient norm): weights and optimizer state did not change. */
   int32_t skipped;
+  /* ---- 0.4.0 ---- */
+  /** Model FLOPs of the step (forward and backward, the optimizer not
+   *  counted), by the PaLM convention: tokens x (6 x the weights a token
+   *  multiplies + 12 x layers x heads x head_dim x seq_len). The weights a
+   *  token multiplies are the attention projections, the dense FFN or the
+   *  router, top_k experts and the shared expert (with its gate), and the LM
+   *  head; not the embedding. The attention term counts the full
+   *  seq_len x seq_len square. Frozen weights (train_only) still count.
+   *  Divide by seconds for achieved FLOP/s, and by a measured peak
+   *  (moe_runtime_measure_peak) for model FLOPs utilization. */
+  double model_flops;
+  /** Bytes of activations and work buffers the trainer's forward/backward
+   *  passes hold so far (the most any step needed: weights, gradients and
+   *  optimizer state not included). micro_batch and recompute lower it. */
+  uint64_t activation_bytes;
 } moe_train_stats;
 
 /** One optimizer step. `out` may be NULL (else its struct_size set).

@@ -205,7 +205,7 @@ extension moe_trainer_params: ParameterStruct {
 
 extension moe_train_stats: VersionedStruct {
   static let cName = "moe_train_stats"
-  /// 0.2.0 appended skipped.
+  /// 0.2.0 appended skipped, 0.4.0 model_flops and activation_bytes.
   static var firstVersionSize: Int { MemoryLayout<Self>.offset(of: \.skipped)! }
 }
 

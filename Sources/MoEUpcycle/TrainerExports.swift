@@ -86,6 +86,8 @@ public func moe_trainer_step(_ out: UnsafeMutablePointer<moe_train_stats>!, _ tr
     r.tokens_per_second = s.seconds > 0 ? Double(s.tokens) / s.seconds : 0
     r.max_expert_load = s.maxExpertLoad
     r.skipped = s.skipped ? 1 : 0
+    r.model_flops = s.modelFLOPs
+    r.activation_bytes = UInt64(s.activationBytes)
     try writeResult(r, to: out, "out")
   }
 }

@@ -46,8 +46,8 @@ int cmd_bench_decode(int argc, char **argv) {
   if (st != MOE_OK) { int rc = fail(st); moe_model_free(model); moe_runtime_free(rt); return rc; }
   moe_model_free(model);
   double stream = stream_bandwidth((size_t)stream_mib << 20, (int)rinfo.workers);
-  double peak = 0;
-  st = moe_runtime_measure_peak(rt, MOE_DTYPE_F32, 0.3, &peak);
+  cli_peaks peaks;
+  st = measure_peaks(rt, &peaks);
   moe_runtime_free(rt);
   if (st != MOE_OK) return fail(st);
   double prompt_tps = r.prompt_seconds > 0 ? (double)r.prompt_tokens / r.prompt_seconds : 0;
@@ -59,12 +59,13 @@ int cmd_bench_decode(int argc, char **argv) {
     printf(", \"threads\": %u, \"weight_dtype\": \"%s\", \"prompt_tokens\": %llu, \"generated_tokens\": %llu,"
            " \"prompt_seconds\": %.4f, \"decode_seconds\": %.4f, \"tokens_per_second\": %.3f,"
            " \"weight_bytes_per_token\": %llu, \"weight_read_gbps\": %.3f, \"stream_gbps\": %.3f,"
-           " \"bandwidth_fraction\": %.4f, \"prompt_tokens_per_second\": %.3f, \"peak_f32_gflops\": %.2f,"
-           " \"kernel_path\": ",
+           " \"bandwidth_fraction\": %.4f, \"prompt_tokens_per_second\": %.3f, ",
            rinfo.workers, dtype, (unsigned long long)r.prompt_tokens, (unsigned long long)r.generated_tokens,
            r.prompt_seconds, r.decode_seconds, r.tokens_per_second,
            (unsigned long long)info.weight_bytes_per_token, gbps, stream, stream > 0 ? gbps / stream : 0,
-           prompt_tps, peak);
+           prompt_tps);
+    peaks_json(stdout, &peaks);
+    printf(", \"kernel_path\": ");
     json_string(stdout, rinfo.kernel_path);
     printf("}\n");
   } else {
@@ -75,8 +76,9 @@ int cmd_bench_decode(int argc, char **argv) {
            (unsigned long long)r.prompt_tokens);
     printf("weights read per token %s -> %.2f GB/s; stream bandwidth %.2f GB/s; %.0f%% of it\n", wb, gbps,
            stream, stream > 0 ? 100 * gbps / stream : 0);
-    printf("prompt %.2f tokens/s; kernels %s%s; f32 peak %.1f GFLOP/s measured on %u threads\n", prompt_tps,
-           rinfo.kernel_path, rinfo.kernel_forced ? " (forced)" : "", peak, rinfo.workers);
+    printf("prompt %.2f tokens/s; kernels %s%s; ", prompt_tps, rinfo.kernel_path, rinfo.kernel_forced ? " (forced)" : "");
+    peaks_text(stdout, &peaks);
+    printf(" measured on %u threads\n", rinfo.workers);
   }
   return 0;
 }

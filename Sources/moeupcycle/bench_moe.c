@@ -286,8 +286,9 @@ int cmd_bench_moe(int argc, char **argv) {
 
   double stream = stream_bandwidth((size_t)stream_mib << 20, (int)info.workers);
   /* The machine's multiply-add ceiling, measured now, on all workers at once. */
-  double peak = 0;
-  st = moe_runtime_measure_peak(rt, MOE_DTYPE_F32, 0.3, &peak);
+  cli_peaks peaks;
+  st = measure_peaks(rt, &peaks);
+  double peak = peaks.f32;
   moe_runtime_free(rt);
   if (st != MOE_OK) return fail(st);
 
@@ -308,8 +309,9 @@ int cmd_bench_moe(int argc, char **argv) {
     json_string(stdout, info.blas_core);
     printf(", \"kernel_path\": ");
     json_string(stdout, info.kernel_path);
-    printf(", \"peak_f32_gflops\": %.2f, \"forward_peak_fraction\": %.3f", peak,
-           peak > 0 ? flops_fwd / fwd.best / 1e9 / peak : 0);
+    printf(", ");
+    peaks_json(stdout, &peaks);
+    printf(", \"forward_peak_fraction\": %.3f", peak > 0 ? flops_fwd / fwd.best / 1e9 / peak : 0);
     if (backward) printf(", \"forward_backward_peak_fraction\": %.3f", peak > 0 ? 3 * flops_fwd / fb.best / 1e9 / peak : 0);
     printf(", \"workers_pinned\": %d, \"numa_nodes\": %u, \"iters\": %u,\n", info.workers_pinned, info.numa_nodes, iters);
     printf(" \"forward_s\": {\"best\": %.6g, \"median\": %.6g}, \"forward_gflops\": %.2f,\n",
@@ -337,8 +339,8 @@ int cmd_bench_moe(int argc, char **argv) {
            T, H, F, E, c->top_k, c->shared_expert_intermediate_size ? " +shared" : "", nlayers,
            c->storage == MOE_DTYPE_BF16 ? "bf16" : "f32", info.workers,
            info.workers_pinned ? "pinned" : "not pinned", info.kernel_path, info.kernel_forced ? " (forced)" : "", info.blas_core);
-    printf("f32 peak           %8.1f GFLOP/s measured (multiply-adds on %u threads); bf16: no bf16 kernels\n",
-           peak, info.workers);
+    peaks_text(stdout, &peaks);
+    printf(" measured (multiply-adds on %u threads)\n", info.workers);
     printf("forward            best %9.3f ms  median %9.3f ms  %8.1f GFLOP/s  %3.0f%% of peak\n",
            fwd.best * 1e3, fwd.median * 1e3, flops_fwd / fwd.best / 1e9,
            peak > 0 ? 100 * flops_fwd / fwd.best / 1e9 / peak : 0);

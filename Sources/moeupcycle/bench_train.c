@@ -1,6 +1,7 @@
 /*
  * moeupcycle bench train: seconds and tokens/s of a training step of a dense
- * and an MoE model side by side.
+ * and an MoE model side by side, with each step's model FLOPs (moe_train_stats
+ * model_flops, PaLM convention) and the utilization of the measured f32 peak.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -9,9 +10,16 @@
 
 #include "cli.h"
 
-/* Seconds per step of `model` on random ids: one warm-up step, then `steps`. */
+/* One model's timing: mean seconds per step and the model FLOPs of a step. */
+typedef struct train_timing {
+  double seconds;
+  double model_flops;
+  double activation_bytes;
+} train_timing;
+
+/* Times steps of `model` on random ids: one warm-up step, then `steps`. */
 static int time_steps(moe_model *model, uint32_t vocab, const moe_trainer_params *tp, uint32_t steps,
-                      double *seconds, double *loss) {
+                      train_timing *out) {
   size_t count = (size_t)tp->seq_len * tp->batch * 4 + 1;
   int32_t *tokens = malloc(count * sizeof *tokens);
   if (!tokens) return 0;
@@ -35,10 +43,15 @@ static int time_steps(moe_model *model, uint32_t vocab, const moe_trainer_params
   }
   moe_trainer_free(trainer);
   if (st != MOE_OK) { fail(st); return 0; }
-  *seconds = total / steps;
-  *loss = s.loss;
+  out->seconds = total / steps;
+  out->model_flops = s.model_flops;
+  out->activation_bytes = (double)s.activation_bytes;
   return 1;
 }
+
+/* Achieved GFLOP/s of a timing, and that over the f32 peak (model FLOPs utilization). */
+static double achieved_gflops(const train_timing *t) { return t->seconds > 0 ? t->model_flops / t->seconds / 1e9 : 0; }
+static double mfu(const train_timing *t, const cli_peaks *p) { return p->f32 > 0 ? achieved_gflops(t) / p->f32 : 0; }
 
 int cmd_bench_train(int argc, char **argv) {
   const char *paths[2] = { NULL, NULL };
@@ -52,6 +65,8 @@ int cmd_bench_train(int argc, char **argv) {
   const cli_option options[] = {
     OPT_U32("--batch", &tp.batch),
     OPT_U32("--seq-len", &tp.seq_len),
+    OPT_U32("--micro-batch", &tp.micro_batch),
+    OPT_FLAG("--recompute", &tp.recompute),
     OPT_U32_IN("--steps", &steps, 1, 100000),
     OPT_U32("--threads", &threads),
     OPT_ENUM("--train-only", &tp.train_only, train_only),
@@ -60,52 +75,69 @@ int cmd_bench_train(int argc, char **argv) {
   };
   int help = 0, n = 0;
   if (cli_parse(argc, argv, options, paths, 2, &n, &help)) return 2;
-  if (help) { printf("usage: moeupcycle bench train DENSE MOE [--batch B] [--seq-len T] [--steps N] [--train-only W] [--json]\n"); return 0; }
+  if (help) { printf("usage: moeupcycle bench train DENSE MOE [--batch B] [--seq-len T] [--micro-batch M] [--recompute]\n"
+                     "                               [--steps N] [--train-only W] [--json]\n"); return 0; }
   if (n < 2) return bad_usage("bench train needs DENSE and MOE models", NULL);
   model_flags mf = { threads, MOE_DTYPE_F32, 0 };
   moe_runtime_info rinfo;
   memset(&rinfo, 0, sizeof rinfo);
   rinfo.struct_size = sizeof rinfo;
-  double seconds[2] = { 0, 0 }, loss[2] = { 0, 0 }, peak = 0;
+  train_timing timing[2];
+  memset(timing, 0, sizeof timing);
+  cli_peaks peaks = { 0, 0 };
   for (int m = 0; m < 2; m++) {
     moe_runtime *rt = NULL;
     moe_model *model = NULL;
     if (!open_model(paths[m], &mf, &rt, &model)) return 1;
     moe_runtime_get_info(&rinfo, rt);
-    /* The machine's f32 multiply-add ceiling, measured in the same run. */
-    moe_status st = m == 0 ? moe_runtime_measure_peak(rt, MOE_DTYPE_F32, 0.3, &peak) : MOE_OK;
+    /* The machine's multiply-add ceilings, measured in the same run. */
+    moe_status st = m == 0 ? measure_peaks(rt, &peaks) : MOE_OK;
     if (st != MOE_OK) { moe_model_free(model); moe_runtime_free(rt); return fail(st); }
     moe_model_info info;
     memset(&info, 0, sizeof info);
     info.struct_size = sizeof info;
     moe_model_get_info(&info, model);
-    int ok = time_steps(model, info.vocab_size, &tp, steps, &seconds[m], &loss[m]);
+    int ok = time_steps(model, info.vocab_size, &tp, steps, &timing[m]);
     moe_model_free(model);
     moe_runtime_free(rt);
     if (!ok) return 1;
   }
   double tokens = (double)tp.batch * tp.seq_len;
+  static const char *const names[2] = { "dense", "moe" };
   if (json) {
     printf("{\"dense\": ");
     json_string(stdout, paths[0]);
     printf(", \"moe\": ");
     json_string(stdout, paths[1]);
-    printf(", \"threads\": %u, \"batch\": %u, \"seq_len\": %u, \"steps\": %u,"
-           " \"dense_step_s\": %.4f, \"moe_step_s\": %.4f, \"dense_tokens_per_second\": %.2f,"
-           " \"moe_tokens_per_second\": %.2f, \"moe_over_dense\": %.3f, \"peak_f32_gflops\": %.2f,"
-           " \"kernel_path\": ",
-           rinfo.workers, tp.batch, tp.seq_len, steps, seconds[0], seconds[1], tokens / seconds[0],
-           tokens / seconds[1], seconds[1] / seconds[0], peak);
+    printf(", \"threads\": %u, \"batch\": %u, \"seq_len\": %u, \"micro_batch\": %u, \"recompute\": %s, \"steps\": %u",
+           rinfo.workers, tp.batch, tp.seq_len, tp.micro_batch, tp.recompute ? "true" : "false", steps);
+    for (int m = 0; m < 2; m++) {
+      const train_timing *t = &timing[m];
+      printf(", \"%s_step_s\": %.4f, \"%s_tokens_per_second\": %.2f, \"%s_model_flops_per_step\": %.0f,"
+             " \"%s_gflops\": %.6g, \"%s_mfu\": %.6g, \"%s_activation_bytes\": %.0f",
+             names[m], t->seconds, names[m], tokens / t->seconds, names[m], t->model_flops, names[m],
+             achieved_gflops(t), names[m], mfu(t, &peaks), names[m], t->activation_bytes);
+    }
+    printf(", \"moe_over_dense\": %.3f, ", timing[1].seconds / timing[0].seconds);
+    peaks_json(stdout, &peaks);
+    printf(", \"kernel_path\": ");
     json_string(stdout, rinfo.kernel_path);
     printf("}\n");
   } else {
-    printf("training step, batch %u x %u tokens, %u threads, mean of %u steps after a warm-up:\n", tp.batch,
-           tp.seq_len, rinfo.workers, steps);
-    printf("  dense %-40s %8.3f s/step  %8.1f tokens/s\n", paths[0], seconds[0], tokens / seconds[0]);
-    printf("  MoE   %-40s %8.3f s/step  %8.1f tokens/s\n", paths[1], seconds[1], tokens / seconds[1]);
-    printf("  MoE step / dense step: %.2fx\n", seconds[1] / seconds[0]);
-    printf("  kernels %s%s; f32 peak %.1f GFLOP/s measured on %u threads\n", rinfo.kernel_path,
-           rinfo.kernel_forced ? " (forced)" : "", peak, rinfo.workers);
+    printf("training step, batch %u x %u tokens (micro-batch %u%s), %u threads, mean of %u steps after a warm-up:\n",
+           tp.batch, tp.seq_len, tp.micro_batch ? tp.micro_batch : tp.batch, tp.recompute ? ", recompute" : "",
+           rinfo.workers, steps);
+    for (int m = 0; m < 2; m++) {
+      const train_timing *t = &timing[m];
+      printf("  %-5s %-40s %8.3f s/step  %8.1f tokens/s  %9.4g GFLOP/step  %7.3g GFLOP/s  MFU %5.1f%%"
+             "  activations %.0f MiB\n",
+             m == 0 ? "dense" : "MoE", paths[m], t->seconds, tokens / t->seconds, t->model_flops / 1e9,
+             achieved_gflops(t), 100 * mfu(t, &peaks), t->activation_bytes / 1048576.0);
+    }
+    printf("  MoE step / dense step: %.2fx\n", timing[1].seconds / timing[0].seconds);
+    printf("  kernels %s%s; ", rinfo.kernel_path, rinfo.kernel_forced ? " (forced)" : "");
+    peaks_text(stdout, &peaks);
+    printf(" measured on %u threads; MFU = model FLOPs per second / f32 peak\n", rinfo.workers);
   }
   return 0;
 }

@@ -48,6 +48,21 @@ int progress_bar(uint64_t done, uint64_t total, const char *stage, void *user_da
 /* Streaming read bandwidth in GB/s with `threads` threads over `bytes` (best of 3). */
 double stream_bandwidth(size_t bytes, int threads);
 
+/* The machine's multiply-add ceilings in GFLOP/s, for benchmarks to put
+ * their figures beside: moe_runtime_measure_peak on every worker of a
+ * runtime, 0.3 s per dtype. bf16 is 0 where the library has no bf16 compute
+ * on this CPU (MOE_ERR_UNSUPPORTED), printed as "n/a" or null. */
+typedef struct cli_peaks {
+  double f32;
+  double bf16;
+} cli_peaks;
+/* MOE_OK, or the status of a measurement that failed (bf16 being unsupported is no failure). */
+moe_status measure_peaks(moe_runtime *rt, cli_peaks *out);
+/* `"peak_f32_gflops": F, "peak_bf16_gflops": B` (B null when not measured), no braces. */
+void peaks_json(FILE *f, const cli_peaks *p);
+/* `f32 peak F GFLOP/s, bf16 peak B GFLOP/s` (or `bf16 peak n/a`). */
+void peaks_text(FILE *f, const cli_peaks *p);
+
 /* " | "-joined names of an enum from the library's name table, for usage text. */
 const char *enum_names(const char *(*name)(int32_t value));
 

@@ -296,6 +296,33 @@ double stream_bandwidth(size_t bytes, int threads) {
   return best;
 }
 
+/* ---------------------------------------------------------------- peaks -- */
+
+moe_status measure_peaks(moe_runtime *rt, cli_peaks *out) {
+  out->f32 = 0;
+  out->bf16 = 0;
+  moe_status st = moe_runtime_measure_peak(rt, MOE_DTYPE_F32, 0.3, &out->f32);
+  if (st != MOE_OK) return st;
+  st = moe_runtime_measure_peak(rt, MOE_DTYPE_BF16, 0.3, &out->bf16);
+  if (st == MOE_ERR_UNSUPPORTED) {
+    out->bf16 = 0;
+    return MOE_OK;
+  }
+  return st;
+}
+
+void peaks_json(FILE *f, const cli_peaks *p) {
+  fprintf(f, "\"peak_f32_gflops\": %.2f, \"peak_bf16_gflops\": ", p->f32);
+  if (p->bf16 > 0) fprintf(f, "%.2f", p->bf16);
+  else fputs("null", f);
+}
+
+void peaks_text(FILE *f, const cli_peaks *p) {
+  fprintf(f, "f32 peak %.1f GFLOP/s, bf16 peak ", p->f32);
+  if (p->bf16 > 0) fprintf(f, "%.1f GFLOP/s", p->bf16);
+  else fputs("n/a", f);
+}
+
 /* ------------------------------------------------------------- a model -- */
 
 int open_model(const char *path, const model_flags *f, moe_runtime **rt, moe_model **model) {

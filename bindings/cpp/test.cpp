@@ -491,6 +491,13 @@ static void test_upcycle(mu::Runtime& rt, const std::string& gguf, const std::st
   CHECK(s.skipped == 0);
   CHECK(s.tokens == 16);
   CHECK(std::fabs(s.lr - double(tp.lr)) < 1e-9);
+  // Model FLOPs (PaLM count): SmolLM2 has 30 layers, H 576, 9 query and 3 KV heads of 64, FFN 1536 and a
+  // tied 49152 x 576 head; MoE layer 0 has a 2 x 576 router, one active expert and the shared expert
+  // (3 x 576 x 1536 each) with its 576-wide gate; frozen weights count too.
+  const double attention = 576.0 * (576 + 2 * 192) + 576.0 * 576, ffn = 3.0 * 576 * 1536;
+  const double multiplied = 30 * attention + 29 * ffn + (2 * 576 + 2 * ffn + 576) + 49152.0 * 576;
+  const double per_token = 6 * multiplied + 12.0 * 30 * 9 * 64 * 16;
+  CHECK(std::fabs(s.model_flops - 16 * per_token) <= 1e-9 * s.model_flops);
   CHECK(std::isfinite(trainer.eval()));
   // Out-of-range settings are refused with a message naming the field.
   tp.beta1 = 1.5f;

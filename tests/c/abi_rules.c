@@ -51,6 +51,13 @@ typedef struct train_stats_0_1 {
   double seconds, tokens_per_second, max_expert_load;
 } train_stats_0_1;
 
+/* ---- the 0.2.0 (and 0.3.0) layout of the struct that 0.4.0 appended a field to ---- */
+
+typedef struct train_stats_0_2 {
+  train_stats_0_1 first;
+  int32_t skipped;
+} train_stats_0_2;
+
 typedef struct upcycle_result_0_1 {
   size_t struct_size;
   uint64_t bytes_written, tensors_written;
@@ -74,6 +81,8 @@ _Static_assert(offsetof(moe_trainer_params, on_nonfinite) == sizeof(trainer_para
 _Static_assert(offsetof(moe_trainer_params, eval_windows) == offsetof(trainer_params_0_1, eval_windows), "prefix");
 _Static_assert(offsetof(moe_train_stats, skipped) == sizeof(train_stats_0_1), "train stats 0.1");
 _Static_assert(offsetof(moe_train_stats, max_expert_load) == offsetof(train_stats_0_1, max_expert_load), "prefix");
+_Static_assert(offsetof(moe_train_stats, model_flops) == sizeof(train_stats_0_2), "train stats 0.2");
+_Static_assert(offsetof(moe_train_stats, skipped) == offsetof(train_stats_0_2, skipped), "prefix");
 _Static_assert(offsetof(moe_upcycle_result, stale_bytes_removed) == sizeof(upcycle_result_0_1), "upcycle 0.1");
 
 /* A struct followed by bytes the library must never touch. */
@@ -135,6 +144,15 @@ static void earlier_versions(const char *tiny, const char *work) {
   EXPECT(stats.struct_size == sizeof stats && stats.step == 1 && isfinite(stats.loss) && stats.loss > 0,
          "0.1.0 stats filled (step %llu, loss %g)", (unsigned long long)stats.step, stats.loss);
   EXPECT(untouched_from(&g, sizeof stats), "trainer step wrote beyond the 0.1.0 stats");
+  /* A 0.2.0 result struct (up to skipped): no model_flops written. */
+  fill(&g);
+  set_size(&g, sizeof(train_stats_0_2));
+  EXPECT(trainer && moe_trainer_step((moe_train_stats *)g.bytes, trainer) == MOE_OK, "step into 0.2.0 stats");
+  train_stats_0_2 stats2;
+  memcpy(&stats2, g.bytes, sizeof stats2);
+  EXPECT(stats2.first.struct_size == sizeof stats2 && stats2.first.step == 2 && stats2.skipped == 0,
+         "0.2.0 stats filled (step %llu)", (unsigned long long)stats2.first.step);
+  EXPECT(untouched_from(&g, sizeof stats2), "trainer step wrote beyond the 0.2.0 stats");
   /* A result struct larger than the library's: the unknown bytes are zeroed, nothing beyond. */
   fill(&g);
   size_t bigger = sizeof(moe_train_stats) + 24;
@@ -143,6 +161,10 @@ static void earlier_versions(const char *tiny, const char *work) {
   int zeroed = 1;
   for (size_t i = sizeof(moe_train_stats); i < bigger; i++) zeroed &= g.bytes[i] == 0;
   EXPECT(zeroed && untouched_from(&g, bigger), "unknown result bytes zeroed, nothing beyond");
+  moe_train_stats full;
+  memcpy(&full, g.bytes, sizeof full);
+  EXPECT(full.step == 3 && full.model_flops > 0 && full.tokens == 16, "0.4.0 stats filled (step %llu, model_flops %g)",
+         (unsigned long long)full.step, full.model_flops);
   moe_trainer_free(trainer);
 
   /* Params larger than the library's: zero tail accepted, a set byte refused. */

@@ -351,3 +351,12 @@ def test_cli_bench_train(tiny, mixtral):
     assert j["peak_f32_gflops"] > 0 and j["kernel_path"] in ("avx512", "avx2", "portable", "openblas")
     text = run("bench", "train", tiny, mixtral, "--batch", 2, "--seq-len", 16, "--steps", 1).stdout
     assert "MoE step / dense step" in text and "f32 peak" in text
+    # Activation memory: micro-batches and recompute each hold less.
+    def activations(*extra):
+        q = run("bench", "train", tiny, mixtral, "--batch", 4, "--seq-len", 32, "--steps", 1, "--json", *extra)
+        assert q.returncode == 0, q.stderr
+        k = json.loads(q.stdout)
+        return k["dense_activation_bytes"], k["moe_activation_bytes"]
+    whole, micro, recomputed = activations(), activations("--micro-batch", 1), activations("--recompute")
+    assert all(0 < m < w for m, w in zip(micro, whole)) and all(0 < r < w for r, w in zip(recomputed, whole)), \
+        (whole, micro, recomputed)

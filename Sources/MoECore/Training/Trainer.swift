@@ -136,6 +136,8 @@ public struct StepStats: Sendable {
   /// Bytes of activations and work buffers the step's passes held at most
   /// (the decoder's and the MoE layers'), weights, gradients and optimizer state excluded.
   public var activationBytes = 0
+  /// Model FLOPs of the step: `DecoderModel.trainingFLOPsPerToken(seqLen:)` x tokens.
+  public var modelFLOPs: Double = 0
 }
 
 public final class Trainer {
@@ -329,6 +331,7 @@ public final class Trainer {
     stats.activationBytes = model.trainingBuffersBytes
     stats.gradNorm = norm
     stats.tokens = o.batch * o.seqLen
+    stats.modelFLOPs = model.trainingFLOPsPerToken(seqLen: o.seqLen) * Double(stats.tokens)
     stats.maxExpertLoad = worst
     // A NaN or infinity anywhere in the gradients makes the norm non-finite.
     // Nothing has changed yet: the gradients are left dirty for the next step to clear.

@@ -21,10 +21,10 @@ from pathlib import Path
 # ------------------------------------------------------------------------ version
 
 MOE_VERSION_MAJOR = 0
-MOE_VERSION_MINOR = 3
+MOE_VERSION_MINOR = 4
 MOE_VERSION_PATCH = 0
 MOE_VERSION_NUMBER = MOE_VERSION_MAJOR * 10000 + MOE_VERSION_MINOR * 100 + MOE_VERSION_PATCH
-MOE_VERSION_STRING = "0.3.0"
+MOE_VERSION_STRING = "0.4.0"
 
 # ------------------------------------------------------------------------ status codes (frozen)
 
@@ -413,7 +413,8 @@ class moe_trainer_params(Structure):
 
 
 class moe_train_stats(Structure):
-    """First version: 0.1.0 (up to max_expert_load); 0.2.0 appended skipped."""
+    """First version: 0.1.0 (up to max_expert_load); 0.2.0 appended skipped; 0.4.0 appended model_flops
+    and activation_bytes."""
     _fields_ = [
         ("struct_size", c_size_t),
         ("step", c_uint64),
@@ -428,6 +429,9 @@ class moe_train_stats(Structure):
         ("max_expert_load", c_double),
         # 0.2.0
         ("skipped", c_int32),
+        # 0.4.0
+        ("model_flops", c_double),
+        ("activation_bytes", c_uint64),
     ]
 
 

@@ -14,11 +14,11 @@ use std::os::raw::{c_char, c_int, c_void};
 
 // ---------------------------------------------------------------- version
 pub const MOE_VERSION_MAJOR: u32 = 0;
-pub const MOE_VERSION_MINOR: u32 = 3;
+pub const MOE_VERSION_MINOR: u32 = 4;
 pub const MOE_VERSION_PATCH: u32 = 0;
 pub const MOE_VERSION_NUMBER: u32 =
     MOE_VERSION_MAJOR * 10000 + MOE_VERSION_MINOR * 100 + MOE_VERSION_PATCH;
-pub const MOE_VERSION_STRING: &str = "0.3.0";
+pub const MOE_VERSION_STRING: &str = "0.4.0";
 
 // ---------------------------------------------------------------- status
 /// `moe_status` (a C enum: `int`). Frozen: never renumbered.
@@ -416,7 +416,8 @@ pub struct moe_trainer_params {
     pub recompute: i32,
 }
 
-/// First version 0.1.0 (up to `max_expert_load`); 0.2.0 appended `skipped`.
+/// First version 0.1.0 (up to `max_expert_load`); 0.2.0 appended `skipped`; 0.4.0 appended
+/// `model_flops` and `activation_bytes`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct moe_train_stats {
@@ -431,7 +432,11 @@ pub struct moe_train_stats {
     pub seconds: f64,
     pub tokens_per_second: f64,
     pub max_expert_load: f64,
+    // 0.2.0
     pub skipped: i32,
+    // 0.4.0
+    pub model_flops: f64,
+    pub activation_bytes: u64,
 }
 
 extern "C" {

@@ -97,7 +97,8 @@ fn rust_structs() -> Vec<StructLayout> {
         }
         moe_train_stats {
             struct_size, step, loss, aux_loss, z_loss, lr, grad_norm, tokens, seconds,
-            tokens_per_second, max_expert_load, skipped,
+            tokens_per_second, max_expert_load, skipped, model_flops,
+            activation_bytes,
         }
     }
 }

@@ -113,7 +113,7 @@ pub fn version_number() -> u32 {
     unsafe { sys::moe_version_number() }
 }
 
-/// The library's version text, e.g. "0.3.0".
+/// The library's version text, e.g. "0.4.0".
 pub fn version_string() -> String {
     unsafe { cstr_to_string(sys::moe_version_string()) }
 }
@@ -1363,6 +1363,10 @@ pub struct TrainStats {
     pub max_expert_load: f64,
     /// The step was skipped (NonFinite::Skip and a non-finite loss or norm).
     pub skipped: bool,
+    /// Model FLOPs of the step (PaLM convention; see the header's moe_train_stats).
+    pub model_flops: f64,
+    /// Bytes of activations and work buffers the training passes hold.
+    pub activation_bytes: u64,
 }
 
 /// Trains a model in place. It holds the model mutably: use
@@ -1425,6 +1429,8 @@ impl<'m, 'rt> Trainer<'m, 'rt> {
             tokens_per_second: s.tokens_per_second,
             max_expert_load: s.max_expert_load,
             skipped: s.skipped != 0,
+            model_flops: s.model_flops,
+            activation_bytes: s.activation_bytes,
         })
     }
 

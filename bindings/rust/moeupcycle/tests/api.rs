@@ -25,7 +25,7 @@ fn threading_markers() {
 fn version_matches_header() {
     assert_eq!(moeupcycle::version_number(), sys::MOE_VERSION_NUMBER);
     assert_eq!(moeupcycle::version_string(), sys::MOE_VERSION_STRING);
-    assert_eq!(moeupcycle::version_string(), "0.3.0");
+    assert_eq!(moeupcycle::version_string(), "0.4.0");
 }
 
 // ------------------------------------------------------------------ names
@@ -511,6 +511,14 @@ fn smollm2_upcycle_layer_and_training_step() {
     assert!(!s.skipped);
     assert_eq!(s.tokens, 16);
     assert!((s.lr - f64::from(t.raw().lr)).abs() < 1e-9);
+    // Model FLOPs (PaLM count): SmolLM2 has 30 layers, H 576, 9 query and 3 KV heads of 64, FFN 1536
+    // and a tied 49152 x 576 head; MoE layer 0 has a 2 x 576 router, one active expert and the shared
+    // expert (3 x 576 x 1536 each) with its 576-wide gate; frozen weights count too.
+    let attention = 576.0 * (576.0 + 2.0 * 192.0) + 576.0 * 576.0;
+    let ffn = 3.0 * 576.0 * 1536.0;
+    let multiplied = 30.0 * attention + 29.0 * ffn + (2.0 * 576.0 + 2.0 * ffn + 576.0) + 49152.0 * 576.0;
+    let per_token = 6.0 * multiplied + 12.0 * 30.0 * 9.0 * 64.0 * 16.0;
+    assert!((s.model_flops - 16.0 * per_token).abs() <= 1e-9 * s.model_flops, "{}", s.model_flops);
     assert!(trainer.eval().unwrap().is_finite());
     // The model stays usable between steps, through the trainer.
     let after = trainer.model().logits(&ids).unwrap();
