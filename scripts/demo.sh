@@ -14,7 +14,7 @@ TEXT="$(scripts/fetch-text.sh)"
 DEMO="${DEMO_OUT:-.cache/demo}"
 COPY="$DEMO/smollm2-copy-8x2"
 DROP="$DEMO/smollm2-drop-8x2"
-EVAL_TOKENS="${DEMO_EVAL_TOKENS:-8192}"
+EVAL_TOKENS="${DEMO_EVAL_TOKENS:-4096}"
 mkdir -p "$DEMO"
 B=dist/bin/moeupcycle
 
