@@ -406,6 +406,22 @@ extension GEMM {
                                   c: c, ldc: ldc, accumulate: false), nil, epilogue: epilogue)
   }
 
+  /// c[n, cols] = a w as `aW` (not accumulating), then `epilogue(row0, rows,
+  /// col0, cols)` on each finished block of c (all of it at once for few tokens).
+  static func aW(n: Int, cols: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
+                 w: WeightMatrix, c: UnsafeMutablePointer<Float>, ldc: Int,
+                 epilogue: (Int, Int, Int, Int) -> Void) {
+    guard n > 0, cols > 0 else { return }
+    if n <= smallGEMMTokenLimit {
+      aW(n: n, cols: cols, k: k, a: a, lda: lda, w: w, c: c, ldc: ldc, accumulate: false)
+      epilogue(0, n, 0, cols)
+      return
+    }
+    Kernels.gemmFused(GEMMProblem(m: n, n: cols, k: k, a: MatrixOperand(base: a, ld: lda),
+                                  b: MatrixOperand(base: w.base, ld: w.ld, bf16: w.dtype == .bf16),
+                                  c: c, ldc: ldc, accumulate: false), nil, epilogue: epilogue)
+  }
+
   /// c1[m, cols] += a1[n, m]^T b and c2[m, cols] += a2[n, m]^T b (a1 and a2 with
   /// leading dimension lda, c1 and c2 with ldc): b packed once for both.
   static func atBPair(n: Int, m: Int, cols: Int, a1: UnsafePointer<Float>, a2: UnsafePointer<Float>, lda: Int,

@@ -317,6 +317,8 @@ extension MoELayer {
     }
 
     // B1: per slice column block: dWd += dY^T a; da = dY Wd; dg, du; dWg += dg^T x; dWu += du^T x.
+    // (dWd and da both read dY, but as A^T (inner index: rows) and as A (inner
+    // index: H): their packed panels differ, so each packs its own.)
     let ffnWork = shardWork(layout: layout, length: { $0.ffn.count }, unitCost: { _ in H })
     runPhase(ffnWork) { s, view, range, w in
       let e = view.expert, n = layout.rowCount[e]
@@ -329,11 +331,14 @@ extension MoELayer {
       let gradGate = e < E ? gGate + e * F * H : gSharedGate
       let gradUp = e < E ? gUp + e * F * H : gSharedUp
       GEMM.atB(n: n, m: H, cols: cols, a: dY, lda: H, b: act.a + f0, ldb: act.ld, c: gradDown + f0, ldc: Fe)
+      // da = dY Wd, and on each finished strip (in cache) dg, du in place of g, u.
+      let g = act.g + f0, u = act.u + f0, da = act.a + f0, ld = act.ld
       GEMM.aW(n: n, cols: cols, k: H, a: dY, lda: H, w: view.down.offset(row: 0, col: range.lowerBound),
-              c: act.a + f0, ldc: act.ld, accumulate: false)
-      for i in 0..<n {
-        let o = i * act.ld + f0
-        swigluBackward(gate: act.g + o, up: act.u + o, gradOut: act.a + o, count: cols)
+              c: da, ldc: ld) { r0, rows, c0, width in
+        for i in r0..<(r0 + rows) {
+          let o = i * ld + c0
+          swigluBackward(gate: g + o, up: u + o, gradOut: da + o, count: width)
+        }
       }
       // dWg and dWu from one blocked loop: the x rows packed once for both.
       GEMM.atBPair(n: n, m: cols, cols: H, a1: act.g + f0, a2: act.u + f0, lda: act.ld, b: xRows, ldb: H,
