@@ -114,6 +114,9 @@ extension KernelISA {
 public let gemmMR = 6
 /// Columns of B packed at once.
 public let gemmNC = 2048
+/// Columns of C per epilogue call of a fused product (the last strip of a block
+/// may be narrower): mc rows of them, for both products, stay in L2.
+public let gemmEpilogueColumns = 64
 
 public enum PackedGEMM {
   /// Runs `p` on the calling thread with ISA `K`.
@@ -124,7 +127,8 @@ public enum PackedGEMM {
 
   /// Runs `p` (and `q`, when given, in the same blocked loop) on the calling
   /// thread with ISA `K`, then calls `epilogue(row0, rows, col0, cols)` on each
-  /// finished strip of C (at most mc rows by NR columns, still in cache): once
+  /// finished strip of C (at most mc rows by gemmEpilogueColumns, still in
+  /// cache), left to right within each block of rows: once
   /// both products hold their final values there. `q` has p's m, n and k; an
   /// operand equal to p's (same memory and layout) is packed once for both,
   /// and q may write p's C (with accumulate) to add the two products.
@@ -147,8 +151,9 @@ public enum PackedGEMM {
 
   /// The blocked loop over `count` (1 or 2) products of equal shape: products
   /// [p, q].prefix(count). B blocks are packed per (jc, pc), A blocks per ic,
-  /// each once when both products share it; for each NR-column strip the
-  /// microkernel runs every product before the epilogue sees it.
+  /// each once when both products share it; for each NR-column panel the
+  /// microkernel runs every product, and the epilogue sees the finished panels
+  /// in strips of gemmEpilogueColumns.
   @inlinable @inline(__always)
   static func blocked<K: KernelISA>(_: K.Type, _ p: GEMMProblem, _ q: GEMMProblem, count: Int,
                                     epilogue: (Int, Int, Int, Int) -> Void) {
@@ -162,7 +167,7 @@ public enum PackedGEMM {
       epilogue(0, m, 0, n)
       return
     }
-    let MR = gemmMR, NR = 2 * K.V.scalarCount
+    let MR = gemmMR, NR = 2 * K.V.scalarCount, epilogueColumns = max(NR, gemmEpilogueColumns)
     // k in equal blocks of at most K.kc (multiples of 8): no short last block
     // that would cost a full pass over C.
     let kBlocks = (k + K.kc - 1) / K.kc
@@ -194,7 +199,7 @@ public enum PackedGEMM {
           let mc = min(mcMax, m - ic)
           packA(p.a, rows: ic, mc: mc, cols: pc, kc: kc, into: bufA)
           if ownA { packA(q.a, rows: ic, mc: mc, cols: pc, kc: kc, into: bufA2) }
-          var jr = 0
+          var jr = 0, handed = 0
           while jr < nc {
             let nr = min(NR, nc - jr)
             for o in 0..<count {
@@ -210,7 +215,13 @@ public enum PackedGEMM {
                 ir += MR
               }
             }
-            if last { epilogue(ic, mc, jc + jr, nr) }
+            // The epilogue takes strips of at least gemmEpilogueColumns (a
+            // multiple of 16): few calls, and whole 16-float groups on every ISA.
+            let end = jr + nr
+            if last && (end - handed >= epilogueColumns || end == nc) {
+              epilogue(ic, mc, jc + handed, end - handed)
+              handed = end
+            }
             jr += NR
           }
           ic += mc
