@@ -2,6 +2,11 @@
 // work with a fixed partition that depends only on the worker count and the
 // number of rows per expert, and every sum runs in a fixed order, so results
 // are bit-identical for a given thread count.
+//
+// Element-wise work rides on the matrix products (GEMM.xWtPair, aW and xWt with
+// an epilogue): SwiGLU forward on each finished strip of g and u, its gradient
+// on each finished strip of da, and (in inference) the routing weights on each
+// finished strip of y, while those strips are still in cache.
 
 #if canImport(Glibc)
 import Glibc
@@ -159,22 +164,22 @@ extension MoELayer {
     let weighted = !save && !split
     let downWork = shardWork(layout: layout, length: { _ in H }, unitCost: { $0.ffn.count })
     routing.rowWeight.withUnsafeBufferPointer { rowWeight in
-    runPhase(downWork) { s, view, range, w in
-      let e = view.expert, n = layout.rowCount[e]
-      let act = layout.activations(e)
-      let target = (split ? partial[s] : y) + layout.rowStart[e] * H + range.lowerBound
-      let ws = self.workerScratch[w].pointer, wsn = self.workerScratchFloats
-      let x = act.a + view.ffn.lowerBound, wd = view.down.offset(row: range.lowerBound, col: 0)
-      guard weighted && e < E, let weights = rowWeight.baseAddress.map({ $0 + layout.rowStart[e] }) else {
+      runPhase(downWork) { s, view, range, w in
+        let e = view.expert, n = layout.rowCount[e]
+        let act = layout.activations(e)
+        let target = (split ? partial[s] : y) + layout.rowStart[e] * H + range.lowerBound
+        let ws = self.workerScratch[w].pointer, wsn = self.workerScratchFloats
+        let x = act.a + view.ffn.lowerBound, wd = view.down.offset(row: range.lowerBound, col: 0)
+        guard weighted && e < E, let weights = rowWeight.baseAddress.map({ $0 + layout.rowStart[e] }) else {
+          GEMM.xWt(n: n, rows: range.count, k: view.ffn.count, x: x, ldx: act.ld, w: wd, c: target, ldc: H,
+                   accumulate: false, scratch: ws, scratchFloats: wsn)
+          return
+        }
         GEMM.xWt(n: n, rows: range.count, k: view.ffn.count, x: x, ldx: act.ld, w: wd, c: target, ldc: H,
-                 accumulate: false, scratch: ws, scratchFloats: wsn)
-        return
+                 scratch: ws, scratchFloats: wsn) { r0, rows, c0, cols in
+          for i in r0..<(r0 + rows) { Self.scale(target + i * H + c0, by: weights[i], cols) }
+        }
       }
-      GEMM.xWt(n: n, rows: range.count, k: view.ffn.count, x: x, ldx: act.ld, w: wd, c: target, ldc: H,
-               scratch: ws, scratchFloats: wsn) { r0, rows, c0, cols in
-        for i in r0..<(r0 + rows) { Self.scale(target + i * H + c0, by: weights[i], cols) }
-      }
-    }
     }
 
     // Combine: out[t] = sum over t's rows (fixed order) of weight * y (the
