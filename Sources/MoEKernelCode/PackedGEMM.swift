@@ -31,6 +31,12 @@ public struct MatrixOperand: @unchecked Sendable {
     self.bf16 = bf16
   }
 
+  /// Whether `other` is this operand (same memory, leading dimension and layout).
+  @inlinable @inline(__always)
+  public func same(as other: MatrixOperand) -> Bool {
+    base == other.base && ld == other.ld && transposed == other.transposed && bf16 == other.bf16
+  }
+
   /// Element (i, j) as f32.
   @inlinable @inline(__always)
   public func value(_ i: Int, _ j: Int) -> Float {
@@ -99,6 +105,7 @@ extension KernelISA {
   public static func makeTable(name: String, fused: Bool) -> KernelTable {
     KernelTable(name: name, width: V.scalarCount, fused: fused,
                 gemm: { PackedGEMM.run(Self.self, $0) },
+                gemmFused: { PackedGEMM.run(Self.self, $0, $1, epilogue: $2) },
                 fmaLoop: { FMALoop.run(Self.self, iterations: $0) })
   }
 }
@@ -107,50 +114,113 @@ extension KernelISA {
 public let gemmMR = 6
 /// Columns of B packed at once.
 public let gemmNC = 2048
+/// Columns of C per epilogue call of a fused product (the last strip of a block
+/// may be narrower): mc rows of them, for both products, stay in L2.
+public let gemmEpilogueColumns = 64
 
 public enum PackedGEMM {
   /// Runs `p` on the calling thread with ISA `K`.
   @inlinable @inline(__always)
   public static func run<K: KernelISA>(_: K.Type, _ p: GEMMProblem) {
+    blocked(K.self, p, p, count: 1) { _, _, _, _ in }
+  }
+
+  /// Runs `p` (and `q`, when given, in the same blocked loop) on the calling
+  /// thread with ISA `K`, then calls `epilogue(row0, rows, col0, cols)` on each
+  /// finished strip of C (at most mc rows by gemmEpilogueColumns, still in
+  /// cache), left to right within each block of rows: once
+  /// both products hold their final values there. `q` has p's m, n and k; an
+  /// operand equal to p's (same memory and layout) is packed once for both,
+  /// and q may write p's C (with accumulate) to add the two products.
+  @inlinable @inline(__always)
+  public static func run<K: KernelISA>(_: K.Type, _ p: GEMMProblem, _ q: GEMMProblem?,
+                                       epilogue: (Int, Int, Int, Int) -> Void) {
+    guard let q else {
+      blocked(K.self, p, p, count: 1, epilogue: epilogue)
+      return
+    }
+    if q.m == p.m && q.n == p.n && q.k == p.k {
+      blocked(K.self, p, q, count: 2, epilogue: epilogue)
+    } else {
+      // Different shapes share no loop: one after the other, then the epilogue over p's C.
+      blocked(K.self, p, p, count: 1) { _, _, _, _ in }
+      blocked(K.self, q, q, count: 1) { _, _, _, _ in }
+      if p.m > 0 && p.n > 0 { epilogue(0, p.m, 0, p.n) }
+    }
+  }
+
+  /// The blocked loop over `count` (1 or 2) products of equal shape: products
+  /// [p, q].prefix(count). B blocks are packed per (jc, pc), A blocks per ic,
+  /// each once when both products share it; for each NR-column panel the
+  /// microkernel runs every product, and the epilogue sees the finished panels
+  /// in strips of gemmEpilogueColumns.
+  @inlinable @inline(__always)
+  static func blocked<K: KernelISA>(_: K.Type, _ p: GEMMProblem, _ q: GEMMProblem, count: Int,
+                                    epilogue: (Int, Int, Int, Int) -> Void) {
     let m = p.m, n = p.n, k = p.k
     guard m > 0, n > 0 else { return }
     if k <= 0 {
-      if !p.accumulate { for i in 0..<m { (p.c + i * p.ldc).update(repeating: 0, count: n) } }
+      for o in 0..<count {
+        let r = o == 0 ? p : q
+        if !r.accumulate { for i in 0..<m { (r.c + i * r.ldc).update(repeating: 0, count: n) } }
+      }
+      epilogue(0, m, 0, n)
       return
     }
-    let MR = gemmMR, NR = 2 * K.V.scalarCount
+    let MR = gemmMR, NR = 2 * K.V.scalarCount, epilogueColumns = max(NR, gemmEpilogueColumns)
     // k in equal blocks of at most K.kc (multiples of 8): no short last block
     // that would cost a full pass over C.
     let kBlocks = (k + K.kc - 1) / K.kc
     let kcMax = min(K.kc, ((k + kBlocks - 1) / kBlocks + 7) / 8 * 8), mcMax = K.mc
     let ncMax = min(gemmNC, (n + NR - 1) / NR * NR)
-    guard let bufA = moe_thread_buffer(0, mcMax * kcMax), let bufB = moe_thread_buffer(1, ncMax * kcMax) else {
+    // The second product's own packed operands, when it does not share p's.
+    let ownA = count > 1 && !q.a.same(as: p.a), ownB = count > 1 && !q.b.same(as: p.b)
+    let aStride = mcMax * kcMax, bStride = ncMax * kcMax
+    guard let bufA = moe_thread_buffer(0, (ownA ? 2 : 1) * aStride),
+          let bufB = moe_thread_buffer(1, (ownB ? 2 : 1) * bStride) else {
       // No memory for packing: the plain loop (slow, but an answer).
       reference(p)
+      if count > 1 { reference(q) }
+      epilogue(0, m, 0, n)
       return
     }
+    let bufA2 = ownA ? bufA + aStride : bufA, bufB2 = ownB ? bufB + bStride : bufB
     var jc = 0
     while jc < n {
       let nc = min(ncMax, n - jc)
       var pc = 0
       while pc < k {
         let kc = min(kcMax, k - pc)
-        let accumulate = p.accumulate || pc > 0
+        let last = pc + kc == k
         packB(K.self, p.b, rows: pc, kc: kc, cols: jc, nc: nc, into: bufB)
+        if ownB { packB(K.self, q.b, rows: pc, kc: kc, cols: jc, nc: nc, into: bufB2) }
         var ic = 0
         while ic < m {
           let mc = min(mcMax, m - ic)
           packA(p.a, rows: ic, mc: mc, cols: pc, kc: kc, into: bufA)
-          var jr = 0
+          if ownA { packA(q.a, rows: ic, mc: mc, cols: pc, kc: kc, into: bufA2) }
+          var jr = 0, handed = 0
           while jr < nc {
-            let bPanel = UnsafePointer(bufB + (jr / NR) * kc * NR)
             let nr = min(NR, nc - jr)
-            var ir = 0
-            while ir < mc {
-              micro(K.self, kc: kc, a: UnsafePointer(bufA + (ir / MR) * kc * MR), b: bPanel,
-                    c: p.c + (ic + ir) * p.ldc + jc + jr, ldc: p.ldc,
-                    mr: min(MR, mc - ir), nr: nr, accumulate: accumulate)
-              ir += MR
+            for o in 0..<count {
+              let r = o == 0 ? p : q
+              let aBlock = o == 0 ? bufA : bufA2
+              let bPanel = UnsafePointer((o == 0 ? bufB : bufB2) + (jr / NR) * kc * NR)
+              let accumulate = r.accumulate || pc > 0
+              var ir = 0
+              while ir < mc {
+                micro(K.self, kc: kc, a: UnsafePointer(aBlock + (ir / MR) * kc * MR), b: bPanel,
+                      c: r.c + (ic + ir) * r.ldc + jc + jr, ldc: r.ldc,
+                      mr: min(MR, mc - ir), nr: nr, accumulate: accumulate)
+                ir += MR
+              }
+            }
+            // The epilogue takes strips of at least gemmEpilogueColumns (a
+            // multiple of 16): few calls, and whole 16-float groups on every ISA.
+            let end = jr + nr
+            if last && (end - handed >= epilogueColumns || end == nc) {
+              epilogue(ic, mc, jc + handed, end - handed)
+              handed = end
             }
             jr += NR
           }
@@ -381,14 +451,19 @@ public struct KernelTable: Sendable {
   /// Whether multiply-adds are fused (FMA instructions).
   public let fused: Bool
   public let gemm: @Sendable (GEMMProblem) -> Void
+  /// One product, or two of equal shape in one blocked loop, with an epilogue
+  /// per finished strip of C (PackedGEMM.run(_:_:_:epilogue:)).
+  public let gemmFused: @Sendable (GEMMProblem, GEMMProblem?, (Int, Int, Int, Int) -> Void) -> Void
   public let fmaLoop: @Sendable (Int) -> (flops: Double, sink: Float)
 
   public init(name: String, width: Int, fused: Bool, gemm: @escaping @Sendable (GEMMProblem) -> Void,
+              gemmFused: @escaping @Sendable (GEMMProblem, GEMMProblem?, (Int, Int, Int, Int) -> Void) -> Void,
               fmaLoop: @escaping @Sendable (Int) -> (flops: Double, sink: Float)) {
     self.name = name
     self.width = width
     self.fused = fused
     self.gemm = gemm
+    self.gemmFused = gemmFused
     self.fmaLoop = fmaLoop
   }
 }

@@ -341,3 +341,117 @@ extension GEMM {
     return c
   }
 }
+
+// MARK: - Fused products
+
+extension Kernels {
+  /// p, and q when given (same m, n, k), in one blocked loop that packs a shared
+  /// operand once, calling `epilogue(row0, rows, col0, cols)` on each finished
+  /// strip of C while it is in cache (PackedGEMM.run(_:_:_:epilogue:)). On the
+  /// OpenBLAS path: the products one after the other, then the epilogue over all of C.
+  static func gemmFused(_ p: GEMMProblem, _ q: GEMMProblem?, path: KernelPath = active.path,
+                        epilogue: (Int, Int, Int, Int) -> Void) {
+    if let table = path.table {
+      table.gemmFused(p, q, epilogue)
+      return
+    }
+    OpenBLASGEMM.run(p)
+    if let q { OpenBLASGEMM.run(q) }
+    if p.m > 0 && p.n > 0 { epilogue(0, p.m, 0, p.n) }
+  }
+}
+
+extension GEMM {
+  /// c1 = x w1^T and c2 = x w2^T (each [n, rows], leading dimension ldc; w1 and
+  /// w2 of one dtype and ld), x packed once, then `epilogue(row0, rows, col0,
+  /// cols)` on each finished block of both (all of them at once for few tokens).
+  static func xWtPair(n: Int, rows: Int, k: Int, x: UnsafePointer<Float>, ldx: Int,
+                      w1: WeightMatrix, c1: UnsafeMutablePointer<Float>,
+                      w2: WeightMatrix, c2: UnsafeMutablePointer<Float>, ldc: Int,
+                      scratch: UnsafeMutablePointer<Float>, scratchFloats: Int,
+                      epilogue: (Int, Int, Int, Int) -> Void) {
+    guard n > 0, rows > 0 else { return }
+    if n <= smallGEMMTokenLimit {
+      xWt(n: n, rows: rows, k: k, x: x, ldx: ldx, w: w1, c: c1, ldc: ldc, accumulate: false,
+          scratch: scratch, scratchFloats: scratchFloats)
+      xWt(n: n, rows: rows, k: k, x: x, ldx: ldx, w: w2, c: c2, ldc: ldc, accumulate: false,
+          scratch: scratch, scratchFloats: scratchFloats)
+      epilogue(0, n, 0, rows)
+      return
+    }
+    let a = MatrixOperand(base: x, ld: ldx)
+    func problem(_ w: WeightMatrix, _ c: UnsafeMutablePointer<Float>) -> GEMMProblem {
+      GEMMProblem(m: n, n: rows, k: k, a: a,
+                  b: MatrixOperand(base: w.base, ld: w.ld, transposed: true, bf16: w.dtype == .bf16),
+                  c: c, ldc: ldc, accumulate: false)
+    }
+    Kernels.gemmFused(problem(w1, c1), problem(w2, c2), epilogue: epilogue)
+  }
+
+  /// c[n, rows] = x w^T as `xWt` (not accumulating), then `epilogue(row0, rows,
+  /// col0, cols)` on each finished block of c (all of it at once for few tokens).
+  static func xWt(n: Int, rows: Int, k: Int, x: UnsafePointer<Float>, ldx: Int,
+                  w: WeightMatrix, c: UnsafeMutablePointer<Float>, ldc: Int,
+                  scratch: UnsafeMutablePointer<Float>, scratchFloats: Int,
+                  epilogue: (Int, Int, Int, Int) -> Void) {
+    guard n > 0, rows > 0 else { return }
+    if n <= smallGEMMTokenLimit {
+      xWt(n: n, rows: rows, k: k, x: x, ldx: ldx, w: w, c: c, ldc: ldc, accumulate: false,
+          scratch: scratch, scratchFloats: scratchFloats)
+      epilogue(0, n, 0, rows)
+      return
+    }
+    Kernels.gemmFused(GEMMProblem(m: n, n: rows, k: k, a: MatrixOperand(base: x, ld: ldx),
+                                  b: MatrixOperand(base: w.base, ld: w.ld, transposed: true, bf16: w.dtype == .bf16),
+                                  c: c, ldc: ldc, accumulate: false), nil, epilogue: epilogue)
+  }
+
+  /// c[n, cols] = a w as `aW` (not accumulating), then `epilogue(row0, rows,
+  /// col0, cols)` on each finished block of c (all of it at once for few tokens).
+  static func aW(n: Int, cols: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
+                 w: WeightMatrix, c: UnsafeMutablePointer<Float>, ldc: Int,
+                 epilogue: (Int, Int, Int, Int) -> Void) {
+    guard n > 0, cols > 0 else { return }
+    if n <= smallGEMMTokenLimit {
+      aW(n: n, cols: cols, k: k, a: a, lda: lda, w: w, c: c, ldc: ldc, accumulate: false)
+      epilogue(0, n, 0, cols)
+      return
+    }
+    Kernels.gemmFused(GEMMProblem(m: n, n: cols, k: k, a: MatrixOperand(base: a, ld: lda),
+                                  b: MatrixOperand(base: w.base, ld: w.ld, bf16: w.dtype == .bf16),
+                                  c: c, ldc: ldc, accumulate: false), nil, epilogue: epilogue)
+  }
+
+  /// c1[m, cols] += a1[n, m]^T b and c2[m, cols] += a2[n, m]^T b (a1 and a2 with
+  /// leading dimension lda, c1 and c2 with ldc): b packed once for both.
+  static func atBPair(n: Int, m: Int, cols: Int, a1: UnsafePointer<Float>, a2: UnsafePointer<Float>, lda: Int,
+                      b: UnsafePointer<Float>, ldb: Int,
+                      c1: UnsafeMutablePointer<Float>, c2: UnsafeMutablePointer<Float>, ldc: Int) {
+    guard n > 0, m > 0, cols > 0 else { return }
+    let bOperand = MatrixOperand(base: b, ld: ldb)
+    func problem(_ a: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>) -> GEMMProblem {
+      GEMMProblem(m: m, n: cols, k: n, a: MatrixOperand(base: a, ld: lda, transposed: true), b: bOperand,
+                  c: c, ldc: ldc, accumulate: true)
+    }
+    Kernels.gemmFused(problem(a1, c1), problem(a2, c2)) { _, _, _, _ in }
+  }
+
+  /// c[n, cols] (ldc) = a1[n, k] w1[k, cols] + a2[n, k] w2[k, cols] (a1 and a2
+  /// with leading dimension lda; w1 and w2 of one dtype and ld): both products
+  /// add into each block of c while it is in cache.
+  static func aWSum(n: Int, cols: Int, k: Int, a1: UnsafePointer<Float>, w1: WeightMatrix,
+                    a2: UnsafePointer<Float>, w2: WeightMatrix, lda: Int, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    guard n > 0, cols > 0 else { return }
+    if n <= smallGEMMTokenLimit {
+      aW(n: n, cols: cols, k: k, a: a1, lda: lda, w: w1, c: c, ldc: ldc, accumulate: false)
+      aW(n: n, cols: cols, k: k, a: a2, lda: lda, w: w2, c: c, ldc: ldc, accumulate: true)
+      return
+    }
+    func problem(_ a: UnsafePointer<Float>, _ w: WeightMatrix, accumulate: Bool) -> GEMMProblem {
+      GEMMProblem(m: n, n: cols, k: k, a: MatrixOperand(base: a, ld: lda),
+                  b: MatrixOperand(base: w.base, ld: w.ld, bf16: w.dtype == .bf16), c: c, ldc: ldc,
+                  accumulate: accumulate)
+    }
+    Kernels.gemmFused(problem(a1, w1, accumulate: false), problem(a2, w2, accumulate: true)) { _, _, _, _ in }
+  }
+}

@@ -2,6 +2,11 @@
 // work with a fixed partition that depends only on the worker count and the
 // number of rows per expert, and every sum runs in a fixed order, so results
 // are bit-identical for a given thread count.
+//
+// Element-wise work rides on the matrix products (GEMM.xWtPair, aW and xWt with
+// an epilogue): SwiGLU forward on each finished strip of g and u, its gradient
+// on each finished strip of da, and (in inference) the routing weights on each
+// finished strip of y, while those strips are still in cache.
 
 #if canImport(Glibc)
 import Glibc
@@ -132,36 +137,54 @@ extension MoELayer {
       }
     }
 
-    // Phase 1: g = x Wg^T, u = x Wu^T, a = silu(g) * u, per slice column block.
+    // Phase 1: g = x Wg^T and u = x Wu^T per slice column block, as one blocked
+    // product (x packed once); a = silu(g) * u on each finished strip while g
+    // and u are in cache.
     let gateUp = shardWork(layout: layout, length: { $0.ffn.count }, unitCost: { _ in H })
     runPhase(gateUp) { s, view, range, w in
       let e = view.expert, n = layout.rowCount[e]
       let act = layout.activations(e)
-      let f0 = view.ffn.lowerBound + range.lowerBound
-      let xRows = xp + layout.rowStart[e] * H
-      let ws = self.workerScratch[w].pointer, wsn = self.workerScratchFloats
-      GEMM.xWt(n: n, rows: range.count, k: H, x: xRows, ldx: H, w: view.gate.offset(row: range.lowerBound, col: 0),
-               c: act.g + f0, ldc: act.ld, accumulate: false, scratch: ws, scratchFloats: wsn)
-      GEMM.xWt(n: n, rows: range.count, k: H, x: xRows, ldx: H, w: view.up.offset(row: range.lowerBound, col: 0),
-               c: act.u + f0, ldc: act.ld, accumulate: false, scratch: ws, scratchFloats: wsn)
-      for i in 0..<n {
-        let o = i * act.ld + f0
-        swigluForward(gate: act.g + o, up: act.u + o, out: act.a + o, count: range.count)
+      let f0 = view.ffn.lowerBound + range.lowerBound, ld = act.ld
+      let g = act.g + f0, u = act.u + f0, a = act.a + f0
+      GEMM.xWtPair(n: n, rows: range.count, k: H, x: xp + layout.rowStart[e] * H, ldx: H,
+                   w1: view.gate.offset(row: range.lowerBound, col: 0), c1: g,
+                   w2: view.up.offset(row: range.lowerBound, col: 0), c2: u, ldc: ld,
+                   scratch: self.workerScratch[w].pointer, scratchFloats: self.workerScratchFloats) { r0, rows, c0, cols in
+        for i in r0..<(r0 + rows) {
+          let o = i * ld + c0
+          swigluForward(gate: g + o, up: u + o, out: a + o, count: cols)
+        }
       }
     }
 
-    // Phase 2: y = a Wd^T per slice and block of output columns.
+    // Phase 2: y = a Wd^T per slice and block of output columns. Without
+    // `save` (backward needs the unweighted y) and when each expert's rows
+    // have one writer, each finished strip of a routed expert's rows is
+    // scaled by the rows' routing weights, so the combine only adds.
+    let weighted = !save && !split
     let downWork = shardWork(layout: layout, length: { _ in H }, unitCost: { $0.ffn.count })
-    runPhase(downWork) { s, view, range, w in
-      let e = view.expert, n = layout.rowCount[e]
-      let act = layout.activations(e)
-      let target = (split ? partial[s] : y) + layout.rowStart[e] * H
-      GEMM.xWt(n: n, rows: range.count, k: view.ffn.count, x: act.a + view.ffn.lowerBound, ldx: act.ld,
-               w: view.down.offset(row: range.lowerBound, col: 0), c: target + range.lowerBound, ldc: H,
-               accumulate: false, scratch: self.workerScratch[w].pointer, scratchFloats: self.workerScratchFloats)
+    routing.rowWeight.withUnsafeBufferPointer { rowWeight in
+      runPhase(downWork) { s, view, range, w in
+        let e = view.expert, n = layout.rowCount[e]
+        let act = layout.activations(e)
+        let target = (split ? partial[s] : y) + layout.rowStart[e] * H + range.lowerBound
+        let ws = self.workerScratch[w].pointer, wsn = self.workerScratchFloats
+        let x = act.a + view.ffn.lowerBound, wd = view.down.offset(row: range.lowerBound, col: 0)
+        guard weighted && e < E, let weights = rowWeight.baseAddress.map({ $0 + layout.rowStart[e] }) else {
+          GEMM.xWt(n: n, rows: range.count, k: view.ffn.count, x: x, ldx: act.ld, w: wd, c: target, ldc: H,
+                   accumulate: false, scratch: ws, scratchFloats: wsn)
+          return
+        }
+        GEMM.xWt(n: n, rows: range.count, k: view.ffn.count, x: x, ldx: act.ld, w: wd, c: target, ldc: H,
+                 scratch: ws, scratchFloats: wsn) { r0, rows, c0, cols in
+          for i in r0..<(r0 + rows) { Self.scale(target + i * H + c0, by: weights[i], cols) }
+        }
+      }
     }
 
-    // Combine: out[t] = sum over t's rows (fixed order) of weight * y, plus the gated shared expert.
+    // Combine: out[t] = sum over t's rows (fixed order) of weight * y (the
+    // product rounded, then added: the same bits whether phase 2 scaled y or
+    // not), plus the gated shared expert.
     let holders = expertShards
     let sharedGateVector = UnsafePointer(sharedExpertGate.pointer)
     runtime.parallelFor(T, costPerItem: (config.topK + 1) * H) { tokens in
@@ -171,7 +194,11 @@ extension MoELayer {
         for i in routing.tokenRowOffsets[t]..<routing.tokenRowOffsets[t + 1] {
           let r = Int(routing.tokenRows[i])
           if split { Self.sumPartials(partial, holders[Int(routing.rowExpert[r])], row: r, into: y, H) }
-          axpy(routing.rowWeight[r], y + r * H, o, H)
+          if weighted {
+            Self.add(y + r * H, into: o, H)
+          } else {
+            Self.addScaled(y + r * H, by: routing.rowWeight[r], into: o, H)
+          }
         }
         if shared {
           let r = R + t
@@ -188,6 +215,50 @@ extension MoELayer {
                        losses: Routing.losses(logits: logits, plan: routing))
     lastRouting = routing
     if save { saved = SavedForward(tokens: T, routing: routing, jittered: jittered) }
+  }
+
+  /// v[0..<n] *= alpha.
+  @inline(__always)
+  static func scale(_ v: UnsafeMutablePointer<Float>, by alpha: Float, _ n: Int) {
+    let av = Vec16(repeating: alpha)
+    var h = 0
+    while h + 16 <= n {
+      store16(load16(v + h) * av, v + h)
+      h += 16
+    }
+    while h < n {
+      v[h] *= alpha
+      h += 1
+    }
+  }
+
+  /// dst[0..<n] += src (plain adds).
+  @inline(__always)
+  static func add(_ src: UnsafePointer<Float>, into dst: UnsafeMutablePointer<Float>, _ n: Int) {
+    var h = 0
+    while h + 16 <= n {
+      store16(load16(dst + h) + load16(src + h), dst + h)
+      h += 16
+    }
+    while h < n {
+      dst[h] += src[h]
+      h += 1
+    }
+  }
+
+  /// dst[0..<n] += (alpha * src): the product rounded before the add, as `scale` then `add`.
+  @inline(__always)
+  static func addScaled(_ src: UnsafePointer<Float>, by alpha: Float, into dst: UnsafeMutablePointer<Float>, _ n: Int) {
+    let av = Vec16(repeating: alpha)
+    var h = 0
+    while h + 16 <= n {
+      store16(load16(dst + h) + load16(src + h) * av, dst + h)
+      h += 16
+    }
+    while h < n {
+      dst[h] += src[h] * alpha
+      h += 1
+    }
   }
 
   /// y[row] = sum of the shards' partial outputs for that row, in shard order.
@@ -251,6 +322,8 @@ extension MoELayer {
     }
 
     // B1: per slice column block: dWd += dY^T a; da = dY Wd; dg, du; dWg += dg^T x; dWu += du^T x.
+    // (dWd and da both read dY, but as A^T (inner index: rows) and as A (inner
+    // index: H): their packed panels differ, so each packs its own.)
     let ffnWork = shardWork(layout: layout, length: { $0.ffn.count }, unitCost: { _ in H })
     runPhase(ffnWork) { s, view, range, w in
       let e = view.expert, n = layout.rowCount[e]
@@ -263,14 +336,18 @@ extension MoELayer {
       let gradGate = e < E ? gGate + e * F * H : gSharedGate
       let gradUp = e < E ? gUp + e * F * H : gSharedUp
       GEMM.atB(n: n, m: H, cols: cols, a: dY, lda: H, b: act.a + f0, ldb: act.ld, c: gradDown + f0, ldc: Fe)
+      // da = dY Wd, and on each finished strip (in cache) dg, du in place of g, u.
+      let g = act.g + f0, u = act.u + f0, da = act.a + f0, ld = act.ld
       GEMM.aW(n: n, cols: cols, k: H, a: dY, lda: H, w: view.down.offset(row: 0, col: range.lowerBound),
-              c: act.a + f0, ldc: act.ld, accumulate: false)
-      for i in 0..<n {
-        let o = i * act.ld + f0
-        swigluBackward(gate: act.g + o, up: act.u + o, gradOut: act.a + o, count: cols)
+              c: da, ldc: ld) { r0, rows, c0, width in
+        for i in r0..<(r0 + rows) {
+          let o = i * ld + c0
+          swigluBackward(gate: g + o, up: u + o, gradOut: da + o, count: width)
+        }
       }
-      GEMM.atB(n: n, m: cols, cols: H, a: act.g + f0, lda: act.ld, b: xRows, ldb: H, c: gradGate + f0 * H, ldc: H)
-      GEMM.atB(n: n, m: cols, cols: H, a: act.u + f0, lda: act.ld, b: xRows, ldb: H, c: gradUp + f0 * H, ldc: H)
+      // dWg and dWu from one blocked loop: the x rows packed once for both.
+      GEMM.atBPair(n: n, m: cols, cols: H, a1: act.g + f0, a2: act.u + f0, lda: act.ld, b: xRows, ldb: H,
+                   c1: gradGate + f0 * H, c2: gradUp + f0 * H, ldc: H)
     }
 
     // B2: dx rows = dg Wg + du Wu, per slice and block of H columns (partial per shard when split).
@@ -279,10 +356,11 @@ extension MoELayer {
       let e = view.expert, n = layout.rowCount[e]
       let act = layout.activations(e)
       let target = (split ? partial[s] : xp) + layout.rowStart[e] * H + range.lowerBound
-      GEMM.aW(n: n, cols: range.count, k: view.ffn.count, a: act.g + view.ffn.lowerBound, lda: act.ld,
-              w: view.gate.offset(row: 0, col: range.lowerBound), c: target, ldc: H, accumulate: false)
-      GEMM.aW(n: n, cols: range.count, k: view.ffn.count, a: act.u + view.ffn.lowerBound, lda: act.ld,
-              w: view.up.offset(row: 0, col: range.lowerBound), c: target, ldc: H, accumulate: true)
+      // Both products add into each block of the target while it is in cache.
+      GEMM.aWSum(n: n, cols: range.count, k: view.ffn.count,
+                 a1: act.g + view.ffn.lowerBound, w1: view.gate.offset(row: 0, col: range.lowerBound),
+                 a2: act.u + view.ffn.lowerBound, w2: view.up.offset(row: 0, col: range.lowerBound),
+                 lda: act.ld, c: target, ldc: H)
     }
 
     // B3: per token: routing backward to dLogits; dx = sum of its rows' dx (fixed
