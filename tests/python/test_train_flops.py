@@ -10,21 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from abi import Model, Runtime, Trainer, upcycle
+from abi import Model, Trainer, upcycle
 from moeupcycle import _capi as C
 from test_model import qwen2_moe  # noqa: F401 (fixture: Qwen2-MoE with a shared expert, layer 0 dense)
 from test_model import write_tiny
+from test_train import rt  # noqa: F401 (fixture: a 2-worker runtime)
 from test_train import run
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKENS = [(i * 7 + 3) % 251 for i in range(600)]
-
-
-@pytest.fixture(scope="module")
-def rt():
-    r = Runtime(threads=2)
-    yield r
-    r.close()
 
 
 @pytest.fixture(scope="module")

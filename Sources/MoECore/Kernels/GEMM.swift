@@ -21,6 +21,12 @@ public struct WeightMatrix: @unchecked Sendable {
     self.ld = ld
   }
 
+  /// The weight as a GEMM operand: B = w, or B = w^T when `transposed`.
+  @inline(__always)
+  func operand(transposed: Bool = false) -> MatrixOperand {
+    MatrixOperand(base: base, ld: ld, transposed: transposed, bf16: dtype == .bf16)
+  }
+
   /// The view starting at (row, col).
   @inline(__always)
   public func offset(row: Int, col: Int) -> WeightMatrix {
@@ -64,7 +70,7 @@ enum GEMM {
       return
     }
     Kernels.gemm(GEMMProblem(m: n, n: rows, k: k, a: MatrixOperand(base: x, ld: ldx),
-                             b: MatrixOperand(base: w.base, ld: w.ld, transposed: true, bf16: w.dtype == .bf16),
+                             b: w.operand(transposed: true),
                              c: c, ldc: ldc, accumulate: accumulate))
   }
 
@@ -77,7 +83,7 @@ enum GEMM {
       return
     }
     Kernels.gemm(GEMMProblem(m: n, n: cols, k: k, a: MatrixOperand(base: a, ld: lda),
-                             b: MatrixOperand(base: w.base, ld: w.ld, bf16: w.dtype == .bf16),
+                             b: w.operand(),
                              c: c, ldc: ldc, accumulate: accumulate))
   }
 
@@ -382,7 +388,7 @@ extension GEMM {
     let a = MatrixOperand(base: x, ld: ldx)
     func problem(_ w: WeightMatrix, _ c: UnsafeMutablePointer<Float>) -> GEMMProblem {
       GEMMProblem(m: n, n: rows, k: k, a: a,
-                  b: MatrixOperand(base: w.base, ld: w.ld, transposed: true, bf16: w.dtype == .bf16),
+                  b: w.operand(transposed: true),
                   c: c, ldc: ldc, accumulate: false)
     }
     Kernels.gemmFused(problem(w1, c1), problem(w2, c2), epilogue: epilogue)
@@ -402,7 +408,7 @@ extension GEMM {
       return
     }
     Kernels.gemmFused(GEMMProblem(m: n, n: rows, k: k, a: MatrixOperand(base: x, ld: ldx),
-                                  b: MatrixOperand(base: w.base, ld: w.ld, transposed: true, bf16: w.dtype == .bf16),
+                                  b: w.operand(transposed: true),
                                   c: c, ldc: ldc, accumulate: false), nil, epilogue: epilogue)
   }
 
@@ -418,7 +424,7 @@ extension GEMM {
       return
     }
     Kernels.gemmFused(GEMMProblem(m: n, n: cols, k: k, a: MatrixOperand(base: a, ld: lda),
-                                  b: MatrixOperand(base: w.base, ld: w.ld, bf16: w.dtype == .bf16),
+                                  b: w.operand(),
                                   c: c, ldc: ldc, accumulate: false), nil, epilogue: epilogue)
   }
 
@@ -449,7 +455,7 @@ extension GEMM {
     }
     func problem(_ a: UnsafePointer<Float>, _ w: WeightMatrix, accumulate: Bool) -> GEMMProblem {
       GEMMProblem(m: n, n: cols, k: k, a: MatrixOperand(base: a, ld: lda),
-                  b: MatrixOperand(base: w.base, ld: w.ld, bf16: w.dtype == .bf16), c: c, ldc: ldc,
+                  b: w.operand(), c: c, ldc: ldc,
                   accumulate: accumulate)
     }
     Kernels.gemmFused(problem(a1, w1, accumulate: false), problem(a2, w2, accumulate: true)) { _, _, _, _ in }

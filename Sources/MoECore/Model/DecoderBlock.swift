@@ -174,8 +174,10 @@ extension DecoderModel {
         }
       }
     }
-    rmsNormRows(s.xIn, layer.inputNorm.pointer, h, rows: T, eps: eps)
-    if let gq = g?.qkv { runtime.weightGradient(dY: dqkv, x: h, tokens: T, rows: qkvWidth, cols: H, into: gq.pointer) }
+    if let gq = g?.qkv {
+      rmsNormRows(s.xIn, layer.inputNorm.pointer, h, rows: T, eps: eps)
+      runtime.weightGradient(dY: dqkv, x: h, tokens: T, rows: qkvWidth, cols: H, into: gq.pointer)
+    }
     if let gb = g?.qkvBias { runtime.columnSums(dqkv, rows: T, cols: qkvWidth, into: gb.pointer) }
     runtime.inputGradient(dY: dqkv, w: layer.qkv, tokens: T, into: dh, accumulate: false)
     rmsNormBackward(x: s.xIn, weight: layer.inputNorm.pointer, dy: dh, dx: dx, dWeight: g?.inputNorm.pointer,

@@ -142,20 +142,17 @@ extension DecoderModel {
         targets[s * S + t] = tokens[s * (S + 1) + t + 1]
       }
     }
-    func activations(_ tag: String) throws -> LayerActivations {
+    /// Layer l's kept activations: its own buffers, or with recompute its own
+    /// input and one block's buffers shared by every layer; dense-FFN buffers
+    /// only for a dense layer.
+    func layerActivations(_ l: Int) throws -> LayerActivations {
+      let tag = recompute ? "block_" : "layer\(l)_"
       func buf(_ name: String, _ n: Int) throws -> UnsafeMutablePointer<Float> { try buffers.get(tag + name, floats: n) }
-      let F = d.intermediateSize
-      let dense = layers[lowestLayer...].contains { $0.moe == nil }
-      return LayerActivations(xIn: try buf("x_in", T * H), xMid: try buf("x_mid", T * H),
+      let F = d.intermediateSize, dense = layers[l].moe == nil
+      return LayerActivations(xIn: try buffers.get("layer\(l)_x_in", floats: T * H), xMid: try buf("x_mid", T * H),
                               qkv: try buf("qkv", T * qkvWidth), attn: try buf("attn", T * nq * hd),
                               lse: try buf("lse", T * nq),
                               gateUp: dense ? try buf("gate_up", T * 2 * F) : nil, act: dense ? try buf("act", T * F) : nil)
-    }
-    func layerActivations(_ l: Int) throws -> LayerActivations {
-      var a = try activations(recompute ? "block_" : "layer\(l)_")
-      if recompute { a.xIn = try buffers.get("layer\(l)_x_in", floats: T * H) }
-      if layers[l].moe != nil { a.gateUp = nil; a.act = nil }
-      return a
     }
 
     // MARK: forward, keeping what backward needs
