@@ -1067,7 +1067,9 @@ typedef struct moe_generate_result {
  * by the output-buffer rule, except that generation runs in any case: with
  * `text` NULL only `*needed` is set; when `capacity` is too small the call
  * returns MOE_ERR_BUFFER_TOO_SMALL after generating, with `out` and `*needed`
- * filled and nothing written into `text`.
+ * filled and nothing written into `text`. A model that generates the byte 0
+ * (a byte-level token) puts it in the text as it is: `*needed` counts every
+ * byte, so a host that must see such text whole reads `*needed - 1` bytes.
  * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (empty
  * prompt, prompt at or beyond the context, bad sampling settings),
  * MOE_ERR_UNSUPPORTED (chat without a ChatML template), MOE_ERR_NUMERIC

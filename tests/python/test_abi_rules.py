@@ -623,7 +623,9 @@ def test_output_buffer_rule(world, case):
     assert raw.raw[n * elem:] == bytes([SENTINEL]) * (8 * elem), f"{fn} wrote past the answer"
     answer = raw.raw[:n * elem]
     if ctype is ctypes.c_char:
-        assert answer[-1] == 0 and 0 not in answer[:-1], "text is NUL-terminated, of needed bytes"
+        assert answer[-1] == 0, "text is NUL-terminated, of needed bytes"
+        # Generated text may hold the byte 0 itself (a byte-level token of a random model).
+        assert case == "generate" or 0 not in answer[:-1], "no NUL inside the text"
         if case.startswith("describe"):
             json.loads(answer[:-1])
         if case == "detokenize":

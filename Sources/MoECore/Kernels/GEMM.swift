@@ -151,7 +151,12 @@ enum SmallGEMM {
   static func run<L: RowLoader>(_: L.Type, n: Int, rows: Int, k: Int, x: UnsafePointer<Float>, ldx: Int,
                                 w: WeightMatrix, c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
     let k16 = k & ~15
-    for j in 0..<rows {
+    var j0 = 0
+    if n == 1 {
+      j0 = rows & ~3
+      vectorFourRows(L.self, rows: j0, k: k, x: x, w: w, c: c, accumulate: accumulate)
+    }
+    for j in j0..<rows {
       let row = w.base + j * w.ld * w.dtype.elementBytes
       var i = 0
       // Four tokens at a time: one weight load feeds four FMAs.
@@ -201,6 +206,41 @@ enum SmallGEMM {
         store(s0, c + i * ldc + j, accumulate)
         i += 1
       }
+    }
+  }
+
+  /// c[j] (+)= w[j, :] . x for one token, four weight rows at a time: four
+  /// independent streams and multiply-add chains keep more loads in flight
+  /// than one row at a time, and one x vector feeds four rows. `rows` is a
+  /// multiple of 4.
+  @inline(__always)
+  static func vectorFourRows<L: RowLoader>(_: L.Type, rows: Int, k: Int, x: UnsafePointer<Float>, w: WeightMatrix,
+                                           c: UnsafeMutablePointer<Float>, accumulate: Bool) {
+    let k16 = k & ~15, rowBytes = w.ld * w.dtype.elementBytes
+    var j = 0
+    while j < rows {
+      let r0 = w.base + j * rowBytes, r1 = r0 + rowBytes, r2 = r1 + rowBytes, r3 = r2 + rowBytes
+      var a0 = Vec16(), a1 = Vec16(), a2 = Vec16(), a3 = Vec16()
+      var h = 0
+      while h < k16 {
+        let xv = load16(x + h)
+        a0 = a0.addingProduct(L.load16(r0, h), xv)
+        a1 = a1.addingProduct(L.load16(r1, h), xv)
+        a2 = a2.addingProduct(L.load16(r2, h), xv)
+        a3 = a3.addingProduct(L.load16(r3, h), xv)
+        h += 16
+      }
+      var s0 = a0.sum(), s1 = a1.sum(), s2 = a2.sum(), s3 = a3.sum()
+      while h < k {
+        let xh = x[h]
+        s0 += L.load(r0, h) * xh; s1 += L.load(r1, h) * xh; s2 += L.load(r2, h) * xh; s3 += L.load(r3, h) * xh
+        h += 1
+      }
+      store(s0, c + j, accumulate)
+      store(s1, c + j + 1, accumulate)
+      store(s2, c + j + 2, accumulate)
+      store(s3, c + j + 3, accumulate)
+      j += 4
     }
   }
 

@@ -119,6 +119,7 @@ public final class DecoderModel: @unchecked Sendable {
       v.withUnsafeBufferPointer { b.pointer.update(from: $0.baseAddress!, count: n) }
       return b
     }
+    let arena = WeightArena()
     func dense(_ names: [String], rows: [Int], cols: Int, biases: [String]? = nil) throws -> DenseWeight {
       var all: [Float] = []
       for (n, r) in zip(names, rows) { all += try read(n, [r, cols]); src.release(n) }
@@ -128,7 +129,7 @@ public final class DecoderModel: @unchecked Sendable {
       return try all.withUnsafeBufferPointer { a in
         try (bias ?? []).withUnsafeBufferPointer { b in
           try DenseWeight(rows: total, cols: cols, dtype: wt, values: a.baseAddress!,
-                          bias: bias == nil ? nil : b.baseAddress, what: names[0])
+                          bias: bias == nil ? nil : b.baseAddress, what: names[0], arena: arena)
         }
       }
     }

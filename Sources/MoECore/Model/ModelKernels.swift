@@ -207,12 +207,15 @@ final class DenseWeight: @unchecked Sendable {
   let dtype: DType
   let bias: AlignedBuffer?
 
-  init(rows: Int, cols: Int, dtype: DType, values: UnsafePointer<Float>, bias: UnsafePointer<Float>?, what: String) throws {
+  /// Storage comes from `arena` when given (a model's weights), else is owned.
+  init(rows: Int, cols: Int, dtype: DType, values: UnsafePointer<Float>, bias: UnsafePointer<Float>?, what: String,
+       arena: WeightArena? = nil) throws {
     self.rows = rows
     self.cols = cols
     self.dtype = dtype
     let count = try checkedProduct([rows, cols], what: what)
-    storage = try AlignedBuffer(floats: dtype == .bf16 ? (count + 1) / 2 : count, what: what)
+    let floats = dtype == .bf16 ? (count + 1) / 2 : count
+    storage = try arena?.allocate(floats: floats, what: what) ?? AlignedBuffer(floats: floats, what: what)
     if dtype == .bf16 {
       let dst = UnsafeMutableRawPointer(storage.pointer).assumingMemoryBound(to: UInt16.self)
       for i in 0..<count { dst[i] = floatToBF16(values[i]) }

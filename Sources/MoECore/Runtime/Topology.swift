@@ -280,6 +280,7 @@ public final class Topology: @unchecked Sendable {
     let length = max(bytes, 1)
     let flags = Int32(HWLOC_MEMBIND_BYNODESET.rawValue | HWLOC_MEMBIND_STRICT.rawValue)
     guard let pointer = hwloc_alloc_membind(handle, length, nodeset, policy, flags) else { return nil }
+    if length >= hugeAllocationBytes { adviseHugePages(pointer, length) }
     return NodeMemory(boundPointer: pointer, bytes: bytes, length: length, node: node, topology: self)
   }
 
@@ -315,13 +316,15 @@ public final class NodeMemory: @unchecked Sendable {
   }
 
   fileprivate init(plainBytes bytes: Int, node: Int?) throws {
-    let pageSize = max(4096, Int(getpagesize()))
-    let length = max(bytes, 1)
+    let huge = bytes >= hugeAllocationBytes && bytes <= Int.max - hugePageBytes
+    let pageSize = huge ? hugePageBytes : max(4096, Int(getpagesize()))
+    let length = huge ? (bytes + hugePageBytes - 1) & ~(hugePageBytes - 1) : max(bytes, 1)
     var allocated: UnsafeMutableRawPointer?
     let rc = posix_memalign(&allocated, pageSize, length)
     guard rc == 0, let allocated else {
       throw MoEError(.outOfMemory, "cannot allocate \(bytes) bytes: \(String(cString: strerror(rc)))")
     }
+    if huge { adviseHugePages(allocated, length) }
     self.pointer = allocated
     self.bytes = bytes
     self.length = length

@@ -8,20 +8,78 @@ import Glibc
 public final class AlignedBuffer: @unchecked Sendable {
   public let pointer: UnsafeMutablePointer<Float>
   public let floats: Int
+  /// The chunk this buffer was carved from (nil: the buffer owns its memory).
+  private let chunk: AlignedBuffer?
 
+  /// An owned buffer. Buffers of at least hugeAllocationBytes start on a huge
+  /// page boundary, cover whole huge pages and are advised to use them.
   public init(floats: Int, what: String) throws {
     guard floats >= 0 else { throw MoEError.invalid("\(what): negative size \(floats)") }
     let (bytes, overflow) = max(floats, 16).multipliedReportingOverflow(by: 4)
-    guard !overflow else { throw MoEError(.outOfMemory, "\(what): \(floats) floats overflow the address space") }
+    guard !overflow, bytes <= Int.max - hugePageBytes else {
+      throw MoEError(.outOfMemory, "\(what): \(floats) floats overflow the address space")
+    }
+    let huge = bytes >= hugeAllocationBytes
+    let length = huge ? (bytes + hugePageBytes - 1) & ~(hugePageBytes - 1) : bytes
     var raw: UnsafeMutableRawPointer?
-    guard posix_memalign(&raw, 64, bytes) == 0, let raw else {
+    guard posix_memalign(&raw, huge ? hugePageBytes : 64, length) == 0, let raw else {
       throw MoEError(.outOfMemory, "\(what): cannot allocate \(bytes) bytes")
     }
+    if huge { adviseHugePages(raw, length) }
     pointer = raw.bindMemory(to: Float.self, capacity: max(floats, 16))
     self.floats = floats
+    chunk = nil
   }
 
-  deinit { free(pointer) }
+  /// floats at `offset` of `chunk`, which the new buffer keeps alive.
+  fileprivate init(in chunk: AlignedBuffer, offset: Int, floats: Int) {
+    pointer = chunk.pointer + offset
+    self.floats = floats
+    self.chunk = chunk
+  }
+
+  deinit { if chunk == nil { free(pointer) } }
+}
+
+/// The size of a transparent huge page on x86-64.
+let hugePageBytes = 2 << 20
+/// Owned buffers at least this large are backed by huge pages.
+let hugeAllocationBytes = 4 << 20
+
+/// Asks the kernel to back the whole huge pages inside [base, base + bytes)
+/// with transparent huge pages (THP in `madvise` mode, as on Debian) before the
+/// memory is first touched. Decode streams every weight once per token: with
+/// 4 KiB pages each 4 KiB read takes a TLB miss, and under a hypervisor each
+/// miss walks two page tables. Advice only: without THP nothing changes.
+func adviseHugePages(_ base: UnsafeMutableRawPointer, _ bytes: Int) {
+  let start = (Int(bitPattern: base) + hugePageBytes - 1) & ~(hugePageBytes - 1)
+  let end = (Int(bitPattern: base) + bytes) & ~(hugePageBytes - 1)
+  guard end > start, let p = UnsafeMutableRawPointer(bitPattern: start) else { return }
+  _ = madvise(p, end - start, MADV_HUGEPAGE)
+}
+
+/// Carves a model's weight matrices out of large huge-page-backed chunks, so
+/// that weights of a few MiB each (a layer's projections) are read through
+/// huge pages without rounding every one up to whole huge pages. Slices start
+/// on 64-byte boundaries; a chunk is freed when its last slice is.
+final class WeightArena {
+  static let chunkFloats = (32 << 20) / 4
+  private var chunk: AlignedBuffer?
+  private var used = 0
+
+  /// A buffer of `floats` floats (contents undefined).
+  func allocate(floats: Int, what: String) throws -> AlignedBuffer {
+    guard floats >= 0 else { throw MoEError.invalid("\(what): negative size \(floats)") }
+    let rounded = (max(floats, 16) + 15) & ~15
+    guard rounded <= Self.chunkFloats / 4 else { return try AlignedBuffer(floats: floats, what: what) }
+    if chunk == nil || used + rounded > Self.chunkFloats {
+      chunk = try AlignedBuffer(floats: Self.chunkFloats, what: what)
+      used = 0
+    }
+    let b = AlignedBuffer(in: chunk!, offset: used, floats: floats)
+    used += rounded
+    return b
+  }
 }
 
 /// Named grow-only scratch buffers, reused across calls.
