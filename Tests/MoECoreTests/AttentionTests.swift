@@ -112,6 +112,54 @@ import Glibc
     #expect(worst <= Self.tolerance, "nq=\(nq) nkv=\(nkv) d=\(d) start=\(start) T=\(T) block=\(block): \(worst)")
   }
 
+  /// The decode kernel (one token, all heads, spans of positions merged)
+  /// against attendOne per head, at the last position of the problem.
+  @Test(arguments: [(1, 1, 64, 0), (3, 1, 64, 0), (3, 1, 64, 15), (3, 1, 64, 16), (2, 2, 40, 37),
+                    (6, 2, 72, 300), (9, 3, 64, 100), (5, 1, 8, 1000)])
+  func attendSpansMatchAttendOne(shape: (Int, Int, Int, Int)) throws {
+    let (nq, nkv, d, start) = shape
+    var p = Problem(nq: nq, nkv: nkv, d: d, start: start, T: 1, seed: UInt64(nq * 77 + d + start))
+    let want = p.reference()
+    let n = start + 1, stride = ModelKernels.attendSpanScoreStride(positions: n)
+    #expect(stride % 16 == 0 && stride >= n)
+    let scores = try AlignedBuffer(floats: nq * stride, what: "test scores")
+    let partialStride = ModelKernels.spanPartialFloats(heads: nq, d: d)
+    func run(_ p: Problem, spans: Int) -> [Float] {
+      var got = [Float](repeating: .nan, count: nq * d)
+      var partial = [Float](repeating: .nan, count: spans * partialStride)
+      p.q.withUnsafeBufferPointer { qp in p.keys.withUnsafeBufferPointer { kp in p.values.withUnsafeBufferPointer { vp in
+        partial.withUnsafeMutableBufferPointer { pp in
+          for w in 0..<spans {
+            let r = pp.baseAddress! + w * partialStride
+            ModelKernels.attendSpan(q: qp.baseAddress!, heads: nq, kvHeads: nkv, d: d, keys: kp.baseAddress!,
+                                    values: vp.baseAddress!, stride: nkv * d, first: n * w / spans,
+                                    end: n * (w + 1) / spans, scale: p.scale, scores: scores.pointer,
+                                    out: r, maxima: r + nq * d, sums: r + nq * d + nq)
+          }
+          got.withUnsafeMutableBufferPointer { op in
+            ModelKernels.mergeSpans(pp.baseAddress!, partialStride: partialStride, spans: spans, heads: nq, d: d,
+                                    out: op.baseAddress!)
+          }
+        }
+      } } }
+      return got
+    }
+    // More spans than positions leaves some empty: they must not count.
+    for spans in [1, 2, 3] {
+      let worst = Self.worstError(run(p, spans: spans), want)
+      #expect(worst <= Self.tolerance, "\(shape) spans=\(spans): \(worst)")
+    }
+    // A NaN key poisons every head of its kv head, and only those.
+    p.keys[start * nkv * d + (nkv - 1) * d] = .nan
+    for spans in [1, 2] {
+      let got = run(p, spans: spans)
+      for h in 0..<nq {
+        let poisoned = h / p.group == nkv - 1
+        #expect((0..<d).allSatisfy { got[h * d + $0].isNaN == poisoned }, "\(shape) spans=\(spans) head \(h)")
+      }
+    }
+  }
+
   /// Scores far beyond exp's range (|s| in the hundreds): the row maximum keeps
   /// the softmax finite. The scores' own rounding (about 1e-7 of their size)
   /// moves the weights, so the bound grows with them: 1e-5 times the largest score.
@@ -133,7 +181,8 @@ import Glibc
 
   /// The runtime's split over workers and query blocks: the same as attendOne
   /// within the bound, and the same bits on every run with a given thread count.
-  @Test(arguments: [(3, 1, 64, 0, 300), (9, 3, 64, 0, 200), (4, 2, 40, 50, 100), (2, 1, 72, 3, 17), (4, 2, 64, 20, 3)])
+  @Test(arguments: [(3, 1, 64, 0, 300), (9, 3, 64, 0, 200), (4, 2, 40, 50, 100), (2, 1, 72, 3, 17), (4, 2, 64, 20, 3),
+                    (9, 3, 64, 900, 1), (4, 2, 40, 600, 5)])
   func runtimeAttentionMatchesAndRepeats(shape: (Int, Int, Int, Int, Int)) throws {
     let (nq, nkv, d, start, T) = shape
     let p = Problem(nq: nq, nkv: nkv, d: d, start: start, T: T, seed: UInt64(7 + T))

@@ -50,6 +50,99 @@ enum ModelKernels {
     for j in 0...last { axpy(scores[j] * inv, values + j * stride, out, d) }
   }
 
+  /// Decode attention of one token over a span of cached positions, all heads
+  /// at once: query head h is q + h * d (kv head h / (heads / kvHeads));
+  /// position p's keys and values are the rows keys/values + p * stride, which
+  /// hold every kv head (a KV cache row), so the span is read as one contiguous
+  /// stream. For positions first ..< end this writes, per head h, the span's
+  /// scaled maximum score maxima[h], the sum of exp(scale * score - maxima[h])
+  /// into sums[h], and the unnormalized sum of those weights times the values
+  /// into out + h * d. mergeSpans combines spans into the softmax output. A
+  /// non-finite score makes maxima[h] NaN (which poisons the merged output).
+  /// scores: scratch of heads * attendSpanScoreStride(positions:) floats.
+  static func attendSpan(q: UnsafePointer<Float>, heads nq: Int, kvHeads nkv: Int, d: Int,
+                         keys: UnsafePointer<Float>, values: UnsafePointer<Float>, stride: Int,
+                         first: Int, end: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
+                         out: UnsafeMutablePointer<Float>, maxima: UnsafeMutablePointer<Float>,
+                         sums: UnsafeMutablePointer<Float>) {
+    let n = end - first, ldS = attendSpanScoreStride(positions: n), group = nq / nkv
+    guard n > 0 else {
+      for h in 0..<nq { maxima[h] = -.infinity; sums[h] = 0 }
+      out.update(repeating: 0, count: nq * d)
+      return
+    }
+    for i in 0..<n {
+      let k = keys + (first + i) * stride
+      for h in 0..<nq { scores[h * ldS + i] = dot(q + h * d, k + h / group * d, d) }
+    }
+    let lane = SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+    let scaleV = Vec16(repeating: scale)
+    for h in 0..<nq {
+      let row = scores + h * ldS
+      let (m, finite) = maxAndFinite(row, n)
+      let mv = Vec16(repeating: m)
+      var sum = Vec16()
+      var c = 0
+      while c + 16 <= n {
+        let e = exp16((load16(row + c) - mv) * scaleV)
+        store16(e, row + c)
+        sum += e
+        c += 16
+      }
+      if c < n {
+        let e = Vec16().replacing(with: exp16((load16(row + c) - mv) * scaleV), where: lane .< Int32(n - c))
+        store16(e, row + c)
+        sum += e
+      }
+      maxima[h] = finite ? m * scale : .nan
+      sums[h] = sum.sum()
+    }
+    out.update(repeating: 0, count: nq * d)
+    for i in 0..<n {
+      let v = values + (first + i) * stride
+      for h in 0..<nq { axpy(scores[h * ldS + i], v + h / group * d, out + h * d, d) }
+    }
+  }
+
+  /// Floats between two heads' scores in attendSpan's scratch: the positions
+  /// rounded up to 16, so every row is read and written 16 lanes at a time.
+  static func attendSpanScoreStride(positions: Int) -> Int { (positions + 15) & ~15 }
+
+  /// The softmax output of `spans` partial results of attendSpan over
+  /// consecutive spans (span w: partial + w * partialStride, laid out as
+  /// [heads * d outputs, heads maxima, heads sums]), in span order: per head,
+  /// sum_w exp(maxima_w - M) out_w / sum_w exp(maxima_w - M) sums_w with M the
+  /// largest maximum. out: [heads * d].
+  static func mergeSpans(_ partial: UnsafePointer<Float>, partialStride: Int, spans: Int, heads nq: Int, d: Int,
+                         out: UnsafeMutablePointer<Float>) {
+    for h in 0..<nq {
+      var top = -Float.infinity, poisoned = false
+      for w in 0..<spans {
+        let m = partial[w * partialStride + nq * d + h]
+        if m.isNaN { poisoned = true }
+        top = max(top, m)
+      }
+      let dst = out + h * d
+      if poisoned || !top.isFinite {
+        dst.update(repeating: .nan, count: d)
+        continue
+      }
+      dst.update(repeating: 0, count: d)
+      var total: Float = 0
+      for w in 0..<spans {
+        let base = partial + w * partialStride
+        let weight = expf(base[nq * d + h] - top)
+        total += weight * base[nq * d + nq + h]
+        axpy(weight, base + h * d, dst, d)
+      }
+      let inv = 1 / total
+      for c in 0..<d { dst[c] *= inv }
+    }
+  }
+
+  /// Floats of one span's partial result for mergeSpans: outputs, maxima, sums.
+  static func spanPartialFloats(heads nq: Int, d: Int) -> Int { (nq * d + 2 * nq + 15) & ~15 }
+
   /// Causal attention of a block of queries as matrix products: `count` query
   /// tokens at positions first ..< first + count, each for the `group` query
   /// heads that share one key/value head (GQA), so that the keys and values are
@@ -257,7 +350,8 @@ extension Runtime {
   /// rows); output: out + (s * T + t) * ldo + h * d. With `lse` (training),
   /// the log-sum-exp of every query row's scaled scores goes to
   /// lse[(s * heads + h) * T + t]. Fewer than blockedAttentionMinTokens
-  /// tokens without `lse` (decode) run attendOne per (token, head); others run
+  /// tokens without `lse` (decode) run attendSpan over spans of positions split
+  /// over the workers and merged in order; others run
   /// attendBlock per (sequence, query block, kv head), split over the workers
   /// in a fixed order by cost, so a given thread count always gives the same bits.
   func causalAttention(q: UnsafePointer<Float>, ldq: Int, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
@@ -272,25 +366,33 @@ extension Runtime {
     let scale = 1 / Float(d).squareRoot()
     let small = W == 1 || sequences * T * nq * keyCount * d < 1 << 15
     if T < blockedAttentionMinTokens && lse == nil {
-      let scores = try scratch.get("scores", floats: W * keyCount)
-      let items = sequences * T * nq
-      let attendItems: (Range<Int>, UnsafeMutablePointer<Float>) -> Void = { r, buffer in
-        for item in r {
-          let row = item / nq, head = item % nq, kvHead = head / group
-          let s = row / T, t = row % T
-          let k = keys + s * keyCount * kvStride + kvHead * d, v = values + s * keyCount * kvStride + kvHead * d
-          ModelKernels.attendOne(q: q + row * ldq + head * d, keys: k, values: v,
-                                 stride: kvStride, last: start + t, d: d, scale: scale, scores: buffer,
-                                 out: out + row * ldo + head * d)
+      // Each token row's positions split into up to W spans (at least
+      // minSpanPositions each), span w on worker w; the caller merges them in
+      // span order, so a thread count always gives the same bits.
+      let rows = sequences * T, partialStride = ModelKernels.spanPartialFloats(heads: nq, d: d)
+      let spans = max(1, min(W, keyCount / Self.minSpanPositions))
+      let ldS = ModelKernels.attendSpanScoreStride(positions: (keyCount + spans - 1) / spans)
+      let scores = try scratch.get("scores", floats: W * nq * ldS)
+      let partial = try scratch.get("attention spans", floats: rows * spans * partialStride)
+      let attendSpans: (Int, UnsafeMutablePointer<Float>) -> Void = { w, buffer in
+        for row in 0..<rows {
+          let s = row / T, t = row % T, n = start + t + 1
+          let first = n * w / spans, end = n * (w + 1) / spans
+          let kv = s * keyCount * kvStride
+          let result = partial + (row * spans + w) * partialStride
+          ModelKernels.attendSpan(q: q + row * ldq, heads: nq, kvHeads: nkv, d: d, keys: keys + kv,
+                                  values: values + kv, stride: kvStride, first: first, end: end, scale: scale,
+                                  scores: buffer, out: result, maxima: result + nq * d, sums: result + nq * d + nq)
         }
       }
-      if small {
-        attendItems(0..<items, scores)
+      if spans == 1 {
+        attendSpans(0, scores)
       } else {
-        pool.run { w in
-          let lo = items * w / W, hi = items * (w + 1) / W
-          if hi > lo { attendItems(lo..<hi, scores + w * keyCount) }
-        }
+        pool.run { w in if w < spans { attendSpans(w, scores + w * nq * ldS) } }
+      }
+      for row in 0..<rows {
+        ModelKernels.mergeSpans(partial + row * spans * partialStride, partialStride: partialStride, spans: spans,
+                                heads: nq, d: d, out: out + row * ldo)
       }
       return
     }
@@ -324,6 +426,9 @@ extension Runtime {
       if bounds[w + 1] > bounds[w] { attendItems(bounds[w]..<bounds[w + 1], buffer + w * perWorker) }
     }
   }
+
+  /// Fewest positions of one decode attention span on its own worker.
+  static let minSpanPositions = 256
 
   /// Query tokens per attendBlock call: 64, halved (not below 16) until every
   /// worker has about two blocks and a block's scores fit in 1 MiB.
