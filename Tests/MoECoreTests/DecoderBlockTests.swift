@@ -239,6 +239,30 @@ import Glibc
       let moeOnly = try Self.gradientValues(m, nil)
       #expect(moeOnly.contains { $0 != 0 })
       #expect(Self.maxRelativeError(moeOnly, full) < 1e-5)
+      // Frozen experts (routers only): the router gradients are the same, and
+      // the experts' gradients are neither computed nor allocated.
+      let routerGradients = { (m: DecoderModel) throws -> [Float] in
+        var out: [Float] = []
+        for l in m.layers {
+          guard let moe = l.moe else { continue }
+          let n = try moe.elementCount(of: .router, expert: -1)
+          var v = [Float](repeating: 0, count: n)
+          try moe.getGradient(.router, expert: -1, out: &v, count: n)
+          out += v
+        }
+        return out
+      }
+      let fullRouters = try routerGradients(m)
+      for l in m.layers { l.moe?.gradients = [:] }
+      _ = try m.accumulateGradients(tokens: tokens, sequences: B, lossScale: 1, grads: nil, expertGradients: false,
+                                    lowestLayer: lowest)
+      for l in m.layers {
+        guard let moe = l.moe else { continue }
+        #expect(moe.gradients[.gate] == nil && moe.gradients[.up] == nil && moe.gradients[.down] == nil)
+      }
+      let routersOnly = try routerGradients(m)
+      #expect(routersOnly.contains { $0 != 0 })
+      #expect(Self.maxRelativeError(routersOnly, fullRouters) < 1e-5)
     }
   }
 }

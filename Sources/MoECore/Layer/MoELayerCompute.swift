@@ -276,7 +276,12 @@ extension MoELayer {
   /// [T, H] and adds the weight gradients (including the balancing and z-loss
   /// terms, scaled by their coefficients) to the gradient buffers. Consumes
   /// the saved forward.
-  public func backward(gradOut: UnsafePointer<Float>, gradX: UnsafeMutablePointer<Float>) throws {
+  /// With `expertWeights` false (the experts are frozen), the expert and
+  /// shared-expert weight gradients are neither computed nor allocated: the
+  /// backward then does the input gradient, the router and the shared-expert
+  /// gate only, about half the products.
+  public func backward(gradOut: UnsafePointer<Float>, gradX: UnsafeMutablePointer<Float>,
+                       expertWeights: Bool = true) throws {
     guard let state = saved else {
       throw MoEError.invalid("backward needs a forward run with save_for_backward since the last backward")
     }
@@ -297,10 +302,13 @@ extension MoELayer {
     let dLogits = try scratch.get("d_logits", floats: T * E)
 
     let gRouter = try gradient(.router).pointer
-    let gGate = try gradient(.gate).pointer, gUp = try gradient(.up).pointer, gDown = try gradient(.down).pointer
-    let gSharedGate = shared ? try gradient(.sharedGate).pointer : gGate
-    let gSharedUp = shared ? try gradient(.sharedUp).pointer : gUp
-    let gSharedDown = shared ? try gradient(.sharedDown).pointer : gDown
+    // Frozen experts: their gradients never exist (the pointers are unused).
+    let gGate = expertWeights ? try gradient(.gate).pointer : gRouter
+    let gUp = expertWeights ? try gradient(.up).pointer : gRouter
+    let gDown = expertWeights ? try gradient(.down).pointer : gRouter
+    let gSharedGate = shared && expertWeights ? try gradient(.sharedGate).pointer : gGate
+    let gSharedUp = shared && expertWeights ? try gradient(.sharedUp).pointer : gUp
+    let gSharedDown = shared && expertWeights ? try gradient(.sharedDown).pointer : gDown
     let gSharedExpertGate = shared ? try gradient(.sharedExpertGate).pointer : gRouter
     saved = nil
 
@@ -335,7 +343,9 @@ extension MoELayer {
       let gradDown = e < E ? gDown + e * H * F : gSharedDown
       let gradGate = e < E ? gGate + e * F * H : gSharedGate
       let gradUp = e < E ? gUp + e * F * H : gSharedUp
-      GEMM.atB(n: n, m: H, cols: cols, a: dY, lda: H, b: act.a + f0, ldb: act.ld, c: gradDown + f0, ldc: Fe)
+      if expertWeights {
+        GEMM.atB(n: n, m: H, cols: cols, a: dY, lda: H, b: act.a + f0, ldb: act.ld, c: gradDown + f0, ldc: Fe)
+      }
       // da = dY Wd, and on each finished strip (in cache) dg, du in place of g, u.
       let g = act.g + f0, u = act.u + f0, da = act.a + f0, ld = act.ld
       GEMM.aW(n: n, cols: cols, k: H, a: dY, lda: H, w: view.down.offset(row: 0, col: range.lowerBound),
@@ -346,8 +356,10 @@ extension MoELayer {
         }
       }
       // dWg and dWu from one blocked loop: the x rows packed once for both.
-      GEMM.atBPair(n: n, m: cols, cols: H, a1: act.g + f0, a2: act.u + f0, lda: act.ld, b: xRows, ldb: H,
-                   c1: gradGate + f0 * H, c2: gradUp + f0 * H, ldc: H)
+      if expertWeights {
+        GEMM.atBPair(n: n, m: cols, cols: H, a1: act.g + f0, a2: act.u + f0, lda: act.ld, b: xRows, ldb: H,
+                     c1: gradGate + f0 * H, c2: gradUp + f0 * H, ldc: H)
+      }
     }
 
     // B2: dx rows = dg Wg + du Wu, per slice and block of H columns (partial per shard when split).

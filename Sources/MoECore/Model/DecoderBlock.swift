@@ -125,9 +125,11 @@ extension DecoderModel {
   /// holds dL/d(layer output) and becomes dL/d(layer input) (left as is past
   /// the attention when `inputGradient` is false: nothing below needs it).
   /// Weight gradients go to `grads` (nil when the layer's dense weights are
-  /// frozen) and to the MoE layer's own buffers.
+  /// frozen) and to the MoE layer's own buffers (its experts' only with
+  /// `expertGradients`).
   func layerBackward(_ l: Int, dx: UnsafeMutablePointer<Float>, batch: TokenBatch, saved s: LayerActivations,
-                     grads g: DecoderGradients.Layer?, inputGradient: Bool, buffers: ScratchSet) throws {
+                     grads g: DecoderGradients.Layer?, expertGradients: Bool = true, inputGradient: Bool,
+                     buffers: ScratchSet) throws {
     let d = description, layer = layers[l]
     let T = batch.rows, H = d.hiddenSize, hd = d.headDim, nq = d.numHeads, nkv = d.numKVHeads
     let qkvWidth = (nq + 2 * nkv) * hd
@@ -138,7 +140,7 @@ extension DecoderModel {
 
     // Feed-forward: x_out = x_mid + FFN(rmsNorm(x_mid)).
     if let moe = layer.moe {
-      try moe.backward(gradOut: dx, gradX: dh)
+      try moe.backward(gradOut: dx, gradX: dh, expertWeights: expertGradients)
     } else if let gateUp = layer.gateUp, let down = layer.down, let gu = s.gateUp, let act = s.act {
       let F = gateUp.rows / 2
       if let gd = g?.down { runtime.weightGradient(dY: dx, x: act, tokens: T, rows: H, cols: F, into: gd.pointer) }

@@ -108,10 +108,12 @@ extension DecoderModel {
   /// from the ones before), scaled by `lossScale` into the gradients:
   /// d(lossScale * summed token loss) is added to `grads` (nil: the dense
   /// weights are frozen and get none) and to the MoE layers' own gradient
-  /// buffers (which also receive their balance and z-loss terms). Blocks below
+  /// buffers (which also receive their balance and z-loss terms; the experts'
+  /// weights get none when `expertGradients` is false). Blocks below
   /// `lowestLayer` run forward only. Returns the summed token loss.
   func accumulateGradients(tokens: [Int32], sequences B: Int, lossScale: Float, grads: DecoderGradients?,
-                           recompute: Bool = false, lowestLayer: Int = 0) throws -> Double {
+                           expertGradients: Bool = true, recompute: Bool = false,
+                           lowestLayer: Int = 0) throws -> Double {
     guard weightDType == .f32 else {
       throw MoEError.unsupported("training needs f32 weights; load the model with weight dtype f32")
     }
@@ -193,7 +195,7 @@ extension DecoderModel {
         if let advanced { layers[l].moe?.noiseStep = advanced }
       }
       try layerBackward(l, dx: dx, batch: batch, saved: saved, grads: grads?.layers[l],
-                        inputGradient: l > lowestLayer || grads != nil, buffers: buffers)
+                        expertGradients: expertGradients, inputGradient: l > lowestLayer || grads != nil, buffers: buffers)
     }
     // Embedding rows, in token order.
     if let grads, lowestLayer == 0 {

@@ -307,7 +307,8 @@ public final class Trainer {
       let share = Float(n) / Float(o.batch)
       for moe in moeLayers { try moe.setLossCoefficients(balance: o.balanceCoef * share, z: o.zCoef * share) }
       lossSum += try model.accumulateGradients(tokens: windows, sequences: n, lossScale: scale, grads: grads,
-                                               recompute: o.recompute, lowestLayer: lowestLayer)
+                                               expertGradients: o.trainOnly != .routers, recompute: o.recompute,
+                                               lowestLayer: lowestLayer)
       for moe in moeLayers {
         balance += Double(moe.stats.losses.balance) * Double(share)
         z += Double(moe.stats.losses.z) * Double(share)
