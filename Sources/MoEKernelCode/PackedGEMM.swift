@@ -26,8 +26,9 @@
 // in f32, so both differ from the exact sum of the rounded operands' products
 // by f32 accumulation only: at most about k * 2^-24 * sum_t |a_t b_t| (plus one
 // rounding per kc block added into C); and from the f32 product of the
-// unrounded operands by at most about 2^-8 * sum_t |a_t| |b_t| more (each
-// operand rounds by at most 2^-9 relative).
+// unrounded operands by at most about 2^-7 * sum_t |a_t| |b_t| more (each
+// operand rounds by at most 2^-8 of itself, bf16 keeping 8 significant bits),
+// so by at most about k * 2^-7 * max|a| * max|b|.
 
 import CMoECPU
 
