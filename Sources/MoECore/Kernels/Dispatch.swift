@@ -177,11 +177,14 @@ public enum Kernels {
     return "rounded operands on the f32 kernels: the \(path.rawValue) path has no AVX512-BF16 kernel"
   }
 
+  /// Whether the CPU and the OS run AVX512-BF16 (F, BW, VL and BF16).
+  public static var cpuRunsBF16: Bool { moe_bf16_native() != 0 }
+
   /// Measured vdpbf16ps throughput of the calling thread in GFLOP/s (two
   /// operations per bf16 multiply-add) over about `seconds`; nil where the
   /// CPU does not run AVX512-BF16.
   public static func measureBF16Peak(seconds: Double = 0.05) -> Double? {
-    guard moe_bf16_native() != 0 else { return nil }
+    guard cpuRunsBF16 else { return nil }
     var iterations = 1 << 14
     var sink: Float = 0
     while true {

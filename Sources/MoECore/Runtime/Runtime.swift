@@ -31,6 +31,18 @@ public final class Runtime: @unchecked Sendable {
     return (0..<workerCount).reduce(0) { $0 + rates[$1] }
   }
 
+  /// vdpbf16ps throughput of all workers at once in GFLOP/s (two operations
+  /// per bf16 multiply-add), measured over about `seconds`; nil where the CPU
+  /// does not run AVX512-BF16.
+  public func measureBF16Peak(seconds: Double) -> Double? {
+    guard Kernels.cpuRunsBF16 else { return nil }
+    let rates = UnsafeMutablePointer<Double>.allocate(capacity: workerCount)
+    defer { rates.deallocate() }
+    rates.initialize(repeating: 0, count: workerCount)
+    pool.run { w in rates[w] = Kernels.measureBF16Peak(seconds: seconds) ?? 0 }
+    return (0..<workerCount).reduce(0) { $0 + rates[$1] }
+  }
+
   /// The nodes that have workers, with their workers, in node order.
   public var nodeWorkers: [NodeWorkers] {
     topology.nodes.indices.compactMap { n in
@@ -142,6 +154,7 @@ extension Runtime {
           ("hidden_size", .int(layer.hidden)), ("moe_intermediate_size", .int(layer.ffn)),
           ("num_experts", .int(layer.experts)), ("top_k", .int(layer.topK)),
           ("shared_expert_intermediate_size", .int(layer.sharedFFN)),
+          ("compute", .string(layer.compute.name)),
         ]))
         j.set("placement", plan.json())
       }
