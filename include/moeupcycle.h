@@ -81,6 +81,11 @@
  *    moe_runtime_create() fail with a message. moe_runtime_get_info() and
  *    moe_runtime_describe() say which path runs and why. Results are
  *    bit-identical from run to run for a given path and thread count.
+ *    bf16 compute (moe_layer_config.compute) runs on AVX512-BF16 where the
+ *    CPU has it and the path is avx512, else on a fallback over the f32
+ *    kernels; MOEUPCYCLE_BF16_KERNELS (auto, avx512_bf16, fallback) forces
+ *    one, and an unknown value, or avx512_bf16 on a CPU without it, makes
+ *    moe_runtime_create() fail with a message.
  *  - The library needs an x86-64-v3 CPU (AVX2, FMA, F16C); on an older one
  *    every function that returns a moe_status returns MOE_ERR_UNSUPPORTED
  *    with a message instead of running (check one, e.g. moe_runtime_create,
@@ -545,7 +550,8 @@ typedef struct moe_runtime_info {
   /** Where bf16 compute (moe_layer_config.compute) runs: "avx512_bf16"
    *  (vdpbf16ps, where the CPU has AVX512-BF16 and the path is avx512) or
    *  "fallback" (rounded operands on the path's f32 kernels; the openblas
-   *  path uses the widest of the library's own for bf16 compute). */
+   *  path uses the widest of the library's own for bf16 compute); see
+   *  MOEUPCYCLE_BF16_KERNELS under Threading. */
   char kernel_bf16[16];
 } moe_runtime_info;
 

@@ -44,13 +44,13 @@ public enum KernelPath: String, CaseIterable, Sendable {
   func table(for precision: ComputePrecision, bf16Fallback: Bool = false) -> KernelTable? {
     guard precision == .bf16 else { return table }
     let own = self == .openblas ? Kernels.bestPath() : self
-    if bf16Fallback && own == .avx512 { return AVX512Kernels.bf16FallbackTable }
+    if (bf16Fallback || Kernels.bf16Setting == .fallback) && own == .avx512 { return AVX512Kernels.bf16FallbackTable }
     return own.table ?? PortableKernels.table
   }
 }
 
 /// Where bf16 compute runs.
-public enum BF16Kernels: String, Sendable {
+public enum BF16Kernels: String, Sendable, CaseIterable {
   /// vdpbf16ps over pair-interleaved bf16 panels.
   case avx512bf16 = "avx512_bf16"
   /// Operands rounded to bf16 while packing, then the path's f32 microkernel.
@@ -163,6 +163,39 @@ public enum Kernels {
     }
   }
 
+  /// The environment variable that forces where bf16 compute runs.
+  public static let bf16EnvironmentVariable = "MOEUPCYCLE_BF16_KERNELS"
+
+  /// The kernels `setting` (MOEUPCYCLE_BF16_KERNELS's value; nil or "auto":
+  /// automatic) asks for bf16 compute; nil when automatic.
+  public static func chooseBF16(_ setting: String?, cpu: CPUInfo = .current) throws -> BF16Kernels? {
+    let text = (setting ?? "").filter { $0 != " " }.lowercased()
+    if text.isEmpty || text == "auto" { return nil }
+    guard let kernels = BF16Kernels(rawValue: text) else {
+      let names = (["auto"] + BF16Kernels.allCases.map(\.rawValue)).joined(separator: ", ")
+      throw MoEError.invalid("\(bf16EnvironmentVariable)='\(setting ?? "")' is not a bf16 kernel choice (\(names))")
+    }
+    if kernels == .avx512bf16 && !(cpuRunsBF16 && cpu.features.contains("avx512_bf16")) {
+      throw MoEError.unsupported("\(bf16EnvironmentVariable)=avx512_bf16: this CPU (or its OS) does not support AVX512-BF16")
+    }
+    return kernels
+  }
+
+  /// The process's bf16 choice, made once from the environment; an invalid
+  /// setting is an error that runtime creation reports.
+  public static let bf16Selection: Result<BF16Kernels?, MoEError> = {
+    let value = getenv(bf16EnvironmentVariable).map { String(cString: $0) }
+    do { return .success(try chooseBF16(value)) } catch let e as MoEError { return .failure(e) } catch {
+      return .failure(MoEError.invalid("\(error)"))
+    }
+  }()
+
+  /// The forced bf16 kernels (nil: automatic, also when the setting is invalid).
+  static var bf16Setting: BF16Kernels? {
+    if case .success(let k) = bf16Selection { return k }
+    return nil
+  }
+
   /// Where bf16 compute runs on `path` (default: the active one).
   public static func bf16Kernels(path: KernelPath = active.path) -> BF16Kernels {
     path.table(for: .bf16)?.bf16Native == true ? .avx512bf16 : .fallback
@@ -171,6 +204,7 @@ public enum Kernels {
   /// Why bf16 compute runs where it does, for people.
   public static func bf16Reason(path: KernelPath = active.path, cpu: CPUInfo = .current) -> String {
     if bf16Kernels(path: path) == .avx512bf16 { return "vdpbf16ps: the CPU and the OS support AVX512-BF16" }
+    if bf16Setting == .fallback { return "rounded operands on the f32 kernels: forced by \(bf16EnvironmentVariable)" }
     if !cpu.features.contains("avx512_bf16") {
       return "rounded operands on the f32 kernels: the CPU (or its OS) lacks AVX512-BF16"
     }

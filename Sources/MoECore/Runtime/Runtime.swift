@@ -13,6 +13,7 @@ public final class Runtime: @unchecked Sendable {
       throw MoEError.invalid("threads is \(threads); use 0 (one per core) or 1...4096")
     }
     if case .failure(let e) = Kernels.selection { throw e }
+    if case .failure(let e) = Kernels.bf16Selection { throw e }
     topology = try Topology(source: source)
     pool = try WorkerPool(topology: topology, threads: threads, pin: pin)
     defaultPlacement = placement
@@ -154,7 +155,7 @@ extension Runtime {
           ("hidden_size", .int(layer.hidden)), ("moe_intermediate_size", .int(layer.ffn)),
           ("num_experts", .int(layer.experts)), ("top_k", .int(layer.topK)),
           ("shared_expert_intermediate_size", .int(layer.sharedFFN)),
-          ("compute", .string(layer.compute.name)),
+          ("compute", .string(layer.compute == .bf16 ? "bf16" : "f32")),
         ]))
         j.set("placement", plan.json())
       }
