@@ -81,6 +81,11 @@
  *    moe_runtime_create() fail with a message. moe_runtime_get_info() and
  *    moe_runtime_describe() say which path runs and why. Results are
  *    bit-identical from run to run for a given path and thread count.
+ *    bf16 compute (moe_layer_config.compute) runs on AVX512-BF16 where the
+ *    CPU has it and the path is avx512, else on a fallback over the f32
+ *    kernels; MOEUPCYCLE_BF16_KERNELS (auto, avx512_bf16, fallback) forces
+ *    one, and an unknown value, or avx512_bf16 on a CPU without it, makes
+ *    moe_runtime_create() fail with a message.
  *  - The library needs an x86-64-v3 CPU (AVX2, FMA, F16C); on an older one
  *    every function that returns a moe_status returns MOE_ERR_UNSUPPORTED
  *    with a message instead of running (check one, e.g. moe_runtime_create,
@@ -515,7 +520,8 @@ moe_status moe_runtime_create(moe_runtime **out, const moe_runtime_params *param
 void moe_runtime_free(moe_runtime *runtime);
 
 /** What a runtime runs on. First version: 0.1.0 (fields up to blas_core);
- *  0.3.0 appended the kernel_* fields. */
+ *  0.3.0 appended kernel_path, kernel_forced and kernel_vector_floats, 0.4.0
+ *  kernel_bf16. */
 typedef struct moe_runtime_info {
   /** Set by the caller to sizeof(moe_runtime_info) before the call. */
   size_t struct_size;
@@ -540,6 +546,13 @@ typedef struct moe_runtime_info {
   int32_t kernel_forced;
   /** Floats per vector of the path's kernels (16, 8, 4; 0 for openblas). */
   int32_t kernel_vector_floats;
+  /* ---- 0.4.0 ---- */
+  /** Where bf16 compute (moe_layer_config.compute) runs: "avx512_bf16"
+   *  (vdpbf16ps, where the CPU has AVX512-BF16 and the path is avx512) or
+   *  "fallback" (rounded operands on the path's f32 kernels; the openblas
+   *  path uses the widest of the library's own for bf16 compute); see
+   *  MOEUPCYCLE_BF16_KERNELS under Threading. */
+  char kernel_bf16[16];
 } moe_runtime_info;
 
 /** Fill `out` (out->struct_size set by the caller) about `runtime`.
@@ -548,11 +561,14 @@ moe_status moe_runtime_get_info(moe_runtime_info *out, const moe_runtime *runtim
 
 /** The measured multiply-add throughput of the machine, for benchmarks to put
  *  their figures beside: every worker of `runtime` runs independent chains of
- *  vector multiply-adds at once for about `seconds` (0.01 to 10) on the
- *  instruction set of the active kernel path (the widest the CPU runs for the
- *  "openblas" path). `*gflops` receives the sum over the workers, in GFLOP/s
- *  (one multiply-add is two operations). `dtype`: MOE_DTYPE_F32; MOE_DTYPE_BF16
- *  returns MOE_ERR_UNSUPPORTED (no bf16 kernels in this version).
+ *  vector multiply-adds at once for about `seconds` (0.01 to 10). `*gflops`
+ *  receives the sum over the workers, in GFLOP/s (one multiply-add is two
+ *  operations). `dtype`: MOE_DTYPE_F32 measures f32 FMAs on the instruction
+ *  set of the active kernel path (the widest the CPU runs for the "openblas"
+ *  path); MOE_DTYPE_BF16 measures vdpbf16ps (each instruction: 16 lanes of
+ *  two bf16 multiply-adds, 64 operations) where the CPU and the OS support
+ *  AVX512-BF16, and returns MOE_ERR_UNSUPPORTED elsewhere (bf16 compute then
+ *  runs on the f32 kernels, whose peak is the f32 one).
  *  Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT,
  *  MOE_ERR_UNSUPPORTED. */
 moe_status moe_runtime_measure_peak(moe_runtime *runtime, moe_dtype dtype, double seconds, double *gflops);
@@ -587,7 +603,8 @@ moe_status moe_runtime_describe(const moe_runtime *runtime,
 /** One Mixture-of-Experts SwiGLU feed-forward layer. Opaque. */
 typedef struct moe_layer moe_layer;
 
-/** A layer's shape and behaviour. First version: 0.1.0 (all fields below). */
+/** A layer's shape and behaviour. First version: 0.1.0 (fields up to
+ *  z_loss_coef); 0.4.0 appended compute. */
 typedef struct moe_layer_config {
   /** sizeof(moe_layer_config); set by moe_layer_config_init(). */
   size_t struct_size;
@@ -616,7 +633,7 @@ typedef struct moe_layer_config {
    *  scaled by sigmoid(x . g) with a learned [H] vector g (Qwen2-MoE). */
   uint32_t shared_expert_intermediate_size;
   /** Storage of expert weights: MOE_DTYPE_F32 (default) or MOE_DTYPE_BF16.
-   *  Compute is f32; the router and the shared-expert gate stay f32. */
+   *  The router and the shared-expert gate stay f32. */
   moe_dtype storage;
   /** MOE_PLACEMENT_DEFAULT (default: the runtime's) or a placement. */
   moe_placement placement;
@@ -633,6 +650,22 @@ typedef struct moe_layer_config {
   /** Coefficient of the router z-loss mean_t(logsumexp(logits_t)^2).
    *  Default 0.001. */
   float z_loss_coef;
+  /* ---- 0.4.0 ---- */
+  /** Precision of the expert matrix products (gate, up and down; forward
+   *  and backward, weight gradients included): MOE_DTYPE_F32 (default), or
+   *  MOE_DTYPE_BF16: both operands of each product are rounded to bf16
+   *  (nearest even; NaN stays NaN; subnormals become zero) and the products
+   *  are summed in f32. The router, routing, the shared-expert gate, SwiGLU,
+   *  the combine and every stored activation and gradient stay f32. Each
+   *  output then differs from the f32 product by at most about
+   *  2^-7 * sum_t |a_t| |b_t| (<= k * 2^-7 * max|a| * max|b| over the k terms)
+   *  plus f32 rounding. On CPUs with AVX512-BF16 (and the avx512 kernel path)
+   *  the products run on vdpbf16ps over bf16 panels; elsewhere on the f32
+   *  kernels with rounded operands (the same results up to f32 summation
+   *  order, not faster). moe_runtime_get_info() (kernel_bf16) and
+   *  moe_runtime_describe() say which. Any other value is
+   *  MOE_ERR_UNSUPPORTED. */
+  moe_dtype compute;
 } moe_layer_config;
 
 /** Fill `config` with defaults, writing `struct_size` bytes (hidden_size,
@@ -669,7 +702,7 @@ typedef enum moe_weight {
  * by the configured placement (each slice allocated on, and first touched by
  * the workers of, its node). The runtime must outlive the layer.
  * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT,
- * MOE_ERR_UNSUPPORTED (storage dtype), MOE_ERR_OUT_OF_MEMORY.
+ * MOE_ERR_UNSUPPORTED (storage or compute dtype), MOE_ERR_OUT_OF_MEMORY.
  */
 moe_status moe_layer_create(moe_layer **out, moe_runtime *runtime,
                             const moe_layer_config *config);
@@ -679,8 +712,8 @@ moe_status moe_layer_create(moe_layer **out, moe_runtime *runtime,
  * Mixtral or Qwen2-MoE directory, as moe_upcycle() writes). Shape, routing
  * (Mixtral: renormalized; Qwen2-MoE: from norm_topk_prob) and the shared
  * expert come from the checkpoint. `overrides` may be NULL; if not, its
- * storage, placement, capacity_factor, expert_choice, jitter, seed and loss
- * coefficients are used (its shape fields are ignored).
+ * storage, compute, placement, capacity_factor, expert_choice, jitter, seed
+ * and loss coefficients are used (its shape fields are ignored).
  * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (layer
  * index, or a dense layer), MOE_ERR_IO, MOE_ERR_FORMAT, MOE_ERR_UNSUPPORTED,
  * MOE_ERR_NOT_FOUND, MOE_ERR_SHAPE, MOE_ERR_OUT_OF_MEMORY.

@@ -12,6 +12,23 @@
 // reads either operand transposed, so one kernel serves x W^T, A W and A^T B.
 // Accumulation order is fixed by the shapes alone: results are bit-identical
 // from run to run for a given path.
+//
+// bf16 compute (GEMMProblem.compute == .bf16): both operands are rounded to
+// bf16 (nearest even; NaN stays NaN; subnormals become zero, as vcvtneps2bf16
+// rounds) and the products are summed in f32. The blocking, the fused second
+// product and the epilogue are the same; only packing and the microkernel
+// differ. Where the CPU runs AVX512-BF16 (and the path's tile is 6 x 32), the
+// panels hold pairs of bf16 (half the bytes of f32 panels) and the microkernel
+// is vdpbf16ps (CMoECPU/bf16.c): per lane and pair of inner indices 2p, 2p+1,
+// sum += a[2p+1] b[2p+1], then sum += a[2p] b[2p], each rounded to f32. Elsewhere
+// (the fallback) the f32 panels are rounded to bf16 values once packed and the
+// path's f32 microkernel sums them in index order. Each bf16 product is exact
+// in f32, so both differ from the exact sum of the rounded operands' products
+// by f32 accumulation only: at most about k * 2^-24 * sum_t |a_t b_t| (plus one
+// rounding per kc block added into C); and from the f32 product of the
+// unrounded operands by at most about 2^-7 * sum_t |a_t| |b_t| more (each
+// operand rounds by at most 2^-8 of itself, bf16 keeping 8 significant bits),
+// so by at most about k * 2^-7 * max|a| * max|b|.
 
 import CMoECPU
 
@@ -49,6 +66,22 @@ public struct MatrixOperand: @unchecked Sendable {
   }
 }
 
+/// Precision of a product's multiplications: f32, or both operands rounded
+/// to bf16 with f32 sums (see the top of this file).
+public enum ComputePrecision: UInt8, Sendable {
+  case f32, bf16
+}
+
+/// The bf16 value `x` becomes as a bf16-compute operand (nearest even; NaN
+/// stays NaN, quieted; subnormals become zero of the same sign), as f32.
+@inlinable @inline(__always)
+public func bf16ComputeOperand(_ x: Float) -> Float {
+  let bits = x.bitPattern
+  if bits & 0x7F80_0000 == 0 { return Float(bitPattern: bits & 0x8000_0000) }
+  if bits & 0x7FFF_FFFF > 0x7F80_0000 { return Float(bitPattern: (bits | 0x0040_0000) & 0xFFFF_0000) }
+  return Float(bitPattern: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) & 0xFFFF_0000)
+}
+
 /// c[m, n] (ldc) = a[m, k] * b[k, n], or += when accumulate.
 public struct GEMMProblem: @unchecked Sendable {
   public var m: Int
@@ -59,10 +92,12 @@ public struct GEMMProblem: @unchecked Sendable {
   public var c: UnsafeMutablePointer<Float>
   public var ldc: Int
   public var accumulate: Bool
+  /// Precision of the multiplications (the sums are f32 either way).
+  public var compute: ComputePrecision
 
   @inlinable
   public init(m: Int, n: Int, k: Int, a: MatrixOperand, b: MatrixOperand,
-              c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
+              c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool, compute: ComputePrecision = .f32) {
     self.m = m
     self.n = n
     self.k = k
@@ -71,6 +106,7 @@ public struct GEMMProblem: @unchecked Sendable {
     self.c = c
     self.ldc = ldc
     self.accumulate = accumulate
+    self.compute = compute
   }
 }
 
@@ -99,14 +135,24 @@ extension KernelISA {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self)
   }
 
-  /// The dispatch table of this instruction set: the shared kernels, specialized
-  /// (and so compiled) in the module that calls this with its own ISA.
+  /// Whether this instruction set's bf16 compute can run on AVX512-BF16 here:
+  /// the CPU (and OS) run it and the microkernel's tile is the C kernel's.
   @inlinable
-  public static func makeTable(name: String, fused: Bool) -> KernelTable {
-    KernelTable(name: name, width: V.scalarCount, fused: fused,
-                gemm: { PackedGEMM.run(Self.self, $0) },
-                gemmFused: { PackedGEMM.run(Self.self, $0, $1, epilogue: $2) },
-                fmaLoop: { FMALoop.run(Self.self, iterations: $0) })
+  public static var bf16NativeAvailable: Bool {
+    2 * V.scalarCount == Int(MOE_BF16_NR) && gemmMR == Int(MOE_BF16_MR) && moe_bf16_native() != 0
+  }
+
+  /// The dispatch table of this instruction set: the shared kernels, specialized
+  /// (and so compiled) in the module that calls this with its own ISA. bf16
+  /// compute runs on AVX512-BF16 when `bf16Native` (and bf16NativeAvailable),
+  /// else on the fallback.
+  @inlinable
+  public static func makeTable(name: String, fused: Bool, bf16Native: Bool = true) -> KernelTable {
+    let native = bf16Native && bf16NativeAvailable
+    return KernelTable(name: name, width: V.scalarCount, fused: fused, bf16Native: native,
+                       gemm: { PackedGEMM.run(Self.self, $0, bf16Native: native) },
+                       gemmFused: { PackedGEMM.run(Self.self, $0, $1, bf16Native: native, epilogue: $2) },
+                       fmaLoop: { FMALoop.run(Self.self, iterations: $0) })
   }
 }
 
@@ -119,10 +165,11 @@ public let gemmNC = 2048
 public let gemmEpilogueColumns = 64
 
 public enum PackedGEMM {
-  /// Runs `p` on the calling thread with ISA `K`.
+  /// Runs `p` on the calling thread with ISA `K` (bf16 compute on
+  /// AVX512-BF16 when `bf16Native`; the caller has checked the CPU).
   @inlinable @inline(__always)
-  public static func run<K: KernelISA>(_: K.Type, _ p: GEMMProblem) {
-    blocked(K.self, p, p, count: 1) { _, _, _, _ in }
+  public static func run<K: KernelISA>(_: K.Type, _ p: GEMMProblem, bf16Native: Bool = false) {
+    blocked(K.self, p, p, count: 1, bf16Native: bf16Native) { _, _, _, _ in }
   }
 
   /// Runs `p` (and `q`, when given, in the same blocked loop) on the calling
@@ -133,18 +180,18 @@ public enum PackedGEMM {
   /// operand equal to p's (same memory and layout) is packed once for both,
   /// and q may write p's C (with accumulate) to add the two products.
   @inlinable @inline(__always)
-  public static func run<K: KernelISA>(_: K.Type, _ p: GEMMProblem, _ q: GEMMProblem?,
+  public static func run<K: KernelISA>(_: K.Type, _ p: GEMMProblem, _ q: GEMMProblem?, bf16Native: Bool = false,
                                        epilogue: (Int, Int, Int, Int) -> Void) {
     guard let q else {
-      blocked(K.self, p, p, count: 1, epilogue: epilogue)
+      blocked(K.self, p, p, count: 1, bf16Native: bf16Native, epilogue: epilogue)
       return
     }
-    if q.m == p.m && q.n == p.n && q.k == p.k {
-      blocked(K.self, p, q, count: 2, epilogue: epilogue)
+    if q.m == p.m && q.n == p.n && q.k == p.k && q.compute == p.compute {
+      blocked(K.self, p, q, count: 2, bf16Native: bf16Native, epilogue: epilogue)
     } else {
       // Different shapes share no loop: one after the other, then the epilogue over p's C.
-      blocked(K.self, p, p, count: 1) { _, _, _, _ in }
-      blocked(K.self, q, q, count: 1) { _, _, _, _ in }
+      blocked(K.self, p, p, count: 1, bf16Native: bf16Native) { _, _, _, _ in }
+      blocked(K.self, q, q, count: 1, bf16Native: bf16Native) { _, _, _, _ in }
       if p.m > 0 && p.n > 0 { epilogue(0, p.m, 0, p.n) }
     }
   }
@@ -154,8 +201,11 @@ public enum PackedGEMM {
   /// each once when both products share it; for each NR-column panel the
   /// microkernel runs every product, and the epilogue sees the finished panels
   /// in strips of gemmEpilogueColumns.
+  /// With bf16 compute, panels are packed by CMoECPU's bf16 routines and
+  /// tiles computed by its vdpbf16ps microkernel when `bf16Native`, else packed
+  /// as f32, rounded to bf16 values, and computed by the f32 microkernel.
   @inlinable @inline(__always)
-  static func blocked<K: KernelISA>(_: K.Type, _ p: GEMMProblem, _ q: GEMMProblem, count: Int,
+  static func blocked<K: KernelISA>(_: K.Type, _ p: GEMMProblem, _ q: GEMMProblem, count: Int, bf16Native: Bool,
                                     epilogue: (Int, Int, Int, Int) -> Void) {
     let m = p.m, n = p.n, k = p.k
     guard m > 0, n > 0 else { return }
@@ -185,33 +235,66 @@ public enum PackedGEMM {
       return
     }
     let bufA2 = ownA ? bufA + aStride : bufA, bufB2 = ownB ? bufB + bStride : bufB
+    let bf16 = p.compute == .bf16
+    // Pair-interleaved bf16 panels and vdpbf16ps; their panels take kp words
+    // (pairs of inner indices) per row or column where f32 panels take kc floats.
+    // Same blocking as f32, half the bytes: with kc 256, mc 144 (AVX-512) a
+    // B panel is 16 KiB of a 48 KiB L1d and an A block 72 KiB of a 2 MiB L2,
+    // so the blocks stay cached where the f32 ones do.
+    let native = bf16 && bf16Native && NR == Int(MOE_BF16_NR) && MR == Int(MOE_BF16_MR)
+    func pack(_ b: MatrixOperand, rows: Int, kc: Int, cols: Int, nc: Int, into dst: UnsafeMutablePointer<Float>) {
+      if native {
+        moe_bf16_pack_b(b.base, b.ld, b.transposed ? 1 : 0, b.bf16 ? 1 : 0, rows, kc, cols, nc,
+                        UnsafeMutableRawPointer(dst).assumingMemoryBound(to: UInt32.self))
+        return
+      }
+      packB(K.self, b, rows: rows, kc: kc, cols: cols, nc: nc, into: dst)
+      if bf16 { roundToBF16(K.self, dst, count: (nc + NR - 1) / NR * NR * kc) }
+    }
+    func pack(_ a: MatrixOperand, rows: Int, mc: Int, cols: Int, kc: Int, into dst: UnsafeMutablePointer<Float>) {
+      if native {
+        moe_bf16_pack_a(a.base, a.ld, a.transposed ? 1 : 0, a.bf16 ? 1 : 0, rows, mc, cols, kc,
+                        UnsafeMutableRawPointer(dst).assumingMemoryBound(to: UInt32.self))
+        return
+      }
+      packA(a, rows: rows, mc: mc, cols: cols, kc: kc, into: dst)
+      if bf16 { roundToBF16(K.self, dst, count: (mc + MR - 1) / MR * MR * kc) }
+    }
     var jc = 0
     while jc < n {
       let nc = min(ncMax, n - jc)
       var pc = 0
       while pc < k {
         let kc = min(kcMax, k - pc)
+        // Inner-index steps per panel row: pairs when native.
+        let steps = native ? (kc + 1) / 2 : kc
         let last = pc + kc == k
-        packB(K.self, p.b, rows: pc, kc: kc, cols: jc, nc: nc, into: bufB)
-        if ownB { packB(K.self, q.b, rows: pc, kc: kc, cols: jc, nc: nc, into: bufB2) }
+        pack(p.b, rows: pc, kc: kc, cols: jc, nc: nc, into: bufB)
+        if ownB { pack(q.b, rows: pc, kc: kc, cols: jc, nc: nc, into: bufB2) }
         var ic = 0
         while ic < m {
           let mc = min(mcMax, m - ic)
-          packA(p.a, rows: ic, mc: mc, cols: pc, kc: kc, into: bufA)
-          if ownA { packA(q.a, rows: ic, mc: mc, cols: pc, kc: kc, into: bufA2) }
+          pack(p.a, rows: ic, mc: mc, cols: pc, kc: kc, into: bufA)
+          if ownA { pack(q.a, rows: ic, mc: mc, cols: pc, kc: kc, into: bufA2) }
           var jr = 0, handed = 0
           while jr < nc {
             let nr = min(NR, nc - jr)
             for o in 0..<count {
               let r = o == 0 ? p : q
               let aBlock = o == 0 ? bufA : bufA2
-              let bPanel = UnsafePointer((o == 0 ? bufB : bufB2) + (jr / NR) * kc * NR)
+              let bPanel = UnsafePointer((o == 0 ? bufB : bufB2) + (jr / NR) * steps * NR)
               let accumulate = r.accumulate || pc > 0
               var ir = 0
               while ir < mc {
-                micro(K.self, kc: kc, a: UnsafePointer(aBlock + (ir / MR) * kc * MR), b: bPanel,
-                      c: r.c + (ic + ir) * r.ldc + jc + jr, ldc: r.ldc,
-                      mr: min(MR, mc - ir), nr: nr, accumulate: accumulate)
+                let aPanel = UnsafePointer(aBlock + (ir / MR) * steps * MR)
+                let c = r.c + (ic + ir) * r.ldc + jc + jr, mr = min(MR, mc - ir)
+                if native {
+                  moe_bf16_micro(steps, UnsafeRawPointer(aPanel).assumingMemoryBound(to: UInt32.self),
+                                 UnsafeRawPointer(bPanel).assumingMemoryBound(to: UInt32.self),
+                                 c, r.ldc, Int32(mr), Int32(nr), accumulate ? 1 : 0)
+                } else {
+                  micro(K.self, kc: kc, a: aPanel, b: bPanel, c: c, ldc: r.ldc, mr: mr, nr: nr, accumulate: accumulate)
+                }
                 ir += MR
               }
             }
@@ -345,6 +428,30 @@ public enum PackedGEMM {
     }
   }
 
+  /// Packed f32 values rounded to bf16 values in place (bf16ComputeOperand,
+  /// 16 at a time): the fallback's operands.
+  @inlinable @inline(__always)
+  static func roundToBF16<K: KernelISA>(_: K.Type, _ values: UnsafeMutablePointer<Float>, count: Int) {
+    typealias Bits = SIMD16<UInt32>
+    let raw = UnsafeMutableRawPointer(values)
+    let exponent = Bits(repeating: 0x7F80_0000), magnitude = Bits(repeating: 0x7FFF_FFFF)
+    let sign = Bits(repeating: 0x8000_0000), high = Bits(repeating: 0xFFFF_0000)
+    let quiet = Bits(repeating: 0x0040_0000), bias = Bits(repeating: 0x7FFF), one = Bits(repeating: 1)
+    var i = 0
+    while i + 16 <= count {
+      let bits = raw.loadUnaligned(fromByteOffset: 4 * i, as: Bits.self)
+      var rounded = (bits &+ bias &+ ((bits &>> 16) & one)) & high
+      rounded.replace(with: (bits | quiet) & high, where: (bits & magnitude) .> exponent)
+      rounded.replace(with: bits & sign, where: (bits & exponent) .== Bits())
+      raw.storeBytes(of: rounded, toByteOffset: 4 * i, as: Bits.self)
+      i += 16
+    }
+    while i < count {
+      values[i] = bf16ComputeOperand(values[i])
+      i += 1
+    }
+  }
+
   /// The MR x NR tile of C from an A panel and a B panel: 12 vector accumulators.
   @inlinable @inline(__always)
   static func micro<K: KernelISA>(_: K.Type, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
@@ -406,14 +513,19 @@ public enum PackedGEMM {
     }
   }
 
-  /// The plain product (float accumulation in index order): the fallback when no
-  /// packing memory is available.
+  /// The plain product (float accumulation in index order; with bf16 compute,
+  /// of the operands rounded to bf16): the fallback when no packing memory is
+  /// available, and the tests' reference.
   @inlinable
   public static func reference(_ p: GEMMProblem) {
+    let bf16 = p.compute == .bf16
     for i in 0..<p.m {
       for j in 0..<p.n {
         var s: Float = 0
-        for t in 0..<p.k { s += p.a.value(i, t) * p.b.value(t, j) }
+        for t in 0..<p.k {
+          let a = p.a.value(i, t), b = p.b.value(t, j)
+          s += bf16 ? bf16ComputeOperand(a) * bf16ComputeOperand(b) : a * b
+        }
         let dst = p.c + i * p.ldc + j
         dst.pointee = p.accumulate ? dst.pointee + s : s
       }
@@ -450,18 +562,22 @@ public struct KernelTable: Sendable {
   public let width: Int
   /// Whether multiply-adds are fused (FMA instructions).
   public let fused: Bool
+  /// Whether bf16 compute runs on AVX512-BF16 (vdpbf16ps) rather than the
+  /// fallback (operands rounded while packing, the f32 microkernel).
+  public let bf16Native: Bool
   public let gemm: @Sendable (GEMMProblem) -> Void
   /// One product, or two of equal shape in one blocked loop, with an epilogue
   /// per finished strip of C (PackedGEMM.run(_:_:_:epilogue:)).
   public let gemmFused: @Sendable (GEMMProblem, GEMMProblem?, (Int, Int, Int, Int) -> Void) -> Void
   public let fmaLoop: @Sendable (Int) -> (flops: Double, sink: Float)
 
-  public init(name: String, width: Int, fused: Bool, gemm: @escaping @Sendable (GEMMProblem) -> Void,
+  public init(name: String, width: Int, fused: Bool, bf16Native: Bool, gemm: @escaping @Sendable (GEMMProblem) -> Void,
               gemmFused: @escaping @Sendable (GEMMProblem, GEMMProblem?, (Int, Int, Int, Int) -> Void) -> Void,
               fmaLoop: @escaping @Sendable (Int) -> (flops: Double, sink: Float)) {
     self.name = name
     self.width = width
     self.fused = fused
+    self.bf16Native = bf16Native
     self.gemm = gemm
     self.gemmFused = gemmFused
     self.fmaLoop = fmaLoop

@@ -11,5 +11,8 @@ public enum AVX512Kernels: KernelISA {
   public static var kc: Int { 256 }
   public static var mc: Int { 144 }
 
+  /// bf16 compute on AVX512-BF16 where the CPU runs it.
   public static let table = makeTable(name: "avx512", fused: true)
+  /// The same kernels with bf16 compute always on the fallback (for tests).
+  public static let bf16FallbackTable = makeTable(name: "avx512", fused: true, bf16Native: false)
 }

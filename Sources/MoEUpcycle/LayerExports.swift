@@ -78,6 +78,7 @@ public func moe_runtime_get_info(_ out: UnsafeMutablePointer<moe_runtime_info>!,
     copyText(Kernels.active.path.rawValue, into: &info.kernel_path)
     info.kernel_forced = Kernels.active.forced ? 1 : 0
     info.kernel_vector_floats = Int32(Kernels.active.path.vectorFloats)
+    copyText(Kernels.bf16Kernels().rawValue, into: &info.kernel_bf16)
     try writeResult(info, to: out, "out")
   }
 }
@@ -93,8 +94,12 @@ public func moe_runtime_measure_peak(_ runtime: OpaquePointer?, _ dtype: moe_dty
     }
     switch dtype {
     case MOE_DTYPE_F32: gflops.pointee = rt.measureFMAPeak(seconds: seconds)
-    case MOE_DTYPE_BF16: throw MoEError.unsupported("dtype bf16: this version has no bf16 kernels")
-    default: throw MoEError.invalid("dtype has invalid value \(dtype.rawValue); use MOE_DTYPE_F32")
+    case MOE_DTYPE_BF16:
+      guard let peak = rt.measureBF16Peak(seconds: seconds) else {
+        throw MoEError.unsupported("dtype bf16: this CPU (or its OS) does not support AVX512-BF16; bf16 compute runs on the f32 kernels (rounded operands), whose peak is MOE_DTYPE_F32's")
+      }
+      gflops.pointee = peak
+    default: throw MoEError.invalid("dtype has invalid value \(dtype.rawValue); use MOE_DTYPE_F32 or MOE_DTYPE_BF16")
     }
   }
 }
@@ -145,6 +150,11 @@ func applyBehaviour(_ c: moe_layer_config, to m: inout MoELayerConfig, name: Str
   case MOE_DTYPE_F32: m.storage = .f32
   case MOE_DTYPE_BF16: m.storage = .bf16
   default: throw MoEError.unsupported("\(name)->storage must be MOE_DTYPE_F32 or MOE_DTYPE_BF16 (got \(c.storage.rawValue))")
+  }
+  switch c.compute {
+  case MOE_DTYPE_F32: m.compute = .f32
+  case MOE_DTYPE_BF16: m.compute = .bf16
+  default: throw MoEError.unsupported("\(name)->compute must be MOE_DTYPE_F32 or MOE_DTYPE_BF16 (got \(c.compute.rawValue))")
   }
   m.placement = try placementArgument(c.placement, "\(name)->placement")
   m.jitter = c.jitter
@@ -209,6 +219,7 @@ public func moe_layer_get_config(_ out: UnsafeMutablePointer<moe_layer_config>!,
     c.expert_choice = m.expertChoice ? 1 : 0
     c.shared_expert_intermediate_size = UInt32(m.sharedFFN)
     c.storage = m.storage == .bf16 ? MOE_DTYPE_BF16 : MOE_DTYPE_F32
+    c.compute = m.compute == .bf16 ? MOE_DTYPE_BF16 : MOE_DTYPE_F32
     c.placement = moe_placement(rawValue: l.plan.policy.rawValue)
     c.jitter = m.jitter
     c.seed = m.seed

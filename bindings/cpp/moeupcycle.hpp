@@ -230,6 +230,7 @@ class LayerConfig {
     return *this;
   }
   LayerConfig& storage(moe_dtype v) { c_.storage = v; return *this; }
+  LayerConfig& compute(moe_dtype v) { c_.compute = v; return *this; }
   LayerConfig& placement(moe_placement v) { c_.placement = v; return *this; }
   LayerConfig& jitter(float v) { c_.jitter = v; return *this; }
   LayerConfig& seed(uint64_t v) { c_.seed = v; return *this; }

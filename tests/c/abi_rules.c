@@ -75,7 +75,32 @@ typedef struct runtime_info_0_1 {
   char blas_core[32];
 } runtime_info_0_1;
 
+typedef struct runtime_info_0_3 {
+  runtime_info_0_1 first;
+  char kernel_path[16];
+  int32_t kernel_forced, kernel_vector_floats;
+} runtime_info_0_3;
+
+/* ---- the 0.1.0 layout of the layer configuration, which 0.4.0 appended compute to ---- */
+
+typedef struct layer_config_0_1 {
+  size_t struct_size;
+  uint32_t hidden_size, moe_intermediate_size, num_experts, top_k;
+  moe_routing routing;
+  float capacity_factor;
+  int32_t expert_choice;
+  uint32_t shared_expert_intermediate_size;
+  moe_dtype storage;
+  moe_placement placement;
+  float jitter;
+  uint64_t seed;
+  float aux_loss_coef, z_loss_coef;
+} layer_config_0_1;
+
 /* Fields appended later start at or after the earlier version's sizeof. */
+_Static_assert(offsetof(moe_runtime_info, kernel_bf16) == sizeof(runtime_info_0_3), "runtime info 0.3");
+_Static_assert(offsetof(moe_layer_config, compute) == sizeof(layer_config_0_1), "layer config 0.1");
+_Static_assert(offsetof(moe_layer_config, z_loss_coef) == offsetof(layer_config_0_1, z_loss_coef), "prefix");
 _Static_assert(offsetof(moe_runtime_info, kernel_path) == sizeof(runtime_info_0_1), "runtime info 0.1");
 _Static_assert(offsetof(moe_trainer_params, on_nonfinite) == sizeof(trainer_params_0_1), "trainer params 0.1");
 _Static_assert(offsetof(moe_trainer_params, eval_windows) == offsetof(trainer_params_0_1, eval_windows), "prefix");
@@ -218,11 +243,20 @@ static void earlier_versions(const char *tiny, const char *work) {
                                        : strcmp(info.kernel_path, "portable") == 0 ? 4 : 0),
          "vector floats %d for %s", info.kernel_vector_floats, info.kernel_path);
 
-  /* The machine's measured peak: positive f32; bf16 unsupported; bad arguments refused. */
+  /* The machine's measured peak: positive f32; bf16 positive where the CPU runs AVX512-BF16, else
+   * unsupported with a message; bad arguments refused. */
   double peak = -1;
   EXPECT(moe_runtime_measure_peak(rt, MOE_DTYPE_F32, 0.02, &peak) == MOE_OK && peak > 0.5 && peak < 1e5,
          "f32 peak %g GFLOP/s", peak);
-  EXPECT(moe_runtime_measure_peak(rt, MOE_DTYPE_BF16, 0.02, &peak) == MOE_ERR_UNSUPPORTED, "bf16 peak");
+  EXPECT(strcmp(info.kernel_bf16, "avx512_bf16") == 0 || strcmp(info.kernel_bf16, "fallback") == 0,
+         "bf16 kernels '%s'", info.kernel_bf16);
+  peak = -1;
+  moe_status bf16_peak = moe_runtime_measure_peak(rt, MOE_DTYPE_BF16, 0.02, &peak);
+  EXPECT((bf16_peak == MOE_OK && peak > 0.5 && peak < 1e5) ||
+             (bf16_peak == MOE_ERR_UNSUPPORTED && peak == -1 && strstr(moe_last_error(), "AVX512-BF16") != NULL),
+         "bf16 peak: status %d, %g GFLOP/s", bf16_peak, peak);
+  if (strcmp(info.kernel_bf16, "avx512_bf16") == 0) EXPECT(bf16_peak == MOE_OK, "bf16 kernels run but no bf16 peak");
+  EXPECT(moe_runtime_measure_peak(rt, (moe_dtype)7, 0.02, &peak) == MOE_ERR_INVALID_ARGUMENT, "dtype 7");
   EXPECT(moe_runtime_measure_peak(rt, MOE_DTYPE_F32, 0, &peak) == MOE_ERR_INVALID_ARGUMENT &&
              strstr(moe_last_error(), "seconds") != NULL, "seconds 0");
   EXPECT(moe_runtime_measure_peak(rt, MOE_DTYPE_F32, 1e9, &peak) == MOE_ERR_INVALID_ARGUMENT, "seconds 1e9");
@@ -246,7 +280,7 @@ static void below_first_version(void) {
   EXPECT(untouched_from(&g, first), #type " init wrote beyond its size")
   PARAMS_TOO_SMALL(moe_upcycle_params, sizeof(moe_upcycle_params));
   PARAMS_TOO_SMALL(moe_runtime_params, sizeof(moe_runtime_params));
-  PARAMS_TOO_SMALL(moe_layer_config, sizeof(moe_layer_config));
+  PARAMS_TOO_SMALL(moe_layer_config, sizeof(layer_config_0_1));
   PARAMS_TOO_SMALL(moe_model_params, sizeof(moe_model_params));
   PARAMS_TOO_SMALL(moe_eval_params, sizeof(moe_eval_params));
   PARAMS_TOO_SMALL(moe_generate_params, sizeof(moe_generate_params));
@@ -309,6 +343,18 @@ static void output_buffers(const char *tiny) {
 
   moe_layer_config c;
   moe_layer_config_init(&c, sizeof c);
+  EXPECT(c.compute == MOE_DTYPE_F32, "compute defaults to f32");
+  c.compute = MOE_DTYPE_F16;
+  c.hidden_size = 8;
+  c.moe_intermediate_size = 16;
+  c.num_experts = 4;
+  c.top_k = 2;
+  {
+    moe_layer *refused = NULL;
+    EXPECT(moe_layer_create(&refused, rt, &c) == MOE_ERR_UNSUPPORTED && refused == NULL &&
+               strstr(moe_last_error(), "compute") != NULL, "layer with f16 compute refused");
+  }
+  c.compute = MOE_DTYPE_F32;
   c.hidden_size = 8;
   c.moe_intermediate_size = 16;
   c.num_experts = 4;

@@ -6,6 +6,10 @@ Discrete choices (top-k sets, capacity drops, expert-choice picks) are made once
 `plan()` and are constants for the derivatives; pass the same plan to `forward` to
 evaluate the function at perturbed inputs with the same decisions (finite differences).
 
+`forward(..., bf16_compute=True)` (and the `backward` of its result) rounds both operands of
+every expert product to bf16 first, as moe_layer_config.compute = MOE_DTYPE_BF16 does; the
+router and everything element-wise stay float64.
+
 Weights are a dict with keys
   router [E,H], gate [E,F,H], up [E,F,H], down [E,H,F],
   and optionally shared_gate [Fs,H], shared_up [Fs,H], shared_down [H,Fs], shared_expert_gate [H].
@@ -230,27 +234,44 @@ def _losses_backward(logits, cfg: Config, f, cb, cz):
     return d
 
 
-def _ffn(x, g, u, d):
-    hg = x @ g.T
-    hu = x @ u.T
+def bf16(a):
+    """a (held as f32, as the library holds it) rounded to bf16 (nearest even; NaN stays NaN;
+    subnormals to zero), as float64."""
+    bits = np.asarray(a, np.float64).astype(np.float32).view(np.uint32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
+    rounded = np.where((bits & 0x7F800000) == 0, bits & 0x80000000, rounded)
+    rounded = np.where((bits & 0x7FFFFFFF) > 0x7F800000, (bits | 0x00400000) & 0xFFFF0000, rounded)
+    return rounded.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def matmul(a, b, bf16_compute=False):
+    """a @ b; with bf16_compute, of the operands rounded to bf16."""
+    return bf16(a) @ bf16(b) if bf16_compute else a @ b
+
+
+def _ffn(x, g, u, d, bf16_compute=False):
+    mm = lambda a, b: matmul(a, b, bf16_compute)  # noqa: E731
+    hg = mm(x, g.T)
+    hu = mm(x, u.T)
     a = silu(hg) * hu
-    return a @ d.T, (hg, hu, a)
+    return mm(a, d.T), (hg, hu, a)
 
 
-def _ffn_backward(x, g, u, d, cache, dy):
+def _ffn_backward(x, g, u, d, cache, dy, bf16_compute=False):
+    mm = lambda a, b: matmul(a, b, bf16_compute)  # noqa: E731
     hg, hu, a = cache
-    dd = dy.T @ a
-    da = dy @ d
+    dd = mm(dy.T, a)
+    da = mm(dy, d)
     sg = sigmoid(hg)
     dhu = da * hg * sg
     dhg = da * hu * sg * (1 + hg * (1 - sg))
-    dg = dhg.T @ x
-    du = dhu.T @ x
-    dx = dhg @ g + dhu @ u
+    dg = mm(dhg.T, x)
+    du = mm(dhu.T, x)
+    dx = mm(dhg, g) + mm(dhu, u)
     return dx, dg, du, dd
 
 
-def forward(x, W: dict, cfg: Config, fixed_plan: Plan | None = None) -> Result:
+def forward(x, W: dict, cfg: Config, fixed_plan: Plan | None = None, bf16_compute: bool = False) -> Result:
     x = np.asarray(x, np.float64)
     W = {k: np.asarray(v, np.float64) for k, v in W.items()}
     T, H = x.shape
@@ -264,18 +285,18 @@ def forward(x, W: dict, cfg: Config, fixed_plan: Plan | None = None) -> Result:
         idx = np.nonzero(p.kept[:, e])[0]
         if len(idx) == 0:
             continue
-        y, c = _ffn(x[idx], W["gate"][e], W["up"][e], W["down"][e])
+        y, c = _ffn(x[idx], W["gate"][e], W["up"][e], W["down"][e], bf16_compute)
         ys[e] = (idx, y, c)
         out[idx] += comb[idx, e:e + 1] * y
     shared = None
     if "shared_gate" in W:
-        ysh, csh = _ffn(x, W["shared_gate"], W["shared_up"], W["shared_down"])
+        ysh, csh = _ffn(x, W["shared_gate"], W["shared_up"], W["shared_down"], bf16_compute)
         gam = sigmoid(x @ W["shared_expert_gate"])
         out += gam[:, None] * ysh
         shared = (ysh, csh, gam)
     balance, z, f = _losses(logits, cfg, p)
     return Result(out, comb, p, p.kept.sum(0), int(p.kept.sum()), balance, z,
-                  dict(logits=logits, ys=ys, shared=shared, f=f, x=x, W=W))
+                  dict(logits=logits, ys=ys, shared=shared, f=f, x=x, W=W, bf16_compute=bf16_compute))
 
 
 def backward(res: Result, cfg: Config, dout):
@@ -291,7 +312,8 @@ def backward(res: Result, cfg: Config, dout):
     for e, (idx, y, cache) in c["ys"].items():
         gw[idx, e] = (dout[idx] * y).sum(1)
         dy = res.combine[idx, e:e + 1] * dout[idx]
-        dxe, dg, du, dd = _ffn_backward(x[idx], W["gate"][e], W["up"][e], W["down"][e], cache, dy)
+        dxe, dg, du, dd = _ffn_backward(x[idx], W["gate"][e], W["up"][e], W["down"][e], cache, dy,
+                                        c["bf16_compute"])
         np.add.at(dx, idx, dxe)
         grads["gate"][e] += dg
         grads["up"][e] += du
@@ -307,7 +329,7 @@ def backward(res: Result, cfg: Config, dout):
         grads["shared_expert_gate"] += dz @ x
         dx += dz[:, None] * W["shared_expert_gate"][None, :]
         dxs, dg, du, dd = _ffn_backward(x, W["shared_gate"], W["shared_up"], W["shared_down"], csh,
-                                        gam[:, None] * dout)
+                                        gam[:, None] * dout, c["bf16_compute"])
         dx += dxs
         grads["shared_gate"] += dg
         grads["shared_up"] += du

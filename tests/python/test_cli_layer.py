@@ -36,7 +36,7 @@ def test_topology_json_synthetic_with_layer():
     assert b["thread_pinning_effective"] is False and b["memory_binding_effective"] is False
     assert j["openblas"]["threads"] == 1 and j["openblas"]["core"]
     assert j["layer"] == {"hidden_size": 32, "moe_intermediate_size": 64, "num_experts": 4, "top_k": 2,
-                          "shared_expert_intermediate_size": 0}
+                          "shared_expert_intermediate_size": 0, "compute": "f32"}
     plan = j["placement"]
     assert plan["policy"] == j["default_placement"] == "row-slice"
     cover = {e: [] for e in range(4)}

@@ -35,4 +35,41 @@ MOE_CPU_INTERNAL void moe_cpu_brand(char *buf, size_t capacity);
 // NULL when memory is exhausted or the slot is out of range.
 MOE_CPU_INTERNAL float *moe_thread_buffer(unsigned slot, size_t floats);
 
+// MARK: - bf16 compute on AVX512-BF16 (bf16.c)
+//
+// Pair-interleaved panels of 32-bit words (inner indices 2p and 2p + 1 of one
+// row or column in the low and high half), the 6 x 32 vdpbf16ps microkernel and
+// a throughput loop. Call any of them only when moe_bf16_native() is 1.
+
+// Tile of the microkernel: rows of A per panel, columns of B per panel.
+#define MOE_BF16_MR 6
+#define MOE_BF16_NR 32
+
+// 1 when the CPU and the OS run AVX-512 F, BW, VL and BF16.
+MOE_CPU_INTERNAL int moe_bf16_native(void);
+
+// A (element (i, t) at base[i * ld + t], or base[t * ld + i] when transposed;
+// f32, or bf16 when `bf16`), rows r0..<r0+mc, inner indices c0..<c0+kc, into
+// panels of MOE_BF16_MR rows: panel q at dst + q * ((kc + 1) / 2) * MR words.
+MOE_CPU_INTERNAL void moe_bf16_pack_a(const void *base, size_t ld, int transposed, int bf16, size_t r0,
+                                      size_t mc, size_t c0, size_t kc, uint32_t *dst);
+
+// B (element (t, j) at base[t * ld + j], or base[j * ld + t] when transposed),
+// inner indices r0..<r0+kc, columns c0..<c0+nc, into panels of MOE_BF16_NR
+// columns: panel q at dst + q * ((kc + 1) / 2) * NR words.
+MOE_CPU_INTERNAL void moe_bf16_pack_b(const void *base, size_t ld, int transposed, int bf16, size_t r0,
+                                      size_t kc, size_t c0, size_t nc, uint32_t *dst);
+
+// The mr x nr (at most 6 x 32) tile at c (leading dimension ldc) from one A
+// and one B panel of kp pairs: c = sum, or c += sum when `accumulate`. Per
+// lane and pair, sum += a[2p+1] b[2p+1], then sum += a[2p] b[2p] (each rounded
+// to f32, nearest even; subnormal inputs and results are zero).
+MOE_CPU_INTERNAL void moe_bf16_micro(size_t kp, const uint32_t *a, const uint32_t *b, float *c, size_t ldc,
+                                     int mr, int nr, int accumulate);
+
+// `iterations` steps of 12 independent vdpbf16ps chains; returns the
+// operations done (2 per bf16 multiply-add) and stores a value that depends on
+// every chain in *sink.
+MOE_CPU_INTERNAL double moe_bf16_dot_loop(size_t iterations, float tiny, float *sink);
+
 #endif

@@ -36,6 +36,25 @@ public enum KernelPath: String, CaseIterable, Sendable {
     case .openblas: return nil
     }
   }
+
+  /// The kernels that run a product of `precision` on this path: its own, and
+  /// for bf16 compute on the OpenBLAS path (sgemm has no bf16) the widest of
+  /// the library's own that the CPU runs. nil: OpenBLAS. `bf16Fallback` takes
+  /// the fallback even where AVX512-BF16 runs.
+  func table(for precision: ComputePrecision, bf16Fallback: Bool = false) -> KernelTable? {
+    guard precision == .bf16 else { return table }
+    let own = self == .openblas ? Kernels.bestPath() : self
+    if (bf16Fallback || Kernels.bf16Setting == .fallback) && own == .avx512 { return AVX512Kernels.bf16FallbackTable }
+    return own.table ?? PortableKernels.table
+  }
+}
+
+/// Where bf16 compute runs.
+public enum BF16Kernels: String, Sendable, CaseIterable {
+  /// vdpbf16ps over pair-interleaved bf16 panels.
+  case avx512bf16 = "avx512_bf16"
+  /// Operands rounded to bf16 while packing, then the path's f32 microkernel.
+  case fallback
 }
 
 /// The CPU as the kernels see it.
@@ -132,13 +151,87 @@ public enum Kernels {
     KernelPath.allCases.filter { cpu.supports($0).ok }
   }
 
-  /// c[m, n] (ldc) = a * b (or += when accumulate) on `path` (default: the active one).
+  /// c[m, n] (ldc) = a * b (or += when accumulate) on `path` (default: the
+  /// active one), in p.compute's precision; `bf16Fallback` forces bf16 compute
+  /// onto the fallback.
   @inline(__always)
-  static func gemm(_ p: GEMMProblem, path: KernelPath = active.path) {
-    if let table = path.table {
+  static func gemm(_ p: GEMMProblem, path: KernelPath = active.path, bf16Fallback: Bool = false) {
+    if let table = path.table(for: p.compute, bf16Fallback: bf16Fallback) {
       table.gemm(p)
     } else {
       OpenBLASGEMM.run(p)
+    }
+  }
+
+  /// The environment variable that forces where bf16 compute runs.
+  public static let bf16EnvironmentVariable = "MOEUPCYCLE_BF16_KERNELS"
+
+  /// The kernels `setting` (MOEUPCYCLE_BF16_KERNELS's value; nil or "auto":
+  /// automatic) asks for bf16 compute; nil when automatic.
+  public static func chooseBF16(_ setting: String?, cpu: CPUInfo = .current) throws -> BF16Kernels? {
+    let text = (setting ?? "").filter { $0 != " " }.lowercased()
+    if text.isEmpty || text == "auto" { return nil }
+    guard let kernels = BF16Kernels(rawValue: text) else {
+      let names = (["auto"] + BF16Kernels.allCases.map(\.rawValue)).joined(separator: ", ")
+      throw MoEError.invalid("\(bf16EnvironmentVariable)='\(setting ?? "")' is not a bf16 kernel choice (\(names))")
+    }
+    if kernels == .avx512bf16 && !(cpuRunsBF16 && cpu.features.contains("avx512_bf16")) {
+      throw MoEError.unsupported("\(bf16EnvironmentVariable)=avx512_bf16: this CPU (or its OS) does not support AVX512-BF16")
+    }
+    return kernels
+  }
+
+  /// The process's bf16 choice, made once from the environment; an invalid
+  /// setting is an error that runtime creation reports.
+  public static let bf16Selection: Result<BF16Kernels?, MoEError> = {
+    let value = getenv(bf16EnvironmentVariable).map { String(cString: $0) }
+    do { return .success(try chooseBF16(value)) } catch let e as MoEError { return .failure(e) } catch {
+      return .failure(MoEError.invalid("\(error)"))
+    }
+  }()
+
+  /// The forced bf16 kernels (nil: automatic, also when the setting is invalid).
+  static var bf16Setting: BF16Kernels? {
+    if case .success(let k) = bf16Selection { return k }
+    return nil
+  }
+
+  /// Where bf16 compute runs on `path` (default: the active one).
+  public static func bf16Kernels(path: KernelPath = active.path) -> BF16Kernels {
+    path.table(for: .bf16)?.bf16Native == true ? .avx512bf16 : .fallback
+  }
+
+  /// Why bf16 compute runs where it does, for people.
+  public static func bf16Reason(path: KernelPath = active.path, cpu: CPUInfo = .current) -> String {
+    if bf16Kernels(path: path) == .avx512bf16 { return "vdpbf16ps: the CPU and the OS support AVX512-BF16" }
+    if bf16Setting == .fallback { return "rounded operands on the f32 kernels: forced by \(bf16EnvironmentVariable)" }
+    if !cpu.features.contains("avx512_bf16") {
+      return "rounded operands on the f32 kernels: the CPU (or its OS) lacks AVX512-BF16"
+    }
+    return "rounded operands on the f32 kernels: the \(path.rawValue) path has no AVX512-BF16 kernel"
+  }
+
+  /// Whether the CPU and the OS run AVX512-BF16 (F, BW, VL and BF16).
+  public static var cpuRunsBF16: Bool { moe_bf16_native() != 0 }
+
+  /// Measured vdpbf16ps throughput of the calling thread in GFLOP/s (two
+  /// operations per bf16 multiply-add) over about `seconds`; nil where the
+  /// CPU does not run AVX512-BF16.
+  public static func measureBF16Peak(seconds: Double = 0.05) -> Double? {
+    guard cpuRunsBF16 else { return nil }
+    var iterations = 1 << 14
+    var sink: Float = 0
+    while true {
+      let t0 = monotonicSeconds()
+      var s: Float = 0
+      let flops = moe_bf16_dot_loop(iterations, 1e-7, &s)
+      let dt = monotonicSeconds() - t0
+      sink += s
+      if dt >= seconds || iterations >= 1 << 30 {
+        blackHole(sink)
+        return flops / max(dt, 1e-9) / 1e9
+      }
+      iterations *= dt > 0 ? max(2, min(16, Int(seconds / dt) + 1)) : 16
     }
   }
 
@@ -166,8 +259,8 @@ extension Kernels {
   /// One line for people: the path, why, and the CPU.
   public static var summary: String {
     let cpu = CPUInfo.current
-    return "\(active.path.rawValue) (\(active.reason)); CPU \(cpu.brand.isEmpty ? "unknown" : cpu.brand)"
-      + " [\(cpu.features.joined(separator: " "))]"
+    return "\(active.path.rawValue) (\(active.reason)); bf16 compute \(bf16Kernels().rawValue) (\(bf16Reason()))"
+      + "; CPU \(cpu.brand.isEmpty ? "unknown" : cpu.brand) [\(cpu.features.joined(separator: " "))]"
   }
 
   /// The choice, the CPU's usable features and the paths it can run, as JSON.
@@ -180,6 +273,8 @@ extension Kernels {
       ("cpu_brand", .string(cpu.brand)),
       ("cpu_features", .array(cpu.features.map { .string($0) })),
       ("available", .array(availablePaths(cpu).map { .string($0.rawValue) })),
+      ("bf16_compute", .string(bf16Kernels().rawValue)),
+      ("bf16_compute_reason", .string(bf16Reason())),
     ]
     if let table = active.path.table {
       fields.append(("vector_floats", .int(table.width)))

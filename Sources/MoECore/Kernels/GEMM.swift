@@ -2,7 +2,10 @@
 // tile: the packed kernels of the active path (Kernels.swift: AVX-512, AVX2 or
 // portable, or OpenBLAS's sgemm when forced) for large products, and for few
 // tokens (decode) a streaming kernel that reads each weight row once. bf16
-// weights are widened while they are packed.
+// weights are widened while they are packed. With bf16 compute (`compute:
+// .bf16`) every product runs on the packed kernels (PackedGEMM.swift: on
+// AVX512-BF16 where the CPU has it), whatever the token count: the streaming
+// kernels are f32 only.
 
 import COpenBLAS
 import CMoECPU
@@ -58,9 +61,10 @@ enum GEMM {
   /// `scratch` holds at least n * k floats for the bf16 decode kernel.
   static func xWt(n: Int, rows: Int, k: Int, x: UnsafePointer<Float>, ldx: Int,
                   w: WeightMatrix, c: UnsafeMutablePointer<Float>, ldc: Int,
-                  accumulate: Bool, scratch: UnsafeMutablePointer<Float>, scratchFloats: Int) {
+                  accumulate: Bool, scratch: UnsafeMutablePointer<Float>, scratchFloats: Int,
+                  compute: ComputePrecision = .f32) {
     guard n > 0, rows > 0 else { return }
-    if n <= smallGEMMTokenLimit {
+    if n <= smallGEMMTokenLimit && compute == .f32 {
       if w.dtype == .bf16 && n * k <= scratchFloats {
         SmallGEMM.xWtBF16(n: n, rows: rows, k: k, x: x, ldx: ldx, w: w, c: c, ldc: ldc,
                           accumulate: accumulate, scratch: scratch)
@@ -71,28 +75,31 @@ enum GEMM {
     }
     Kernels.gemm(GEMMProblem(m: n, n: rows, k: k, a: MatrixOperand(base: x, ld: ldx),
                              b: w.operand(transposed: true),
-                             c: c, ldc: ldc, accumulate: accumulate))
+                             c: c, ldc: ldc, accumulate: accumulate, compute: compute))
   }
 
   /// c[n, cols] (ldc) = a[n, k] (lda) * w[k, cols] (w rows are k), or += when accumulate.
   static func aW(n: Int, cols: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
-                 w: WeightMatrix, c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
+                 w: WeightMatrix, c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool,
+                 compute: ComputePrecision = .f32) {
     guard n > 0, cols > 0 else { return }
-    if n <= smallGEMMTokenLimit, let row = moe_thread_buffer(3, cols) {
+    if n <= smallGEMMTokenLimit, compute == .f32, let row = moe_thread_buffer(3, cols) {
       SmallGEMM.aW(n: n, cols: cols, k: k, a: a, lda: lda, w: w, c: c, ldc: ldc, accumulate: accumulate, row: row)
       return
     }
     Kernels.gemm(GEMMProblem(m: n, n: cols, k: k, a: MatrixOperand(base: a, ld: lda),
                              b: w.operand(),
-                             c: c, ldc: ldc, accumulate: accumulate))
+                             c: c, ldc: ldc, accumulate: accumulate, compute: compute))
   }
 
   /// c[m, cols] (ldc) += a[n, m]^T (lda) * b[n, cols] (ldb): weight gradients.
   static func atB(n: Int, m: Int, cols: Int, a: UnsafePointer<Float>, lda: Int,
-                  b: UnsafePointer<Float>, ldb: Int, c: UnsafeMutablePointer<Float>, ldc: Int) {
+                  b: UnsafePointer<Float>, ldb: Int, c: UnsafeMutablePointer<Float>, ldc: Int,
+                  compute: ComputePrecision = .f32) {
     guard n > 0, m > 0, cols > 0 else { return }
     Kernels.gemm(GEMMProblem(m: m, n: cols, k: n, a: MatrixOperand(base: a, ld: lda, transposed: true),
-                             b: MatrixOperand(base: b, ld: ldb), c: c, ldc: ldc, accumulate: true))
+                             b: MatrixOperand(base: b, ld: ldb), c: c, ldc: ldc, accumulate: true,
+                             compute: compute))
   }
 }
 
@@ -433,13 +440,13 @@ extension Kernels {
   /// strip of C while it is in cache (PackedGEMM.run(_:_:_:epilogue:)). On the
   /// OpenBLAS path: the products one after the other, then the epilogue over all of C.
   static func gemmFused(_ p: GEMMProblem, _ q: GEMMProblem?, path: KernelPath = active.path,
-                        epilogue: (Int, Int, Int, Int) -> Void) {
-    if let table = path.table {
+                        bf16Fallback: Bool = false, epilogue: (Int, Int, Int, Int) -> Void) {
+    if let table = path.table(for: p.compute, bf16Fallback: bf16Fallback) {
       table.gemmFused(p, q, epilogue)
       return
     }
-    OpenBLASGEMM.run(p)
-    if let q { OpenBLASGEMM.run(q) }
+    gemm(p, path: path)
+    if let q { gemm(q, path: path, bf16Fallback: bf16Fallback) }
     if p.m > 0 && p.n > 0 { epilogue(0, p.m, 0, p.n) }
   }
 }
@@ -452,9 +459,10 @@ extension GEMM {
                       w1: WeightMatrix, c1: UnsafeMutablePointer<Float>,
                       w2: WeightMatrix, c2: UnsafeMutablePointer<Float>, ldc: Int,
                       scratch: UnsafeMutablePointer<Float>, scratchFloats: Int,
+                      compute: ComputePrecision = .f32,
                       epilogue: (Int, Int, Int, Int) -> Void) {
     guard n > 0, rows > 0 else { return }
-    if n <= smallGEMMTokenLimit {
+    if n <= smallGEMMTokenLimit && compute == .f32 {
       xWt(n: n, rows: rows, k: k, x: x, ldx: ldx, w: w1, c: c1, ldc: ldc, accumulate: false,
           scratch: scratch, scratchFloats: scratchFloats)
       xWt(n: n, rows: rows, k: k, x: x, ldx: ldx, w: w2, c: c2, ldc: ldc, accumulate: false,
@@ -466,7 +474,7 @@ extension GEMM {
     func problem(_ w: WeightMatrix, _ c: UnsafeMutablePointer<Float>) -> GEMMProblem {
       GEMMProblem(m: n, n: rows, k: k, a: a,
                   b: w.operand(transposed: true),
-                  c: c, ldc: ldc, accumulate: false)
+                  c: c, ldc: ldc, accumulate: false, compute: compute)
     }
     Kernels.gemmFused(problem(w1, c1), problem(w2, c2), epilogue: epilogue)
   }
@@ -476,9 +484,10 @@ extension GEMM {
   static func xWt(n: Int, rows: Int, k: Int, x: UnsafePointer<Float>, ldx: Int,
                   w: WeightMatrix, c: UnsafeMutablePointer<Float>, ldc: Int,
                   scratch: UnsafeMutablePointer<Float>, scratchFloats: Int,
+                  compute: ComputePrecision = .f32,
                   epilogue: (Int, Int, Int, Int) -> Void) {
     guard n > 0, rows > 0 else { return }
-    if n <= smallGEMMTokenLimit {
+    if n <= smallGEMMTokenLimit && compute == .f32 {
       xWt(n: n, rows: rows, k: k, x: x, ldx: ldx, w: w, c: c, ldc: ldc, accumulate: false,
           scratch: scratch, scratchFloats: scratchFloats)
       epilogue(0, n, 0, rows)
@@ -486,35 +495,37 @@ extension GEMM {
     }
     Kernels.gemmFused(GEMMProblem(m: n, n: rows, k: k, a: MatrixOperand(base: x, ld: ldx),
                                   b: w.operand(transposed: true),
-                                  c: c, ldc: ldc, accumulate: false), nil, epilogue: epilogue)
+                                  c: c, ldc: ldc, accumulate: false, compute: compute), nil, epilogue: epilogue)
   }
 
   /// c[n, cols] = a w as `aW` (not accumulating), then `epilogue(row0, rows,
   /// col0, cols)` on each finished block of c (all of it at once for few tokens).
   static func aW(n: Int, cols: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
                  w: WeightMatrix, c: UnsafeMutablePointer<Float>, ldc: Int,
+                 compute: ComputePrecision = .f32,
                  epilogue: (Int, Int, Int, Int) -> Void) {
     guard n > 0, cols > 0 else { return }
-    if n <= smallGEMMTokenLimit {
+    if n <= smallGEMMTokenLimit && compute == .f32 {
       aW(n: n, cols: cols, k: k, a: a, lda: lda, w: w, c: c, ldc: ldc, accumulate: false)
       epilogue(0, n, 0, cols)
       return
     }
     Kernels.gemmFused(GEMMProblem(m: n, n: cols, k: k, a: MatrixOperand(base: a, ld: lda),
                                   b: w.operand(),
-                                  c: c, ldc: ldc, accumulate: false), nil, epilogue: epilogue)
+                                  c: c, ldc: ldc, accumulate: false, compute: compute), nil, epilogue: epilogue)
   }
 
   /// c1[m, cols] += a1[n, m]^T b and c2[m, cols] += a2[n, m]^T b (a1 and a2 with
   /// leading dimension lda, c1 and c2 with ldc): b packed once for both.
   static func atBPair(n: Int, m: Int, cols: Int, a1: UnsafePointer<Float>, a2: UnsafePointer<Float>, lda: Int,
                       b: UnsafePointer<Float>, ldb: Int,
-                      c1: UnsafeMutablePointer<Float>, c2: UnsafeMutablePointer<Float>, ldc: Int) {
+                      c1: UnsafeMutablePointer<Float>, c2: UnsafeMutablePointer<Float>, ldc: Int,
+                      compute: ComputePrecision = .f32) {
     guard n > 0, m > 0, cols > 0 else { return }
     let bOperand = MatrixOperand(base: b, ld: ldb)
     func problem(_ a: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>) -> GEMMProblem {
       GEMMProblem(m: m, n: cols, k: n, a: MatrixOperand(base: a, ld: lda, transposed: true), b: bOperand,
-                  c: c, ldc: ldc, accumulate: true)
+                  c: c, ldc: ldc, accumulate: true, compute: compute)
     }
     Kernels.gemmFused(problem(a1, c1), problem(a2, c2)) { _, _, _, _ in }
   }
@@ -523,9 +534,10 @@ extension GEMM {
   /// with leading dimension lda; w1 and w2 of one dtype and ld): both products
   /// add into each block of c while it is in cache.
   static func aWSum(n: Int, cols: Int, k: Int, a1: UnsafePointer<Float>, w1: WeightMatrix,
-                    a2: UnsafePointer<Float>, w2: WeightMatrix, lda: Int, c: UnsafeMutablePointer<Float>, ldc: Int) {
+                    a2: UnsafePointer<Float>, w2: WeightMatrix, lda: Int, c: UnsafeMutablePointer<Float>, ldc: Int,
+                    compute: ComputePrecision = .f32) {
     guard n > 0, cols > 0 else { return }
-    if n <= smallGEMMTokenLimit {
+    if n <= smallGEMMTokenLimit && compute == .f32 {
       aW(n: n, cols: cols, k: k, a: a1, lda: lda, w: w1, c: c, ldc: ldc, accumulate: false)
       aW(n: n, cols: cols, k: k, a: a2, lda: lda, w: w2, c: c, ldc: ldc, accumulate: true)
       return
@@ -533,7 +545,7 @@ extension GEMM {
     func problem(_ a: UnsafePointer<Float>, _ w: WeightMatrix, accumulate: Bool) -> GEMMProblem {
       GEMMProblem(m: n, n: cols, k: k, a: MatrixOperand(base: a, ld: lda),
                   b: w.operand(), c: c, ldc: ldc,
-                  accumulate: accumulate)
+                  accumulate: accumulate, compute: compute)
     }
     Kernels.gemmFused(problem(a1, w1, accumulate: false), problem(a2, w2, accumulate: true)) { _, _, _, _ in }
   }

@@ -7,10 +7,15 @@
 // an epilogue): SwiGLU forward on each finished strip of g and u, its gradient
 // on each finished strip of da, and (in inference) the routing weights on each
 // finished strip of y, while those strips are still in cache.
+//
+// With config.compute == .bf16 the expert products (phases 1 and 2, B1 and B2)
+// round their operands to bf16 and sum in f32 (PackedGEMM.swift); the router,
+// routing, SwiGLU, combine and every sum between products stay f32.
 
 #if canImport(Glibc)
 import Glibc
 #endif
+import MoEKernelCode
 
 /// A contiguous range of one slice's columns given to one worker.
 struct WorkItem: Equatable {
@@ -91,6 +96,8 @@ extension MoELayer {
     }
     let E = config.experts, H = config.hidden, Fs = config.sharedFFN
     let shared = Fs > 0
+    // Precision of the expert products (the router's stays f32).
+    let compute = config.expertCompute
 
     // Router input, jittered in training.
     let jittered = training && config.jitter > 0 && T > 0
@@ -149,7 +156,8 @@ extension MoELayer {
       GEMM.xWtPair(n: n, rows: range.count, k: H, x: xp + layout.rowStart[e] * H, ldx: H,
                    w1: view.gate.offset(row: range.lowerBound, col: 0), c1: g,
                    w2: view.up.offset(row: range.lowerBound, col: 0), c2: u, ldc: ld,
-                   scratch: self.workerScratch[w].pointer, scratchFloats: self.workerScratchFloats) { r0, rows, c0, cols in
+                   scratch: self.workerScratch[w].pointer, scratchFloats: self.workerScratchFloats,
+                   compute: compute) { r0, rows, c0, cols in
         for i in r0..<(r0 + rows) {
           let o = i * ld + c0
           swigluForward(gate: g + o, up: u + o, out: a + o, count: cols)
@@ -172,11 +180,11 @@ extension MoELayer {
         let x = act.a + view.ffn.lowerBound, wd = view.down.offset(row: range.lowerBound, col: 0)
         guard weighted && e < E, let weights = rowWeight.baseAddress.map({ $0 + layout.rowStart[e] }) else {
           GEMM.xWt(n: n, rows: range.count, k: view.ffn.count, x: x, ldx: act.ld, w: wd, c: target, ldc: H,
-                   accumulate: false, scratch: ws, scratchFloats: wsn)
+                   accumulate: false, scratch: ws, scratchFloats: wsn, compute: compute)
           return
         }
         GEMM.xWt(n: n, rows: range.count, k: view.ffn.count, x: x, ldx: act.ld, w: wd, c: target, ldc: H,
-                 scratch: ws, scratchFloats: wsn) { r0, rows, c0, cols in
+                 scratch: ws, scratchFloats: wsn, compute: compute) { r0, rows, c0, cols in
           for i in r0..<(r0 + rows) { Self.scale(target + i * H + c0, by: weights[i], cols) }
         }
       }
@@ -290,6 +298,8 @@ extension MoELayer {
     let E = config.experts, H = config.hidden, F = config.ffn, Fs = config.sharedFFN
     let shared = Fs > 0
     let R = routing.rows
+    // Precision of the expert products (the router's stays f32).
+    let compute = config.expertCompute
     // The same buffers forward filled.
     let xSaved = try scratch.get("x_saved", floats: T * H)
     let logits = try scratch.get("logits", floats: T * E)
@@ -344,12 +354,13 @@ extension MoELayer {
       let gradGate = e < E ? gGate + e * F * H : gSharedGate
       let gradUp = e < E ? gUp + e * F * H : gSharedUp
       if expertWeights {
-        GEMM.atB(n: n, m: H, cols: cols, a: dY, lda: H, b: act.a + f0, ldb: act.ld, c: gradDown + f0, ldc: Fe)
+        GEMM.atB(n: n, m: H, cols: cols, a: dY, lda: H, b: act.a + f0, ldb: act.ld, c: gradDown + f0, ldc: Fe,
+                 compute: compute)
       }
       // da = dY Wd, and on each finished strip (in cache) dg, du in place of g, u.
       let g = act.g + f0, u = act.u + f0, da = act.a + f0, ld = act.ld
       GEMM.aW(n: n, cols: cols, k: H, a: dY, lda: H, w: view.down.offset(row: 0, col: range.lowerBound),
-              c: da, ldc: ld) { r0, rows, c0, width in
+              c: da, ldc: ld, compute: compute) { r0, rows, c0, width in
         for i in r0..<(r0 + rows) {
           let o = i * ld + c0
           swigluBackward(gate: g + o, up: u + o, gradOut: da + o, count: width)
@@ -358,7 +369,7 @@ extension MoELayer {
       // dWg and dWu from one blocked loop: the x rows packed once for both.
       if expertWeights {
         GEMM.atBPair(n: n, m: cols, cols: H, a1: act.g + f0, a2: act.u + f0, lda: act.ld, b: xRows, ldb: H,
-                     c1: gradGate + f0 * H, c2: gradUp + f0 * H, ldc: H)
+                     c1: gradGate + f0 * H, c2: gradUp + f0 * H, ldc: H, compute: compute)
       }
     }
 
@@ -372,7 +383,7 @@ extension MoELayer {
       GEMM.aWSum(n: n, cols: range.count, k: view.ffn.count,
                  a1: act.g + view.ffn.lowerBound, w1: view.gate.offset(row: 0, col: range.lowerBound),
                  a2: act.u + view.ffn.lowerBound, w2: view.up.offset(row: 0, col: range.lowerBound),
-                 lda: act.ld, c: target, ldc: H)
+                 lda: act.ld, c: target, ldc: H, compute: compute)
     }
 
     // B3: per token: routing backward to dLogits; dx = sum of its rows' dx (fixed

@@ -1,5 +1,7 @@
 // Shape and behaviour of one Mixture-of-Experts feed-forward layer.
 
+import MoEKernelCode
+
 public struct MoELayerConfig: Sendable, Equatable {
   /// Model width H.
   public var hidden: Int
@@ -16,9 +18,13 @@ public struct MoELayerConfig: Sendable, Equatable {
   /// Intermediate size of a shared expert (0: none). Its output is scaled by
   /// sigmoid(x . w_gate) with a learned [H] vector (Qwen2-MoE).
   public var sharedFFN: Int = 0
-  /// Storage of expert weights: .f32 or .bf16 (compute is always f32; the
-  /// router and the shared-expert gate are always f32).
+  /// Storage of expert weights: .f32 or .bf16 (the router and the
+  /// shared-expert gate are always f32).
   public var storage: DType = .f32
+  /// Precision of the expert products, forward and backward: .f32, or .bf16
+  /// (operands rounded to bf16, f32 sums; PackedGEMM.swift). The router, the
+  /// shared-expert gate and every element-wise step stay f32.
+  public var compute: DType = .f32
   /// NUMA placement of owned expert weights; nil = the runtime's default.
   public var placement: PlacementPolicy? = nil
   /// Switch-style multiplicative jitter on the router input in training
@@ -43,6 +49,9 @@ public struct MoELayerConfig: Sendable, Equatable {
                   capacityFactor: capacityFactor, expertChoice: expertChoice)
   }
 
+  /// The expert products' precision, as the kernels take it.
+  var expertCompute: ComputePrecision { compute == .bf16 ? .bf16 : .f32 }
+
   /// Experts including the shared one (which has index `experts`).
   var allExperts: Int { experts + (sharedFFN > 0 ? 1 : 0) }
 
@@ -65,6 +74,9 @@ public struct MoELayerConfig: Sendable, Equatable {
     }
     guard storage == .f32 || storage == .bf16 else {
       throw MoEError.unsupported("storage dtype \(storage.name) is not supported for layer weights; use f32 or bf16")
+    }
+    guard compute == .f32 || compute == .bf16 else {
+      throw MoEError.unsupported("compute dtype \(compute.name) is not supported for the expert products; use f32 or bf16")
     }
     guard jitter.isFinite, jitter >= 0, jitter < 1 else { throw MoEError.invalid("jitter is \(jitter); it must be in [0, 1)") }
     guard balanceCoef.isFinite, balanceCoef >= 0 else { throw MoEError.invalid("aux_loss_coef is \(balanceCoef); it must be >= 0") }

@@ -13,6 +13,7 @@ public final class Runtime: @unchecked Sendable {
       throw MoEError.invalid("threads is \(threads); use 0 (one per core) or 1...4096")
     }
     if case .failure(let e) = Kernels.selection { throw e }
+    if case .failure(let e) = Kernels.bf16Selection { throw e }
     topology = try Topology(source: source)
     pool = try WorkerPool(topology: topology, threads: threads, pin: pin)
     defaultPlacement = placement
@@ -28,6 +29,18 @@ public final class Runtime: @unchecked Sendable {
     defer { rates.deallocate() }
     rates.initialize(repeating: 0, count: workerCount)
     pool.run { w in rates[w] = Kernels.measureFMAPeak(seconds: seconds) }
+    return (0..<workerCount).reduce(0) { $0 + rates[$1] }
+  }
+
+  /// vdpbf16ps throughput of all workers at once in GFLOP/s (two operations
+  /// per bf16 multiply-add), measured over about `seconds`; nil where the CPU
+  /// does not run AVX512-BF16.
+  public func measureBF16Peak(seconds: Double) -> Double? {
+    guard Kernels.cpuRunsBF16 else { return nil }
+    let rates = UnsafeMutablePointer<Double>.allocate(capacity: workerCount)
+    defer { rates.deallocate() }
+    rates.initialize(repeating: 0, count: workerCount)
+    pool.run { w in rates[w] = Kernels.measureBF16Peak(seconds: seconds) ?? 0 }
     return (0..<workerCount).reduce(0) { $0 + rates[$1] }
   }
 
@@ -142,6 +155,7 @@ extension Runtime {
           ("hidden_size", .int(layer.hidden)), ("moe_intermediate_size", .int(layer.ffn)),
           ("num_experts", .int(layer.experts)), ("top_k", .int(layer.topK)),
           ("shared_expert_intermediate_size", .int(layer.sharedFFN)),
+          ("compute", .string(layer.compute == .bf16 ? "bf16" : "f32")),
         ]))
         j.set("placement", plan.json())
       }

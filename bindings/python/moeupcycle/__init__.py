@@ -276,7 +276,8 @@ class MoELayer(_Handle):
 
     Weights use HF layouts: router [E, H], gate/up [E, F, H], down [E, H, F]. Other options are
     the fields of moe_layer_config (routing, capacity_factor, expert_choice,
-    shared_expert_intermediate_size, storage, placement, jitter, seed, aux_loss_coef, z_loss_coef).
+    shared_expert_intermediate_size, storage, placement, jitter, seed, aux_loss_coef, z_loss_coef,
+    compute: C.MOE_DTYPE_BF16 for bf16 compute of the expert products).
     Weight names are the library's ("router", "gate", "up", "down", "shared-gate", ...).
     """
 

@@ -241,7 +241,8 @@ class moe_runtime_params(Structure):
 
 
 class moe_runtime_info(Structure):
-    """First version: 0.1.0 (up to blas_core); 0.3.0 appended the kernel_* fields."""
+    """First version: 0.1.0 (up to blas_core); 0.3.0 appended kernel_path, kernel_forced and
+    kernel_vector_floats, 0.4.0 kernel_bf16."""
     _fields_ = [
         ("struct_size", c_size_t),
         ("numa_nodes", c_uint32),
@@ -257,11 +258,13 @@ class moe_runtime_info(Structure):
         ("kernel_path", c_char * 16),
         ("kernel_forced", c_int32),
         ("kernel_vector_floats", c_int32),
+        # 0.4.0
+        ("kernel_bf16", c_char * 16),
     ]
 
 
 class moe_layer_config(Structure):
-    """First version: 0.1.0 (all fields)."""
+    """First version: 0.1.0 (up to z_loss_coef); 0.4.0 appended compute."""
     _fields_ = [
         ("struct_size", c_size_t),
         ("hidden_size", c_uint32),
@@ -278,6 +281,8 @@ class moe_layer_config(Structure):
         ("seed", c_uint64),
         ("aux_loss_coef", c_float),
         ("z_loss_coef", c_float),
+        # 0.4.0
+        ("compute", moe_dtype),
     ]
 
 

@@ -207,6 +207,8 @@ pub struct moe_runtime_info {
     pub kernel_path: [c_char; 16],
     pub kernel_forced: i32,
     pub kernel_vector_floats: i32,
+    // 0.4.0
+    pub kernel_bf16: [c_char; 16],
 }
 
 pub type moe_text_format = c_int;
@@ -237,6 +239,8 @@ pub struct moe_layer_config {
     pub seed: u64,
     pub aux_loss_coef: f32,
     pub z_loss_coef: f32,
+    // 0.4.0
+    pub compute: moe_dtype,
 }
 
 pub type moe_weight = c_int;

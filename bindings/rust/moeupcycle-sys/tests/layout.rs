@@ -62,11 +62,12 @@ fn rust_structs() -> Vec<StructLayout> {
         moe_runtime_info {
             struct_size, numa_nodes, cores, pus, workers, is_this_system, workers_pinned,
             memory_binding, blas_threads, blas_core, kernel_path, kernel_forced, kernel_vector_floats,
+            kernel_bf16,
         }
         moe_layer_config {
             struct_size, hidden_size, moe_intermediate_size, num_experts, top_k, routing,
             capacity_factor, expert_choice, shared_expert_intermediate_size, storage, placement,
-            jitter, seed, aux_loss_coef, z_loss_coef,
+            jitter, seed, aux_loss_coef, z_loss_coef, compute,
         }
         moe_layer_stats {
             struct_size, tokens, assignments, dropped, aux_loss, z_loss, weight_bytes, bound_bytes,

@@ -701,6 +701,8 @@ impl LayerConfig {
         shared_expert_intermediate_size: u32 => |r, v| r.shared_expert_intermediate_size = v;
         /// Dtype::F32 or Dtype::Bf16.
         storage: Dtype => |r, v| r.storage = v.raw();
+        /// Precision of the expert products: Dtype::F32 or Dtype::Bf16 (bf16 operands, f32 sums).
+        compute: Dtype => |r, v| r.compute = v.raw();
         placement: Placement => |r, v| r.placement = v.raw();
         aux_loss_coef: f32 => |r, v| r.aux_loss_coef = v;
         z_loss_coef: f32 => |r, v| r.z_loss_coef = v;

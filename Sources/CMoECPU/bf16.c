@@ -1,0 +1,245 @@
+// bf16 compute on AVX512-BF16: packing of f32 or bf16 operands into
+// pair-interleaved bf16 panels, the 6 x 32 vdpbf16ps microkernel, and a
+// vdpbf16ps throughput loop. PackedGEMM (MoEKernelCode) runs its blocked loop
+// over these when a product asks for bf16 compute and moe_bf16_native() says
+// the CPU runs them; nothing here is reached otherwise.
+//
+// Panels hold 32-bit words, each the bf16 values of two consecutive inner
+// indices (2p in the low half, 2p + 1 in the high half), as vdpbf16ps pairs
+// them: an A panel holds, per pair p, MOE_BF16_MR words (one per row); a B panel
+// holds, per pair p, MOE_BF16_NR words (one per column). An odd last inner
+// index has a zero partner; rows and columns past the edge are zero words.
+//
+// Rounding (f32 -> bf16) is that of vcvtneps2bf16: round to nearest even, NaN
+// stays NaN (quieted), subnormal inputs become a zero of the same sign.
+// bf16 operands are taken as stored.
+#include "moe_cpu.h"
+
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+int moe_bf16_native(void) {
+  const uint32_t need = MOE_CPU_AVX512F | MOE_CPU_AVX512BW | MOE_CPU_AVX512VL | MOE_CPU_AVX512BF16;
+  return (moe_cpu_features() & need) == need;
+}
+
+// One f32 as bf16 bits, exactly as vcvtneps2bf16 rounds it.
+static inline uint32_t round_bf16(float value) {
+  uint32_t bits;
+  memcpy(&bits, &value, 4);
+  if ((bits & 0x7F800000u) == 0) return (bits >> 16) & 0x8000u;           // zero, subnormal
+  if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return ((bits >> 16) | 0x40u) & 0xFFFFu;  // NaN
+  return ((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16) & 0xFFFFu;
+}
+
+BF16_TARGET static inline __m512i widen_pbh(__m256bh v) {
+  __m256i bits;
+  memcpy(&bits, &v, sizeof bits);
+  return _mm512_cvtepu16_epi32(bits);
+}
+
+// out[i] = bf16(s0[i]) | bf16(s1[i]) << 16 for i < n (s1 NULL: a zero partner).
+BF16_TARGET static void pair_words(const void *s0, const void *s1, int bf16, size_t n, uint32_t *out) {
+  size_t i = 0;
+  if (bf16) {
+    const uint16_t *a = s0, *b = s1;
+    for (; i + 16 <= n; i += 16) {
+      __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(a + i)));
+      __m512i hi = b ? _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(b + i))) : _mm512_setzero_si512();
+      _mm512_storeu_si512(out + i, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+    }
+    for (; i < n; i++) out[i] = (uint32_t)a[i] | (b ? (uint32_t)b[i] << 16 : 0);
+    return;
+  }
+  const float *a = s0, *b = s1;
+  for (; i + 16 <= n; i += 16) {
+    __m512i lo = widen_pbh(_mm512_cvtneps_pbh(_mm512_loadu_ps(a + i)));
+    __m512i hi = b ? widen_pbh(_mm512_cvtneps_pbh(_mm512_loadu_ps(b + i))) : _mm512_setzero_si512();
+    _mm512_storeu_si512(out + i, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+  }
+  for (; i < n; i++) out[i] = round_bf16(a[i]) | (b ? round_bf16(b[i]) << 16 : 0);
+}
+
+// n consecutive elements as (n + 1) / 2 words: out[p] = bf16(src[2p]) | bf16(src[2p + 1]) << 16.
+BF16_TARGET static void run_words(const void *src, int bf16, size_t n, uint32_t *out) {
+  size_t p = 0, pairs = n / 2;
+  if (bf16) {
+    const uint16_t *s = src;
+    memcpy(out, s, pairs * 4);
+    if (n & 1) out[pairs] = s[n - 1];
+    return;
+  }
+  const float *s = src;
+  for (; p + 16 <= pairs; p += 16) {
+    __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + 2 * p + 16), _mm512_loadu_ps(s + 2 * p));
+    __m512i bits;
+    memcpy(&bits, &v, sizeof bits);
+    _mm512_storeu_si512(out + p, bits);
+  }
+  for (; p < pairs; p++) out[p] = round_bf16(s[2 * p]) | round_bf16(s[2 * p + 1]) << 16;
+  if (n & 1) out[pairs] = round_bf16(s[n - 1]);
+}
+
+enum { CHUNK = 256 };  // words converted at once before they are spread over panels
+
+BF16_TARGET void moe_bf16_pack_a(const void *base, size_t ld, int transposed, int bf16, size_t r0, size_t mc,
+                                 size_t c0, size_t kc, uint32_t *dst) {
+  const size_t MR = MOE_BF16_MR, kp = (kc + 1) / 2, es = bf16 ? 2 : 4;
+  const char *b = base;
+  uint32_t tmp[CHUNK];
+  const size_t panels = (mc + MR - 1) / MR;
+  // Rows past mc in the last panel are zero.
+  if (mc % MR) {
+    uint32_t *last = dst + (panels - 1) * kp * MR;
+    for (size_t p = 0; p < kp; p++)
+      for (size_t i = mc % MR; i < MR; i++) last[p * MR + i] = 0;
+  }
+  if (!transposed) {
+    // Row i's inner indices are contiguous: convert a run, spread it with stride MR.
+    for (size_t i = 0; i < mc; i++) {
+      uint32_t *panel = dst + (i / MR) * kp * MR + i % MR;
+      const char *row = b + ((r0 + i) * ld + c0) * es;
+      for (size_t p0 = 0; p0 < kp; p0 += CHUNK) {
+        size_t words = kp - p0 < CHUNK ? kp - p0 : CHUNK;
+        size_t elements = 2 * (p0 + words) <= kc ? 2 * words : kc - 2 * p0;
+        run_words(row + 2 * p0 * es, bf16, elements, tmp);
+        for (size_t p = 0; p < words; p++) panel[(p0 + p) * MR] = tmp[p];
+      }
+    }
+    return;
+  }
+  // Transposed: element (i, t) at base[t * ld + i]; the rows of a pair are two stored rows.
+  for (size_t p = 0; p < kp; p++) {
+    const char *s0 = b + ((c0 + 2 * p) * ld + r0) * es;
+    const char *s1 = 2 * p + 1 < kc ? s0 + ld * es : NULL;
+    for (size_t i0 = 0; i0 < mc; i0 += CHUNK) {
+      size_t n = mc - i0 < CHUNK ? mc - i0 : CHUNK;
+      pair_words(s0 + i0 * es, s1 ? s1 + i0 * es : NULL, bf16, n, tmp);
+      for (size_t i = 0; i < n; i++) {
+        size_t r = i0 + i;
+        dst[(r / MR) * kp * MR + p * MR + r % MR] = tmp[i];
+      }
+    }
+  }
+}
+
+BF16_TARGET void moe_bf16_pack_b(const void *base, size_t ld, int transposed, int bf16, size_t r0, size_t kc,
+                                 size_t c0, size_t nc, uint32_t *dst) {
+  const size_t NR = MOE_BF16_NR, kp = (kc + 1) / 2, es = bf16 ? 2 : 4;
+  const char *b = base;
+  uint32_t tmp[CHUNK];
+  for (size_t j0 = 0; j0 < nc; j0 += NR) {
+    uint32_t *panel = dst + (j0 / NR) * kp * NR;
+    const size_t cols = nc - j0 < NR ? nc - j0 : NR;
+    if (!transposed) {
+      // Element (t, j) at base[t * ld + j]: each pair of stored rows gives one row of words.
+      for (size_t p = 0; p < kp; p++) {
+        const char *s0 = b + ((r0 + 2 * p) * ld + c0 + j0) * es;
+        const char *s1 = 2 * p + 1 < kc ? s0 + ld * es : NULL;
+        pair_words(s0, s1, bf16, cols, panel + p * NR);
+        for (size_t j = cols; j < NR; j++) panel[p * NR + j] = 0;
+      }
+      continue;
+    }
+    // Transposed: element (t, j) at base[j * ld + t]; column j's inner indices are contiguous.
+    for (size_t j = 0; j < NR; j++) {
+      if (j >= cols) {
+        for (size_t p = 0; p < kp; p++) panel[p * NR + j] = 0;
+        continue;
+      }
+      const char *col = b + ((c0 + j0 + j) * ld + r0) * es;
+      for (size_t p0 = 0; p0 < kp; p0 += CHUNK) {
+        size_t words = kp - p0 < CHUNK ? kp - p0 : CHUNK;
+        size_t elements = 2 * (p0 + words) <= kc ? 2 * words : kc - 2 * p0;
+        run_words(col + 2 * p0 * es, bf16, elements, tmp);
+        for (size_t p = 0; p < words; p++) panel[(p0 + p) * NR + j] = tmp[p];
+      }
+    }
+  }
+}
+
+#define ROW(r, acc0, acc1)                                                   \
+  x = _mm512_set1_epi32((int)a[r]);                                          \
+  memcpy(&xb, &x, sizeof xb);                                                \
+  acc0 = _mm512_dpbf16_ps(acc0, xb, b0);                                     \
+  acc1 = _mm512_dpbf16_ps(acc1, xb, b1)
+
+BF16_TARGET void moe_bf16_micro(size_t kp, const uint32_t *a, const uint32_t *b, float *c, size_t ldc,
+                                int mr, int nr, int accumulate) {
+  __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  for (size_t p = 0; p < kp; p++) {
+    __m512i w0 = _mm512_loadu_si512(b), w1 = _mm512_loadu_si512(b + 16), x;
+    __m512bh b0, b1, xb;
+    memcpy(&b0, &w0, sizeof b0);
+    memcpy(&b1, &w1, sizeof b1);
+    ROW(0, c00, c01);
+    ROW(1, c10, c11);
+    ROW(2, c20, c21);
+    ROW(3, c30, c31);
+    ROW(4, c40, c41);
+    ROW(5, c50, c51);
+    a += MOE_BF16_MR;
+    b += MOE_BF16_NR;
+  }
+  const __mmask16 m0 = nr >= 16 ? 0xFFFF : (__mmask16)((1u << nr) - 1);
+  const __mmask16 m1 = nr >= 32 ? 0xFFFF : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
+  __m512 rows[12] = { c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51 };
+  for (int r = 0; r < mr && r < MOE_BF16_MR; r++) {
+    float *dst = c + (size_t)r * ldc;
+    __m512 v0 = rows[2 * r], v1 = rows[2 * r + 1];
+    if (accumulate) {
+      v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, dst), v0);
+      v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, dst + 16), v1);
+    }
+    _mm512_mask_storeu_ps(dst, m0, v0);
+    _mm512_mask_storeu_ps(dst + 16, m1, v1);
+  }
+}
+#undef ROW
+
+BF16_TARGET double moe_bf16_dot_loop(size_t iterations, float tiny, float *sink) {
+  __m512i one = _mm512_set1_epi32(0x3F803F80), small = _mm512_set1_epi32((int)(round_bf16(tiny) * 0x10001u));
+  __m512bh x, y;
+  memcpy(&x, &small, sizeof x);
+  memcpy(&y, &one, sizeof y);
+  __m512 a0 = _mm512_set1_ps(0.1f), a1 = _mm512_set1_ps(0.2f), a2 = _mm512_set1_ps(0.3f), a3 = _mm512_set1_ps(0.4f);
+  __m512 a4 = _mm512_set1_ps(0.5f), a5 = _mm512_set1_ps(0.6f), a6 = _mm512_set1_ps(0.7f), a7 = _mm512_set1_ps(0.8f);
+  __m512 a8 = _mm512_set1_ps(0.9f), a9 = _mm512_set1_ps(1.0f), a10 = _mm512_set1_ps(1.1f), a11 = _mm512_set1_ps(1.2f);
+  for (size_t i = 0; i < iterations; i++) {
+    a0 = _mm512_dpbf16_ps(a0, x, y); a1 = _mm512_dpbf16_ps(a1, x, y); a2 = _mm512_dpbf16_ps(a2, x, y);
+    a3 = _mm512_dpbf16_ps(a3, x, y); a4 = _mm512_dpbf16_ps(a4, x, y); a5 = _mm512_dpbf16_ps(a5, x, y);
+    a6 = _mm512_dpbf16_ps(a6, x, y); a7 = _mm512_dpbf16_ps(a7, x, y); a8 = _mm512_dpbf16_ps(a8, x, y);
+    a9 = _mm512_dpbf16_ps(a9, x, y); a10 = _mm512_dpbf16_ps(a10, x, y); a11 = _mm512_dpbf16_ps(a11, x, y);
+  }
+  __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
+                           _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
+  s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
+  if (sink) *sink = _mm512_reduce_add_ps(s);
+  // Each vdpbf16ps: 16 lanes x 2 bf16 multiply-adds x 2 operations.
+  return (double)iterations * 12.0 * 16.0 * 2.0 * 2.0;
+}
+
+#else
+int moe_bf16_native(void) { return 0; }
+void moe_bf16_pack_a(const void *base, size_t ld, int transposed, int bf16, size_t r0, size_t mc, size_t c0,
+                     size_t kc, uint32_t *dst) {
+  (void)base; (void)ld; (void)transposed; (void)bf16; (void)r0; (void)mc; (void)c0; (void)kc; (void)dst;
+}
+void moe_bf16_pack_b(const void *base, size_t ld, int transposed, int bf16, size_t r0, size_t kc, size_t c0,
+                     size_t nc, uint32_t *dst) {
+  (void)base; (void)ld; (void)transposed; (void)bf16; (void)r0; (void)kc; (void)c0; (void)nc; (void)dst;
+}
+void moe_bf16_micro(size_t kp, const uint32_t *a, const uint32_t *b, float *c, size_t ldc, int mr, int nr,
+                    int accumulate) {
+  (void)kp; (void)a; (void)b; (void)c; (void)ldc; (void)mr; (void)nr; (void)accumulate;
+}
+double moe_bf16_dot_loop(size_t iterations, float tiny, float *sink) {
+  (void)iterations; (void)tiny;
+  if (sink) *sink = 0;
+  return 0;
+}
+#endif
