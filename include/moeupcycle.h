@@ -1150,7 +1150,8 @@ typedef enum moe_nonfinite {
 } moe_nonfinite;
 
 /** How a trainer trains. First version: 0.1.0 (fields up to eval_windows);
- *  0.2.0 appended on_nonfinite; 0.4.0 appended micro_batch and recompute. */
+ *  0.2.0 appended on_nonfinite; 0.4.0 appended micro_batch and recompute;
+ *  0.5.0 appended precision. */
 typedef struct moe_trainer_params {
   /** sizeof(moe_trainer_params); set by moe_trainer_params_init(). */
   size_t struct_size;
@@ -1210,6 +1211,17 @@ typedef struct moe_trainer_params {
    *  recompute the block during backward (less memory, about a third more
    *  time). Default 0. */
   int32_t recompute;
+  /* ---- 0.5.0 ---- */
+  /** Precision of the weight products (attention projections, dense and
+   *  expert FFNs, LM head) forward and backward: MOE_DTYPE_F32 (default) or
+   *  MOE_DTYPE_BF16, mixed precision: operands rounded to bf16, products
+   *  summed in f32, on AVX512-BF16 where the CPU has it (elsewhere rounded
+   *  operands on the f32 kernels: the same arithmetic, f32 speed). Weights,
+   *  gradients and AdamW state stay f32; attention scores, softmax, norms
+   *  and the loss stay f32; held-out evaluation runs in f32 on the (f32)
+   *  weights.
+   *  Returns MOE_ERR_UNSUPPORTED for any other dtype. */
+  moe_dtype precision;
 } moe_trainer_params;
 
 /** Fill `params` with defaults, writing `struct_size` bytes. Returns MOE_OK,

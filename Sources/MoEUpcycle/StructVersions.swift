@@ -173,7 +173,7 @@ extension moe_generate_result: VersionedStruct {
 
 extension moe_trainer_params: ParameterStruct {
   static let cName = "moe_trainer_params"
-  /// 0.2.0 appended on_nonfinite; 0.4.0 micro_batch and recompute.
+  /// 0.2.0 appended on_nonfinite; 0.4.0 micro_batch and recompute; 0.5.0 precision.
   static var firstVersionSize: Int { MemoryLayout<Self>.offset(of: \.on_nonfinite)! }
   static var defaults: moe_trainer_params {
     let d = TrainerOptions()
@@ -201,6 +201,7 @@ extension moe_trainer_params: ParameterStruct {
     p.on_nonfinite = MOE_NONFINITE_ERROR
     p.micro_batch = UInt32(d.microBatch)
     p.recompute = d.recompute ? 1 : 0
+    p.precision = MOE_DTYPE_F32
     return p
   }
 }

@@ -33,6 +33,12 @@ func trainerOptions(_ params: UnsafePointer<moe_trainer_params>?) throws -> Trai
   o.onNonFinite = try coreEnum(p.on_nonfinite, NonFinitePolicy.self, "params->on_nonfinite")
   o.microBatch = Int(p.micro_batch)
   o.recompute = p.recompute != 0
+  switch p.precision {
+  case MOE_DTYPE_F32: o.precision = .f32
+  case MOE_DTYPE_BF16: o.precision = .bf16
+  default:
+    throw MoEError.unsupported("params->precision is \(moe_dtype_name(p.precision).map { String(cString: $0) } ?? "?"); training computes in f32 or bf16")
+  }
   return o
 }
 

@@ -49,9 +49,15 @@ static int time_steps(moe_model *model, uint32_t vocab, const moe_trainer_params
   return 1;
 }
 
-/* Achieved GFLOP/s of a timing, and that over the f32 peak (model FLOPs utilization). */
+/* Achieved GFLOP/s of a timing, and that over the peak of the products'
+ * precision (model FLOPs utilization; the bf16 peak for --precision bf16,
+ * 0 where it cannot be measured). */
 static double achieved_gflops(const train_timing *t) { return t->seconds > 0 ? t->model_flops / t->seconds / 1e9 : 0; }
-static double mfu(const train_timing *t, const cli_peaks *p) { return p->f32 > 0 ? achieved_gflops(t) / p->f32 : 0; }
+static moe_dtype bench_precision = MOE_DTYPE_F32;
+static double mfu(const train_timing *t, const cli_peaks *p) {
+  double peak = bench_precision == MOE_DTYPE_BF16 ? p->bf16 : p->f32;
+  return peak > 0 ? achieved_gflops(t) / peak : 0;
+}
 
 int cmd_bench_train(int argc, char **argv) {
   const char *paths[2] = { NULL, NULL };
@@ -67,6 +73,7 @@ int cmd_bench_train(int argc, char **argv) {
     OPT_U32("--seq-len", &tp.seq_len),
     OPT_U32("--micro-batch", &tp.micro_batch),
     OPT_FLAG("--recompute", &tp.recompute),
+    OPT_ENUM("--precision", &tp.precision, dtype),
     OPT_U32_IN("--steps", &steps, 1, 100000),
     OPT_U32("--threads", &threads),
     OPT_ENUM("--train-only", &tp.train_only, train_only),
@@ -76,7 +83,9 @@ int cmd_bench_train(int argc, char **argv) {
   int help = 0, n = 0;
   if (cli_parse(argc, argv, options, paths, 2, &n, &help)) return 2;
   if (help) { printf("usage: moeupcycle bench train DENSE MOE [--batch B] [--seq-len T] [--micro-batch M] [--recompute]\n"
-                     "                               [--steps N] [--train-only W] [--json]\n"); return 0; }
+                     "                               [--precision f32|bf16] [--steps N] [--train-only W] [--json]\n");
+               return 0; }
+  bench_precision = tp.precision;
   if (n < 2) return bad_usage("bench train needs DENSE and MOE models", NULL);
   model_flags mf = { threads, MOE_DTYPE_F32, 0 };
   moe_runtime_info rinfo;
@@ -109,8 +118,9 @@ int cmd_bench_train(int argc, char **argv) {
     json_string(stdout, paths[0]);
     printf(", \"moe\": ");
     json_string(stdout, paths[1]);
-    printf(", \"threads\": %u, \"batch\": %u, \"seq_len\": %u, \"micro_batch\": %u, \"recompute\": %s, \"steps\": %u",
-           rinfo.workers, tp.batch, tp.seq_len, tp.micro_batch, tp.recompute ? "true" : "false", steps);
+    printf(", \"threads\": %u, \"batch\": %u, \"seq_len\": %u, \"micro_batch\": %u, \"recompute\": %s, \"steps\": %u"
+           ", \"precision\": \"%s\"", rinfo.workers, tp.batch, tp.seq_len, tp.micro_batch,
+           tp.recompute ? "true" : "false", steps, tp.precision == MOE_DTYPE_BF16 ? "bf16" : "f32");
     for (int m = 0; m < 2; m++) {
       const train_timing *t = &timing[m];
       printf(", \"%s_step_s\": %.4f, \"%s_tokens_per_second\": %.2f, \"%s_model_flops_per_step\": %.0f,"
@@ -124,9 +134,9 @@ int cmd_bench_train(int argc, char **argv) {
     json_string(stdout, rinfo.kernel_path);
     printf("}\n");
   } else {
-    printf("training step, batch %u x %u tokens (micro-batch %u%s), %u threads, mean of %u steps after a warm-up:\n",
-           tp.batch, tp.seq_len, tp.micro_batch ? tp.micro_batch : tp.batch, tp.recompute ? ", recompute" : "",
-           rinfo.workers, steps);
+    printf("training step, batch %u x %u tokens (micro-batch %u%s), %s products, %u threads, mean of %u steps"
+           " after a warm-up:\n", tp.batch, tp.seq_len, tp.micro_batch ? tp.micro_batch : tp.batch,
+           tp.recompute ? ", recompute" : "", tp.precision == MOE_DTYPE_BF16 ? "bf16" : "f32", rinfo.workers, steps);
     for (int m = 0; m < 2; m++) {
       const train_timing *t = &timing[m];
       printf("  %-5s %-40s %8.3f s/step  %8.1f tokens/s  %9.4g GFLOP/step  %7.3g GFLOP/s  MFU %5.1f%%"
@@ -137,7 +147,8 @@ int cmd_bench_train(int argc, char **argv) {
     printf("  MoE step / dense step: %.2fx\n", timing[1].seconds / timing[0].seconds);
     printf("  kernels %s%s; ", rinfo.kernel_path, rinfo.kernel_forced ? " (forced)" : "");
     peaks_text(stdout, &peaks);
-    printf(" measured on %u threads; MFU = model FLOPs per second / f32 peak\n", rinfo.workers);
+    printf(" measured on %u threads; MFU = model FLOPs per second / %s peak\n", rinfo.workers,
+           tp.precision == MOE_DTYPE_BF16 ? "bf16" : "f32");
   }
   return 0;
 }

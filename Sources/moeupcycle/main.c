@@ -27,6 +27,7 @@ static void usage(FILE *f) {
     "  moeupcycle train MODEL --data FILE --out DIR [--steps N] [--batch B] [--seq-len T]\n"
     "                   [--lr LR] [--train-only all|moe|routers] [--resume] ... (train --help)\n"
     "  moeupcycle bench train DENSE MOE [--batch B] [--seq-len T] [--micro-batch M] [--recompute]\n"
+    "                          [--precision f32|bf16]\n"
     "                          [--steps N] [--json] (s/step, tokens/s, model FLOPs, MFU over\n"
     "                          the measured peak, activation memory)\n"
     "  moeupcycle topology [--json] [--threads N] [--placement P] [--hidden H --ffn F\n"

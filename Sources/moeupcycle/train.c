@@ -23,6 +23,9 @@ static void train_usage(FILE *out) {
     "                       whole batch); smaller bounds the activations' memory\n"
     "  --recompute          recompute each block's activations in backward\n"
     "                       (less memory, about a third more time)\n"
+    "  --precision f32|bf16 precision of the weight products (default f32); bf16\n"
+    "                       rounds their operands to bf16 and sums in f32 (mixed\n"
+    "                       precision: weights and optimizer state stay f32)\n"
     "  --lr LR              peak learning rate (default 2e-4)\n"
     "  --min-lr LR          final learning rate of the cosine (default 2e-5)\n"
     "  --warmup N           linear warmup steps (default 0)\n"
@@ -142,6 +145,7 @@ int cmd_train(int argc, char **argv) {
     OPT_U32("--seq-len", &tp.seq_len),
     OPT_U32("--micro-batch", &tp.micro_batch),
     OPT_FLAG("--recompute", &tp.recompute),
+    OPT_ENUM("--precision", &tp.precision, dtype),
     OPT_U32("--warmup", &tp.warmup),
     OPT_FLOAT("--lr", &tp.lr),
     OPT_FLOAT("--min-lr", &tp.min_lr),

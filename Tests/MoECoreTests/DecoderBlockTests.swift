@@ -1,5 +1,6 @@
 import Testing
 @testable import MoECore
+import MoEKernelCode
 
 #if canImport(Glibc)
 import Glibc
@@ -194,6 +195,37 @@ import Glibc
         nll += try m.evaluate(tokens: window, options: o).meanNLL * Double(S)
       }
       #expect(abs(loss - nll) <= 1e-5 * abs(nll), "training loss \(loss) vs evaluation \(nll)")
+    }
+  }
+
+  /// Mixed precision: the weight products with bf16 operands give a loss and
+  /// gradients near the f32 pass's (bf16 keeps 8 significant bits; the sums
+  /// stay f32), but not the same, and the same bits on a rerun.
+  @Test(arguments: ["llama", "mixtral"])
+  func bf16ProductsStayNearTheF32Pass(arch: String) throws {
+    try Self.withModel(arch) { m in
+      let S = 16, B = 2
+      let tokens = Self.tokens(sequences: B, length: S, seed: 9)
+      let grads = try DecoderGradients(model: m)
+      func run(_ compute: ComputePrecision) throws -> (Double, [Float]) {
+        Self.zeroGradients(m, grads)
+        for l in m.layers { try l.moe?.setLossCoefficients(balance: 0, z: 0) }
+        let loss = try m.accumulateGradients(tokens: tokens, sequences: B, lossScale: 1, grads: grads, compute: compute)
+        return (loss, try Self.gradientValues(m, grads))
+      }
+      let (lossF32, gradF32) = try run(.f32)
+      let (lossBF16, gradBF16) = try run(.bf16)
+      let (lossAgain, gradAgain) = try run(.bf16)
+      #expect(lossAgain.bitPattern == lossBF16.bitPattern && gradAgain == gradBF16)
+      #expect(lossBF16 != lossF32 && gradBF16 != gradF32, "bf16 compute changed nothing")
+      #expect(abs(lossBF16 - lossF32) <= 1e-2 * abs(lossF32), "loss \(lossBF16) vs \(lossF32)")
+      // Norm-wise: each operand moves by at most 2^-8 of itself, a product by about 2^-7.
+      var diff = 0.0, norm = 0.0
+      for (a, b) in zip(gradBF16, gradF32) {
+        diff += Double(a - b) * Double(a - b)
+        norm += Double(b) * Double(b)
+      }
+      #expect(norm > 0 && (diff / norm).squareRoot() < 1.0 / 16, "relative gradient error \((diff / norm).squareRoot())")
     }
   }
 

@@ -80,9 +80,10 @@ extension MoELayer {
 
   /// out[T, H] = MoE(x[T, H]). With `save`, keeps what backward needs; with
   /// `training`, applies router jitter (when configured) with the current noise
-  /// step and advances it.
+  /// step and advances it. `compute` overrides the configured precision of
+  /// the expert products for this call (a model trained in bf16).
   public func forward(x: UnsafePointer<Float>, tokens T: Int, out: UnsafeMutablePointer<Float>,
-                      save: Bool, training: Bool) throws {
+                      save: Bool, training: Bool, compute precision: ComputePrecision? = nil) throws {
     guard T >= 0, T <= Self.maxTokens else {
       throw MoEError.invalid("tokens is \(T); it must be in 0...\(Self.maxTokens)")
     }
@@ -97,7 +98,7 @@ extension MoELayer {
     let E = config.experts, H = config.hidden, Fs = config.sharedFFN
     let shared = Fs > 0
     // Precision of the expert products (the router's stays f32).
-    let compute = config.expertCompute
+    let compute = precision ?? config.expertCompute
 
     // Router input, jittered in training.
     let jittered = training && config.jitter > 0 && T > 0
@@ -288,8 +289,9 @@ extension MoELayer {
   /// shared-expert weight gradients are neither computed nor allocated: the
   /// backward then does the input gradient, the router and the shared-expert
   /// gate only, about half the products.
+  /// `compute` overrides the configured precision of the expert products.
   public func backward(gradOut: UnsafePointer<Float>, gradX: UnsafeMutablePointer<Float>,
-                       expertWeights: Bool = true) throws {
+                       expertWeights: Bool = true, compute precision: ComputePrecision? = nil) throws {
     guard let state = saved else {
       throw MoEError.invalid("backward needs a forward run with save_for_backward since the last backward")
     }
@@ -299,7 +301,7 @@ extension MoELayer {
     let shared = Fs > 0
     let R = routing.rows
     // Precision of the expert products (the router's stays f32).
-    let compute = config.expertCompute
+    let compute = precision ?? config.expertCompute
     // The same buffers forward filled.
     let xSaved = try scratch.get("x_saved", floats: T * H)
     let logits = try scratch.get("logits", floats: T * E)

@@ -8,6 +8,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import MoEKernelCode
 
 /// The rows of one decoder pass: `sequences` sequences of `length` tokens,
 /// one after another, at positions start ..< start + length. Inference runs
@@ -20,6 +21,9 @@ struct TokenBatch {
   let start: Int
   /// Keys and values go to (and are read from) the KV cache: one sequence only.
   let cached: Bool
+  /// Precision of the batch's weight products (projections, dense and expert
+  /// FFNs, LM head); attention's score and value products stay f32.
+  var compute: ComputePrecision = .f32
   var rows: Int { sequences * length }
 }
 
@@ -56,7 +60,8 @@ extension DecoderModel {
     if let keep { keep.xIn.update(from: x, count: T * H) }
 
     rmsNormRows(x, layer.inputNorm.pointer, h, rows: T, eps: eps)
-    runtime.linear(h, tokens: T, layer.qkv, qkv, scratch: workerScratch, scratchFloats: workerScratchFloats)
+    runtime.linear(h, tokens: T, layer.qkv, qkv, scratch: workerScratch, scratchFloats: workerScratchFloats,
+                   compute: batch.compute)
     // Rotary embeddings on q and k; at inference k and v go into the cache.
     let cached = batch.cached
     let keys = cached ? keyCache[l].pointer : qkv + nq * hd
@@ -78,7 +83,8 @@ extension DecoderModel {
                                 kvStride: cached ? kvWidth : qkvWidth, out: attn, ldo: nq * hd,
                                 tokens: length, start: start, sequences: batch.sequences, heads: nq, kvHeads: nkv,
                                 headDim: hd, lse: keep?.lse, scratch: buffers)
-    runtime.linear(attn, tokens: T, layer.output, f, scratch: workerScratch, scratchFloats: workerScratchFloats)
+    runtime.linear(attn, tokens: T, layer.output, f, scratch: workerScratch, scratchFloats: workerScratchFloats,
+                   compute: batch.compute)
     runtime.parallelFor(T, costPerItem: 2 * H) { r in
       for t in r {
         axpy(1, f + t * H, x + t * H, H)
@@ -88,7 +94,7 @@ extension DecoderModel {
     if let keep { keep.xMid.update(from: x, count: T * H) }
 
     if let moe = layer.moe {
-      try moe.forward(x: h, tokens: T, out: f, save: keep != nil, training: training)
+      try moe.forward(x: h, tokens: T, out: f, save: keep != nil, training: training, compute: batch.compute)
       if !training {
         let stats = moe.stats
         for e in stats.tokensPerExpert.indices { routerCounts[l][e] += stats.tokensPerExpert[e] }
@@ -99,11 +105,13 @@ extension DecoderModel {
       let F = gateUp.rows / 2
       let gu = try keep?.gateUp ?? buffers.get("gate_up", floats: T * 2 * F)
       let act = try keep?.act ?? buffers.get("act", floats: T * F)
-      runtime.linear(h, tokens: T, gateUp, gu, scratch: workerScratch, scratchFloats: workerScratchFloats)
+      runtime.linear(h, tokens: T, gateUp, gu, scratch: workerScratch, scratchFloats: workerScratchFloats,
+                   compute: batch.compute)
       runtime.parallelFor(T, costPerItem: F) { r in
         for t in r { swigluForward(gate: gu + t * 2 * F, up: gu + t * 2 * F + F, out: act + t * F, count: F) }
       }
-      runtime.linear(act, tokens: T, down, f, scratch: workerScratch, scratchFloats: workerScratchFloats)
+      runtime.linear(act, tokens: T, down, f, scratch: workerScratch, scratchFloats: workerScratchFloats,
+                   compute: batch.compute)
     }
     runtime.parallelFor(T, costPerItem: H) { r in
       for t in r { axpy(1, f + t * H, x + t * H, H) }
@@ -140,20 +148,23 @@ extension DecoderModel {
 
     // Feed-forward: x_out = x_mid + FFN(rmsNorm(x_mid)).
     if let moe = layer.moe {
-      try moe.backward(gradOut: dx, gradX: dh, expertWeights: expertGradients)
+      try moe.backward(gradOut: dx, gradX: dh, expertWeights: expertGradients, compute: batch.compute)
     } else if let gateUp = layer.gateUp, let down = layer.down, let gu = s.gateUp, let act = s.act {
       let F = gateUp.rows / 2
-      if let gd = g?.down { runtime.weightGradient(dY: dx, x: act, tokens: T, rows: H, cols: F, into: gd.pointer) }
+      if let gd = g?.down {
+        runtime.weightGradient(dY: dx, x: act, tokens: T, rows: H, cols: F, into: gd.pointer, compute: batch.compute)
+      }
       let dact = try buffers.get("dact", floats: T * F)
-      runtime.inputGradient(dY: dx, w: down, tokens: T, into: dact, accumulate: false)
+      runtime.inputGradient(dY: dx, w: down, tokens: T, into: dact, accumulate: false, compute: batch.compute)
       runtime.parallelFor(T, costPerItem: F) { r in
         for t in r { swigluBackward(gate: gu + t * 2 * F, up: gu + t * 2 * F + F, gradOut: dact + t * F, count: F) }
       }
       if let ggu = g?.gateUp {
         rmsNormRows(s.xMid, layer.postNorm.pointer, h, rows: T, eps: eps)
-        runtime.weightGradient(dY: gu, x: h, tokens: T, rows: 2 * F, cols: H, into: ggu.pointer)
+        runtime.weightGradient(dY: gu, x: h, tokens: T, rows: 2 * F, cols: H, into: ggu.pointer,
+                               compute: batch.compute)
       }
-      runtime.inputGradient(dY: gu, w: gateUp, tokens: T, into: dh, accumulate: false)
+      runtime.inputGradient(dY: gu, w: gateUp, tokens: T, into: dh, accumulate: false, compute: batch.compute)
     }
     rmsNormBackward(x: s.xMid, weight: layer.postNorm.pointer, dy: dh, dx: dx, dWeight: g?.postNorm.pointer,
                     rows: T, eps: eps, inverse: inv)
@@ -162,8 +173,11 @@ extension DecoderModel {
     guard g != nil || inputGradient else { return }
     let dattn = try buffers.get("dattn", floats: T * nq * hd)
     let dqkv = try buffers.get("dqkv", floats: T * qkvWidth)
-    if let go = g?.output { runtime.weightGradient(dY: dx, x: s.attn, tokens: T, rows: H, cols: nq * hd, into: go.pointer) }
-    runtime.inputGradient(dY: dx, w: layer.output, tokens: T, into: dattn, accumulate: false)
+    if let go = g?.output {
+      runtime.weightGradient(dY: dx, x: s.attn, tokens: T, rows: H, cols: nq * hd, into: go.pointer,
+                             compute: batch.compute)
+    }
+    runtime.inputGradient(dY: dx, w: layer.output, tokens: T, into: dattn, accumulate: false, compute: batch.compute)
     memset(dqkv, 0, T * qkvWidth * 4)
     try runtime.causalAttentionBackward(qkv: s.qkv, ld: qkvWidth, out: s.attn, dOut: dattn, lse: s.lse, dqkv: dqkv,
                                         tokens: batch.length, sequences: batch.sequences, heads: nq, kvHeads: nkv,
@@ -178,10 +192,11 @@ extension DecoderModel {
     }
     if let gq = g?.qkv {
       rmsNormRows(s.xIn, layer.inputNorm.pointer, h, rows: T, eps: eps)
-      runtime.weightGradient(dY: dqkv, x: h, tokens: T, rows: qkvWidth, cols: H, into: gq.pointer)
+      runtime.weightGradient(dY: dqkv, x: h, tokens: T, rows: qkvWidth, cols: H, into: gq.pointer,
+                             compute: batch.compute)
     }
     if let gb = g?.qkvBias { runtime.columnSums(dqkv, rows: T, cols: qkvWidth, into: gb.pointer) }
-    runtime.inputGradient(dY: dqkv, w: layer.qkv, tokens: T, into: dh, accumulate: false)
+    runtime.inputGradient(dY: dqkv, w: layer.qkv, tokens: T, into: dh, accumulate: false, compute: batch.compute)
     rmsNormBackward(x: s.xIn, weight: layer.inputNorm.pointer, dy: dh, dx: dx, dWeight: g?.inputNorm.pointer,
                     rows: T, eps: eps, inverse: inv)
   }
@@ -217,16 +232,17 @@ extension DecoderModel {
   /// norm), t in 0 ..< rows; per-row losses go to `losses` [rows] (NaN where a
   /// row's logits are not finite). With `dHidden`, writes there
   /// d(lossScale * sum of losses)/d hidden and adds the LM head's weight
-  /// gradient to `headGradient` when given.
+  /// gradient to `headGradient` when given. `compute`: the LM head products' precision.
   func crossEntropy(hidden: UnsafePointer<Float>, rows T: Int, targets: UnsafePointer<Int32>, lossScale: Float,
                     losses: UnsafeMutablePointer<Float>, dHidden: UnsafeMutablePointer<Float>?,
-                    headGradient: UnsafeMutablePointer<Float>?, buffers: ScratchSet) throws {
+                    headGradient: UnsafeMutablePointer<Float>?, compute: ComputePrecision = .f32,
+                    buffers: ScratchSet) throws {
     let V = vocabSize, H = description.hiddenSize, chunk = lossChunkRows
     let logits = try buffers.get("logits", floats: min(chunk, T) * V)
     var r0 = 0
     while r0 < T {
       let r1 = min(T, r0 + chunk), n = r1 - r0
-      self.logits(hidden: hidden, rows: r0..<r1, into: logits)
+      self.logits(hidden: hidden, rows: r0..<r1, into: logits, compute: compute)
       let gradient = dHidden != nil
       runtime.parallelFor(n, costPerItem: 2 * V) { rows in
         for i in rows {
@@ -251,9 +267,11 @@ extension DecoderModel {
       }
       if let dHidden {
         if let headGradient {
-          runtime.weightGradient(dY: logits, x: hidden + r0 * H, tokens: n, rows: V, cols: H, into: headGradient)
+          runtime.weightGradient(dY: logits, x: hidden + r0 * H, tokens: n, rows: V, cols: H, into: headGradient,
+                                 compute: compute)
         }
-        runtime.inputGradient(dY: logits, w: lmHead, tokens: n, into: dHidden + r0 * H, accumulate: false)
+        runtime.inputGradient(dY: logits, w: lmHead, tokens: n, into: dHidden + r0 * H, accumulate: false,
+                              compute: compute)
       }
       r0 = r1
     }
@@ -287,23 +305,24 @@ extension ModelKernels {
 extension Runtime {
   /// dW[rows, cols] += dY[T, rows]^T x[T, cols], rows of dW split over the workers.
   func weightGradient(dY: UnsafePointer<Float>, x: UnsafePointer<Float>, tokens T: Int, rows: Int, cols: Int,
-                      into dW: UnsafeMutablePointer<Float>) {
+                      into dW: UnsafeMutablePointer<Float>, compute: ComputePrecision = .f32) {
     pool.run { w in
       let r = self.unitRange(rows, worker: w), lo = r.lowerBound, hi = r.upperBound
       guard hi > lo else { return }
-      GEMM.atB(n: T, m: hi - lo, cols: cols, a: dY + lo, lda: rows, b: x, ldb: cols, c: dW + lo * cols, ldc: cols)
+      GEMM.atB(n: T, m: hi - lo, cols: cols, a: dY + lo, lda: rows, b: x, ldb: cols, c: dW + lo * cols, ldc: cols,
+               compute: compute)
     }
   }
 
   /// dX[T, w.cols] (+)= dY[T, w.rows] w, columns of dX split over the workers.
   func inputGradient(dY: UnsafePointer<Float>, w: DenseWeight, tokens T: Int, into dX: UnsafeMutablePointer<Float>,
-                     accumulate: Bool) {
+                     accumulate: Bool, compute: ComputePrecision = .f32) {
     let matrix = w.matrix
     pool.run { worker in
       let r = self.unitRange(w.cols, worker: worker), lo = r.lowerBound, hi = r.upperBound
       guard hi > lo else { return }
       GEMM.aW(n: T, cols: hi - lo, k: w.rows, a: dY, lda: w.rows, w: matrix.offset(row: 0, col: lo), c: dX + lo,
-              ldc: w.cols, accumulate: accumulate)
+              ldc: w.cols, accumulate: accumulate, compute: compute)
     }
   }
 

@@ -6,6 +6,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import MoEKernelCode
 
 /// How to load a model.
 public struct ModelLoadOptions: Sendable {
@@ -275,10 +276,11 @@ public final class DecoderModel: @unchecked Sendable {
   }
 
   /// Logits [rows.count, V] of hidden rows `rows` of `hidden` [T, H].
-  func logits(hidden: UnsafePointer<Float>, rows: Range<Int>, into out: UnsafeMutablePointer<Float>) {
+  func logits(hidden: UnsafePointer<Float>, rows: Range<Int>, into out: UnsafeMutablePointer<Float>,
+              compute: ComputePrecision = .f32) {
     let H = description.hiddenSize
     runtime.linear(hidden + rows.lowerBound * H, tokens: rows.count, lmHead, out,
-                   scratch: workerScratch, scratchFloats: workerScratchFloats)
+                   scratch: workerScratch, scratchFloats: workerScratchFloats, compute: compute)
   }
 
   /// Logits [T, V] for `tokens` at positions 0 ..< T (a fresh sequence).

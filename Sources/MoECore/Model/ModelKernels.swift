@@ -5,6 +5,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import MoEKernelCode
 
 enum ModelKernels {
   /// out[H] = x[H] / sqrt(mean(x^2) + eps) * weight[H]  (HF: statistics in f32).
@@ -464,7 +465,7 @@ extension Runtime {
   /// out[T, w.rows] = x[T, w.cols] * w^T (+ bias), output rows split over the
   /// workers in 16-row units: each worker streams its own rows of the weight.
   func linear(_ x: UnsafePointer<Float>, tokens T: Int, _ w: DenseWeight, _ out: UnsafeMutablePointer<Float>,
-              scratch: [AlignedBuffer], scratchFloats: Int) {
+              scratch: [AlignedBuffer], scratchFloats: Int, compute: ComputePrecision = .f32) {
     guard T > 0 else { return }
     let W = workerCount
     let matrix = w.matrix
@@ -473,7 +474,7 @@ extension Runtime {
       guard hi > lo else { return }
       GEMM.xWt(n: T, rows: hi - lo, k: w.cols, x: x, ldx: w.cols, w: matrix.offset(row: lo, col: 0),
                c: out + lo, ldc: w.rows, accumulate: false,
-               scratch: scratch[worker].pointer, scratchFloats: scratchFloats)
+               scratch: scratch[worker].pointer, scratchFloats: scratchFloats, compute: compute)
       if let bias = w.bias {
         for t in 0..<T { axpy(1, bias.pointer + lo, out + t * w.rows + lo, hi - lo) }
       }

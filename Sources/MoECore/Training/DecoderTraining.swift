@@ -7,6 +7,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import MoEKernelCode
 
 /// Gradient buffers of a decoder, shaped like its weights.
 final class DecoderGradients {
@@ -109,10 +110,11 @@ extension DecoderModel {
   /// d(lossScale * summed token loss) is added to `grads` (nil: the dense
   /// weights are frozen and get none) and to the MoE layers' own gradient
   /// buffers (which also receive their balance and z-loss terms; the experts'
-  /// weights get none when `expertGradients` is false). Blocks below
+  /// weights get none when `expertGradients` is false). `compute`: the weight
+  /// products' precision (bf16: mixed precision). Blocks below
   /// `lowestLayer` run forward only. Returns the summed token loss.
   func accumulateGradients(tokens: [Int32], sequences B: Int, lossScale: Float, grads: DecoderGradients?,
-                           expertGradients: Bool = true, recompute: Bool = false,
+                           expertGradients: Bool = true, compute: ComputePrecision = .f32, recompute: Bool = false,
                            lowestLayer: Int = 0) throws -> Double {
     guard weightDType == .f32 else {
       throw MoEError.unsupported("training needs f32 weights; load the model with weight dtype f32")
@@ -136,7 +138,7 @@ extension DecoderModel {
     let qkvWidth = (nq + 2 * nkv) * hd, T = B * S
     let eps = Float(d.rmsNormEps)
     let buffers = trainScratch
-    let batch = TokenBatch(sequences: B, length: S, start: 0, cached: false)
+    let batch = TokenBatch(sequences: B, length: S, start: 0, cached: false, compute: compute)
     var inputs = [Int32](repeating: 0, count: T), targets = [Int32](repeating: 0, count: T)
     for s in 0..<B {
       for t in 0..<S {
@@ -174,7 +176,8 @@ extension DecoderModel {
     let dh = try buffers.get("d_final_hidden", floats: T * H)
     try targets.withUnsafeBufferPointer { tp in
       try crossEntropy(hidden: hidden, rows: T, targets: tp.baseAddress!, lossScale: lossScale, losses: losses,
-                       dHidden: dh, headGradient: (grads?.lmHead ?? grads?.embedding)?.pointer, buffers: buffers)
+                       dHidden: dh, headGradient: (grads?.lmHead ?? grads?.embedding)?.pointer, compute: compute,
+                       buffers: buffers)
     }
     var lossSum: Double = 0
     for t in 0..<T { lossSum += Double(losses[t]) }

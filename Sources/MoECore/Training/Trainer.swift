@@ -6,6 +6,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import MoEKernelCode
 
 /// Which parameters a trainer updates.
 public enum TrainOnly: Int32, Sendable, CaseIterable {
@@ -35,6 +36,10 @@ public struct TrainerOptions: Sendable {
   /// Keep only each block's input in the forward and recompute the block's
   /// activations during backward: less memory, about one more forward of time.
   public var recompute = false
+  /// Precision of the weight products forward and backward: f32, or bf16
+  /// operands with f32 sums (mixed precision; weights, gradients and the
+  /// optimizer state stay f32).
+  public var precision = ComputePrecision.f32
   /// Total steps, for the schedule.
   public var steps = 100
   public var lr: Float = 2e-4
@@ -307,7 +312,8 @@ public final class Trainer {
       let share = Float(n) / Float(o.batch)
       for moe in moeLayers { try moe.setLossCoefficients(balance: o.balanceCoef * share, z: o.zCoef * share) }
       lossSum += try model.accumulateGradients(tokens: windows, sequences: n, lossScale: scale, grads: grads,
-                                               expertGradients: o.trainOnly != .routers, recompute: o.recompute,
+                                               expertGradients: o.trainOnly != .routers, compute: o.precision,
+                                               recompute: o.recompute,
                                                lowestLayer: lowestLayer)
       for moe in moeLayers {
         balance += Double(moe.stats.losses.balance) * Double(share)
@@ -469,6 +475,7 @@ public final class Trainer {
       ("weight_decay", .float(Double(o.weightDecay))), ("clip", .float(Double(o.clip))),
       ("aux_loss_coef", .float(Double(o.balanceCoef))), ("z_loss_coef", .float(Double(o.zCoef))),
       ("train_only", .int(Int(o.trainOnly.rawValue))), ("train_tokens", .int(trainTokens.count)),
+      ("precision", .string(o.precision == .bf16 ? "bf16" : "f32")),
     ])
     var optimizer = Safetensors.headerBytes(tensors: [("adam.m", .f32, [parameterCount]), ("adam.v", .f32, [parameterCount])],
                                             metadata: [("step", String(step))])

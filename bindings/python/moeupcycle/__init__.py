@@ -462,7 +462,8 @@ class Trainer(_Handle):
     schedule ("cosine", "constant"), beta1, beta2, eps, weight_decay, clip, aux_loss_coef,
     z_loss_coef, train_only ("all", "moe", "routers"), seed, eval_fraction, eval_windows,
     on_nonfinite ("error": a non-finite step fails with MOE_ERR_NUMERIC; "skip": it is skipped),
-    micro_batch (sequences per pass, 0 = the whole batch) and recompute (0 or 1).
+    micro_batch (sequences per pass, 0 = the whole batch), recompute (0 or 1) and precision
+    (C.MOE_DTYPE_F32, or C.MOE_DTYPE_BF16 for mixed precision: bf16 operands of the weight products).
     step() returns a moe_train_stats (loss, aux_loss, z_loss, lr, grad_norm, skipped, ...).
     """
 

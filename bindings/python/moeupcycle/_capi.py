@@ -387,7 +387,7 @@ class moe_generate_result(Structure):
 
 class moe_trainer_params(Structure):
     """First version: 0.1.0 (up to eval_windows, with reserved0); 0.2.0 appended on_nonfinite;
-    0.4.0 micro_batch and recompute."""
+    0.4.0 micro_batch and recompute; 0.5.0 precision."""
     _fields_ = [
         ("struct_size", c_size_t),
         ("seq_len", c_uint32),
@@ -414,6 +414,8 @@ class moe_trainer_params(Structure):
         # 0.4.0
         ("micro_batch", c_uint32),
         ("recompute", c_int32),
+        # 0.5.0
+        ("precision", moe_dtype),
     ]
 
 

@@ -391,7 +391,7 @@ pub const MOE_NONFINITE_ERROR: moe_nonfinite = 0;
 pub const MOE_NONFINITE_SKIP: moe_nonfinite = 1;
 
 /// First version 0.1.0 (up to `eval_windows`); 0.2.0 appended `on_nonfinite`;
-/// 0.4.0 `micro_batch` and `recompute`.
+/// 0.4.0 `micro_batch` and `recompute`; 0.5.0 `precision`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct moe_trainer_params {
@@ -418,6 +418,8 @@ pub struct moe_trainer_params {
     pub on_nonfinite: moe_nonfinite,
     pub micro_batch: u32,
     pub recompute: i32,
+    // 0.5.0
+    pub precision: moe_dtype,
 }
 
 /// First version 0.1.0 (up to `max_expert_load`); 0.2.0 appended `skipped`; 0.4.0 appended

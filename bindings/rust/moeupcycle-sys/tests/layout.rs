@@ -94,7 +94,7 @@ fn rust_structs() -> Vec<StructLayout> {
         moe_trainer_params {
             struct_size, seq_len, batch, steps, warmup, lr, min_lr, schedule, beta1, beta2, eps,
             weight_decay, clip, aux_loss_coef, z_loss_coef, train_only, seed, eval_fraction,
-            eval_windows, reserved0, on_nonfinite, micro_batch, recompute,
+            eval_windows, reserved0, on_nonfinite, micro_batch, recompute, precision,
         }
         moe_train_stats {
             struct_size, step, loss, aux_loss, z_loss, lr, grad_norm, tokens, seconds,

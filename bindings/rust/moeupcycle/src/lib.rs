@@ -1344,6 +1344,8 @@ impl TrainerOptions {
         /// Sequences per forward/backward pass; 0 = the whole batch.
         micro_batch: u32 => |r, v| r.micro_batch = v;
         recompute: bool => |r, v| r.recompute = v as i32;
+        /// Precision of the weight products: Dtype::F32 or Dtype::Bf16 (mixed precision).
+        precision: Dtype => |r, v| r.precision = v.raw();
     }
     pub fn raw(&self) -> &sys::moe_trainer_params {
         &self.raw
