@@ -41,6 +41,13 @@ static uint32_t detect(void) {
   return out;
 }
 
+int moe_cpu_is_intel(void) {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(0, &a, &b, &c, &d)) return 0;
+  // "GenuineIntel" in EBX, EDX, ECX.
+  return b == 0x756e6547u && d == 0x49656e69u && c == 0x6c65746eu;
+}
+
 void moe_cpu_brand(char *buf, size_t capacity) {
   if (!buf || capacity == 0) return;
   buf[0] = 0;

@@ -306,23 +306,23 @@ def test_micro_batches_and_recompute(rt, mixtral, tmp_path):
 
 
 def test_bf16_precision_follows_the_f32_loss_curve(rt, tiny, mixtral, tmp_path):
-    """Mixed precision (bf16 operands, f32 sums, f32 weights and AdamW state): over 12 steps the
-    loss curve stays within 2% of the f32 run's for the dense model and within 5% for the MoE
-    (bf16 keeps 8 significant bits: each product's operands move by at most 2^-8 of themselves;
-    in the MoE a router choice near a tie can flip and the runs drift apart faster), yet differs
-    from it; through the ABI and the CLI. Any other dtype is refused."""
+    """Mixed precision (bf16 operands, f32 sums, f32 weights and AdamW state): over 12 steps at
+    lr 1e-3 the loss curve stays within 1% of the f32 run's, step by step, for the dense model and
+    within 2% for the MoE (measured 0.15% and 0.5%; bf16 keeps 8 significant bits, and in the MoE
+    a router choice near a tie can flip, so its runs drift apart faster: at lr 3e-3 they differ
+    by up to 5%), yet differs from it; through the ABI and the CLI. Any other dtype is refused."""
     def losses(path, **kw):
         model = f32(rt, path)
-        t = Trainer(model, PATTERN * 20, seq_len=15, batch=2, steps=12, lr=3e-3, eval_fraction=0.0, **kw)
+        t = Trainer(model, PATTERN * 20, seq_len=15, batch=2, steps=12, lr=1e-3, eval_fraction=0.0, **kw)
         out = [t.step().loss for _ in range(12)]
         t.close()
         model.close()
         return out
-    for path, rtol in ((tiny, 2e-2), (mixtral, 5e-2)):
+    for path, rtol in ((tiny, 1e-2), (mixtral, 2e-2)):
         full, mixed = losses(path), losses(path, precision=C.MOE_DTYPE_BF16)
         assert all(np.isfinite(mixed)) and mixed != full, (mixed, full)
         assert np.allclose(mixed, full, rtol=rtol), (path.name, np.array(mixed) / np.array(full) - 1)
-        assert full[-1] < full[0] - 1 and mixed[-1] < mixed[0] - 1, (full, mixed)
+        assert full[-1] < full[0] - 0.5 and mixed[-1] < mixed[0] - 0.5, (full, mixed)
     model = f32(rt, tiny)
     out = ctypes.c_void_p()
     ids = ids_array(PATTERN * 20)

@@ -27,6 +27,9 @@ typedef enum moe_cpu_feature {
 // The feature bits of the running CPU (computed once).
 MOE_CPU_INTERNAL uint32_t moe_cpu_features(void);
 
+// 1 when the CPU's vendor is Intel (cpuid vendor "GenuineIntel").
+MOE_CPU_INTERNAL int moe_cpu_is_intel(void);
+
 // The CPU's brand string ("AMD EPYC ..."), NUL-terminated in buf (at least 49 bytes).
 MOE_CPU_INTERNAL void moe_cpu_brand(char *buf, size_t capacity);
 

@@ -39,12 +39,19 @@ public enum KernelPath: String, CaseIterable, Sendable {
 
   /// The kernels that run a product of `precision` on this path: its own, and
   /// for bf16 compute on the OpenBLAS path (sgemm has no bf16) the widest of
-  /// the library's own that the CPU runs. nil: OpenBLAS. `bf16Fallback` takes
-  /// the fallback even where AVX512-BF16 runs.
-  func table(for precision: ComputePrecision, bf16Fallback: Bool = false) -> KernelTable? {
+  /// the library's own that the CPU runs. nil: OpenBLAS. `bf16` forces where
+  /// bf16 compute runs (nil: MOEUPCYCLE_BF16_KERNELS, else the automatic choice;
+  /// vdpbf16ps runs only where the CPU has it).
+  func table(for precision: ComputePrecision, bf16: BF16Kernels? = nil) -> KernelTable? {
     guard precision == .bf16 else { return table }
     let own = self == .openblas ? Kernels.bestPath() : self
-    if (bf16Fallback || Kernels.bf16Setting == .fallback) && own == .avx512 { return AVX512Kernels.bf16FallbackTable }
+    let native: Bool
+    switch bf16 ?? Kernels.bf16Setting {
+    case .fallback: native = false
+    case .avx512bf16: native = true
+    case nil: native = !Kernels.bf16NativeIsSlower
+    }
+    if !native && own == .avx512 { return AVX512Kernels.bf16FallbackTable }
     return own.table ?? PortableKernels.table
   }
 }
@@ -152,11 +159,10 @@ public enum Kernels {
   }
 
   /// c[m, n] (ldc) = a * b (or += when accumulate) on `path` (default: the
-  /// active one), in p.compute's precision; `bf16Fallback` forces bf16 compute
-  /// onto the fallback.
+  /// active one), in p.compute's precision; `bf16` forces where bf16 compute runs.
   @inline(__always)
-  static func gemm(_ p: GEMMProblem, path: KernelPath = active.path, bf16Fallback: Bool = false) {
-    if let table = path.table(for: p.compute, bf16Fallback: bf16Fallback) {
+  static func gemm(_ p: GEMMProblem, path: KernelPath = active.path, bf16: BF16Kernels? = nil) {
+    if let table = path.table(for: p.compute, bf16: bf16) {
       table.gemm(p)
     } else {
       OpenBLASGEMM.run(p)
@@ -205,11 +211,24 @@ public enum Kernels {
   public static func bf16Reason(path: KernelPath = active.path, cpu: CPUInfo = .current) -> String {
     if bf16Kernels(path: path) == .avx512bf16 { return "vdpbf16ps: the CPU and the OS support AVX512-BF16" }
     if bf16Setting == .fallback { return "rounded operands on the f32 kernels: forced by \(bf16EnvironmentVariable)" }
+    if cpu.features.contains("avx512_bf16") && bf16NativeIsSlower && path.table?.width == 16 {
+      return "rounded operands on the f32 kernels: this Intel CPU runs vdpbf16ps at half its f32 multiply-add rate"
+        + " (\(bf16EnvironmentVariable)=avx512_bf16 forces it)"
+    }
     if !cpu.features.contains("avx512_bf16") {
       return "rounded operands on the f32 kernels: the CPU (or its OS) lacks AVX512-BF16"
     }
     return "rounded operands on the f32 kernels: the \(path.rawValue) path has no AVX512-BF16 kernel"
   }
+
+  /// Whether vdpbf16ps would be slower than the f32 kernels on rounded
+  /// operands: Intel cores (Cooper Lake to Emerald Rapids) issue it at a
+  /// quarter of the f32 multiply-add rate for twice the work, half the f32
+  /// peak (measured on Emerald Rapids: 85 against 175 GFLOP/s per thread);
+  /// AMD's Zen 4 and 5 run it at the full rate. The automatic choice takes
+  /// the fallback there; MOEUPCYCLE_BF16_KERNELS=avx512_bf16 forces it. The
+  /// choice depends on the CPU alone, so a machine always gives the same bits.
+  public static var bf16NativeIsSlower: Bool { moe_cpu_is_intel() != 0 }
 
   /// Whether the CPU and the OS run AVX512-BF16 (F, BW, VL and BF16).
   public static var cpuRunsBF16: Bool { moe_bf16_native() != 0 }

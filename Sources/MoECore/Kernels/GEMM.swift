@@ -440,13 +440,13 @@ extension Kernels {
   /// strip of C while it is in cache (PackedGEMM.run(_:_:_:epilogue:)). On the
   /// OpenBLAS path: the products one after the other, then the epilogue over all of C.
   static func gemmFused(_ p: GEMMProblem, _ q: GEMMProblem?, path: KernelPath = active.path,
-                        bf16Fallback: Bool = false, epilogue: (Int, Int, Int, Int) -> Void) {
-    if let table = path.table(for: p.compute, bf16Fallback: bf16Fallback) {
+                        bf16: BF16Kernels? = nil, epilogue: (Int, Int, Int, Int) -> Void) {
+    if let table = path.table(for: p.compute, bf16: bf16) {
       table.gemmFused(p, q, epilogue)
       return
     }
     gemm(p, path: path)
-    if let q { gemm(q, path: path, bf16Fallback: bf16Fallback) }
+    if let q { gemm(q, path: path, bf16: bf16) }
     if p.m > 0 && p.n > 0 { epilogue(0, p.m, 0, p.n) }
   }
 }
