@@ -82,8 +82,9 @@
  *    moe_runtime_describe() say which path runs and why. Results are
  *    bit-identical from run to run for a given path and thread count.
  *    bf16 compute (moe_layer_config.compute) runs on AVX512-BF16 where the
- *    CPU has it and the path is avx512, else on a fallback over the f32
- *    kernels; MOEUPCYCLE_BF16_KERNELS (auto, avx512_bf16, fallback) forces
+ *    CPU has it, the path is avx512 and the CPU is not an Intel one (whose
+ *    cores issue vdpbf16ps at half their f32 multiply-add rate), else on a
+ *    fallback over the f32 kernels; MOEUPCYCLE_BF16_KERNELS (auto, avx512_bf16, fallback) forces
  *    one, and an unknown value, or avx512_bf16 on a CPU without it, makes
  *    moe_runtime_create() fail with a message.
  *  - The library needs an x86-64-v3 CPU (AVX2, FMA, F16C); on an older one
@@ -548,7 +549,8 @@ typedef struct moe_runtime_info {
   int32_t kernel_vector_floats;
   /* ---- 0.4.0 ---- */
   /** Where bf16 compute (moe_layer_config.compute) runs: "avx512_bf16"
-   *  (vdpbf16ps, where the CPU has AVX512-BF16 and the path is avx512) or
+   *  (vdpbf16ps, where the CPU has AVX512-BF16, the path is avx512 and the
+   *  CPU is not an Intel one; see Threading) or
    *  "fallback" (rounded operands on the path's f32 kernels; the openblas
    *  path uses the widest of the library's own for bf16 compute); see
    *  MOEUPCYCLE_BF16_KERNELS under Threading. */
@@ -659,8 +661,8 @@ typedef struct moe_layer_config {
    *  the combine and every stored activation and gradient stay f32. Each
    *  output then differs from the f32 product by at most about
    *  2^-7 * sum_t |a_t| |b_t| (<= k * 2^-7 * max|a| * max|b| over the k terms)
-   *  plus f32 rounding. On CPUs with AVX512-BF16 (and the avx512 kernel path)
-   *  the products run on vdpbf16ps over bf16 panels; elsewhere on the f32
+   *  plus f32 rounding. On non-Intel CPUs with AVX512-BF16 (and the avx512
+   *  kernel path) the products run on vdpbf16ps over bf16 panels; elsewhere on the f32
    *  kernels with rounded operands (the same results up to f32 summation
    *  order, not faster). moe_runtime_get_info() (kernel_bf16) and
    *  moe_runtime_describe() say which. Any other value is
@@ -1215,8 +1217,8 @@ typedef struct moe_trainer_params {
   /** Precision of the weight products (attention projections, dense and
    *  expert FFNs, LM head) forward and backward: MOE_DTYPE_F32 (default) or
    *  MOE_DTYPE_BF16, mixed precision: operands rounded to bf16, products
-   *  summed in f32, on AVX512-BF16 where the CPU has it (elsewhere rounded
-   *  operands on the f32 kernels: the same arithmetic, f32 speed). Weights,
+   *  summed in f32, where bf16 compute runs (moe_runtime_info.kernel_bf16;
+   *  the fallback is the same arithmetic at f32 speed). Weights,
    *  gradients and AdamW state stay f32; attention scores, softmax, norms
    *  and the loss stay f32; held-out evaluation runs in f32 on the (f32)
    *  weights.
