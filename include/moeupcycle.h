@@ -116,18 +116,18 @@ extern "C" {
 /* ------------------------------------------------------------------------ */
 
 #define MOE_VERSION_MAJOR 0
-#define MOE_VERSION_MINOR 4
+#define MOE_VERSION_MINOR 5
 #define MOE_VERSION_PATCH 0
 /** MAJOR * 10000 + MINOR * 100 + PATCH. */
 #define MOE_VERSION_NUMBER \
   (MOE_VERSION_MAJOR * 10000 + MOE_VERSION_MINOR * 100 + MOE_VERSION_PATCH)
-#define MOE_VERSION_STRING "0.4.0"
+#define MOE_VERSION_STRING "0.5.0"
 
 /** The library's MOE_VERSION_NUMBER, to compare with the header's at run time.
  *  Before 1.0, a library of another minor version is not compatible. */
 uint32_t moe_version_number(void);
 
-/** The library's version as static text, e.g. "0.4.0". Never NULL. */
+/** The library's version as static text, e.g. "0.5.0". Never NULL. */
 const char *moe_version_string(void);
 
 /* ------------------------------------------------------------------------ */
@@ -521,7 +521,7 @@ moe_status moe_runtime_create(moe_runtime **out, const moe_runtime_params *param
 void moe_runtime_free(moe_runtime *runtime);
 
 /** What a runtime runs on. First version: 0.1.0 (fields up to blas_core);
- *  0.3.0 appended kernel_path, kernel_forced and kernel_vector_floats, 0.4.0
+ *  0.3.0 appended kernel_path, kernel_forced and kernel_vector_floats, 0.5.0
  *  kernel_bf16. */
 typedef struct moe_runtime_info {
   /** Set by the caller to sizeof(moe_runtime_info) before the call. */
@@ -547,7 +547,7 @@ typedef struct moe_runtime_info {
   int32_t kernel_forced;
   /** Floats per vector of the path's kernels (16, 8, 4; 0 for openblas). */
   int32_t kernel_vector_floats;
-  /* ---- 0.4.0 ---- */
+  /* ---- 0.5.0 ---- */
   /** Where bf16 compute (moe_layer_config.compute) runs: "avx512_bf16"
    *  (vdpbf16ps, where the CPU has AVX512-BF16, the path is avx512 and the
    *  CPU is not an Intel one; see Threading) or
@@ -606,7 +606,7 @@ moe_status moe_runtime_describe(const moe_runtime *runtime,
 typedef struct moe_layer moe_layer;
 
 /** A layer's shape and behaviour. First version: 0.1.0 (fields up to
- *  z_loss_coef); 0.4.0 appended compute. */
+ *  z_loss_coef); 0.5.0 appended compute. */
 typedef struct moe_layer_config {
   /** sizeof(moe_layer_config); set by moe_layer_config_init(). */
   size_t struct_size;
@@ -652,7 +652,7 @@ typedef struct moe_layer_config {
   /** Coefficient of the router z-loss mean_t(logsumexp(logits_t)^2).
    *  Default 0.001. */
   float z_loss_coef;
-  /* ---- 0.4.0 ---- */
+  /* ---- 0.5.0 ---- */
   /** Precision of the expert matrix products (gate, up and down; forward
    *  and backward, weight gradients included): MOE_DTYPE_F32 (default), or
    *  MOE_DTYPE_BF16: both operands of each product are rounded to bf16

@@ -75,13 +75,13 @@ extension moe_runtime_params: ParameterStruct {
 
 extension moe_runtime_info: VersionedStruct {
   static let cName = "moe_runtime_info"
-  /// 0.3.0 appended kernel_path, kernel_forced and kernel_vector_floats, 0.4.0 kernel_bf16.
+  /// 0.3.0 appended kernel_path, kernel_forced and kernel_vector_floats, 0.5.0 kernel_bf16.
   static var firstVersionSize: Int { MemoryLayout<Self>.offset(of: \.kernel_path)! }
 }
 
 extension moe_layer_config: ParameterStruct {
   static let cName = "moe_layer_config"
-  /// 0.4.0 appended compute.
+  /// 0.5.0 appended compute.
   static var firstVersionSize: Int { MemoryLayout<Self>.offset(of: \.compute)! }
   static var defaults: moe_layer_config {
     let d = MoELayerConfig(hidden: 0, ffn: 0, experts: 0, topK: 0)

@@ -51,7 +51,7 @@ typedef struct train_stats_0_1 {
   double seconds, tokens_per_second, max_expert_load;
 } train_stats_0_1;
 
-/* ---- the 0.2.0 (and 0.3.0) layout of the struct that 0.4.0 appended a field to ---- */
+/* ---- the 0.2.0 (and 0.3.0) layout of the struct that 0.5.0 appended a field to ---- */
 
 typedef struct train_stats_0_2 {
   train_stats_0_1 first;
@@ -81,7 +81,7 @@ typedef struct runtime_info_0_3 {
   int32_t kernel_forced, kernel_vector_floats;
 } runtime_info_0_3;
 
-/* ---- the 0.1.0 layout of the layer configuration, which 0.4.0 appended compute to ---- */
+/* ---- the 0.1.0 layout of the layer configuration, which 0.5.0 appended compute to ---- */
 
 typedef struct layer_config_0_1 {
   size_t struct_size;

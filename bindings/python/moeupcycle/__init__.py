@@ -47,7 +47,7 @@ def _check(status: int) -> None:
 
 
 def version() -> str:
-    """The library's version, e.g. "0.4.0"."""
+    """The library's version, e.g. "0.5.0"."""
     return C.lib.moe_version_string().decode()
 
 

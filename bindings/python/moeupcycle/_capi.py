@@ -21,10 +21,10 @@ from pathlib import Path
 # ------------------------------------------------------------------------ version
 
 MOE_VERSION_MAJOR = 0
-MOE_VERSION_MINOR = 4
+MOE_VERSION_MINOR = 5
 MOE_VERSION_PATCH = 0
 MOE_VERSION_NUMBER = MOE_VERSION_MAJOR * 10000 + MOE_VERSION_MINOR * 100 + MOE_VERSION_PATCH
-MOE_VERSION_STRING = "0.4.0"
+MOE_VERSION_STRING = "0.5.0"
 
 # ------------------------------------------------------------------------ status codes (frozen)
 
@@ -242,7 +242,7 @@ class moe_runtime_params(Structure):
 
 class moe_runtime_info(Structure):
     """First version: 0.1.0 (up to blas_core); 0.3.0 appended kernel_path, kernel_forced and
-    kernel_vector_floats, 0.4.0 kernel_bf16."""
+    kernel_vector_floats, 0.5.0 kernel_bf16."""
     _fields_ = [
         ("struct_size", c_size_t),
         ("numa_nodes", c_uint32),
@@ -258,13 +258,13 @@ class moe_runtime_info(Structure):
         ("kernel_path", c_char * 16),
         ("kernel_forced", c_int32),
         ("kernel_vector_floats", c_int32),
-        # 0.4.0
+        # 0.5.0
         ("kernel_bf16", c_char * 16),
     ]
 
 
 class moe_layer_config(Structure):
-    """First version: 0.1.0 (up to z_loss_coef); 0.4.0 appended compute."""
+    """First version: 0.1.0 (up to z_loss_coef); 0.5.0 appended compute."""
     _fields_ = [
         ("struct_size", c_size_t),
         ("hidden_size", c_uint32),
@@ -281,7 +281,7 @@ class moe_layer_config(Structure):
         ("seed", c_uint64),
         ("aux_loss_coef", c_float),
         ("z_loss_coef", c_float),
-        # 0.4.0
+        # 0.5.0
         ("compute", moe_dtype),
     ]
 

@@ -14,11 +14,11 @@ use std::os::raw::{c_char, c_int, c_void};
 
 // ---------------------------------------------------------------- version
 pub const MOE_VERSION_MAJOR: u32 = 0;
-pub const MOE_VERSION_MINOR: u32 = 4;
+pub const MOE_VERSION_MINOR: u32 = 5;
 pub const MOE_VERSION_PATCH: u32 = 0;
 pub const MOE_VERSION_NUMBER: u32 =
     MOE_VERSION_MAJOR * 10000 + MOE_VERSION_MINOR * 100 + MOE_VERSION_PATCH;
-pub const MOE_VERSION_STRING: &str = "0.4.0";
+pub const MOE_VERSION_STRING: &str = "0.5.0";
 
 // ---------------------------------------------------------------- status
 /// `moe_status` (a C enum: `int`). Frozen: never renumbered.
@@ -207,7 +207,7 @@ pub struct moe_runtime_info {
     pub kernel_path: [c_char; 16],
     pub kernel_forced: i32,
     pub kernel_vector_floats: i32,
-    // 0.4.0
+    // 0.5.0
     pub kernel_bf16: [c_char; 16],
 }
 
@@ -239,7 +239,7 @@ pub struct moe_layer_config {
     pub seed: u64,
     pub aux_loss_coef: f32,
     pub z_loss_coef: f32,
-    // 0.4.0
+    // 0.5.0
     pub compute: moe_dtype,
 }
 
