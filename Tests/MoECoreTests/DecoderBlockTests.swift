@@ -249,7 +249,14 @@ import Glibc
       #expect(whole.0.bitPattern == again.0.bitPattern && whole.1.map(\.bitPattern) == again.1.map(\.bitPattern))
       let recomputed = try run([0..<4], recompute: true)
       #expect(recomputed.0.bitPattern == whole.0.bitPattern && recomputed.1.map(\.bitPattern) == whole.1.map(\.bitPattern))
+      // With recompute the MoE layers share one set of buffers; without, each has its own again.
+      let moeScratch = { m.layers.compactMap { $0.moe?.scratch } }
+      #expect(moeScratch().allSatisfy { $0 === m.sharedMoEScratch })
       let split = try run([0..<1, 1..<3, 3..<4])
+      #expect(m.sharedMoEScratch.bytes() == 0)
+      let own = moeScratch()
+      #expect(own.allSatisfy { $0 !== m.sharedMoEScratch })
+      #expect(Set(own.map(ObjectIdentifier.init)).count == own.count)
       #expect(abs(split.0 - whole.0) <= 1e-5 * abs(whole.0))
       #expect(Self.maxRelativeError(split.1, whole.1) < 1e-4)
       #expect(m.trainingActivationBytes(sequences: 4, seqLen: S, recompute: true)

@@ -52,7 +52,11 @@ public final class MoELayer: @unchecked Sendable {
   var gradients: [LayerWeight: AlignedBuffer] = [:]
 
   // MARK: scratch and saved state
-  let scratch = ScratchSet()
+  /// The layer's work and saved-forward buffers: its own, or one set shared
+  /// by all MoE layers of a model while it trains with recompute (then only
+  /// the layer being recomputed needs its saved forward).
+  private(set) var scratch: ScratchSet
+  private let ownScratch = ScratchSet()
   var workerScratch: [AlignedBuffer]
   let workerScratchFloats: Int
   var saved: SavedForward?
@@ -66,6 +70,7 @@ public final class MoELayer: @unchecked Sendable {
     try config.validate()
     self.config = config
     self.runtime = runtime
+    scratch = ownScratch
     let E = config.experts, H = config.hidden
     var ffnSizes = [Int](repeating: config.ffn, count: E)
     var loads = [Double](repeating: Double(config.topK) / Double(E), count: E)
@@ -338,6 +343,16 @@ public final class MoELayer: @unchecked Sendable {
     }
     config.balanceCoef = balance
     config.zCoef = z
+  }
+
+  /// Runs on `shared` (nil: the layer's own set again); the set left behind
+  /// is released, and so is any saved forward.
+  func useScratch(_ shared: ScratchSet?) {
+    let next = shared ?? ownScratch
+    guard next !== scratch else { return }
+    if scratch === ownScratch { ownScratch.release() }
+    scratch = next
+    saved = nil
   }
 
   public func zeroGradients() {

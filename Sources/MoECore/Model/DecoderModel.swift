@@ -63,6 +63,8 @@ public final class DecoderModel: @unchecked Sendable {
   let scratch = ScratchSet()
   /// Activations and work buffers of training passes.
   let trainScratch = ScratchSet()
+  /// The MoE layers' buffers while training with recompute (one layer's worth).
+  let sharedMoEScratch = ScratchSet()
   /// Per layer K and V caches: [capacity, nkv * d].
   var keyCache: [AlignedBuffer] = []
   var valueCache: [AlignedBuffer] = []

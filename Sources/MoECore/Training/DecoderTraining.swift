@@ -66,15 +66,16 @@ extension DecoderModel {
   /// Bytes the training passes' buffers hold: the decoder's and the MoE
   /// layers' saved state and work buffers (their inference buffers excluded).
   var trainingBuffersBytes: Int {
-    trainScratch.bytes() + layers.reduce(0) { sum, l in
-      sum + (l.moe?.scratch.bytes { !$0.hasPrefix("inference_") } ?? 0)
-    }
+    var sets: [ScratchSet] = []
+    for l in layers { if let s = l.moe?.scratch, !sets.contains(where: { $0 === s }) { sets.append(s) } }
+    return trainScratch.bytes() + sets.reduce(0) { $0 + $1.bytes { !$0.hasPrefix("inference_") } }
   }
 
   /// Bytes of activations and work buffers a training pass over `sequences`
   /// sequences of `seqLen` tokens holds: per block (from `lowestLayer` up) its
   /// input, or with `recompute` only that and one block's worth; the MoE
-  /// layers' saved routing and rows; the LM head's logits of one chunk.
+  /// layers' saved routing and rows (with `recompute` one layer's: they share
+  /// their buffers); the LM head's logits of one chunk.
   func trainingActivationBytes(sequences: Int, seqLen: Int, recompute: Bool, lowestLayer: Int = 0) -> Double {
     let d = description
     let T = Double(sequences * seqLen), H = Double(d.hiddenSize), hd = Double(d.headDim)
@@ -97,7 +98,8 @@ extension DecoderModel {
     } else {
       floats += trained.reduce(0) { $0 + kept($1) }
     }
-    floats += trained.reduce(0) { $0 + moeSaved($1) }
+    // With recompute the MoE layers share one set of buffers (one layer's saved forward).
+    floats += recompute ? (trained.map(moeSaved).max() ?? 0) : trained.reduce(0) { $0 + moeSaved($1) }
     // Residual stream, its gradient, work buffers of one block, the final hidden rows and logits.
     let widest = max(qkvWidth, 2 * Double(d.intermediateSize))
     floats += T * (6 * H + 2 * widest) + Double(min(lossChunkRows, sequences * seqLen)) * Double(d.vocabSize)
@@ -138,6 +140,10 @@ extension DecoderModel {
     let qkvWidth = (nq + 2 * nkv) * hd, T = B * S
     let eps = Float(d.rmsNormEps)
     let buffers = trainScratch
+    // With recompute only the layer in backward needs its saved forward: the
+    // MoE layers share one set of buffers (and release their own).
+    for l in layers { l.moe?.useScratch(recompute ? sharedMoEScratch : nil) }
+    if !recompute { sharedMoEScratch.release() }
     let batch = TokenBatch(sequences: B, length: S, start: 0, cached: false, compute: compute)
     var inputs = [Int32](repeating: 0, count: T), targets = [Int32](repeating: 0, count: T)
     for s in 0..<B {
