@@ -267,44 +267,7 @@ enum SmallGEMM {
       }
     }
     let highMask = SIMD16<UInt32>(repeating: 0xFFFF_0000)
-    var j0 = 0
-    if n == 1 {
-      // One token: four rows at a time (four streams and multiply-add chains).
-      let e0 = UnsafePointer(scratch), o0 = e0 + half
-      j0 = rows & ~3
-      var j = 0
-      while j < j0 {
-        let r0 = UnsafeRawPointer(w.bf16 + j * w.ld), r1 = UnsafeRawPointer(w.bf16 + (j + 1) * w.ld)
-        let r2 = UnsafeRawPointer(w.bf16 + (j + 2) * w.ld), r3 = UnsafeRawPointer(w.bf16 + (j + 3) * w.ld)
-        var a0 = Vec16(), a1 = Vec16(), a2 = Vec16(), a3 = Vec16()
-        var m = 0
-        while m < half {
-          let ev = load16(e0 + m), od = load16(o0 + m)
-          let w0 = r0.loadUnaligned(fromByteOffset: 4 * m, as: SIMD16<UInt32>.self)
-          let w1 = r1.loadUnaligned(fromByteOffset: 4 * m, as: SIMD16<UInt32>.self)
-          let w2 = r2.loadUnaligned(fromByteOffset: 4 * m, as: SIMD16<UInt32>.self)
-          let w3 = r3.loadUnaligned(fromByteOffset: 4 * m, as: SIMD16<UInt32>.self)
-          a0 = a0.addingProduct(unsafeBitCast(w0 &<< 16, to: Vec16.self), ev)
-            .addingProduct(unsafeBitCast(w0 & highMask, to: Vec16.self), od)
-          a1 = a1.addingProduct(unsafeBitCast(w1 &<< 16, to: Vec16.self), ev)
-            .addingProduct(unsafeBitCast(w1 & highMask, to: Vec16.self), od)
-          a2 = a2.addingProduct(unsafeBitCast(w2 &<< 16, to: Vec16.self), ev)
-            .addingProduct(unsafeBitCast(w2 & highMask, to: Vec16.self), od)
-          a3 = a3.addingProduct(unsafeBitCast(w3 &<< 16, to: Vec16.self), ev)
-            .addingProduct(unsafeBitCast(w3 & highMask, to: Vec16.self), od)
-          m += 16
-        }
-        @inline(__always) func finish(_ v: Vec16, _ q: Int) {
-          var sum = v.sum()
-          let tail = w.bf16 + (j + q) * w.ld
-          for h in k32..<k { sum += bf16ToFloat(tail[h]) * x[h] }
-          store(sum, c + j + q, accumulate)
-        }
-        finish(a0, 0); finish(a1, 1); finish(a2, 2); finish(a3, 3)
-        j += 4
-      }
-    }
-    for j in j0..<rows {
+    for j in 0..<rows {
       let row = UnsafeRawPointer(w.bf16 + j * w.ld)
       let tailRow = w.bf16 + j * w.ld
       var i = 0
