@@ -115,16 +115,15 @@ struct AttendBlockBackwardLayout {
   let gradOffset: Int, probOffset: Int, dsOffset: Int, dqOffset: Int, deltaOffset: Int, floats: Int
 
   init(count: Int, group: Int, first: Int, d: Int) {
-    func round16(_ n: Int) -> Int { (n + 15) & ~15 }
     rows = count * group
     keyCount = first + count
-    ldS = round16(keyCount)
-    gradOffset = round16(rows * d)
-    probOffset = gradOffset + round16(rows * d)
+    ldS = roundUp16(keyCount)
+    gradOffset = roundUp16(rows * d)
+    probOffset = gradOffset + roundUp16(rows * d)
     dsOffset = probOffset + rows * ldS
     dqOffset = dsOffset + rows * ldS
-    deltaOffset = dqOffset + round16(rows * d)
-    floats = deltaOffset + round16(rows)
+    deltaOffset = dqOffset + roundUp16(rows * d)
+    floats = deltaOffset + roundUp16(rows)
   }
 }
 

@@ -76,27 +76,10 @@ enum ModelKernels {
       let k = keys + (first + i) * stride
       for h in 0..<nq { scores[h * ldS + i] = dot(q + h * d, k + h / group * d, d) }
     }
-    let lane = SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
-    let scaleV = Vec16(repeating: scale)
     for h in 0..<nq {
-      let row = scores + h * ldS
-      let (m, finite) = maxAndFinite(row, n)
-      let mv = Vec16(repeating: m)
-      var sum = Vec16()
-      var c = 0
-      while c + 16 <= n {
-        let e = exp16((load16(row + c) - mv) * scaleV)
-        store16(e, row + c)
-        sum += e
-        c += 16
-      }
-      if c < n {
-        let e = Vec16().replacing(with: exp16((load16(row + c) - mv) * scaleV), where: lane .< Int32(n - c))
-        store16(e, row + c)
-        sum += e
-      }
+      let (m, finite, sum) = expShifted(scores + h * ldS, n, scale: scale)
       maxima[h] = finite ? m * scale : .nan
-      sums[h] = sum.sum()
+      sums[h] = sum
     }
     out.update(repeating: 0, count: nq * d)
     for i in 0..<n {
@@ -107,7 +90,34 @@ enum ModelKernels {
 
   /// Floats between two heads' scores in attendSpan's scratch: the positions
   /// rounded up to 16, so every row is read and written 16 lanes at a time.
-  static func attendSpanScoreStride(positions: Int) -> Int { (positions + 15) & ~15 }
+  static func attendSpanScoreStride(positions: Int) -> Int { roundUp16(positions) }
+
+  /// row[c] = exp(scale * (row[c] - max)) for c < n, in place, 16 lanes at a
+  /// time with SIMD exp; the lanes from n to n rounded up to 16 become 0.
+  /// Returns the largest of the n scores (unscaled), whether all n are
+  /// finite, and the sum of the exponentials: a numerically stable softmax
+  /// row, not yet normalized.
+  static func expShifted(_ row: UnsafeMutablePointer<Float>, _ n: Int, scale: Float)
+    -> (max: Float, finite: Bool, sum: Float) {
+    let lane = SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+    let scaleV = Vec16(repeating: scale)
+    let (m, finite) = maxAndFinite(row, n)
+    let mv = Vec16(repeating: m)
+    var sum = Vec16()
+    var c = 0
+    while c + 16 <= n {
+      let e = exp16((load16(row + c) - mv) * scaleV)
+      store16(e, row + c)
+      sum += e
+      c += 16
+    }
+    if c < n {
+      let e = Vec16().replacing(with: exp16((load16(row + c) - mv) * scaleV), where: lane .< Int32(n - c))
+      store16(e, row + c)
+      sum += e
+    }
+    return (m, finite, sum.sum())
+  }
 
   /// The softmax output of `spans` partial results of attendSpan over
   /// consecutive spans (span w: partial + w * partialStride, laid out as
@@ -142,7 +152,7 @@ enum ModelKernels {
   }
 
   /// Floats of one span's partial result for mergeSpans: outputs, maxima, sums.
-  static func spanPartialFloats(heads nq: Int, d: Int) -> Int { (nq * d + 2 * nq + 15) & ~15 }
+  static func spanPartialFloats(heads nq: Int, d: Int) -> Int { roundUp16(nq * d + 2 * nq) }
 
   /// Causal attention of a block of queries as matrix products: `count` query
   /// tokens at positions first ..< first + count, each for the `group` query
@@ -179,33 +189,16 @@ enum ModelKernels {
     // S = Q K^T; O's space is free until P V and serves as the product's scratch.
     GEMM.xWt(n: rows, rows: keyCount, k: d, x: qs, ldx: d, w: WeightMatrix(base: keys, dtype: .f32, ld: stride),
              c: s, ldc: ldS, accumulate: false, scratch: o, scratchFloats: rows * d)
-    let lane = SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
-    let scaleV = Vec16(repeating: scale)
     for r in 0..<rows {
       let row = s + r * ldS
       let n = first + r % count + 1   // positions this row sees
-      let (m, finite) = maxAndFinite(row, n)
       // P = exp(scale * (S - max)) over the visible positions, 0 beyond them.
-      let mv = Vec16(repeating: m)
-      var sum = Vec16()
-      var c = 0
-      while c + 16 <= n {
-        let e = exp16((load16(row + c) - mv) * scaleV)
-        store16(e, row + c)
-        sum += e
-        c += 16
-      }
-      if c < n {
-        let e = Vec16().replacing(with: exp16((load16(row + c) - mv) * scaleV), where: lane .< Int32(n - c))
-        store16(e, row + c)
-        sum += e
-        c += 16
-      }
+      let (m, finite, total) = expShifted(row, n, scale: scale)
+      var c = roundUp16(n)
       while c < keyCount {
         store16(Vec16(), row + c)
         c += 16
       }
-      let total = sum.sum()
       inv[r] = finite ? 1 / total : .nan
       if let lse { lse[r / count * ldLSE + r % count] = finite ? m * scale + logf(total) : .nan }
     }
@@ -243,14 +236,13 @@ struct AttendBlockLayout {
   let scoresOffset: Int, outputOffset: Int, inverseOffset: Int, floats: Int
 
   init(count: Int, group: Int, first: Int, d: Int) {
-    func round16(_ n: Int) -> Int { (n + 15) & ~15 }
     rows = count * group
     keyCount = first + count
-    ldS = round16(keyCount)
-    scoresOffset = round16(rows * d)
+    ldS = roundUp16(keyCount)
+    scoresOffset = roundUp16(rows * d)
     outputOffset = scoresOffset + rows * ldS
-    inverseOffset = outputOffset + round16(rows * d)
-    floats = inverseOffset + round16(rows)
+    inverseOffset = outputOffset + roundUp16(rows * d)
+    floats = inverseOffset + roundUp16(rows)
   }
 }
 

@@ -41,6 +41,9 @@ public final class AlignedBuffer: @unchecked Sendable {
   deinit { if chunk == nil { free(pointer) } }
 }
 
+/// n rounded up to a multiple of 16 (floats: one 64-byte vector, a cache line).
+@inline(__always) func roundUp16(_ n: Int) -> Int { (n + 15) & ~15 }
+
 /// The size of a transparent huge page on x86-64.
 let hugePageBytes = 2 << 20
 /// Owned buffers at least this large are backed by huge pages.
@@ -70,7 +73,7 @@ final class WeightArena {
   /// A buffer of `floats` floats (contents undefined).
   func allocate(floats: Int, what: String) throws -> AlignedBuffer {
     guard floats >= 0 else { throw MoEError.invalid("\(what): negative size \(floats)") }
-    let rounded = (max(floats, 16) + 15) & ~15
+    let rounded = roundUp16(max(floats, 16))
     guard rounded <= Self.chunkFloats / 4 else { return try AlignedBuffer(floats: floats, what: what) }
     if chunk == nil || used + rounded > Self.chunkFloats {
       chunk = try AlignedBuffer(floats: Self.chunkFloats, what: what)
