@@ -159,13 +159,14 @@ import Glibc
 
   // MARK: - the training pass
 
-  /// Every gradient buffer's values, dense and MoE, in a fixed order.
-  static func gradientValues(_ m: DecoderModel, _ g: DecoderGradients?) throws -> [Float] {
+  /// Every gradient buffer's values, dense and MoE (of `kinds`), in a fixed order.
+  static func gradientValues(_ m: DecoderModel, _ g: DecoderGradients?,
+                             kinds: [LayerWeight] = [.router, .gate, .up, .down]) throws -> [Float] {
     var out: [Float] = []
     if let g { for (b, n) in g.all { out += UnsafeBufferPointer(start: b.pointer, count: n) } }
     for l in m.layers {
       guard let moe = l.moe else { continue }
-      for kind in [LayerWeight.router, .gate, .up, .down] {
+      for kind in kinds {
         let n = try moe.elementCount(of: kind, expert: -1)
         var v = [Float](repeating: 0, count: n)
         try moe.getGradient(kind, expert: -1, out: &v, count: n)
@@ -178,6 +179,23 @@ import Glibc
   static func zeroGradients(_ m: DecoderModel, _ g: DecoderGradients?) {
     g?.zero()
     for l in m.layers { l.moe?.zeroGradients() }
+  }
+
+  /// From cleared gradients, training passes over the sequences of `passes`
+  /// (each of S + 1 tokens in `tokens`) without balance or z-loss terms: the
+  /// summed loss and every gradient.
+  static func trainingPasses(_ m: DecoderModel, _ grads: DecoderGradients, tokens: [Int32], length S: Int,
+                             passes: [Range<Int>], compute: ComputePrecision = .f32,
+                             recompute: Bool = false) throws -> (Double, [Float]) {
+    zeroGradients(m, grads)
+    var loss = 0.0
+    for p in passes {
+      for l in m.layers { try l.moe?.setLossCoefficients(balance: 0, z: 0) }
+      loss += try m.accumulateGradients(tokens: Array(tokens[(p.lowerBound * (S + 1))..<(p.upperBound * (S + 1))]),
+                                        sequences: p.count, lossScale: 1, grads: grads, compute: compute,
+                                        recompute: recompute)
+    }
+    return (loss, try gradientValues(m, grads))
   }
 
   @Test(arguments: ["llama", "mixtral"])
@@ -208,10 +226,7 @@ import Glibc
       let tokens = Self.tokens(sequences: B, length: S, seed: 9)
       let grads = try DecoderGradients(model: m)
       func run(_ compute: ComputePrecision) throws -> (Double, [Float]) {
-        Self.zeroGradients(m, grads)
-        for l in m.layers { try l.moe?.setLossCoefficients(balance: 0, z: 0) }
-        let loss = try m.accumulateGradients(tokens: tokens, sequences: B, lossScale: 1, grads: grads, compute: compute)
-        return (loss, try Self.gradientValues(m, grads))
+        try Self.trainingPasses(m, grads, tokens: tokens, length: S, passes: [0..<B], compute: compute)
       }
       let (lossF32, gradF32) = try run(.f32)
       let (lossBF16, gradBF16) = try run(.bf16)
@@ -236,14 +251,7 @@ import Glibc
       let tokens = Self.tokens(sequences: B, length: S, seed: 8)
       let grads = try DecoderGradients(model: m)
       func run(_ passes: [Range<Int>], recompute: Bool = false) throws -> (Double, [Float]) {
-        Self.zeroGradients(m, grads)
-        var loss = 0.0
-        for p in passes {
-          for l in m.layers { try l.moe?.setLossCoefficients(balance: 0, z: 0) }
-          loss += try m.accumulateGradients(tokens: Array(tokens[(p.lowerBound * (S + 1))..<(p.upperBound * (S + 1))]),
-                                            sequences: p.count, lossScale: 1, grads: grads, recompute: recompute)
-        }
-        return (loss, try Self.gradientValues(m, grads))
+        try Self.trainingPasses(m, grads, tokens: tokens, length: S, passes: passes, recompute: recompute)
       }
       let whole = try run([0..<4]), again = try run([0..<4])
       #expect(whole.0.bitPattern == again.0.bitPattern && whole.1.map(\.bitPattern) == again.1.map(\.bitPattern))
@@ -280,18 +288,7 @@ import Glibc
       #expect(Self.maxRelativeError(moeOnly, full) < 1e-5)
       // Frozen experts (routers only): the router gradients are the same, and
       // the experts' gradients are neither computed nor allocated.
-      let routerGradients = { (m: DecoderModel) throws -> [Float] in
-        var out: [Float] = []
-        for l in m.layers {
-          guard let moe = l.moe else { continue }
-          let n = try moe.elementCount(of: .router, expert: -1)
-          var v = [Float](repeating: 0, count: n)
-          try moe.getGradient(.router, expert: -1, out: &v, count: n)
-          out += v
-        }
-        return out
-      }
-      let fullRouters = try routerGradients(m)
+      let fullRouters = try Self.gradientValues(m, nil, kinds: [.router])
       for l in m.layers { l.moe?.gradients = [:] }
       _ = try m.accumulateGradients(tokens: tokens, sequences: B, lossScale: 1, grads: nil, expertGradients: false,
                                     lowestLayer: lowest)
@@ -299,7 +296,7 @@ import Glibc
         guard let moe = l.moe else { continue }
         #expect(moe.gradients[.gate] == nil && moe.gradients[.up] == nil && moe.gradients[.down] == nil)
       }
-      let routersOnly = try routerGradients(m)
+      let routersOnly = try Self.gradientValues(m, nil, kinds: [.router])
       #expect(routersOnly.contains { $0 != 0 })
       #expect(Self.maxRelativeError(routersOnly, fullRouters) < 1e-5)
     }
