@@ -355,10 +355,6 @@ static void output_buffers(const char *tiny) {
                strstr(moe_last_error(), "compute") != NULL, "layer with f16 compute refused");
   }
   c.compute = MOE_DTYPE_F32;
-  c.hidden_size = 8;
-  c.moe_intermediate_size = 16;
-  c.num_experts = 4;
-  c.top_k = 2;
   moe_layer *layer = NULL;
   EXPECT(moe_layer_create(&layer, rt, &c) == MOE_OK, "layer");
   if (layer) {
