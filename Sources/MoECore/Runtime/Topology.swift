@@ -316,15 +316,10 @@ public final class NodeMemory: @unchecked Sendable {
   }
 
   fileprivate init(plainBytes bytes: Int, node: Int?) throws {
-    let huge = bytes >= hugeAllocationBytes && bytes <= Int.max - hugePageBytes
-    let pageSize = huge ? hugePageBytes : max(4096, Int(getpagesize()))
-    let length = huge ? (bytes + hugePageBytes - 1) & ~(hugePageBytes - 1) : max(bytes, 1)
-    var allocated: UnsafeMutableRawPointer?
-    let rc = posix_memalign(&allocated, pageSize, length)
-    guard rc == 0, let allocated else {
+    let (block, length, rc) = allocateBlock(bytes: max(bytes, 1), alignment: max(4096, Int(getpagesize())))
+    guard let allocated = block else {
       throw MoEError(.outOfMemory, "cannot allocate \(bytes) bytes: \(String(cString: strerror(rc)))")
     }
-    if huge { adviseHugePages(allocated, length) }
     self.pointer = allocated
     self.bytes = bytes
     self.length = length

@@ -19,13 +19,9 @@ public final class AlignedBuffer: @unchecked Sendable {
     guard !overflow, bytes <= Int.max - hugePageBytes else {
       throw MoEError(.outOfMemory, "\(what): \(floats) floats overflow the address space")
     }
-    let huge = bytes >= hugeAllocationBytes
-    let length = huge ? (bytes + hugePageBytes - 1) & ~(hugePageBytes - 1) : bytes
-    var raw: UnsafeMutableRawPointer?
-    guard posix_memalign(&raw, huge ? hugePageBytes : 64, length) == 0, let raw else {
+    guard let raw = allocateBlock(bytes: bytes, alignment: 64).pointer else {
       throw MoEError(.outOfMemory, "\(what): cannot allocate \(bytes) bytes")
     }
-    if huge { adviseHugePages(raw, length) }
     pointer = raw.bindMemory(to: Float.self, capacity: max(floats, 16))
     self.floats = floats
     chunk = nil
@@ -48,6 +44,21 @@ public final class AlignedBuffer: @unchecked Sendable {
 let hugePageBytes = 2 << 20
 /// Owned buffers at least this large are backed by huge pages.
 let hugeAllocationBytes = 4 << 20
+
+/// posix_memalign of `bytes` on an `alignment` boundary; a block of at least
+/// hugeAllocationBytes (that can be rounded up) instead starts on a huge page,
+/// covers whole huge pages and is advised to use them.
+/// Returns the block (nil on failure, with posix_memalign's code) and its
+/// length, for free().
+func allocateBlock(bytes: Int, alignment: Int) -> (pointer: UnsafeMutableRawPointer?, length: Int, rc: Int32) {
+  let huge = bytes >= hugeAllocationBytes && bytes <= Int.max - hugePageBytes
+  let length = huge ? (bytes + hugePageBytes - 1) & ~(hugePageBytes - 1) : bytes
+  var raw: UnsafeMutableRawPointer?
+  let rc = posix_memalign(&raw, huge ? hugePageBytes : alignment, length)
+  guard rc == 0, let raw else { return (nil, length, rc) }
+  if huge { adviseHugePages(raw, length) }
+  return (raw, length, 0)
+}
 
 /// Asks the kernel to back the whole huge pages inside [base, base + bytes)
 /// with transparent huge pages (THP in `madvise` mode, as on Debian) before the
