@@ -116,18 +116,18 @@ extern "C" {
 /* ------------------------------------------------------------------------ */
 
 #define MOE_VERSION_MAJOR 0
-#define MOE_VERSION_MINOR 5
+#define MOE_VERSION_MINOR 6
 #define MOE_VERSION_PATCH 0
 /** MAJOR * 10000 + MINOR * 100 + PATCH. */
 #define MOE_VERSION_NUMBER \
   (MOE_VERSION_MAJOR * 10000 + MOE_VERSION_MINOR * 100 + MOE_VERSION_PATCH)
-#define MOE_VERSION_STRING "0.5.0"
+#define MOE_VERSION_STRING "0.6.0"
 
 /** The library's MOE_VERSION_NUMBER, to compare with the header's at run time.
  *  Before 1.0, a library of another minor version is not compatible. */
 uint32_t moe_version_number(void);
 
-/** The library's version as static text, e.g. "0.5.0". Never NULL. */
+/** The library's version as static text, e.g. "0.6.0". Never NULL. */
 const char *moe_version_string(void);
 
 /* ------------------------------------------------------------------------ */
@@ -455,6 +455,109 @@ typedef struct moe_upcycle_result {
 moe_status moe_upcycle(moe_upcycle_result *out, const char *input_path,
                        const char *output_path,
                        const moe_upcycle_params *params);
+
+/* ------------------------------------------------------------------------ */
+/* Models from scratch                                                      */
+/* ------------------------------------------------------------------------ */
+
+/** The shape and initialization of a model moe_init_model() builds.
+ *  First version: 0.6.0 (all fields below).
+ *
+ *  Initialization (transformers' Llama-family `_init_weights` with
+ *  initializer_range = init_std): every matrix (embedding, attention and FFN
+ *  projections, routers, the shared-expert gate, the LM head when untied) is
+ *  drawn from N(0, init_std^2); RMSNorm weights are 1; attention biases
+ *  (Qwen2-MoE) are 0. Each tensor draws from its own stream, seeded by `seed`
+ *  and the tensor's name, so a dense and an MoE model of the same shape and
+ *  seed share their embedding and attention weights. */
+typedef struct moe_init_params {
+  /** sizeof(moe_init_params); set by moe_init_params_init(). */
+  size_t struct_size;
+  /** Hidden size, 1..65536. Default 256. */
+  uint32_t hidden_size;
+  /** Decoder layers, 1..1024. Default 4. */
+  uint32_t num_layers;
+  /** Attention heads, 1..1024. Default 4. */
+  uint32_t num_heads;
+  /** Key/value heads (a divisor of num_heads); 0 = num_heads. Default 0. */
+  uint32_t num_kv_heads;
+  /** Even, 2..1024; 0 = hidden_size / num_heads. Default 0. */
+  uint32_t head_dim;
+  /** The dense FFN's intermediate size, or each expert's; 0 = 8/3 of
+   *  hidden_size rounded up to a multiple of 64. Default 0. */
+  uint32_t intermediate_size;
+  /** 0 = a dense model (Llama architecture); 1..1024 = routed experts in
+   *  every layer, in the layout `format` names. Default 0. */
+  uint32_t num_experts;
+  /** Experts per token, 1..num_experts. Default 2. */
+  uint32_t top_k;
+  /** MoE layout: MOE_FORMAT_MIXTRAL (default) or MOE_FORMAT_QWEN2_MOE. */
+  moe_format format;
+  /** Qwen2-MoE shared expert intermediate size; 0 = intermediate_size.
+   *  Mixtral has none: must be 0. Default 0. */
+  uint32_t shared_expert_size;
+  /** Context length (max_position_embeddings), 1..2^24. Default 2048. */
+  uint32_t max_positions;
+  /** Non-zero: the LM head is the embedding. Default 1. */
+  int32_t tie_embeddings;
+  /** Default 10000. */
+  double rope_theta;
+  /** Default 1e-5. */
+  double rms_norm_eps;
+  /** Standard deviation of every initialized matrix, in (0, 1]. Default 0.02. */
+  double init_std;
+  /** Routing of MoE layers (softmax-topk-renorm, softmax-topk (Qwen2-MoE
+   *  only) or topk-softmax). Default MOE_ROUTING_SOFTMAX_TOPK_RENORM. */
+  moe_routing routing;
+  /** Recorded in the config (router_aux_loss_coef); finite, >= 0. Default 0.02. */
+  double aux_loss_coef;
+  /** MOE_DTYPE_DEFAULT or MOE_DTYPE_F32 (default: f32) or MOE_DTYPE_BF16. */
+  moe_dtype dtype;
+  /** Same seed and parameters give byte-identical weights. Default 0. */
+  uint64_t seed;
+  /** Non-zero: replace an existing output directory (as moe_upcycle). Default 0. */
+  int32_t force;
+  /** Shard size limit of the safetensors files, 1 KiB..1 TiB. Default 4 GiB. */
+  uint64_t max_shard_bytes;
+} moe_init_params;
+
+/** Fill `params` with defaults, writing `struct_size` bytes (pass
+ *  sizeof *params). Returns MOE_OK, MOE_ERR_NULL_POINTER,
+ *  MOE_ERR_INVALID_ARGUMENT (struct_size below the first version). */
+moe_status moe_init_params_init(moe_init_params *params, size_t struct_size);
+
+/** What moe_init_model() reports. First version: 0.6.0 (all fields below). */
+typedef struct moe_init_result {
+  /** Set by the caller to sizeof(moe_init_result) before the call. */
+  size_t struct_size;
+  /** Parameters of the model, and those active per token. */
+  uint64_t parameters;
+  uint64_t active_parameters;
+  /** Bytes of tensor data written, and the safetensors files holding them. */
+  uint64_t bytes_written;
+  uint32_t shards;
+  double seconds;
+} moe_init_result;
+
+/**
+ * Write a new model with random weights (see moe_init_params) as an HF
+ * checkpoint directory at `output_path`: config.json (LlamaForCausalLM,
+ * MixtralForCausalLM or Qwen2MoeForCausalLM, with initializer_range and a
+ * `moeupcycle` block recording the seed), safetensors shards, and the
+ * tokenizer of `tokenizer_source` (an HF directory, whose tokenizer files are
+ * copied, or a .gguf file, whose byte-level BPE tokenizer is exported); the
+ * vocabulary size and bos/eos ids are that model's. The source must have a
+ * tokenizer this library reads. Written like moe_upcycle's output: under a
+ * temporary name, renamed into place; an existing output is refused unless
+ * `params->force`. Memory use does not grow with the model.
+ *
+ * `out` may be NULL (else its struct_size set). `params` may be NULL for all
+ * defaults.
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT, MOE_ERR_IO,
+ * MOE_ERR_FORMAT, MOE_ERR_UNSUPPORTED, MOE_ERR_EXISTS, MOE_ERR_NOT_FOUND.
+ */
+moe_status moe_init_model(moe_init_result *out, const char *tokenizer_source,
+                          const char *output_path, const moe_init_params *params);
 
 /* ------------------------------------------------------------------------ */
 /* Runtime: topology, pinned workers, NUMA placement                        */

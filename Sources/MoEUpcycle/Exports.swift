@@ -179,3 +179,71 @@ public func moe_upcycle(_ out: UnsafeMutablePointer<moe_upcycle_result>!,
     }
   }
 }
+
+// MARK: - Models from scratch
+
+@_cdecl("moe_init_params_init")
+public func moe_init_params_init(_ params: UnsafeMutablePointer<moe_init_params>!, _ struct_size: Int) -> moe_status {
+  initParameters(params, struct_size, "moe_init_params_init")
+}
+
+/// Translates and validates C init parameters (the shape is checked by ModelInit).
+func initOptions(_ p: moe_init_params) throws -> ModelInitOptions {
+  var o = ModelInitOptions()
+  o.hiddenSize = Int(p.hidden_size)
+  o.numLayers = Int(p.num_layers)
+  o.numHeads = Int(p.num_heads)
+  o.numKVHeads = Int(p.num_kv_heads)
+  o.headDim = Int(p.head_dim)
+  o.intermediateSize = Int(p.intermediate_size)
+  o.numExperts = Int(p.num_experts)
+  o.topK = Int(p.top_k)
+  o.format = try coreEnum(p.format, UpcycleOptions.Format.self, "params->format")
+  o.sharedExpertSize = Int(p.shared_expert_size)
+  o.maxPositions = Int(p.max_positions)
+  o.tiedEmbeddings = p.tie_embeddings != 0
+  o.ropeTheta = p.rope_theta
+  o.rmsNormEps = p.rms_norm_eps
+  o.initStd = p.init_std
+  let routingMode = try coreEnum(p.routing, RoutingMode.self, "params->routing")
+  guard let routing = UpcycleOptions.Routing(rawValue: routingMode.rawValue) else {
+    throw MoEError.unsupported("params->routing \(routingMode.caseName) cannot be written in a checkpoint; use "
+                               + "softmax-topk-renorm, softmax-topk or topk-softmax")
+  }
+  o.routing = routing
+  o.routerAuxLossCoef = p.aux_loss_coef
+  switch p.dtype.rawValue {
+  case MOE_DTYPE_DEFAULT.rawValue, MOE_DTYPE_F32.rawValue: o.dtype = .f32
+  case MOE_DTYPE_BF16.rawValue: o.dtype = .bf16
+  default:
+    let name = Names.dtype.text(of: p.dtype.rawValue).map { String(cString: $0) } ?? "value \(p.dtype.rawValue)"
+    throw MoEError.unsupported("params->dtype \(name) is not supported for a new model; use f32 or bf16")
+  }
+  o.seed = p.seed
+  o.force = p.force != 0
+  o.maxShardBytes = p.max_shard_bytes
+  return o
+}
+
+@_cdecl("moe_init_model")
+public func moe_init_model(_ out: UnsafeMutablePointer<moe_init_result>!,
+                           _ tokenizer_source: UnsafePointer<CChar>!,
+                           _ output_path: UnsafePointer<CChar>!,
+                           _ params: UnsafePointer<moe_init_params>!) -> moe_status {
+  guarded("moe_init_model") {
+    if let out { try checkResult(out, "out") }
+    let source = try stringArgument(tokenizer_source, "tokenizer_source")
+    let output = try stringArgument(output_path, "output_path")
+    let options = try initOptions(try readParameters(params, "params"))
+    let report = try ModelInit.write(to: output, tokenizerSource: source, options: options)
+    if let out {
+      var r = moe_init_result()
+      r.parameters = UInt64(report.parameters)
+      r.active_parameters = UInt64(report.activeParameters)
+      r.bytes_written = report.bytesWritten
+      r.shards = UInt32(clamping: report.shards)
+      r.seconds = report.seconds
+      try writeResult(r, to: out, "out")
+    }
+  }
+}

@@ -220,3 +220,40 @@ where C.RawValue: FixedWidthInteger, E.RawValue == Int32 {
   guard let e = E(rawValue: raw) else { throw MoEError.invalid("\(field) has invalid value \(raw)") }
   return e
 }
+
+extension moe_init_params: ParameterStruct {
+  static let cName = "moe_init_params"
+  static var firstVersionSize: Int { ownSize }
+  static var defaults: moe_init_params {
+    let d = ModelInitOptions()
+    var p = moe_init_params()
+    p.struct_size = ownSize
+    p.hidden_size = UInt32(d.hiddenSize)
+    p.num_layers = UInt32(d.numLayers)
+    p.num_heads = UInt32(d.numHeads)
+    p.num_kv_heads = UInt32(d.numKVHeads)
+    p.head_dim = UInt32(d.headDim)
+    p.intermediate_size = UInt32(d.intermediateSize)
+    p.num_experts = UInt32(d.numExperts)
+    p.top_k = UInt32(d.topK)
+    p.format = moe_format(rawValue: UInt32(d.format.rawValue))
+    p.shared_expert_size = UInt32(d.sharedExpertSize)
+    p.max_positions = UInt32(d.maxPositions)
+    p.tie_embeddings = d.tiedEmbeddings ? 1 : 0
+    p.rope_theta = d.ropeTheta
+    p.rms_norm_eps = d.rmsNormEps
+    p.init_std = d.initStd
+    p.routing = moe_routing(rawValue: UInt32(d.routing.rawValue))
+    p.aux_loss_coef = d.routerAuxLossCoef
+    p.dtype = MOE_DTYPE_DEFAULT
+    p.seed = d.seed
+    p.force = d.force ? 1 : 0
+    p.max_shard_bytes = d.maxShardBytes
+    return p
+  }
+}
+
+extension moe_init_result: VersionedStruct {
+  static let cName = "moe_init_result"
+  static var firstVersionSize: Int { ownSize }
+}

@@ -17,6 +17,8 @@ static void usage(FILE *f) {
     "usage:\n"
     "  moeupcycle info PATH [--json]\n"
     "  moeupcycle upcycle IN OUT [options]\n"
+    "  moeupcycle init --vocab-from MODEL OUT [--arch llama|mixtral|qwen2-moe] [--hidden H]\n"
+    "                  [--layers L] [--heads N] [--ffn F] [--experts E] ... (init --help)\n"
     "  moeupcycle bench upcycle IN [options] [--work DIR] [--json]\n"
     "  moeupcycle bench moe [--tokens T --hidden H --ffn F --experts E --top-k K]\n"
     "                       [--threads N] [--backward] [--dtype f32|bf16] [--json] ...\n"
@@ -91,6 +93,7 @@ typedef struct command {
 static const command commands[] = {
   { "info", cmd_info },
   { "upcycle", cmd_upcycle },
+  { "init", cmd_init },
   { "bench", cmd_bench },
   { "topology", cmd_topology },
   { "eval", cmd_eval },

@@ -362,9 +362,17 @@ def _upcycle(w, p):
     return st
 
 
+def _init_model(w, p):
+    out = _fresh_dir(w)
+    st = C.lib.moe_init_model(None, str(w.dense).encode(), str(out).encode(), p)
+    assert out.exists() == (st == C.MOE_OK), "a refused init left output behind"
+    return st
+
+
 # struct -> (its _init function, fields a usable value needs, a call that takes it and returns the status)
 PARAMETER_STRUCTS = {
     "moe_upcycle_params": (C.lib.moe_upcycle_params_init, dict(num_experts=2, top_k=1), _upcycle),
+    "moe_init_params": (C.lib.moe_init_params_init, dict(hidden_size=16, num_layers=1, num_heads=2), _init_model),
     "moe_runtime_params": (C.lib.moe_runtime_params_init, dict(threads=1), _runtime_create),
     "moe_layer_config": (C.lib.moe_layer_config_init,
                          dict(hidden_size=8, moe_intermediate_size=8, num_experts=2, top_k=1), _layer_create),
@@ -489,6 +497,9 @@ RESULT_STRUCTS = {
     "moe_checkpoint_info": lambda w, out: C.lib.moe_checkpoint_inspect(out, str(w.dense).encode()),
     "moe_upcycle_result": lambda w, out: C.lib.moe_upcycle(out, str(w.dense).encode(), str(_fresh_dir(w)).encode(),
                                                            params(C.moe_upcycle_params, num_experts=2, top_k=1)),
+    "moe_init_result": lambda w, out: C.lib.moe_init_model(out, str(w.dense).encode(), str(_fresh_dir(w)).encode(),
+                                                           params(C.moe_init_params, hidden_size=16, num_layers=1,
+                                                                  num_heads=2)),
     "moe_runtime_info": lambda w, out: C.lib.moe_runtime_get_info(out, w.rt.h),
     "moe_layer_config": lambda w, out: C.lib.moe_layer_get_config(out, w.layer.h),
     "moe_layer_stats": lambda w, out: C.lib.moe_layer_get_stats(out, w.layer.h, None, 0, None),

@@ -123,6 +123,35 @@ public struct ModelDescription: Sendable {
     return (p + "gate_proj.weight", p + "up_proj.weight", p + "down_proj.weight")
   }
 
+  /// The checkpoint name of an MoE layer's tensor in the model's architecture
+  /// (Mixtral: block_sparse_moe.experts.N.w1/w2/w3; Qwen2-MoE and others:
+  /// mlp.experts.N.gate_proj/up_proj/down_proj, shared_expert, shared_expert_gate).
+  public func moeTensorName(layer l: Int, _ kind: LayerWeight, expert e: Int) -> String {
+    let p = ModelDescription.layerPrefix(l)
+    if architecture == .mixtral {
+      let b = p + "block_sparse_moe."
+      switch kind {
+      case .router: return b + "gate.weight"
+      case .gate: return b + "experts.\(e).w1.weight"
+      case .down: return b + "experts.\(e).w2.weight"
+      case .up: return b + "experts.\(e).w3.weight"
+      default: return b + "shared_expert.\(kind.name)"
+      }
+    }
+    let b = p + "mlp."
+    switch kind {
+    case .router: return b + "gate.weight"
+    case .gate: return b + "experts.\(e).gate_proj.weight"
+    case .up: return b + "experts.\(e).up_proj.weight"
+    case .down: return b + "experts.\(e).down_proj.weight"
+    case .sharedGate: return b + "shared_expert.gate_proj.weight"
+    case .sharedUp: return b + "shared_expert.up_proj.weight"
+    case .sharedDown: return b + "shared_expert.down_proj.weight"
+    case .sharedExpertGate: return b + "shared_expert_gate.weight"
+    }
+  }
+
+
   public var embedShape: [Int] { [vocabSize, hiddenSize] }
 
   /// Parameter counts (total, active per token) computed from the description;

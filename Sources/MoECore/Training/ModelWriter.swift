@@ -148,7 +148,7 @@ extension DecoderModel {
           throw MoEError.unsupported("layer \(l) is MoE but the architecture \(d.architecture.rawValue) has no MoE tensor names")
         }
         func add(_ kind: LayerWeight, expert: Int, shape: [Int]) {
-          moeWeight(moeTensorName(layer: l, kind, expert: expert), moe, kind, expert: expert, shape: shape)
+          moeWeight(d.moeTensorName(layer: l, kind, expert: expert), moe, kind, expert: expert, shape: shape)
         }
         add(.router, expert: -1, shape: [E, H])
         // File order: Mixtral w1, w2, w3; Qwen2-MoE gate, up, down.
@@ -175,34 +175,6 @@ extension DecoderModel {
     vector("model.norm.weight", finalNorm, count: H)
     if !d.tiedEmbeddings { dense("lm_head.weight", lmHead, rows: 0..<lmHead.rows) }
     return out
-  }
-
-  /// The checkpoint name of an MoE layer's tensor in the model's architecture
-  /// (Mixtral: block_sparse_moe.experts.N.w1/w2/w3; Qwen2-MoE and others:
-  /// mlp.experts.N.gate_proj/up_proj/down_proj, shared_expert, shared_expert_gate).
-  func moeTensorName(layer l: Int, _ kind: LayerWeight, expert e: Int) -> String {
-    let p = ModelDescription.layerPrefix(l)
-    if description.architecture == .mixtral {
-      let b = p + "block_sparse_moe."
-      switch kind {
-      case .router: return b + "gate.weight"
-      case .gate: return b + "experts.\(e).w1.weight"
-      case .down: return b + "experts.\(e).w2.weight"
-      case .up: return b + "experts.\(e).w3.weight"
-      default: return b + "shared_expert.\(kind.name)"
-      }
-    }
-    let b = p + "mlp."
-    switch kind {
-    case .router: return b + "gate.weight"
-    case .gate: return b + "experts.\(e).gate_proj.weight"
-    case .up: return b + "experts.\(e).up_proj.weight"
-    case .down: return b + "experts.\(e).down_proj.weight"
-    case .sharedGate: return b + "shared_expert.gate_proj.weight"
-    case .sharedUp: return b + "shared_expert.up_proj.weight"
-    case .sharedDown: return b + "shared_expert.down_proj.weight"
-    case .sharedExpertGate: return b + "shared_expert_gate.weight"
-    }
   }
 
   /// The checkpoint name of the first weight tensor holding a NaN or an

@@ -262,7 +262,7 @@ public final class Trainer {
       let n = d.denseFFNNames(layer: l)
       return element / max(1, d.hiddenSize) < d.intermediateSize ? n.gate : n.up
     case .down(let l): return d.denseFFNNames(layer: l).down
-    case .moe(let l, let kind, let e): return model.moeTensorName(layer: l, kind, expert: e)
+    case .moe(let l, let kind, let e): return model.description.moeTensorName(layer: l, kind, expert: e)
     }
   }
 

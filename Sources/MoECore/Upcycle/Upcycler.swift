@@ -335,7 +335,7 @@ public final class Upcycler {
   }
 }
 
-public let moeupcycleVersion = "0.5.0"
+public let moeupcycleVersion = "0.6.0"
 
 /// Produces items 0..<count in order into a ring of buffers, on a background thread when
 /// there are two or more slots (inline otherwise). Errors surface from `next()` in order.

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import _capi as C
 
-__all__ = ["MoeError", "Runtime", "MoELayer", "Model", "Trainer", "upcycle", "inspect", "version", "names"]
+__all__ = ["MoeError", "Runtime", "MoELayer", "Model", "Trainer", "upcycle", "init_model", "inspect", "version", "names"]
 
 _F32P = ctypes.POINTER(ctypes.c_float)
 _I32P = ctypes.POINTER(ctypes.c_int32)
@@ -47,7 +47,7 @@ def _check(status: int) -> None:
 
 
 def version() -> str:
-    """The library's version, e.g. "0.5.0"."""
+    """The library's version, e.g. "0.6.0"."""
     return C.lib.moe_version_string().decode()
 
 
@@ -95,7 +95,7 @@ _INIT = {
     C.moe_upcycle_params: C.lib.moe_upcycle_params_init, C.moe_runtime_params: C.lib.moe_runtime_params_init,
     C.moe_layer_config: C.lib.moe_layer_config_init, C.moe_model_params: C.lib.moe_model_params_init,
     C.moe_eval_params: C.lib.moe_eval_params_init, C.moe_generate_params: C.lib.moe_generate_params_init,
-    C.moe_trainer_params: C.lib.moe_trainer_params_init,
+    C.moe_trainer_params: C.lib.moe_trainer_params_init, C.moe_init_params: C.lib.moe_init_params_init,
 }
 
 
@@ -187,6 +187,20 @@ def upcycle(source: str, output: str, progress: Optional[Callable[[int, int, str
         p.progress = callback
     r = _result(C.moe_upcycle_result)
     _check(C.lib.moe_upcycle(r, str(source).encode(), str(output).encode(), p))
+    return r
+
+
+def init_model(tokenizer_source: str, output: str, **options) -> C.moe_init_result:
+    """Write a new model with random weights at `output`, with the tokenizer and vocabulary of
+    `tokenizer_source` (an HF directory or a .gguf file).
+
+    Options are the fields of moe_init_params (hidden_size, num_layers, num_heads, num_kv_heads,
+    intermediate_size, num_experts (0 = dense Llama), top_k, format ("mixtral", "qwen2-moe"),
+    init_std, dtype, seed, force, ...).
+    """
+    p = _params(C.moe_init_params, options, "init")
+    r = _result(C.moe_init_result)
+    _check(C.lib.moe_init_model(r, str(tokenizer_source).encode(), str(output).encode(), p))
     return r
 
 

@@ -21,10 +21,10 @@ from pathlib import Path
 # ------------------------------------------------------------------------ version
 
 MOE_VERSION_MAJOR = 0
-MOE_VERSION_MINOR = 5
+MOE_VERSION_MINOR = 6
 MOE_VERSION_PATCH = 0
 MOE_VERSION_NUMBER = MOE_VERSION_MAJOR * 10000 + MOE_VERSION_MINOR * 100 + MOE_VERSION_PATCH
-MOE_VERSION_STRING = "0.5.0"
+MOE_VERSION_STRING = "0.6.0"
 
 # ------------------------------------------------------------------------ status codes (frozen)
 
@@ -209,6 +209,46 @@ class moe_upcycle_params(Structure):
         ("aux_loss_coef", c_double),
         ("progress", moe_progress_fn),
         ("user_data", c_void_p),
+    ]
+
+
+class moe_init_params(Structure):
+    """First version: 0.6.0 (all fields)."""
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("hidden_size", c_uint32),
+        ("num_layers", c_uint32),
+        ("num_heads", c_uint32),
+        ("num_kv_heads", c_uint32),
+        ("head_dim", c_uint32),
+        ("intermediate_size", c_uint32),
+        ("num_experts", c_uint32),
+        ("top_k", c_uint32),
+        ("format", moe_format),
+        ("shared_expert_size", c_uint32),
+        ("max_positions", c_uint32),
+        ("tie_embeddings", c_int32),
+        ("rope_theta", c_double),
+        ("rms_norm_eps", c_double),
+        ("init_std", c_double),
+        ("routing", moe_routing),
+        ("aux_loss_coef", c_double),
+        ("dtype", moe_dtype),
+        ("seed", c_uint64),
+        ("force", c_int32),
+        ("max_shard_bytes", c_uint64),
+    ]
+
+
+class moe_init_result(Structure):
+    """First version: 0.6.0 (all fields)."""
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("parameters", c_uint64),
+        ("active_parameters", c_uint64),
+        ("bytes_written", c_uint64),
+        ("shards", c_uint32),
+        ("seconds", c_double),
     ]
 
 
@@ -487,6 +527,14 @@ _declare("moe_upcycle_params_init", moe_status, POINTER(moe_upcycle_params), c_s
 # moe_status moe_upcycle(moe_upcycle_result *out, const char *input_path, const char *output_path,
 #                        const moe_upcycle_params *params);
 _declare("moe_upcycle", moe_status, POINTER(moe_upcycle_result), c_char_p, c_char_p, POINTER(moe_upcycle_params))
+
+# ---- models from scratch
+
+# moe_status moe_init_params_init(moe_init_params *params, size_t struct_size);
+_declare("moe_init_params_init", moe_status, POINTER(moe_init_params), c_size_t)
+# moe_status moe_init_model(moe_init_result *out, const char *tokenizer_source, const char *output_path,
+#                           const moe_init_params *params);
+_declare("moe_init_model", moe_status, POINTER(moe_init_result), c_char_p, c_char_p, POINTER(moe_init_params))
 
 # ---- runtime
 

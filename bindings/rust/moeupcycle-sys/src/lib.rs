@@ -14,11 +14,11 @@ use std::os::raw::{c_char, c_int, c_void};
 
 // ---------------------------------------------------------------- version
 pub const MOE_VERSION_MAJOR: u32 = 0;
-pub const MOE_VERSION_MINOR: u32 = 5;
+pub const MOE_VERSION_MINOR: u32 = 6;
 pub const MOE_VERSION_PATCH: u32 = 0;
 pub const MOE_VERSION_NUMBER: u32 =
     MOE_VERSION_MAJOR * 10000 + MOE_VERSION_MINOR * 100 + MOE_VERSION_PATCH;
-pub const MOE_VERSION_STRING: &str = "0.5.0";
+pub const MOE_VERSION_STRING: &str = "0.6.0";
 
 // ---------------------------------------------------------------- status
 /// `moe_status` (a C enum: `int`). Frozen: never renumbered.
@@ -164,6 +164,47 @@ pub struct moe_upcycle_result {
     pub peak_rss_bytes: u64,
     pub stale_bytes_removed: u64,
     pub stale_removed: u32,
+}
+
+// ---------------------------------------------------------------- models from scratch
+/// First version 0.6.0 (all fields).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct moe_init_params {
+    pub struct_size: usize,
+    pub hidden_size: u32,
+    pub num_layers: u32,
+    pub num_heads: u32,
+    pub num_kv_heads: u32,
+    pub head_dim: u32,
+    pub intermediate_size: u32,
+    pub num_experts: u32,
+    pub top_k: u32,
+    pub format: moe_format,
+    pub shared_expert_size: u32,
+    pub max_positions: u32,
+    pub tie_embeddings: i32,
+    pub rope_theta: f64,
+    pub rms_norm_eps: f64,
+    pub init_std: f64,
+    pub routing: moe_routing,
+    pub aux_loss_coef: f64,
+    pub dtype: moe_dtype,
+    pub seed: u64,
+    pub force: i32,
+    pub max_shard_bytes: u64,
+}
+
+/// First version 0.6.0 (all fields).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct moe_init_result {
+    pub struct_size: usize,
+    pub parameters: u64,
+    pub active_parameters: u64,
+    pub bytes_written: u64,
+    pub shards: u32,
+    pub seconds: f64,
 }
 
 // ---------------------------------------------------------------- runtime
@@ -466,6 +507,15 @@ extern "C" {
         params: *const moe_upcycle_params,
     ) -> moe_status;
 
+    // models from scratch
+    pub fn moe_init_params_init(params: *mut moe_init_params, struct_size: usize) -> moe_status;
+    pub fn moe_init_model(
+        out: *mut moe_init_result,
+        tokenizer_source: *const c_char,
+        output_path: *const c_char,
+        params: *const moe_init_params,
+    ) -> moe_status;
+
     // runtime
     pub fn moe_runtime_params_init(params: *mut moe_runtime_params, struct_size: usize) -> moe_status;
     pub fn moe_runtime_create(out: *mut *mut moe_runtime, params: *const moe_runtime_params) -> moe_status;
@@ -725,6 +775,12 @@ mod tests {
             assert_eq!(u.method, MOE_METHOD_COPY);
             assert_eq!(u.format, MOE_FORMAT_MIXTRAL);
             assert!(u.progress.is_none() && u.layers.is_null());
+
+            let mut i = moe_init_params::default();
+            assert_eq!(moe_init_params_init(&mut i, size_of::<moe_init_params>()), MOE_OK);
+            assert_eq!((i.hidden_size, i.num_layers, i.num_experts, i.top_k), (256, 4, 0, 2));
+            assert_eq!(i.dtype, MOE_DTYPE_DEFAULT);
+            assert_eq!(i.tie_embeddings, 1);
 
             let mut t = moe_trainer_params::default();
             assert_eq!(moe_trainer_params_init(&mut t, size_of::<moe_trainer_params>()), MOE_OK);

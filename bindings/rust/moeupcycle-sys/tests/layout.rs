@@ -58,6 +58,12 @@ fn rust_structs() -> Vec<StructLayout> {
             struct_size, bytes_written, tensors_written, shards, moe_layers, seconds, peak_rss_bytes,
             stale_bytes_removed, stale_removed,
         }
+        moe_init_params {
+            struct_size, hidden_size, num_layers, num_heads, num_kv_heads, head_dim, intermediate_size,
+            num_experts, top_k, format, shared_expert_size, max_positions, tie_embeddings, rope_theta,
+            rms_norm_eps, init_std, routing, aux_loss_coef, dtype, seed, force, max_shard_bytes,
+        }
+        moe_init_result { struct_size, parameters, active_parameters, bytes_written, shards, seconds }
         moe_runtime_params { struct_size, threads, pin, placement, topology_synthetic, topology_xml }
         moe_runtime_info {
             struct_size, numa_nodes, cores, pus, workers, is_this_system, workers_pinned,
@@ -148,7 +154,7 @@ macro_rules! functions {
 fn rust_functions() -> Vec<(&'static str, *const ())> {
     functions![
         moe_version_number, moe_version_string, moe_status_string, moe_last_error,
-        moe_checkpoint_inspect, moe_upcycle_params_init, moe_upcycle,
+        moe_checkpoint_inspect, moe_upcycle_params_init, moe_upcycle, moe_init_params_init, moe_init_model,
         moe_runtime_params_init, moe_runtime_create, moe_runtime_free, moe_runtime_get_info,
         moe_runtime_measure_peak, moe_runtime_describe,
         moe_layer_config_init, moe_layer_create, moe_layer_load, moe_layer_free, moe_layer_get_config,
