@@ -1438,6 +1438,188 @@ moe_status moe_trainer_resume(moe_trainer *trainer, const char *path);
 /* ------------------------------------------------------------------------ */
 /* Names: the one table of every enum's names                               */
 /* ------------------------------------------------------------------------ */
+/* Scaling laws                                                             */
+/* ------------------------------------------------------------------------ */
+
+/** The form of a scaling law of held-out loss L (nats) in training tokens
+ *  D, D1, D2 and parameters N (raw counts, not billions; ln = natural log).
+ *  Names: "data", "data-params", "upcycle", "upcycle-params". */
+typedef enum moe_law_form {
+  /** L = E + A D^-alpha (one model size). */
+  MOE_LAW_DATA = 0,
+  /** L = E + A D^-alpha + B N^-beta. */
+  MOE_LAW_DATA_PARAMS = 1,
+  /** L = E + A D1^-alpha D2^(-alpha2 + alpha3 ln D1): D1 the tokens the dense
+   *  model was trained on, D2 those of the upcycled model (one model size). */
+  MOE_LAW_UPCYCLE = 2,
+  /** The upcycle form + B N^-beta, N the dense model's parameters. */
+  MOE_LAW_UPCYCLE_PARAMS = 3
+} moe_law_form;
+
+/** A law: its form and coefficients (those the form does not have are 0).
+ *  Filled by moe_scaling_law_preset() and moe_scaling_fit(); read by
+ *  moe_scaling_law_predict() and moe_scaling_plan() (struct_size set).
+ *  First version: 0.6.0 (all fields below). */
+typedef struct moe_scaling_law {
+  size_t struct_size;
+  moe_law_form form;
+  /** Irreducible loss E, scale A and the exponent of D (or D1). */
+  double e;
+  double a;
+  double alpha;
+  /** Upcycle forms: the exponent of D2 and the interaction with ln D1. */
+  double alpha2;
+  double alpha3;
+  /** Params forms: scale B and exponent beta of N. */
+  double b;
+  double beta;
+} moe_scaling_law;
+
+/**
+ * A published law by name: "liew2025-dense", "liew2025-moe" (an MoE of 8
+ * experts, top-2, trained from scratch, fitted in the dense seed's
+ * parameters) and "liew2025-upcycled" (upcycled from that dense model):
+ * Table 2 of Liew, Kato and Takase (2025), with E = 0.165 shared
+ * (docs/scaling.md says what of the paper's forms is inferred).
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (an unknown
+ * name; the message lists the presets).
+ */
+moe_status moe_scaling_law_preset(moe_scaling_law *out, const char *name);
+
+/**
+ * losses[i] = the law's loss at tokens[i] (D, or D2 for upcycle forms),
+ * dense_tokens[i] (D1; upcycle forms, else may be NULL) and parameters[i] (N;
+ * params forms, else may be NULL), for i < count. Counts must be positive
+ * and finite. Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT.
+ */
+moe_status moe_scaling_law_predict(const moe_scaling_law *law, const double *tokens,
+                                   const double *dense_tokens, const double *parameters,
+                                   size_t count, double *losses);
+
+/** How moe_scaling_fit() fits. First version: 0.6.0 (all fields below). */
+typedef struct moe_fit_params {
+  /** sizeof(moe_fit_params); set by moe_fit_params_init(). */
+  size_t struct_size;
+  /** The form fitted. Default MOE_LAW_DATA. */
+  moe_law_form form;
+  /** Huber threshold on log predicted - log observed loss. Default 1e-3. */
+  double huber_delta;
+  /** Bootstrap resamples of the points for the intervals, 0..100000.
+   *  Default 0 (no intervals). */
+  uint32_t bootstrap;
+  /** Seed of the resampling. Default 0. */
+  uint64_t seed;
+  /** L-BFGS iterations per starting point, 1..1000000. Default 500. */
+  uint32_t max_iterations;
+} moe_fit_params;
+
+/** Fill `params` with defaults (see moe_upcycle_params_init). */
+moe_status moe_fit_params_init(moe_fit_params *params, size_t struct_size);
+
+/**
+ * Fit a law of params->form to `count` observed losses (points as in
+ * moe_scaling_law_predict): minimizes the mean Huber loss of log predicted -
+ * log observed with L-BFGS from every point of a grid of starting values
+ * (E, A, B through their logarithms) and keeps the best. With
+ * params->bootstrap > 0, the points are resampled (seeded) and refitted from
+ * the best optima; `low` and `high` (each may be NULL) receive the 2.5th and
+ * 97.5th percentiles of each coefficient. Needs more points than the form has
+ * coefficients (3, 5 with params, 5 for upcycle, 7 for upcycle-params).
+ * Deterministic for a seed.
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (too few
+ * points, a non-positive or non-finite count or loss, intervals asked for
+ * without bootstrap, no finite fit).
+ */
+moe_status moe_scaling_fit(moe_scaling_law *law, moe_scaling_law *low, moe_scaling_law *high,
+                           const double *tokens, const double *dense_tokens,
+                           const double *parameters, const double *losses, size_t count,
+                           const moe_fit_params *params);
+
+/** moe_plan_result.best */
+#define MOE_PLAN_UPCYCLE 0
+#define MOE_PLAN_SCRATCH 1
+#define MOE_PLAN_DENSE 2
+
+/** The planner's question. First version: 0.6.0 (all fields below). */
+typedef struct moe_plan_params {
+  /** sizeof(moe_plan_params); set by moe_plan_params_init(). */
+  size_t struct_size;
+  /** D1: tokens the dense model was trained on (required). */
+  double dense_tokens;
+  /** Budget in tokens: each option trains this many more. 0 = use budget_flops. */
+  double budget_tokens;
+  /** Budget in training FLOPs, 6 N per token (N: the dense parameters for
+   *  the dense model, active_parameters for the MoE options). */
+  double budget_flops;
+  /** N1: the dense model's parameters (required). */
+  double dense_parameters;
+  /** Parameters an MoE token runs through (required with budget_flops). */
+  double active_parameters;
+  /** A law file (JSON: "dense", "moe" and "upcycled" laws and optional
+   *  "bootstrap" sets, docs/scaling.md); NULL = the liew2025 presets. */
+  const char *law_file;
+  /** Each non-NULL law replaces that law of the file (or preset); the file's
+   *  bootstrap sets are then not used. Default NULL. */
+  const moe_scaling_law *dense_law;
+  const moe_scaling_law *moe_law;
+  const moe_scaling_law *upcycled_law;
+} moe_plan_params;
+
+/** Fill `params` with defaults (see moe_upcycle_params_init). */
+moe_status moe_plan_params_init(moe_plan_params *params, size_t struct_size);
+
+/** The planner's answer. First version: 0.6.0 (all fields below). Intervals
+ *  (2.5th and 97.5th percentiles over the law file's bootstrap sets) are NaN
+ *  without bootstrap sets. */
+typedef struct moe_plan_result {
+  /** Set by the caller to sizeof(moe_plan_result) before the call. */
+  size_t struct_size;
+  /** The option of lowest predicted loss, the dense model's pretraining being
+   *  already paid for: MOE_PLAN_UPCYCLE, MOE_PLAN_SCRATCH (the same MoE trained
+   *  from scratch on the budget) or MOE_PLAN_DENSE (the dense model trained
+   *  further). */
+  int32_t best;
+  /** Bootstrap sets behind the intervals. */
+  uint32_t bootstrap;
+  /** Each option's training tokens and predicted loss with its interval. */
+  double upcycled_tokens;
+  double upcycled_loss;
+  double upcycled_loss_low;
+  double upcycled_loss_high;
+  double scratch_tokens;
+  double scratch_loss;
+  double scratch_loss_low;
+  double scratch_loss_high;
+  /** The same MoE from scratch given the dense model's pretraining as well:
+   *  D1 + the budget's tokens (FLOPs budgets: 6 N1 D1 + the budget). */
+  double scratch_all_tokens;
+  double scratch_all_loss;
+  double scratch_all_loss_low;
+  double scratch_all_loss_high;
+  double dense_tokens;
+  double dense_loss;
+  double dense_loss_low;
+  double dense_loss_high;
+  /** The D2 beyond which the MoE trained from scratch is no worse than the
+   *  upcycled one: 0 when upcycling is not ahead even at 1e3 tokens,
+   *  infinity when it stays ahead up to 1e18. */
+  double break_even_tokens;
+  double break_even_low;
+  double break_even_high;
+  /** The upcycled law's exponent of D2 at this D1: alpha2 - alpha3 ln D1. */
+  double d2_exponent;
+} moe_plan_result;
+
+/**
+ * Upcycle, train the MoE from scratch, or train the dense model further?
+ * Predicts each option's loss with the laws for the budget, says which is
+ * lowest and where upcycling stops paying. Returns MOE_OK,
+ * MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT, MOE_ERR_NOT_FOUND /
+ * MOE_ERR_IO / MOE_ERR_FORMAT (the law file).
+ */
+moe_status moe_scaling_plan(moe_plan_result *out, const moe_plan_params *params);
+
+/* ------------------------------------------------------------------------ */
 
 /*
  * moe_<enum>_name(value) returns the canonical name of an enum value (the
@@ -1478,6 +1660,8 @@ const char *moe_lr_schedule_name(moe_lr_schedule value);
 moe_status moe_lr_schedule_from_name(moe_lr_schedule *out, const char *name);
 const char *moe_nonfinite_name(moe_nonfinite value);
 moe_status moe_nonfinite_from_name(moe_nonfinite *out, const char *name);
+const char *moe_law_form_name(moe_law_form value);
+moe_status moe_law_form_from_name(moe_law_form *out, const char *name);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -182,7 +182,7 @@ public func moe_upcycle(_ out: UnsafeMutablePointer<moe_upcycle_result>!,
 
 // MARK: - Models from scratch
 
-@_cdecl("moe_init_params_init")
+@c @implementation
 public func moe_init_params_init(_ params: UnsafeMutablePointer<moe_init_params>!, _ struct_size: Int) -> moe_status {
   initParameters(params, struct_size, "moe_init_params_init")
 }
@@ -225,7 +225,7 @@ func initOptions(_ p: moe_init_params) throws -> ModelInitOptions {
   return o
 }
 
-@_cdecl("moe_init_model")
+@c @implementation
 public func moe_init_model(_ out: UnsafeMutablePointer<moe_init_result>!,
                            _ tokenizer_source: UnsafePointer<CChar>!,
                            _ output_path: UnsafePointer<CChar>!,

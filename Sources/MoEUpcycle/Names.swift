@@ -56,6 +56,7 @@ enum Names {
   static let trainOnly = NameTable("train-only selection", TrainOnly.self)
   static let lrSchedule = NameTable("learning-rate schedule", LRSchedule.self)
   static let nonFinite = NameTable("non-finite policy", NonFinitePolicy.self)
+  static let lawForm = NameTable("law form", LawForm.self)
 }
 
 private func nameText<T: RawRepresentable>(_ table: NameTable, _ value: T) -> UnsafePointer<CChar>?
@@ -133,4 +134,8 @@ where T.RawValue: FixedWidthInteger {
 @c @implementation public func moe_nonfinite_name(_ value: moe_nonfinite) -> UnsafePointer<CChar>! { nameText(Names.nonFinite, value) }
 @c @implementation public func moe_nonfinite_from_name(_ out: UnsafeMutablePointer<moe_nonfinite>!, _ name: UnsafePointer<CChar>!) -> moe_status {
   lookup(Names.nonFinite, out, name, "moe_nonfinite_from_name")
+}
+@c @implementation public func moe_law_form_name(_ value: moe_law_form) -> UnsafePointer<CChar>! { nameText(Names.lawForm, value) }
+@c @implementation public func moe_law_form_from_name(_ out: UnsafeMutablePointer<moe_law_form>!, _ name: UnsafePointer<CChar>!) -> moe_status {
+  lookup(Names.lawForm, out, name, "moe_law_form_from_name")
 }

@@ -257,3 +257,39 @@ extension moe_init_result: VersionedStruct {
   static let cName = "moe_init_result"
   static var firstVersionSize: Int { ownSize }
 }
+
+extension moe_scaling_law: VersionedStruct {
+  static let cName = "moe_scaling_law"
+  static var firstVersionSize: Int { ownSize }
+}
+
+extension moe_fit_params: ParameterStruct {
+  static let cName = "moe_fit_params"
+  static var firstVersionSize: Int { ownSize }
+  static var defaults: moe_fit_params {
+    let d = ScalingFitOptions()
+    var p = moe_fit_params()
+    p.struct_size = ownSize
+    p.form = MOE_LAW_DATA
+    p.huber_delta = d.huberDelta
+    p.bootstrap = UInt32(d.bootstrap)
+    p.seed = d.seed
+    p.max_iterations = UInt32(d.maxIterations)
+    return p
+  }
+}
+
+extension moe_plan_params: ParameterStruct {
+  static let cName = "moe_plan_params"
+  static var firstVersionSize: Int { ownSize }
+  static var defaults: moe_plan_params {
+    var p = moe_plan_params()
+    p.struct_size = ownSize
+    return p
+  }
+}
+
+extension moe_plan_result: VersionedStruct {
+  static let cName = "moe_plan_result"
+  static var firstVersionSize: Int { ownSize }
+}

@@ -19,6 +19,8 @@ static void usage(FILE *f) {
     "  moeupcycle upcycle IN OUT [options]\n"
     "  moeupcycle init --vocab-from MODEL OUT [--arch llama|mixtral|qwen2-moe] [--hidden H]\n"
     "                  [--layers L] [--heads N] [--ffn F] [--experts E] ... (init --help)\n"
+    "  moeupcycle plan --dense-tokens D1 --budget-tokens T (--params N1 | --model DENSE)\n"
+    "                  [--law liew2025|FILE] [--json] (plan --help)\n"
     "  moeupcycle bench upcycle IN [options] [--work DIR] [--json]\n"
     "  moeupcycle bench moe [--tokens T --hidden H --ffn F --experts E --top-k K]\n"
     "                       [--threads N] [--backward] [--dtype f32|bf16] [--json] ...\n"
@@ -94,6 +96,7 @@ static const command commands[] = {
   { "info", cmd_info },
   { "upcycle", cmd_upcycle },
   { "init", cmd_init },
+  { "plan", cmd_plan },
   { "bench", cmd_bench },
   { "topology", cmd_topology },
   { "eval", cmd_eval },

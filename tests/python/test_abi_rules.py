@@ -362,6 +362,16 @@ def _upcycle(w, p):
     return st
 
 
+def _fit(w, p):
+    tokens = (ctypes.c_double * 6)(1e3, 2e3, 4e3, 8e3, 1.6e4, 3.2e4)
+    losses = (ctypes.c_double * 6)(*[1.0 + 30 * t ** -0.3 for t in tokens])
+    return C.lib.moe_scaling_fit(result(C.moe_scaling_law), None, None, tokens, None, None, losses, 6, p)
+
+
+def _plan(w, p):
+    return C.lib.moe_scaling_plan(result(C.moe_plan_result), p)
+
+
 def _init_model(w, p):
     out = _fresh_dir(w)
     st = C.lib.moe_init_model(None, str(w.dense).encode(), str(out).encode(), p)
@@ -372,6 +382,9 @@ def _init_model(w, p):
 # struct -> (its _init function, fields a usable value needs, a call that takes it and returns the status)
 PARAMETER_STRUCTS = {
     "moe_upcycle_params": (C.lib.moe_upcycle_params_init, dict(num_experts=2, top_k=1), _upcycle),
+    "moe_fit_params": (C.lib.moe_fit_params_init, dict(max_iterations=50), _fit),
+    "moe_plan_params": (C.lib.moe_plan_params_init, dict(dense_tokens=1e11, budget_tokens=1e10, dense_parameters=1e9),
+                        _plan),
     "moe_init_params": (C.lib.moe_init_params_init, dict(hidden_size=16, num_layers=1, num_heads=2), _init_model),
     "moe_runtime_params": (C.lib.moe_runtime_params_init, dict(threads=1), _runtime_create),
     "moe_layer_config": (C.lib.moe_layer_config_init,
@@ -420,6 +433,8 @@ def _fields_equal(a, b, cls):
         x, y = getattr(a, f), getattr(b, f)
         if t in (C.moe_progress_fn, C.moe_token_fn):
             assert bool(x) == bool(y), f
+        elif isinstance(x, ctypes._Pointer):
+            assert ctypes.cast(x, ctypes.c_void_p).value == ctypes.cast(y, ctypes.c_void_p).value, f
         elif isinstance(x, float) and np.isnan(x):
             assert np.isnan(y), f
         else:
@@ -500,6 +515,9 @@ RESULT_STRUCTS = {
     "moe_init_result": lambda w, out: C.lib.moe_init_model(out, str(w.dense).encode(), str(_fresh_dir(w)).encode(),
                                                            params(C.moe_init_params, hidden_size=16, num_layers=1,
                                                                   num_heads=2)),
+    "moe_scaling_law": lambda w, out: C.lib.moe_scaling_law_preset(out, b"liew2025-dense"),
+    "moe_plan_result": lambda w, out: C.lib.moe_scaling_plan(out, params(C.moe_plan_params, dense_tokens=1e11,
+                                                                         budget_tokens=1e10, dense_parameters=1e9)),
     "moe_runtime_info": lambda w, out: C.lib.moe_runtime_get_info(out, w.rt.h),
     "moe_layer_config": lambda w, out: C.lib.moe_layer_get_config(out, w.layer.h),
     "moe_layer_stats": lambda w, out: C.lib.moe_layer_get_stats(out, w.layer.h, None, 0, None),

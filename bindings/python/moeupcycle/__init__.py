@@ -25,7 +25,8 @@ import numpy as np
 
 from . import _capi as C
 
-__all__ = ["MoeError", "Runtime", "MoELayer", "Model", "Trainer", "upcycle", "init_model", "inspect", "version", "names"]
+__all__ = ["MoeError", "Runtime", "MoELayer", "Model", "Trainer", "upcycle", "init_model", "inspect", "scaling_law", "fit_scaling_law",
+           "predict_loss", "plan", "version", "names"]
 
 _F32P = ctypes.POINTER(ctypes.c_float)
 _I32P = ctypes.POINTER(ctypes.c_int32)
@@ -63,7 +64,7 @@ _ENUM_OF_FIELD = {
     "method": "method", "router_init": "router_init", "routing": "routing", "format": "format",
     "dtype": "dtype", "storage": "dtype", "weight_dtype": "dtype", "partition_select": "partition_select",
     "granular_scaling": "granular_scaling", "placement": "placement", "train_only": "train_only",
-    "schedule": "lr_schedule", "on_nonfinite": "nonfinite",
+    "schedule": "lr_schedule", "on_nonfinite": "nonfinite", "form": "law_form",
 }
 
 
@@ -96,6 +97,7 @@ _INIT = {
     C.moe_layer_config: C.lib.moe_layer_config_init, C.moe_model_params: C.lib.moe_model_params_init,
     C.moe_eval_params: C.lib.moe_eval_params_init, C.moe_generate_params: C.lib.moe_generate_params_init,
     C.moe_trainer_params: C.lib.moe_trainer_params_init, C.moe_init_params: C.lib.moe_init_params_init,
+    C.moe_fit_params: C.lib.moe_fit_params_init, C.moe_plan_params: C.lib.moe_plan_params_init,
 }
 
 
@@ -201,6 +203,75 @@ def init_model(tokenizer_source: str, output: str, **options) -> C.moe_init_resu
     p = _params(C.moe_init_params, options, "init")
     r = _result(C.moe_init_result)
     _check(C.lib.moe_init_model(r, str(tokenizer_source).encode(), str(output).encode(), p))
+    return r
+
+
+# ------------------------------------------------------------------------ scaling laws
+
+
+def _law_struct(law) -> C.moe_scaling_law:
+    """A moe_scaling_law from a struct or a dict (form, e, a, alpha, alpha2, alpha3, b, beta)."""
+    if isinstance(law, C.moe_scaling_law):
+        return law
+    out = _result(C.moe_scaling_law)
+    for key, value in law.items():
+        setattr(out, key, _enum_value("law_form", value) if key == "form" else value)
+    return out
+
+
+def _doubles(values, count, what):
+    if values is None:
+        return None
+    values = [float(v) for v in values]
+    if len(values) != count:
+        raise ValueError(f"{what} has {len(values)} values; tokens has {count}")
+    return (ctypes.c_double * max(count, 1))(*values)
+
+
+def scaling_law(preset: str) -> C.moe_scaling_law:
+    """A published law: "liew2025-dense", "liew2025-moe" or "liew2025-upcycled"."""
+    out = _result(C.moe_scaling_law)
+    _check(C.lib.moe_scaling_law_preset(out, preset.encode()))
+    return out
+
+
+def predict_loss(law, tokens, dense_tokens=None, parameters=None) -> list[float]:
+    """The law's losses at the points (D or D2, D1 for upcycle forms, N for params forms)."""
+    n = len(tokens)
+    out = (ctypes.c_double * max(n, 1))()
+    _check(C.lib.moe_scaling_law_predict(_law_struct(law), _doubles(tokens, n, "tokens"),
+                                         _doubles(dense_tokens, n, "dense_tokens"),
+                                         _doubles(parameters, n, "parameters"), n, out))
+    return list(out[:n])
+
+
+def fit_scaling_law(tokens, losses, dense_tokens=None, parameters=None, *, intervals=False, **options):
+    """Fits a law to observed losses. Options are the fields of moe_fit_params (form: "data",
+    "data-params", "upcycle", "upcycle-params"; huber_delta; bootstrap; seed; max_iterations).
+    Returns the law, or (law, low, high) with intervals=True (needs bootstrap > 0)."""
+    n = len(tokens)
+    p = _params(C.moe_fit_params, options, "fit")
+    law = _result(C.moe_scaling_law)
+    low = _result(C.moe_scaling_law) if intervals else None
+    high = _result(C.moe_scaling_law) if intervals else None
+    _check(C.lib.moe_scaling_fit(law, low, high, _doubles(tokens, n, "tokens"), _doubles(dense_tokens, n, "dense_tokens"),
+                                 _doubles(parameters, n, "parameters"), _doubles(losses, n, "losses"), n, p))
+    return (law, low, high) if intervals else law
+
+
+def plan(dense_law=None, moe_law=None, upcycled_law=None, **options) -> C.moe_plan_result:
+    """Upcycle, train the MoE from scratch, or train the dense model further? Options are the fields
+    of moe_plan_params (dense_tokens, budget_tokens or budget_flops, dense_parameters,
+    active_parameters, law_file); laws (structs or dicts) replace those of the file or presets."""
+    p = _params(C.moe_plan_params, options, "plan")
+    keep = []
+    for name, law in (("dense_law", dense_law), ("moe_law", moe_law), ("upcycled_law", upcycled_law)):
+        if law is not None:
+            s = _law_struct(law)
+            keep.append(s)
+            setattr(p, name, ctypes.pointer(s))
+    r = _result(C.moe_plan_result)
+    _check(C.lib.moe_scaling_plan(r, p))
     return r
 
 

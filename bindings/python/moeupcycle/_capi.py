@@ -129,7 +129,8 @@ MOE_NONFINITE_SKIP = 1
 
 # The enums with a name table (moe_<enum>_name / moe_<enum>_from_name), in the header's order.
 NAMED_ENUMS = ("dtype", "method", "router_init", "routing", "format", "partition_select", "granular_scaling",
-               "placement", "text_format", "weight", "stop_reason", "train_only", "lr_schedule", "nonfinite")
+               "placement", "text_format", "weight", "stop_reason", "train_only", "lr_schedule", "nonfinite",
+               "law_form")
 
 # ------------------------------------------------------------------------ macros
 
@@ -249,6 +250,89 @@ class moe_init_result(Structure):
         ("bytes_written", c_uint64),
         ("shards", c_uint32),
         ("seconds", c_double),
+    ]
+
+
+moe_law_form = c_int
+MOE_LAW_DATA = 0
+MOE_LAW_DATA_PARAMS = 1
+MOE_LAW_UPCYCLE = 2
+MOE_LAW_UPCYCLE_PARAMS = 3
+
+MOE_PLAN_UPCYCLE = 0
+MOE_PLAN_SCRATCH = 1
+MOE_PLAN_DENSE = 2
+
+
+class moe_scaling_law(Structure):
+    """First version: 0.6.0 (all fields)."""
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("form", moe_law_form),
+        ("e", c_double),
+        ("a", c_double),
+        ("alpha", c_double),
+        ("alpha2", c_double),
+        ("alpha3", c_double),
+        ("b", c_double),
+        ("beta", c_double),
+    ]
+
+
+class moe_fit_params(Structure):
+    """First version: 0.6.0 (all fields)."""
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("form", moe_law_form),
+        ("huber_delta", c_double),
+        ("bootstrap", c_uint32),
+        ("seed", c_uint64),
+        ("max_iterations", c_uint32),
+    ]
+
+
+class moe_plan_params(Structure):
+    """First version: 0.6.0 (all fields)."""
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("dense_tokens", c_double),
+        ("budget_tokens", c_double),
+        ("budget_flops", c_double),
+        ("dense_parameters", c_double),
+        ("active_parameters", c_double),
+        ("law_file", c_char_p),
+        ("dense_law", POINTER(moe_scaling_law)),
+        ("moe_law", POINTER(moe_scaling_law)),
+        ("upcycled_law", POINTER(moe_scaling_law)),
+    ]
+
+
+class moe_plan_result(Structure):
+    """First version: 0.6.0 (all fields)."""
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("best", c_int32),
+        ("bootstrap", c_uint32),
+        ("upcycled_tokens", c_double),
+        ("upcycled_loss", c_double),
+        ("upcycled_loss_low", c_double),
+        ("upcycled_loss_high", c_double),
+        ("scratch_tokens", c_double),
+        ("scratch_loss", c_double),
+        ("scratch_loss_low", c_double),
+        ("scratch_loss_high", c_double),
+        ("scratch_all_tokens", c_double),
+        ("scratch_all_loss", c_double),
+        ("scratch_all_loss_low", c_double),
+        ("scratch_all_loss_high", c_double),
+        ("dense_tokens", c_double),
+        ("dense_loss", c_double),
+        ("dense_loss_low", c_double),
+        ("dense_loss_high", c_double),
+        ("break_even_tokens", c_double),
+        ("break_even_low", c_double),
+        ("break_even_high", c_double),
+        ("d2_exponent", c_double),
     ]
 
 
@@ -536,6 +620,26 @@ _declare("moe_init_params_init", moe_status, POINTER(moe_init_params), c_size_t)
 #                           const moe_init_params *params);
 _declare("moe_init_model", moe_status, POINTER(moe_init_result), c_char_p, c_char_p, POINTER(moe_init_params))
 
+# ---- scaling laws
+
+_DP = POINTER(c_double)
+# moe_status moe_scaling_law_preset(moe_scaling_law *out, const char *name);
+_declare("moe_scaling_law_preset", moe_status, POINTER(moe_scaling_law), c_char_p)
+# moe_status moe_scaling_law_predict(const moe_scaling_law *law, const double *tokens, const double *dense_tokens,
+#                                    const double *parameters, size_t count, double *losses);
+_declare("moe_scaling_law_predict", moe_status, POINTER(moe_scaling_law), _DP, _DP, _DP, c_size_t, _DP)
+# moe_status moe_fit_params_init(moe_fit_params *params, size_t struct_size);
+_declare("moe_fit_params_init", moe_status, POINTER(moe_fit_params), c_size_t)
+# moe_status moe_scaling_fit(moe_scaling_law *law, moe_scaling_law *low, moe_scaling_law *high, const double *tokens,
+#                            const double *dense_tokens, const double *parameters, const double *losses, size_t count,
+#                            const moe_fit_params *params);
+_declare("moe_scaling_fit", moe_status, POINTER(moe_scaling_law), POINTER(moe_scaling_law), POINTER(moe_scaling_law),
+         _DP, _DP, _DP, _DP, c_size_t, POINTER(moe_fit_params))
+# moe_status moe_plan_params_init(moe_plan_params *params, size_t struct_size);
+_declare("moe_plan_params_init", moe_status, POINTER(moe_plan_params), c_size_t)
+# moe_status moe_scaling_plan(moe_plan_result *out, const moe_plan_params *params);
+_declare("moe_scaling_plan", moe_status, POINTER(moe_plan_result), POINTER(moe_plan_params))
+
 # ---- runtime
 
 # moe_status moe_runtime_params_init(moe_runtime_params *params, size_t struct_size);
@@ -726,3 +830,7 @@ _declare("moe_lr_schedule_from_name", moe_status, POINTER(moe_lr_schedule), c_ch
 _declare("moe_nonfinite_name", c_char_p, moe_nonfinite)
 # moe_status moe_nonfinite_from_name(moe_nonfinite *out, const char *name);
 _declare("moe_nonfinite_from_name", moe_status, POINTER(moe_nonfinite), c_char_p)
+# const char *moe_law_form_name(moe_law_form value);
+_declare("moe_law_form_name", c_char_p, moe_law_form)
+# moe_status moe_law_form_from_name(moe_law_form *out, const char *name);
+_declare("moe_law_form_from_name", moe_status, POINTER(moe_law_form), c_char_p)

@@ -207,6 +207,88 @@ pub struct moe_init_result {
     pub seconds: f64,
 }
 
+// ---------------------------------------------------------------- scaling laws
+pub type moe_law_form = c_int;
+pub const MOE_LAW_DATA: moe_law_form = 0;
+pub const MOE_LAW_DATA_PARAMS: moe_law_form = 1;
+pub const MOE_LAW_UPCYCLE: moe_law_form = 2;
+pub const MOE_LAW_UPCYCLE_PARAMS: moe_law_form = 3;
+pub const MOE_PLAN_UPCYCLE: i32 = 0;
+pub const MOE_PLAN_SCRATCH: i32 = 1;
+pub const MOE_PLAN_DENSE: i32 = 2;
+
+/// First version 0.6.0 (all fields).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct moe_scaling_law {
+    pub struct_size: usize,
+    pub form: moe_law_form,
+    pub e: f64,
+    pub a: f64,
+    pub alpha: f64,
+    pub alpha2: f64,
+    pub alpha3: f64,
+    pub b: f64,
+    pub beta: f64,
+}
+
+/// First version 0.6.0 (all fields).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct moe_fit_params {
+    pub struct_size: usize,
+    pub form: moe_law_form,
+    pub huber_delta: f64,
+    pub bootstrap: u32,
+    pub seed: u64,
+    pub max_iterations: u32,
+}
+
+/// First version 0.6.0 (all fields).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct moe_plan_params {
+    pub struct_size: usize,
+    pub dense_tokens: f64,
+    pub budget_tokens: f64,
+    pub budget_flops: f64,
+    pub dense_parameters: f64,
+    pub active_parameters: f64,
+    pub law_file: *const c_char,
+    pub dense_law: *const moe_scaling_law,
+    pub moe_law: *const moe_scaling_law,
+    pub upcycled_law: *const moe_scaling_law,
+}
+
+/// First version 0.6.0 (all fields).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct moe_plan_result {
+    pub struct_size: usize,
+    pub best: i32,
+    pub bootstrap: u32,
+    pub upcycled_tokens: f64,
+    pub upcycled_loss: f64,
+    pub upcycled_loss_low: f64,
+    pub upcycled_loss_high: f64,
+    pub scratch_tokens: f64,
+    pub scratch_loss: f64,
+    pub scratch_loss_low: f64,
+    pub scratch_loss_high: f64,
+    pub scratch_all_tokens: f64,
+    pub scratch_all_loss: f64,
+    pub scratch_all_loss_low: f64,
+    pub scratch_all_loss_high: f64,
+    pub dense_tokens: f64,
+    pub dense_loss: f64,
+    pub dense_loss_low: f64,
+    pub dense_loss_high: f64,
+    pub break_even_tokens: f64,
+    pub break_even_low: f64,
+    pub break_even_high: f64,
+    pub d2_exponent: f64,
+}
+
 // ---------------------------------------------------------------- runtime
 pub type moe_placement = c_int;
 pub const MOE_PLACEMENT_DEFAULT: moe_placement = -1;
@@ -516,6 +598,31 @@ extern "C" {
         params: *const moe_init_params,
     ) -> moe_status;
 
+    // scaling laws
+    pub fn moe_scaling_law_preset(out: *mut moe_scaling_law, name: *const c_char) -> moe_status;
+    pub fn moe_scaling_law_predict(
+        law: *const moe_scaling_law,
+        tokens: *const f64,
+        dense_tokens: *const f64,
+        parameters: *const f64,
+        count: usize,
+        losses: *mut f64,
+    ) -> moe_status;
+    pub fn moe_fit_params_init(params: *mut moe_fit_params, struct_size: usize) -> moe_status;
+    pub fn moe_scaling_fit(
+        law: *mut moe_scaling_law,
+        low: *mut moe_scaling_law,
+        high: *mut moe_scaling_law,
+        tokens: *const f64,
+        dense_tokens: *const f64,
+        parameters: *const f64,
+        losses: *const f64,
+        count: usize,
+        params: *const moe_fit_params,
+    ) -> moe_status;
+    pub fn moe_plan_params_init(params: *mut moe_plan_params, struct_size: usize) -> moe_status;
+    pub fn moe_scaling_plan(out: *mut moe_plan_result, params: *const moe_plan_params) -> moe_status;
+
     // runtime
     pub fn moe_runtime_params_init(params: *mut moe_runtime_params, struct_size: usize) -> moe_status;
     pub fn moe_runtime_create(out: *mut *mut moe_runtime, params: *const moe_runtime_params) -> moe_status;
@@ -729,6 +836,8 @@ extern "C" {
     pub fn moe_lr_schedule_from_name(out: *mut moe_lr_schedule, name: *const c_char) -> moe_status;
     pub fn moe_nonfinite_name(value: moe_nonfinite) -> *const c_char;
     pub fn moe_nonfinite_from_name(out: *mut moe_nonfinite, name: *const c_char) -> moe_status;
+    pub fn moe_law_form_name(value: moe_law_form) -> *const c_char;
+    pub fn moe_law_form_from_name(out: *mut moe_law_form, name: *const c_char) -> moe_status;
 }
 
 #[cfg(test)]

@@ -64,6 +64,19 @@ fn rust_structs() -> Vec<StructLayout> {
             rms_norm_eps, init_std, routing, aux_loss_coef, dtype, seed, force, max_shard_bytes,
         }
         moe_init_result { struct_size, parameters, active_parameters, bytes_written, shards, seconds }
+        moe_scaling_law { struct_size, form, e, a, alpha, alpha2, alpha3, b, beta }
+        moe_fit_params { struct_size, form, huber_delta, bootstrap, seed, max_iterations }
+        moe_plan_params {
+            struct_size, dense_tokens, budget_tokens, budget_flops, dense_parameters, active_parameters,
+            law_file, dense_law, moe_law, upcycled_law,
+        }
+        moe_plan_result {
+            struct_size, best, bootstrap, upcycled_tokens, upcycled_loss, upcycled_loss_low,
+            upcycled_loss_high, scratch_tokens, scratch_loss, scratch_loss_low, scratch_loss_high,
+            scratch_all_tokens, scratch_all_loss, scratch_all_loss_low, scratch_all_loss_high,
+            dense_tokens, dense_loss, dense_loss_low, dense_loss_high, break_even_tokens,
+            break_even_low, break_even_high, d2_exponent,
+        }
         moe_runtime_params { struct_size, threads, pin, placement, topology_synthetic, topology_xml }
         moe_runtime_info {
             struct_size, numa_nodes, cores, pus, workers, is_this_system, workers_pinned,
@@ -140,6 +153,8 @@ fn rust_constants() -> Vec<(&'static str, i64)> {
         MOE_TRAIN_ALL, MOE_TRAIN_MOE, MOE_TRAIN_ROUTERS,
         MOE_LR_COSINE, MOE_LR_CONSTANT,
         MOE_NONFINITE_ERROR, MOE_NONFINITE_SKIP,
+        MOE_LAW_DATA, MOE_LAW_DATA_PARAMS, MOE_LAW_UPCYCLE, MOE_LAW_UPCYCLE_PARAMS,
+        MOE_PLAN_UPCYCLE, MOE_PLAN_SCRATCH, MOE_PLAN_DENSE,
     ]
 }
 
@@ -173,7 +188,9 @@ fn rust_functions() -> Vec<(&'static str, *const ())> {
         moe_placement_name, moe_placement_from_name, moe_text_format_name, moe_text_format_from_name,
         moe_weight_name, moe_weight_from_name, moe_stop_reason_name, moe_stop_reason_from_name,
         moe_train_only_name, moe_train_only_from_name, moe_lr_schedule_name,
-        moe_lr_schedule_from_name, moe_nonfinite_name, moe_nonfinite_from_name,
+        moe_lr_schedule_from_name, moe_nonfinite_name, moe_nonfinite_from_name, moe_law_form_name,
+        moe_law_form_from_name, moe_scaling_law_preset, moe_scaling_law_predict, moe_fit_params_init,
+        moe_scaling_fit, moe_plan_params_init, moe_scaling_plan,
     ]
 }
 
