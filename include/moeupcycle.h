@@ -970,6 +970,8 @@ moe_status moe_layer_get_routing(const moe_layer *layer, float *out, size_t capa
 typedef struct moe_model moe_model;
 
 /** How a model is loaded. First version: 0.1.0 (all fields below). */
+/** How moe_model_load() loads. First version: 0.1.0 (fields up to max_context);
+ *  0.6.0 appended upcycle. */
 typedef struct moe_model_params {
   /** sizeof(moe_model_params); set by moe_model_params_init(). */
   size_t struct_size;
@@ -984,6 +986,15 @@ typedef struct moe_model_params {
    *  window), at most the model's context length; 0 (default) = the model's
    *  context length. */
   uint32_t max_context;
+  /* ---- 0.6.0 ---- */
+  /** Online upcycling: non-NULL = the checkpoint at `path` is a dense model,
+   *  upcycled in memory with these parameters (every field moe_upcycle()
+   *  reads that shapes the model: experts, method, ratio, layers, routing,
+   *  format, dtype, seed, ...; force, max_shard_bytes, threads and progress
+   *  do not apply) and loaded as the MoE model. The model equals upcycling
+   *  to disk with moe_upcycle() and loading that directory, bit for bit;
+   *  nothing is written. Default NULL. */
+  const moe_upcycle_params *upcycle;
 } moe_model_params;
 
 /** Fill `params` with defaults, writing `struct_size` bytes. Returns MOE_OK,
@@ -1534,6 +1545,45 @@ moe_status moe_scaling_fit(moe_scaling_law *law, moe_scaling_law *low, moe_scali
                            const double *tokens, const double *dense_tokens,
                            const double *parameters, const double *losses, size_t count,
                            const moe_fit_params *params);
+
+/** How moe_study_run() runs. First version: 0.6.0 (all fields below). */
+typedef struct moe_study_params {
+  /** sizeof(moe_study_params); set by moe_study_params_init(). */
+  size_t struct_size;
+  /** Worker threads, 0 = one per core. Default 0. */
+  uint32_t threads;
+  /** The model whose tokenizer the study uses, replacing the recipe's
+   *  "tokenizer" (NULL = the recipe's). Default NULL. */
+  const char *tokenizer;
+  /** A text file or a directory of them, replacing the recipe's "data"
+   *  (NULL = the recipe's). Default NULL. */
+  const char *data;
+  /** Called before every training step: done = steps of the current run so
+   *  far, total = its steps, stage = the run's name. Returning non-zero
+   *  stops the study (the run's last checkpoint is kept; running again
+   *  resumes it). Default NULL. */
+  moe_progress_fn progress;
+  void *user_data;
+} moe_study_params;
+
+/** Fill `params` with defaults (see moe_upcycle_params_init). */
+moe_status moe_study_params_init(moe_study_params *params, size_t struct_size);
+
+/**
+ * Run the upcycling study the recipe at `recipe_path` describes
+ * (docs/scaling.md) in the directory `out_dir` (created if missing): pretrain
+ * a dense model from scratch with snapshots at each D1, upcycle each snapshot
+ * in memory with each method and train it for the D2 grid, and the
+ * baselines (the dense model continued; the same MoE from scratch), every
+ * run evaluating the same held-out split. Runs finished in `out_dir` are not
+ * run again and an interrupted run resumes from its last checkpoint, with
+ * the same results. Writes out_dir/report.json, report.md and a law file
+ * per method (laws-METHOD.json).
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT,
+ * MOE_ERR_FORMAT (the recipe), MOE_ERR_NOT_FOUND, MOE_ERR_IO,
+ * MOE_ERR_CANCELLED, and the statuses of loading and training.
+ */
+moe_status moe_study_run(const char *recipe_path, const char *out_dir, const moe_study_params *params);
 
 /** moe_plan_result.best */
 #define MOE_PLAN_UPCYCLE 0

@@ -32,6 +32,7 @@ public func moe_model_load(_ out: UnsafeMutablePointer<OpaquePointer?>!, _ runti
     }
     options.placement = try placementArgument(c.placement, "params->placement")
     options.maxContext = Int(c.max_context)
+    if let u = c.upcycle { options.upcycle = try upcycleOptions(try readParameters(u, "params->upcycle")) }
     out.pointee = retainedHandle(try DecoderModel(path: p, runtime: rt, options: options))
   }
 }

@@ -161,3 +161,28 @@ public func moe_scaling_plan(_ out: UnsafeMutablePointer<moe_plan_result>!, _ pa
     try writeResult(r, to: out, "out")
   }
 }
+
+@c @implementation
+public func moe_study_params_init(_ params: UnsafeMutablePointer<moe_study_params>!, _ struct_size: Int) -> moe_status {
+  initParameters(params, struct_size, "moe_study_params_init")
+}
+
+@c @implementation
+public func moe_study_run(_ recipe_path: UnsafePointer<CChar>!, _ out_dir: UnsafePointer<CChar>!,
+                          _ params: UnsafePointer<moe_study_params>!) -> moe_status {
+  guarded("moe_study_run") {
+    let recipePath = try stringArgument(recipe_path, "recipe_path")
+    let out = try stringArgument(out_dir, "out_dir")
+    let p = try readParameters(params, "params")
+    var recipe = try StudyRecipe(path: recipePath)
+    if let t = p.tokenizer { recipe.tokenizer = try stringArgument(t, "params->tokenizer") }
+    if let d = p.data { recipe.data = [try stringArgument(d, "params->data")] }
+    let runtime = try Runtime(threads: Int(p.threads))
+    var progress: Study.Progress? = nil
+    if let fn = p.progress {
+      let user = p.user_data
+      progress = { run, step, steps in run.withCString { fn(UInt64(step), UInt64(steps), $0, user) == 0 } }
+    }
+    _ = try Study(recipe: recipe, out: out, runtime: runtime, progress: progress).run()
+  }
+}

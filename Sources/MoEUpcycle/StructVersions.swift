@@ -109,13 +109,15 @@ extension moe_layer_stats: VersionedStruct {
 
 extension moe_model_params: ParameterStruct {
   static let cName = "moe_model_params"
-  static var firstVersionSize: Int { ownSize }
+  /// 0.6.0 appended upcycle.
+  static var firstVersionSize: Int { MemoryLayout<Self>.offset(of: \.upcycle)! }
   static var defaults: moe_model_params {
     var p = moe_model_params()
     p.struct_size = ownSize
     p.weight_dtype = MOE_DTYPE_DEFAULT
     p.placement = MOE_PLACEMENT_DEFAULT
     p.max_context = 0
+    p.upcycle = nil
     return p
   }
 }
@@ -292,4 +294,14 @@ extension moe_plan_params: ParameterStruct {
 extension moe_plan_result: VersionedStruct {
   static let cName = "moe_plan_result"
   static var firstVersionSize: Int { ownSize }
+}
+
+extension moe_study_params: ParameterStruct {
+  static let cName = "moe_study_params"
+  static var firstVersionSize: Int { ownSize }
+  static var defaults: moe_study_params {
+    var p = moe_study_params()
+    p.struct_size = ownSize
+    return p
+  }
 }

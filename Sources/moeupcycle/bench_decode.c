@@ -10,7 +10,7 @@
 #include "cli.h"
 
 int cmd_bench_decode(int argc, char **argv) {
-  model_flags f = { 0, MOE_DTYPE_DEFAULT, 0 };
+  model_flags f = { 0, MOE_DTYPE_DEFAULT, 0, NULL };
   const char *path = NULL, *prompt = "The capital of France is";
   uint32_t stream_mib = 1024;
   moe_generate_params gp;

@@ -87,7 +87,7 @@ int cmd_bench_train(int argc, char **argv) {
                      "                               [--precision f32|bf16] [--steps N] [--train-only W] [--json]\n");
                return 0; }
   if (n < 2) return bad_usage("bench train needs DENSE and MOE models", NULL);
-  model_flags mf = { threads, MOE_DTYPE_F32, 0 };
+  model_flags mf = { threads, MOE_DTYPE_F32, 0, NULL };
   moe_runtime_info rinfo;
   memset(&rinfo, 0, sizeof rinfo);
   rinfo.struct_size = sizeof rinfo;

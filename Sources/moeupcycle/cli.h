@@ -140,6 +140,7 @@ int cmd_info(int argc, char **argv);
 int cmd_upcycle(int argc, char **argv);
 int cmd_init(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
+int cmd_study(int argc, char **argv);
 int cmd_bench_upcycle(int argc, char **argv);
 int cmd_topology(int argc, char **argv);
 int cmd_bench_moe(int argc, char **argv);
@@ -181,6 +182,8 @@ typedef struct model_flags {
   uint32_t threads;
   moe_dtype weight_dtype;
   int32_t json;
+  /* Non-NULL: the model is a dense one, upcycled in memory with these. */
+  const moe_upcycle_params *upcycle;
 } model_flags;
 #define MODEL_OPTIONS(f)                                     \
   OPT_U32("--threads", &(f)->threads),                      \

@@ -334,6 +334,7 @@ int open_model(const char *path, const model_flags *f, moe_runtime **rt, moe_mod
   moe_model_params mp;
   moe_model_params_init(&mp, sizeof mp);
   mp.weight_dtype = f->weight_dtype;
+  mp.upcycle = f->upcycle;
   st = moe_model_load(model, *rt, path, &mp);
   if (st != MOE_OK) { fail(st); moe_runtime_free(*rt); *rt = NULL; return 0; }
   return 1;

@@ -23,7 +23,7 @@ static uint64_t *router_counts(moe_model *model, uint32_t layer, size_t *experts
 }
 
 int cmd_eval(int argc, char **argv) {
-  model_flags f = { 0, MOE_DTYPE_DEFAULT, 0 };
+  model_flags f = { 0, MOE_DTYPE_DEFAULT, 0, NULL };
   const char *data = NULL, *path = NULL;
   int32_t ids = 0;
   moe_eval_params ep;

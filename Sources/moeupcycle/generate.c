@@ -38,7 +38,7 @@ static int print_token(int32_t token, const char *text, void *user_data) {
 }
 
 int cmd_generate(int argc, char **argv) {
-  model_flags f = { 0, MOE_DTYPE_DEFAULT, 0 };
+  model_flags f = { 0, MOE_DTYPE_DEFAULT, 0, NULL };
   const char *path = NULL, *prompt = NULL;
   moe_generate_params gp;
   moe_generate_params_init(&gp, sizeof gp);

@@ -21,6 +21,7 @@ static void usage(FILE *f) {
     "                  [--layers L] [--heads N] [--ffn F] [--experts E] ... (init --help)\n"
     "  moeupcycle plan --dense-tokens D1 --budget-tokens T (--params N1 | --model DENSE)\n"
     "                  [--law liew2025|FILE] [--json] (plan --help)\n"
+    "  moeupcycle study RECIPE.json --out DIR [--threads N] (study --help)\n"
     "  moeupcycle bench upcycle IN [options] [--work DIR] [--json]\n"
     "  moeupcycle bench moe [--tokens T --hidden H --ffn F --experts E --top-k K]\n"
     "                       [--threads N] [--backward] [--dtype f32|bf16] [--json] ...\n"
@@ -97,6 +98,7 @@ static const command commands[] = {
   { "upcycle", cmd_upcycle },
   { "init", cmd_init },
   { "plan", cmd_plan },
+  { "study", cmd_study },
   { "bench", cmd_bench },
   { "topology", cmd_topology },
   { "eval", cmd_eval },

@@ -43,6 +43,10 @@ static void train_usage(FILE *out) {
     "  --eval-every N       held-out loss every N steps (default 0: at the end)\n"
     "  --eval-fraction F    share of the data held out (default 0.05)\n"
     "  --save-every N       checkpoint every N steps (default 0: at the end)\n"
+    "  --upcycle \"OPTIONS\"  MODEL is dense: upcycle it in memory with these upcycle\n"
+    "                       options (e.g. \"--experts 8 --top-k 2 --method drop\") and\n"
+    "                       train the MoE; the same model as upcycle + train, no copy\n"
+    "                       written (ignored with --resume: DIR holds the MoE)\n"
     "  --resume             continue from DIR (written by an earlier run)\n"
     "  --force              replace an existing DIR when not resuming\n"
     "  --seed N             order of training windows (default 0)\n"
@@ -131,7 +135,7 @@ static char *read_data(const char *path, size_t *length) {
 }
 
 int cmd_train(int argc, char **argv) {
-  const char *model_path = NULL, *data = NULL, *out = NULL, *log_path = NULL;
+  const char *model_path = NULL, *data = NULL, *out = NULL, *log_path = NULL, *upcycle_spec = NULL;
   uint32_t threads = 0, eval_every = 0, save_every = 0;
   int32_t resume = 0, ids = 0, force = 0;
   moe_trainer_params tp;
@@ -140,6 +144,7 @@ int cmd_train(int argc, char **argv) {
     OPT_STRING("--data", &data),
     OPT_STRING("--out", &out),
     OPT_STRING("--log", &log_path),
+    OPT_STRING("--upcycle", &upcycle_spec),
     OPT_U32("--steps", &tp.steps),
     OPT_U32("--batch", &tp.batch),
     OPT_U32("--seq-len", &tp.seq_len),
@@ -184,7 +189,24 @@ int cmd_train(int argc, char **argv) {
     log_path = default_log;
   }
 
-  model_flags mf = { threads, MOE_DTYPE_F32, 0 };
+  /* --upcycle: the upcycle command's options, split at blanks. */
+  moe_upcycle_params up;
+  moe_upcycle_params_init(&up, sizeof up);
+  char spec[4096];
+  if (upcycle_spec) {
+    if (strlen(upcycle_spec) >= sizeof spec) return bad_usage("--upcycle options are too long", NULL);
+    strcpy(spec, upcycle_spec);
+    char *words[128];
+    int count = 0;
+    for (char *w = strtok(spec, " \t\n"); w; w = strtok(NULL, " \t\n")) {
+      if (count == 128) return bad_usage("--upcycle has too many words", NULL);
+      words[count++] = w;
+    }
+    const cli_option upcycle_options[] = { UPCYCLE_OPTIONS(&up), OPT_END };
+    int extra = 0;
+    if (cli_parse(count, words, upcycle_options, NULL, 0, &extra, NULL)) return 2;
+  }
+  model_flags mf = { threads, MOE_DTYPE_F32, 0, upcycle_spec && !resume ? &up : NULL };
   moe_runtime *rt = NULL;
   moe_model *model = NULL;
   if (!open_model(resume ? out : model_path, &mf, &rt, &model)) return 1;

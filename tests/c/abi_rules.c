@@ -51,6 +51,16 @@ typedef struct train_stats_0_1 {
   double seconds, tokens_per_second, max_expert_load;
 } train_stats_0_1;
 
+/* ---- the 0.1.0 layout of the model parameters, which 0.6.0 appended upcycle to ---- */
+
+typedef struct model_params_0_1 {
+  size_t struct_size;
+  moe_dtype weight_dtype;
+  moe_placement placement;
+  uint32_t max_context;
+} model_params_0_1;
+_Static_assert(offsetof(moe_model_params, upcycle) == sizeof(model_params_0_1), "model params 0.1");
+
 /* ---- the 0.2.0 (and 0.3.0) layout of the struct that 0.5.0 appended a field to ---- */
 
 typedef struct train_stats_0_2 {
@@ -281,7 +291,7 @@ static void below_first_version(void) {
   PARAMS_TOO_SMALL(moe_upcycle_params, sizeof(moe_upcycle_params));
   PARAMS_TOO_SMALL(moe_runtime_params, sizeof(moe_runtime_params));
   PARAMS_TOO_SMALL(moe_layer_config, sizeof(layer_config_0_1));
-  PARAMS_TOO_SMALL(moe_model_params, sizeof(moe_model_params));
+  PARAMS_TOO_SMALL(moe_model_params, sizeof(model_params_0_1));
   PARAMS_TOO_SMALL(moe_eval_params, sizeof(moe_eval_params));
   PARAMS_TOO_SMALL(moe_generate_params, sizeof(moe_generate_params));
   PARAMS_TOO_SMALL(moe_trainer_params, sizeof(trainer_params_0_1));

@@ -372,6 +372,19 @@ def _plan(w, p):
     return C.lib.moe_scaling_plan(result(C.moe_plan_result), p)
 
 
+def _study(w, p):
+    recipe = w.base / "study.json"
+    if not recipe.exists():
+        (w.base / "study.txt").write_text("the cat sat on the mat and the dog ran to the door " * 80)
+        recipe.write_text(json.dumps({
+            "tokenizer": str(w.dense), "data": str(w.base / "study.txt"), "eval_fraction": 0.2, "eval_windows": 2,
+            "dense": {"hidden": 16, "layers": 1, "heads": 2, "ffn": 32}, "moe": {"experts": 2, "top_k": 1},
+            "train": {"batch": 1, "seq_len": 8, "warmup": 0}, "dense_steps": [2], "upcycled_steps": [1, 2],
+            "eval_every": 1, "bootstrap": 0, "methods": [{"name": "copy", "method": "copy"}],
+            "baselines": {"dense_continued": False, "scratch": False}}))
+    return C.lib.moe_study_run(str(recipe).encode(), str(w.base / "study").encode(), p)
+
+
 def _init_model(w, p):
     out = _fresh_dir(w)
     st = C.lib.moe_init_model(None, str(w.dense).encode(), str(out).encode(), p)
@@ -383,6 +396,7 @@ def _init_model(w, p):
 PARAMETER_STRUCTS = {
     "moe_upcycle_params": (C.lib.moe_upcycle_params_init, dict(num_experts=2, top_k=1), _upcycle),
     "moe_fit_params": (C.lib.moe_fit_params_init, dict(max_iterations=50), _fit),
+    "moe_study_params": (C.lib.moe_study_params_init, dict(threads=1), _study),
     "moe_plan_params": (C.lib.moe_plan_params_init, dict(dense_tokens=1e11, budget_tokens=1e10, dense_parameters=1e9),
                         _plan),
     "moe_init_params": (C.lib.moe_init_params_init, dict(hidden_size=16, num_layers=1, num_heads=2), _init_model),

@@ -36,6 +36,13 @@ public final class Checkpoint {
     try self.init(path: g.path, container: .gguf, description: desc, source: source, gguf: g, directory: nil)
   }
 
+  /// A checkpoint built in memory from `origin` (online upcycling): its
+  /// tensors in `source`, the origin's path, container and tokenizer.
+  convenience init(inMemory source: TensorSource, description: ModelDescription, from origin: Checkpoint) throws {
+    try self.init(path: origin.path, container: origin.container, description: description, source: source,
+                  gguf: origin.gguf, directory: origin.directory)
+  }
+
   private init(path: String, container: Container, description: ModelDescription, source: TensorSource,
                gguf: GGUFFile?, directory: String?) throws {
     self.path = path

@@ -17,6 +17,10 @@ public struct ModelLoadOptions: Sendable {
   public var placement: PlacementPolicy? = nil
   /// Longest sequence the KV cache may hold (0 = the model's context length).
   public var maxContext: Int = 0
+  /// When set, the checkpoint (a dense model) is upcycled in memory with
+  /// these options and the MoE model is loaded (online upcycling: the same
+  /// model as upcycling to disk and loading that).
+  public var upcycle: UpcycleOptions? = nil
 
   public init() {}
 }
@@ -176,7 +180,11 @@ public final class DecoderModel: @unchecked Sendable {
   }
 
   public convenience init(path: String, runtime: Runtime, options: ModelLoadOptions = ModelLoadOptions()) throws {
-    try self.init(checkpoint: try Checkpoint(path: path), runtime: runtime, options: options)
+    var checkpoint = try Checkpoint(path: path)
+    if let upcycle = options.upcycle {
+      checkpoint = try Upcycler(checkpoint: checkpoint, options: upcycle).checkpointInMemory()
+    }
+    try self.init(checkpoint: checkpoint, runtime: runtime, options: options)
   }
 
   public var vocabSize: Int { description.vocabSize }

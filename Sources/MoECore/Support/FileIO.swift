@@ -117,6 +117,29 @@ public enum FileSystem {
     }
   }
 
+  /// Creates `path` and any missing parents (an existing directory is fine).
+  public static func makeDirectories(_ path: String) throws {
+    if isDirectory(path) { return }
+    let up = parent(of: path)
+    if up != path && up != "." && up != "/" { try makeDirectories(up) }
+    guard mkdir(path, 0o755) == 0 || (errno == EEXIST && isDirectory(path)) else {
+      throw MoEError.io("cannot create directory '\(path)': \(errnoText())")
+    }
+  }
+
+  /// Writes `text` under a temporary name beside `path`, then renames it into
+  /// place (replacing an existing file): readers see the old or the new file.
+  public static func replaceText(_ text: String, at path: String) throws {
+    let temporary = join(parent(of: path), ".\(baseName(of: path)).tmp-\(getpid())")
+    _ = removeTree(temporary)
+    try writeText(text, to: temporary)
+    guard Glibc.rename(temporary, path) == 0 else {
+      let message = errnoText()
+      _ = removeTree(temporary)
+      throw MoEError.io("cannot rename '\(temporary)' to '\(path)': \(message)")
+    }
+  }
+
   public static func listDirectory(_ path: String) throws -> [String] {
     guard let dir = opendir(path) else { throw MoEError.io("cannot list '\(path)': \(errnoText())") }
     defer { closedir(dir) }

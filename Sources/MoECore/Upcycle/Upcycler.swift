@@ -40,7 +40,7 @@ public final class Upcycler {
   let moeLayers: [Bool]
   let expertSize: Int
   var plan: [PlannedTensor] = []
-  private var cachedLayer: (index: Int, builder: ExpertBuilder)?
+  var cachedLayer: (index: Int, builder: ExpertBuilder)?
 
   public init(checkpoint: Checkpoint, options: UpcycleOptions) throws {
     self.checkpoint = checkpoint
@@ -413,5 +413,58 @@ final class ProductionPipeline: @unchecked Sendable {
     for e in empty { e.signal() }
     t.join()
     thread = nil
+  }
+}
+
+// MARK: - In memory
+
+extension Upcycler {
+  /// The upcycled model as a checkpoint held in memory (online upcycling): the
+  /// tensors `write` would store, encoded in the same dtypes, with the
+  /// description of the config.json it would write, and the dense model's
+  /// path and tokenizer. Loading it gives the same model as writing the
+  /// checkpoint and loading that, bit for bit. Each tensor's bytes are freed
+  /// once the loader has consumed it.
+  public func checkpointInMemory() throws -> Checkpoint {
+    let source = MemoryTensorSource()
+    let maxElements = plan.map { $0.shape.reduce(1, *) }.max() ?? 0
+    let floats = try AlignedBuffer(floats: max(maxElements, 1), what: "an upcycled tensor")
+    for t in plan {
+      let count = t.shape.reduce(1, *)
+      try produce(t, into: floats.pointer)
+      var bytes = [UInt8](repeating: 0, count: t.byteCount)
+      bytes.withUnsafeMutableBytes { encodeFromFloat(t.dtype, src: floats.pointer, count: count, dst: $0.baseAddress!) }
+      source.add(TensorInfo(name: t.name, dtype: t.dtype, shape: t.shape, elementCount: count, byteCount: t.byteCount),
+                 bytes: bytes)
+    }
+    cachedLayer = nil
+    let config = try makeConfig()
+    let description = try HFConfig.describe(config, what: "the upcycled model of '\(checkpoint.path)'")
+    return try Checkpoint(inMemory: source, description: description, from: checkpoint)
+  }
+}
+
+/// Tensors held in memory (encoded as a checkpoint file would hold them).
+final class MemoryTensorSource: TensorSource {
+  private(set) var tensorNames: [String] = []
+  private var entries: [String: (info: TensorInfo, bytes: [UInt8])] = [:]
+
+  func add(_ info: TensorInfo, bytes: [UInt8]) {
+    tensorNames.append(info.name)
+    entries[info.name] = (info, bytes)
+  }
+
+  func info(_ name: String) -> TensorInfo? { entries[name]?.info }
+
+  func readFloat(_ name: String, into dst: UnsafeMutablePointer<Float>) throws {
+    guard let e = entries[name] else { throw MoEError.notFound("tensor '\(name)' is missing from the checkpoint") }
+    guard !e.bytes.isEmpty || e.info.byteCount == 0 else {
+      throw MoEError(.internal, "tensor '\(name)' of the upcycled model was read after it was released")
+    }
+    e.bytes.withUnsafeBytes { decodeToFloat(e.info.dtype, src: $0.baseAddress!, count: e.info.elementCount, dst: dst) }
+  }
+
+  func release(_ name: String) {
+    entries[name]?.bytes = []
   }
 }

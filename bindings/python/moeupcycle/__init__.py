@@ -19,6 +19,7 @@ directory, then the system loader path.
 from __future__ import annotations
 
 import ctypes
+from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 import numpy as np
@@ -26,7 +27,7 @@ import numpy as np
 from . import _capi as C
 
 __all__ = ["MoeError", "Runtime", "MoELayer", "Model", "Trainer", "upcycle", "init_model", "inspect", "scaling_law", "fit_scaling_law",
-           "predict_loss", "plan", "version", "names"]
+           "predict_loss", "plan", "run_study", "version", "names"]
 
 _F32P = ctypes.POINTER(ctypes.c_float)
 _I32P = ctypes.POINTER(ctypes.c_int32)
@@ -98,6 +99,7 @@ _INIT = {
     C.moe_eval_params: C.lib.moe_eval_params_init, C.moe_generate_params: C.lib.moe_generate_params_init,
     C.moe_trainer_params: C.lib.moe_trainer_params_init, C.moe_init_params: C.lib.moe_init_params_init,
     C.moe_fit_params: C.lib.moe_fit_params_init, C.moe_plan_params: C.lib.moe_plan_params_init,
+    C.moe_study_params: C.lib.moe_study_params_init,
 }
 
 
@@ -273,6 +275,17 @@ def plan(dense_law=None, moe_law=None, upcycled_law=None, **options) -> C.moe_pl
     r = _result(C.moe_plan_result)
     _check(C.lib.moe_scaling_plan(r, p))
     return r
+
+
+def run_study(recipe: str, out: str, progress: Optional[Callable[[int, int, str], bool]] = None, **options) -> str:
+    """Run (or resume) the upcycling study of a recipe in `out`; returns report.json's path.
+    Options are the fields of moe_study_params (threads, tokenizer, data)."""
+    p = _params(C.moe_study_params, options, "study")
+    callback = _progress_callback(progress)
+    if callback is not None:
+        p.progress = callback
+    _check(C.lib.moe_study_run(str(recipe).encode(), str(out).encode(), p))
+    return str(Path(out) / "report.json")
 
 
 def inspect(path: str) -> C.moe_checkpoint_info:

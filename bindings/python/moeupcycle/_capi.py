@@ -336,6 +336,18 @@ class moe_plan_result(Structure):
     ]
 
 
+class moe_study_params(Structure):
+    """First version: 0.6.0 (all fields)."""
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("threads", c_uint32),
+        ("tokenizer", c_char_p),
+        ("data", c_char_p),
+        ("progress", moe_progress_fn),
+        ("user_data", c_void_p),
+    ]
+
+
 class moe_upcycle_result(Structure):
     """First version: 0.1.0 (up to peak_rss_bytes); 0.2.0 appended the stale_* fields."""
     _fields_ = [
@@ -425,12 +437,14 @@ class moe_layer_stats(Structure):
 
 
 class moe_model_params(Structure):
-    """First version: 0.1.0 (all fields)."""
+    """First version: 0.1.0 (up to max_context); 0.6.0 appended upcycle."""
     _fields_ = [
         ("struct_size", c_size_t),
         ("weight_dtype", moe_dtype),
         ("placement", moe_placement),
         ("max_context", c_uint32),
+        # 0.6.0
+        ("upcycle", POINTER(moe_upcycle_params)),
     ]
 
 
@@ -635,6 +649,10 @@ _declare("moe_fit_params_init", moe_status, POINTER(moe_fit_params), c_size_t)
 #                            const moe_fit_params *params);
 _declare("moe_scaling_fit", moe_status, POINTER(moe_scaling_law), POINTER(moe_scaling_law), POINTER(moe_scaling_law),
          _DP, _DP, _DP, _DP, c_size_t, POINTER(moe_fit_params))
+# moe_status moe_study_params_init(moe_study_params *params, size_t struct_size);
+_declare("moe_study_params_init", moe_status, POINTER(moe_study_params), c_size_t)
+# moe_status moe_study_run(const char *recipe_path, const char *out_dir, const moe_study_params *params);
+_declare("moe_study_run", moe_status, c_char_p, c_char_p, POINTER(moe_study_params))
 # moe_status moe_plan_params_init(moe_plan_params *params, size_t struct_size);
 _declare("moe_plan_params_init", moe_status, POINTER(moe_plan_params), c_size_t)
 # moe_status moe_scaling_plan(moe_plan_result *out, const moe_plan_params *params);

@@ -247,6 +247,18 @@ pub struct moe_fit_params {
 /// First version 0.6.0 (all fields).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
+pub struct moe_study_params {
+    pub struct_size: usize,
+    pub threads: u32,
+    pub tokenizer: *const c_char,
+    pub data: *const c_char,
+    pub progress: moe_progress_fn,
+    pub user_data: *mut c_void,
+}
+
+/// First version 0.6.0 (all fields).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
 pub struct moe_plan_params {
     pub struct_size: usize,
     pub dense_tokens: f64,
@@ -402,13 +414,16 @@ pub struct moe_model {
     _p: [u8; 0],
 }
 
+/// First version 0.1.0 (up to `max_context`); 0.6.0 appended `upcycle`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct moe_model_params {
     pub struct_size: usize,
     pub weight_dtype: moe_dtype,
     pub placement: moe_placement,
     pub max_context: u32,
+    // 0.6.0
+    pub upcycle: *const moe_upcycle_params,
 }
 
 /// A token id field's value when the tokenizer has no such token.
@@ -619,6 +634,12 @@ extern "C" {
         losses: *const f64,
         count: usize,
         params: *const moe_fit_params,
+    ) -> moe_status;
+    pub fn moe_study_params_init(params: *mut moe_study_params, struct_size: usize) -> moe_status;
+    pub fn moe_study_run(
+        recipe_path: *const c_char,
+        out_dir: *const c_char,
+        params: *const moe_study_params,
     ) -> moe_status;
     pub fn moe_plan_params_init(params: *mut moe_plan_params, struct_size: usize) -> moe_status;
     pub fn moe_scaling_plan(out: *mut moe_plan_result, params: *const moe_plan_params) -> moe_status;
@@ -871,8 +892,10 @@ mod tests {
             assert_eq!(p.struct_size, size_of::<moe_runtime_params>());
             assert!(p.topology_synthetic.is_null());
 
-            let mut m = moe_model_params::default();
-            assert_eq!(moe_model_params_init(&mut m, size_of::<moe_model_params>()), MOE_OK);
+            let mut m = MaybeUninit::<moe_model_params>::zeroed();
+            assert_eq!(moe_model_params_init(m.as_mut_ptr(), size_of::<moe_model_params>()), MOE_OK);
+            let m = m.assume_init();
+            assert!(m.upcycle.is_null());
             assert_eq!(m.struct_size, size_of::<moe_model_params>());
             assert_eq!(m.weight_dtype, MOE_DTYPE_DEFAULT);
             assert_eq!(m.placement, MOE_PLACEMENT_DEFAULT);

@@ -66,6 +66,7 @@ fn rust_structs() -> Vec<StructLayout> {
         moe_init_result { struct_size, parameters, active_parameters, bytes_written, shards, seconds }
         moe_scaling_law { struct_size, form, e, a, alpha, alpha2, alpha3, b, beta }
         moe_fit_params { struct_size, form, huber_delta, bootstrap, seed, max_iterations }
+        moe_study_params { struct_size, threads, tokenizer, data, progress, user_data }
         moe_plan_params {
             struct_size, dense_tokens, budget_tokens, budget_flops, dense_parameters, active_parameters,
             law_file, dense_law, moe_law, upcycled_law,
@@ -91,7 +92,7 @@ fn rust_structs() -> Vec<StructLayout> {
         moe_layer_stats {
             struct_size, tokens, assignments, dropped, aux_loss, z_loss, weight_bytes, bound_bytes,
         }
-        moe_model_params { struct_size, weight_dtype, placement, max_context }
+        moe_model_params { struct_size, weight_dtype, placement, max_context, upcycle }
         moe_model_info {
             struct_size, architecture, num_layers, hidden_size, vocab_size, context_length,
             num_moe_layers, num_experts, top_k, bos_token_id, eos_token_id, weight_dtype,
@@ -190,7 +191,7 @@ fn rust_functions() -> Vec<(&'static str, *const ())> {
         moe_train_only_name, moe_train_only_from_name, moe_lr_schedule_name,
         moe_lr_schedule_from_name, moe_nonfinite_name, moe_nonfinite_from_name, moe_law_form_name,
         moe_law_form_from_name, moe_scaling_law_preset, moe_scaling_law_predict, moe_fit_params_init,
-        moe_scaling_fit, moe_plan_params_init, moe_scaling_plan,
+        moe_scaling_fit, moe_plan_params_init, moe_scaling_plan, moe_study_params_init, moe_study_run,
     ]
 }
 
