@@ -32,6 +32,10 @@ static void print_interval(double lo, double hi) {
   if (!isnan(lo)) printf(" [%.4f, %.4f]", lo, hi);
 }
 
+static void print_token_interval(double lo, double hi) {
+  if (!isnan(lo)) printf(" [%.3g, %.3g]", lo, hi);
+}
+
 static const char *choice_name(int32_t best) {
   return best == MOE_PLAN_UPCYCLE ? "upcycle" : best == MOE_PLAN_SCRATCH ? "scratch" : "dense";
 }
@@ -134,7 +138,7 @@ int cmd_plan(int argc, char **argv) {
     printf("  upcycling stays ahead of the MoE from scratch for every D2 up to 1e18 tokens\n");
   else {
     printf("  upcycling stops beating the MoE from scratch beyond D2 = %.3g tokens", r.break_even_tokens);
-    print_interval(r.break_even_low, r.break_even_high);
+    print_token_interval(r.break_even_low, r.break_even_high);
     printf("\n");
   }
   printf("  exponent of D2 at this D1: %.4f\n", r.d2_exponent);
