@@ -1577,11 +1577,14 @@ moe_status moe_study_params_init(moe_study_params *params, size_t struct_size);
  * baselines (the dense model continued; the same MoE from scratch), every
  * run evaluating the same held-out split. Runs finished in `out_dir` are not
  * run again and an interrupted run resumes from its last checkpoint, with
- * the same results. Writes out_dir/report.json, report.md and a law file
- * per method (laws-METHOD.json).
+ * the same results; out_dir/study.json records the recipe and the data, and
+ * a directory holding another recipe's or other data's runs is refused.
+ * Writes out_dir/report.json, report.md and a law file per method
+ * (laws-METHOD.json).
  * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT,
  * MOE_ERR_FORMAT (the recipe), MOE_ERR_NOT_FOUND, MOE_ERR_IO,
- * MOE_ERR_CANCELLED, and the statuses of loading and training.
+ * MOE_ERR_EXISTS, MOE_ERR_CANCELLED, and the statuses of loading and
+ * training.
  */
 moe_status moe_study_run(const char *recipe_path, const char *out_dir, const moe_study_params *params);
 

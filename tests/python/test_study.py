@@ -187,3 +187,20 @@ def test_study_errors(setup, tmp_path):
     st = C.lib.moe_study_run(str(setup / "recipe.json").encode(), str(tmp_path / "o2").encode(),
                              params(C.moe_study_params, data=str(tmp_path / "missing")))
     expect(st, C.MOE_ERR_NOT_FOUND, "missing")
+
+
+def test_a_directory_holds_one_recipes_runs(setup, report, tmp_path):
+    out, _ = report
+    changed = tmp_path / "recipe.json"
+    changed.write_text(json.dumps({**RECIPE, "tokenizer": str(setup / "tok"), "data": str(setup / "texts"),
+                                   "train": {**RECIPE["train"], "lr": 1e-3}}))
+    before = sorted(p.name for p in (out / "runs").iterdir())
+    st = C.lib.moe_study_run(str(changed).encode(), str(out).encode(), None)
+    expect(st, C.MOE_ERR_EXISTS, "another recipe")
+    assert sorted(p.name for p in (out / "runs").iterdir()) == before
+    # Other data, same recipe: refused too.
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text(text()[:9000])
+    st = C.lib.moe_study_run(str(setup / "recipe.json").encode(), str(out).encode(),
+                             params(C.moe_study_params, data=str(tmp_path / "texts")))
+    expect(st, C.MOE_ERR_EXISTS, "other data")

@@ -46,6 +46,8 @@ public struct StudyRecipe: Sendable {
   public var scratch = true
   /// Bootstrap resamples of the fits.
   public var bootstrap = 50
+  /// The recipe as read (its runs' identity: a study directory holds one recipe's runs).
+  public var source: JSON = .null
 
   public init() {}
 
@@ -84,6 +86,7 @@ public struct StudyRecipe: Sendable {
       }
       return v
     }
+    source = json
     name = json["name"]?.stringValue ?? FileSystem.baseName(of: path)
     seed = UInt64(try int(json, "seed", 0))
     if let t = json["tokenizer"]?.stringValue { tokenizer = resolve(t) }
@@ -231,6 +234,24 @@ public final class Study {
     }
     tokens = tokenizer.encode(text, addSpecial: false, parseSpecial: false)
     guard !tokens.isEmpty else { throw MoEError.invalid("the study's data holds no text") }
+    // The directory's runs belong to one recipe and one data set: the first
+    // run records them, later runs must match (they resume or reuse its runs).
+    var hash: UInt64 = 0xCBF2_9CE4_8422_2325
+    for t in tokens {
+      hash ^= UInt64(UInt32(bitPattern: t))
+      hash &*= 0x0000_0100_0000_01B3
+    }
+    let identity: JSON = .object([("recipe", r.source), ("tokens", .int(tokens.count)), ("data_hash", .unsigned(hash))])
+    let identityFile = FileSystem.join(out, "study.json")
+    if FileSystem.isRegularFile(identityFile) {
+      let stored = try JSONParser.parse(try FileSystem.readAll(identityFile), what: "'\(identityFile)'")
+      guard stored.serialized() == identity.serialized() else {
+        throw MoEError(.exists, "'\(out)' holds the runs of another recipe or other data (see its study.json); use a new output directory")
+      }
+    } else {
+      try FileSystem.makeDirectories(out)
+      try FileSystem.replaceText(identity.serialized(indent: 1) + "\n", at: identityFile)
+    }
     try FileSystem.makeDirectories(runsDirectory)
 
     // The dense model from scratch, with snapshots at every D1.
