@@ -169,6 +169,9 @@ def test_stopped_study_resumes_to_the_same_report(setup, report, tmp_path):
     (dict(methods=[{"name": "a", "method": "copy"}, {"name": "a", "method": "drop"}]), "differ"),
     (dict(train={"warmup": 50}), "warmup"),
     (dict(eval_every=0), "eval_every"),
+    (dict(seed=-1), "seed"),
+    (dict(bootstrap=-2), "bootstrap"),
+    (dict(dense_steps=[1e20]), "positive integers"),
 ])
 def test_bad_recipes_are_refused(setup, tmp_path, change, fragment):
     recipe = tmp_path / "recipe.json"

@@ -88,7 +88,9 @@ public struct StudyRecipe: Sendable {
     }
     source = json
     name = json["name"]?.stringValue ?? FileSystem.baseName(of: path)
-    seed = UInt64(try int(json, "seed", 0))
+    let seedValue = try int(json, "seed", 0)
+    guard seedValue >= 0 else { throw MoEError.format("recipe '\(path)': \"seed\" must not be negative (got \(seedValue))") }
+    seed = UInt64(seedValue)
     if let t = json["tokenizer"]?.stringValue { tokenizer = resolve(t) }
     if let d = json["data"] {
       guard let list = d.arrayValue?.compactMap(\.stringValue) ?? d.stringValue.map({ [$0] }) else {
@@ -127,6 +129,9 @@ public struct StudyRecipe: Sendable {
     evalEvery = try int(json, "eval_every", upcycledSteps[0])
     guard evalEvery >= 1 else { throw MoEError.format("recipe '\(path)': \"eval_every\" must be at least 1") }
     bootstrap = try int(json, "bootstrap", bootstrap)
+    guard (0...100_000).contains(bootstrap) else {
+      throw MoEError.format("recipe '\(path)': \"bootstrap\" must be in 0...100000 (got \(bootstrap))")
+    }
     guard let ms = json["methods"]?.arrayValue, !ms.isEmpty else {
       throw MoEError.format("recipe '\(path)' needs \"methods\": a list of {\"name\", \"method\", ...}")
     }
