@@ -33,15 +33,8 @@ extension DType: NamedCase {
 }
 
 extension UpcycleOptions.Method: NamedCase {
-  public var caseName: String {
-    switch self {
-    case .copy: return "copy"
-    case .drop: return "drop"
-    case .noise: return "noise"
-    case .granular: return "granular"
-    case .partition: return "partition"
-    }
-  }
+  /// The method's name, from its implementation (Upcycle/Methods).
+  public var caseName: String { rule.name }
 }
 
 extension UpcycleOptions.RouterInit: NamedCase {

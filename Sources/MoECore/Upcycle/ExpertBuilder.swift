@@ -42,44 +42,20 @@ public struct ExpertBuilder {
 
   /// Intermediate size of each routed expert for these options (validated).
   public static func expertSize(options o: UpcycleOptions, intermediate I: Int) -> Int {
-    switch o.method {
-    case .granular: return I / max(1, o.granularity == 0 ? 1 : o.granularity)
-    case .partition: return I / max(1, o.granularity == 0 ? o.numExperts : o.granularity)
-    default: return I
-    }
+    o.method.rule.expertSize(o, intermediate: I)
   }
 
   public init(options o: UpcycleOptions, layer: Int, dense: DenseFFN) {
     options = o
     self.layer = layer
     self.dense = dense
-    let I = dense.intermediate
-    let m = ExpertBuilder.expertSize(options: o, intermediate: I)
+    let m = ExpertBuilder.expertSize(options: o, intermediate: dense.intermediate)
     expertSize = m
-    var gateUp: Float = 1
-    var down: Float = 1
-    switch o.method {
-    case .granular:
-      let G = o.granularity == 0 ? 1 : o.granularity
-      neurons = (0..<o.numExperts).map { e in Array(((e % G) * m)..<((e % G + 1) * m)) }
-      let scale = o.renormalizes ? Double(G) : Double(o.numExperts * G) / Double(o.topK)
-      switch o.granularScaling {
-      case .down: down = Float(scale)
-      case .cubeRoot:
-        gateUp = Float(pow(scale, 1.0 / 3.0))
-        down = gateUp
-      case .none: break
-      }
-    case .partition:
-      neurons = ExpertBuilder.partition(options: o, layer: layer, dense: dense, size: m)
-      if o.partitionScale { down = Float(Double(I) / Double(o.topK * m)) }
-    default:
-      neurons = nil
-    }
+    let layout = o.method.rule.layout(o, layer: layer, dense: dense, expertSize: m)
+    neurons = layout.neurons
+    gateUpScale = layout.gateUpScale
     // With a shared expert carrying half of the output, routed experts carry the other half.
-    if o.sharedExpert { down *= 0.5 }
-    gateUpScale = gateUp
-    downScale = down
+    downScale = o.sharedExpert ? layout.downScale * 0.5 : layout.downScale
   }
 
   // MARK: Router
@@ -90,7 +66,7 @@ public struct ExpertBuilder {
     var out = [Float](repeating: 0, count: E * H)
     var rng = Rng(seed: options.seed, stream: [ExpertBuilder.purposeRouter, UInt64(layer)])
     // Granular: one row per virtual group, repeated for the group's G experts.
-    let group = options.method == .granular ? max(1, options.granularity) : 1
+    let group = options.method.rule.routerGroup(options)
     for g in 0..<(E / group) {
       var row = [Float](repeating: 0, count: H)
       switch options.routerInit {
@@ -126,9 +102,7 @@ public struct ExpertBuilder {
         dst.update(from: src.baseAddress!, count: w.count)
       }
     }
-    if options.method == .drop || options.method == .noise {
-      perturb(e, p, dst)
-    }
+    options.method.rule.adjust(self, expert: e, p, dst)
     let scale = p == .down ? downScale : gateUpScale
     if scale != 1 {
       for i in 0..<(m * H) { dst[i] *= scale }
@@ -150,41 +124,12 @@ public struct ExpertBuilder {
     return rng.sample(count, of: I)
   }
 
-  private func perturb(_ e: Int, _ p: Projection, _ dst: UnsafeMutablePointer<Float>) {
-    let H = dense.hidden, I = dense.intermediate
-    let selected = perturbedNeurons(e, p)
-    guard !selected.isEmpty else { return }
-    var rng = Rng(seed: options.seed, stream: [ExpertBuilder.purposeValues, UInt64(layer), UInt64(e), UInt64(p.rawValue)])
-    if options.method == .noise {
-      let std = options.noiseStd
-      if p == .down {
-        for h in 0..<H { for i in selected { dst[h * I + i] += Float(rng.normal() * std) } }
-      } else {
-        for i in selected { for h in 0..<H { dst[i * H + h] += Float(rng.normal() * std) } }
-      }
-      return
-    }
-    // Drop: statistics of the selected slice of the original dense weight.
-    var sum = 0.0, sumSq = 0.0
-    let w = dense.weights(p)
-    w.withUnsafeBufferPointer { src in
-      if p == .down {
-        for h in 0..<H { for i in selected { let v = Double(src[h * I + i]); sum += v; sumSq += v * v } }
-      } else {
-        for i in selected { for h in 0..<H { let v = Double(src[i * H + h]); sum += v; sumSq += v * v } }
-      }
-    }
-    let n = Double(selected.count * H)
-    let mean = sum / n
-    let std = max(0, sumSq / n - mean * mean).squareRoot()
-    if p == .down {
-      for h in 0..<H { for i in selected { dst[h * I + i] = Float(mean + std * rng.normal()) } }
-    } else {
-      for i in selected { for h in 0..<H { dst[i * H + h] = Float(mean + std * rng.normal()) } }
-    }
+  /// The random stream of the values drop and noise draw for expert e, projection p.
+  func valueStream(expert e: Int, _ p: Projection) -> Rng {
+    Rng(seed: options.seed, stream: [ExpertBuilder.purposeValues, UInt64(layer), UInt64(e), UInt64(p.rawValue)])
   }
 
-  // MARK: Partition
+  // MARK: Statistics
 
   /// Per-neuron importance: L2 norm of the neuron's gate row, up row and down column together.
   static func importance(_ d: DenseFFN) -> [Double] {
@@ -199,43 +144,5 @@ public struct ExpertBuilder {
       score[i] = s.squareRoot()
     }
     return score
-  }
-
-  static func partition(options o: UpcycleOptions, layer: Int, dense d: DenseFFN, size m: Int) -> [[Int]] {
-    let E = o.numExperts, I = d.intermediate
-    let scores = o.partitionSelect == .importance ? importance(d) : []
-    if o.partitionDisjoint {
-      var order: [Int]
-      switch o.partitionSelect {
-      case .random:
-        var rng = Rng(seed: o.seed, stream: [purposePartition, UInt64(layer)])
-        order = rng.permutation(I)
-        return (0..<E).map { e in Array(order[(e * m)..<((e + 1) * m)]).sorted() }
-      case .uniform:
-        return (0..<E).map { e in (0..<m).map { e + E * $0 } }
-      case .importance:
-        order = Array(0..<I).sorted { scores[$0] != scores[$1] ? scores[$0] > scores[$1] : $0 < $1 }
-        return (0..<E).map { e in (0..<m).map { order[e + E * $0] }.sorted() }
-      }
-    }
-    return (0..<E).map { e in
-      var rng = Rng(seed: o.seed, stream: [purposePartition, UInt64(layer), UInt64(e)])
-      switch o.partitionSelect {
-      case .random:
-        return rng.sample(m, of: I)
-      case .uniform:
-        return (0..<m).map { j in Int((Double(j) + Double(e) / Double(E)) * Double(I) / Double(m)) }
-      case .importance:
-        // Weighted sampling without replacement (Efraimidis-Spirakis keys).
-        var keys: [(Double, Int)] = []
-        keys.reserveCapacity(I)
-        for i in 0..<I {
-          let w = max(scores[i], 1e-30)
-          keys.append((log(max(rng.uniform(), 1e-300)) / w, i))
-        }
-        keys.sort { $0.0 != $1.0 ? $0.0 > $1.0 : $0.1 < $1.1 }
-        return keys[0..<m].map { $0.1 }.sorted()
-      }
-    }
   }
 }

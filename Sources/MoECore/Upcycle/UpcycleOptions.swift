@@ -38,15 +38,7 @@ public struct UpcycleOptions: Sendable {
   /// Most routed experts per MoE layer.
   public static let maxExperts = 1024
 
-  public var methodName: String {
-    switch method {
-    case .copy: return "copy"
-    case .drop: return "drop"
-    case .noise: return "noise"
-    case .granular: return "granular"
-    case .partition: return "partition"
-    }
-  }
+  public var methodName: String { method.rule.name }
 
   public var routingName: String {
     switch routing {

@@ -57,30 +57,12 @@ public final class Upcycler {
     guard o.topK >= 1 && o.topK <= o.numExperts else {
       throw MoEError.invalid("top-k must be in 1..\(o.numExperts) (the number of experts), got \(o.topK)")
     }
-    if o.method == .drop || o.method == .noise {
-      guard o.ratio > 0 && o.ratio <= 1 else { throw MoEError.invalid("ratio must be in (0, 1] (got \(o.ratio))") }
-    }
     guard o.noiseStd.isFinite && o.noiseStd >= 0 else { throw MoEError.invalid("noise std must be finite and >= 0 (got \(o.noiseStd))") }
     guard o.routerStd.isFinite && o.routerStd >= 0 else { throw MoEError.invalid("router std must be finite and >= 0 (got \(o.routerStd))") }
     guard o.granularity >= 0 && o.granularity <= I else {
       throw MoEError.invalid("granularity must be in 0..\(I) (the FFN size), got \(o.granularity)")
     }
-    switch o.method {
-    case .granular:
-      let G = o.granularity == 0 ? 1 : o.granularity
-      guard I % G == 0 else { throw MoEError.invalid("granularity \(G) does not divide the FFN size \(I)") }
-      guard o.numExperts % G == 0 else { throw MoEError.invalid("granularity \(G) does not divide the number of experts \(o.numExperts)") }
-    case .partition:
-      let G = o.granularity == 0 ? o.numExperts : o.granularity
-      guard I % G == 0 else { throw MoEError.invalid("granularity \(G) does not divide the FFN size \(I) (partition experts have I/G neurons)") }
-      if o.partitionDisjoint && o.numExperts > G {
-        throw MoEError.invalid("disjoint partition needs experts (\(o.numExperts)) <= granularity (\(G)) so that E x I/G <= I")
-      }
-    default:
-      guard o.granularity == 0 || o.granularity == 1 else {
-        throw MoEError.invalid("granularity applies to the granular and partition methods only")
-      }
-    }
+    try o.method.rule.validate(o, intermediate: I)
     let layers = try parseLayerSelection(o.layers, numLayers: d.numLayers)
     switch o.format {
     case .mixtral:
@@ -318,18 +300,7 @@ public final class Upcycler {
       ("shared_expert", .bool(o.sharedExpert)),
       ("moe_layers", .array((0..<d.numLayers).filter { moeLayers[$0] }.map { .int($0) })),
     ]
-    switch o.method {
-    case .drop, .noise:
-      record.append(("ratio", .float(o.ratio)))
-      record.append(("shared_indices", .bool(o.sharedIndices)))
-      if o.method == .noise { record.append(("noise_std", .float(o.noiseStd))) }
-    case .granular:
-      record.append(("granularity", .int(o.granularity == 0 ? 1 : o.granularity)))
-    case .partition:
-      record.append(("granularity", .int(o.granularity == 0 ? o.numExperts : o.granularity)))
-      record.append(("partition_disjoint", .bool(o.partitionDisjoint)))
-    case .copy: break
-    }
+    record += o.method.rule.record(o)
     c.set("moeupcycle", .object(record))
     return c
   }
