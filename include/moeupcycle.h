@@ -410,7 +410,8 @@ typedef struct moe_upcycle_params {
 moe_status moe_upcycle_params_init(moe_upcycle_params *params, size_t struct_size);
 
 /** What moe_upcycle() reports. First version: 0.1.0 (fields up to
- *  peak_rss_bytes); 0.2.0 appended the stale_* fields. */
+ *  peak_rss_bytes); 0.2.0 appended the stale_* fields, 0.6.0 the router_*
+ *  fields. */
 typedef struct moe_upcycle_result {
   /** Set by the caller to sizeof(moe_upcycle_result) before the call. */
   size_t struct_size;
@@ -427,6 +428,14 @@ typedef struct moe_upcycle_result {
    *  bytes. */
   uint64_t stale_bytes_removed;
   uint32_t stale_removed;
+  /* ---- 0.6.0 ---- */
+  /** The largest cosine similarity between the router rows of two experts
+   *  (granular: of two virtual experts) over the MoE layers, and its layer.
+   *  Near 1 the router cannot tell those experts apart at first (two zero
+   *  rows count as 1: --router-init zeros); the CLI warns from 0.99. NaN and
+   *  -1 when not measured (more than 256 router rows). */
+  double router_max_similarity;
+  int32_t router_similar_layer;
 } moe_upcycle_result;
 
 /**

@@ -175,6 +175,8 @@ public func moe_upcycle(_ out: UnsafeMutablePointer<moe_upcycle_result>!,
       r.peak_rss_bytes = report.peakRSS
       r.stale_bytes_removed = report.staleTemporaries.bytes
       r.stale_removed = UInt32(clamping: report.staleTemporaries.count)
+      r.router_max_similarity = report.routerMaxSimilarity
+      r.router_similar_layer = Int32(clamping: report.routerSimilarLayer)
       try writeResult(r, to: out, "out")
     }
   }

@@ -42,6 +42,10 @@ int cmd_upcycle(int argc, char **argv) {
   moe_status st = moe_upcycle(&res, paths[0], paths[1], &p);
   if (st != MOE_OK) return fail(st);
   report_stale(&res, paths[1]);
+  if (res.router_max_similarity >= 0.99)
+    fprintf(stderr, "moeupcycle: warning: the router rows of two experts in layer %d have cosine similarity %.4f: "
+            "the router cannot tell them apart at first (use --router-init normal or uniform with a non-zero "
+            "--router-std)\n", res.router_similar_layer, res.router_max_similarity);
   char written[32], rss[32];
   human_bytes((double)res.bytes_written, written, sizeof written);
   human_bytes((double)res.peak_rss_bytes, rss, sizeof rss);

@@ -120,6 +120,15 @@ _Static_assert(offsetof(moe_train_stats, model_flops) == sizeof(train_stats_0_2)
 _Static_assert(offsetof(moe_train_stats, skipped) == offsetof(train_stats_0_2, skipped), "prefix");
 _Static_assert(offsetof(moe_upcycle_result, stale_bytes_removed) == sizeof(upcycle_result_0_1), "upcycle 0.1");
 
+/* ---- the 0.2.0 layout of the upcycle result, which 0.6.0 appended the router_* fields to ---- */
+
+typedef struct upcycle_result_0_2 {
+  upcycle_result_0_1 first;
+  uint64_t stale_bytes_removed;
+  uint32_t stale_removed;
+} upcycle_result_0_2;
+_Static_assert(offsetof(moe_upcycle_result, router_max_similarity) == sizeof(upcycle_result_0_2), "upcycle 0.2");
+
 /* A struct followed by bytes the library must never touch. */
 #define CANARY 0xA5
 typedef struct guarded_bytes { unsigned char bytes[512]; } guarded_bytes;

@@ -323,3 +323,37 @@ def test_progress_callback_and_cancel(dense, tmp_path):
     assert e.value.code == C.MOE_ERR_CANCELLED
     assert not (tmp_path / "b").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "dense"]
+
+
+def _router_similarity(w, layers, experts, every=1):
+    best, where = -2.0, -1
+    for l in range(layers):
+        r = w[f"model.layers.{l}.block_sparse_moe.gate.weight"][::every]
+        n = np.linalg.norm(r, axis=1)
+        for a in range(len(r)):
+            for b in range(a + 1, len(r)):
+                s = (1.0 if n[a] == n[b] else 0.0) if n[a] == 0 or n[b] == 0 else float(r[a] @ r[b] / (n[a] * n[b]))
+                if s > best:
+                    best, where = s, l
+    return best, where
+
+
+@pytest.mark.parametrize("router_init, granularity, near", [("normal", 0, False), ("zeros", 0, True),
+                                                             ("uniform", 2, False)])
+def test_router_similarity_is_reported_and_warned(dense, tmp_path, router_init, granularity, near):
+    import subprocess
+    from models import CLI
+    dense = dense[0]
+    method = "granular" if granularity else "copy"
+    out = tmp_path / "moe"
+    r = upcycle(dense, out, num_experts=4, top_k=2, method=method, granularity=granularity, router_init=router_init)
+    w = read_safetensors_dir(out)
+    # Granular experts of one virtual expert share their router row by design: only one row per group counts.
+    want, layer = _router_similarity(w, 2, 4, every=max(granularity, 1))
+    assert r.router_max_similarity == pytest.approx(want, abs=1e-6) and r.router_similar_layer == layer
+    assert (r.router_max_similarity >= 0.99) == near
+    p = subprocess.run([str(CLI), "upcycle", dense, tmp_path / "cli", "--experts", "4", "--top-k", "2",
+                        "--method", method, "--granularity", str(granularity), "--router-init", router_init],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert ("cannot tell them apart" in p.stderr) == near

@@ -12,6 +12,12 @@ public struct UpcycleReport: Sendable {
   public var peakRSS: UInt64 = 0
   /// Temporaries of the same output left by killed runs, removed before writing.
   public var staleTemporaries = StaleTemporaries()
+  /// The largest cosine similarity between two router rows of different
+  /// experts (granular: of different virtual experts) over the MoE layers, and
+  /// its layer; 1 when two rows are zero. Near 1, the router cannot tell those
+  /// experts apart. NaN (layer -1) when not measured (more than 256 rows).
+  public var routerMaxSimilarity = Double.nan
+  public var routerSimilarLayer = -1
 }
 
 /// Dense checkpoint -> MoE checkpoint, streamed one layer at a time.
@@ -41,6 +47,37 @@ public final class Upcycler {
   let expertSize: Int
   var plan: [PlannedTensor] = []
   var cachedLayer: (index: Int, builder: ExpertBuilder)?
+  /// The largest router-row similarity seen while producing (UpcycleReport).
+  var routerSimilarity: (value: Double, layer: Int) = (.nan, -1)
+
+  /// The largest cosine similarity between rows 0, every, 2 every, ... of a
+  /// [rows, width] matrix (1 for two zero rows, 0 for a zero and a non-zero
+  /// row); NaN for fewer than two such rows or more than 256.
+  static func maxRowSimilarity(_ m: [Float], rows: Int, width: Int, every: Int) -> Double {
+    let picked = Array(stride(from: 0, to: rows, by: max(1, every)))
+    guard picked.count >= 2, picked.count <= 256 else { return .nan }
+    let norms = picked.map { r -> Double in
+      var s = 0.0
+      for i in 0..<width { let v = Double(m[r * width + i]); s += v * v }
+      return s.squareRoot()
+    }
+    var best = -Double.infinity
+    for a in 0..<picked.count {
+      for b in (a + 1)..<picked.count {
+        let na = norms[a], nb = norms[b]
+        var sim: Double
+        if na == 0 || nb == 0 {
+          sim = na == nb ? 1 : 0
+        } else {
+          var dot = 0.0
+          for i in 0..<width { dot += Double(m[picked[a] * width + i]) * Double(m[picked[b] * width + i]) }
+          sim = dot / (na * nb)
+        }
+        best = max(best, sim)
+      }
+    }
+    return best
+  }
 
   public init(checkpoint: Checkpoint, options: UpcycleOptions) throws {
     self.checkpoint = checkpoint
@@ -194,6 +231,9 @@ public final class Upcycler {
     case let .router(l):
       let r = try builder(layer: l).router()
       r.withUnsafeBufferPointer { dst.update(from: $0.baseAddress!, count: count) }
+      let group = options.method.rule.routerGroup(options)
+      let similarity = Self.maxRowSimilarity(r, rows: options.numExperts, width: t.shape[1], every: group)
+      if similarity.isFinite && !(similarity <= routerSimilarity.value) { routerSimilarity = (similarity, l) }
     case let .expert(l, e, proj):
       try builder(layer: l).expert(e, proj, into: dst)
     case let .shared(l, proj):
@@ -270,6 +310,8 @@ public final class Upcycler {
     try target.commit()
     report.seconds = monotonicSeconds() - start
     report.peakRSS = peakResidentBytes()
+    report.routerMaxSimilarity = routerSimilarity.value
+    report.routerSimilarLayer = routerSimilarity.layer
     return report
   }
 

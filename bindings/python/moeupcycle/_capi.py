@@ -349,7 +349,7 @@ class moe_study_params(Structure):
 
 
 class moe_upcycle_result(Structure):
-    """First version: 0.1.0 (up to peak_rss_bytes); 0.2.0 appended the stale_* fields."""
+    """First version: 0.1.0 (up to peak_rss_bytes); 0.2.0 appended the stale_* fields, 0.6.0 the router_* fields."""
     _fields_ = [
         ("struct_size", c_size_t),
         ("bytes_written", c_uint64),
@@ -361,6 +361,9 @@ class moe_upcycle_result(Structure):
         # 0.2.0
         ("stale_bytes_removed", c_uint64),
         ("stale_removed", c_uint32),
+        # 0.6.0
+        ("router_max_similarity", c_double),
+        ("router_similar_layer", c_int32),
     ]
 
 

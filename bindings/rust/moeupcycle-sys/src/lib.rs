@@ -164,6 +164,9 @@ pub struct moe_upcycle_result {
     pub peak_rss_bytes: u64,
     pub stale_bytes_removed: u64,
     pub stale_removed: u32,
+    // 0.6.0
+    pub router_max_similarity: f64,
+    pub router_similar_layer: i32,
 }
 
 // ---------------------------------------------------------------- models from scratch

@@ -56,7 +56,7 @@ fn rust_structs() -> Vec<StructLayout> {
         }
         moe_upcycle_result {
             struct_size, bytes_written, tensors_written, shards, moe_layers, seconds, peak_rss_bytes,
-            stale_bytes_removed, stale_removed,
+            stale_bytes_removed, stale_removed, router_max_similarity, router_similar_layer,
         }
         moe_init_params {
             struct_size, hidden_size, num_layers, num_heads, num_kv_heads, head_dim, intermediate_size,
