@@ -241,11 +241,7 @@ public final class Study {
     guard !tokens.isEmpty else { throw MoEError.invalid("the study's data holds no text") }
     // The directory's runs belong to one recipe and one data set: the first
     // run records them, later runs must match (they resume or reuse its runs).
-    var hash: UInt64 = 0xCBF2_9CE4_8422_2325
-    for t in tokens {
-      hash ^= UInt64(UInt32(bitPattern: t))
-      hash &*= 0x0000_0100_0000_01B3
-    }
+    let hash = tokens.withUnsafeBytes { fnv1a64($0) }
     let identity: JSON = .object([("recipe", r.source), ("tokens", .int(tokens.count)), ("data_hash", .unsigned(hash))])
     let identityFile = FileSystem.join(out, "study.json")
     if FileSystem.isRegularFile(identityFile) {
@@ -267,17 +263,21 @@ public final class Study {
       _ = try ModelInit.write(to: denseInit, tokenizerSource: r.tokenizer, options: o)
     }
     let maxD1 = r.denseSteps.last!, maxD2 = r.upcycledSteps.last!
-    let dense = try train(name: "dense", steps: maxD1, evalAt: Set(r.denseSteps), snapshots: r.denseSteps) {
+    _ = try train(name: "dense", steps: maxD1, evalAt: Set(r.denseSteps), snapshots: r.denseSteps) {
       try self.load(denseInit)
     }
-    _ = dense
-    // Training FLOPs per token of the dense model and of the MoE.
-    let denseModel = try load(denseInit)
-    let denseFLOPs = denseModel.trainingFLOPsPerToken(seqLen: r.train.seqLen)
-    var first = r.methods[0].options
-    first.method = .copy
-    let moeModel = try load(snapshot(r.denseSteps[0]), upcycle: first)
-    let moeFLOPs = moeModel.trainingFLOPsPerToken(seqLen: r.train.seqLen)
+    // The MoE's shape: the dense model's, every layer MoE with experts of the
+    // dense FFN's size (copy upcycling's experts, and the model from scratch).
+    var moeOptions = r.dense
+    moeOptions.numExperts = r.experts
+    moeOptions.topK = r.topK
+    moeOptions.format = .mixtral
+    moeOptions.force = true
+    // Training FLOPs per token of the dense model and of the MoE, from their shapes.
+    let denseShape = try ModelInit.description(r.dense, vocabulary: vocabulary.description)
+    let moeShape = try ModelInit.description(moeOptions, vocabulary: vocabulary.description)
+    let denseFLOPs = denseShape.trainingFLOPsPerToken(seqLen: r.train.seqLen)
+    let moeFLOPs = moeShape.trainingFLOPsPerToken(seqLen: r.train.seqLen)
     let ratio = moeFLOPs / denseFLOPs
     for d1 in r.denseSteps {
       for m in r.methods {
@@ -294,12 +294,7 @@ public final class Study {
     if r.scratch {
       let scratchInit = FileSystem.join(runsDirectory, "scratch-init")
       if !FileSystem.isDirectory(scratchInit) {
-        var o = r.dense
-        o.numExperts = r.experts
-        o.topK = r.topK
-        o.format = .mixtral
-        o.force = true
-        _ = try ModelInit.write(to: scratchInit, tokenizerSource: r.tokenizer, options: o)
+        _ = try ModelInit.write(to: scratchInit, tokenizerSource: r.tokenizer, options: moeOptions)
       }
       let sums = r.denseSteps.flatMap { d1 in r.upcycledSteps.map { d1 + $0 } }
       _ = try train(name: "scratch", steps: max(maxD2, sums.max()!), evalAt: Set(r.upcycledSteps + sums), snapshots: []) {
@@ -307,8 +302,8 @@ public final class Study {
       }
     }
     return try StudyReport(study: self, denseFLOPsPerToken: denseFLOPs, moeFLOPsPerToken: moeFLOPs,
-                           denseParameters: Double(denseModel.description.parameterCounts().total),
-                           activeParameters: Double(moeModel.description.parameterCounts().active)).write()
+                           denseParameters: Double(denseShape.parameterCounts().total),
+                           activeParameters: Double(moeShape.parameterCounts().active)).write()
   }
 
   func snapshot(_ d1: Int) -> String { FileSystem.join(runDirectory("dense"), "step-\(d1)") }

@@ -137,3 +137,13 @@ final class Ziggurat: Sendable {
     self.f = f
   }
 }
+
+/// The 64-bit FNV-1a hash of `bytes` (stream ids from names, data identities).
+public func fnv1a64<S: Sequence>(_ bytes: S) -> UInt64 where S.Element == UInt8 {
+  var h: UInt64 = 0xCBF2_9CE4_8422_2325
+  for byte in bytes {
+    h ^= UInt64(byte)
+    h &*= 0x0000_0100_0000_01B3
+  }
+  return h
+}

@@ -176,12 +176,7 @@ public enum ModelInit {
 
   /// The random stream of the tensor `name`: the seed and a 64-bit FNV-1a hash of the name.
   static func stream(seed: UInt64, name: String) -> Rng {
-    var h: UInt64 = 0xCBF2_9CE4_8422_2325
-    for byte in name.utf8 {
-      h ^= UInt64(byte)
-      h &*= 0x0000_0100_0000_01B3
-    }
-    return Rng(seed: seed, stream: [0x696E_6974, h])
+    Rng(seed: seed, stream: [0x696E_6974, fnv1a64(name.utf8)])
   }
 
   /// Writes a model of the shape `o` describes, with the tokenizer (and its

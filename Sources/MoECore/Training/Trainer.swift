@@ -141,7 +141,7 @@ public struct StepStats: Sendable {
   /// Bytes of activations and work buffers the step's passes held at most
   /// (the decoder's and the MoE layers'), weights, gradients and optimizer state excluded.
   public var activationBytes = 0
-  /// Model FLOPs of the step: `DecoderModel.trainingFLOPsPerToken(seqLen:)` x tokens.
+  /// Model FLOPs of the step: `ModelDescription.trainingFLOPsPerToken(seqLen:)` x tokens.
   public var modelFLOPs: Double = 0
 }
 

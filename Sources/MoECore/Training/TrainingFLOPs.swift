@@ -1,8 +1,8 @@
 // Model FLOPs of training, counted the way the literature counts them for
 // model FLOPs utilization (MFU): from the model's shapes, not from what the
-// kernels happen to do.
+// kernels happen to do, so a description (without weights) is enough.
 
-extension DecoderModel {
+extension ModelDescription {
   /// Weights one token multiplies in a forward pass: every matrix it goes
   /// through. That is the attention projections (q, k, v, o), per layer either
   /// the dense SwiGLU FFN (gate, up, down) or, in an MoE layer, the router
@@ -14,16 +14,15 @@ extension DecoderModel {
   /// experts per token, and a capacity limit that drops tokens does not lower
   /// the count.
   public var multipliedParametersPerToken: Int {
-    var total = lmHead.rows * lmHead.cols
-    for l in layers {
-      total += l.qkv.rows * l.qkv.cols + l.output.rows * l.output.cols
-      if let up = l.gateUp, let down = l.down {
-        total += up.rows * up.cols + down.rows * down.cols
-      }
-      if let m = l.moe {
-        let c = m.config
-        total += c.experts * c.hidden + c.topK * 3 * c.hidden * c.ffn
-        if c.sharedFFN > 0 { total += 3 * c.hidden * c.sharedFFN + c.hidden }
+    let H = hiddenSize
+    var total = vocabSize * H
+    for l in 0..<numLayers {
+      total += (numHeads + 2 * numKVHeads) * headDim * H + H * numHeads * headDim
+      if let m = moe, m.moeLayers[l] {
+        total += m.numExperts * H + m.topK * 3 * H * m.expertIntermediateSize
+        if m.sharedExpertIntermediateSize > 0 { total += 3 * H * m.sharedExpertIntermediateSize + H }
+      } else {
+        total += 3 * H * intermediateSize
       }
     }
     return total
@@ -44,8 +43,15 @@ extension DecoderModel {
   /// implementation. Frozen weights (train-only runs) still count: the figure
   /// is that of training the whole model.
   public func trainingFLOPsPerToken(seqLen: Int) -> Double {
-    let d = description
-    let attention = 12 * Double(layers.count) * Double(d.numHeads * d.headDim) * Double(max(seqLen, 0))
+    let attention = 12 * Double(numLayers) * Double(numHeads * headDim) * Double(max(seqLen, 0))
     return 6 * Double(multipliedParametersPerToken) + attention
   }
+}
+
+extension DecoderModel {
+  /// The model's `ModelDescription.multipliedParametersPerToken`.
+  public var multipliedParametersPerToken: Int { description.multipliedParametersPerToken }
+
+  /// The model's `ModelDescription.trainingFLOPsPerToken(seqLen:)`.
+  public func trainingFLOPsPerToken(seqLen: Int) -> Double { description.trainingFLOPsPerToken(seqLen: seqLen) }
 }
