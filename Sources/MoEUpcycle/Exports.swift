@@ -97,6 +97,16 @@ public func moe_upcycle_params_init(_ params: UnsafeMutablePointer<moe_upcycle_p
 }
 
 /// Translates and range-checks the C parameters.
+/// params->routing as a routing a checkpoint can hold.
+func checkpointRouting(_ value: moe_routing) throws -> UpcycleOptions.Routing {
+  let mode = try coreEnum(value, RoutingMode.self, "params->routing")
+  guard let routing = UpcycleOptions.Routing(rawValue: mode.rawValue) else {
+    throw MoEError.unsupported("params->routing \(mode.caseName) is for MoE layers only; checkpoints hold "
+                               + "softmax-topk-renorm, softmax-topk or topk-softmax")
+  }
+  return routing
+}
+
 func upcycleOptions(_ p: moe_upcycle_params) throws -> UpcycleOptions {
   var o = UpcycleOptions()
   o.numExperts = Int(p.num_experts)
@@ -117,12 +127,7 @@ func upcycleOptions(_ p: moe_upcycle_params) throws -> UpcycleOptions {
   o.routerInit = try coreEnum(p.router_init, UpcycleOptions.RouterInit.self, "params->router_init")
   o.routerStd = p.router_std
   o.sharedExpert = p.shared_expert != 0
-  let routingMode = try coreEnum(p.routing, RoutingMode.self, "params->routing")
-  guard let routing = UpcycleOptions.Routing(rawValue: routingMode.rawValue) else {
-    throw MoEError.unsupported("params->routing \(routingMode.caseName) is for MoE layers only; checkpoints hold "
-                               + "softmax-topk-renorm, softmax-topk or topk-softmax")
-  }
-  o.routing = routing
+  o.routing = try checkpointRouting(p.routing)
   o.format = try coreEnum(p.format, UpcycleOptions.Format.self, "params->format")
   guard let dtypeName = Names.dtype.text(of: p.dtype.rawValue).map({ String(cString: $0) }) else {
     throw MoEError.invalid("params->dtype has invalid value \(p.dtype.rawValue)")
@@ -207,12 +212,7 @@ func initOptions(_ p: moe_init_params) throws -> ModelInitOptions {
   o.ropeTheta = p.rope_theta
   o.rmsNormEps = p.rms_norm_eps
   o.initStd = p.init_std
-  let routingMode = try coreEnum(p.routing, RoutingMode.self, "params->routing")
-  guard let routing = UpcycleOptions.Routing(rawValue: routingMode.rawValue) else {
-    throw MoEError.unsupported("params->routing \(routingMode.caseName) cannot be written in a checkpoint; use "
-                               + "softmax-topk-renorm, softmax-topk or topk-softmax")
-  }
-  o.routing = routing
+  o.routing = try checkpointRouting(p.routing)
   o.routerAuxLossCoef = p.aux_loss_coef
   switch p.dtype.rawValue {
   case MOE_DTYPE_DEFAULT.rawValue, MOE_DTYPE_F32.rawValue: o.dtype = .f32

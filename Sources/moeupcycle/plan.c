@@ -40,11 +40,11 @@ static const char *choice_name(int32_t best) {
   return best == MOE_PLAN_UPCYCLE ? "upcycle" : best == MOE_PLAN_SCRATCH ? "scratch" : "dense";
 }
 
-/* JSON number: null for NaN, 1e999 is not JSON so infinity is written as null with a flag. */
+/* "key": value (null when not finite: JSON has no NaN or infinity), then ", " unless last. */
 static void plan_number(const char *key, double v, int comma) {
-  if (isfinite(v)) printf("\"%s\": %.17g", key, v);
-  else printf("\"%s\": null", key);
-  if (comma) printf(", ");
+  char text[64];
+  json_number(text, sizeof text, v, "%.17g");
+  printf("\"%s\": %s%s", key, text, comma ? ", " : "");
 }
 
 int cmd_plan(int argc, char **argv) {

@@ -141,11 +141,12 @@ public struct ScalingLaw: Sendable, Equatable {
   /// Table 2 of Liew, Kato and Takase (2025): the joint laws (E shared) for a
   /// dense model, an MoE (8 experts, top-2) trained from scratch (fitted in the
   /// dense seed's size N1) and one upcycled from the dense model.
+  public static let liew2025Dense = ScalingLaw(form: .dataParams, e: 0.165, a: 8.83, alpha: 0.088, b: 12.3, beta: 0.116)
+  public static let liew2025MoE = ScalingLaw(form: .dataParams, e: 0.165, a: 32.0, alpha: 0.161, b: 7.05, beta: 0.080)
+  public static let liew2025Upcycled = ScalingLaw(form: .upcycleParams, e: 0.165, a: 16.3, alpha: 0.043, alpha2: 0.085,
+                                                  alpha3: 7.98e-4, b: 8.53, beta: 0.112)
   public static let presets: [(name: String, law: ScalingLaw)] = [
-    ("liew2025-dense", ScalingLaw(form: .dataParams, e: 0.165, a: 8.83, alpha: 0.088, b: 12.3, beta: 0.116)),
-    ("liew2025-moe", ScalingLaw(form: .dataParams, e: 0.165, a: 32.0, alpha: 0.161, b: 7.05, beta: 0.080)),
-    ("liew2025-upcycled", ScalingLaw(form: .upcycleParams, e: 0.165, a: 16.3, alpha: 0.043, alpha2: 0.085,
-                                     alpha3: 7.98e-4, b: 8.53, beta: 0.112)),
+    ("liew2025-dense", liew2025Dense), ("liew2025-moe", liew2025MoE), ("liew2025-upcycled", liew2025Upcycled),
   ]
 
   public static func preset(named name: String) throws -> ScalingLaw {

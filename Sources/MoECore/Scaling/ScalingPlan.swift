@@ -25,10 +25,8 @@ public struct LawSet: Sendable, Equatable {
   }
 
   /// The published laws of Liew, Kato and Takase (2025), Table 2.
-  public static var liew2025: LawSet {
-    LawSet(dense: try! ScalingLaw.preset(named: "liew2025-dense"), moe: try! ScalingLaw.preset(named: "liew2025-moe"),
-           upcycled: try! ScalingLaw.preset(named: "liew2025-upcycled"))
-  }
+  public static let liew2025 = LawSet(dense: ScalingLaw.liew2025Dense, moe: ScalingLaw.liew2025MoE,
+                                      upcycled: ScalingLaw.liew2025Upcycled)
 
   func validate() throws {
     try dense.validate("the dense law")

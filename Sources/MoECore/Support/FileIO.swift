@@ -133,10 +133,9 @@ public enum FileSystem {
     let temporary = join(parent(of: path), ".\(baseName(of: path)).tmp-\(getpid())")
     _ = removeTree(temporary)
     try writeText(text, to: temporary)
-    guard Glibc.rename(temporary, path) == 0 else {
-      let message = errnoText()
+    do { try rename(temporary, path) } catch {
       _ = removeTree(temporary)
-      throw MoEError.io("cannot rename '\(temporary)' to '\(path)': \(message)")
+      throw error
     }
   }
 
