@@ -116,18 +116,18 @@ extern "C" {
 /* ------------------------------------------------------------------------ */
 
 #define MOE_VERSION_MAJOR 0
-#define MOE_VERSION_MINOR 6
+#define MOE_VERSION_MINOR 7
 #define MOE_VERSION_PATCH 0
 /** MAJOR * 10000 + MINOR * 100 + PATCH. */
 #define MOE_VERSION_NUMBER \
   (MOE_VERSION_MAJOR * 10000 + MOE_VERSION_MINOR * 100 + MOE_VERSION_PATCH)
-#define MOE_VERSION_STRING "0.6.0"
+#define MOE_VERSION_STRING "0.7.0"
 
 /** The library's MOE_VERSION_NUMBER, to compare with the header's at run time.
  *  Before 1.0, a library of another minor version is not compatible. */
 uint32_t moe_version_number(void);
 
-/** The library's version as static text, e.g. "0.6.0". Never NULL. */
+/** The library's version as static text, e.g. "0.7.0". Never NULL. */
 const char *moe_version_string(void);
 
 /* ------------------------------------------------------------------------ */
@@ -278,13 +278,28 @@ typedef enum moe_method {
   MOE_METHOD_PARTITION = 4
 } moe_method;
 
-/** How router weights start. Names: "normal", "uniform", "zeros". */
+/** How router weights start. Names: "normal", "uniform", "zeros",
+ *  "kmeans", "prompts". The data-derived ones (kmeans, prompts) center their
+ *  rows (a vector added to every row changes no routing) and scale them so
+ *  that a token's logits across experts have standard deviation
+ *  router_spread on average over the calibration (or prompt) tokens. */
 typedef enum moe_router_init {
   /** Normal(0, router_std). */
   MOE_ROUTER_INIT_NORMAL = 0,
   /** Uniform with standard deviation router_std (Drop-Upcycling's init). */
   MOE_ROUTER_INIT_UNIFORM = 1,
-  MOE_ROUTER_INIT_ZEROS = 2
+  MOE_ROUTER_INIT_ZEROS = 2,
+  /** Needs calibration statistics. Rows are the centroids of spherical
+   *  k-means on the sampled router inputs (the hidden state after the
+   *  post-attention norm). With MOE_PARTITION_CLUSTER experts, expert e's row
+   *  is instead the covariance of the router input with the share of the
+   *  token's activation mass in e's neurons, so tokens go where their
+   *  neurons fire. Since 0.7.0. */
+  MOE_ROUTER_INIT_KMEANS = 3,
+  /** Rows from router_prompts_path (one line per expert, mergekit-style):
+   *  the mean router input over each line's tokens, minus the mean over the
+   *  same line of router_negative_prompts_path when given. Since 0.7.0. */
+  MOE_ROUTER_INIT_PROMPTS = 4
 } moe_router_init;
 
 /** How tokens choose experts and weigh their outputs. Names:
@@ -313,15 +328,49 @@ typedef enum moe_format {
 } moe_format;
 
 /** How `partition` chooses each expert's neurons.
- *  Names: "random", "uniform", "importance". */
+ *  Names: "random", "uniform", "importance", "activation", "cluster". */
 typedef enum moe_partition_select {
   MOE_PARTITION_RANDOM = 0,
   /** Evenly spaced neurons (disjoint: strided, neuron i to expert i mod E). */
   MOE_PARTITION_UNIFORM = 1,
   /** Sampled in proportion to the neuron's weight norm
    *  (disjoint: neurons ranked by norm and dealt round-robin). */
-  MOE_PARTITION_IMPORTANCE = 2
+  MOE_PARTITION_IMPORTANCE = 2,
+  /** Sampled in proportion to a calibration statistic (`importance`; MoE
+   *  Jetpack's checkpoint recycling); disjoint: ranked and dealt round-robin.
+   *  Needs calibration statistics. Since 0.7.0. */
+  MOE_PARTITION_ACTIVATION = 3,
+  /** Neurons grouped into E experts of I/E by co-activation (balanced
+   *  spherical k-means on their |activation| over the sampled tokens):
+   *  every neuron in exactly one expert; down_proj is scaled by E, so routing
+   *  a token to all experts with equal weights (top_k = E, zero router)
+   *  gives the dense FFN exactly. Needs calibration statistics and
+   *  granularity 0 or E. Since 0.7.0. */
+  MOE_PARTITION_CLUSTER = 4
 } moe_partition_select;
+
+/** The calibration statistic that ranks neurons by importance.
+ *  Names: "l1", "l2", "freq". Since 0.7.0. */
+typedef enum moe_importance {
+  /** Mean |a| over the calibration tokens (a = silu(gate) * up). */
+  MOE_IMPORTANCE_L1 = 0,
+  /** Root of the mean a^2. */
+  MOE_IMPORTANCE_L2 = 1,
+  /** Firing frequency: the fraction of tokens with |a| above the layer's
+   *  fire_quantile quantile of |a| (over the first calibration sequence). */
+  MOE_IMPORTANCE_FREQ = 2
+} moe_importance;
+
+/** Which neurons `drop` re-draws (and `noise` perturbs).
+ *  Names: "random", "least-important". Since 0.7.0. */
+typedef enum moe_drop_select {
+  /** A random `ratio` share per expert (the paper). */
+  MOE_DROP_SELECT_RANDOM = 0,
+  /** The `ratio` share ranked lowest by `importance`: the same neurons in
+   *  every expert, each expert drawing its own values. Needs calibration
+   *  statistics. */
+  MOE_DROP_SELECT_LEAST_IMPORTANT = 1
+} moe_drop_select;
 
 /** How `granular` compensates the output scale.
  *  Names: "down", "cube-root", "none". */
@@ -334,7 +383,8 @@ typedef enum moe_granular_scaling {
   MOE_GRANULAR_SCALE_NONE = 2
 } moe_granular_scaling;
 
-/** What moe_upcycle() builds. First version: 0.2.0 (all fields below). */
+/** What moe_upcycle() builds. First version: 0.2.0 (fields up to
+ *  user_data); 0.7.0 appended the calibration and data-derived router fields. */
 typedef struct moe_upcycle_params {
   /** sizeof(moe_upcycle_params); set by moe_upcycle_params_init(). */
   size_t struct_size;
@@ -360,7 +410,8 @@ typedef struct moe_upcycle_params {
   moe_partition_select partition_select;
   /** partition: non-zero = every neuron in at most one expert (needs E*I/G <= I). */
   int32_t partition_disjoint;
-  /** partition: non-zero = scale down_proj by I / (k * I/G). Default 1. */
+  /** partition: non-zero = scale down_proj by I / (k * I/G) (cluster: by E).
+   *  Default 1. */
   int32_t partition_scale;
   /** Which layers become MoE: NULL or "all", "every:N" (layers i with
    *  (i+1) % N == 0), or a list "0,2,5-7". Default NULL (all). An empty
@@ -402,6 +453,64 @@ typedef struct moe_upcycle_params {
    *  non-zero cancels: nothing is left behind. */
   moe_progress_fn progress;
   void *user_data;
+  /* ---- 0.7.0 ---- */
+  /** Calibration data the dense model runs over before upcycling (NULL =
+   *  none): text, tokenized with the model's tokenizer, or token ids with
+   *  calibration_ids. Per FFN layer and intermediate neuron it collects mean
+   *  |a|, mean a^2 and firing frequency, and the activations and router
+   *  inputs of calibration_samples evenly spaced tokens; memory holds those,
+   *  not the data. Needs at least 64 tokens. Used by MOE_PARTITION_ACTIVATION,
+   *  MOE_PARTITION_CLUSTER, MOE_DROP_SELECT_LEAST_IMPORTANT,
+   *  MOE_ROUTER_INIT_KMEANS and shared_from_frequent (an error when nothing
+   *  uses it and save_stats_path is NULL). The output config records the
+   *  token count and an FNV-1a hash of the token ids. */
+  const char *calibration_path;
+  /** Non-zero: calibration_path holds whitespace-separated token ids. */
+  int32_t calibration_ids;
+  /** Tokens used from the start of the calibration data, >= 64.
+   *  Default 16384. */
+  uint64_t calibration_tokens;
+  /** Tokens whose activations and router inputs are kept, 1..65536.
+   *  Default 256. */
+  uint32_t calibration_samples;
+  /** Quantile of |a| over a layer's neurons that counts as firing, in
+   *  (0, 1). Default 0.9. */
+  double fire_quantile;
+  /** Statistics saved by an earlier run (save_stats_path) to use instead of
+   *  calibration data; refused when they were collected on another model.
+   *  NULL = none. */
+  const char *stats_path;
+  /** Where to save the collected statistics (safetensors; written under a
+   *  temporary name and renamed; an existing file needs `force`). NULL = not
+   *  saved. */
+  const char *save_stats_path;
+  /** Statistic of MOE_PARTITION_ACTIVATION and
+   *  MOE_DROP_SELECT_LEAST_IMPORTANT. Default MOE_IMPORTANCE_L2. */
+  moe_importance importance;
+  /** partition, qwen2-moe format: the F most frequently firing neurons form
+   *  the shared expert (its down_proj x2 against the zero gate's 1/2) and the
+   *  routed experts are built from the other I - F. 0 = off (a shared expert
+   *  copies the whole FFN). Needs calibration statistics. Default 0. */
+  uint32_t shared_from_frequent;
+  /** Default MOE_DROP_SELECT_RANDOM. */
+  moe_drop_select drop_select;
+  /** MOE_ROUTER_INIT_PROMPTS: a text file with one non-empty line of
+   *  prompts per expert (per virtual expert for granular). */
+  const char *router_prompts_path;
+  /** MOE_ROUTER_INIT_PROMPTS: optional negative prompts, one line per
+   *  expert. NULL = none. */
+  const char *router_negative_prompts_path;
+  /** Data-derived routers: the standard deviation of a token's logits across
+   *  experts, averaged over the calibration (or prompt) tokens. > 0.
+   *  Default 1. */
+  double router_spread;
+  /** partition: non-zero = fit down_proj's scale to the calibration tokens
+   *  instead of partition_scale's formula: each neuron's column divided by
+   *  the number of experts holding it, times the factor that minimizes the
+   *  expected squared error between the MoE layer's output (under uniform
+   *  random routing) and the dense FFN's on the sampled tokens. Needs
+   *  calibration statistics. Default 0. */
+  int32_t calibrated_scale;
 } moe_upcycle_params;
 
 /** Fill `params` with defaults, writing `struct_size` bytes (pass
@@ -1708,6 +1817,10 @@ const char *moe_partition_select_name(moe_partition_select value);
 moe_status moe_partition_select_from_name(moe_partition_select *out, const char *name);
 const char *moe_granular_scaling_name(moe_granular_scaling value);
 moe_status moe_granular_scaling_from_name(moe_granular_scaling *out, const char *name);
+const char *moe_importance_name(moe_importance value);
+moe_status moe_importance_from_name(moe_importance *out, const char *name);
+const char *moe_drop_select_name(moe_drop_select value);
+moe_status moe_drop_select_from_name(moe_drop_select *out, const char *name);
 const char *moe_placement_name(moe_placement value);
 moe_status moe_placement_from_name(moe_placement *out, const char *name);
 const char *moe_text_format_name(moe_text_format value);

@@ -142,6 +142,34 @@ func upcycleOptions(_ p: moe_upcycle_params) throws -> UpcycleOptions {
   o.maxShardBytes = p.max_shard_bytes
   o.threads = Int(p.threads)
   o.routerAuxLossCoef = p.aux_loss_coef
+  func path(_ value: UnsafePointer<CChar>?, _ name: String) throws -> String? {
+    guard let value else { return nil }
+    guard let s = String(validatingCString: value), !s.isEmpty else {
+      throw MoEError.invalid("params->\(name) is empty or not valid UTF-8")
+    }
+    return s
+  }
+  if let calibration = try path(p.calibration_path, "calibration_path") {
+    var c = CalibrationOptions(path: calibration)
+    c.ids = p.calibration_ids != 0
+    guard p.calibration_tokens <= UInt64(Int32.max) else {
+      throw MoEError.invalid("params->calibration_tokens is \(p.calibration_tokens); at most \(Int32.max)")
+    }
+    c.maxTokens = Int(p.calibration_tokens)
+    c.sampleRows = Int(p.calibration_samples)
+    c.fireQuantile = p.fire_quantile
+    guard c.fireQuantile.isFinite else { throw MoEError.invalid("params->fire_quantile is not finite") }
+    o.calibration = c
+  }
+  o.statisticsPath = try path(p.stats_path, "stats_path")
+  o.saveStatisticsPath = try path(p.save_stats_path, "save_stats_path")
+  o.importance = try coreEnum(p.importance, UpcycleOptions.Importance.self, "params->importance")
+  o.sharedFromFrequent = Int(p.shared_from_frequent)
+  o.dropSelect = try coreEnum(p.drop_select, UpcycleOptions.DropSelect.self, "params->drop_select")
+  o.routerPromptsPath = try path(p.router_prompts_path, "router_prompts_path")
+  o.routerNegativePromptsPath = try path(p.router_negative_prompts_path, "router_negative_prompts_path")
+  o.routerSpread = p.router_spread
+  o.calibratedScale = p.calibrated_scale != 0
   guard o.ratio.isFinite else { throw MoEError.invalid("params->ratio is not finite") }
   guard o.routerAuxLossCoef.isFinite && o.routerAuxLossCoef >= 0 else {
     throw MoEError.invalid("params->aux_loss_coef must be finite and >= 0")

@@ -47,6 +47,8 @@ enum Names {
   static let format = NameTable("format", UpcycleOptions.Format.self)
   static let partitionSelect = NameTable("partition selection", UpcycleOptions.PartitionSelect.self)
   static let granularScaling = NameTable("granular scaling", UpcycleOptions.GranularScaling.self)
+  static let importance = NameTable("importance", UpcycleOptions.Importance.self)
+  static let dropSelect = NameTable("drop selection", UpcycleOptions.DropSelect.self)
   static let placement = NameTable("placement", PlacementPolicy.self,
                                    extra: [(MOE_PLACEMENT_DEFAULT.rawValue, "default")])
   static let textFormat = NameTable("text format", [(Int32(MOE_TEXT_PLAIN.rawValue), "plain"),
@@ -106,6 +108,14 @@ where T.RawValue: FixedWidthInteger {
 @c @implementation public func moe_granular_scaling_name(_ value: moe_granular_scaling) -> UnsafePointer<CChar>! { nameText(Names.granularScaling, value) }
 @c @implementation public func moe_granular_scaling_from_name(_ out: UnsafeMutablePointer<moe_granular_scaling>!, _ name: UnsafePointer<CChar>!) -> moe_status {
   lookup(Names.granularScaling, out, name, "moe_granular_scaling_from_name")
+}
+@c @implementation public func moe_importance_name(_ value: moe_importance) -> UnsafePointer<CChar>! { nameText(Names.importance, value) }
+@c @implementation public func moe_importance_from_name(_ out: UnsafeMutablePointer<moe_importance>!, _ name: UnsafePointer<CChar>!) -> moe_status {
+  lookup(Names.importance, out, name, "moe_importance_from_name")
+}
+@c @implementation public func moe_drop_select_name(_ value: moe_drop_select) -> UnsafePointer<CChar>! { nameText(Names.dropSelect, value) }
+@c @implementation public func moe_drop_select_from_name(_ out: UnsafeMutablePointer<moe_drop_select>!, _ name: UnsafePointer<CChar>!) -> moe_status {
+  lookup(Names.dropSelect, out, name, "moe_drop_select_from_name")
 }
 @c @implementation public func moe_placement_name(_ value: moe_placement) -> UnsafePointer<CChar>! { nameText(Names.placement, value) }
 @c @implementation public func moe_placement_from_name(_ out: UnsafeMutablePointer<moe_placement>!, _ name: UnsafePointer<CChar>!) -> moe_status {

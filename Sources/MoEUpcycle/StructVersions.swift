@@ -18,7 +18,8 @@ extension moe_checkpoint_info: VersionedStruct {
 
 extension moe_upcycle_params: ParameterStruct {
   static let cName = "moe_upcycle_params"
-  static var firstVersionSize: Int { ownSize }
+  /// 0.7.0 appended the calibration and data-derived router fields.
+  static var firstVersionSize: Int { MemoryLayout<Self>.offset(of: \.calibration_path)! }
   static var defaults: moe_upcycle_params {
     let d = UpcycleOptions()
     var p = moe_upcycle_params()
@@ -48,6 +49,21 @@ extension moe_upcycle_params: ParameterStruct {
     p.aux_loss_coef = d.routerAuxLossCoef
     p.progress = nil
     p.user_data = nil
+    let c = CalibrationOptions(path: "")
+    p.calibration_path = nil
+    p.calibration_ids = 0
+    p.calibration_tokens = UInt64(c.maxTokens)
+    p.calibration_samples = UInt32(c.sampleRows)
+    p.fire_quantile = c.fireQuantile
+    p.stats_path = nil
+    p.save_stats_path = nil
+    p.importance = moe_importance(rawValue: UInt32(d.importance.rawValue))
+    p.shared_from_frequent = UInt32(d.sharedFromFrequent)
+    p.drop_select = moe_drop_select(rawValue: UInt32(d.dropSelect.rawValue))
+    p.router_prompts_path = nil
+    p.router_negative_prompts_path = nil
+    p.router_spread = d.routerSpread
+    p.calibrated_scale = d.calibratedScale ? 1 : 0
     return p
   }
 }

@@ -109,6 +109,8 @@ moe_status cli_parse_routing(void *out, const char *name);
 moe_status cli_parse_format(void *out, const char *name);
 moe_status cli_parse_partition_select(void *out, const char *name);
 moe_status cli_parse_granular_scaling(void *out, const char *name);
+moe_status cli_parse_importance(void *out, const char *name);
+moe_status cli_parse_drop_select(void *out, const char *name);
 moe_status cli_parse_placement(void *out, const char *name);
 moe_status cli_parse_train_only(void *out, const char *name);
 moe_status cli_parse_lr_schedule(void *out, const char *name);
@@ -120,6 +122,8 @@ const char *cli_name_routing(int32_t v);
 const char *cli_name_format(int32_t v);
 const char *cli_name_partition_select(int32_t v);
 const char *cli_name_granular_scaling(int32_t v);
+const char *cli_name_importance(int32_t v);
+const char *cli_name_drop_select(int32_t v);
 const char *cli_name_placement(int32_t v);
 const char *cli_name_train_only(int32_t v);
 const char *cli_name_lr_schedule(int32_t v);
@@ -175,7 +179,23 @@ int cmd_bench_train(int argc, char **argv);
   OPT_U64("--max-shard-size", &(p)->max_shard_bytes),                             \
   OPT_U32("--threads", &(p)->threads),                                            \
   OPT_U64("--seed", &(p)->seed),                                                  \
-  OPT_FLAG("--force", &(p)->force)
+  OPT_FLAG("--force", &(p)->force),                                               \
+  OPT_STRING("--calibration", &(p)->calibration_path),                            \
+  OPT_FLAG("--ids", &(p)->calibration_ids),                                       \
+  OPT_U64("--calibration-tokens", &(p)->calibration_tokens),                      \
+  OPT_U32("--calibration-samples", &(p)->calibration_samples),                    \
+  OPT_DOUBLE("--fire-quantile", &(p)->fire_quantile),                             \
+  OPT_STRING("--stats", &(p)->stats_path),                                        \
+  OPT_STRING("--save-stats", &(p)->save_stats_path),                              \
+  OPT_ENUM("--importance", &(p)->importance, importance),                         \
+  OPT_U32("--shared-from-frequent", &(p)->shared_from_frequent),                  \
+  OPT_ENUM("--drop-select", &(p)->drop_select, drop_select),                      \
+  OPT_STRING("--router-prompts", &(p)->router_prompts_path),                      \
+  OPT_STRING("--router-negative-prompts", &(p)->router_negative_prompts_path),    \
+  OPT_DOUBLE("--router-spread", &(p)->router_spread),                             \
+  OPT_FLAG("--calibrated-scale", &(p)->calibrated_scale)
+/* After parsing UPCYCLE_OPTIONS: --router-prompts with the default router init means prompts. */
+void upcycle_options_finish(moe_upcycle_params *p);
 
 /* A runtime and a model: the options of eval, generate and bench decode. */
 typedef struct model_flags {

@@ -67,6 +67,20 @@ static void usage(FILE *f) {
   fprintf(f, "  --threads N            1 = no background thread (default 0: build and write overlap)\n");
   fprintf(f, "  --seed N               same seed = byte-identical output (default 0)\n");
   fprintf(f, "  --force                replace an existing output directory\n");
+  fprintf(f, "calibration (data-aware upcycling):\n");
+  fprintf(f, "  --calibration FILE     run the dense model over FILE (text; token ids with --ids)\n");
+  fprintf(f, "  --calibration-tokens N tokens used from the start of FILE (default 16384)\n");
+  fprintf(f, "  --calibration-samples S tokens whose activations are kept for clustering (default 256)\n");
+  fprintf(f, "  --fire-quantile Q      |a| quantile per layer that counts as firing (default 0.9)\n");
+  fprintf(f, "  --stats FILE           statistics saved by --save-stats instead of --calibration\n");
+  fprintf(f, "  --save-stats FILE      save the collected statistics (safetensors)\n");
+  fprintf(f, "  --importance S         %s: statistic of activation selection (default l2)\n", enum_names(cli_name_importance));
+  fprintf(f, "  --shared-from-frequent F partition, qwen2-moe: the F most frequent neurons form the shared expert\n");
+  fprintf(f, "  --drop-select S        %s (default random)\n", enum_names(cli_name_drop_select));
+  fprintf(f, "  --router-prompts FILE  one line of prompts per expert (router init prompts)\n");
+  fprintf(f, "  --router-negative-prompts FILE  one line per expert, subtracted\n");
+  fprintf(f, "  --router-spread S      data-derived routers: std of a token's logits (default 1)\n");
+  fprintf(f, "  --calibrated-scale     partition: fit down_proj's scale to the dense outputs on the data\n");
   fprintf(f,
     "\n"
     "MODEL: an HF directory (dense, or an upcycled Mixtral / Qwen2-MoE) or a .gguf file.\n"

@@ -205,6 +205,7 @@ int cmd_train(int argc, char **argv) {
     const cli_option upcycle_options[] = { UPCYCLE_OPTIONS(&up), OPT_END };
     int extra = 0;
     if (cli_parse(count, words, upcycle_options, NULL, 0, &extra, NULL)) return 2;
+    upcycle_options_finish(&up);
   }
   model_flags mf = { threads, MOE_DTYPE_F32, 0, upcycle_spec && !resume ? &up : NULL };
   moe_runtime *rt = NULL;

@@ -23,6 +23,10 @@ static void report_stale(const moe_upcycle_result *res, const char *out) {
           res->stale_removed, res->stale_removed == 1 ? "y" : "ies", out, bytes);
 }
 
+void upcycle_options_finish(moe_upcycle_params *p) {
+  if (p->router_prompts_path && p->router_init == MOE_ROUTER_INIT_NORMAL) p->router_init = MOE_ROUTER_INIT_PROMPTS;
+}
+
 int cmd_upcycle(int argc, char **argv) {
   moe_upcycle_params p;
   moe_upcycle_params_init(&p, sizeof p);
@@ -32,6 +36,7 @@ int cmd_upcycle(int argc, char **argv) {
   if (cli_parse(argc, argv, options, paths, 2, &n, &help)) return 2;
   if (help) { printf("usage: moeupcycle upcycle IN OUT [options]; 'moeupcycle help' lists them\n"); return 0; }
   if (n < 2) return bad_usage("upcycle needs IN and OUT", NULL);
+  upcycle_options_finish(&p);
   cli_handle_signals();
   struct progress_state ps = { now_seconds(), -1, isatty(STDERR_FILENO) };
   p.progress = progress_bar;
@@ -45,7 +50,8 @@ int cmd_upcycle(int argc, char **argv) {
   if (res.router_max_similarity >= 0.99)
     fprintf(stderr, "moeupcycle: warning: the router rows of two experts in layer %d have cosine similarity %.4f: "
             "the router cannot tell them apart at first (use --router-init normal or uniform with a non-zero "
-            "--router-std)\n", res.router_similar_layer, res.router_max_similarity);
+            "--router-std; a data-derived router needs data or prompts that separate the experts)\n",
+            res.router_similar_layer, res.router_max_similarity);
   char written[32], rss[32];
   human_bytes((double)res.bytes_written, written, sizeof written);
   human_bytes((double)res.peak_rss_bytes, rss, sizeof rss);

@@ -52,9 +52,9 @@ import Testing
 
   // MARK: copy
 
-  @Test func copyExpertsEqualDense() {
+  @Test func copyExpertsEqualDense() throws {
     let d = Self.dense()
-    let b = ExpertBuilder(options: Self.options(.copy), layer: 0, dense: d)
+    let b = try ExpertBuilder(options: Self.options(.copy), layer: 0, dense: d)
     #expect(b.expertSize == Self.I)
     #expect(b.shape(.gate) == [Self.I, Self.H])
     #expect(b.shape(.up) == [Self.I, Self.H])
@@ -68,9 +68,9 @@ import Testing
 
   // MARK: router
 
-  @Test func routerInitializations() {
+  @Test func routerInitializations() throws {
     let d = Self.dense(I: 16, H: 64)
-    let normal = ExpertBuilder(options: Self.options(.copy, experts: 8) { $0.routerStd = 0.5 }, layer: 3, dense: d).router()
+    let normal = try ExpertBuilder(options: Self.options(.copy, experts: 8) { $0.routerStd = 0.5 }, layer: 3, dense: d).router()
     #expect(normal.count == 8 * 64)
     let mean = normal.reduce(0, +) / Float(normal.count)
     let std = (normal.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Float(normal.count)).squareRoot()
@@ -79,10 +79,10 @@ import Testing
     // Rows differ from each other (no accidental repetition outside granular).
     for e in 1..<8 { #expect(Array(normal[0..<64]) != Array(normal[(e * 64)..<((e + 1) * 64)])) }
 
-    let zeros = ExpertBuilder(options: Self.options(.copy, experts: 8) { $0.routerInit = .zeros }, layer: 3, dense: d).router()
+    let zeros = try ExpertBuilder(options: Self.options(.copy, experts: 8) { $0.routerInit = .zeros }, layer: 3, dense: d).router()
     #expect(zeros == [Float](repeating: 0, count: 8 * 64))
 
-    let uni = ExpertBuilder(options: Self.options(.copy, experts: 8) { $0.routerInit = .uniform; $0.routerStd = 0.5 }, layer: 3, dense: d).router()
+    let uni = try ExpertBuilder(options: Self.options(.copy, experts: 8) { $0.routerInit = .uniform; $0.routerStd = 0.5 }, layer: 3, dense: d).router()
     let half = Float(0.5 * 3.0.squareRoot())
     #expect(uni.allSatisfy { $0 >= -half && $0 <= half })
     let uMean = uni.reduce(0, +) / Float(uni.count)
@@ -90,20 +90,20 @@ import Testing
     #expect(abs(uStd - 0.5) < 0.06, "uniform router std \(uStd)")
 
     // Deterministic per (seed, layer); another layer or seed gives another router.
-    let again = ExpertBuilder(options: Self.options(.copy, experts: 8) { $0.routerStd = 0.5 }, layer: 3, dense: d).router()
+    let again = try ExpertBuilder(options: Self.options(.copy, experts: 8) { $0.routerStd = 0.5 }, layer: 3, dense: d).router()
     #expect(again == normal)
-    let otherLayer = ExpertBuilder(options: Self.options(.copy, experts: 8) { $0.routerStd = 0.5 }, layer: 4, dense: d).router()
+    let otherLayer = try ExpertBuilder(options: Self.options(.copy, experts: 8) { $0.routerStd = 0.5 }, layer: 4, dense: d).router()
     #expect(otherLayer != normal)
-    let otherSeed = ExpertBuilder(options: Self.options(.copy, experts: 8, seed: 8) { $0.routerStd = 0.5 }, layer: 3, dense: d).router()
+    let otherSeed = try ExpertBuilder(options: Self.options(.copy, experts: 8, seed: 8) { $0.routerStd = 0.5 }, layer: 3, dense: d).router()
     #expect(otherSeed != normal)
   }
 
   // MARK: drop
 
-  @Test func dropRedrawsExactlyTheSelectedNeurons() {
+  @Test func dropRedrawsExactlyTheSelectedNeurons() throws {
     let d = Self.dense()
     let I = Self.I, H = Self.H
-    let b = ExpertBuilder(options: Self.options(.drop) { $0.ratio = 0.5 }, layer: 2, dense: d)
+    let b = try ExpertBuilder(options: Self.options(.drop) { $0.ratio = 0.5 }, layer: 2, dense: d)
     #expect(b.expertSize == I)
     for e in 0..<4 {
       for p in Projection.allCases {
@@ -128,17 +128,17 @@ import Testing
   }
 
   @Test(arguments: [(0.25, 4), (0.5, 8), (1.0, 16), (0.03, 0), (0.04, 1), (0.97, 16)])
-  func dropCountFollowsRatio(_ ratio: Double, _ count: Int) {
-    let b = ExpertBuilder(options: Self.options(.drop) { $0.ratio = ratio }, layer: 0, dense: Self.dense())
+  func dropCountFollowsRatio(_ ratio: Double, _ count: Int) throws {
+    let b = try ExpertBuilder(options: Self.options(.drop) { $0.ratio = ratio }, layer: 0, dense: Self.dense())
     #expect(b.perturbedNeurons(1, .up).count == count)
   }
 
-  @Test func dropDrawsFromTheSelectedSliceStatistics() {
+  @Test func dropDrawsFromTheSelectedSliceStatistics() throws {
     // Large enough to check the moments of the redrawn values: mean and std of the selected slice.
     let I = 64, H = 64
     var d = Self.dense(I: I, H: H)
     d.gate = d.gate.map { $0 * 3 + 0.5 }  // mean ~0.53, std ~0.3
-    let b = ExpertBuilder(options: Self.options(.drop) { $0.ratio = 0.5 }, layer: 0, dense: d)
+    let b = try ExpertBuilder(options: Self.options(.drop) { $0.ratio = 0.5 }, layer: 0, dense: d)
     for p in Projection.allCases {
       let sel = b.perturbedNeurons(0, p)
       let orig = d.weights(p), w = Self.expert(b, 0, p)
@@ -157,10 +157,10 @@ import Testing
     }
   }
 
-  @Test func sharedIndicesOption() {
+  @Test func sharedIndicesOption() throws {
     let d = Self.dense()
-    let sharedB = ExpertBuilder(options: Self.options(.drop) { $0.sharedIndices = true }, layer: 1, dense: d)
-    let indepB = ExpertBuilder(options: Self.options(.drop), layer: 1, dense: d)
+    let sharedB = try ExpertBuilder(options: Self.options(.drop) { $0.sharedIndices = true }, layer: 1, dense: d)
+    let indepB = try ExpertBuilder(options: Self.options(.drop), layer: 1, dense: d)
     for e in 0..<4 {
       let s = Projection.allCases.map { sharedB.perturbedNeurons(e, $0) }
       #expect(s[0] == s[1] && s[1] == s[2], "expert \(e): \(s)")
@@ -182,15 +182,15 @@ import Testing
       #expect(Set(sets.map { $0.description }).count == 4, "\(sets)")
     }
     // ... and different layers too.
-    let other = ExpertBuilder(options: Self.options(.drop), layer: 2, dense: d)
+    let other = try ExpertBuilder(options: Self.options(.drop), layer: 2, dense: d)
     #expect(other.perturbedNeurons(0, .gate) != indepB.perturbedNeurons(0, .gate))
   }
 
-  @Test func dropAndNoiseAreDeterministic() {
+  @Test func dropAndNoiseAreDeterministic() throws {
     let d = Self.dense()
     for m in [UpcycleOptions.Method.drop, .noise] {
-      let a = ExpertBuilder(options: Self.options(m), layer: 5, dense: d)
-      let b = ExpertBuilder(options: Self.options(m), layer: 5, dense: d)
+      let a = try ExpertBuilder(options: Self.options(m), layer: 5, dense: d)
+      let b = try ExpertBuilder(options: Self.options(m), layer: 5, dense: d)
       for e in 0..<4 {
         for p in Projection.allCases {
           #expect(Self.bitsEqual(Self.expert(a, e, p), Self.expert(b, e, p)))
@@ -205,10 +205,10 @@ import Testing
 
   // MARK: noise
 
-  @Test func noisePerturbsTheSelectedNeurons() {
+  @Test func noisePerturbsTheSelectedNeurons() throws {
     let I = 64, H = 64
     let d = Self.dense(I: I, H: H)
-    let b = ExpertBuilder(options: Self.options(.noise) { $0.ratio = 0.25; $0.noiseStd = 0.05 }, layer: 0, dense: d)
+    let b = try ExpertBuilder(options: Self.options(.noise) { $0.ratio = 0.25; $0.noiseStd = 0.05 }, layer: 0, dense: d)
     for p in Projection.allCases {
       let sel = Set(b.perturbedNeurons(1, p))
       #expect(sel.count == 16)
@@ -232,11 +232,11 @@ import Testing
 
   // MARK: granular
 
-  @Test func granularShardsAndScalesDown() {
+  @Test func granularShardsAndScalesDown() throws {
     let d = Self.dense()
     let I = Self.I, H = Self.H
     let o = Self.options(.granular, experts: 4, topK: 2) { $0.granularity = 2 }
-    let b = ExpertBuilder(options: o, layer: 0, dense: d)
+    let b = try ExpertBuilder(options: o, layer: 0, dense: d)
     #expect(b.expertSize == 8)
     #expect(b.shape(.gate) == [8, H])
     #expect(b.shape(.down) == [H, 8])
@@ -252,7 +252,7 @@ import Testing
     #expect(Self.bitsEqual(Self.expert(b, 0, .gate) + Self.expert(b, 1, .gate), d.gate))
 
     // Router rows repeated for each group of G consecutive experts.
-    let r = b.router()
+    let r = try b.router()
     #expect(r.count == 4 * H)
     let row = { (e: Int) in Array(r[(e * H)..<((e + 1) * H)]) }
     #expect(row(0) == row(1))
@@ -261,37 +261,37 @@ import Testing
     #expect(row(0).contains { $0 != 0 })
   }
 
-  @Test func granularScalingModes() {
+  @Test func granularScalingModes() throws {
     let d = Self.dense()
     let H = Self.H, I = Self.I
     let shard0 = Array(0..<4)
     // G = 4, E = 8, k = 4.
-    func build(_ edit: @escaping (inout UpcycleOptions) -> Void) -> ExpertBuilder {
-      ExpertBuilder(options: Self.options(.granular, experts: 8, topK: 4) { $0.granularity = 4; edit(&$0) }, layer: 0, dense: d)
+    func build(_ edit: @escaping (inout UpcycleOptions) -> Void) throws -> ExpertBuilder {
+      try ExpertBuilder(options: Self.options(.granular, experts: 8, topK: 4) { $0.granularity = 4; edit(&$0) }, layer: 0, dense: d)
     }
     func close(_ a: [Float], _ b: [Float]) -> Bool {
       a.count == b.count && zip(a, b).allSatisfy { abs($0 - $1) <= 1e-6 * max(1, abs($1)) }
     }
     let gate0 = Self.rows(d.gate, shard0, H: H), down0 = Self.columns(d.down, shard0, I: I, H: H)
     // Renormalized: down x G.
-    let ren = build { _ in }
+    let ren = try build { _ in }
     #expect(Self.bitsEqual(Self.expert(ren, 0, .gate), gate0))
     #expect(Self.bitsEqual(Self.expert(ren, 0, .down), down0.map { $0 * 4 }))
     // softmax-topk without renormalization: down x E*G/k = 8.
-    let plain = build { $0.routing = .softmaxTopK }
+    let plain = try build { $0.routing = .softmaxTopK }
     #expect(Self.bitsEqual(Self.expert(plain, 0, .down), down0.map { $0 * 8 }))
     // Cube root: G^(1/3) on each projection.
-    let cube = build { $0.granularScaling = .cubeRoot }
+    let cube = try build { $0.granularScaling = .cubeRoot }
     let c = Float(pow(4.0, 1.0 / 3.0))
     #expect(close(Self.expert(cube, 0, .gate), gate0.map { $0 * c }))
     #expect(close(Self.expert(cube, 0, .up), Self.rows(d.up, shard0, H: H).map { $0 * c }))
     #expect(close(Self.expert(cube, 0, .down), down0.map { $0 * c }))
     // None.
-    let none = build { $0.granularScaling = .none }
+    let none = try build { $0.granularScaling = .none }
     #expect(Self.bitsEqual(Self.expert(none, 0, .down), down0))
     #expect(Self.bitsEqual(Self.expert(none, 5, .gate), Self.rows(d.gate, Array(4..<8), H: H)))
     // Router: 2 groups of 4.
-    let r = ren.router()
+    let r = try ren.router()
     let row = { (e: Int) in Array(r[(e * H)..<((e + 1) * H)]) }
     for e in 1..<4 { #expect(row(e) == row(0)) }
     for e in 5..<8 { #expect(row(e) == row(4)) }
@@ -301,13 +301,13 @@ import Testing
   // MARK: partition
 
   @Test(arguments: [UpcycleOptions.PartitionSelect.random, .uniform, .importance])
-  func disjointPartitionCoversAllNeurons(_ select: UpcycleOptions.PartitionSelect) {
+  func disjointPartitionCoversAllNeurons(_ select: UpcycleOptions.PartitionSelect) throws {
     let d = Self.dense()
     for G in [0, 4] {  // 0 = automatic = E
       let o = Self.options(.partition, experts: 4, topK: 2) {
         $0.granularity = G; $0.partitionDisjoint = true; $0.partitionSelect = select
       }
-      let b = ExpertBuilder(options: o, layer: 1, dense: d)
+      let b = try ExpertBuilder(options: o, layer: 1, dense: d)
       #expect(b.expertSize == 4)
       guard let sets = b.neurons else { Issue.record("no neuron sets"); continue }
       #expect(sets.count == 4)
@@ -337,7 +337,7 @@ import Testing
     }
   }
 
-  @Test func importanceIsTheNeuronNorm() {
+  @Test func importanceIsTheNeuronNorm() throws {
     let d = Self.dense()
     let s = ExpertBuilder.importance(d)
     #expect(s.count == Self.I)
@@ -353,11 +353,11 @@ import Testing
   }
 
   @Test(arguments: [UpcycleOptions.PartitionSelect.random, .uniform, .importance])
-  func overlappingPartition(_ select: UpcycleOptions.PartitionSelect) {
+  func overlappingPartition(_ select: UpcycleOptions.PartitionSelect) throws {
     let d = Self.dense()
     // E = 4, G = 2: each expert has m = 8 of the 16 neurons.
     let o = Self.options(.partition, experts: 4, topK: 1) { $0.granularity = 2; $0.partitionSelect = select }
-    let b = ExpertBuilder(options: o, layer: 0, dense: d)
+    let b = try ExpertBuilder(options: o, layer: 0, dense: d)
     #expect(b.expertSize == 8)
     let sets = b.neurons!
     for s in sets {
@@ -373,24 +373,24 @@ import Testing
     #expect(Self.bitsEqual(Self.expert(b, 3, .down), Self.columns(d.down, sets[3], I: 16, H: Self.H).map { $0 * 2 }))
   }
 
-  @Test func importancePartitionPrefersStrongNeurons() {
+  @Test func importancePartitionPrefersStrongNeurons() throws {
     // One neuron with a huge norm is in every expert's sample; a zero neuron in none (almost surely).
     var d = Self.dense()
     for h in 0..<Self.H { d.gate[5 * Self.H + h] = 100; d.gate[9 * Self.H + h] = 0; d.up[9 * Self.H + h] = 0; d.down[h * Self.I + 9] = 0 }
     let o = Self.options(.partition, experts: 8, topK: 2) { $0.granularity = 4; $0.partitionSelect = .importance }
-    let sets = ExpertBuilder(options: o, layer: 0, dense: d).neurons!
+    let sets = try ExpertBuilder(options: o, layer: 0, dense: d).neurons!
     for s in sets {
       #expect(s.contains(5))
       #expect(!s.contains(9))
     }
   }
 
-  @Test func partitionScaleOption() {
+  @Test func partitionScaleOption() throws {
     let d = Self.dense()
     // E = 4, G = 4 (m = 4), k = 2: I / (k m) = 2; k = 1: 4; partitionScale off: 1.
     for (k, scale, on) in [(2, Float(2), true), (1, Float(4), true), (2, Float(1), false)] {
       let o = Self.options(.partition, experts: 4, topK: k) { $0.partitionScale = on }
-      let b = ExpertBuilder(options: o, layer: 0, dense: d)
+      let b = try ExpertBuilder(options: o, layer: 0, dense: d)
       let set = b.neurons![1]
       #expect(Self.bitsEqual(Self.expert(b, 1, .down), Self.columns(d.down, set, I: 16, H: Self.H).map { $0 * scale }))
       #expect(Self.bitsEqual(Self.expert(b, 1, .gate), Self.rows(d.gate, set, H: Self.H)))
@@ -399,9 +399,9 @@ import Testing
 
   // MARK: shared expert
 
-  @Test func sharedExpertHalvesRoutedDown() {
+  @Test func sharedExpertHalvesRoutedDown() throws {
     let d = Self.dense()
-    let b = ExpertBuilder(options: Self.options(.copy) { $0.sharedExpert = true }, layer: 0, dense: d)
+    let b = try ExpertBuilder(options: Self.options(.copy) { $0.sharedExpert = true }, layer: 0, dense: d)
     for e in 0..<4 {
       #expect(Self.bitsEqual(Self.expert(b, e, .gate), d.gate))
       #expect(Self.bitsEqual(Self.expert(b, e, .up), d.up))
@@ -417,11 +417,11 @@ import Testing
     #expect(Self.bitsEqual(sum, d.down))
 
     // Combined with partition scaling: I / (k m) * 0.5.
-    let p = ExpertBuilder(options: Self.options(.partition, experts: 4, topK: 2) { $0.sharedExpert = true }, layer: 0, dense: d)
+    let p = try ExpertBuilder(options: Self.options(.partition, experts: 4, topK: 2) { $0.sharedExpert = true }, layer: 0, dense: d)
     let set = p.neurons![0]
     #expect(Self.bitsEqual(Self.expert(p, 0, .down), Self.columns(d.down, set, I: 16, H: Self.H).map { $0 * 1 }))
     // Combined with granular (G = 2, renormalized): 2 * 0.5 = 1.
-    let g = ExpertBuilder(options: Self.options(.granular, experts: 4, topK: 2) { $0.granularity = 2; $0.sharedExpert = true }, layer: 0, dense: d)
+    let g = try ExpertBuilder(options: Self.options(.granular, experts: 4, topK: 2) { $0.granularity = 2; $0.sharedExpert = true }, layer: 0, dense: d)
     #expect(Self.bitsEqual(Self.expert(g, 1, .down), Self.columns(d.down, Array(8..<16), I: 16, H: Self.H)))
     #expect(Self.bitsEqual(Self.shared(g, .down), d.down))
   }

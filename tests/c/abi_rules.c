@@ -129,6 +129,37 @@ typedef struct upcycle_result_0_2 {
 } upcycle_result_0_2;
 _Static_assert(offsetof(moe_upcycle_result, router_max_similarity) == sizeof(upcycle_result_0_2), "upcycle 0.2");
 
+/* ---- the 0.2.0 layout of the upcycle parameters, which 0.7.0 appended the calibration fields to ---- */
+
+typedef struct upcycle_params_0_2 {
+  size_t struct_size;
+  uint32_t num_experts, top_k;
+  moe_method method;
+  double ratio;
+  int32_t shared_indices;
+  double noise_std;
+  uint32_t granularity;
+  moe_granular_scaling granular_scaling;
+  moe_partition_select partition_select;
+  int32_t partition_disjoint, partition_scale;
+  const char *layers;
+  moe_router_init router_init;
+  double router_std;
+  int32_t shared_expert;
+  moe_routing routing;
+  moe_format format;
+  moe_dtype dtype;
+  uint64_t seed;
+  int32_t force;
+  uint64_t max_shard_bytes;
+  uint32_t threads;
+  double aux_loss_coef;
+  moe_progress_fn progress;
+  void *user_data;
+} upcycle_params_0_2;
+_Static_assert(offsetof(moe_upcycle_params, calibration_path) == sizeof(upcycle_params_0_2), "upcycle params 0.2");
+_Static_assert(offsetof(moe_upcycle_params, user_data) == offsetof(upcycle_params_0_2, user_data), "prefix");
+
 /* A struct followed by bytes the library must never touch. */
 #define CANARY 0xA5
 typedef struct guarded_bytes { unsigned char bytes[512]; } guarded_bytes;
@@ -242,6 +273,21 @@ static void earlier_versions(const char *tiny, const char *work) {
   EXPECT(ur.struct_size == sizeof ur && ur.bytes_written > 0 && ur.moe_layers == 2, "0.1.0 upcycle result filled");
   EXPECT(untouched_from(&g, sizeof ur), "upcycle wrote beyond the 0.1.0 result");
 
+  /* Upcycling with 0.2.0 params: the calibration fields, which they lack, default (none). */
+  snprintf(out, sizeof out, "%s/moe-0.2", work);
+  fill(&g);
+  EXPECT(moe_upcycle_params_init((moe_upcycle_params *)g.bytes, sizeof(upcycle_params_0_2)) == MOE_OK,
+         "upcycle params init with the 0.2.0 size");
+  EXPECT(untouched_from(&g, sizeof(upcycle_params_0_2)), "upcycle params init wrote beyond the 0.2.0 size");
+  upcycle_params_0_2 old_up;
+  memcpy(&old_up, g.bytes, sizeof old_up);
+  EXPECT(old_up.struct_size == sizeof old_up && old_up.num_experts == 8 && old_up.top_k == 2,
+         "0.2.0 upcycle params got defaults");
+  old_up.num_experts = 2;
+  old_up.top_k = 1;
+  old_up.method = MOE_METHOD_PARTITION;
+  EXPECT(moe_upcycle(NULL, tiny, out, (const moe_upcycle_params *)&old_up) == MOE_OK, "upcycle with 0.2.0 params");
+
   /* Runtime info in its 0.1.0 layout: filled up to that size, nothing beyond. */
   fill(&g);
   set_size(&g, sizeof(runtime_info_0_1));
@@ -297,7 +343,7 @@ static void below_first_version(void) {
   fill(&g);                                                                                       \
   EXPECT(type##_init((type *)g.bytes, first) == MOE_OK, #type " at its first version");           \
   EXPECT(untouched_from(&g, first), #type " init wrote beyond its size")
-  PARAMS_TOO_SMALL(moe_upcycle_params, sizeof(moe_upcycle_params));
+  PARAMS_TOO_SMALL(moe_upcycle_params, sizeof(upcycle_params_0_2));
   PARAMS_TOO_SMALL(moe_runtime_params, sizeof(moe_runtime_params));
   PARAMS_TOO_SMALL(moe_layer_config, sizeof(layer_config_0_1));
   PARAMS_TOO_SMALL(moe_model_params, sizeof(model_params_0_1));
@@ -422,11 +468,13 @@ static void output_buffers(const char *tiny) {
 static void names(void) {
   CHECK_NAMES(dtype, moe_dtype, 1, 6);
   CHECK_NAMES(method, moe_method, 0, 5);
-  CHECK_NAMES(router_init, moe_router_init, 0, 3);
+  CHECK_NAMES(router_init, moe_router_init, 0, 5);
   CHECK_NAMES(routing, moe_routing, 0, 5);
   CHECK_NAMES(format, moe_format, 0, 2);
-  CHECK_NAMES(partition_select, moe_partition_select, 0, 3);
+  CHECK_NAMES(partition_select, moe_partition_select, 0, 5);
   CHECK_NAMES(granular_scaling, moe_granular_scaling, 0, 3);
+  CHECK_NAMES(importance, moe_importance, 0, 3);
+  CHECK_NAMES(drop_select, moe_drop_select, 0, 2);
   CHECK_NAMES(placement, moe_placement, 1, 4);
   CHECK_NAMES(text_format, moe_text_format, 0, 2);
   CHECK_NAMES(weight, moe_weight, 0, 8);
@@ -437,6 +485,10 @@ static void names(void) {
   /* The names the header lists, at the values it gives. */
   EXPECT(strcmp(moe_routing_name(MOE_ROUTING_SIGMOID_TOPK_RENORM), "sigmoid-topk-renorm") == 0, "routing name");
   EXPECT(strcmp(moe_format_name(MOE_FORMAT_QWEN2_MOE), "qwen2-moe") == 0, "format name");
+  EXPECT(strcmp(moe_partition_select_name(MOE_PARTITION_CLUSTER), "cluster") == 0, "partition name");
+  EXPECT(strcmp(moe_router_init_name(MOE_ROUTER_INIT_KMEANS), "kmeans") == 0, "router init name");
+  EXPECT(strcmp(moe_importance_name(MOE_IMPORTANCE_FREQ), "freq") == 0, "importance name");
+  EXPECT(strcmp(moe_drop_select_name(MOE_DROP_SELECT_LEAST_IMPORTANT), "least-important") == 0, "drop select name");
   EXPECT(strcmp(moe_dtype_name(MOE_DTYPE_Q4_1), "q4_1") == 0, "dtype name");
   EXPECT(strcmp(moe_weight_name(MOE_WEIGHT_SHARED_EXPERT_GATE), "shared-expert-gate") == 0, "weight name");
   moe_dtype d = MOE_DTYPE_F32;

@@ -54,8 +54,9 @@ def moe_ffn(x, router, experts, top_k, renormalize=True, shared=None, shared_gat
     return out
 
 
-def forward(weights: dict, config: dict, tokens) -> np.ndarray:
-    """Logits [T, vocab] for a sequence of token ids (causal attention, positions 0..T-1)."""
+def forward(weights: dict, config: dict, tokens, capture=None) -> np.ndarray:
+    """Logits [T, vocab] for a sequence of token ids (causal attention, positions 0..T-1). With a list
+    `capture`, each dense FFN layer appends (layer, router input [T, H], activations silu(gate) * up [T, F])."""
     w = {k: v.astype(np.float32) for k, v in weights.items()}
     H = config["hidden_size"]
     heads = config["num_attention_heads"]
@@ -109,6 +110,8 @@ def forward(weights: dict, config: dict, tokens) -> np.ndarray:
                         shared_gate=w[b + "shared_expert_gate.weight"])
         else:
             f = swiglu(h, w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"], w[p + "mlp.down_proj.weight"])
+            if capture is not None:
+                capture.append((l, h, silu(h @ w[p + "mlp.gate_proj.weight"].T) * (h @ w[p + "mlp.up_proj.weight"].T)))
         x = x + f
     x = rms_norm(x, w["model.norm.weight"], eps)
     head = w.get("lm_head.weight", w["model.embed_tokens.weight"])

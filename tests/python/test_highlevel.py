@@ -14,7 +14,7 @@ def rt():
 
 
 def test_version_and_errors(rt):
-    assert mu.version() == "0.6.0"
+    assert mu.version() == "0.7.0"
     with pytest.raises(mu.MoeError) as e:
         mu.MoELayer(rt, hidden_size=0, moe_intermediate_size=8, num_experts=2, top_k=1)
     assert e.value.code == mu.C.MOE_ERR_INVALID_ARGUMENT and "hidden" in e.value.message
@@ -136,4 +136,4 @@ def test_package_installs_with_pip(tmp_path):
     r = subprocess.run([sys.executable, "-c", "import moeupcycle; print(moeupcycle.version(), moeupcycle.__file__)"],
                        capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("0.6.0 ") and str(target) in r.stdout
+    assert r.stdout.startswith("0.7.0 ") and str(target) in r.stdout

@@ -18,7 +18,11 @@ METHODS = [
     dict(num_experts=4, top_k=2, method="drop", ratio=0.5, seed=3, dtype="bf16"),
     dict(num_experts=4, top_k=1, method="partition", format="qwen2-moe", layers="1", routing="softmax-topk", seed=2),
     dict(num_experts=2, top_k=2, method="noise", noise_std=0.05, shared_expert=1, format="qwen2-moe", seed=9),
+    # Calibrated on text (written by the test): co-activation clusters and a k-means router.
+    dict(num_experts=4, top_k=2, method="partition", partition_select="cluster", router_init="kmeans",
+         calibration_path="@text", calibration_samples=32, seed=5),
 ]
+CALIBRATION_TEXT = "So the one thin seer, in the heat of the sea air, sat and then ate the other thing.\n" * 8
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +44,11 @@ def online(rt, path, **fields):
     return Model(rt, path, weight_dtype=C.MOE_DTYPE_F32, upcycle=ctypes.pointer(up))
 
 
-@pytest.mark.parametrize("fields", METHODS, ids=[m["method"] for m in METHODS])
+@pytest.mark.parametrize("fields", METHODS, ids=[m.get("partition_select", m["method"]) for m in METHODS])
 def test_online_equals_upcycled_on_disk(rt, dense, tmp_path, fields):
+    if fields.get("calibration_path") == "@text":
+        (tmp_path / "calibration.txt").write_text(CALIBRATION_TEXT)
+        fields = dict(fields, calibration_path=str(tmp_path / "calibration.txt"))
     upcycle(dense, tmp_path / "moe", **fields)
     disk = Model(rt, tmp_path / "moe", weight_dtype=C.MOE_DTYPE_F32)
     mem = online(rt, dense, **fields)

@@ -27,6 +27,14 @@ struct TokenBatch {
   var rows: Int { sequences * length }
 }
 
+/// Sees a dense FFN layer's input and activations in an inference forward.
+protocol FFNObserver: AnyObject {
+  /// routerInput: [rows, H] the normed hidden state entering the FFN;
+  /// activations: [rows, F] silu(gate) * up.
+  func observe(layer: Int, routerInput: UnsafePointer<Float>, activations: UnsafePointer<Float>,
+               rows: Int, hidden: Int, intermediate: Int)
+}
+
 /// What one layer's training forward keeps for its backward.
 struct LayerActivations {
   var xIn: UnsafeMutablePointer<Float>          // [rows, H] the block's input
@@ -109,6 +117,9 @@ extension DecoderModel {
                    compute: batch.compute)
       runtime.parallelFor(T, costPerItem: F) { r in
         for t in r { swigluForward(gate: gu + t * 2 * F, up: gu + t * 2 * F + F, out: act + t * F, count: F) }
+      }
+      if !training, let observer = ffnObserver {
+        observer.observe(layer: l, routerInput: h, activations: act, rows: T, hidden: H, intermediate: F)
       }
       runtime.linear(act, tokens: T, down, f, scratch: workerScratch, scratchFloats: workerScratchFloats,
                    compute: batch.compute)

@@ -77,6 +77,8 @@ public final class DecoderModel: @unchecked Sendable {
   public internal(set) var routerCounts: [[Int]]
   public internal(set) var routerBalanceSum: Double = 0
   public internal(set) var routerForwards = 0
+  /// Sees every dense FFN's activations during inference forwards (calibration).
+  var ffnObserver: FFNObserver?
 
   public init(checkpoint ckpt: Checkpoint, runtime: Runtime, options: ModelLoadOptions = ModelLoadOptions()) throws {
     let d = ckpt.description

@@ -38,11 +38,25 @@ extension UpcycleOptions.Method: NamedCase {
 }
 
 extension UpcycleOptions.RouterInit: NamedCase {
+  /// The initializer's name, from its implementation (Upcycle/Routers).
+  public var caseName: String { rule.name }
+}
+
+extension UpcycleOptions.Importance: NamedCase {
   public var caseName: String {
     switch self {
-    case .normal: return "normal"
-    case .uniform: return "uniform"
-    case .zeros: return "zeros"
+    case .l1: return "l1"
+    case .l2: return "l2"
+    case .frequency: return "freq"
+    }
+  }
+}
+
+extension UpcycleOptions.DropSelect: NamedCase {
+  public var caseName: String {
+    switch self {
+    case .random: return "random"
+    case .leastImportant: return "least-important"
     }
   }
 }
@@ -74,6 +88,8 @@ extension UpcycleOptions.PartitionSelect: NamedCase {
     case .random: return "random"
     case .uniform: return "uniform"
     case .importance: return "importance"
+    case .activation: return "activation"
+    case .cluster: return "cluster"
     }
   }
 }

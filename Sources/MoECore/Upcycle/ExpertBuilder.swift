@@ -20,6 +20,17 @@ public struct DenseFFN {
   }
 }
 
+/// What calibration data and router prompts give one layer.
+public struct LayerData: Sendable {
+  public var statistics: LayerStatistics?
+  /// Mean router input of each expert's prompts [groups][H], and of its negative prompts.
+  public var promptMeans: [[Float]]?
+  public var negativePromptMeans: [[Float]]?
+  /// Router inputs of the prompts' tokens [n, H].
+  public var promptSamples: [Float]?
+  public init() {}
+}
+
 /// Builds the experts and router of one MoE layer from its dense FFN.
 /// Every random draw comes from a stream keyed by (seed, purpose, layer, expert,
 /// projection), so the output does not depend on order or thread count.
@@ -29,10 +40,16 @@ public struct ExpertBuilder {
   public let dense: DenseFFN
   /// Intermediate size of each routed expert.
   public let expertSize: Int
+  /// What calibration and prompts give this layer.
+  public let data: LayerData
   /// Neuron indices of each expert (granular/partition); nil = all neurons.
   let neurons: [[Int]]?
+  /// Neurons of the shared expert when it is built from the most frequently
+  /// firing ones; nil = a copy of the dense FFN.
+  let sharedNeurons: [Int]?
   let gateUpScale: Float
   let downScale: Float
+  let downColumnScales: [[Float]]?
 
   // Stream purposes.
   static let purposeIndices: UInt64 = 1
@@ -42,44 +59,62 @@ public struct ExpertBuilder {
 
   /// Intermediate size of each routed expert for these options (validated).
   public static func expertSize(options o: UpcycleOptions, intermediate I: Int) -> Int {
-    o.method.rule.expertSize(o, intermediate: I)
+    o.method.rule.expertSize(o, intermediate: I - o.sharedFromFrequent)
   }
 
-  public init(options o: UpcycleOptions, layer: Int, dense: DenseFFN) {
+  public init(options o: UpcycleOptions, layer: Int, dense: DenseFFN, data: LayerData = LayerData()) throws {
     options = o
     self.layer = layer
     self.dense = dense
+    self.data = data
     let m = ExpertBuilder.expertSize(options: o, intermediate: dense.intermediate)
     expertSize = m
-    let layout = o.method.rule.layout(o, layer: layer, dense: dense, expertSize: m)
+    // With --shared-from-frequent, the most frequently firing neurons form the
+    // shared expert and the routed experts are built from the others.
+    var pool = Array(0..<dense.intermediate)
+    if o.sharedFromFrequent > 0 {
+      guard let stats = data.statistics else {
+        throw MoEError.invalid("shared-from-frequent needs calibration statistics (calibration data or a statistics file)")
+      }
+      let freq = stats.fireFrequency, mag = stats.absMean
+      let ranked = pool.sorted { freq[$0] != freq[$1] ? freq[$0] > freq[$1] : mag[$0] != mag[$1] ? mag[$0] > mag[$1] : $0 < $1 }
+      let shared = Array(ranked[0..<o.sharedFromFrequent]).sorted()
+      sharedNeurons = shared
+      let isShared = Set(shared)
+      pool = pool.filter { !isShared.contains($0) }
+    } else {
+      sharedNeurons = nil
+    }
+    let layout = try o.method.rule.layout(LayerContext(options: o, layer: layer, dense: dense, data: data,
+                                                       pool: pool, expertSize: m))
     neurons = layout.neurons
+    downColumnScales = layout.downColumnScales
     gateUpScale = layout.gateUpScale
-    // With a shared expert carrying half of the output, routed experts carry the other half.
-    downScale = o.sharedExpert ? layout.downScale * 0.5 : layout.downScale
+    // A shared expert that copies the dense FFN carries half of the output and
+    // the routed experts the other half; one made of its own neurons carries
+    // them in full (x2 undoes its zero gate's sigmoid, 1/2).
+    downScale = o.sharedExpert && sharedNeurons == nil ? layout.downScale * 0.5 : layout.downScale
   }
 
   // MARK: Router
 
   /// Router weight [E, H].
-  public func router() -> [Float] {
+  public func router() throws -> [Float] {
     let E = options.numExperts, H = dense.hidden
-    var out = [Float](repeating: 0, count: E * H)
-    var rng = Rng(seed: options.seed, stream: [ExpertBuilder.purposeRouter, UInt64(layer)])
     // Granular: one row per virtual group, repeated for the group's G experts.
     let group = options.method.rule.routerGroup(options)
+    let rows = try options.routerInit.rule.rows(self, groups: E / group)
+    var out = [Float](repeating: 0, count: E * H)
     for g in 0..<(E / group) {
-      var row = [Float](repeating: 0, count: H)
-      switch options.routerInit {
-      case .zeros: break
-      case .normal: for i in 0..<H { row[i] = Float(rng.normal() * options.routerStd) }
-      case .uniform:
-        let width = options.routerStd * 12.0.squareRoot()
-        for i in 0..<H { row[i] = Float((rng.uniform() - 0.5) * width) }
+      for r in 0..<group {
+        out.replaceSubrange(((g * group + r) * H)..<((g * group + r + 1) * H), with: rows[(g * H)..<((g + 1) * H)])
       }
-      for r in 0..<group { out.replaceSubrange(((g * group + r) * H)..<((g * group + r + 1) * H), with: row) }
     }
     return out
   }
+
+  /// The random stream of the layer's router rows.
+  func routerStream() -> Rng { Rng(seed: options.seed, stream: [ExpertBuilder.purposeRouter, UInt64(layer)]) }
 
   // MARK: Experts
 
@@ -107,18 +142,42 @@ public struct ExpertBuilder {
     if scale != 1 {
       for i in 0..<(m * H) { dst[i] *= scale }
     }
+    if p == .down, let columns = downColumnScales?[e] {
+      for h in 0..<H { for j in 0..<m { dst[h * m + j] *= columns[j] } }
+    }
   }
 
-  /// The shared expert: an exact copy of the dense FFN.
+  /// Intermediate size of the shared expert.
+  public var sharedSize: Int { sharedNeurons?.count ?? dense.intermediate }
+
+  /// The shared expert: an exact copy of the dense FFN, or its most
+  /// frequently firing neurons (down_proj x2 against the zero gate's 1/2).
   public func sharedExpert(_ p: Projection, into dst: UnsafeMutablePointer<Float>) {
+    let H = dense.hidden, I = dense.intermediate
     let w = dense.weights(p)
-    w.withUnsafeBufferPointer { dst.update(from: $0.baseAddress!, count: $0.count) }
+    guard let idx = sharedNeurons else {
+      w.withUnsafeBufferPointer { dst.update(from: $0.baseAddress!, count: $0.count) }
+      return
+    }
+    let m = idx.count
+    w.withUnsafeBufferPointer { src in
+      if p == .down {
+        for h in 0..<H { for j in 0..<m { dst[h * m + j] = 2 * src[h * I + idx[j]] } }
+      } else {
+        for j in 0..<m { (dst + j * H).update(from: src.baseAddress! + idx[j] * H, count: H) }
+      }
+    }
   }
 
   /// Indices of intermediate neurons re-drawn (drop) or perturbed (noise) for expert e, projection p.
   public func perturbedNeurons(_ e: Int, _ p: Projection) -> [Int] {
     let I = dense.intermediate
     let count = min(I, max(0, Int((options.ratio * Double(I)).rounded())))
+    if options.dropSelect == .leastImportant, let stats = data.statistics {
+      // The same least important neurons in every expert; each expert draws its own values.
+      let score = options.importance.scores(stats)
+      return Array((0..<I).sorted { score[$0] != score[$1] ? score[$0] < score[$1] : $0 < $1 }[0..<count]).sorted()
+    }
     let projectionID: UInt64 = options.sharedIndices ? 99 : UInt64(p.rawValue)
     var rng = Rng(seed: options.seed, stream: [ExpertBuilder.purposeIndices, UInt64(layer), UInt64(e), projectionID])
     return rng.sample(count, of: I)

@@ -1,12 +1,15 @@
 /// What `upcycle` builds; mirrors `moe_upcycle_params` (raw values equal the ABI's enums).
 public struct UpcycleOptions: Sendable {
   public enum Method: Int32, Sendable, CaseIterable { case copy = 0, drop, noise, granular, partition }
-  public enum RouterInit: Int32, Sendable, CaseIterable { case normal = 0, uniform, zeros }
+  public enum RouterInit: Int32, Sendable, CaseIterable { case normal = 0, uniform, zeros, kmeans, prompts }
   public enum Routing: Int32, Sendable, CaseIterable { case softmaxTopKRenorm = 0, softmaxTopK, topKSoftmax }
   public enum Format: Int32, Sendable, CaseIterable { case mixtral = 0, qwen2Moe }
   /// Raw values equal `moe_dtype` (keep = MOE_DTYPE_DEFAULT).
   public enum OutputDType: Int32, Sendable { case keep = -1, f32 = 0, f16 = 1, bf16 = 2 }
-  public enum PartitionSelect: Int32, Sendable, CaseIterable { case random = 0, uniform, importance }
+  public enum PartitionSelect: Int32, Sendable, CaseIterable { case random = 0, uniform, importance, activation, cluster }
+  /// The calibration statistic that ranks neurons: mean |a|, root mean a^2, firing frequency.
+  public enum Importance: Int32, Sendable, CaseIterable { case l1 = 0, l2, frequency }
+  public enum DropSelect: Int32, Sendable, CaseIterable { case random = 0, leastImportant }
   public enum GranularScaling: Int32, Sendable, CaseIterable { case down = 0, cubeRoot, none }
 
   public var numExperts = 8
@@ -32,6 +35,24 @@ public struct UpcycleOptions: Sendable {
   public var maxShardBytes: UInt64 = 4 << 30
   public var threads = 0
   public var routerAuxLossCoef = 0.02
+  /// Calibration data run through the dense model (nil = none).
+  public var calibration: CalibrationOptions? = nil
+  /// Statistics saved by an earlier calibration (instead of `calibration`).
+  public var statisticsPath: String? = nil
+  /// Where to save the calibration statistics (nil = not saved).
+  public var saveStatisticsPath: String? = nil
+  public var importance = Importance.l2
+  /// partition: down_proj scales fitted to the dense outputs on the calibration tokens.
+  public var calibratedScale = false
+  /// The F most frequently firing neurons form the shared expert (0 = off).
+  public var sharedFromFrequent = 0
+  public var dropSelect = DropSelect.random
+  /// router-init prompts: one line per expert; optional negative prompts.
+  public var routerPromptsPath: String? = nil
+  public var routerNegativePromptsPath: String? = nil
+  /// Data-derived routers (kmeans, prompts) are scaled so that the standard
+  /// deviation of a token's logits across experts averages this.
+  public var routerSpread = 1.0
 
   public init() {}
 
@@ -39,6 +60,11 @@ public struct UpcycleOptions: Sendable {
   public static let maxExperts = 1024
 
   public var methodName: String { method.rule.name }
+
+  /// Whether building needs calibration statistics.
+  public var needsStatistics: Bool {
+    method.rule.needsStatistics(self) || routerInit.rule.needsStatistics(self) || sharedFromFrequent > 0
+  }
 
   public var routingName: String {
     switch routing {

@@ -47,6 +47,12 @@ public final class Upcycler {
   let expertSize: Int
   var plan: [PlannedTensor] = []
   var cachedLayer: (index: Int, builder: ExpertBuilder)?
+  /// Calibration statistics and router prompts (DataDerived), per layer.
+  let layerData: [LayerData]
+  /// What the config records about the calibration data.
+  let calibrationRecord: [(String, JSON)]
+  /// Intermediate size of the shared expert (0 = none).
+  let sharedSize: Int
   /// The largest router-row similarity seen while producing (UpcycleReport).
   var routerSimilarity: (value: Double, layer: Int) = (.nan, -1)
 
@@ -99,7 +105,25 @@ public final class Upcycler {
     guard o.granularity >= 0 && o.granularity <= I else {
       throw MoEError.invalid("granularity must be in 0..\(I) (the FFN size), got \(o.granularity)")
     }
-    try o.method.rule.validate(o, intermediate: I)
+    guard o.sharedFromFrequent >= 0 && o.sharedFromFrequent < I else {
+      throw MoEError.invalid("shared-from-frequent must be in 0..<\(I) (the FFN size), got \(o.sharedFromFrequent)")
+    }
+    if o.sharedFromFrequent > 0 {
+      guard o.method == .partition else {
+        throw MoEError.unsupported("shared-from-frequent builds the routed experts from the other neurons, which only the partition method does (got \(o.methodName))")
+      }
+      guard o.format == .qwen2Moe else {
+        throw MoEError.unsupported("shared-from-frequent makes a shared expert, which needs the qwen2-moe format")
+      }
+    }
+    if o.calibratedScale && o.method != .partition {
+      throw MoEError.invalid("calibrated-scale applies to the partition method only (got \(o.methodName))")
+    }
+    if o.dropSelect != .random && o.method != .drop && o.method != .noise {
+      throw MoEError.invalid("drop-select \(o.dropSelect.caseName) applies to the drop and noise methods only (got \(o.methodName))")
+    }
+    try o.method.rule.validate(o, intermediate: I - o.sharedFromFrequent)
+    try o.routerInit.rule.validate(o)
     let layers = try parseLayerSelection(o.layers, numLayers: d.numLayers)
     switch o.format {
     case .mixtral:
@@ -125,6 +149,8 @@ public final class Upcycler {
     self.options = o
     moeLayers = layers
     expertSize = ExpertBuilder.expertSize(options: o, intermediate: I)
+    sharedSize = o.sharedExpert ? (o.sharedFromFrequent > 0 ? o.sharedFromFrequent : I) : 0
+    (layerData, calibrationRecord) = try DataDerived.collect(checkpoint: checkpoint, options: o)
     try makePlan()
   }
 
@@ -143,7 +169,7 @@ public final class Upcycler {
 
   private func makePlan() throws {
     let d = checkpoint.description
-    let H = d.hiddenSize, I = d.intermediateSize, m = expertSize
+    let H = d.hiddenSize, m = expertSize
     var p: [PlannedTensor] = []
     func copy(_ name: String, as outName: String? = nil) throws {
       let info = try checkpoint.source.require(name)
@@ -192,7 +218,7 @@ public final class Upcycler {
         }
         for (proj, w) in [(Projection.gate, "gate_proj"), (.up, "up_proj"), (.down, "down_proj")] {
           p.append(PlannedTensor(name: b + "shared_expert.\(w).weight", dtype: newDType,
-                                 shape: proj == .down ? [H, I] : [I, H], producer: .shared(layer: l, proj)))
+                                 shape: proj == .down ? [H, sharedSize] : [sharedSize, H], producer: .shared(layer: l, proj)))
         }
         p.append(PlannedTensor(name: b + "shared_expert_gate.weight", dtype: newDType, shape: [1, H], producer: .zeros))
       }
@@ -215,7 +241,7 @@ public final class Upcycler {
                          up: try checkpoint.source.readFloat(n.up, shape: [I, H]),
                          down: try checkpoint.source.readFloat(n.down, shape: [H, I]))
     for name in [n.gate, n.up, n.down] { checkpoint.source.release(name) }
-    let b = ExpertBuilder(options: options, layer: l, dense: dense)
+    let b = try ExpertBuilder(options: options, layer: l, dense: dense, data: layerData[l])
     cachedLayer = (l, b)
     return b
   }
@@ -327,7 +353,7 @@ public final class Upcycler {
     out.architecture = o.format == .mixtral ? .mixtral : .qwen2Moe
     out.qkvBias = d.qkvBias || o.format == .qwen2Moe
     out.moe = MoEDescription(numExperts: o.numExperts, topK: o.topK, expertIntermediateSize: expertSize,
-                             sharedExpertIntermediateSize: o.sharedExpert ? d.intermediateSize : 0, moeLayers: moeLayers)
+                             sharedExpertIntermediateSize: sharedSize, moeLayers: moeLayers)
     var c = try HFConfig.make(out, dtype: dtype,
                               routing: HFConfig.Routing(normTopKProb: o.renormalizes, routerAuxLossCoef: o.routerAuxLossCoef))
     var record: [(String, JSON)] = [
@@ -343,12 +369,16 @@ public final class Upcycler {
       ("moe_layers", .array((0..<d.numLayers).filter { moeLayers[$0] }.map { .int($0) })),
     ]
     record += o.method.rule.record(o)
+    record.append(("router_init", .string(o.routerInit.caseName)))
+    record += o.routerInit.rule.record(o)
+    if o.sharedFromFrequent > 0 { record.append(("shared_from_frequent", .int(o.sharedFromFrequent))) }
+    record += calibrationRecord
     c.set("moeupcycle", .object(record))
     return c
   }
 }
 
-public let moeupcycleVersion = "0.6.0"
+public let moeupcycleVersion = "0.7.0"
 
 /// Produces items 0..<count in order into a ring of buffers, on a background thread when
 /// there are two or more slots (inline otherwise). Errors surface from `next()` in order.

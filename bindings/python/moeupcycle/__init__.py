@@ -19,6 +19,7 @@ directory, then the system loader path.
 from __future__ import annotations
 
 import ctypes
+import os
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -49,7 +50,7 @@ def _check(status: int) -> None:
 
 
 def version() -> str:
-    """The library's version, e.g. "0.6.0"."""
+    """The library's version, e.g. "0.7.0"."""
     return C.lib.moe_version_string().decode()
 
 
@@ -64,7 +65,8 @@ if C.lib.moe_version_number() // 100 != C.MOE_VERSION_NUMBER // 100:
 _ENUM_OF_FIELD = {
     "method": "method", "router_init": "router_init", "routing": "routing", "format": "format",
     "dtype": "dtype", "storage": "dtype", "weight_dtype": "dtype", "partition_select": "partition_select",
-    "granular_scaling": "granular_scaling", "placement": "placement", "train_only": "train_only",
+    "granular_scaling": "granular_scaling", "importance": "importance", "drop_select": "drop_select",
+    "placement": "placement", "train_only": "train_only",
     "schedule": "lr_schedule", "on_nonfinite": "nonfinite", "form": "law_form",
 }
 
@@ -115,8 +117,8 @@ def _params(cls, options: dict, what: str):
             raise TypeError(f"unknown {what} option {key!r}")
         if key in _ENUM_OF_FIELD:
             value = _enum_value(_ENUM_OF_FIELD[key], value)
-        elif fields[key] is ctypes.c_char_p and isinstance(value, str):
-            value = value.encode()
+        elif fields[key] is ctypes.c_char_p and isinstance(value, (str, os.PathLike)):
+            value = os.fspath(value).encode()
         setattr(p, key, value)
     return p
 
@@ -183,7 +185,11 @@ def upcycle(source: str, output: str, progress: Optional[Callable[[int, int, str
 
     Options are the fields of moe_upcycle_params (num_experts, top_k, method, ratio, layers,
     format, dtype, aux_loss_coef, seed, force, ...); enum fields also take their names
-    ("drop", "qwen2-moe", dtype "keep"). `progress(done, total, stage)` may return False to cancel.
+    ("drop", "qwen2-moe", dtype "keep"). Data-aware upcycling takes calibration_path (text, or
+    token ids with calibration_ids=1), stats_path / save_stats_path, partition_select
+    "activation" | "cluster", importance, shared_from_frequent, drop_select "least-important",
+    router_init "kmeans" | "prompts" with router_prompts_path. `progress(done, total, stage)`
+    may return False to cancel.
     """
     p = _params(C.moe_upcycle_params, options, "upcycle")
     callback = _progress_callback(progress)

@@ -21,10 +21,10 @@ from pathlib import Path
 # ------------------------------------------------------------------------ version
 
 MOE_VERSION_MAJOR = 0
-MOE_VERSION_MINOR = 6
+MOE_VERSION_MINOR = 7
 MOE_VERSION_PATCH = 0
 MOE_VERSION_NUMBER = MOE_VERSION_MAJOR * 10000 + MOE_VERSION_MINOR * 100 + MOE_VERSION_PATCH
-MOE_VERSION_STRING = "0.6.0"
+MOE_VERSION_STRING = "0.7.0"
 
 # ------------------------------------------------------------------------ status codes (frozen)
 
@@ -66,6 +66,8 @@ moe_router_init = c_int
 MOE_ROUTER_INIT_NORMAL = 0
 MOE_ROUTER_INIT_UNIFORM = 1
 MOE_ROUTER_INIT_ZEROS = 2
+MOE_ROUTER_INIT_KMEANS = 3
+MOE_ROUTER_INIT_PROMPTS = 4
 
 moe_routing = c_int
 MOE_ROUTING_SOFTMAX_TOPK_RENORM = 0
@@ -82,6 +84,17 @@ moe_partition_select = c_int
 MOE_PARTITION_RANDOM = 0
 MOE_PARTITION_UNIFORM = 1
 MOE_PARTITION_IMPORTANCE = 2
+MOE_PARTITION_ACTIVATION = 3
+MOE_PARTITION_CLUSTER = 4
+
+moe_importance = c_int
+MOE_IMPORTANCE_L1 = 0
+MOE_IMPORTANCE_L2 = 1
+MOE_IMPORTANCE_FREQ = 2
+
+moe_drop_select = c_int
+MOE_DROP_SELECT_RANDOM = 0
+MOE_DROP_SELECT_LEAST_IMPORTANT = 1
 
 moe_granular_scaling = c_int
 MOE_GRANULAR_SCALE_DOWN = 0
@@ -129,7 +142,7 @@ MOE_NONFINITE_SKIP = 1
 
 # The enums with a name table (moe_<enum>_name / moe_<enum>_from_name), in the header's order.
 NAMED_ENUMS = ("dtype", "method", "router_init", "routing", "format", "partition_select", "granular_scaling",
-               "placement", "text_format", "weight", "stop_reason", "train_only", "lr_schedule", "nonfinite",
+               "importance", "drop_select", "placement", "text_format", "weight", "stop_reason", "train_only", "lr_schedule", "nonfinite",
                "law_form")
 
 # ------------------------------------------------------------------------ macros
@@ -182,7 +195,7 @@ class moe_checkpoint_info(Structure):
 
 
 class moe_upcycle_params(Structure):
-    """First version: 0.2.0 (all fields)."""
+    """First version: 0.2.0 (up to user_data); 0.7.0 appended the calibration and data-derived router fields."""
     _fields_ = [
         ("struct_size", c_size_t),
         ("num_experts", c_uint32),
@@ -210,6 +223,21 @@ class moe_upcycle_params(Structure):
         ("aux_loss_coef", c_double),
         ("progress", moe_progress_fn),
         ("user_data", c_void_p),
+        # 0.7.0
+        ("calibration_path", c_char_p),
+        ("calibration_ids", c_int32),
+        ("calibration_tokens", c_uint64),
+        ("calibration_samples", c_uint32),
+        ("fire_quantile", c_double),
+        ("stats_path", c_char_p),
+        ("save_stats_path", c_char_p),
+        ("importance", moe_importance),
+        ("shared_from_frequent", c_uint32),
+        ("drop_select", moe_drop_select),
+        ("router_prompts_path", c_char_p),
+        ("router_negative_prompts_path", c_char_p),
+        ("router_spread", c_double),
+        ("calibrated_scale", c_int32),
     ]
 
 
@@ -823,6 +851,14 @@ _declare("moe_partition_select_from_name", moe_status, POINTER(moe_partition_sel
 _declare("moe_granular_scaling_name", c_char_p, moe_granular_scaling)
 # moe_status moe_granular_scaling_from_name(moe_granular_scaling *out, const char *name);
 _declare("moe_granular_scaling_from_name", moe_status, POINTER(moe_granular_scaling), c_char_p)
+# const char *moe_importance_name(moe_importance value);
+_declare("moe_importance_name", c_char_p, moe_importance)
+# moe_status moe_importance_from_name(moe_importance *out, const char *name);
+_declare("moe_importance_from_name", moe_status, POINTER(moe_importance), c_char_p)
+# const char *moe_drop_select_name(moe_drop_select value);
+_declare("moe_drop_select_name", c_char_p, moe_drop_select)
+# moe_status moe_drop_select_from_name(moe_drop_select *out, const char *name);
+_declare("moe_drop_select_from_name", moe_status, POINTER(moe_drop_select), c_char_p)
 # const char *moe_placement_name(moe_placement value);
 _declare("moe_placement_name", c_char_p, moe_placement)
 # moe_status moe_placement_from_name(moe_placement *out, const char *name);

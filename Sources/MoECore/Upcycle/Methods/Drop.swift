@@ -2,8 +2,14 @@
 /// fraction `ratio` of the neurons (per projection, or one set for all three
 /// with `sharedIndices`) is re-drawn from a normal distribution with the
 /// mean and standard deviation of those neurons' dense weights.
+///
+/// With `dropSelect = leastImportant` the re-drawn neurons are the ones a
+/// calibration statistic ranks lowest (the same set in every expert; the
+/// values each expert draws differ).
 struct DropMethod: UpcycleMethod {
   var name: String { "drop" }
+
+  func needsStatistics(_ o: UpcycleOptions) -> Bool { o.dropSelect == .leastImportant }
 
   func validate(_ o: UpcycleOptions, intermediate I: Int) throws {
     guard o.ratio > 0 && o.ratio <= 1 else { throw MoEError.invalid("ratio must be in (0, 1] (got \(o.ratio))") }
@@ -36,6 +42,9 @@ struct DropMethod: UpcycleMethod {
   }
 
   func record(_ o: UpcycleOptions) -> [(String, JSON)] {
-    [("ratio", .float(o.ratio)), ("shared_indices", .bool(o.sharedIndices))]
+    var fields: [(String, JSON)] = [("ratio", .float(o.ratio)), ("shared_indices", .bool(o.sharedIndices)),
+                                    ("drop_select", .string(o.dropSelect.caseName))]
+    if o.dropSelect == .leastImportant { fields.append(("importance", .string(o.importance.caseName))) }
+    return fields
   }
 }

@@ -19,7 +19,8 @@ struct GranularMethod: UpcycleMethod {
 
   func expertSize(_ o: UpcycleOptions, intermediate I: Int) -> Int { I / max(1, groups(o)) }
 
-  func layout(_ o: UpcycleOptions, layer: Int, dense: DenseFFN, expertSize m: Int) -> ExpertLayout {
+  func layout(_ c: LayerContext) throws -> ExpertLayout {
+    let o = c.options, m = c.expertSize
     let G = groups(o)
     var out = ExpertLayout(neurons: (0..<o.numExperts).map { e in Array(((e % G) * m)..<((e % G + 1) * m)) })
     let scale = o.renormalizes ? Double(G) : Double(o.numExperts * G) / Double(o.topK)

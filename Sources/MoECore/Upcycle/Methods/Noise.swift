@@ -3,6 +3,8 @@
 struct NoiseMethod: UpcycleMethod {
   var name: String { "noise" }
 
+  func needsStatistics(_ o: UpcycleOptions) -> Bool { DropMethod().needsStatistics(o) }
+
   func validate(_ o: UpcycleOptions, intermediate I: Int) throws {
     try DropMethod().validate(o, intermediate: I)
   }

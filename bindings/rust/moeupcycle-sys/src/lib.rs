@@ -14,11 +14,11 @@ use std::os::raw::{c_char, c_int, c_void};
 
 // ---------------------------------------------------------------- version
 pub const MOE_VERSION_MAJOR: u32 = 0;
-pub const MOE_VERSION_MINOR: u32 = 6;
+pub const MOE_VERSION_MINOR: u32 = 7;
 pub const MOE_VERSION_PATCH: u32 = 0;
 pub const MOE_VERSION_NUMBER: u32 =
     MOE_VERSION_MAJOR * 10000 + MOE_VERSION_MINOR * 100 + MOE_VERSION_PATCH;
-pub const MOE_VERSION_STRING: &str = "0.6.0";
+pub const MOE_VERSION_STRING: &str = "0.7.0";
 
 // ---------------------------------------------------------------- status
 /// `moe_status` (a C enum: `int`). Frozen: never renumbered.
@@ -97,6 +97,8 @@ pub type moe_router_init = c_int;
 pub const MOE_ROUTER_INIT_NORMAL: moe_router_init = 0;
 pub const MOE_ROUTER_INIT_UNIFORM: moe_router_init = 1;
 pub const MOE_ROUTER_INIT_ZEROS: moe_router_init = 2;
+pub const MOE_ROUTER_INIT_KMEANS: moe_router_init = 3;
+pub const MOE_ROUTER_INIT_PROMPTS: moe_router_init = 4;
 
 pub type moe_routing = c_int;
 pub const MOE_ROUTING_SOFTMAX_TOPK_RENORM: moe_routing = 0;
@@ -113,6 +115,17 @@ pub type moe_partition_select = c_int;
 pub const MOE_PARTITION_RANDOM: moe_partition_select = 0;
 pub const MOE_PARTITION_UNIFORM: moe_partition_select = 1;
 pub const MOE_PARTITION_IMPORTANCE: moe_partition_select = 2;
+pub const MOE_PARTITION_ACTIVATION: moe_partition_select = 3;
+pub const MOE_PARTITION_CLUSTER: moe_partition_select = 4;
+
+pub type moe_importance = c_int;
+pub const MOE_IMPORTANCE_L1: moe_importance = 0;
+pub const MOE_IMPORTANCE_L2: moe_importance = 1;
+pub const MOE_IMPORTANCE_FREQ: moe_importance = 2;
+
+pub type moe_drop_select = c_int;
+pub const MOE_DROP_SELECT_RANDOM: moe_drop_select = 0;
+pub const MOE_DROP_SELECT_LEAST_IMPORTANT: moe_drop_select = 1;
 
 pub type moe_granular_scaling = c_int;
 pub const MOE_GRANULAR_SCALE_DOWN: moe_granular_scaling = 0;
@@ -149,6 +162,21 @@ pub struct moe_upcycle_params {
     pub aux_loss_coef: f64,
     pub progress: moe_progress_fn,
     pub user_data: *mut c_void,
+    // 0.7.0
+    pub calibration_path: *const c_char,
+    pub calibration_ids: i32,
+    pub calibration_tokens: u64,
+    pub calibration_samples: u32,
+    pub fire_quantile: f64,
+    pub stats_path: *const c_char,
+    pub save_stats_path: *const c_char,
+    pub importance: moe_importance,
+    pub shared_from_frequent: u32,
+    pub drop_select: moe_drop_select,
+    pub router_prompts_path: *const c_char,
+    pub router_negative_prompts_path: *const c_char,
+    pub router_spread: f64,
+    pub calibrated_scale: i32,
 }
 
 /// First version 0.1.0 (up to `peak_rss_bytes`); 0.2.0 appended `stale_*`.
@@ -846,6 +874,10 @@ extern "C" {
     pub fn moe_partition_select_from_name(out: *mut moe_partition_select, name: *const c_char) -> moe_status;
     pub fn moe_granular_scaling_name(value: moe_granular_scaling) -> *const c_char;
     pub fn moe_granular_scaling_from_name(out: *mut moe_granular_scaling, name: *const c_char) -> moe_status;
+    pub fn moe_importance_name(value: moe_importance) -> *const c_char;
+    pub fn moe_importance_from_name(out: *mut moe_importance, name: *const c_char) -> moe_status;
+    pub fn moe_drop_select_name(value: moe_drop_select) -> *const c_char;
+    pub fn moe_drop_select_from_name(out: *mut moe_drop_select, name: *const c_char) -> moe_status;
     pub fn moe_placement_name(value: moe_placement) -> *const c_char;
     pub fn moe_placement_from_name(out: *mut moe_placement, name: *const c_char) -> moe_status;
     pub fn moe_text_format_name(value: moe_text_format) -> *const c_char;

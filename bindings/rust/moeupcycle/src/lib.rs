@@ -21,7 +21,7 @@ use std::marker::PhantomData;
 use std::mem::{size_of, MaybeUninit};
 use std::os::raw::{c_char, c_int, c_void};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::ptr::{self, NonNull};
 use std::str::FromStr;
 
@@ -113,7 +113,7 @@ pub fn version_number() -> u32 {
     unsafe { sys::moe_version_number() }
 }
 
-/// The library's version text, e.g. "0.6.0".
+/// The library's version text, e.g. "0.7.0".
 pub fn version_string() -> String {
     unsafe { cstr_to_string(sys::moe_version_string()) }
 }
@@ -282,6 +282,10 @@ c_enum! {
         Normal = MOE_ROUTER_INIT_NORMAL,
         Uniform = MOE_ROUTER_INIT_UNIFORM,
         Zeros = MOE_ROUTER_INIT_ZEROS,
+        /// k-means on the calibration router inputs (needs calibration).
+        Kmeans = MOE_ROUTER_INIT_KMEANS,
+        /// From a prompts file, one line per expert.
+        Prompts = MOE_ROUTER_INIT_PROMPTS,
     }
 }
 
@@ -310,6 +314,27 @@ c_enum! {
         Random = MOE_PARTITION_RANDOM,
         Uniform = MOE_PARTITION_UNIFORM,
         Importance = MOE_PARTITION_IMPORTANCE,
+        /// By a calibration statistic (needs calibration).
+        Activation = MOE_PARTITION_ACTIVATION,
+        /// Grouped by co-activation, every neuron once (needs calibration).
+        Cluster = MOE_PARTITION_CLUSTER,
+    }
+}
+
+c_enum! {
+    /// The calibration statistic that ranks neurons.
+    Importance: moe_importance, moe_importance_name, moe_importance_from_name {
+        L1 = MOE_IMPORTANCE_L1,
+        L2 = MOE_IMPORTANCE_L2,
+        Freq = MOE_IMPORTANCE_FREQ,
+    }
+}
+
+c_enum! {
+    /// Which neurons `drop` re-draws.
+    DropSelect: moe_drop_select, moe_drop_select_name, moe_drop_select_from_name {
+        Random = MOE_DROP_SELECT_RANDOM,
+        LeastImportant = MOE_DROP_SELECT_LEAST_IMPORTANT,
     }
 }
 
@@ -466,11 +491,24 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<CheckpointInfo> {
 pub struct UpcycleOptions {
     raw: sys::moe_upcycle_params,
     layers: Option<String>,
+    calibration: Option<PathBuf>,
+    stats: Option<PathBuf>,
+    save_stats: Option<PathBuf>,
+    router_prompts: Option<PathBuf>,
+    router_negative_prompts: Option<PathBuf>,
 }
 
 impl Default for UpcycleOptions {
     fn default() -> Self {
-        UpcycleOptions { raw: defaults(sys::moe_upcycle_params_init), layers: None }
+        UpcycleOptions {
+            raw: defaults(sys::moe_upcycle_params_init),
+            layers: None,
+            calibration: None,
+            stats: None,
+            save_stats: None,
+            router_prompts: None,
+            router_negative_prompts: None,
+        }
     }
 }
 
@@ -512,6 +550,42 @@ impl UpcycleOptions {
         max_shard_bytes: u64 => |r, v| r.max_shard_bytes = v;
         threads: u32 => |r, v| r.threads = v;
         aux_loss_coef: f64 => |r, v| r.aux_loss_coef = v;
+        /// The calibration file holds whitespace-separated token ids.
+        calibration_ids: bool => |r, v| r.calibration_ids = v as i32;
+        calibration_tokens: u64 => |r, v| r.calibration_tokens = v;
+        calibration_samples: u32 => |r, v| r.calibration_samples = v;
+        fire_quantile: f64 => |r, v| r.fire_quantile = v;
+        importance: Importance => |r, v| r.importance = v.raw();
+        shared_from_frequent: u32 => |r, v| r.shared_from_frequent = v;
+        drop_select: DropSelect => |r, v| r.drop_select = v.raw();
+        router_spread: f64 => |r, v| r.router_spread = v;
+        /// partition: fit down_proj's scale to the calibration tokens.
+        calibrated_scale: bool => |r, v| r.calibrated_scale = v as i32;
+    }
+    /// Calibration data (text, or token ids with `calibration_ids`) run through the dense model.
+    pub fn calibration(mut self, path: impl AsRef<Path>) -> Self {
+        self.calibration = Some(path.as_ref().to_owned());
+        self
+    }
+    /// Statistics saved by an earlier calibration, used instead of calibration data.
+    pub fn stats(mut self, path: impl AsRef<Path>) -> Self {
+        self.stats = Some(path.as_ref().to_owned());
+        self
+    }
+    /// Where to save the collected calibration statistics.
+    pub fn save_stats(mut self, path: impl AsRef<Path>) -> Self {
+        self.save_stats = Some(path.as_ref().to_owned());
+        self
+    }
+    /// Router prompts, one line per expert (RouterInit::Prompts).
+    pub fn router_prompts(mut self, path: impl AsRef<Path>) -> Self {
+        self.router_prompts = Some(path.as_ref().to_owned());
+        self
+    }
+    /// Negative router prompts, one line per expert.
+    pub fn router_negative_prompts(mut self, path: impl AsRef<Path>) -> Self {
+        self.router_negative_prompts = Some(path.as_ref().to_owned());
+        self
     }
     /// Which layers become MoE: "all", "every:N" or a list "0,2,5-7".
     pub fn layers(mut self, spec: &str) -> Self {
@@ -542,8 +616,20 @@ pub fn upcycle(input: impl AsRef<Path>, output: impl AsRef<Path>, options: &Upcy
     let i = c_path("input", input.as_ref())?;
     let o = c_path("output", output.as_ref())?;
     let layers = options.layers.as_deref().map(|s| c_string("layers", s)).transpose()?;
+    let path = |what: &str, p: &Option<PathBuf>| p.as_deref().map(|p| c_path(what, p)).transpose();
+    let calibration = path("calibration", &options.calibration)?;
+    let stats = path("stats", &options.stats)?;
+    let save_stats = path("save_stats", &options.save_stats)?;
+    let prompts = path("router_prompts", &options.router_prompts)?;
+    let negative = path("router_negative_prompts", &options.router_negative_prompts)?;
+    let pointer = |c: &Option<CString>| c.as_ref().map_or(ptr::null(), |c| c.as_ptr());
     let mut p = options.raw;
     p.layers = layers.as_ref().map_or(ptr::null(), |c| c.as_ptr());
+    p.calibration_path = pointer(&calibration);
+    p.stats_path = pointer(&stats);
+    p.save_stats_path = pointer(&save_stats);
+    p.router_prompts_path = pointer(&prompts);
+    p.router_negative_prompts_path = pointer(&negative);
     let mut r = result(|r: &mut sys::moe_upcycle_result, n| r.struct_size = n);
     unsafe { check(sys::moe_upcycle(&mut r, i.as_ptr(), o.as_ptr(), &p))? };
     Ok(UpcycleReport {

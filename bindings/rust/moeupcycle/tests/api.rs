@@ -1,5 +1,5 @@
 use moeupcycle::{
-    Dtype, Format, GenerateOptions, GranularScaling, LayerConfig, LrSchedule, Method, MoELayer, Model, ModelOptions,
+    Dtype, DropSelect, Format, GenerateOptions, GranularScaling, Importance, LayerConfig, LrSchedule, Method, MoELayer, Model, ModelOptions,
     NonFinite, PartitionSelect, Placement, RouterInit, Routing, Runtime, StopReason, TextFormat, TrainOnly, Trainer,
     TrainerOptions, UpcycleOptions, Weight, ALL_EXPERTS, MOE_ERR_BUFFER_TOO_SMALL, MOE_ERR_EXISTS,
     MOE_ERR_INVALID_ARGUMENT, MOE_ERR_SHAPE,
@@ -25,7 +25,7 @@ fn threading_markers() {
 fn version_matches_header() {
     assert_eq!(moeupcycle::version_number(), sys::MOE_VERSION_NUMBER);
     assert_eq!(moeupcycle::version_string(), sys::MOE_VERSION_STRING);
-    assert_eq!(moeupcycle::version_string(), "0.6.0");
+    assert_eq!(moeupcycle::version_string(), "0.7.0");
 }
 
 // ------------------------------------------------------------------ names
@@ -62,7 +62,12 @@ where
 fn enum_names_come_from_the_library() {
     check_names(&Dtype::ALL[1..], &["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"], Dtype::name, Dtype::raw);
     check_names(Method::ALL, &["copy", "drop", "noise", "granular", "partition"], Method::name, Method::raw);
-    check_names(RouterInit::ALL, &["normal", "uniform", "zeros"], RouterInit::name, RouterInit::raw);
+    check_names(
+        RouterInit::ALL,
+        &["normal", "uniform", "zeros", "kmeans", "prompts"],
+        RouterInit::name,
+        RouterInit::raw,
+    );
     check_names(
         Routing::ALL,
         &["softmax-topk-renorm", "softmax-topk", "topk-softmax", "sigmoid-topk", "sigmoid-topk-renorm"],
@@ -70,7 +75,14 @@ fn enum_names_come_from_the_library() {
         Routing::raw,
     );
     check_names(Format::ALL, &["mixtral", "qwen2-moe"], Format::name, Format::raw);
-    check_names(PartitionSelect::ALL, &["random", "uniform", "importance"], PartitionSelect::name, PartitionSelect::raw);
+    check_names(
+        PartitionSelect::ALL,
+        &["random", "uniform", "importance", "activation", "cluster"],
+        PartitionSelect::name,
+        PartitionSelect::raw,
+    );
+    check_names(Importance::ALL, &["l1", "l2", "freq"], Importance::name, Importance::raw);
+    check_names(DropSelect::ALL, &["random", "least-important"], DropSelect::name, DropSelect::raw);
     check_names(GranularScaling::ALL, &["down", "cube-root", "none"], GranularScaling::name, GranularScaling::raw);
     check_names(&Placement::ALL[1..], &["row-slice", "expert", "interleave", "none"], Placement::name, Placement::raw);
     check_names(TextFormat::ALL, &["plain", "json"], TextFormat::name, TextFormat::raw);
@@ -524,4 +536,57 @@ fn smollm2_upcycle_layer_and_training_step() {
     let after = trainer.model().logits(&ids).unwrap();
     assert!(after.iter().all(|x| x.is_finite()));
     assert_ne!(after, b, "a training step changes the MoE layer's output");
+}
+
+/// Data-aware upcycling through the safe API: calibration text, statistics
+/// saved and reused, co-activation clusters. With top-k = E and a zero router
+/// every token reaches every expert with equal weight, and the clustered
+/// experts sum to the dense FFN: the logits equal the dense model's.
+#[test]
+fn smollm2_calibrated_cluster_upcycle_equals_dense() {
+    let Some(path) = smollm2() else { return };
+    let work = TempDir::new("calibrate");
+    let text = work.0.join("calibration.txt");
+    let line = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer.\n";
+    std::fs::write(&text, line.repeat(20)).unwrap();
+    let stats = work.0.join("stats.safetensors");
+    let cluster = || {
+        UpcycleOptions::new()
+            .num_experts(4)
+            .top_k(4)
+            .method(Method::Partition)
+            .partition_select(PartitionSelect::Cluster)
+            .router_init(RouterInit::Zeros)
+            .format(Format::Qwen2Moe)
+            .dtype(Dtype::F32)
+            .layers("0")
+    };
+    let out = work.0.join("cluster");
+    moeupcycle::upcycle(&path, &out, &cluster().calibration(&text).calibration_samples(64).save_stats(&stats)).unwrap();
+    assert!(stats.exists());
+    let config = std::fs::read_to_string(out.join("config.json")).unwrap();
+    assert!(config.contains("\"partition_select\": \"cluster\""), "{config}");
+    assert!(config.contains("\"calibration_tokens\""), "{config}");
+
+    // The saved statistics give the same model without the calibration data.
+    let again = work.0.join("again");
+    moeupcycle::upcycle(&path, &again, &cluster().stats(&stats)).unwrap();
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        std::fs::read(again.join("model.safetensors")).unwrap()
+    );
+
+    let rt = Runtime::new(0).unwrap();
+    let mut dense = Model::load(&rt, &path).unwrap();
+    let mut moe = Model::load_with(&rt, &out, &ModelOptions::new().weight_dtype(Dtype::F32)).unwrap();
+    let ids = dense.tokenize(PROMPT).unwrap();
+    let a = dense.logits(&ids).unwrap();
+    let b = moe.logits(&ids).unwrap();
+    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-3, "clustered experts differ from the dense model by {worst}");
+
+    // Statistics need something to use them.
+    let err = moeupcycle::upcycle(&path, work.0.join("unused"), &UpcycleOptions::new().stats(&stats)).unwrap_err();
+    assert_eq!(err.code, MOE_ERR_INVALID_ARGUMENT);
+    assert!(err.message.contains("nothing uses them"), "{}", err.message);
 }
