@@ -131,7 +131,8 @@ std::string fetch_text(Fn&& fn) {
 // Every enum of the header, for the name lookups below.
 #define MOEUPCYCLE_ENUMS(X)                                                     \
   X(dtype) X(method) X(router_init) X(routing) X(format) X(partition_select)    \
-  X(granular_scaling) X(placement) X(text_format) X(weight) X(stop_reason)      \
+  X(granular_scaling) X(importance) X(drop_select) X(placement) X(text_format)  \
+  X(weight) X(stop_reason)                                                      \
   X(train_only) X(lr_schedule) X(nonfinite)
 
 namespace detail {

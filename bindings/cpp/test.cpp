@@ -103,12 +103,14 @@ static void check_names(const char* what, const std::vector<std::string>& expect
 static void test_names() {
   check_names<moe_dtype>("dtype", {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"});
   check_names<moe_method>("method", {"copy", "drop", "noise", "granular", "partition"});
-  check_names<moe_router_init>("router_init", {"normal", "uniform", "zeros"});
+  check_names<moe_router_init>("router_init", {"normal", "uniform", "zeros", "kmeans", "prompts"});
   check_names<moe_routing>("routing", {"softmax-topk-renorm", "softmax-topk", "topk-softmax",
                                        "sigmoid-topk", "sigmoid-topk-renorm"});
   check_names<moe_format>("format", {"mixtral", "qwen2-moe"});
-  check_names<moe_partition_select>("partition_select", {"random", "uniform", "importance"});
+  check_names<moe_partition_select>("partition_select", {"random", "uniform", "importance", "activation", "cluster"});
   check_names<moe_granular_scaling>("granular_scaling", {"down", "cube-root", "none"});
+  check_names<moe_importance>("importance", {"l1", "l2", "freq"});
+  check_names<moe_drop_select>("drop_select", {"random", "least-important"});
   check_names<moe_placement>("placement", {"row-slice", "expert", "interleave", "none"});
   check_names<moe_text_format>("text_format", {"plain", "json"});
   check_names<moe_weight>("weight", {"router", "gate", "up", "down", "shared-gate", "shared-up",
