@@ -148,6 +148,12 @@ final class Calibrator: FFNObserver {
     guard o.fireQuantile > 0 && o.fireQuantile < 1 else {
       throw MoEError.invalid("fire quantile must be in (0, 1) (got \(o.fireQuantile))")
     }
+    // The sample is kept for every layer: refuse one that cannot fit in memory.
+    let sampleBytes = Double(o.sampleRows) * Double(d.intermediateSize + d.hiddenSize) * 4 * Double(d.numLayers)
+    let memory = physicalMemoryBytes()
+    guard memory == 0 || sampleBytes <= Double(memory) / 2 else {
+      throw MoEError(.outOfMemory, "\(o.sampleRows) calibration samples need \(Int(sampleBytes / Double(1 << 20))) MiB for this model's \(d.numLayers) layers, more than half of this machine's \(memory >> 20) MiB; use fewer samples")
+    }
     let tokens = try readTokens(path: o.path, ids: o.ids, limit: o.maxTokens, model: model)
     guard tokens.count >= CalibrationOptions.minimumTokens else {
       throw MoEError.invalid("calibration data '\(o.path)' gives \(tokens.count) tokens; at least \(CalibrationOptions.minimumTokens) are needed")

@@ -100,6 +100,12 @@ enum KMeans {
   /// pairs greedily by similarity under the size limit. Returns each
   /// cluster's rows, sorted.
   static func balanced(_ x: [Float], rows n: Int, dim: Int, k: Int, rng: inout Rng, iterations: Int = 30) -> [[Int]] {
+    balancedClusters(x, rows: n, dim: dim, k: k, rng: &rng, iterations: iterations).groups
+  }
+
+  /// `balanced`, with the clusters' unit-norm centroids [k, dim].
+  static func balancedClusters(_ x: [Float], rows n: Int, dim: Int, k: Int, rng: inout Rng,
+                               iterations: Int = 30) -> (groups: [[Int]], centroids: [Float]) {
     precondition(n >= k && k >= 1 && n % k == 0)
     let size = n / k
     var c = seed(x, rows: n, dim: dim, k: k, rng: &rng)
@@ -124,6 +130,7 @@ enum KMeans {
     }
     var groups = [[Int]](repeating: [], count: k)
     for r in 0..<n { groups[assignment[r]].append(r) }
-    return groups
+    update(x, rows: n, dim: dim, assignment: assignment, into: &c, k: k)
+    return (groups, c)
   }
 }

@@ -1,7 +1,7 @@
 /// Routers from the dense model's router inputs over calibration data. In
-/// general each row is a centroid of spherical k-means on the sampled router
-/// inputs (normed hidden states), so a token goes to the experts whose
-/// centroids it is nearest. For `cluster` experts, whose neurons were grouped
+/// general each row is a centroid of balanced spherical k-means (clusters of
+/// equal size) on the sampled router inputs (normed hidden states), so a
+/// token goes to the experts whose centroids it is nearest. For `cluster` experts, whose neurons were grouped
 /// by when they fire, expert e's row is the covariance of the (unit) router
 /// input with the share of the token's activation mass that lies in e's
 /// neurons: tokens go where their neurons fire. Rows are centered and scaled
@@ -27,7 +27,10 @@ struct KMeansRouter: RouterInitializer {
       rows = Self.fromNeurons(neurons, stats: stats, unitInputs: x, hidden: H)
     } else {
       var rng = Rng(seed: b.options.seed, stream: [ExpertBuilder.purposeRouter, UInt64(b.layer), 1])
-      rows = KMeans.cluster(x, rows: S, dim: H, k: g, rng: &rng)
+      // Clusters of equal size (the sample's remainder left out), so that
+      // every expert starts with the same share of the sampled tokens.
+      let n = S - S % g
+      rows = KMeans.balancedClusters(Array(x[0..<(n * H)]), rows: n, dim: H, k: g, rng: &rng).centroids
     }
     rows = RouterRows.centered(rows, count: g, width: H)
     return RouterRows.scaled(rows, count: g, width: H, samples: stats.routerInputs, spread: b.options.routerSpread)
