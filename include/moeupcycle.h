@@ -574,6 +574,23 @@ moe_status moe_upcycle(moe_upcycle_result *out, const char *input_path,
                        const char *output_path,
                        const moe_upcycle_params *params);
 
+/**
+ * Run the dense checkpoint at `input_path` over params->calibration_path and
+ * write its calibration statistics to `stats_path`: the safetensors file
+ * moe_upcycle_params.stats_path reads, so several upcycles can share one
+ * calibration. Reads the calibration fields of `params` (calibration_path,
+ * calibration_ids, calibration_tokens, calibration_samples, fire_quantile)
+ * and `force`; the others are ignored. The file is written under a temporary
+ * name and renamed into place; an existing file is refused with
+ * MOE_ERR_EXISTS unless params->force. Since 0.7.0.
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (no
+ * calibration data, too few tokens, a token id outside the vocabulary),
+ * MOE_ERR_NOT_FOUND, MOE_ERR_EXISTS, MOE_ERR_IO, MOE_ERR_FORMAT,
+ * MOE_ERR_UNSUPPORTED (an MoE checkpoint), MOE_ERR_OUT_OF_MEMORY.
+ */
+moe_status moe_calibrate(const char *input_path, const char *stats_path,
+                         const moe_upcycle_params *params);
+
 /* ------------------------------------------------------------------------ */
 /* Models from scratch                                                      */
 /* ------------------------------------------------------------------------ */

@@ -215,6 +215,21 @@ public func moe_upcycle(_ out: UnsafeMutablePointer<moe_upcycle_result>!,
   }
 }
 
+@c @implementation
+public func moe_calibrate(_ input_path: UnsafePointer<CChar>!, _ stats_path: UnsafePointer<CChar>!,
+                          _ params: UnsafePointer<moe_upcycle_params>!) -> moe_status {
+  guarded("moe_calibrate") {
+    let input = try stringArgument(input_path, "input_path")
+    let output = try stringArgument(stats_path, "stats_path")
+    let options = try upcycleOptions(try readParameters(params, "params"))
+    guard let calibration = options.calibration else {
+      throw MoEError.invalid("params->calibration_path is NULL; calibration needs data (text, or token ids with calibration_ids)")
+    }
+    let checkpoint = try Checkpoint(path: input)
+    try CalibrationStatistics(collecting: checkpoint, options: calibration).save(to: output, force: options.force)
+  }
+}
+
 // MARK: - Models from scratch
 
 @c @implementation

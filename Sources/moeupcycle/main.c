@@ -17,6 +17,7 @@ static void usage(FILE *f) {
     "usage:\n"
     "  moeupcycle info PATH [--json]\n"
     "  moeupcycle upcycle IN OUT [options]\n"
+    "  moeupcycle calibrate DENSE --data FILE --out STATS [--ids] [--tokens N] [--samples S]\n"
     "  moeupcycle init --vocab-from MODEL OUT [--arch llama|mixtral|qwen2-moe] [--hidden H]\n"
     "                  [--layers L] [--heads N] [--ffn F] [--experts E] ... (init --help)\n"
     "  moeupcycle plan --dense-tokens D1 --budget-tokens T (--params N1 | --model DENSE)\n"
@@ -110,6 +111,7 @@ typedef struct command {
 static const command commands[] = {
   { "info", cmd_info },
   { "upcycle", cmd_upcycle },
+  { "calibrate", cmd_calibrate },
   { "init", cmd_init },
   { "plan", cmd_plan },
   { "study", cmd_study },

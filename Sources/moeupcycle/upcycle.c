@@ -61,6 +61,41 @@ int cmd_upcycle(int argc, char **argv) {
   return 0;
 }
 
+/* ----------------------------------------------------------- calibrate -- */
+
+int cmd_calibrate(int argc, char **argv) {
+  moe_upcycle_params p;
+  moe_upcycle_params_init(&p, sizeof p);
+  const char *out = NULL;
+  const cli_option options[] = {
+    OPT_STRING("--data", &p.calibration_path),
+    OPT_STRING("--out", &out),
+    OPT_FLAG("--ids", &p.calibration_ids),
+    OPT_U64("--tokens", &p.calibration_tokens),
+    OPT_U32("--samples", &p.calibration_samples),
+    OPT_DOUBLE("--fire-quantile", &p.fire_quantile),
+    OPT_FLAG("--force", &p.force),
+    OPT_END
+  };
+  const char *paths[1] = { NULL };
+  int n = 0, help = 0;
+  if (cli_parse(argc, argv, options, paths, 1, &n, &help)) return 2;
+  if (help) {
+    printf("usage: moeupcycle calibrate DENSE --data FILE --out STATS.safetensors [--ids] [--tokens N]\n"
+           "                            [--samples S] [--fire-quantile Q] [--force]\n"
+           "Runs DENSE over FILE and saves per-neuron activation statistics for upcycle --stats.\n");
+    return 0;
+  }
+  if (n < 1) return bad_usage("calibrate needs the dense model", NULL);
+  if (!p.calibration_path) return bad_usage("calibrate needs --data FILE", NULL);
+  if (!out) return bad_usage("calibrate needs --out STATS", NULL);
+  double start = now_seconds();
+  moe_status st = moe_calibrate(paths[0], out, &p);
+  if (st != MOE_OK) return fail(st);
+  printf("calibrated %s on %s -> %s in %.2f s\n", paths[0], p.calibration_path, out, now_seconds() - start);
+  return 0;
+}
+
 /* --------------------------------------------------------------- bench -- */
 
 /* Copies every regular file of `from` into the new directory `to`, with fsync (as the upcycler does). */

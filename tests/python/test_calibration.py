@@ -432,3 +432,38 @@ def test_high_level_binding_takes_paths(dense, tmp_path):
     with pytest.raises(mu.MoeError) as e:
         mu.upcycle(dense, tmp_path / "other", num_experts=4, top_k=2, method="partition", partition_select="cluster")
     assert e.value.code == C.MOE_ERR_INVALID_ARGUMENT and "calibration" in str(e.value)
+
+
+def test_calibrate_alone_equals_the_statistics_upcycle_saves(dense, tmp_path):
+    import moeupcycle as mu
+    write_ids(tmp_path / "ids.txt", 300)
+    fields = dict(calibration_path=str(tmp_path / "ids.txt"), calibration_ids=1, calibration_samples=16,
+                  fire_quantile=0.7)
+    upcycle(dense, tmp_path / "moe", num_experts=2, top_k=1, save_stats_path=str(tmp_path / "a.safetensors"),
+            **fields)
+    mu.calibrate(dense, tmp_path / "b.safetensors", **fields)
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+    with pytest.raises(mu.MoeError) as e:
+        mu.calibrate(dense, tmp_path / "b.safetensors", **fields)
+    assert e.value.code == C.MOE_ERR_EXISTS
+    mu.calibrate(dense, tmp_path / "b.safetensors", force=1, **dict(fields, calibration_samples=8))
+    assert int(read_stats(tmp_path / "b.safetensors")[1]["sample_rows"]) == 8
+    with pytest.raises(mu.MoeError) as e:
+        mu.calibrate(dense, tmp_path / "c.safetensors")
+    assert e.value.code == C.MOE_ERR_INVALID_ARGUMENT and "calibration_path is NULL" in e.value.message
+    with pytest.raises(mu.MoeError) as e:
+        mu.calibrate(tmp_path / "moe", tmp_path / "c.safetensors", **fields)
+    assert e.value.code == C.MOE_ERR_UNSUPPORTED and "dense model" in e.value.message
+    assert not (tmp_path / "c.safetensors").exists()
+    # The command line: calibrate, then upcycle from the statistics.
+    p = subprocess.run([str(CLI), "calibrate", str(dense), "--data", str(tmp_path / "ids.txt"), "--ids", "--samples",
+                        "16", "--fire-quantile", "0.7", "--out", str(tmp_path / "cli.safetensors")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "cli.safetensors").read_bytes() == (tmp_path / "a.safetensors").read_bytes()
+    p = subprocess.run([str(CLI), "upcycle", str(dense), str(tmp_path / "cluster"), "--experts", "4", "--method",
+                        "partition", "--partition-select", "cluster", "--stats", str(tmp_path / "cli.safetensors")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run([str(CLI), "calibrate", str(dense), "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert p.returncode == 2 and "--data" in p.stderr

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import _capi as C
 
-__all__ = ["MoeError", "Runtime", "MoELayer", "Model", "Trainer", "upcycle", "init_model", "inspect", "scaling_law", "fit_scaling_law",
+__all__ = ["MoeError", "Runtime", "MoELayer", "Model", "Trainer", "upcycle", "calibrate", "init_model", "inspect", "scaling_law", "fit_scaling_law",
            "predict_loss", "plan", "run_study", "version", "names"]
 
 _F32P = ctypes.POINTER(ctypes.c_float)
@@ -198,6 +198,15 @@ def upcycle(source: str, output: str, progress: Optional[Callable[[int, int, str
     r = _result(C.moe_upcycle_result)
     _check(C.lib.moe_upcycle(r, str(source).encode(), str(output).encode(), p))
     return r
+
+
+def calibrate(source: str, stats: str, **options) -> None:
+    """Run the dense checkpoint `source` over calibration data and save its statistics at `stats`
+    (the file that upcycle(..., stats_path=...) reads). Options are the calibration fields of
+    moe_upcycle_params: calibration_path (required), calibration_ids, calibration_tokens,
+    calibration_samples, fire_quantile, force."""
+    p = _params(C.moe_upcycle_params, options, "calibrate")
+    _check(C.lib.moe_calibrate(os.fspath(source).encode(), os.fspath(stats).encode(), p))
 
 
 def init_model(tokenizer_source: str, output: str, **options) -> C.moe_init_result:

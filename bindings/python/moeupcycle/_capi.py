@@ -656,6 +656,8 @@ _declare("moe_upcycle_params_init", moe_status, POINTER(moe_upcycle_params), c_s
 # moe_status moe_upcycle(moe_upcycle_result *out, const char *input_path, const char *output_path,
 #                        const moe_upcycle_params *params);
 _declare("moe_upcycle", moe_status, POINTER(moe_upcycle_result), c_char_p, c_char_p, POINTER(moe_upcycle_params))
+# moe_status moe_calibrate(const char *input_path, const char *stats_path, const moe_upcycle_params *params);
+_declare("moe_calibrate", moe_status, c_char_p, c_char_p, POINTER(moe_upcycle_params))
 
 # ---- models from scratch
 

@@ -161,3 +161,10 @@ public struct CalibrationStatistics: Sendable {
                                  modelFingerprint: try number("model_fingerprint", hex: true), fireQuantile: quantile)
   }
 }
+
+extension CalibrationStatistics {
+  /// Runs the dense model of `checkpoint` over the calibration data.
+  public init(collecting checkpoint: Checkpoint, options: CalibrationOptions) throws {
+    self = try Calibrator.collect(checkpoint: checkpoint, options: options)
+  }
+}

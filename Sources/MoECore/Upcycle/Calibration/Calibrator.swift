@@ -135,6 +135,15 @@ final class Calibrator: FFNObserver {
 
   // MARK: Running
 
+  /// Loads the dense model of `checkpoint` and collects its statistics.
+  static func collect(checkpoint: Checkpoint, options o: CalibrationOptions) throws -> CalibrationStatistics {
+    guard !checkpoint.description.architecture.isMoE else {
+      throw MoEError.unsupported("'\(checkpoint.path)' is an MoE checkpoint (\(checkpoint.description.architecture.rawValue)); calibration runs a dense model")
+    }
+    let model = try DecoderModel(checkpoint: checkpoint, runtime: try Runtime(threads: 0, pin: false))
+    return try collect(model: model, checkpoint: checkpoint, options: o)
+  }
+
   /// Runs `model` (dense) over the calibration data and returns its statistics.
   static func collect(model: DecoderModel, checkpoint: Checkpoint, options o: CalibrationOptions) throws -> CalibrationStatistics {
     let d = model.description

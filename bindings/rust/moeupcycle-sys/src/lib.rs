@@ -634,6 +634,11 @@ extern "C" {
         output_path: *const c_char,
         params: *const moe_upcycle_params,
     ) -> moe_status;
+    pub fn moe_calibrate(
+        input_path: *const c_char,
+        stats_path: *const c_char,
+        params: *const moe_upcycle_params,
+    ) -> moe_status;
 
     // models from scratch
     pub fn moe_init_params_init(params: *mut moe_init_params, struct_size: usize) -> moe_status;

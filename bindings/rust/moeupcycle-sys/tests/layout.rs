@@ -176,7 +176,8 @@ macro_rules! functions {
 fn rust_functions() -> Vec<(&'static str, *const ())> {
     functions![
         moe_version_number, moe_version_string, moe_status_string, moe_last_error,
-        moe_checkpoint_inspect, moe_upcycle_params_init, moe_upcycle, moe_init_params_init, moe_init_model,
+        moe_checkpoint_inspect, moe_upcycle_params_init, moe_upcycle, moe_calibrate, moe_init_params_init,
+        moe_init_model,
         moe_runtime_params_init, moe_runtime_create, moe_runtime_free, moe_runtime_get_info,
         moe_runtime_measure_peak, moe_runtime_describe,
         moe_layer_config_init, moe_layer_create, moe_layer_load, moe_layer_free, moe_layer_get_config,

@@ -644,6 +644,18 @@ pub fn upcycle(input: impl AsRef<Path>, output: impl AsRef<Path>, options: &Upcy
     })
 }
 
+/// Run the dense checkpoint at `input` over the calibration data of `options`
+/// and save its statistics at `stats` (the file [`UpcycleOptions::stats`]
+/// reads). Only the calibration options and `force` are used.
+pub fn calibrate(input: impl AsRef<Path>, stats: impl AsRef<Path>, options: &UpcycleOptions) -> Result<()> {
+    let i = c_path("input", input.as_ref())?;
+    let s = c_path("stats", stats.as_ref())?;
+    let calibration = options.calibration.as_deref().map(|p| c_path("calibration", p)).transpose()?;
+    let mut p = options.raw;
+    p.calibration_path = calibration.as_ref().map_or(ptr::null(), |c| c.as_ptr());
+    unsafe { check(sys::moe_calibrate(i.as_ptr(), s.as_ptr(), &p)) }
+}
+
 // ------------------------------------------------------------------ runtime
 
 /// A topology with its pool of pinned worker threads.

@@ -568,6 +568,13 @@ fn smollm2_calibrated_cluster_upcycle_equals_dense() {
     assert!(config.contains("\"partition_select\": \"cluster\""), "{config}");
     assert!(config.contains("\"calibration_tokens\""), "{config}");
 
+    // Calibration alone saves the same statistics.
+    let alone = work.0.join("alone.safetensors");
+    moeupcycle::calibrate(&path, &alone, &UpcycleOptions::new().calibration(&text).calibration_samples(64)).unwrap();
+    assert_eq!(std::fs::read(&alone).unwrap(), std::fs::read(&stats).unwrap());
+    let err = moeupcycle::calibrate(&path, &alone, &UpcycleOptions::new().calibration(&text)).unwrap_err();
+    assert_eq!(err.code, MOE_ERR_EXISTS);
+
     // The saved statistics give the same model without the calibration data.
     let again = work.0.join("again");
     moeupcycle::upcycle(&path, &again, &cluster().stats(&stats)).unwrap();
