@@ -70,6 +70,16 @@ def seeds_safetensors():
     put("safetensors", "bad-gap", safetensors([("w", "F32", [2], f32(2))], offsets=[(4, 12)]) + b"\0" * 4)
     put("safetensors", "bad-dtype", safetensors([("w", "I64", [1], b"\0" * 8)]))
     put("safetensors", "bad-length", struct.pack("<Q", 1 << 40) + b"{}")
+    # Calibration statistics (two layers, I = 4, H = 2, two sampled tokens).
+    meta = {"format": "moeupcycle-calibration", "version": "1", "tokens": "100", "data_hash": "00ff00ff00ff00ff",
+            "model_fingerprint": "0123456789abcdef", "fire_quantile": "0.9", "sample_rows": "2"}
+    stats = []
+    for layer in range(2):
+        p = f"layers.{layer}."
+        stats += [(p + "abs_mean", "F32", [4], f32(4)), (p + "square_mean", "F32", [4], f32(4)),
+                  (p + "fire_frequency", "F32", [4], f32(4)), (p + "threshold", "F32", [1], f32(1)),
+                  (p + "sketch", "F32", [2, 4], f32(2, 4)), (p + "router_inputs", "F32", [2, 2], f32(2, 2))]
+    put("safetensors", "calibration-statistics", safetensors(stats, metadata=meta))
     put("safetensors", "bad-json", struct.pack("<Q", 12) + b'{"w":{"dtype"')
     put("safetensors", "bad-shape-overflow", safetensors(
         [("w", "F32", [1 << 31, 1 << 31, 1 << 31], b"")], offsets=[(0, 0)]))

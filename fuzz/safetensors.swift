@@ -1,6 +1,7 @@
 // safetensors: the header (length prefix, JSON, dtype/shape/offset checks,
 // tiling of the data section), then reading every tensor through
-// SafetensorsSource from the bytes held in memory.
+// SafetensorsSource from the bytes held in memory, and reading the file as
+// calibration statistics.
 
 @testable import MoECore
 
@@ -19,6 +20,14 @@ public func fuzzSafetensors(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt 
     let source = try SafetensorsSource(file: MappedFile(copying: bytes, path: "fuzz.safetensors"))
     expect(source.tensorNames.count == entries.count, "source lists \(source.tensorNames.count) of \(entries.count) tensors")
     try readAllTensors(source)
+    // As calibration statistics: refused with a reason, or every layer's arrays of the stated sizes.
+    if let stats = try? CalibrationStatistics.load(source: source, path: "fuzz.safetensors") {
+      for l in stats.layers {
+        expect(l.absMean.count == stats.intermediate && l.sketch.count == stats.sampleRows * stats.intermediate
+                 && l.routerInputs.count == stats.sampleRows * stats.hidden,
+               "statistics of inconsistent sizes were accepted")
+      }
+    }
 
     // The writer's header for the same tensors must parse back to the same layout.
     let tensors = entries.sorted { $0.begin < $1.begin }.map { ($0.info.name, $0.info.dtype, $0.info.shape) }

@@ -120,7 +120,10 @@ public struct CalibrationStatistics: Sendable {
 
   /// Reads statistics written by `save`.
   public static func load(from path: String) throws -> CalibrationStatistics {
-    let source = try SafetensorsSource(file: path)
+    try load(source: try SafetensorsSource(file: path), path: path)
+  }
+
+  static func load(source: SafetensorsSource, path: String) throws -> CalibrationStatistics {
     let meta = Dictionary(source.metadata, uniquingKeysWith: { a, _ in a })
     guard meta["format"] == formatName else {
       throw MoEError.format("'\(path)' is not a calibration statistics file (its metadata has no format \(formatName))")
