@@ -591,6 +591,64 @@ moe_status moe_upcycle(moe_upcycle_result *out, const char *input_path,
 moe_status moe_calibrate(const char *input_path, const char *stats_path,
                          const moe_upcycle_params *params);
 
+/** What moe_export() writes. First version: 0.7.0 (all fields below). */
+typedef struct moe_export_params {
+  /** sizeof(moe_export_params); set by moe_export_params_init(). */
+  size_t struct_size;
+  /** Storage type of the weight matrices: MOE_DTYPE_F32 (default),
+   *  MOE_DTYPE_F16, MOE_DTYPE_BF16, MOE_DTYPE_Q8_0, MOE_DTYPE_Q4_0 or
+   *  MOE_DTYPE_Q4_1 (GGML's blocks of 32). Norms, biases and routers stay
+   *  F32; a matrix whose rows are not a whole number of blocks is written
+   *  F16 (counted in moe_export_result.fallback_tensors). */
+  moe_dtype dtype;
+  /** Non-zero: replace an existing output file (never a directory).
+   *  Default 0. */
+  int32_t force;
+} moe_export_params;
+
+/** What moe_export() wrote. First version: 0.7.0 (all fields below). */
+typedef struct moe_export_result {
+  /** Set by the caller to sizeof(moe_export_result) before the call. */
+  size_t struct_size;
+  uint64_t bytes_written;
+  uint64_t tensors_written;
+  /** Matrices written as F16 because their rows are not whole blocks. */
+  uint32_t fallback_tensors;
+  double seconds;
+} moe_export_result;
+
+/** Fill `params` with defaults, writing `struct_size` bytes. Returns MOE_OK,
+ *  MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT. Since 0.7.0. */
+moe_status moe_export_params_init(moe_export_params *params, size_t struct_size);
+
+/**
+ * Write the checkpoint at `input_path` (HF directory or .gguf; dense Llama,
+ * Mistral, Qwen2, or an MoE: Mixtral, Qwen2-MoE) as one GGUF file (version
+ * 3) that llama.cpp runs: tensors under llama.cpp's names, Q/K rows permuted
+ * for the `llama` architecture, each MoE layer's experts stacked
+ * (ffn_gate_exps, ffn_up_exps, ffn_down_exps; ffn_gate_inp for the router;
+ * the *_shexp tensors and ffn_gate_inp_shexp for Qwen2-MoE's shared
+ * expert), the hyperparameters and expert counts as `ARCH.*` metadata, and
+ * the byte-level BPE tokenizer (tokens, types, merges, special ids, chat
+ * template) as `tokenizer.*` metadata, its vocabulary padded with unused
+ * [PADn] tokens to the model's. Tensor data is aligned to 32 bytes
+ * (general.alignment). The file is written under a temporary name and renamed
+ * into place; an existing file is refused with MOE_ERR_EXISTS unless
+ * params->force. The library reads the files it writes (moe_model_load).
+ *
+ * Refused with MOE_ERR_UNSUPPORTED: MoE models with dense layers (GGUF's
+ * MoE architectures are MoE in every layer), a Qwen2-MoE that renormalizes
+ * the top-k weights or has no shared expert (llama.cpp's qwen2moe does
+ * neither), rope_scaling, and tokenizers other than byte-level BPE.
+ * `out` may be NULL (else its struct_size set); `params` may be NULL for the
+ * defaults. Since 0.7.0.
+ * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT,
+ * MOE_ERR_NOT_FOUND, MOE_ERR_EXISTS, MOE_ERR_IO, MOE_ERR_FORMAT,
+ * MOE_ERR_SHAPE, MOE_ERR_UNSUPPORTED.
+ */
+moe_status moe_export(moe_export_result *out, const char *input_path, const char *output_path,
+                      const moe_export_params *params);
+
 /* ------------------------------------------------------------------------ */
 /* Models from scratch                                                      */
 /* ------------------------------------------------------------------------ */

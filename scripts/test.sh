@@ -8,13 +8,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
 
-# PyTorch, for the test of the binding's torch autograd Function: PyPI's wheel
-# brings CUDA libraries (about 2.8 GB to download), so it installs in the
-# background while the library builds.
+# PyTorch, for the test of the binding's torch autograd Function (PyPI's wheel
+# brings CUDA libraries, about 2.8 GB to download), and llama-cpp-python, which
+# runs the GGUF files the library exports (PyPI has its source only: it
+# compiles llama.cpp), install in the background while the library builds.
 TORCH_LOG="$(mktemp)"
 TORCH_PID=""
-if ! python3 -c "import torch" 2>/dev/null; then
-  python3 -m pip install -q --disable-pip-version-check torch > "$TORCH_LOG" 2>&1 &
+if ! python3 -c "import torch" 2>/dev/null || ! python3 -c "import llama_cpp" 2>/dev/null; then
+  (
+    python3 -c "import torch" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check torch
+    python3 -c "import llama_cpp" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check llama-cpp-python
+  ) > "$TORCH_LOG" 2>&1 &
   TORCH_PID=$!
 fi
 scripts/build.sh dist >&2
@@ -35,7 +39,7 @@ echo "== Rust bindings (cargo test, offline)"
 bindings/rust/run.sh dist
 echo "== python (C ABI, CLI, real model)"
 if [ -n "$TORCH_PID" ] && ! wait "$TORCH_PID"; then
-  echo "installing torch failed:"; cat "$TORCH_LOG"; exit 1
+  echo "installing torch or llama-cpp-python failed:"; cat "$TORCH_LOG"; exit 1
 fi
 rm -f "$TORCH_LOG"
 # -rs lists every skipped test with its reason; none is expected here.

@@ -230,6 +230,39 @@ public func moe_calibrate(_ input_path: UnsafePointer<CChar>!, _ stats_path: Uns
   }
 }
 
+// MARK: - GGUF export
+
+@c @implementation
+public func moe_export_params_init(_ params: UnsafeMutablePointer<moe_export_params>!, _ struct_size: Int) -> moe_status {
+  initParameters(params, struct_size, "moe_export_params_init")
+}
+
+@c @implementation
+public func moe_export(_ out: UnsafeMutablePointer<moe_export_result>!, _ input_path: UnsafePointer<CChar>!,
+                       _ output_path: UnsafePointer<CChar>!, _ params: UnsafePointer<moe_export_params>!) -> moe_status {
+  guarded("moe_export") {
+    if let out { try checkResult(out, "out") }
+    let input = try stringArgument(input_path, "input_path")
+    let output = try stringArgument(output_path, "output_path")
+    let p = try readParameters(params, "params")
+    var o = GGUFExportOptions()
+    guard let type = DType(rawValue: p.dtype.rawValue) else {
+      throw MoEError.invalid("params->dtype has invalid value \(p.dtype.rawValue); use f32, f16, bf16, q8_0, q4_0 or q4_1")
+    }
+    o.type = type
+    o.force = p.force != 0
+    let report = try GGUFExport.write(try Checkpoint(path: input), to: output, options: o)
+    if let out {
+      var r = moe_export_result()
+      r.bytes_written = report.bytesWritten
+      r.tensors_written = UInt64(report.tensorsWritten)
+      r.fallback_tensors = UInt32(clamping: report.fallbackTensors)
+      r.seconds = report.seconds
+      try writeResult(r, to: out, "out")
+    }
+  }
+}
+
 // MARK: - Models from scratch
 
 @c @implementation

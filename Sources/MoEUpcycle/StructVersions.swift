@@ -271,6 +271,24 @@ extension moe_init_params: ParameterStruct {
   }
 }
 
+extension moe_export_params: ParameterStruct {
+  static let cName = "moe_export_params"
+  static var firstVersionSize: Int { ownSize }
+  static var defaults: moe_export_params {
+    let d = GGUFExportOptions()
+    var p = moe_export_params()
+    p.struct_size = ownSize
+    p.dtype = moe_dtype(rawValue: d.type.rawValue)
+    p.force = d.force ? 1 : 0
+    return p
+  }
+}
+
+extension moe_export_result: VersionedStruct {
+  static let cName = "moe_export_result"
+  static var firstVersionSize: Int { ownSize }
+}
+
 extension moe_init_result: VersionedStruct {
   static let cName = "moe_init_result"
   static var firstVersionSize: Int { ownSize }

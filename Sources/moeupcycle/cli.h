@@ -143,6 +143,7 @@ int cli_parse(int argc, char **argv, const cli_option *options, const char **pos
 int cmd_info(int argc, char **argv);
 int cmd_upcycle(int argc, char **argv);
 int cmd_calibrate(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 int cmd_init(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
 int cmd_study(int argc, char **argv);

@@ -18,6 +18,7 @@ static void usage(FILE *f) {
     "  moeupcycle info PATH [--json]\n"
     "  moeupcycle upcycle IN OUT [options]\n"
     "  moeupcycle calibrate DENSE --data FILE --out STATS [--ids] [--tokens N] [--samples S]\n"
+    "  moeupcycle export MODEL OUT.gguf [--type f32|f16|bf16|q8_0|q4_0|q4_1] [--force]\n"
     "  moeupcycle init --vocab-from MODEL OUT [--arch llama|mixtral|qwen2-moe] [--hidden H]\n"
     "                  [--layers L] [--heads N] [--ffn F] [--experts E] ... (init --help)\n"
     "  moeupcycle plan --dense-tokens D1 --budget-tokens T (--params N1 | --model DENSE)\n"
@@ -112,6 +113,7 @@ static const command commands[] = {
   { "info", cmd_info },
   { "upcycle", cmd_upcycle },
   { "calibrate", cmd_calibrate },
+  { "export", cmd_export },
   { "init", cmd_init },
   { "plan", cmd_plan },
   { "study", cmd_study },

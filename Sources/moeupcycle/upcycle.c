@@ -96,6 +96,39 @@ int cmd_calibrate(int argc, char **argv) {
   return 0;
 }
 
+/* -------------------------------------------------------------- export -- */
+
+int cmd_export(int argc, char **argv) {
+  moe_export_params p;
+  moe_export_params_init(&p, sizeof p);
+  const cli_option options[] = {
+    OPT_ENUM("--type", &p.dtype, dtype),
+    OPT_FLAG("--force", &p.force),
+    OPT_END
+  };
+  const char *paths[2] = { NULL, NULL };
+  int n = 0, help = 0;
+  if (cli_parse(argc, argv, options, paths, 2, &n, &help)) return 2;
+  if (help) {
+    printf("usage: moeupcycle export MODEL OUT.gguf [--type f32|f16|bf16|q8_0|q4_0|q4_1] [--force]\n"
+           "Writes MODEL (dense, Mixtral or Qwen2-MoE; HF or GGUF) as a GGUF file llama.cpp runs.\n");
+    return 0;
+  }
+  if (n < 2) return bad_usage("export needs MODEL and OUT.gguf", NULL);
+  moe_export_result r;
+  memset(&r, 0, sizeof r);
+  r.struct_size = sizeof r;
+  moe_status st = moe_export(&r, paths[0], paths[1], &p);
+  if (st != MOE_OK) return fail(st);
+  char written[32];
+  human_bytes((double)r.bytes_written, written, sizeof written);
+  printf("exported %s -> %s: %llu tensors (%s), %s in %.2f s\n", paths[0], paths[1],
+         (unsigned long long)r.tensors_written, moe_dtype_name(p.dtype), written, r.seconds);
+  if (r.fallback_tensors)
+    printf("%u matrices written as f16: their rows are not whole %s blocks\n", r.fallback_tensors, moe_dtype_name(p.dtype));
+  return 0;
+}
+
 /* --------------------------------------------------------------- bench -- */
 
 /* Copies every regular file of `from` into the new directory `to`, with fsync (as the upcycler does). */

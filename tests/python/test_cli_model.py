@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from abi import Model, Runtime, upcycle
+from abi import Model, upcycle
 from models import CLI
 from test_model import EVAL_TEXT, VOCAB, _fetch, write_tiny
 
@@ -23,13 +23,6 @@ def run(*args, check=True):
 
 def run_json(*args):
     return json.loads(run(*args, "--json").stdout_text)
-
-
-@pytest.fixture(scope="module")
-def rt():
-    r = Runtime(threads=2)
-    yield r
-    r.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 
 import moeupcycle
 import reference as ref
-from abi import Model, Runtime, Trainer, check, expect, params, result
+from abi import Model, Trainer, check, expect, params, result
 from models import CLI, read_safetensors_dir
 from moeupcycle import _capi as C
 from test_hf_config import load_checked
@@ -22,13 +22,6 @@ ARCHS = {  # name -> (moe_init_params fields, model_type)
     "qwen2-moe": (dict(num_experts=4, top_k=2, format="qwen2-moe", shared_expert_size=128,
                        tie_embeddings=0, routing="softmax-topk"), "qwen2_moe"),
 }
-
-
-@pytest.fixture(scope="module")
-def rt():
-    r = Runtime(threads=2)
-    yield r
-    r.close()
 
 
 @pytest.fixture(scope="module")

@@ -30,13 +30,6 @@ def dims(H, F, E, shared=0):
     return dict(hidden_size=H, moe_intermediate_size=F, num_experts=E, shared_expert_intermediate_size=shared)
 
 
-@pytest.fixture(scope="module")
-def rt():
-    r = Runtime(threads=2)
-    yield r
-    r.close()
-
-
 def ref_config(top_k, routing=0, capacity_factor=0.0, expert_choice=False, aux_loss_coef=0.01,
                z_loss_coef=0.001, **_):
     return ref.Config(top_k=top_k, routing=routing, capacity_factor=float(np.float32(capacity_factor)),

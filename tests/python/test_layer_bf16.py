@@ -35,13 +35,6 @@ LIBRARY_VS_BF16_REFERENCE = 5e-4
 BF16_VS_F32 = 2.0 ** -6
 
 
-@pytest.fixture(scope="module")
-def rt():
-    r = Runtime(threads=2)
-    yield r
-    r.close()
-
-
 def data(seed, T, shared):
     rng = np.random.default_rng(seed)
     W = ref.random_weights(rng, hidden=H, ffn=F, experts=E, shared_ffn=shared, router_scale=2.0)

@@ -32,13 +32,6 @@ OTHER_TEXT = "Grüße aus Zürich, 東京 and Kraków — naïve café 🙂🚀 
 EVAL_TEXT = ("So the one thin seer, in the heat of the sea air, sat and then ate the other thing. " * 3)
 
 
-@pytest.fixture(scope="module")
-def rt():
-    r = Runtime(threads=2)
-    yield r
-    r.close()
-
-
 @pytest.fixture
 def fresh_rt():
     """A runtime whose models are freed at the end of the test (for per-test checkpoints)."""

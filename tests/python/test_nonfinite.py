@@ -12,20 +12,13 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from abi import Model, Runtime, Trainer, expect, ids_array, params, result
+from abi import Model, Trainer, expect, ids_array, params, result
 from models import CLI
 from moeupcycle import _capi as C
 from test_model import write_tiny
 
 BAD = "model.layers.1.mlp.down_proj.weight"
 TEXT = "To be, or not to be, that is the question. " * 40
-
-
-@pytest.fixture(scope="module")
-def rt():
-    r = Runtime(threads=2)
-    yield r
-    r.close()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from abi import Model, Runtime, Trainer, check, expect, params, upcycle
+from abi import Model, Trainer, check, expect, params, upcycle
 from models import CLI
 from moeupcycle import _capi as C
 from test_model import write_tiny
@@ -23,13 +23,6 @@ METHODS = [
          calibration_path="@text", calibration_samples=32, seed=5),
 ]
 CALIBRATION_TEXT = "So the one thin seer, in the heat of the sea air, sat and then ate the other thing.\n" * 8
-
-
-@pytest.fixture(scope="module")
-def rt():
-    r = Runtime(threads=2)
-    yield r
-    r.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from abi import Model, Runtime, Trainer, check, expect, fptr, ids_array, last_error, params, upcycle
+from abi import Model, Trainer, check, expect, fptr, ids_array, last_error, params, upcycle
 from models import CLI
 from moeupcycle import _capi as C
 from test_model import write_tiny
@@ -19,13 +19,6 @@ PATTERN = [72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100, 33, 10, 84, 104,
 
 def trainer_params(**kw):
     return params(C.moe_trainer_params, **kw)
-
-
-@pytest.fixture(scope="module")
-def rt():
-    r = Runtime(threads=2)
-    yield r
-    r.close()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from abi import Model, Trainer, upcycle
 from moeupcycle import _capi as C
 from test_model import qwen2_moe  # noqa: F401 (fixture: Qwen2-MoE with a shared expert, layer 0 dense)
 from test_model import write_tiny
-from test_train import rt  # noqa: F401 (fixture: a 2-worker runtime)
 from test_train import run
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -31,7 +31,7 @@ public final class Checkpoint {
   /// A parsed GGUF file (from disk or memory) as a checkpoint.
   public convenience init(gguf g: GGUFFile) throws {
     let desc = try GGUFConfig.describe(g)
-    let permute = desc.architecture == .llama || desc.architecture == .mistral
+    let permute = GGUFLayout.permutesQK(g.value("general.architecture")?.stringValue ?? "")
     let source = try GGUFSource(gguf: g, heads: desc.numHeads, kvHeads: desc.numKVHeads, permuteQK: permute)
     try self.init(path: g.path, container: .gguf, description: desc, source: source, gguf: g, directory: nil)
   }
@@ -121,12 +121,13 @@ enum GGUFConfig {
     guard let archName = g.value("general.architecture")?.stringValue else {
       throw MoEError.format("\(what): no general.architecture")
     }
-    let arch: Architecture
+    var arch: Architecture
     switch archName {
     case "llama": arch = .llama
     case "qwen2": arch = .qwen2
+    case "qwen2moe": arch = .qwen2Moe
     default:
-      throw MoEError.unsupported("\(what): GGUF architecture '\(archName)' is not supported (llama, qwen2)")
+      throw MoEError.unsupported("\(what): GGUF architecture '\(archName)' is not supported (llama, qwen2, qwen2moe)")
     }
     func int(_ key: String) throws -> Int {
       guard let v = g.value("\(archName).\(key)") else { throw MoEError.format("\(what): missing '\(archName).\(key)'") }
@@ -140,21 +141,33 @@ enum GGUFConfig {
     guard heads > 0 else { throw MoEError.format("\(what): attention.head_count must be positive") }
     let tokens = g.value("tokenizer.ggml.tokens")?.arrayValue?.count
     let vocab = optInt("vocab_size") ?? tokens ?? g.tensors.first(where: { $0.name == "token_embd.weight" }).map { $0.dims.last ?? 0 } ?? 0
-    if let e = optInt("expert_count"), e > 0 {
-      throw MoEError.unsupported("\(what): MoE GGUF checkpoints (\(e) experts) are not supported as input")
+    var moe: MoEDescription? = nil
+    let experts = optInt("expert_count") ?? 0
+    if experts > 0 || arch == .qwen2Moe {
+      guard experts > 0, let used = optInt("expert_used_count"), used >= 1, used <= experts else {
+        throw MoEError.format("\(what): an MoE model needs \(archName).expert_count >= 1 and expert_used_count in 1...expert_count")
+      }
+      guard layers >= 0, layers <= ModelDescription.maxLayers else {
+        throw MoEError.format("\(what): \(archName).block_count \(layers) is out of range")
+      }
+      if arch == .llama { arch = .mixtral }
+      let expertSize = arch == .qwen2Moe ? try int("expert_feed_forward_length") : try int("feed_forward_length")
+      moe = MoEDescription(numExperts: experts, topK: used, expertIntermediateSize: expertSize,
+                           sharedExpertIntermediateSize: optInt("expert_shared_feed_forward_length") ?? 0,
+                           moeLayers: Array(repeating: true, count: layers))
     }
     let hasOutput = g.tensors.contains { $0.name == "output.weight" }
     return ModelDescription(
       architecture: arch, numLayers: layers, hiddenSize: hidden,
-      intermediateSize: try int("feed_forward_length"),
+      intermediateSize: optInt("feed_forward_length") ?? moe?.expertIntermediateSize ?? 0,
       numHeads: heads, numKVHeads: optInt("attention.head_count_kv") ?? heads,
       headDim: optInt("attention.key_length") ?? hidden / heads,
       vocabSize: vocab, maxPositionEmbeddings: optInt("context_length") ?? 2048,
       ropeTheta: g.value("\(archName).rope.freq_base")?.doubleValue ?? 10000,
       rmsNormEps: g.value("\(archName).attention.layer_norm_rms_epsilon")?.doubleValue ?? 1e-5,
-      tiedEmbeddings: !hasOutput, qkvBias: arch == .qwen2,
+      tiedEmbeddings: !hasOutput, qkvBias: arch == .qwen2 || arch == .qwen2Moe,
       bosTokenId: g.value("tokenizer.ggml.bos_token_id")?.intValue,
       eosTokenId: g.value("tokenizer.ggml.eos_token_id")?.intValue,
-      moe: nil, sourceConfig: nil)
+      moe: moe, sourceConfig: nil)
   }
 }

@@ -211,12 +211,16 @@ public final class GGUFFile {
   }
 }
 
-/// GGUF tensors presented under HF names, dequantized to f32, Q/K rows put
-/// back in HF order (llama.cpp permutes them for its RoPE layout).
+/// GGUF tensors presented under HF names (GGUFLayout), dequantized to f32,
+/// Q/K rows put back in HF order (llama.cpp permutes them for its RoPE
+/// layout). An expert stack (`ffn_gate_exps` [E, rows, cols]) is presented as
+/// E per-expert tensors, each a slice of the stack's bytes.
 public final class GGUFSource: TensorSource {
   struct Mapped {
     var tensor: GGUFFile.Tensor
     var info: TensorInfo
+    /// Where the tensor's bytes start within the GGUF tensor (an expert's slice).
+    var byteOffset: Int
     /// Heads for the Q/K un-permutation; 0 = rows kept as stored.
     var unpermuteHeads: Int
   }
@@ -228,9 +232,16 @@ public final class GGUFSource: TensorSource {
   /// `heads`/`kvHeads` drive the Q/K un-permutation (`permuteQK` false for Qwen2, which is stored unpermuted).
   public init(gguf: GGUFFile, heads: Int, kvHeads: Int, permuteQK: Bool) throws {
     self.gguf = gguf
+    let arch = gguf.value("general.architecture")?.stringValue ?? "llama"
     for t in gguf.tensors {
-      guard let name = GGUFSource.hfName(t.name) else { continue }
-      let shape = Array(t.dims.reversed())
+      if let (layer, base, suffix) = GGUFLayout.split(t.name), let l = layer, suffix == "weight",
+         let stack = GGUFLayout.expertStacks.first(where: { $0.gguf == base }) {
+        try addExperts(t, layer: l, projection: stack.projection, architecture: arch)
+        continue
+      }
+      guard let name = GGUFLayout.hfName(t.name, architecture: arch) else { continue }
+      var shape = Array(t.dims.reversed())
+      if t.name.hasSuffix(GGUFLayout.sharedExpertGate.gguf + ".weight") && shape.count == 1 { shape = [1, shape[0]] }
       var heads0 = 0
       if permuteQK && t.name.hasPrefix("blk.") {
         if t.name.hasSuffix(".attn_q.weight") || t.name.hasSuffix(".attn_q.bias") { heads0 = heads }
@@ -243,38 +254,27 @@ public final class GGUFSource: TensorSource {
         }
       }
       let info = TensorInfo(name: name, dtype: t.dtype, shape: shape, elementCount: t.elementCount, byteCount: t.byteCount)
-      mapped[name] = Mapped(tensor: t, info: info, unpermuteHeads: heads0)
-      tensorNames.append(name)
+      add(name, Mapped(tensor: t, info: info, byteOffset: 0, unpermuteHeads: heads0))
     }
   }
 
-  /// GGUF tensor name -> HF name; nil for tensors with no HF counterpart (e.g. rope_freqs).
-  static func hfName(_ g: String) -> String? {
-    switch g {
-    case "token_embd.weight": return "model.embed_tokens.weight"
-    case "output_norm.weight": return "model.norm.weight"
-    case "output.weight": return "lm_head.weight"
-    default: break
+  private func add(_ name: String, _ m: Mapped) {
+    if mapped[name] == nil { tensorNames.append(name) }
+    mapped[name] = m
+  }
+
+  /// The E slices of an expert stack [E, rows, cols] (GGUF dims [cols, rows, E]).
+  private func addExperts(_ t: GGUFFile.Tensor, layer l: Int, projection p: Projection, architecture arch: String) throws {
+    guard t.dims.count == 3, t.dims[2] >= 1 else {
+      throw MoEError.shape("'\(gguf.path)': expert stack '\(t.name)' has dimensions \(t.dims); expected [cols, rows, experts]")
     }
-    let parts = g.split(separator: ".", omittingEmptySubsequences: false)
-    guard parts.count == 4, parts[0] == "blk", let layer = Int(parts[1]) else { return nil }
-    let suffix = String(parts[3])
-    let p = "model.layers.\(layer)."
-    switch parts[2] {
-    case "attn_norm": return p + "input_layernorm." + suffix
-    case "ffn_norm": return p + "post_attention_layernorm." + suffix
-    case "attn_q": return p + "self_attn.q_proj." + suffix
-    case "attn_k": return p + "self_attn.k_proj." + suffix
-    case "attn_v": return p + "self_attn.v_proj." + suffix
-    case "attn_output": return p + "self_attn.o_proj." + suffix
-    case "ffn_gate": return p + "mlp.gate_proj." + suffix
-    case "ffn_up": return p + "mlp.up_proj." + suffix
-    case "ffn_down": return p + "mlp.down_proj." + suffix
-    case "ffn_gate_inp": return p + "block_sparse_moe.gate." + suffix
-    case "ffn_gate_exps": return p + "block_sparse_moe.experts.gate_exps." + suffix
-    case "ffn_up_exps": return p + "block_sparse_moe.experts.up_exps." + suffix
-    case "ffn_down_exps": return p + "block_sparse_moe.experts.down_exps." + suffix
-    default: return nil
+    let E = t.dims[2], rows = t.dims[1], cols = t.dims[0]
+    let count = rows * cols
+    let bytes = t.byteCount / E
+    for e in 0..<E {
+      let name = GGUFLayout.expertHF(arch, layer: l, expert: e, p)
+      let info = TensorInfo(name: name, dtype: t.dtype, shape: [rows, cols], elementCount: count, byteCount: bytes)
+      add(name, Mapped(tensor: t, info: info, byteOffset: e * bytes, unpermuteHeads: 0))
     }
   }
 
@@ -283,7 +283,7 @@ public final class GGUFSource: TensorSource {
   public func readFloat(_ name: String, into dst: UnsafeMutablePointer<Float>) throws {
     guard let m = mapped[name] else { throw MoEError.notFound("tensor '\(name)' is missing from the checkpoint") }
     guard let base = gguf.file.bytes.baseAddress else { return }
-    let src = base + gguf.dataStart + m.tensor.offset
+    let src = base + gguf.dataStart + m.tensor.offset + m.byteOffset
     let count = m.info.elementCount
     guard m.unpermuteHeads > 0 else {
       decodeToFloat(m.tensor.dtype, src: src, count: count, dst: dst)
@@ -294,7 +294,7 @@ public final class GGUFSource: TensorSource {
     let cols = count / max(rows, 1)
     let headDim = rows / m.unpermuteHeads
     let half = headDim / 2
-    let rowBytes = m.tensor.byteCount / max(rows, 1)
+    let rowBytes = m.info.byteCount / max(rows, 1)
     for h in 0..<m.unpermuteHeads {
       for b in 0..<half {
         for a in 0..<2 {
@@ -308,6 +308,6 @@ public final class GGUFSource: TensorSource {
 
   public func release(_ name: String) {
     guard let m = mapped[name] else { return }
-    gguf.file.release(offset: gguf.dataStart + m.tensor.offset, count: m.tensor.byteCount)
+    gguf.file.release(offset: gguf.dataStart + m.tensor.offset + m.byteOffset, count: m.info.byteCount)
   }
 }

@@ -134,7 +134,8 @@ public func decodeToFloat(_ dtype: DType, src: UnsafeRawPointer, count: Int, dst
   }
 }
 
-/// Encodes f32 values into a plain storage type (F32, F16 or BF16), little-endian.
+/// Encodes f32 values into a storage type, little-endian: F32, F16, BF16, or
+/// GGML's quantized blocks (Q8_0, Q4_0, Q4_1) for a whole number of blocks.
 public func encodeFromFloat(_ dtype: DType, src: UnsafePointer<Float>, count: Int, dst: UnsafeMutableRawPointer) {
   switch dtype {
   case .f32:
@@ -144,6 +145,47 @@ public func encodeFromFloat(_ dtype: DType, src: UnsafePointer<Float>, count: In
   case .bf16:
     for i in 0..<count { dst.storeBytes(of: floatToBF16(src[i]).littleEndian, toByteOffset: 2 * i, as: UInt16.self) }
   case .q8_0, .q4_0, .q4_1:
-    preconditionFailure("encodeFromFloat: quantized output is not supported")
+    // Whole blocks only (callers check count against blockElements); a tail is ignored.
+    for b in 0..<(count / 32) { quantizeBlock(dtype, src + 32 * b, dst + b * dtype.blockBytes) }
+  }
+}
+
+/// One block of 32 values in GGML's Q8_0, Q4_0 or Q4_1 layout (the reference
+/// quantizers: the scale is computed in f32 and stored as f16).
+func quantizeBlock(_ dtype: DType, _ x: UnsafePointer<Float>, _ out: UnsafeMutableRawPointer) {
+  func store16(_ v: Float, at offset: Int) { out.storeBytes(of: floatToF16(v).littleEndian, toByteOffset: offset, as: UInt16.self) }
+  // v clamped into lo...hi (NaN, from a non-finite weight, gives lo): never a trapping conversion.
+  func clamp(_ v: Float, _ lo: Float, _ hi: Float) -> Float { v >= lo ? (v <= hi ? v : hi) : lo }
+  switch dtype {
+  case .q8_0:
+    var amax: Float = 0
+    for j in 0..<32 { amax = max(amax, abs(x[j])) }
+    let d = amax / 127, id: Float = d != 0 ? 1 / d : 0
+    store16(d, at: 0)
+    for j in 0..<32 { out.storeBytes(of: Int8(clamp((x[j] * id).rounded(), -127, 127)), toByteOffset: 2 + j, as: Int8.self) }
+  case .q4_0:
+    // The value of largest magnitude, with its sign, maps to -8.
+    var amax: Float = 0, signed: Float = 0
+    for j in 0..<32 where abs(x[j]) > amax { amax = abs(x[j]); signed = x[j] }
+    let d = signed / -8, id: Float = d != 0 ? 1 / d : 0
+    store16(d, at: 0)
+    for j in 0..<16 {
+      let lo = UInt8(clamp(x[j] * id + 8.5, 0, 15.5))
+      let hi = UInt8(clamp(x[j + 16] * id + 8.5, 0, 15.5))
+      out.storeBytes(of: lo | (hi << 4), toByteOffset: 2 + j, as: UInt8.self)
+    }
+  case .q4_1:
+    var lo = Float.infinity, hi = -Float.infinity
+    for j in 0..<32 { lo = min(lo, x[j]); hi = max(hi, x[j]) }
+    let d = (hi - lo) / 15, id: Float = d != 0 ? 1 / d : 0
+    store16(d, at: 0)
+    store16(lo, at: 2)
+    for j in 0..<16 {
+      let a = UInt8(clamp((x[j] - lo) * id + 0.5, 0, 15.5))
+      let b = UInt8(clamp((x[j + 16] - lo) * id + 0.5, 0, 15.5))
+      out.storeBytes(of: a | (b << 4), toByteOffset: 4 + j, as: UInt8.self)
+    }
+  case .f32, .f16, .bf16:
+    break
   }
 }

@@ -60,6 +60,8 @@ public final class BPETokenizer: Sendable {
 
   /// Number of id slots (highest id + 1).
   public var vocabSize: Int { specialFlags.count }
+  /// Whether the pre-tokenizer isolates digits before the GPT-2 split (SmolLM's).
+  var splitsDigits: Bool { preTokenizer.digits != .none }
 
   /// Largest id accepted from a file.
   static let idLimit = 1 << 24

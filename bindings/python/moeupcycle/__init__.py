@@ -27,7 +27,7 @@ import numpy as np
 
 from . import _capi as C
 
-__all__ = ["MoeError", "Runtime", "MoELayer", "Model", "Trainer", "upcycle", "calibrate", "init_model", "inspect", "scaling_law", "fit_scaling_law",
+__all__ = ["MoeError", "Runtime", "MoELayer", "Model", "Trainer", "upcycle", "calibrate", "export_gguf", "init_model", "inspect", "scaling_law", "fit_scaling_law",
            "predict_loss", "plan", "run_study", "version", "names"]
 
 _F32P = ctypes.POINTER(ctypes.c_float)
@@ -101,7 +101,7 @@ _INIT = {
     C.moe_eval_params: C.lib.moe_eval_params_init, C.moe_generate_params: C.lib.moe_generate_params_init,
     C.moe_trainer_params: C.lib.moe_trainer_params_init, C.moe_init_params: C.lib.moe_init_params_init,
     C.moe_fit_params: C.lib.moe_fit_params_init, C.moe_plan_params: C.lib.moe_plan_params_init,
-    C.moe_study_params: C.lib.moe_study_params_init,
+    C.moe_study_params: C.lib.moe_study_params_init, C.moe_export_params: C.lib.moe_export_params_init,
 }
 
 
@@ -207,6 +207,15 @@ def calibrate(source: str, stats: str, **options) -> None:
     calibration_samples, fire_quantile, force."""
     p = _params(C.moe_upcycle_params, options, "calibrate")
     _check(C.lib.moe_calibrate(os.fspath(source).encode(), os.fspath(stats).encode(), p))
+
+
+def export_gguf(source: str, output: str, **options) -> C.moe_export_result:
+    """Write the checkpoint `source` (dense, Mixtral or Qwen2-MoE; HF or GGUF) as a GGUF file llama.cpp
+    runs. Options: dtype ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"), force."""
+    p = _params(C.moe_export_params, options, "export")
+    r = _result(C.moe_export_result)
+    _check(C.lib.moe_export(r, os.fspath(source).encode(), os.fspath(output).encode(), p))
+    return r
 
 
 def init_model(tokenizer_source: str, output: str, **options) -> C.moe_init_result:

@@ -241,6 +241,26 @@ class moe_upcycle_params(Structure):
     ]
 
 
+class moe_export_params(Structure):
+    """First version: 0.7.0 (all fields)."""
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("dtype", moe_dtype),
+        ("force", c_int32),
+    ]
+
+
+class moe_export_result(Structure):
+    """First version: 0.7.0 (all fields)."""
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("bytes_written", c_uint64),
+        ("tensors_written", c_uint64),
+        ("fallback_tensors", c_uint32),
+        ("seconds", c_double),
+    ]
+
+
 class moe_init_params(Structure):
     """First version: 0.6.0 (all fields)."""
     _fields_ = [
@@ -658,6 +678,11 @@ _declare("moe_upcycle_params_init", moe_status, POINTER(moe_upcycle_params), c_s
 _declare("moe_upcycle", moe_status, POINTER(moe_upcycle_result), c_char_p, c_char_p, POINTER(moe_upcycle_params))
 # moe_status moe_calibrate(const char *input_path, const char *stats_path, const moe_upcycle_params *params);
 _declare("moe_calibrate", moe_status, c_char_p, c_char_p, POINTER(moe_upcycle_params))
+# moe_status moe_export_params_init(moe_export_params *params, size_t struct_size);
+_declare("moe_export_params_init", moe_status, POINTER(moe_export_params), c_size_t)
+# moe_status moe_export(moe_export_result *out, const char *input_path, const char *output_path,
+#                       const moe_export_params *params);
+_declare("moe_export", moe_status, POINTER(moe_export_result), c_char_p, c_char_p, POINTER(moe_export_params))
 
 # ---- models from scratch
 

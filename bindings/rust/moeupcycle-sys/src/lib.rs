@@ -179,6 +179,26 @@ pub struct moe_upcycle_params {
     pub calibrated_scale: i32,
 }
 
+/// First version 0.7.0 (all fields).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct moe_export_params {
+    pub struct_size: usize,
+    pub dtype: moe_dtype,
+    pub force: i32,
+}
+
+/// First version 0.7.0 (all fields).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct moe_export_result {
+    pub struct_size: usize,
+    pub bytes_written: u64,
+    pub tensors_written: u64,
+    pub fallback_tensors: u32,
+    pub seconds: f64,
+}
+
 /// First version 0.1.0 (up to `peak_rss_bytes`); 0.2.0 appended `stale_*`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -633,6 +653,13 @@ extern "C" {
         input_path: *const c_char,
         output_path: *const c_char,
         params: *const moe_upcycle_params,
+    ) -> moe_status;
+    pub fn moe_export_params_init(params: *mut moe_export_params, struct_size: usize) -> moe_status;
+    pub fn moe_export(
+        out: *mut moe_export_result,
+        input_path: *const c_char,
+        output_path: *const c_char,
+        params: *const moe_export_params,
     ) -> moe_status;
     pub fn moe_calibrate(
         input_path: *const c_char,

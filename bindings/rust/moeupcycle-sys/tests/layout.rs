@@ -67,6 +67,8 @@ fn rust_structs() -> Vec<StructLayout> {
             rms_norm_eps, init_std, routing, aux_loss_coef, dtype, seed, force, max_shard_bytes,
         }
         moe_init_result { struct_size, parameters, active_parameters, bytes_written, shards, seconds }
+        moe_export_params { struct_size, dtype, force }
+        moe_export_result { struct_size, bytes_written, tensors_written, fallback_tensors, seconds }
         moe_scaling_law { struct_size, form, e, a, alpha, alpha2, alpha3, b, beta }
         moe_fit_params { struct_size, form, huber_delta, bootstrap, seed, max_iterations }
         moe_study_params { struct_size, threads, tokenizer, data, progress, user_data }
@@ -176,7 +178,8 @@ macro_rules! functions {
 fn rust_functions() -> Vec<(&'static str, *const ())> {
     functions![
         moe_version_number, moe_version_string, moe_status_string, moe_last_error,
-        moe_checkpoint_inspect, moe_upcycle_params_init, moe_upcycle, moe_calibrate, moe_init_params_init,
+        moe_checkpoint_inspect, moe_upcycle_params_init, moe_upcycle, moe_calibrate, moe_export_params_init,
+        moe_export, moe_init_params_init,
         moe_init_model,
         moe_runtime_params_init, moe_runtime_create, moe_runtime_free, moe_runtime_get_info,
         moe_runtime_measure_peak, moe_runtime_describe,

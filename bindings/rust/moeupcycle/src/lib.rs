@@ -656,6 +656,33 @@ pub fn calibrate(input: impl AsRef<Path>, stats: impl AsRef<Path>, options: &Upc
     unsafe { check(sys::moe_calibrate(i.as_ptr(), s.as_ptr(), &p)) }
 }
 
+/// What [`export_gguf`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportReport {
+    pub bytes_written: u64,
+    pub tensors_written: u64,
+    pub fallback_tensors: u32,
+    pub seconds: f64,
+}
+
+/// Write the checkpoint at `input` (dense, Mixtral or Qwen2-MoE; HF or GGUF)
+/// as a GGUF file llama.cpp runs, its weight matrices stored as `dtype`.
+pub fn export_gguf(input: impl AsRef<Path>, output: impl AsRef<Path>, dtype: Dtype, force: bool) -> Result<ExportReport> {
+    let i = c_path("input", input.as_ref())?;
+    let o = c_path("output", output.as_ref())?;
+    let mut p: sys::moe_export_params = defaults(sys::moe_export_params_init);
+    p.dtype = dtype.raw();
+    p.force = force as i32;
+    let mut r = result(|r: &mut sys::moe_export_result, n| r.struct_size = n);
+    unsafe { check(sys::moe_export(&mut r, i.as_ptr(), o.as_ptr(), &p))? };
+    Ok(ExportReport {
+        bytes_written: r.bytes_written,
+        tensors_written: r.tensors_written,
+        fallback_tensors: r.fallback_tensors,
+        seconds: r.seconds,
+    })
+}
+
 // ------------------------------------------------------------------ runtime
 
 /// A topology with its pool of pinned worker threads.

@@ -597,3 +597,21 @@ fn smollm2_calibrated_cluster_upcycle_equals_dense() {
     assert_eq!(err.code, MOE_ERR_INVALID_ARGUMENT);
     assert!(err.message.contains("nothing uses them"), "{}", err.message);
 }
+
+/// SmolLM2 written as a Q8_0 GGUF loads again and predicts what the source does.
+#[test]
+fn smollm2_exports_to_gguf() {
+    let Some(path) = smollm2() else { return };
+    let work = TempDir::new("export");
+    let out = work.0.join("smol-q8_0.gguf");
+    let report = moeupcycle::export_gguf(&path, &out, Dtype::Q8_0, false).unwrap();
+    assert_eq!(report.bytes_written, std::fs::metadata(&out).unwrap().len());
+    assert_eq!(moeupcycle::export_gguf(&path, &out, Dtype::Q8_0, false).unwrap_err().code, MOE_ERR_EXISTS);
+    let rt = Runtime::new(0).unwrap();
+    let mut dense = Model::load(&rt, &path).unwrap();
+    let mut exported = Model::load(&rt, &out).unwrap();
+    let ids = dense.tokenize(PROMPT).unwrap();
+    let (a, b) = (dense.logits(&ids).unwrap(), exported.logits(&ids).unwrap());
+    let vocab = a.len() / ids.len();
+    assert_eq!(argmax(&a[a.len() - vocab..]), argmax(&b[b.len() - vocab..]));
+}

@@ -1,0 +1,356 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What `GGUFExport.write` writes.
+public struct GGUFExportOptions: Sendable {
+  /// Storage type of the weight matrices (norms, biases and routers stay F32).
+  public var type = DType.f32
+  /// Replace an existing output file.
+  public var force = false
+  public init() {}
+}
+
+/// What an export wrote.
+public struct GGUFExportReport: Sendable {
+  public var bytesWritten: UInt64 = 0
+  public var tensorsWritten = 0
+  /// Matrices written as F16 because their rows are not whole quantization blocks.
+  public var fallbackTensors = 0
+  public var seconds = 0.0
+}
+
+/// A checkpoint (HF or GGUF; dense Llama / Mistral / Qwen2, Mixtral or
+/// Qwen2-MoE) as a GGUF file llama.cpp reads: tensors named by GGUFLayout,
+/// Q/K rows permuted for `llama`, experts stacked, the model's hyperparameters
+/// and its byte-level BPE tokenizer as metadata. Tensors are converted one at
+/// a time, so memory holds one layer's experts at most.
+public enum GGUFExport {
+  struct Planned {
+    var name: String
+    /// GGUF dims (ne0, the row length, first).
+    var dims: [Int]
+    var dtype: DType
+    /// The values in row-major order of the reversed dims.
+    var produce: () throws -> [Float]
+    var elementCount: Int { dims.reduce(1, *) }
+    var byteCount: Int { elementCount / dtype.blockElements * dtype.blockBytes }
+  }
+
+  public static func write(_ ckpt: Checkpoint, to path: String, options o: GGUFExportOptions) throws -> GGUFExportReport {
+    let start = monotonicSeconds()
+    let (metadata, plan, fallbacks) = try self.plan(ckpt, options: o)
+    let tensors = plan.map { (name: $0.name, dims: $0.dims, dtype: $0.dtype, bytes: $0.byteCount) }
+    let header = GGUFOut.header(metadata: metadata, tensors: tensors)
+    let total = UInt64(header.count) + UInt64(plan.reduce(0) { GGUFOut.padded($0 + $1.byteCount) })
+
+    if FileSystem.exists(path) {
+      guard o.force else { throw MoEError(.exists, "'\(path)' exists; pass force to replace it") }
+      guard FileSystem.isRegularFile(path) else { throw MoEError(.exists, "'\(path)' exists and is not a regular file") }
+    }
+    guard path != ckpt.path else { throw MoEError.invalid("the output '\(path)' is the input") }
+    let directory = FileSystem.parent(of: path)
+    try FileSystem.checkFreeSpace(total, in: directory, for: path)
+    let temporary = FileSystem.join(directory, ".\(FileSystem.baseName(of: path)).tmp-\(getpid())")
+    _ = FileSystem.removeTree(temporary)
+    var report = GGUFExportReport()
+    do {
+      let file = try OutputFile(path: temporary)
+      try file.write(header)
+      var written = 0
+      for t in plan {
+        let values = try t.produce()
+        guard values.count == t.elementCount else {
+          throw MoEError(.internal, "tensor '\(t.name)' produced \(values.count) values for \(t.elementCount)")
+        }
+        var bytes = [UInt8](repeating: 0, count: GGUFOut.padded(t.byteCount))
+        values.withUnsafeBufferPointer { v in
+          bytes.withUnsafeMutableBytes { encodeFromFloat(t.dtype, src: v.baseAddress!, count: v.count, dst: $0.baseAddress!) }
+        }
+        try file.write(bytes)
+        written += 1
+      }
+      try file.close()
+      report.bytesWritten = file.bytesWritten
+      report.tensorsWritten = written
+      try FileSystem.rename(temporary, path)
+    } catch {
+      _ = FileSystem.removeTree(temporary)
+      throw error
+    }
+    report.fallbackTensors = fallbacks
+    report.seconds = monotonicSeconds() - start
+    return report
+  }
+
+  // MARK: Plan
+
+  static func fileType(_ t: DType) -> UInt32 {
+    switch t {
+    case .f32: return 0
+    case .f16: return 1
+    case .q4_0: return 2
+    case .q4_1: return 3
+    case .q8_0: return 7
+    case .bf16: return 32
+    }
+  }
+
+  static func plan(_ ckpt: Checkpoint, options o: GGUFExportOptions) throws
+    -> (metadata: [(String, GGUFOut)], tensors: [Planned], fallbacks: Int) {
+    let d = ckpt.description, src = ckpt.source
+    let arch = GGUFLayout.architecture(of: d.architecture)
+    let H = d.hiddenSize, hd = d.headDim, nq = d.numHeads, nkv = d.numKVHeads, V = d.vocabSize
+    if let rs = d.sourceConfig?["rope_scaling"], !rs.isNull {
+      throw MoEError.unsupported("'\(ckpt.path)' has rope_scaling, which this export does not write")
+    }
+    var fallbacks = 0
+    /// Matrices take the requested type; one whose rows are not whole blocks falls back to F16.
+    func matrixType(_ rowLength: Int) -> DType {
+      guard rowLength % o.type.blockElements == 0 else { fallbacks += 1; return .f16 }
+      return o.type
+    }
+    var plan: [Planned] = []
+    func tensor(_ name: String, _ hf: String, shape: [Int], f32: Bool = false, permuteHeads: Int = 0) throws {
+      _ = try src.require(hf)
+      let dims = Array(shape.reversed())
+      let dtype: DType = f32 || shape.count == 1 ? .f32 : matrixType(dims[0])
+      plan.append(Planned(name: name, dims: dims, dtype: dtype) {
+        let values = try src.readFloat(hf, shape: shape)
+        src.release(hf)
+        return permuteHeads > 0 ? permuteRows(values, heads: permuteHeads, rows: shape[0]) : values
+      })
+    }
+    let permute = GGUFLayout.permutesQK(arch)
+    try tensor("token_embd.weight", "model.embed_tokens.weight", shape: [V, H])
+    let moe = d.moe
+    if let m = moe {
+      if let dense = m.moeLayers.firstIndex(of: false) {
+        throw MoEError.unsupported("GGUF (llama.cpp) models are MoE in every layer; layer \(dense) of '\(ckpt.path)' is dense")
+      }
+      if arch == "qwen2moe" {
+        guard m.sharedExpertIntermediateSize > 0 else {
+          throw MoEError.unsupported("llama.cpp's qwen2moe has a shared expert in every layer; '\(ckpt.path)' has none")
+        }
+        if try renormalizes(d) {
+          throw MoEError.unsupported("llama.cpp's qwen2moe weighs the top-k experts by their softmax probabilities without renormalizing; '\(ckpt.path)' renormalizes them (norm_topk_prob), which its GGUF cannot express (upcycle with --routing softmax-topk, or the mixtral format)")
+        }
+      }
+    }
+    for l in 0..<d.numLayers {
+      let p = ModelDescription.layerPrefix(l), b = "blk.\(l)."
+      try tensor(b + "attn_norm.weight", p + "input_layernorm.weight", shape: [H])
+      try tensor(b + "attn_q.weight", p + "self_attn.q_proj.weight", shape: [nq * hd, H], permuteHeads: permute ? nq : 0)
+      try tensor(b + "attn_k.weight", p + "self_attn.k_proj.weight", shape: [nkv * hd, H], permuteHeads: permute ? nkv : 0)
+      try tensor(b + "attn_v.weight", p + "self_attn.v_proj.weight", shape: [nkv * hd, H])
+      if src.info(p + "self_attn.q_proj.bias") != nil {
+        try tensor(b + "attn_q.bias", p + "self_attn.q_proj.bias", shape: [nq * hd], permuteHeads: permute ? nq : 0)
+        try tensor(b + "attn_k.bias", p + "self_attn.k_proj.bias", shape: [nkv * hd], permuteHeads: permute ? nkv : 0)
+        try tensor(b + "attn_v.bias", p + "self_attn.v_proj.bias", shape: [nkv * hd])
+      }
+      try tensor(b + "attn_output.weight", p + "self_attn.o_proj.weight", shape: [H, nq * hd])
+      try tensor(b + "ffn_norm.weight", p + "post_attention_layernorm.weight", shape: [H])
+      guard let m = moe else {
+        let F = d.intermediateSize
+        try tensor(b + "ffn_gate.weight", p + "mlp.gate_proj.weight", shape: [F, H])
+        try tensor(b + "ffn_up.weight", p + "mlp.up_proj.weight", shape: [F, H])
+        try tensor(b + "ffn_down.weight", p + "mlp.down_proj.weight", shape: [H, F])
+        continue
+      }
+      let E = m.numExperts, F = m.expertIntermediateSize
+      let legacy = src.info(p + "block_sparse_moe.gate.weight") != nil
+      let block = p + (legacy ? "block_sparse_moe." : "mlp.")
+      try tensor(b + "ffn_gate_inp.weight", block + "gate.weight", shape: [E, H], f32: true)
+      for (name, proj) in GGUFLayout.expertStacks {
+        let rows = proj == .down ? H : F, cols = proj == .down ? F : H
+        let fused = src.info(block + "experts.gate_up_proj") != nil
+        plan.append(Planned(name: b + name + ".weight", dims: [cols, rows, E], dtype: matrixType(cols)) {
+          try expertStack(src, block: block, legacy: legacy, fused: fused, experts: E, ffn: F, hidden: H, proj)
+        })
+      }
+      if arch == "qwen2moe" {
+        let Fs = m.sharedExpertIntermediateSize
+        try tensor(b + "ffn_gate_shexp.weight", p + "mlp.shared_expert.gate_proj.weight", shape: [Fs, H])
+        try tensor(b + "ffn_up_shexp.weight", p + "mlp.shared_expert.up_proj.weight", shape: [Fs, H])
+        try tensor(b + "ffn_down_shexp.weight", p + "mlp.shared_expert.down_proj.weight", shape: [H, Fs])
+        _ = try src.require(p + "mlp.shared_expert_gate.weight")
+        let gateHF = p + "mlp.shared_expert_gate.weight"
+        plan.append(Planned(name: b + GGUFLayout.sharedExpertGate.gguf + ".weight", dims: [H], dtype: .f32) {
+          let v = try src.readFloat(gateHF, shape: [1, H])
+          src.release(gateHF)
+          // llama.cpp computes this gate's sigmoid as silu(x) / x, NaN at x = 0 exactly; a zero
+          // gate (as upcycling writes it) becomes 1e-20 per component, whose sigmoid rounds to
+          // 0.5 in f32 like sigmoid(0).
+          return v.allSatisfy { $0 == 0 } ? [Float](repeating: 1e-20, count: H) : v
+        })
+      }
+    }
+    try tensor("output_norm.weight", "model.norm.weight", shape: [H])
+    // llama.cpp's qwen2moe has no tied-embedding fallback: it gets the embedding as its output.
+    if !d.tiedEmbeddings {
+      try tensor("output.weight", "lm_head.weight", shape: [V, H])
+    } else if arch == "qwen2moe" {
+      try tensor("output.weight", "model.embed_tokens.weight", shape: [V, H])
+    }
+
+    var meta: [(String, GGUFOut)] = [
+      ("general.architecture", .string(arch)),
+      ("general.name", .string(FileSystem.baseName(of: ckpt.path))),
+      ("general.file_type", .u32(fileType(o.type))),
+      ("general.alignment", .u32(UInt32(GGUFOut.alignment))),
+    ]
+    func u32(_ key: String, _ v: Int) { meta.append(("\(arch).\(key)", .u32(UInt32(clamping: v)))) }
+    u32("context_length", d.maxPositionEmbeddings)
+    u32("embedding_length", H)
+    u32("block_count", d.numLayers)
+    u32("feed_forward_length", moe.map { arch == "llama" ? $0.expertIntermediateSize : d.intermediateSize } ?? d.intermediateSize)
+    u32("attention.head_count", nq)
+    u32("attention.head_count_kv", nkv)
+    meta.append(("\(arch).rope.freq_base", .f32(Float(d.ropeTheta))))
+    meta.append(("\(arch).attention.layer_norm_rms_epsilon", .f32(Float(d.rmsNormEps))))
+    u32("rope.dimension_count", hd)
+    if hd * nq != H {
+      u32("attention.key_length", hd)
+      u32("attention.value_length", hd)
+    }
+    u32("vocab_size", V)
+    if let m = moe {
+      u32("expert_count", m.numExperts)
+      u32("expert_used_count", m.topK)
+      if arch == "qwen2moe" {
+        u32("expert_feed_forward_length", m.expertIntermediateSize)
+        u32("expert_shared_feed_forward_length", m.sharedExpertIntermediateSize)
+      }
+    }
+    meta += try tokenizerMetadata(ckpt, vocabulary: V)
+    return (meta, plan, fallbacks)
+  }
+
+  /// Whether the checkpoint's MoE routing renormalizes the top-k weights.
+  static func renormalizes(_ d: ModelDescription) throws -> Bool {
+    if let r = d.sourceConfig?["moeupcycle"]?["routing"]?.stringValue { return r != "softmax_topk" }
+    if d.architecture == .mixtral { return true }
+    return d.sourceConfig?["norm_topk_prob"]?.boolValue ?? false
+  }
+
+  /// HF rows -> llama.cpp's order: stored row h*d + 2b + a holds HF row h*d + a*(d/2) + b.
+  static func permuteRows(_ w: [Float], heads: Int, rows: Int) -> [Float] {
+    let cols = w.count / max(rows, 1), d = rows / heads, half = d / 2
+    var out = [Float](repeating: 0, count: w.count)
+    for h in 0..<heads {
+      for b in 0..<half {
+        for a in 0..<2 {
+          let stored = h * d + 2 * b + a, hf = h * d + a * half + b
+          for c in 0..<cols { out[stored * cols + c] = w[hf * cols + c] }
+        }
+      }
+    }
+    return out
+  }
+
+  /// Every expert's projection `p`, expert after expert ([E, rows, cols]).
+  static func expertStack(_ src: TensorSource, block: String, legacy: Bool, fused: Bool, experts E: Int, ffn F: Int,
+                          hidden H: Int, _ p: Projection) throws -> [Float] {
+    if fused {
+      if p == .down {
+        let v = try src.readFloat(block + "experts.down_proj", shape: [E, H, F])
+        src.release(block + "experts.down_proj")
+        return v
+      }
+      let gateUp = try src.readFloat(block + "experts.gate_up_proj", shape: [E, 2 * F, H])
+      var out: [Float] = []
+      out.reserveCapacity(E * F * H)
+      for e in 0..<E {
+        let base = e * 2 * F * H + (p == .up ? F * H : 0)
+        out += gateUp[base..<(base + F * H)]
+      }
+      return out
+    }
+    var out: [Float] = []
+    out.reserveCapacity(E * F * H)
+    for e in 0..<E {
+      let name: String
+      if legacy {
+        name = block + "experts.\(e).\(p == .gate ? "w1" : p == .up ? "w3" : "w2").weight"
+      } else {
+        name = block + "experts.\(e).\(p == .gate ? "gate_proj" : p == .up ? "up_proj" : "down_proj").weight"
+      }
+      out += try src.readFloat(name, shape: p == .down ? [H, F] : [F, H])
+      src.release(name)
+    }
+    return out
+  }
+
+  // MARK: Tokenizer
+
+  /// GGML token types.
+  static let normalToken: Int32 = 1, controlToken: Int32 = 3, userDefinedToken: Int32 = 4, unusedToken: Int32 = 5
+
+  /// The tokenizer as GGUF metadata: a GGUF source's tokenizer keys as they
+  /// are; an HF source's tokenizer.json (byte-level BPE) converted, its
+  /// vocabulary padded with unused `[PADn]` tokens to the model's vocabulary.
+  static func tokenizerMetadata(_ ckpt: Checkpoint, vocabulary V: Int) throws -> [(String, GGUFOut)] {
+    if let g = ckpt.gguf {
+      var out: [(String, GGUFOut)] = []
+      for (key, value) in g.metadata where key.hasPrefix("tokenizer.") {
+        guard let v = GGUFOut(value) else {
+          throw MoEError.unsupported("'\(g.path)': tokenizer metadata '\(key)' has a value this export cannot write")
+        }
+        out.append((key, v))
+      }
+      guard !out.isEmpty else { throw MoEError.notFound("'\(g.path)' has no tokenizer metadata; llama.cpp needs one") }
+      return out
+    }
+    guard let dir = ckpt.directory else { throw MoEError.notFound("'\(ckpt.path)' has no tokenizer") }
+    let path = FileSystem.join(dir, "tokenizer.json")
+    guard FileSystem.isRegularFile(path) else {
+      throw MoEError.notFound("'\(dir)' has no tokenizer.json; llama.cpp needs the tokenizer in the GGUF file")
+    }
+    let what = "'\(path)'"
+    let json = try JSONParser.parse(try FileSystem.readAll(path), what: what)
+    guard json["model"]?["type"]?.stringValue == "BPE", let vocab = json["model"]?["vocab"]?.objectValue else {
+      throw MoEError.unsupported("\(what): only byte-level BPE tokenizers (model type BPE with a vocab) can be written to GGUF")
+    }
+    var tokens = [String?](repeating: nil, count: V)
+    var types = [Int32](repeating: normalToken, count: V)
+    func place(_ text: String, _ id: Int, _ type: Int32) throws {
+      guard id >= 0, id < V else {
+        throw MoEError.shape("\(what): token id \(id) ('\(text)') is outside the model's vocabulary of \(V)")
+      }
+      tokens[id] = text
+      types[id] = type
+    }
+    for (text, idValue) in vocab {
+      guard let id = idValue.intValue else { throw MoEError.format("\(what): the id of '\(text)' is not an integer") }
+      try place(text, id, normalToken)
+    }
+    for a in json["added_tokens"]?.arrayValue ?? [] {
+      guard let id = a["id"]?.intValue, let text = a["content"]?.stringValue else { continue }
+      try place(text, id, a["special"]?.boolValue == true ? controlToken : userDefinedToken)
+    }
+    var names: [String] = []
+    names.reserveCapacity(V)
+    for id in 0..<V {
+      if let t = tokens[id] { names.append(t) } else { names.append("[PAD\(id)]"); types[id] = unusedToken }
+    }
+    var merges: [String] = []
+    for m in json["model"]?["merges"]?.arrayValue ?? [] {
+      if let s = m.stringValue { merges.append(s) } else if let pair = m.arrayValue, pair.count == 2,
+        let a = pair[0].stringValue, let b = pair[1].stringValue { merges.append(a + " " + b) }
+    }
+    // The pre-tokenizer llama.cpp splits with: digits isolated (SmolLM's) or the GPT-2 regex.
+    let tokenizer = try BPETokenizer(tokenizerJSON: json)
+    let pre = tokenizer.splitsDigits ? "smollm" : "default"
+    var out: [(String, GGUFOut)] = [
+      ("tokenizer.ggml.model", .string("gpt2")), ("tokenizer.ggml.pre", .string(pre)),
+      ("tokenizer.ggml.tokens", .strings(names)), ("tokenizer.ggml.token_type", .i32s(types)),
+      ("tokenizer.ggml.merges", .strings(merges)),
+    ]
+    let loaded = try BPETokenizer.load(checkpoint: ckpt)
+    if let bos = loaded.bosTokenId { out.append(("tokenizer.ggml.bos_token_id", .u32(UInt32(bos)))) }
+    if let eos = loaded.eosTokenId { out.append(("tokenizer.ggml.eos_token_id", .u32(UInt32(eos)))) }
+    out.append(("tokenizer.ggml.add_bos_token", .bool(loaded.addBOS)))
+    if let t = loaded.chatTemplate { out.append(("tokenizer.chat_template", .string(t))) }
+    return out
+  }
+}
