@@ -563,6 +563,13 @@ typedef struct moe_upcycle_result {
  * input is never modified. Memory use grows with the largest layer, not with
  * the model.
  *
+ * An `output_path` ending in ".gguf" is written as one GGUF file instead, the
+ * upcycled tensors streamed into it as they are built (memory still grows
+ * with one layer): the layout of `params->format` as moe_export() writes it
+ * (`llama` for Mixtral, `qwen2moe`), matrices in the output dtype (F32 for
+ * quantized sources), under a temporary name renamed into place; what GGUF
+ * cannot express is refused as moe_export() refuses it. Since 0.7.0.
+ *
  * `out` may be NULL (else its struct_size set). `params` may be NULL for all
  * defaults.
  * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT, MOE_ERR_IO

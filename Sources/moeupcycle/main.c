@@ -16,7 +16,7 @@ static void usage(FILE *f) {
     "\n"
     "usage:\n"
     "  moeupcycle info PATH [--json]\n"
-    "  moeupcycle upcycle IN OUT [options]\n"
+    "  moeupcycle upcycle IN OUT [options]          (OUT ending in .gguf: one GGUF file)\n"
     "  moeupcycle calibrate DENSE --data FILE --out STATS [--ids] [--tokens N] [--samples S]\n"
     "  moeupcycle export MODEL OUT.gguf [--type f32|f16|bf16|q8_0|q4_0|q4_1] [--force]\n"
     "  moeupcycle init --vocab-from MODEL OUT [--arch llama|mixtral|qwen2-moe] [--hidden H]\n"

@@ -124,6 +124,27 @@ def test_types_stay_within_their_rounding(rt, models, tmp_path, dtype, tol):
     assert np.abs(a - b).max() <= 20 * tol * np.abs(b).max()
 
 
+@pytest.mark.parametrize("fields", [dict(num_experts=4, top_k=2, method="drop", ratio=0.3, router_std=0.5, seed=1),
+                                    dict(num_experts=2, top_k=1, method="noise", format="qwen2-moe",
+                                         routing="softmax-topk", router_std=0.5, seed=4)])
+def test_upcycle_straight_to_gguf(rt, models, tmp_path, fields):
+    """An upcycle whose output ends in .gguf is the upcycle to safetensors, exported."""
+    r = upcycle(models / "dense", tmp_path / "moe.gguf", **fields)
+    assert r.shards == 1 and r.moe_layers == 2 and r.bytes_written == (tmp_path / "moe.gguf").stat().st_size
+    upcycle(models / "dense", tmp_path / "moe", **fields)
+    export(tmp_path / "moe", tmp_path / "exported.gguf")
+    a, b = gguf.GGUFReader(str(tmp_path / "moe.gguf")), gguf.GGUFReader(str(tmp_path / "exported.gguf"))
+    assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
+    for x, y in zip(a.tensors, b.tensors):
+        np.testing.assert_array_equal(np.asarray(x.data), np.asarray(y.data))
+    np.testing.assert_array_equal(logits(rt, tmp_path / "moe.gguf"), logits(rt, tmp_path / "moe"))
+    raises(C.MOE_ERR_EXISTS, "exists", upcycle, models / "dense", tmp_path / "moe.gguf", **fields)
+    p = subprocess.run([str(CLI), "upcycle", str(models / "dense"), str(tmp_path / "cli.gguf"), "--experts", "2",
+                        "--top-k", "1", "--layers", "1", "--format", "qwen2-moe", "--routing", "softmax-topk"],
+                       capture_output=True, text=True)
+    assert p.returncode != 0 and "layer 0" in p.stderr and not (tmp_path / "cli.gguf").exists()
+
+
 def test_refusals_leave_nothing_behind(models, tmp_path):
     out = tmp_path / "x.gguf"
     raises(C.MOE_ERR_INVALID_ARGUMENT, "params->dtype", export, models / "dense", out, dtype=-1)

@@ -272,6 +272,7 @@ public final class Upcycler {
   /// Writes the MoE checkpoint to `output` (temporary directory renamed into place).
   public func write(to output: String, progress: Progress?) throws -> UpcycleReport {
     let start = monotonicSeconds()
+    if output.hasSuffix(".gguf") { return try writeGGUF(to: output, started: start) }
     let target = try OutputDirectory(path: output, force: options.force, input: checkpoint.path)
     defer { target.discard() }
     return try target.writing { try write(into: target, progress: progress, started: start) }
@@ -457,6 +458,69 @@ final class ProductionPipeline: @unchecked Sendable {
     t.join()
     thread = nil
   }
+}
+
+// MARK: - GGUF
+
+extension Upcycler {
+  /// Writes the upcycled model straight to one GGUF file (the path ends in
+  /// .gguf): the exporter reads the planned tensors as they are built, so
+  /// memory holds one layer's experts, as when writing safetensors. Matrices
+  /// are stored in the output dtype (F32 when the source is quantized).
+  func writeGGUF(to output: String, started start: Double) throws -> UpcycleReport {
+    let source = UpcycledTensors(self)
+    let description = try HFConfig.describe(try makeConfig(), what: "the upcycled model of '\(checkpoint.path)'")
+    let model = try Checkpoint(inMemory: source, description: description, from: checkpoint)
+    var o = GGUFExportOptions()
+    o.force = options.force
+    o.type = plan.first(where: { if case .expert = $0.producer { return true }; return false })?.dtype ?? .f32
+    let exported = try GGUFExport.write(model, to: output, options: o)
+    cachedLayer = nil
+    var report = UpcycleReport()
+    report.bytesWritten = exported.bytesWritten
+    report.tensorsWritten = exported.tensorsWritten
+    report.shards = 1
+    report.moeLayers = moeLayers.filter { $0 }.count
+    report.seconds = monotonicSeconds() - start
+    report.peakRSS = peakResidentBytes()
+    report.routerMaxSimilarity = routerSimilarity.value
+    report.routerSimilarLayer = routerSimilarity.layer
+    return report
+  }
+}
+
+/// The upcycler's planned tensors as a tensor source, each built when read.
+final class UpcycledTensors: TensorSource {
+  private let upcycler: Upcycler
+  private let index: [String: Int]
+  let tensorNames: [String]
+
+  init(_ u: Upcycler) {
+    upcycler = u
+    tensorNames = u.plan.map(\.name)
+    index = Dictionary(u.plan.enumerated().map { ($1.name, $0) }, uniquingKeysWith: { a, _ in a })
+  }
+
+  func info(_ name: String) -> TensorInfo? {
+    guard let i = index[name] else { return nil }
+    let t = upcycler.plan[i]
+    return TensorInfo(name: t.name, dtype: t.dtype, shape: t.shape, elementCount: t.shape.reduce(1, *), byteCount: t.byteCount)
+  }
+
+  func readFloat(_ name: String, into dst: UnsafeMutablePointer<Float>) throws {
+    guard let i = index[name] else { throw MoEError.notFound("tensor '\(name)' is missing from the upcycled model") }
+    let t = upcycler.plan[i]
+    try upcycler.produce(t, into: dst)
+    // Rounded to the planned dtype, as writing the checkpoint would store it.
+    let count = t.shape.reduce(1, *)
+    if t.dtype != .f32 {
+      var bytes = [UInt8](repeating: 0, count: t.byteCount)
+      bytes.withUnsafeMutableBytes { encodeFromFloat(t.dtype, src: dst, count: count, dst: $0.baseAddress!) }
+      bytes.withUnsafeBytes { decodeToFloat(t.dtype, src: $0.baseAddress!, count: count, dst: dst) }
+    }
+  }
+
+  func release(_ name: String) {}
 }
 
 // MARK: - In memory
