@@ -160,21 +160,23 @@ public enum GGUFExport {
       let E = m.numExperts, F = m.expertIntermediateSize
       let legacy = src.info(p + "block_sparse_moe.gate.weight") != nil
       let block = p + (legacy ? "block_sparse_moe." : "mlp.")
-      try tensor(b + "ffn_gate_inp.weight", block + "gate.weight", shape: [E, H], f32: true)
+      try tensor(b + "ffn_gate_inp.weight", ModelDescription.moeTensorName(legacy ? .mixtral : .qwen2Moe, layer: l, .router, expert: -1),
+                 shape: [E, H], f32: true)
       for (name, proj) in GGUFLayout.expertStacks {
         let rows = proj == .down ? H : F, cols = proj == .down ? F : H
         let fused = src.info(block + "experts.gate_up_proj") != nil
         plan.append(Planned(name: b + name + ".weight", dims: [cols, rows, E], dtype: matrixType(cols)) {
-          try expertStack(src, block: block, legacy: legacy, fused: fused, experts: E, ffn: F, hidden: H, proj)
+          try expertStack(src, layer: l, block: block, legacy: legacy, fused: fused, experts: E, ffn: F, hidden: H, proj)
         })
       }
       if arch == "qwen2moe" {
         let Fs = m.sharedExpertIntermediateSize
-        try tensor(b + "ffn_gate_shexp.weight", p + "mlp.shared_expert.gate_proj.weight", shape: [Fs, H])
-        try tensor(b + "ffn_up_shexp.weight", p + "mlp.shared_expert.up_proj.weight", shape: [Fs, H])
-        try tensor(b + "ffn_down_shexp.weight", p + "mlp.shared_expert.down_proj.weight", shape: [H, Fs])
-        _ = try src.require(p + "mlp.shared_expert_gate.weight")
-        let gateHF = p + "mlp.shared_expert_gate.weight"
+        let shared = { (kind: LayerWeight) in ModelDescription.moeTensorName(.qwen2Moe, layer: l, kind, expert: -1) }
+        try tensor(b + "ffn_gate_shexp.weight", shared(.sharedGate), shape: [Fs, H])
+        try tensor(b + "ffn_up_shexp.weight", shared(.sharedUp), shape: [Fs, H])
+        try tensor(b + "ffn_down_shexp.weight", shared(.sharedDown), shape: [H, Fs])
+        let gateHF = shared(.sharedExpertGate)
+        _ = try src.require(gateHF)
         plan.append(Planned(name: b + GGUFLayout.sharedExpertGate.gguf + ".weight", dims: [H], dtype: .f32) {
           let v = try src.readFloat(gateHF, shape: [1, H])
           src.release(gateHF)
@@ -249,8 +251,8 @@ public enum GGUFExport {
   }
 
   /// Every expert's projection `p`, expert after expert ([E, rows, cols]).
-  static func expertStack(_ src: TensorSource, block: String, legacy: Bool, fused: Bool, experts E: Int, ffn F: Int,
-                          hidden H: Int, _ p: Projection) throws -> [Float] {
+  static func expertStack(_ src: TensorSource, layer l: Int, block: String, legacy: Bool, fused: Bool, experts E: Int,
+                          ffn F: Int, hidden H: Int, _ p: Projection) throws -> [Float] {
     if fused {
       if p == .down {
         let v = try src.readFloat(block + "experts.down_proj", shape: [E, H, F])
@@ -269,12 +271,8 @@ public enum GGUFExport {
     var out: [Float] = []
     out.reserveCapacity(E * F * H)
     for e in 0..<E {
-      let name: String
-      if legacy {
-        name = block + "experts.\(e).\(p == .gate ? "w1" : p == .up ? "w3" : "w2").weight"
-      } else {
-        name = block + "experts.\(e).\(p == .gate ? "gate_proj" : p == .up ? "up_proj" : "down_proj").weight"
-      }
+      // Legacy Mixtral names live under block_sparse_moe; newer ones, like Qwen2-MoE's, under mlp.
+      let name = ModelDescription.moeTensorName(legacy ? .mixtral : .qwen2Moe, layer: l, p.layerWeight, expert: e)
       out += try src.readFloat(name, shape: p == .down ? [H, F] : [F, H])
       src.release(name)
     }

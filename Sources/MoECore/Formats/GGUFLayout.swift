@@ -47,12 +47,7 @@ enum GGUFLayout {
 
   /// HF name of expert `e`'s projection in layer `l` (Mixtral w1/w3/w2 or Qwen2-MoE gate/up/down_proj).
   static func expertHF(_ ggufArchitecture: String, layer l: Int, expert e: Int, _ p: Projection) -> String {
-    if ggufArchitecture == "qwen2moe" {
-      let name = p == .gate ? "gate_proj" : p == .up ? "up_proj" : "down_proj"
-      return ModelDescription.layerPrefix(l) + "mlp.experts.\(e).\(name).weight"
-    }
-    let name = p == .gate ? "w1" : p == .up ? "w3" : "w2"
-    return ModelDescription.layerPrefix(l) + "block_sparse_moe.experts.\(e).\(name).weight"
+    ModelDescription.moeTensorName(ggufArchitecture == "qwen2moe" ? .qwen2Moe : .mixtral, layer: l, p.layerWeight, expert: e)
   }
 
   /// A GGUF tensor name split into (layer or nil, base, suffix such as "weight").

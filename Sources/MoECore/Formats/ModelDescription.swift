@@ -127,6 +127,11 @@ public struct ModelDescription: Sendable {
   /// (Mixtral: block_sparse_moe.experts.N.w1/w2/w3; Qwen2-MoE and others:
   /// mlp.experts.N.gate_proj/up_proj/down_proj, shared_expert, shared_expert_gate).
   public func moeTensorName(layer l: Int, _ kind: LayerWeight, expert e: Int) -> String {
+    ModelDescription.moeTensorName(architecture, layer: l, kind, expert: e)
+  }
+
+  /// `moeTensorName` for an architecture: the one place HF MoE tensor names are spelled.
+  public static func moeTensorName(_ architecture: Architecture, layer l: Int, _ kind: LayerWeight, expert e: Int) -> String {
     let p = ModelDescription.layerPrefix(l)
     if architecture == .mixtral {
       let b = p + "block_sparse_moe."

@@ -72,31 +72,25 @@ extension MoELayer {
       src.release(block + "experts.gate_up_proj")
       try read(block + "experts.down_proj", [E, H, F], into: .down, expert: -1)
       src.release(block + "experts.down_proj")
-    } else if legacyMixtral {
-      let b = prefix + "block_sparse_moe."
-      try read(b + "gate.weight", [E, H], into: .router, expert: -1)
-      for e in 0..<E {
-        try read(b + "experts.\(e).w1.weight", [F, H], into: .gate, expert: e)
-        try read(b + "experts.\(e).w3.weight", [F, H], into: .up, expert: e)
-        try read(b + "experts.\(e).w2.weight", [H, F], into: .down, expert: e)
-      }
     } else {
-      let b = prefix + "mlp."
-      try read(b + "gate.weight", [E, H], into: .router, expert: -1)
+      // Legacy Mixtral names live under block_sparse_moe; newer ones, like Qwen2-MoE's, under mlp.
+      let names: Architecture = legacyMixtral ? .mixtral : .qwen2Moe
+      func name(_ kind: LayerWeight, _ e: Int = -1) -> String { ModelDescription.moeTensorName(names, layer: l, kind, expert: e) }
+      try read(name(.router), [E, H], into: .router, expert: -1)
       for e in 0..<E {
-        try read(b + "experts.\(e).gate_proj.weight", [F, H], into: .gate, expert: e)
-        try read(b + "experts.\(e).up_proj.weight", [F, H], into: .up, expert: e)
-        try read(b + "experts.\(e).down_proj.weight", [H, F], into: .down, expert: e)
+        try read(name(.gate, e), [F, H], into: .gate, expert: e)
+        try read(name(.up, e), [F, H], into: .up, expert: e)
+        try read(name(.down, e), [H, F], into: .down, expert: e)
       }
     }
     if !mixtral {
-      let b = prefix + "mlp."
       let Fs = config.sharedFFN
       if Fs > 0 {
-        try read(b + "shared_expert.gate_proj.weight", [Fs, H], into: .sharedGate, expert: -1)
-        try read(b + "shared_expert.up_proj.weight", [Fs, H], into: .sharedUp, expert: -1)
-        try read(b + "shared_expert.down_proj.weight", [H, Fs], into: .sharedDown, expert: -1)
-        try read(b + "shared_expert_gate.weight", [1, H], into: .sharedExpertGate, expert: -1)
+        func name(_ kind: LayerWeight) -> String { ModelDescription.moeTensorName(.qwen2Moe, layer: l, kind, expert: -1) }
+        try read(name(.sharedGate), [Fs, H], into: .sharedGate, expert: -1)
+        try read(name(.sharedUp), [Fs, H], into: .sharedUp, expert: -1)
+        try read(name(.sharedDown), [H, Fs], into: .sharedDown, expert: -1)
+        try read(name(.sharedExpertGate), [1, H], into: .sharedExpertGate, expert: -1)
       }
     }
     return layer

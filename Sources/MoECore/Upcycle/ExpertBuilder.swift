@@ -5,6 +5,11 @@ import Glibc
 /// The three projections of a SwiGLU FFN.
 public enum Projection: Int, Sendable, CaseIterable {
   case gate = 0, up = 1, down = 2
+
+  /// The MoE layer's weight of this projection of an expert.
+  public var layerWeight: LayerWeight {
+    switch self { case .gate: return .gate; case .up: return .up; case .down: return .down }
+  }
 }
 
 /// One layer's dense FFN weights in f32, HF layout.

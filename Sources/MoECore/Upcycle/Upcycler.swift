@@ -197,30 +197,23 @@ public final class Upcycler {
         continue
       }
       let E = options.numExperts
-      switch options.format {
-      case .mixtral:
-        let b = prefix + "block_sparse_moe."
-        p.append(PlannedTensor(name: b + "gate.weight", dtype: newDType, shape: [E, H], producer: .router(layer: l)))
-        for e in 0..<E {
-          for (proj, w) in [(Projection.gate, "w1"), (.down, "w2"), (.up, "w3")] {
-            p.append(PlannedTensor(name: b + "experts.\(e).\(w).weight", dtype: newDType,
-                                   shape: proj == .down ? [H, m] : [m, H], producer: .expert(layer: l, expert: e, proj)))
-          }
+      let arch: Architecture = options.format == .mixtral ? .mixtral : .qwen2Moe
+      func name(_ kind: LayerWeight, _ e: Int = -1) -> String { ModelDescription.moeTensorName(arch, layer: l, kind, expert: e) }
+      p.append(PlannedTensor(name: name(.router), dtype: newDType, shape: [E, H], producer: .router(layer: l)))
+      // Each format's tensor order within an expert (Mixtral: w1, w2, w3).
+      let order: [Projection] = arch == .mixtral ? [.gate, .down, .up] : [.gate, .up, .down]
+      for e in 0..<E {
+        for proj in order {
+          p.append(PlannedTensor(name: name(proj.layerWeight, e), dtype: newDType,
+                                 shape: proj == .down ? [H, m] : [m, H], producer: .expert(layer: l, expert: e, proj)))
         }
-      case .qwen2Moe:
-        let b = prefix + "mlp."
-        p.append(PlannedTensor(name: b + "gate.weight", dtype: newDType, shape: [E, H], producer: .router(layer: l)))
-        for e in 0..<E {
-          for (proj, w) in [(Projection.gate, "gate_proj"), (.up, "up_proj"), (.down, "down_proj")] {
-            p.append(PlannedTensor(name: b + "experts.\(e).\(w).weight", dtype: newDType,
-                                   shape: proj == .down ? [H, m] : [m, H], producer: .expert(layer: l, expert: e, proj)))
-          }
-        }
-        for (proj, w) in [(Projection.gate, "gate_proj"), (.up, "up_proj"), (.down, "down_proj")] {
-          p.append(PlannedTensor(name: b + "shared_expert.\(w).weight", dtype: newDType,
+      }
+      if arch == .qwen2Moe {
+        for (proj, kind) in [(Projection.gate, LayerWeight.sharedGate), (.up, .sharedUp), (.down, .sharedDown)] {
+          p.append(PlannedTensor(name: name(kind), dtype: newDType,
                                  shape: proj == .down ? [H, sharedSize] : [sharedSize, H], producer: .shared(layer: l, proj)))
         }
-        p.append(PlannedTensor(name: b + "shared_expert_gate.weight", dtype: newDType, shape: [1, H], producer: .zeros))
+        p.append(PlannedTensor(name: name(.sharedExpertGate), dtype: newDType, shape: [1, H], producer: .zeros))
       }
     }
     try copy("model.norm.weight")
