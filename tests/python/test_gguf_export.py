@@ -217,3 +217,21 @@ def test_llama_cpp_runs_the_export(rt, smollm2, tmp_path, variant, tol):
     assert np.abs(ours - theirs).max() <= tol, np.abs(ours - theirs).max()
     agree = (ours.argmax(-1) == theirs.argmax(-1)).mean()
     assert agree == 1.0 if dtype == "f32" else agree >= 0.9, agree
+
+
+@pytest.mark.parametrize("which, config_class", [("mixtral", "MixtralConfig"), ("qwen2moe", "Qwen2MoeConfig")])
+def test_moe_gguf_trains_into_an_hf_checkpoint(rt, models, tmp_path, which, config_class):
+    from transformers import AutoConfig
+    g = tmp_path / f"{which}.gguf"
+    export(models / which, g)
+    text = tmp_path / "text.txt"
+    text.write_text("So the one thin seer, in the heat of the sea air, sat and then ate the other thing.\n" * 10)
+    out = tmp_path / "trained"
+    p = subprocess.run([str(CLI), "train", str(g), "--data", str(text), "--out", str(out), "--steps", "2",
+                        "--batch", "1", "--seq-len", "16"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    config = AutoConfig.from_pretrained(str(out))
+    assert type(config).__name__ == config_class
+    # The routing the GGUF was loaded with is the one the checkpoint records.
+    assert json.loads((out / "config.json").read_text()).get("norm_topk_prob", True) is (which == "mixtral")
+    assert np.isfinite(logits(rt, out)).all()

@@ -142,6 +142,14 @@ enum HFConfig {
   /// scaled RoPE) are completed from each other.
   static func make(_ d: ModelDescription, dtype: DType, routing: Routing? = nil) throws -> JSON {
     let source = d.sourceConfig?.objectValue != nil ? d.sourceConfig : nil
+    // An MoE read from GGUF has no config.json: its routing is the one it was
+    // loaded with (Mixtral renormalizes, llama.cpp's qwen2moe does not), with
+    // transformers' default load-balancing coefficients.
+    var routing = routing
+    if routing == nil, source == nil, d.moe != nil {
+      routing = d.architecture == .mixtral ? Routing(normTopKProb: true, routerAuxLossCoef: 0.02)
+        : Routing(normTopKProb: false, routerAuxLossCoef: 0.001)
+    }
     var c: JSON
     if let source, architectureName(source) == d.architecture.rawValue {
       c = source
