@@ -37,6 +37,9 @@ int cmd_upcycle(int argc, char **argv) {
   if (help) { printf("usage: moeupcycle upcycle IN OUT [options]; 'moeupcycle help' lists them\n"); return 0; }
   if (n < 2) return bad_usage("upcycle needs IN and OUT", NULL);
   upcycle_options_finish(&p);
+  if (p.calibration_path)
+    fprintf(stderr, "moeupcycle: running %s over up to %llu tokens of %s for calibration statistics\n", paths[0],
+            (unsigned long long)p.calibration_tokens, p.calibration_path);
   cli_handle_signals();
   struct progress_state ps = { now_seconds(), -1, isatty(STDERR_FILENO) };
   p.progress = progress_bar;
