@@ -235,3 +235,62 @@ def test_moe_gguf_trains_into_an_hf_checkpoint(rt, models, tmp_path, which, conf
     # The routing the GGUF was loaded with is the one the checkpoint records.
     assert json.loads((out / "config.json").read_text()).get("norm_topk_prob", True) is (which == "mixtral")
     assert np.isfinite(logits(rt, out)).all()
+
+
+def test_reads_a_mixtral_gguf_written_by_the_gguf_package(rt, tmp_path):
+    """A Mixtral GGUF as llama.cpp's converter writes it (the gguf package's writer, not ours): the
+    loader's logits equal a numpy forward of the same weights."""
+    from gguf_models import permute
+    rng = np.random.default_rng(5)
+    L, H, F, E, heads, kv, vocab = 2, 32, 64, 4, 4, 2, 96
+    hf = dense_weights(rng, layers=L, hidden=H, ffn=F, heads=heads, kv_heads=kv, vocab=vocab)
+    experts = {}
+    for l in range(L):
+        for k in ("gate_proj", "up_proj", "down_proj"):
+            del hf[f"model.layers.{l}.mlp.{k}.weight"]
+        b = f"model.layers.{l}.block_sparse_moe."
+        hf[b + "gate.weight"] = (rng.standard_normal((E, H)) * 0.5).astype(np.float32)
+        for e in range(E):
+            for n, shape in (("w1", (F, H)), ("w3", (F, H)), ("w2", (H, F))):
+                hf[b + f"experts.{e}.{n}.weight"] = (rng.standard_normal(shape) * 0.2).astype(np.float32)
+        experts[l] = b
+    w = gguf.GGUFWriter(str(tmp_path / "mixtral.gguf"), "llama")
+    w.add_block_count(L)
+    w.add_context_length(128)
+    w.add_embedding_length(H)
+    w.add_feed_forward_length(F)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_expert_count(E)
+    w.add_expert_used_count(2)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(["a", "b", "ab"] + [f"tok{i}" for i in range(vocab - 3)])
+    w.add_token_merges(["a b"])
+    w.add_tensor("token_embd.weight", hf["model.embed_tokens.weight"])
+    w.add_tensor("output_norm.weight", hf["model.norm.weight"])
+    w.add_tensor("output.weight", hf["lm_head.weight"])
+    for l in range(L):
+        p, b = f"model.layers.{l}.", experts[l]
+        w.add_tensor(f"blk.{l}.attn_norm.weight", hf[p + "input_layernorm.weight"])
+        w.add_tensor(f"blk.{l}.ffn_norm.weight", hf[p + "post_attention_layernorm.weight"])
+        w.add_tensor(f"blk.{l}.attn_q.weight", permute(hf[p + "self_attn.q_proj.weight"], heads))
+        w.add_tensor(f"blk.{l}.attn_k.weight", permute(hf[p + "self_attn.k_proj.weight"], kv))
+        w.add_tensor(f"blk.{l}.attn_v.weight", hf[p + "self_attn.v_proj.weight"])
+        w.add_tensor(f"blk.{l}.attn_output.weight", hf[p + "self_attn.o_proj.weight"])
+        w.add_tensor(f"blk.{l}.ffn_gate_inp.weight", hf[b + "gate.weight"])
+        for gname, n in (("ffn_gate_exps", "w1"), ("ffn_up_exps", "w3"), ("ffn_down_exps", "w2")):
+            w.add_tensor(f"blk.{l}.{gname}.weight", np.stack([hf[b + f"experts.{e}.{n}.weight"] for e in range(E)]))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    config = {"model_type": "mixtral", "hidden_size": H, "num_attention_heads": heads, "num_key_value_heads": kv,
+              "num_hidden_layers": L, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "num_local_experts": E,
+              "num_experts_per_tok": 2}
+    want = ref.forward(hf, config, [3, 17, 42, 5, 88, 1, 60])
+    m = Model(rt, tmp_path / "mixtral.gguf", weight_dtype=C.MOE_DTYPE_F32)
+    got = m.logits([3, 17, 42, 5, 88, 1, 60])
+    m.close()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
