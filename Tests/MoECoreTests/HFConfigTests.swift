@@ -105,10 +105,20 @@ import Testing
     #expect(c["bos_token_id"] == nil && c["eos_token_id"] == .int(3) && c["rope_scaling"] == nil)
     #expect(c["rope_parameters"] == .object([("rope_type", .string("default")), ("rope_theta", .float(1000000))]))
     #expect(c["tie_word_embeddings"] == .bool(true) && c["dtype"] == .string("bfloat16"))
-    // An MoE model needs its routing settings or a source config to carry.
+    // An MoE model without routing settings or a source config (read from GGUF) gets the routing
+    // it loads with: Mixtral renormalizes, llama.cpp's qwen2moe does not.
     var moe = Self.moe(d, .mixtral, layers: [true, true, true])
     moe.sourceConfig = nil
-    #expect(throws: MoEError.self) { try HFConfig.make(moe, dtype: .f32) }
+    let mixtral = try HFConfig.make(moe, dtype: .f32)
+    #expect(mixtral["num_local_experts"] != nil && mixtral["router_aux_loss_coef"] == .float(0.02))
+    var qwen = Self.moe(d, .qwen2Moe, layers: [true, true, true])
+    qwen.sourceConfig = nil
+    let q = try HFConfig.make(qwen, dtype: .f32)
+    #expect(q["norm_topk_prob"] == .bool(false) && q["router_aux_loss_coef"] == .float(0.001))
+    // A description that says MoE but holds no MoE settings is refused.
+    var broken = moe
+    broken.moe = nil
+    #expect(throws: MoEError.self) { try HFConfig.make(broken, dtype: .f32) }
   }
 
   @Test func architecturesClassNamesRoundTrip() {
