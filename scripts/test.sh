@@ -28,7 +28,15 @@ scripts/build.sh dist >&2
 scripts/fetch-materials.sh > /dev/null || echo "SmolLM2 could not be fetched: real-model checks will skip"
 
 echo "== swift test (core)"
-swift test 2>&1 | tail -n 25
+# The last lines, and on a failure every failed expectation (the tail alone hides which test failed).
+SWIFT_LOG="$(mktemp)"
+if ! swift test > "$SWIFT_LOG" 2>&1; then
+  tail -n 25 "$SWIFT_LOG"
+  echo "failed:"; grep -E "✘|error:" "$SWIFT_LOG" | head -n 60
+  exit 1
+fi
+tail -n 25 "$SWIFT_LOG"
+rm -f "$SWIFT_LOG"
 echo "== C / C++ (header, exported symbols, dependencies)"
 tests/c/run.sh
 echo "== CMake package and pkg-config (consumers built against the installed tree)"
