@@ -44,20 +44,12 @@ public enum GGUFExport {
     let header = GGUFOut.header(metadata: metadata, tensors: tensors)
     let total = UInt64(header.count) + UInt64(plan.reduce(0) { GGUFOut.padded($0 + $1.byteCount) })
 
-    if FileSystem.exists(path) {
-      guard o.force else { throw MoEError(.exists, "'\(path)' exists; pass force to replace it") }
-      guard FileSystem.isRegularFile(path) else { throw MoEError(.exists, "'\(path)' exists and is not a regular file") }
-    }
+    try FileSystem.checkReplaceable(path, force: o.force, what: "the output")
     guard path != ckpt.path else { throw MoEError.invalid("the output '\(path)' is the input") }
-    let directory = FileSystem.parent(of: path)
-    try FileSystem.checkFreeSpace(total, in: directory, for: path)
-    let temporary = FileSystem.join(directory, ".\(FileSystem.baseName(of: path)).tmp-\(getpid())")
-    _ = FileSystem.removeTree(temporary)
+    try FileSystem.checkFreeSpace(total, in: FileSystem.parent(of: path), for: path)
     var report = GGUFExportReport()
-    do {
-      let file = try OutputFile(path: temporary)
+    report.bytesWritten = try FileSystem.writeAtomically(path) { file in
       try file.write(header)
-      var written = 0
       for t in plan {
         let values = try t.produce()
         guard values.count == t.elementCount else {
@@ -68,16 +60,9 @@ public enum GGUFExport {
           bytes.withUnsafeMutableBytes { encodeFromFloat(t.dtype, src: v.baseAddress!, count: v.count, dst: $0.baseAddress!) }
         }
         try file.write(bytes)
-        written += 1
       }
-      try file.close()
-      report.bytesWritten = file.bytesWritten
-      report.tensorsWritten = written
-      try FileSystem.rename(temporary, path)
-    } catch {
-      _ = FileSystem.removeTree(temporary)
-      throw error
     }
+    report.tensorsWritten = plan.count
     report.fallbackTensors = fallbacks
     report.seconds = monotonicSeconds() - start
     return report

@@ -130,13 +130,37 @@ public enum FileSystem {
   /// Writes `text` under a temporary name beside `path`, then renames it into
   /// place (replacing an existing file): readers see the old or the new file.
   public static func replaceText(_ text: String, at path: String) throws {
+    try writeAtomically(path) { file in
+      var t = text
+      try t.withUTF8 { try file.write(UnsafeRawBufferPointer($0)) }
+    }
+  }
+
+  /// Writes a file through `write` under a temporary name beside `path`, then
+  /// renames it into place (replacing an existing file): readers see the old or
+  /// the new file, and the temporary is removed on any error. Returns the bytes written.
+  @discardableResult
+  public static func writeAtomically(_ path: String, _ write: (OutputFile) throws -> Void) throws -> UInt64 {
     let temporary = join(parent(of: path), ".\(baseName(of: path)).tmp-\(getpid())")
     _ = removeTree(temporary)
-    try writeText(text, to: temporary)
-    do { try rename(temporary, path) } catch {
+    do {
+      let file = try OutputFile(path: temporary)
+      try write(file)
+      try file.close()
+      try rename(temporary, path)
+      return file.bytesWritten
+    } catch {
       _ = removeTree(temporary)
       throw error
     }
+  }
+
+  /// Refuses an existing `path` (`what` names it) unless `force`, and anything
+  /// there that is not a regular file.
+  public static func checkReplaceable(_ path: String, force: Bool, what: String) throws {
+    guard exists(path) else { return }
+    guard force else { throw MoEError(.exists, "\(what) '\(path)' exists; pass force to replace it") }
+    guard isRegularFile(path) else { throw MoEError(.exists, "'\(path)' exists and is not a regular file") }
   }
 
   public static func listDirectory(_ path: String) throws -> [String] {

@@ -86,10 +86,7 @@ public struct CalibrationStatistics: Sendable {
   /// Writes the statistics as safetensors under a temporary name renamed
   /// into place; an existing file is refused unless `force`.
   public func save(to path: String, force: Bool) throws {
-    if FileSystem.exists(path) {
-      guard force else { throw MoEError(.exists, "statistics file '\(path)' exists; pass force to replace it") }
-      guard FileSystem.isRegularFile(path) else { throw MoEError(.exists, "'\(path)' exists and is not a regular file") }
-    }
+    try FileSystem.checkReplaceable(path, force: force, what: "statistics file")
     var tensors: [(name: String, dtype: DType, shape: [Int])] = []
     var data: [[Float]] = []
     for (l, s) in layers.enumerated() {
@@ -104,17 +101,9 @@ public struct CalibrationStatistics: Sendable {
       ("data_hash", dataHashText), ("model_fingerprint", cFormat("%016llx", modelFingerprint)),
       ("fire_quantile", cFormat("%.17g", fireQuantile)), ("sample_rows", String(sampleRows)),
     ]
-    let temporary = FileSystem.join(FileSystem.parent(of: path), ".\(FileSystem.baseName(of: path)).tmp-\(getpid())")
-    _ = FileSystem.removeTree(temporary)
-    do {
-      let file = try OutputFile(path: temporary)
+    try FileSystem.writeAtomically(path) { file in
       try file.write(Safetensors.headerBytes(tensors: tensors, metadata: metadata))
       for values in data { try values.withUnsafeBytes { try file.write($0) } }
-      try file.close()
-      try FileSystem.rename(temporary, path)
-    } catch {
-      _ = FileSystem.removeTree(temporary)
-      throw error
     }
   }
 
