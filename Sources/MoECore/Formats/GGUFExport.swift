@@ -106,8 +106,16 @@ public enum GGUFExport {
         return permuteHeads > 0 ? permuteRows(values, heads: permuteHeads, rows: shape[0]) : values
       })
     }
+    /// A model-wide (layer nil) or per-layer HF tensor under its GGUFLayout name.
+    func hf(_ base: String, layer: Int? = nil, _ suffix: String = "weight", shape: [Int], permuteHeads: Int = 0) throws {
+      guard let g = GGUFLayout.ggufName(hf: base, layer: layer) else {
+        throw MoEError(.internal, "GGUFLayout has no name for '\(base)'")
+      }
+      let prefix = layer.map(ModelDescription.layerPrefix) ?? ""
+      try tensor(g + "." + suffix, prefix + base + "." + suffix, shape: shape, permuteHeads: permuteHeads)
+    }
     let permute = GGUFLayout.permutesQK(arch)
-    try tensor("token_embd.weight", "model.embed_tokens.weight", shape: [V, H])
+    try hf("model.embed_tokens", shape: [V, H])
     let moe = d.moe
     if let m = moe {
       if let dense = m.moeLayers.firstIndex(of: false) {
@@ -124,28 +132,29 @@ public enum GGUFExport {
     }
     for l in 0..<d.numLayers {
       let p = ModelDescription.layerPrefix(l), b = "blk.\(l)."
-      try tensor(b + "attn_norm.weight", p + "input_layernorm.weight", shape: [H])
-      try tensor(b + "attn_q.weight", p + "self_attn.q_proj.weight", shape: [nq * hd, H], permuteHeads: permute ? nq : 0)
-      try tensor(b + "attn_k.weight", p + "self_attn.k_proj.weight", shape: [nkv * hd, H], permuteHeads: permute ? nkv : 0)
-      try tensor(b + "attn_v.weight", p + "self_attn.v_proj.weight", shape: [nkv * hd, H])
+      try hf("input_layernorm", layer: l, shape: [H])
+      try hf("self_attn.q_proj", layer: l, shape: [nq * hd, H], permuteHeads: permute ? nq : 0)
+      try hf("self_attn.k_proj", layer: l, shape: [nkv * hd, H], permuteHeads: permute ? nkv : 0)
+      try hf("self_attn.v_proj", layer: l, shape: [nkv * hd, H])
       if src.info(p + "self_attn.q_proj.bias") != nil {
-        try tensor(b + "attn_q.bias", p + "self_attn.q_proj.bias", shape: [nq * hd], permuteHeads: permute ? nq : 0)
-        try tensor(b + "attn_k.bias", p + "self_attn.k_proj.bias", shape: [nkv * hd], permuteHeads: permute ? nkv : 0)
-        try tensor(b + "attn_v.bias", p + "self_attn.v_proj.bias", shape: [nkv * hd])
+        try hf("self_attn.q_proj", layer: l, "bias", shape: [nq * hd], permuteHeads: permute ? nq : 0)
+        try hf("self_attn.k_proj", layer: l, "bias", shape: [nkv * hd], permuteHeads: permute ? nkv : 0)
+        try hf("self_attn.v_proj", layer: l, "bias", shape: [nkv * hd])
       }
-      try tensor(b + "attn_output.weight", p + "self_attn.o_proj.weight", shape: [H, nq * hd])
-      try tensor(b + "ffn_norm.weight", p + "post_attention_layernorm.weight", shape: [H])
+      try hf("self_attn.o_proj", layer: l, shape: [H, nq * hd])
+      try hf("post_attention_layernorm", layer: l, shape: [H])
       guard let m = moe else {
         let F = d.intermediateSize
-        try tensor(b + "ffn_gate.weight", p + "mlp.gate_proj.weight", shape: [F, H])
-        try tensor(b + "ffn_up.weight", p + "mlp.up_proj.weight", shape: [F, H])
-        try tensor(b + "ffn_down.weight", p + "mlp.down_proj.weight", shape: [H, F])
+        try hf("mlp.gate_proj", layer: l, shape: [F, H])
+        try hf("mlp.up_proj", layer: l, shape: [F, H])
+        try hf("mlp.down_proj", layer: l, shape: [H, F])
         continue
       }
       let E = m.numExperts, F = m.expertIntermediateSize
       let legacy = src.info(p + "block_sparse_moe.gate.weight") != nil
       let block = p + (legacy ? "block_sparse_moe." : "mlp.")
-      try tensor(b + "ffn_gate_inp.weight", ModelDescription.moeTensorName(legacy ? .mixtral : .qwen2Moe, layer: l, .router, expert: -1),
+      try tensor(b + GGUFLayout.router + ".weight",
+                 ModelDescription.moeTensorName(legacy ? .mixtral : .qwen2Moe, layer: l, .router, expert: -1),
                  shape: [E, H], f32: true)
       for (name, proj) in GGUFLayout.expertStacks {
         let rows = proj == .down ? H : F, cols = proj == .down ? F : H
@@ -156,11 +165,10 @@ public enum GGUFExport {
       }
       if arch == "qwen2moe" {
         let Fs = m.sharedExpertIntermediateSize
-        let shared = { (kind: LayerWeight) in ModelDescription.moeTensorName(.qwen2Moe, layer: l, kind, expert: -1) }
-        try tensor(b + "ffn_gate_shexp.weight", shared(.sharedGate), shape: [Fs, H])
-        try tensor(b + "ffn_up_shexp.weight", shared(.sharedUp), shape: [Fs, H])
-        try tensor(b + "ffn_down_shexp.weight", shared(.sharedDown), shape: [H, Fs])
-        let gateHF = shared(.sharedExpertGate)
+        try hf("mlp.shared_expert.gate_proj", layer: l, shape: [Fs, H])
+        try hf("mlp.shared_expert.up_proj", layer: l, shape: [Fs, H])
+        try hf("mlp.shared_expert.down_proj", layer: l, shape: [H, Fs])
+        let gateHF = ModelDescription.moeTensorName(.qwen2Moe, layer: l, .sharedExpertGate, expert: -1)
         _ = try src.require(gateHF)
         plan.append(Planned(name: b + GGUFLayout.sharedExpertGate.gguf + ".weight", dims: [H], dtype: .f32) {
           let v = try src.readFloat(gateHF, shape: [1, H])
@@ -172,12 +180,12 @@ public enum GGUFExport {
         })
       }
     }
-    try tensor("output_norm.weight", "model.norm.weight", shape: [H])
+    try hf("model.norm", shape: [H])
     // llama.cpp's qwen2moe has no tied-embedding fallback: it gets the embedding as its output.
     if !d.tiedEmbeddings {
-      try tensor("output.weight", "lm_head.weight", shape: [V, H])
-    } else if arch == "qwen2moe" {
-      try tensor("output.weight", "model.embed_tokens.weight", shape: [V, H])
+      try hf("lm_head", shape: [V, H])
+    } else if arch == "qwen2moe", let output = GGUFLayout.ggufName(hf: "lm_head", layer: nil) {
+      try tensor(output + ".weight", "model.embed_tokens.weight", shape: [V, H])
     }
 
     var meta: [(String, GGUFOut)] = [
