@@ -135,13 +135,18 @@ final class Calibrator: FFNObserver {
 
   // MARK: Running
 
-  /// Loads the dense model of `checkpoint` and collects its statistics.
-  static func collect(checkpoint: Checkpoint, options o: CalibrationOptions) throws -> CalibrationStatistics {
+  /// The dense model of `checkpoint` on a runtime of its own (all cores,
+  /// the caller's thread not pinned), for calibration and router prompts.
+  static func denseModel(_ checkpoint: Checkpoint) throws -> DecoderModel {
     guard !checkpoint.description.architecture.isMoE else {
       throw MoEError.unsupported("'\(checkpoint.path)' is an MoE checkpoint (\(checkpoint.description.architecture.rawValue)); calibration runs a dense model")
     }
-    let model = try DecoderModel(checkpoint: checkpoint, runtime: try Runtime(threads: 0, pin: false))
-    return try collect(model: model, checkpoint: checkpoint, options: o)
+    return try DecoderModel(checkpoint: checkpoint, runtime: try Runtime(threads: 0, pin: false))
+  }
+
+  /// Loads the dense model of `checkpoint` and collects its statistics.
+  static func collect(checkpoint: Checkpoint, options o: CalibrationOptions) throws -> CalibrationStatistics {
+    try collect(model: try denseModel(checkpoint), checkpoint: checkpoint, options: o)
   }
 
   /// Runs `model` (dense) over the calibration data and returns its statistics.
@@ -259,11 +264,12 @@ final class RouterInputMean: FFNObserver {
   }
 
   /// Mean router input per layer for each line of `path` (one entry per
-  /// non-empty line), and the router inputs seen.
+  /// non-empty line), the router inputs seen, and the FNV-1a hash of the file.
   static func collect(model: DecoderModel, path: String, expectedLines: Int, what: String) throws
-    -> (means: [[[Float]]], samples: [[Float]]) {
+    -> (means: [[[Float]]], samples: [[Float]], hash: UInt64) {
     guard FileSystem.isRegularFile(path) else { throw MoEError.notFound("\(what) '\(path)' is not a readable file") }
-    let text = String(decoding: try FileSystem.readAll(path, limit: 64 << 20), as: UTF8.self)
+    let bytes = try FileSystem.readAll(path, limit: 64 << 20)
+    let text = String(decoding: bytes, as: UTF8.self)
     let lines = text.split(separator: "\n", omittingEmptySubsequences: false).map { String($0).trimmingSpaces }
       .filter { !$0.isEmpty }
     guard lines.count == expectedLines else {
@@ -283,6 +289,6 @@ final class RouterInputMean: FFNObserver {
       _ = try tokens.withUnsafeBufferPointer { try model.forwardHidden($0, start: 0) }
       for l in 0..<d.numLayers { means[l].append(observer.sums[l].map { Float($0 / Double(max(1, observer.rows))) }) }
     }
-    return (means, observer.samples)
+    return (means, observer.samples, fnv1a64(bytes))
   }
 }

@@ -28,7 +28,7 @@ enum DataDerived {
     var model: DecoderModel? = nil
     func denseModel() throws -> DecoderModel {
       if let model { return model }
-      let m = try DecoderModel(checkpoint: checkpoint, runtime: try Runtime(threads: 0, pin: false))
+      let m = try Calibrator.denseModel(checkpoint)
       model = m
       return m
     }
@@ -70,8 +70,7 @@ enum DataDerived {
         data[l].negativePromptMeans = negative?[l]
         data[l].promptSamples = positive.samples[l]
       }
-      let text = try FileSystem.readAll(path, limit: 64 << 20)
-      record.append(("router_prompts_hash", .string(cFormat("%016llx", fnv1a64(text)))))
+      record.append(("router_prompts_hash", .string(cFormat("%016llx", positive.hash))))
     }
     return (data, record)
   }
