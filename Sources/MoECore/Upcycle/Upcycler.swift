@@ -337,12 +337,17 @@ public final class Upcycler {
 
   // MARK: Config
 
+  /// The dtype the experts are written in (nil when no layer is MoE).
+  var expertDType: DType? {
+    plan.first(where: { if case .expert = $0.producer { return true }; return false })?.dtype
+  }
+
   /// config.json of the output: the output model's description (HFConfig.make)
   /// and the `moeupcycle` block recording how it was made.
   func makeConfig() throws -> JSON {
     let d = checkpoint.description
     let o = options
-    let dtype = plan.first(where: { if case .expert = $0.producer { return true }; return false })?.dtype ?? plan[0].dtype
+    let dtype = expertDType ?? plan[0].dtype
     var out = d
     out.architecture = o.format == .mixtral ? .mixtral : .qwen2Moe
     out.qkvBias = d.qkvBias || o.format == .qwen2Moe
@@ -466,7 +471,7 @@ extension Upcycler {
     let model = try Checkpoint(inMemory: source, description: description, from: checkpoint)
     var o = GGUFExportOptions()
     o.force = options.force
-    o.type = plan.first(where: { if case .expert = $0.producer { return true }; return false })?.dtype ?? .f32
+    o.type = expertDType ?? .f32
     let exported = try GGUFExport.write(model, to: output, options: o)
     cachedLayer = nil
     var report = UpcycleReport()

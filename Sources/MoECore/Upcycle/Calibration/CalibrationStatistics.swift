@@ -20,6 +20,9 @@ public struct LayerStatistics: Sendable {
   /// The router's input at the same tokens: the hidden state after the
   /// post-attention norm [sampleRows, H].
   public var routerInputs: [Float]
+
+  /// Tokens in the sample.
+  public var sampleRows: Int { absMean.isEmpty ? 0 : sketch.count / absMean.count }
 }
 
 /// Which per-neuron statistic ranks neurons by importance.

@@ -126,7 +126,7 @@ struct PartitionMethod: UpcycleMethod {
     // down_proj's columns as rows: downT [I, H].
     var downT = [Float](repeating: 0, count: I * H)
     for h in 0..<H { for i in 0..<I { downT[i * H + h] = c.dense.down[h * I + i] } }
-    let S = stats.sketch.count / max(1, I)
+    let S = stats.sampleRows
     let chosen = Double(k) / Double(E), weight = 1 / Double(k)
     let pair = E > 1 ? Double(k * (k - 1)) / Double(E * (E - 1)) : 0
     var numerator = 0.0, denominator = 0.0
@@ -170,7 +170,7 @@ struct PartitionMethod: UpcycleMethod {
   /// its |activation| over the sampled tokens: E groups of I/E neurons that
   /// fire together (positions in the pool).
   static func cluster(_ c: LayerContext, _ stats: LayerStatistics) -> [[Int]] {
-    let I = c.dense.intermediate, S = stats.sketch.count / max(1, I), n = c.pool.count
+    let I = c.dense.intermediate, S = stats.sampleRows, n = c.pool.count
     var points = [Float](repeating: 0, count: n * S)
     for (p, i) in c.pool.enumerated() {
       for t in 0..<S { points[p * S + t] = abs(stats.sketch[t * I + i]) }

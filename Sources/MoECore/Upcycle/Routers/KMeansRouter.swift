@@ -17,7 +17,7 @@ struct KMeansRouter: RouterInitializer {
     guard let stats = b.data.statistics else {
       throw MoEError.invalid("router init kmeans needs calibration statistics (calibration data or a statistics file)")
     }
-    let H = b.dense.hidden, S = stats.routerInputs.count / max(1, H)
+    let H = b.dense.hidden, S = stats.sampleRows
     guard S >= g else {
       throw MoEError.invalid("router init kmeans needs at least \(g) sampled tokens per layer (the statistics hold \(S))")
     }
@@ -39,7 +39,7 @@ struct KMeansRouter: RouterInitializer {
   /// Row e = mean over sampled tokens of (x_t - mean x) (m_te - mean_t m_te),
   /// m_te = sum over e's neurons of |a_ti| / sum over all of them.
   static func fromNeurons(_ neurons: [[Int]], stats: LayerStatistics, unitInputs x: [Float], hidden H: Int) -> [Float] {
-    let I = stats.absMean.count, S = stats.sketch.count / max(1, I), g = neurons.count
+    let I = stats.absMean.count, S = stats.sampleRows, g = neurons.count
     var mass = [Double](repeating: 0, count: S * g)
     for t in 0..<S {
       var total = 0.0
