@@ -34,10 +34,10 @@ enum GGUFOut {
         self = .strings(items.compactMap(\.stringValue))
       } else if items.allSatisfy({ if case .float = $0 { return true }; return false }) {
         self = .f32s(items.compactMap { $0.doubleValue.map(Float.init) })
-      } else if let ints = Optional(items.compactMap({ $0.intValue.flatMap { Int32(exactly: $0) } })), ints.count == items.count {
-        self = .i32s(ints)
       } else {
-        return nil
+        let ints = items.compactMap { $0.intValue.flatMap { Int32(exactly: $0) } }
+        guard ints.count == items.count else { return nil }
+        self = .i32s(ints)
       }
     }
   }

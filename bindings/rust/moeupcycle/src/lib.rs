@@ -522,6 +522,15 @@ macro_rules! setters {
     };
 }
 
+macro_rules! path_setters {
+    ($($(#[$m:meta])* $name:ident;)*) => {
+        $($(#[$m])* pub fn $name(mut self, path: impl AsRef<Path>) -> Self {
+            self.$name = Some(path.as_ref().to_owned());
+            self
+        })*
+    };
+}
+
 impl UpcycleOptions {
     pub fn new() -> Self {
         Self::default()
@@ -562,30 +571,17 @@ impl UpcycleOptions {
         /// partition: fit down_proj's scale to the calibration tokens.
         calibrated_scale: bool => |r, v| r.calibrated_scale = v as i32;
     }
-    /// Calibration data (text, or token ids with `calibration_ids`) run through the dense model.
-    pub fn calibration(mut self, path: impl AsRef<Path>) -> Self {
-        self.calibration = Some(path.as_ref().to_owned());
-        self
-    }
-    /// Statistics saved by an earlier calibration, used instead of calibration data.
-    pub fn stats(mut self, path: impl AsRef<Path>) -> Self {
-        self.stats = Some(path.as_ref().to_owned());
-        self
-    }
-    /// Where to save the collected calibration statistics.
-    pub fn save_stats(mut self, path: impl AsRef<Path>) -> Self {
-        self.save_stats = Some(path.as_ref().to_owned());
-        self
-    }
-    /// Router prompts, one line per expert (RouterInit::Prompts).
-    pub fn router_prompts(mut self, path: impl AsRef<Path>) -> Self {
-        self.router_prompts = Some(path.as_ref().to_owned());
-        self
-    }
-    /// Negative router prompts, one line per expert.
-    pub fn router_negative_prompts(mut self, path: impl AsRef<Path>) -> Self {
-        self.router_negative_prompts = Some(path.as_ref().to_owned());
-        self
+    path_setters! {
+        /// Calibration data (text, or token ids with `calibration_ids`) run through the dense model.
+        calibration;
+        /// Statistics saved by an earlier calibration, used instead of calibration data.
+        stats;
+        /// Where to save the collected calibration statistics.
+        save_stats;
+        /// Router prompts, one line per expert (RouterInit::Prompts).
+        router_prompts;
+        /// Negative router prompts, one line per expert.
+        router_negative_prompts;
     }
     /// Which layers become MoE: "all", "every:N" or a list "0,2,5-7".
     pub fn layers(mut self, spec: &str) -> Self {
@@ -594,6 +590,27 @@ impl UpcycleOptions {
     }
     pub fn raw(&self) -> &sys::moe_upcycle_params {
         &self.raw
+    }
+    /// The C parameters with the text fields pointing into the returned
+    /// strings, which must outlive the call.
+    fn c_params(&self) -> Result<(sys::moe_upcycle_params, Vec<CString>)> {
+        let mut p = self.raw;
+        let mut held = Vec::new();
+        let mut text = |value: Option<CString>| -> *const c_char {
+            value.map_or(ptr::null(), |c| {
+                let pointer = c.as_ptr();
+                held.push(c);
+                pointer
+            })
+        };
+        let path = |what: &str, p: &Option<PathBuf>| p.as_deref().map(|p| c_path(what, p)).transpose();
+        p.layers = text(self.layers.as_deref().map(|s| c_string("layers", s)).transpose()?);
+        p.calibration_path = text(path("calibration", &self.calibration)?);
+        p.stats_path = text(path("stats", &self.stats)?);
+        p.save_stats_path = text(path("save_stats", &self.save_stats)?);
+        p.router_prompts_path = text(path("router_prompts", &self.router_prompts)?);
+        p.router_negative_prompts_path = text(path("router_negative_prompts", &self.router_negative_prompts)?);
+        Ok((p, held))
     }
 }
 
@@ -615,21 +632,7 @@ pub struct UpcycleReport {
 pub fn upcycle(input: impl AsRef<Path>, output: impl AsRef<Path>, options: &UpcycleOptions) -> Result<UpcycleReport> {
     let i = c_path("input", input.as_ref())?;
     let o = c_path("output", output.as_ref())?;
-    let layers = options.layers.as_deref().map(|s| c_string("layers", s)).transpose()?;
-    let path = |what: &str, p: &Option<PathBuf>| p.as_deref().map(|p| c_path(what, p)).transpose();
-    let calibration = path("calibration", &options.calibration)?;
-    let stats = path("stats", &options.stats)?;
-    let save_stats = path("save_stats", &options.save_stats)?;
-    let prompts = path("router_prompts", &options.router_prompts)?;
-    let negative = path("router_negative_prompts", &options.router_negative_prompts)?;
-    let pointer = |c: &Option<CString>| c.as_ref().map_or(ptr::null(), |c| c.as_ptr());
-    let mut p = options.raw;
-    p.layers = layers.as_ref().map_or(ptr::null(), |c| c.as_ptr());
-    p.calibration_path = pointer(&calibration);
-    p.stats_path = pointer(&stats);
-    p.save_stats_path = pointer(&save_stats);
-    p.router_prompts_path = pointer(&prompts);
-    p.router_negative_prompts_path = pointer(&negative);
+    let (p, _held) = options.c_params()?;
     let mut r = result(|r: &mut sys::moe_upcycle_result, n| r.struct_size = n);
     unsafe { check(sys::moe_upcycle(&mut r, i.as_ptr(), o.as_ptr(), &p))? };
     Ok(UpcycleReport {
@@ -650,9 +653,7 @@ pub fn upcycle(input: impl AsRef<Path>, output: impl AsRef<Path>, options: &Upcy
 pub fn calibrate(input: impl AsRef<Path>, stats: impl AsRef<Path>, options: &UpcycleOptions) -> Result<()> {
     let i = c_path("input", input.as_ref())?;
     let s = c_path("stats", stats.as_ref())?;
-    let calibration = options.calibration.as_deref().map(|p| c_path("calibration", p)).transpose()?;
-    let mut p = options.raw;
-    p.calibration_path = calibration.as_ref().map_or(ptr::null(), |c| c.as_ptr());
+    let (p, _held) = options.c_params()?;
     unsafe { check(sys::moe_calibrate(i.as_ptr(), s.as_ptr(), &p)) }
 }
 
