@@ -81,11 +81,13 @@
  *    moe_runtime_create() fail with a message. moe_runtime_get_info() and
  *    moe_runtime_describe() say which path runs and why. Results are
  *    bit-identical from run to run for a given path and thread count.
- *    bf16 compute (moe_layer_config.compute) runs on AVX512-BF16 where the
- *    CPU has it, the path is avx512 and the CPU is not an Intel one (whose
- *    cores issue vdpbf16ps at half their f32 multiply-add rate), else on a
- *    fallback over the f32 kernels; MOEUPCYCLE_BF16_KERNELS (auto, avx512_bf16, fallback) forces
- *    one, and an unknown value, or avx512_bf16 on a CPU without it, makes
+ *    bf16 compute (moe_layer_config.compute) runs, on the avx512 path, on
+ *    AMX-BF16 tiles where the CPU has them and Linux grants the process the
+ *    tile state (asked for once); else on AVX512-BF16 where the CPU has it
+ *    and is not an Intel one (whose cores issue vdpbf16ps at half their f32
+ *    multiply-add rate); else on a fallback over the f32 kernels.
+ *    MOEUPCYCLE_BF16_KERNELS (auto, amx_bf16, avx512_bf16, fallback) forces
+ *    one, and an unknown value, or a choice the CPU cannot run, makes
  *    moe_runtime_create() fail with a message.
  *  - The library needs an x86-64-v3 CPU (AVX2, FMA, F16C); on an older one
  *    every function that returns a moe_status returns MOE_ERR_UNSUPPORTED
@@ -851,9 +853,10 @@ typedef struct moe_runtime_info {
   /** Floats per vector of the path's kernels (16, 8, 4; 0 for openblas). */
   int32_t kernel_vector_floats;
   /* ---- 0.5.0 ---- */
-  /** Where bf16 compute (moe_layer_config.compute) runs: "avx512_bf16"
-   *  (vdpbf16ps, where the CPU has AVX512-BF16, the path is avx512 and the
-   *  CPU is not an Intel one; see Threading) or
+  /** Where bf16 compute (moe_layer_config.compute) runs: "amx_bf16"
+   *  (tdpbf16ps on AMX tiles, where the CPU and the OS run them and the path
+   *  is avx512), "avx512_bf16" (vdpbf16ps, where the CPU has AVX512-BF16, the
+   *  path is avx512 and the CPU is not an Intel one; see Threading) or
    *  "fallback" (rounded operands on the path's f32 kernels; the openblas
    *  path uses the widest of the library's own for bf16 compute); see
    *  MOEUPCYCLE_BF16_KERNELS under Threading. */
@@ -870,10 +873,12 @@ moe_status moe_runtime_get_info(moe_runtime_info *out, const moe_runtime *runtim
  *  receives the sum over the workers, in GFLOP/s (one multiply-add is two
  *  operations). `dtype`: MOE_DTYPE_F32 measures f32 FMAs on the instruction
  *  set of the active kernel path (the widest the CPU runs for the "openblas"
- *  path); MOE_DTYPE_BF16 measures vdpbf16ps (each instruction: 16 lanes of
- *  two bf16 multiply-adds, 64 operations) where the CPU and the OS support
- *  AVX512-BF16, and returns MOE_ERR_UNSUPPORTED elsewhere (bf16 compute then
- *  runs on the f32 kernels, whose peak is the f32 one).
+ *  path); MOE_DTYPE_BF16 measures tdpbf16ps on AMX tiles (each: a 16 x 16
+ *  tile of 32 bf16 multiply-adds, 16384 operations) where the process runs
+ *  them, else vdpbf16ps (each: 16 lanes of two bf16 multiply-adds, 64
+ *  operations) where the CPU and the OS support AVX512-BF16, and returns
+ *  MOE_ERR_UNSUPPORTED elsewhere (bf16 compute then runs on the f32
+ *  kernels, whose peak is the f32 one).
  *  Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT,
  *  MOE_ERR_UNSUPPORTED. */
 moe_status moe_runtime_measure_peak(moe_runtime *runtime, moe_dtype dtype, double seconds, double *gflops);
@@ -964,8 +969,9 @@ typedef struct moe_layer_config {
    *  the combine and every stored activation and gradient stay f32. Each
    *  output then differs from the f32 product by at most about
    *  2^-7 * sum_t |a_t| |b_t| (<= k * 2^-7 * max|a| * max|b| over the k terms)
-   *  plus f32 rounding. On non-Intel CPUs with AVX512-BF16 (and the avx512
-   *  kernel path) the products run on vdpbf16ps over bf16 panels; elsewhere on the f32
+   *  plus f32 rounding. On the avx512 kernel path the products run on AMX
+   *  tiles where the process has them, else on non-Intel CPUs with
+   *  AVX512-BF16 on vdpbf16ps over bf16 panels; elsewhere on the f32
    *  kernels with rounded operands (the same results up to f32 summation
    *  order, not faster). moe_runtime_get_info() (kernel_bf16) and
    *  moe_runtime_describe() say which. Any other value is

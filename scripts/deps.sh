@@ -23,3 +23,14 @@ if ! python3 -c "import numpy, pytest, safetensors, gguf, tokenizers, transforme
 assert int(transformers.__version__.split('.')[0]) >= 5" 2>/dev/null; then
   python3 -m pip install -q --disable-pip-version-check numpy pytest safetensors gguf tokenizers "transformers>=5"
 fi
+
+# llama-cpp-python (which the GGUF tests run our exports on) compiles llama.cpp
+# for the machine it installs on (-march=native). Its AMX kernels fault on CPUs
+# that have AMX (a tile instruction on a worker thread whose tiles were never
+# configured: SIGILL), so they are compiled out; every other instruction set of
+# the machine stays on. No cached wheel: one built for another CPU may not run here.
+install_llama_cpp_python() {
+  local flags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  CMAKE_ARGS="-DCMAKE_C_FLAGS=\"$flags\" -DCMAKE_CXX_FLAGS=\"$flags\"" \
+    python3 -m pip install -q --disable-pip-version-check --no-cache-dir "$@" llama-cpp-python
+}

@@ -17,7 +17,7 @@ TORCH_PID=""
 if ! python3 -c "import torch" 2>/dev/null || ! python3 -c "import llama_cpp" 2>/dev/null; then
   (
     python3 -c "import torch" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check torch
-    python3 -c "import llama_cpp" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check llama-cpp-python
+    python3 -c "import llama_cpp" 2>/dev/null || install_llama_cpp_python
   ) > "$TORCH_LOG" 2>&1 &
   TORCH_PID=$!
 fi

@@ -127,13 +127,14 @@ BF16_TARGET void moe_bf16_pack_a(const void *base, size_t ld, int transposed, in
 }
 
 BF16_TARGET void moe_bf16_pack_b(const void *base, size_t ld, int transposed, int bf16, size_t r0, size_t kc,
-                                 size_t c0, size_t nc, uint32_t *dst) {
+                                 size_t c0, size_t nc, size_t steps, uint32_t *dst) {
   const size_t NR = MOE_BF16_NR, kp = (kc + 1) / 2, es = bf16 ? 2 : 4;
   const char *b = base;
   uint32_t tmp[CHUNK];
   for (size_t j0 = 0; j0 < nc; j0 += NR) {
-    uint32_t *panel = dst + (j0 / NR) * kp * NR;
+    uint32_t *panel = dst + (j0 / NR) * steps * NR;
     const size_t cols = nc - j0 < NR ? nc - j0 : NR;
+    if (steps > kp) memset(panel + kp * NR, 0, (steps - kp) * NR * 4);
     if (!transposed) {
       // Element (t, j) at base[t * ld + j]: each pair of stored rows gives one row of words.
       for (size_t p = 0; p < kp; p++) {
@@ -223,6 +224,194 @@ BF16_TARGET double moe_bf16_dot_loop(size_t iterations, float tiny, float *sink)
   return (double)iterations * 12.0 * 16.0 * 2.0 * 2.0;
 }
 
+// MARK: - AMX-BF16 tiles
+//
+// Linux gives a process the AMX tile state only on request
+// (arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)); until then a tile instruction
+// faults. moe_amx_native() asks once per process and says whether it was granted.
+// The tile configuration is per thread: moe_amx_begin() loads it before a
+// thread's tiles are used, moe_amx_end() releases the tiles (the OS then saves
+// no tile state for the thread).
+
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define AMX_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")))
+
+enum { ARCH_GET_XCOMP_PERM_ = 0x1022, ARCH_REQ_XCOMP_PERM_ = 0x1023, XFEATURE_XTILEDATA_ = 18 };
+
+static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
+static int amx_granted;
+
+static void request_amx(void) {
+  if (!moe_bf16_native() || !(moe_cpu_features() & MOE_CPU_AMXBF16)) return;
+  if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM_, XFEATURE_XTILEDATA_) != 0) return;
+  unsigned long granted = 0;
+  if (syscall(SYS_arch_prctl, ARCH_GET_XCOMP_PERM_, &granted) != 0) return;
+  amx_granted = (granted & (1ul << XFEATURE_XTILEDATA_)) != 0;
+}
+
+int moe_amx_native(void) {
+  pthread_once(&amx_once, request_amx);
+  return amx_granted;
+}
+
+// Palette 1; tiles 0-3 hold C (rows 0-15 / 16-31 by columns 0-15 / 16-31),
+// 4-5 A (rows 0-15, 16-31), 6-7 B (columns 0-15, 16-31): all 16 rows of 64 bytes.
+struct tile_config {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+} __attribute__((aligned(64)));
+
+AMX_TARGET void moe_amx_begin(void) {
+  struct tile_config cfg;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.palette = 1;
+  for (int t = 0; t < 8; t++) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = 16;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+AMX_TARGET void moe_amx_end(void) { _tile_release(); }
+
+AMX_TARGET void moe_amx_pack_a(const void *base, size_t ld, int transposed, int bf16, size_t r0, size_t mc,
+                               size_t c0, size_t kc, size_t steps, uint32_t *dst) {
+  const size_t MR = MOE_AMX_MR, kp = (kc + 1) / 2, es = bf16 ? 2 : 4;
+  const char *b = base;
+  const size_t panels = (mc + MR - 1) / MR;
+  // Rows past mc in the last panel, and pairs past kp in every row, are zero.
+  if (mc % MR) memset(dst + ((panels - 1) * MR + mc % MR) * steps, 0, (MR - mc % MR) * steps * 4);
+  if (steps > kp)
+    for (size_t i = 0; i < mc; i++) memset(dst + i * steps + kp, 0, (steps - kp) * 4);
+  if (!transposed) {
+    // Row i's inner indices are contiguous and so are its words.
+    for (size_t i = 0; i < mc; i++) run_words(b + ((r0 + i) * ld + c0) * es, bf16, kc, dst + i * steps);
+    return;
+  }
+  // Transposed: element (i, t) at base[t * ld + i]; the rows of a pair are two stored rows.
+  uint32_t tmp[CHUNK];
+  for (size_t p = 0; p < kp; p++) {
+    const char *s0 = b + ((c0 + 2 * p) * ld + r0) * es;
+    const char *s1 = 2 * p + 1 < kc ? s0 + ld * es : NULL;
+    for (size_t i0 = 0; i0 < mc; i0 += CHUNK) {
+      size_t n = mc - i0 < CHUNK ? mc - i0 : CHUNK;
+      pair_words(s0 + i0 * es, s1 ? s1 + i0 * es : NULL, bf16, n, tmp);
+      uint32_t *col = dst + i0 * steps + p;
+      for (size_t i = 0; i < n; i++) col[i * steps] = tmp[i];
+    }
+  }
+}
+
+AMX_TARGET void moe_amx_micro(size_t steps, const uint32_t *a, const uint32_t *b, float *c, size_t ldc, int mr,
+                              int nr, int accumulate) {
+  const size_t sa = steps * 4, sb = MOE_BF16_NR * 4;
+  const uint32_t *a1 = a + 16 * steps;
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  // Skip the tiles a narrow edge leaves empty: their sums would be discarded.
+  if (mr > 16 && nr > 16) {
+    for (size_t p = 0; p < steps; p += 16) {
+      _tile_loadd(4, a + p, sa);
+      _tile_loadd(6, b + p * MOE_BF16_NR, sb);
+      _tile_loadd(7, b + p * MOE_BF16_NR + 16, sb);
+      _tile_loadd(5, a1 + p, sa);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+  } else if (nr > 16) {
+    for (size_t p = 0; p < steps; p += 16) {
+      _tile_loadd(4, a + p, sa);
+      _tile_loadd(6, b + p * MOE_BF16_NR, sb);
+      _tile_loadd(7, b + p * MOE_BF16_NR + 16, sb);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+    }
+  } else if (mr > 16) {
+    for (size_t p = 0; p < steps; p += 16) {
+      _tile_loadd(4, a + p, sa);
+      _tile_loadd(5, a1 + p, sa);
+      _tile_loadd(6, b + p * MOE_BF16_NR, sb);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(2, 5, 6);
+    }
+  } else {
+    for (size_t p = 0; p < steps; p += 16) {
+      _tile_loadd(4, a + p, sa);
+      _tile_loadd(6, b + p * MOE_BF16_NR, sb);
+      _tile_dpbf16ps(0, 4, 6);
+    }
+  }
+  if (!accumulate && mr == MOE_AMX_MR && nr == MOE_BF16_NR) {
+    const size_t sc = ldc * 4;
+    _tile_stored(0, c, sc);
+    _tile_stored(1, c + 16, sc);
+    _tile_stored(2, c + 16 * ldc, sc);
+    _tile_stored(3, c + 16 * ldc + 16, sc);
+    return;
+  }
+  float sums[MOE_AMX_MR * MOE_BF16_NR] __attribute__((aligned(64)));
+  _tile_stored(0, sums, MOE_BF16_NR * 4);
+  _tile_stored(1, sums + 16, MOE_BF16_NR * 4);
+  if (mr > 16) {
+    _tile_stored(2, sums + 16 * MOE_BF16_NR, MOE_BF16_NR * 4);
+    _tile_stored(3, sums + 16 * MOE_BF16_NR + 16, MOE_BF16_NR * 4);
+  }
+  const __mmask16 m0 = nr >= 16 ? 0xFFFF : (__mmask16)((1u << nr) - 1);
+  const __mmask16 m1 = nr >= 32 ? 0xFFFF : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
+  for (int r = 0; r < mr && r < MOE_AMX_MR; r++) {
+    float *dst = c + (size_t)r * ldc;
+    __m512 v0 = _mm512_load_ps(sums + r * MOE_BF16_NR), v1 = _mm512_load_ps(sums + r * MOE_BF16_NR + 16);
+    if (accumulate) {
+      v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, dst), v0);
+      v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, dst + 16), v1);
+    }
+    _mm512_mask_storeu_ps(dst, m0, v0);
+    _mm512_mask_storeu_ps(dst + 16, m1, v1);
+  }
+}
+
+AMX_TARGET double moe_amx_dot_loop(size_t iterations, float tiny, float *sink) {
+  uint32_t a[16 * 16] __attribute__((aligned(64))), b[16 * 16] __attribute__((aligned(64)));
+  uint32_t word = round_bf16(tiny) * 0x10001u, one = 0x3F803F80u;
+  for (int i = 0; i < 256; i++) { a[i] = word; b[i] = one; }
+  moe_amx_begin();
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_loadd(4, a, 64);
+  _tile_loadd(5, a, 64);
+  _tile_loadd(6, b, 64);
+  _tile_loadd(7, b, 64);
+  for (size_t i = 0; i < iterations; i++) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  float out[16 * 16] __attribute__((aligned(64)));
+  float total = 0;
+  for (int t = 0; t < 4; t++) {
+    if (t == 0) _tile_stored(0, out, 64);
+    if (t == 1) _tile_stored(1, out, 64);
+    if (t == 2) _tile_stored(2, out, 64);
+    if (t == 3) _tile_stored(3, out, 64);
+    for (int i = 0; i < 256; i++) total += out[i];
+  }
+  moe_amx_end();
+  if (sink) *sink = total;
+  // Each tdpbf16ps: 16 x 16 outputs x 32 bf16 multiply-adds x 2 operations.
+  return (double)iterations * 4.0 * 16.0 * 16.0 * 32.0 * 2.0;
+}
+
 #else
 int moe_bf16_native(void) { return 0; }
 void moe_bf16_pack_a(const void *base, size_t ld, int transposed, int bf16, size_t r0, size_t mc, size_t c0,
@@ -230,14 +419,30 @@ void moe_bf16_pack_a(const void *base, size_t ld, int transposed, int bf16, size
   (void)base; (void)ld; (void)transposed; (void)bf16; (void)r0; (void)mc; (void)c0; (void)kc; (void)dst;
 }
 void moe_bf16_pack_b(const void *base, size_t ld, int transposed, int bf16, size_t r0, size_t kc, size_t c0,
-                     size_t nc, uint32_t *dst) {
-  (void)base; (void)ld; (void)transposed; (void)bf16; (void)r0; (void)kc; (void)c0; (void)nc; (void)dst;
+                     size_t nc, size_t steps, uint32_t *dst) {
+  (void)base; (void)ld; (void)transposed; (void)bf16; (void)r0; (void)kc; (void)c0; (void)nc; (void)steps; (void)dst;
 }
 void moe_bf16_micro(size_t kp, const uint32_t *a, const uint32_t *b, float *c, size_t ldc, int mr, int nr,
                     int accumulate) {
   (void)kp; (void)a; (void)b; (void)c; (void)ldc; (void)mr; (void)nr; (void)accumulate;
 }
 double moe_bf16_dot_loop(size_t iterations, float tiny, float *sink) {
+  (void)iterations; (void)tiny;
+  if (sink) *sink = 0;
+  return 0;
+}
+int moe_amx_native(void) { return 0; }
+void moe_amx_begin(void) {}
+void moe_amx_end(void) {}
+void moe_amx_pack_a(const void *base, size_t ld, int transposed, int bf16, size_t r0, size_t mc, size_t c0,
+                    size_t kc, size_t steps, uint32_t *dst) {
+  (void)base; (void)ld; (void)transposed; (void)bf16; (void)r0; (void)mc; (void)c0; (void)kc; (void)steps; (void)dst;
+}
+void moe_amx_micro(size_t steps, const uint32_t *a, const uint32_t *b, float *c, size_t ldc, int mr, int nr,
+                   int accumulate) {
+  (void)steps; (void)a; (void)b; (void)c; (void)ldc; (void)mr; (void)nr; (void)accumulate;
+}
+double moe_amx_dot_loop(size_t iterations, float tiny, float *sink) {
   (void)iterations; (void)tiny;
   if (sink) *sink = 0;
   return 0;

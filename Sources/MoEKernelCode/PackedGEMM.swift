@@ -20,7 +20,11 @@
 // differ. Where the CPU runs AVX512-BF16 (and the path's tile is 6 x 32), the
 // panels hold pairs of bf16 (half the bytes of f32 panels) and the microkernel
 // is vdpbf16ps (CMoECPU/bf16.c): per lane and pair of inner indices 2p, 2p+1,
-// sum += a[2p+1] b[2p+1], then sum += a[2p] b[2p], each rounded to f32. Elsewhere
+// sum += a[2p+1] b[2p+1], then sum += a[2p] b[2p], each rounded to f32. With
+// AMX-BF16 the panels are the same pairs, the tile 32 x 32 and the
+// microkernel tdpbf16ps on AMX tiles (inner blocks padded with zero pairs to
+// multiples of 32 indices; the hardware's sum order within a block is its
+// own, so only the bounds below hold, not an emulated order). Elsewhere
 // (the fallback) the f32 panels are rounded to bf16 values once packed and the
 // path's f32 microkernel sums them in index order. Each bf16 product is exact
 // in f32, so both differ from the exact sum of the rounded operands' products
@@ -135,23 +139,24 @@ extension KernelISA {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self)
   }
 
-  /// Whether this instruction set's bf16 compute can run on AVX512-BF16 here:
-  /// the CPU (and OS) run it and the microkernel's tile is the C kernel's.
+  /// Where this instruction set's bf16 compute can run when `wanted` is
+  /// asked for: there, if the CPU (and OS) run it and the C microkernels' B
+  /// panels are this ISA's (two vectors of 16 floats), else the fallback.
   @inlinable
-  public static var bf16NativeAvailable: Bool {
-    2 * V.scalarCount == Int(MOE_BF16_NR) && gemmMR == Int(MOE_BF16_MR) && moe_bf16_native() != 0
+  public static func bf16Kernels(_ wanted: BF16Kernels) -> BF16Kernels {
+    guard wanted != .fallback, 2 * V.scalarCount == Int(MOE_BF16_NR), gemmMR == Int(MOE_BF16_MR) else { return .fallback }
+    return wanted.runsHere ? wanted : .fallback
   }
 
   /// The dispatch table of this instruction set: the shared kernels, specialized
-  /// (and so compiled) in the module that calls this with its own ISA. bf16
-  /// compute runs on AVX512-BF16 when `bf16Native` (and bf16NativeAvailable),
-  /// else on the fallback.
+  /// (and so compiled) in the module that calls this with its own ISA, with
+  /// bf16 compute on `bf16` where it runs (bf16Kernels), else the fallback.
   @inlinable
-  public static func makeTable(name: String, fused: Bool, bf16Native: Bool = true) -> KernelTable {
-    let native = bf16Native && bf16NativeAvailable
-    return KernelTable(name: name, width: V.scalarCount, fused: fused, bf16Native: native,
-                       gemm: { PackedGEMM.run(Self.self, $0, bf16Native: native) },
-                       gemmFused: { PackedGEMM.run(Self.self, $0, $1, bf16Native: native, epilogue: $2) },
+  public static func makeTable(name: String, fused: Bool, bf16: BF16Kernels = .fallback) -> KernelTable {
+    let kernels = bf16Kernels(bf16)
+    return KernelTable(name: name, width: V.scalarCount, fused: fused, bf16: kernels,
+                       gemm: { PackedGEMM.run(Self.self, $0, bf16: kernels) },
+                       gemmFused: { PackedGEMM.run(Self.self, $0, $1, bf16: kernels, epilogue: $2) },
                        fmaLoop: { FMALoop.run(Self.self, iterations: $0) })
   }
 }
@@ -164,12 +169,33 @@ public let gemmNC = 2048
 /// may be narrower): mc rows of them, for both products, stay in L2.
 public let gemmEpilogueColumns = 64
 
+/// Where bf16 compute runs.
+public enum BF16Kernels: String, Sendable, CaseIterable {
+  /// tdpbf16ps on AMX tiles over pair-interleaved bf16 panels.
+  case amx = "amx_bf16"
+  /// vdpbf16ps over pair-interleaved bf16 panels.
+  case avx512bf16 = "avx512_bf16"
+  /// Operands rounded to bf16 while packing, then the path's f32 microkernel.
+  case fallback
+
+  /// Whether the CPU and the OS run these kernels (for AMX: and the process
+  /// was granted the tile state).
+  @inlinable
+  public var runsHere: Bool {
+    switch self {
+    case .amx: return moe_amx_native() != 0
+    case .avx512bf16: return moe_bf16_native() != 0
+    case .fallback: return true
+    }
+  }
+}
+
 public enum PackedGEMM {
-  /// Runs `p` on the calling thread with ISA `K` (bf16 compute on
-  /// AVX512-BF16 when `bf16Native`; the caller has checked the CPU).
+  /// Runs `p` on the calling thread with ISA `K` (bf16 compute on `bf16`;
+  /// the caller has checked that it runs here).
   @inlinable @inline(__always)
-  public static func run<K: KernelISA>(_: K.Type, _ p: GEMMProblem, bf16Native: Bool = false) {
-    blocked(K.self, p, p, count: 1, bf16Native: bf16Native) { _, _, _, _ in }
+  public static func run<K: KernelISA>(_: K.Type, _ p: GEMMProblem, bf16: BF16Kernels = .fallback) {
+    blocked(K.self, p, p, count: 1, bf16: bf16) { _, _, _, _ in }
   }
 
   /// Runs `p` (and `q`, when given, in the same blocked loop) on the calling
@@ -180,18 +206,18 @@ public enum PackedGEMM {
   /// operand equal to p's (same memory and layout) is packed once for both,
   /// and q may write p's C (with accumulate) to add the two products.
   @inlinable @inline(__always)
-  public static func run<K: KernelISA>(_: K.Type, _ p: GEMMProblem, _ q: GEMMProblem?, bf16Native: Bool = false,
+  public static func run<K: KernelISA>(_: K.Type, _ p: GEMMProblem, _ q: GEMMProblem?, bf16: BF16Kernels = .fallback,
                                        epilogue: (Int, Int, Int, Int) -> Void) {
     guard let q else {
-      blocked(K.self, p, p, count: 1, bf16Native: bf16Native, epilogue: epilogue)
+      blocked(K.self, p, p, count: 1, bf16: bf16, epilogue: epilogue)
       return
     }
     if q.m == p.m && q.n == p.n && q.k == p.k && q.compute == p.compute {
-      blocked(K.self, p, q, count: 2, bf16Native: bf16Native, epilogue: epilogue)
+      blocked(K.self, p, q, count: 2, bf16: bf16, epilogue: epilogue)
     } else {
       // Different shapes share no loop: one after the other, then the epilogue over p's C.
-      blocked(K.self, p, p, count: 1, bf16Native: bf16Native) { _, _, _, _ in }
-      blocked(K.self, q, q, count: 1, bf16Native: bf16Native) { _, _, _, _ in }
+      blocked(K.self, p, p, count: 1, bf16: bf16) { _, _, _, _ in }
+      blocked(K.self, q, q, count: 1, bf16: bf16) { _, _, _, _ in }
       if p.m > 0 && p.n > 0 { epilogue(0, p.m, 0, p.n) }
     }
   }
@@ -202,10 +228,10 @@ public enum PackedGEMM {
   /// microkernel runs every product, and the epilogue sees the finished panels
   /// in strips of gemmEpilogueColumns.
   /// With bf16 compute, panels are packed by CMoECPU's bf16 routines and
-  /// tiles computed by its vdpbf16ps microkernel when `bf16Native`, else packed
-  /// as f32, rounded to bf16 values, and computed by the f32 microkernel.
+  /// tiles computed by its vdpbf16ps or AMX microkernel as `bf16` says, else
+  /// packed as f32, rounded to bf16 values, and computed by the f32 microkernel.
   @inlinable @inline(__always)
-  static func blocked<K: KernelISA>(_: K.Type, _ p: GEMMProblem, _ q: GEMMProblem, count: Int, bf16Native: Bool,
+  static func blocked<K: KernelISA>(_: K.Type, _ p: GEMMProblem, _ q: GEMMProblem, count: Int, bf16 bf16Kernels: BF16Kernels,
                                     epilogue: (Int, Int, Int, Int) -> Void) {
     let m = p.m, n = p.n, k = p.k
     guard m > 0, n > 0 else { return }
@@ -217,15 +243,27 @@ public enum PackedGEMM {
       epilogue(0, m, 0, n)
       return
     }
-    let MR = gemmMR, NR = 2 * K.V.scalarCount, epilogueColumns = max(NR, gemmEpilogueColumns)
+    let bf16 = p.compute == .bf16
+    // Pair-interleaved bf16 panels and vdpbf16ps or AMX tiles; their panels
+    // take `steps` words (pairs of inner indices) per row or column where f32
+    // panels take kc floats. Same blocking as f32, half the bytes: with kc
+    // 256, mc 144 (AVX-512) a B panel is 16 KiB of a 48 KiB L1d and an A
+    // block 72 KiB of a 2 MiB L2, so the blocks stay cached where the f32 ones
+    // do. AMX takes A in panels of 32 rows (mc 128) and steps in 16s.
+    let native = bf16 && bf16Kernels != .fallback && 2 * K.V.scalarCount == Int(MOE_BF16_NR) && gemmMR == Int(MOE_BF16_MR)
+    let amx = native && bf16Kernels == .amx
+    let MR = amx ? Int(MOE_AMX_MR) : gemmMR, NR = 2 * K.V.scalarCount, epilogueColumns = max(NR, gemmEpilogueColumns)
     // k in equal blocks of at most K.kc (multiples of 8): no short last block
     // that would cost a full pass over C.
     let kBlocks = (k + K.kc - 1) / K.kc
-    let kcMax = min(K.kc, ((k + kBlocks - 1) / kBlocks + 7) / 8 * 8), mcMax = K.mc
+    let kcMax = min(K.kc, ((k + kBlocks - 1) / kBlocks + 7) / 8 * 8), mcMax = amx ? 128 : K.mc
     let ncMax = min(gemmNC, (n + NR - 1) / NR * NR)
+    // Inner-index steps per panel row for a block of kc: pairs when native,
+    // padded to whole tiles for AMX.
+    func panelSteps(_ kc: Int) -> Int { amx ? ((kc + 1) / 2 + 15) / 16 * 16 : native ? (kc + 1) / 2 : kc }
     // The second product's own packed operands, when it does not share p's.
     let ownA = count > 1 && !q.a.same(as: p.a), ownB = count > 1 && !q.b.same(as: p.b)
-    let aStride = mcMax * kcMax, bStride = ncMax * kcMax
+    let aStride = mcMax * max(kcMax, panelSteps(kcMax)), bStride = ncMax * max(kcMax, panelSteps(kcMax))
     guard let bufA = moe_thread_buffer(0, (ownA ? 2 : 1) * aStride),
           let bufB = moe_thread_buffer(1, (ownB ? 2 : 1) * bStride) else {
       // No memory for packing: the plain loop (slow, but an answer).
@@ -235,16 +273,9 @@ public enum PackedGEMM {
       return
     }
     let bufA2 = ownA ? bufA + aStride : bufA, bufB2 = ownB ? bufB + bStride : bufB
-    let bf16 = p.compute == .bf16
-    // Pair-interleaved bf16 panels and vdpbf16ps; their panels take kp words
-    // (pairs of inner indices) per row or column where f32 panels take kc floats.
-    // Same blocking as f32, half the bytes: with kc 256, mc 144 (AVX-512) a
-    // B panel is 16 KiB of a 48 KiB L1d and an A block 72 KiB of a 2 MiB L2,
-    // so the blocks stay cached where the f32 ones do.
-    let native = bf16 && bf16Native && NR == Int(MOE_BF16_NR) && MR == Int(MOE_BF16_MR)
     func pack(_ b: MatrixOperand, rows: Int, kc: Int, cols: Int, nc: Int, into dst: UnsafeMutablePointer<Float>) {
       if native {
-        moe_bf16_pack_b(b.base, b.ld, b.transposed ? 1 : 0, b.bf16 ? 1 : 0, rows, kc, cols, nc,
+        moe_bf16_pack_b(b.base, b.ld, b.transposed ? 1 : 0, b.bf16 ? 1 : 0, rows, kc, cols, nc, panelSteps(kc),
                         UnsafeMutableRawPointer(dst).assumingMemoryBound(to: UInt32.self))
         return
       }
@@ -252,6 +283,11 @@ public enum PackedGEMM {
       if bf16 { roundToBF16(K.self, dst, count: (nc + NR - 1) / NR * NR * kc) }
     }
     func pack(_ a: MatrixOperand, rows: Int, mc: Int, cols: Int, kc: Int, into dst: UnsafeMutablePointer<Float>) {
+      if amx {
+        moe_amx_pack_a(a.base, a.ld, a.transposed ? 1 : 0, a.bf16 ? 1 : 0, rows, mc, cols, kc, panelSteps(kc),
+                       UnsafeMutableRawPointer(dst).assumingMemoryBound(to: UInt32.self))
+        return
+      }
       if native {
         moe_bf16_pack_a(a.base, a.ld, a.transposed ? 1 : 0, a.bf16 ? 1 : 0, rows, mc, cols, kc,
                         UnsafeMutableRawPointer(dst).assumingMemoryBound(to: UInt32.self))
@@ -260,14 +296,15 @@ public enum PackedGEMM {
       packA(a, rows: rows, mc: mc, cols: cols, kc: kc, into: dst)
       if bf16 { roundToBF16(K.self, dst, count: (mc + MR - 1) / MR * MR * kc) }
     }
+    if amx { moe_amx_begin() }
+    defer { if amx { moe_amx_end() } }
     var jc = 0
     while jc < n {
       let nc = min(ncMax, n - jc)
       var pc = 0
       while pc < k {
         let kc = min(kcMax, k - pc)
-        // Inner-index steps per panel row: pairs when native.
-        let steps = native ? (kc + 1) / 2 : kc
+        let steps = panelSteps(kc)
         let last = pc + kc == k
         pack(p.b, rows: pc, kc: kc, cols: jc, nc: nc, into: bufB)
         if ownB { pack(q.b, rows: pc, kc: kc, cols: jc, nc: nc, into: bufB2) }
@@ -288,7 +325,11 @@ public enum PackedGEMM {
               while ir < mc {
                 let aPanel = UnsafePointer(aBlock + (ir / MR) * steps * MR)
                 let c = r.c + (ic + ir) * r.ldc + jc + jr, mr = min(MR, mc - ir)
-                if native {
+                if amx {
+                  moe_amx_micro(steps, UnsafeRawPointer(aPanel).assumingMemoryBound(to: UInt32.self),
+                                UnsafeRawPointer(bPanel).assumingMemoryBound(to: UInt32.self),
+                                c, r.ldc, Int32(mr), Int32(nr), accumulate ? 1 : 0)
+                } else if native {
                   moe_bf16_micro(steps, UnsafeRawPointer(aPanel).assumingMemoryBound(to: UInt32.self),
                                  UnsafeRawPointer(bPanel).assumingMemoryBound(to: UInt32.self),
                                  c, r.ldc, Int32(mr), Int32(nr), accumulate ? 1 : 0)
@@ -562,22 +603,22 @@ public struct KernelTable: Sendable {
   public let width: Int
   /// Whether multiply-adds are fused (FMA instructions).
   public let fused: Bool
-  /// Whether bf16 compute runs on AVX512-BF16 (vdpbf16ps) rather than the
+  /// Where bf16 compute runs: AMX tiles, AVX512-BF16 (vdpbf16ps), or the
   /// fallback (operands rounded while packing, the f32 microkernel).
-  public let bf16Native: Bool
+  public let bf16: BF16Kernels
   public let gemm: @Sendable (GEMMProblem) -> Void
   /// One product, or two of equal shape in one blocked loop, with an epilogue
   /// per finished strip of C (PackedGEMM.run(_:_:_:epilogue:)).
   public let gemmFused: @Sendable (GEMMProblem, GEMMProblem?, (Int, Int, Int, Int) -> Void) -> Void
   public let fmaLoop: @Sendable (Int) -> (flops: Double, sink: Float)
 
-  public init(name: String, width: Int, fused: Bool, bf16Native: Bool, gemm: @escaping @Sendable (GEMMProblem) -> Void,
+  public init(name: String, width: Int, fused: Bool, bf16: BF16Kernels, gemm: @escaping @Sendable (GEMMProblem) -> Void,
               gemmFused: @escaping @Sendable (GEMMProblem, GEMMProblem?, (Int, Int, Int, Int) -> Void) -> Void,
               fmaLoop: @escaping @Sendable (Int) -> (flops: Double, sink: Float)) {
     self.name = name
     self.width = width
     self.fused = fused
-    self.bf16Native = bf16Native
+    self.bf16 = bf16
     self.gemm = gemm
     self.gemmFused = gemmFused
     self.fmaLoop = fmaLoop

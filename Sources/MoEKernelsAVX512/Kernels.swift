@@ -11,8 +11,19 @@ public enum AVX512Kernels: KernelISA {
   public static var kc: Int { 256 }
   public static var mc: Int { 144 }
 
-  /// bf16 compute on AVX512-BF16 where the CPU runs it.
+  /// bf16 compute on the fallback.
   public static let table = makeTable(name: "avx512", fused: true)
-  /// The same kernels with bf16 compute always on the fallback (for tests).
-  public static let bf16FallbackTable = makeTable(name: "avx512", fused: true, bf16Native: false)
+  /// The same kernels with bf16 compute on AVX512-BF16 and on AMX tiles
+  /// (each on the fallback where the CPU does not run it).
+  public static let avx512bf16Table = makeTable(name: "avx512", fused: true, bf16: .avx512bf16)
+  public static let amxTable = makeTable(name: "avx512", fused: true, bf16: .amx)
+
+  /// The table whose bf16 compute runs on `bf16` (where it runs here).
+  public static func table(bf16: BF16Kernels) -> KernelTable {
+    switch bf16 {
+    case .amx: return amxTable
+    case .avx512bf16: return avx512bf16Table
+    case .fallback: return table
+    }
+  }
 }

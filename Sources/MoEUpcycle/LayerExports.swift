@@ -96,7 +96,7 @@ public func moe_runtime_measure_peak(_ runtime: OpaquePointer?, _ dtype: moe_dty
     case MOE_DTYPE_F32: gflops.pointee = rt.measureFMAPeak(seconds: seconds)
     case MOE_DTYPE_BF16:
       guard let peak = rt.measureBF16Peak(seconds: seconds) else {
-        throw MoEError.unsupported("dtype bf16: this CPU (or its OS) does not support AVX512-BF16; bf16 compute runs on the f32 kernels (rounded operands), whose peak is MOE_DTYPE_F32's")
+        throw MoEError.unsupported("dtype bf16: this CPU (or its OS) does not support AVX512-BF16 or AMX-BF16; bf16 compute runs on the f32 kernels (rounded operands), whose peak is MOE_DTYPE_F32's")
       }
       gflops.pointee = peak
     default: throw MoEError.invalid("dtype has invalid value \(dtype.rawValue); use MOE_DTYPE_F32 or MOE_DTYPE_BF16")

@@ -46,8 +46,9 @@ static void bench_usage(FILE *out) {
     "weights read per forward in GB/s, and the machine's streaming read bandwidth\n"
     "measured with N threads in the same run. Rates are given as fractions of the\n"
     "machine's f32 multiply-add peak and, where the CPU has AVX512-BF16, of its bf16\n"
-    "(vdpbf16ps) peak; with --compute bf16 the line names where bf16 compute runs\n"
-    "(avx512_bf16, or the fallback on the f32 kernels). The GEMM-only bound is f32\n"
+    "peak (AMX tiles where the process runs them, else vdpbf16ps); with --compute\n"
+    "bf16 the line names where bf16 compute runs (amx_bf16, avx512_bf16, or the\n"
+    "fallback on the f32 kernels). The GEMM-only bound is f32\n"
     "sgemm either way.\n",
     enum_names(cli_name_placement), enum_names(cli_name_routing));
 }
@@ -323,7 +324,7 @@ int cmd_bench_moe(int argc, char **argv) {
     peaks_json(stdout, &peaks);
     printf(", \"forward_peak_fraction\": %.3f", peak > 0 ? flops_fwd / fwd.best / 1e9 / peak : 0);
     if (backward) printf(", \"forward_backward_peak_fraction\": %.3f", peak > 0 ? 3 * flops_fwd / fb.best / 1e9 / peak : 0);
-    /* The same rates against the bf16 (vdpbf16ps) peak; null where there is none. */
+    /* The same rates against the bf16 (AMX or vdpbf16ps) peak; null where there is none. */
     if (peak_bf16 > 0) printf(", \"forward_bf16_peak_fraction\": %.3f", flops_fwd / fwd.best / 1e9 / peak_bf16);
     else printf(", \"forward_bf16_peak_fraction\": null");
     if (backward && peak_bf16 > 0)

@@ -50,8 +50,8 @@ static int time_steps(moe_model *model, uint32_t vocab, const moe_trainer_params
 }
 
 /* Achieved GFLOP/s of a timing, and that over the peak of the kernels the
- * products run on (model FLOPs utilization): the bf16 (vdpbf16ps) peak for
- * --precision bf16 where bf16 compute runs on it, else the f32 peak (the
+ * products run on (model FLOPs utilization): the bf16 peak (AMX tiles or
+ * vdpbf16ps) for --precision bf16 where bf16 compute runs there, else the f32 peak (the
  * bf16 fallback runs the f32 kernels). */
 static double achieved_gflops(const train_timing *t) { return t->seconds > 0 ? t->model_flops / t->seconds / 1e9 : 0; }
 static int bench_bf16_peak = 0;
@@ -99,7 +99,7 @@ int cmd_bench_train(int argc, char **argv) {
     moe_model *model = NULL;
     if (!open_model(paths[m], &mf, &rt, &model)) return 1;
     moe_runtime_get_info(&rinfo, rt);
-    bench_bf16_peak = tp.precision == MOE_DTYPE_BF16 && strcmp(rinfo.kernel_bf16, "avx512_bf16") == 0;
+    bench_bf16_peak = tp.precision == MOE_DTYPE_BF16 && strcmp(rinfo.kernel_bf16, "fallback") != 0;
     /* The machine's multiply-add ceilings, measured in the same run. */
     moe_status st = m == 0 ? measure_peaks(rt, &peaks) : MOE_OK;
     if (st != MOE_OK) { moe_model_free(model); moe_runtime_free(rt); return fail(st); }

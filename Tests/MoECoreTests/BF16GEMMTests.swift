@@ -5,9 +5,9 @@ import MoEKernelsAVX2
 import MoEKernelsAVX512
 import MoEKernelsPortable
 
-/// bf16 compute of the packed GEMM (PackedGEMM.swift): on AVX512-BF16 where
-/// the CPU runs it and on the fallback of every path, against
-///  - an exact emulation of each kernel's documented sum order (bit for bit),
+/// bf16 compute of the packed GEMM (PackedGEMM.swift): on AMX tiles and on
+/// AVX512-BF16 where the CPU runs them and on the fallback of every path, against
+///  - an exact emulation of each kernel's sum order (bit for bit; AMX has none, see Order),
 ///  - the exact product of the bf16-rounded operands (within f32 accumulation:
 ///    (k + 2) * 2^-23 * sum |a_t b_t|),
 ///  - the f32 product of the unrounded operands (within 2^-7 * sum |a_t| |b_t|
@@ -21,24 +21,44 @@ import MoEKernelsPortable
     var path: KernelPath
     /// Where bf16 compute is forced to run (nil: the automatic choice).
     var forced: BF16Kernels?
-    /// Whether it runs vdpbf16ps (pairs summed odd index first).
-    var native: Bool
-    var description: String { "\(path.rawValue)-\(forced?.rawValue ?? "auto")\(native ? "-vdpbf16ps" : "")" }
+    /// Where it runs.
+    var kernels: BF16Kernels
+    var description: String { "\(path.rawValue)-\(forced?.rawValue ?? "auto")-\(kernels.rawValue)" }
   }
 
-  /// Every path automatically, and where the CPU runs AVX512-BF16 the paths
-  /// that use the AVX-512 kernels with vdpbf16ps and with the fallback forced
-  /// (the automatic choice takes one of them).
+  /// Every path automatically, and where the CPU runs AVX512-BF16 (and AMX)
+  /// the paths that use the AVX-512 kernels with each of the bf16 kernels
+  /// forced (the automatic choice takes one of them).
   static let variants: [Variant] = Kernels.availablePaths().flatMap { path -> [Variant] in
-    var out = [Variant(path: path, forced: nil, native: path.table(for: .bf16)?.bf16Native ?? false)]
+    var out = [Variant(path: path, forced: nil, kernels: path.table(for: .bf16)?.bf16 ?? .fallback)]
     if Kernels.cpuRunsBF16 && (path == .avx512 || path == .openblas) {
-      out.append(Variant(path: path, forced: .avx512bf16, native: true))
-      out.append(Variant(path: path, forced: .fallback, native: false))
+      for kernels in BF16Kernels.allCases where kernels.runsHere {
+        out.append(Variant(path: path, forced: kernels, kernels: kernels))
+      }
     }
     return out
   }
 
   enum Layout: CaseIterable { case xWt, aW, atB }
+
+  /// How a kernel sums one k block's products.
+  enum Order {
+    /// In index order (the f32 microkernels).
+    case indexOrder
+    /// Per pair, the odd product, then the even one (vdpbf16ps).
+    case oddFirst
+    /// The order of `kernels`; nil for AMX, whose tdpbf16ps sums a tile's
+    /// products its own way (on Emerald Rapids not even the correctly
+    /// rounded sum of 9 products: no order of f32 additions reproduces it),
+    /// so only the bounds hold there.
+    init?(_ kernels: BF16Kernels) {
+      switch kernels {
+      case .fallback: self = .indexOrder
+      case .avx512bf16: self = .oddFirst
+      case .amx: return nil
+      }
+    }
+  }
 
   static let shapes: [(m: Int, n: Int, k: Int)] = [
     (0, 5, 3), (4, 0, 3), (3, 5, 0), (1, 1, 1), (1, 1, 2), (2, 3, 5), (6, 32, 8), (7, 33, 9), (5, 31, 31),
@@ -95,7 +115,7 @@ import MoEKernelsPortable
   /// splits it, K.kc = 256 on every path), each block summed in f32 from zero
   /// over the rounded operands' products (exact in f32) and then added to C;
   /// vdpbf16ps adds each pair's odd product before its even one.
-  static func emulate(_ o: Operands, accumulate: Bool, oddFirst: Bool) -> [Float] {
+  static func emulate(_ o: Operands, accumulate: Bool, order: Order) -> [Float] {
     let k = o.k
     var out = o.c0
     guard o.m > 0, o.n > 0 else { return out }
@@ -111,7 +131,7 @@ import MoEKernelsPortable
           var tile: Float = 0
           var t = 0
           while t < kc {
-            if oddFirst {
+            if order == .oddFirst {
               if t + 1 < kc { tile += product(pc + t + 1) }
               tile += product(pc + t)
               t += 2
@@ -141,7 +161,8 @@ import MoEKernelsPortable
         for accumulate in [false, true] {
           let what = "\(variant) \(layout) m=\(m) n=\(n) k=\(k) aBF16=\(aBF16) bBF16=\(bBF16) accumulate=\(accumulate)"
           let c = o.run(variant, compute: .bf16, accumulate: accumulate)
-          let exact = Self.emulate(o, accumulate: accumulate, oddFirst: variant.native)
+          let order = Order(variant.kernels)
+          let exact = order.map { Self.emulate(o, accumulate: accumulate, order: $0) }
           var mismatches = 0, worst = 0.0, worstF32 = 0.0
           for i in 0..<m {
             for j in 0..<o.ldc {
@@ -150,7 +171,7 @@ import MoEKernelsPortable
                 #expect(x.bitPattern == o.c0[i * o.ldc + j].bitPattern, "\(what): wrote column \(j)")
                 continue
               }
-              if x != exact[i * o.ldc + j] { mismatches += 1 }
+              if let exact, x != exact[i * o.ldc + j] { mismatches += 1 }
               // The exact product of the rounded operands, and of the unrounded ones.
               var ref = accumulate ? Double(o.c0[i * o.ldc + j]) : 0, scale = abs(ref)
               var f32 = ref, f32Scale = abs(ref)
@@ -270,15 +291,23 @@ import MoEKernelsPortable
   }
 
   @Test func bf16PathIsReported() {
-    // Automatic: vdpbf16ps where the CPU runs it, except on Intel cores (half their f32 rate there).
-    let native = CPUInfo.current.features.contains("avx512_bf16") && Kernels.active.path == .avx512
-      && !Kernels.bf16NativeIsSlower
-    #expect(Kernels.bf16Kernels() == (native ? .avx512bf16 : .fallback))
+    // Automatic: AMX tiles where the process runs them, else vdpbf16ps where
+    // the CPU runs it, except on Intel cores (half their f32 rate there).
+    let avx512 = Kernels.active.path == .avx512 || Kernels.active.path == .openblas
+    let expected: BF16Kernels = !avx512 ? .fallback : Kernels.cpuRunsAMX ? .amx
+      : CPUInfo.current.features.contains("avx512_bf16") && !Kernels.bf16NativeIsSlower ? .avx512bf16 : .fallback
+    #expect(Kernels.bf16Kernels() == expected)
     #expect(Kernels.bf16NativeIsSlower == CPUInfo.current.brand.contains("Intel"), "\(CPUInfo.current.brand)")
     #expect(Kernels.bf16Kernels(path: .portable) == .fallback && Kernels.bf16Kernels(path: .avx2) == .fallback)
     #expect(Kernels.summary.contains("bf16 compute \(Kernels.bf16Kernels().rawValue)"))
     let peak = Kernels.measureBF16Peak(seconds: 0.01)
     #expect((peak != nil) == CPUInfo.current.features.contains("avx512_bf16"))
     if let peak { #expect(peak.isFinite && peak > 0) }
+    let amxPeak = Kernels.measureBF16Peak(seconds: 0.01, kernels: .amx)
+    #expect((amxPeak != nil) == Kernels.cpuRunsAMX)
+    if let amxPeak, let vdp = Kernels.measureBF16Peak(seconds: 0.01, kernels: .avx512bf16) {
+      // A 16 x 16 x 32 tile product per instruction: several times vdpbf16ps's rate.
+      #expect(amxPeak > 2 * vdp, "AMX \(amxPeak) GFLOP/s against vdpbf16ps \(vdp)")
+    }
   }
 }

@@ -2,7 +2,7 @@
 through the C ABI: forward and backward against the float64 reference with the same bf16
 rounding of every expert product's operands (layer_reference.py, bf16_compute=True), within
 the header's tolerance of f32 compute and measurably different from it; the configuration,
-the peak, the kernels that run it (AVX512-BF16 or the fallback, on every kernel path) and
+the peak, the kernels that run it (AMX tiles, AVX512-BF16 or the fallback, on every kernel path) and
 `moeupcycle bench moe --compute`."""
 from __future__ import annotations
 
@@ -125,16 +125,21 @@ def test_configuration(rt):
     # describe names the layer's compute and where bf16 compute runs.
     info = rt.info()
     kernels = info.kernel_bf16.decode()
-    assert kernels in ("avx512_bf16", "fallback")
+    assert kernels in ("amx_bf16", "avx512_bf16", "fallback")
     j = json.loads(rt.describe(layer_config(8, 8, 2, 1, compute=C.MOE_DTYPE_BF16)))
     assert j["layer"]["compute"] == "bf16" and j["kernels"]["bf16_compute"] == kernels
     assert j["kernels"]["bf16_compute_reason"]
     assert f"bf16 compute {kernels} (" in rt.describe(None, C.MOE_TEXT_PLAIN)
-    # The bf16 peak: vdpbf16ps where the CPU has AVX512-BF16.
+    # The bf16 peak: AMX tiles where the process runs them (several times the
+    # f32 one), else vdpbf16ps where the CPU has AVX512-BF16.
     peak = ctypes.c_double(-1)
     st = C.lib.moe_runtime_measure_peak(rt.h, C.MOE_DTYPE_BF16, 0.02, ctypes.byref(peak))
     if "avx512_bf16" in j["kernels"]["cpu_features"]:
         assert st == C.MOE_OK and peak.value > 0
+        if "amx_tiles_granted" in j["kernels"]["cpu_features"]:
+            f32 = ctypes.c_double(-1)
+            check(C.lib.moe_runtime_measure_peak(rt.h, C.MOE_DTYPE_F32, 0.02, ctypes.byref(f32)))
+            assert peak.value > 2 * f32.value, (peak.value, f32.value)
     else:
         assert st == C.MOE_ERR_UNSUPPORTED and "AVX512-BF16" in last_error() and kernels == "fallback"
 
@@ -169,39 +174,44 @@ def available_paths():
 
 
 def test_every_kernel_path_computes_bf16(tmp_path):
-    """bf16 compute on AVX512-BF16 and on the fallback of every path this CPU runs: all within the bound of the
-    bf16 reference, the fallback forced by MOEUPCYCLE_BF16_KERNELS; the choice is reported."""
+    """bf16 compute on AMX tiles, on AVX512-BF16 and on the fallback of every path this CPU runs: all within the
+    bound of the bf16 reference, each forced by MOEUPCYCLE_BF16_KERNELS; the choice is reported."""
     k = available_paths()
     W, x, dout = data(29, 160, 16)
     want = reference(W, x, dout, bf16_compute=True)
     runs = [dict(MOEUPCYCLE_KERNELS=p) for p in k["available"]] + [dict(MOEUPCYCLE_BF16_KERNELS="fallback")]
-    # Automatic: vdpbf16ps where the CPU runs it, except on Intel cores (half their f32 rate there).
+    features = k["cpu_features"]
+    amx = "amx_tiles_granted" in features
+    # Automatic: AMX tiles where the process runs them, else vdpbf16ps where the CPU runs it, except on Intel
+    # cores (half their f32 rate there); only the avx512 kernels (which the openblas path uses for bf16) have them.
     intel = "Intel" in k["cpu_brand"]
-    native = "avx512_bf16" in k["cpu_features"] and k["path"] == "avx512" and not intel
-    if "avx512_bf16" in k["cpu_features"]:
+    automatic = "amx_bf16" if amx else "avx512_bf16" if "avx512_bf16" in features and not intel else "fallback"
+    if "avx512_bf16" in features:
         runs.append(dict(MOEUPCYCLE_BF16_KERNELS="avx512_bf16"))
+    if amx:
+        runs.append(dict(MOEUPCYCLE_BF16_KERNELS="amx_bf16"))
     for env in runs:
         p, out = in_child(tmp_path, env)
         assert p.returncode == 0, (env, p.stderr)
         got = np.load(out)
         path = env.get("MOEUPCYCLE_KERNELS", k["path"])
-        forced = env.get("MOEUPCYCLE_BF16_KERNELS")
-        expect_native = ("avx512_bf16" in k["cpu_features"] and path in ("avx512", "openblas")
-                         and (forced == "avx512_bf16" or (forced is None and not intel)))
-        assert str(got["kernel_bf16"]) == ("avx512_bf16" if expect_native else "fallback"), env
+        wanted = env.get("MOEUPCYCLE_BF16_KERNELS", automatic)
+        assert str(got["kernel_bf16"]) == (wanted if path in ("avx512", "openblas") else "fallback"), env
         for name, w in want.items():
             assert relative(got[name], w) <= LIBRARY_VS_BF16_REFERENCE, (env, name)
-    assert k["bf16_compute"] == ("avx512_bf16" if native else "fallback")
+    assert k["bf16_compute"] == (automatic if k["path"] in ("avx512", "openblas") else "fallback")
 
 
 @pytest.mark.parametrize("value,fragment", [("bogus", "is not a bf16 kernel choice"),
-                                            ("avx512_bf16", "does not support AVX512-BF16")])
+                                            ("avx512_bf16", "does not support AVX512-BF16"),
+                                            ("amx_bf16", "does not run AMX-BF16 tiles")])
 def test_bf16_kernel_setting_is_checked(value, fragment):
     k = available_paths()
     e = dict(os.environ, MOEUPCYCLE_BF16_KERNELS=value)
     p = subprocess.run([str(CLI), "topology", "--json"], capture_output=True, text=True, env=e)
-    if value == "avx512_bf16" and "avx512_bf16" in k["cpu_features"]:
-        assert p.returncode == 0 and json.loads(p.stdout)["kernels"]["bf16_compute"] == "avx512_bf16"
+    runs_here = {"avx512_bf16": "avx512_bf16" in k["cpu_features"], "amx_bf16": "amx_tiles_granted" in k["cpu_features"]}
+    if runs_here.get(value):
+        assert p.returncode == 0 and json.loads(p.stdout)["kernels"]["bf16_compute"] == value
     else:
         assert p.returncode != 0 and f"MOEUPCYCLE_BF16_KERNELS" in p.stderr and fragment in p.stderr
 
@@ -216,7 +226,7 @@ def test_bench_moe_compute_bf16():
                        timeout=120)
     assert p.returncode == 0, p.stderr
     j = json.loads(p.stdout)
-    assert j["compute"] == "bf16" and j["dtype"] == "f32" and j["kernel_bf16"] in ("avx512_bf16", "fallback")
+    assert j["compute"] == "bf16" and j["dtype"] == "f32" and j["kernel_bf16"] in ("amx_bf16", "avx512_bf16", "fallback")
     assert j["forward_s"]["best"] > 0 and j["forward_backward_s"]["best"] > 0
     if j["peak_bf16_gflops"] is None:
         assert j["kernel_bf16"] == "fallback" and j["forward_bf16_peak_fraction"] is None

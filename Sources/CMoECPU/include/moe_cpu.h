@@ -59,9 +59,10 @@ MOE_CPU_INTERNAL void moe_bf16_pack_a(const void *base, size_t ld, int transpose
 
 // B (element (t, j) at base[t * ld + j], or base[j * ld + t] when transposed),
 // inner indices r0..<r0+kc, columns c0..<c0+nc, into panels of MOE_BF16_NR
-// columns: panel q at dst + q * ((kc + 1) / 2) * NR words.
+// columns of `steps` pairs (at least (kc + 1) / 2; the pairs past it are
+// zero): panel q at dst + q * steps * NR words.
 MOE_CPU_INTERNAL void moe_bf16_pack_b(const void *base, size_t ld, int transposed, int bf16, size_t r0,
-                                      size_t kc, size_t c0, size_t nc, uint32_t *dst);
+                                      size_t kc, size_t c0, size_t nc, size_t steps, uint32_t *dst);
 
 // The mr x nr (at most 6 x 32) tile at c (leading dimension ldc) from one A
 // and one B panel of kp pairs: c = sum, or c += sum when `accumulate`. Per
@@ -74,5 +75,40 @@ MOE_CPU_INTERNAL void moe_bf16_micro(size_t kp, const uint32_t *a, const uint32_
 // operations done (2 per bf16 multiply-add) and stores a value that depends on
 // every chain in *sink.
 MOE_CPU_INTERNAL double moe_bf16_dot_loop(size_t iterations, float tiny, float *sink);
+
+
+// MARK: - bf16 compute on AMX-BF16 tiles (bf16.c)
+//
+// B panels as above (MOE_BF16_NR columns, `steps` pairs, a multiple of 16);
+// A panels of MOE_AMX_MR rows, each row its `steps` words in a row. The
+// microkernel computes a 32 x 32 tile of C with tdpbf16ps. Call any of them
+// only when moe_amx_native() is 1, and the tile ones between moe_amx_begin()
+// and moe_amx_end() on the same thread.
+
+// Rows of A per AMX panel (two 16-row tiles).
+#define MOE_AMX_MR 32
+
+// 1 when the CPU and the OS run AMX-BF16 and AVX512-BF16 and the process has
+// been granted the tile state (asked for on the first call).
+MOE_CPU_INTERNAL int moe_amx_native(void);
+
+// Loads the tile configuration on the calling thread / releases the tiles.
+MOE_CPU_INTERNAL void moe_amx_begin(void);
+MOE_CPU_INTERNAL void moe_amx_end(void);
+
+// A (as for moe_bf16_pack_a) into panels of MOE_AMX_MR rows: row i of the
+// block at dst + i * steps words (pairs past (kc + 1) / 2 and rows past mc zero;
+// the last panel is complete).
+MOE_CPU_INTERNAL void moe_amx_pack_a(const void *base, size_t ld, int transposed, int bf16, size_t r0,
+                                     size_t mc, size_t c0, size_t kc, size_t steps, uint32_t *dst);
+
+// The mr x nr (at most 32 x 32) tile at c from one A and one B panel of
+// `steps` pairs (a multiple of 16): c = sum, or c += sum when `accumulate`.
+MOE_CPU_INTERNAL void moe_amx_micro(size_t steps, const uint32_t *a, const uint32_t *b, float *c, size_t ldc,
+                                    int mr, int nr, int accumulate);
+
+// `iterations` steps of 4 independent tdpbf16ps chains; returns the
+// operations done (2 per bf16 multiply-add), a value depending on all in *sink.
+MOE_CPU_INTERNAL double moe_amx_dot_loop(size_t iterations, float tiny, float *sink);
 
 #endif

@@ -40,28 +40,15 @@ public enum KernelPath: String, CaseIterable, Sendable {
   /// The kernels that run a product of `precision` on this path: its own, and
   /// for bf16 compute on the OpenBLAS path (sgemm has no bf16) the widest of
   /// the library's own that the CPU runs. nil: OpenBLAS. `bf16` forces where
-  /// bf16 compute runs (nil: MOEUPCYCLE_BF16_KERNELS, else the automatic choice;
-  /// vdpbf16ps runs only where the CPU has it).
+  /// bf16 compute runs (nil: MOEUPCYCLE_BF16_KERNELS, else the automatic
+  /// choice); AMX and vdpbf16ps run only where the CPU has them and on the
+  /// AVX-512 kernels, every other case on the fallback.
   func table(for precision: ComputePrecision, bf16: BF16Kernels? = nil) -> KernelTable? {
     guard precision == .bf16 else { return table }
     let own = self == .openblas ? Kernels.bestPath() : self
-    let native: Bool
-    switch bf16 ?? Kernels.bf16Setting {
-    case .fallback: native = false
-    case .avx512bf16: native = true
-    case nil: native = !Kernels.bf16NativeIsSlower
-    }
-    if !native && own == .avx512 { return AVX512Kernels.bf16FallbackTable }
+    if own == .avx512 { return AVX512Kernels.table(bf16: bf16 ?? Kernels.bf16Setting ?? Kernels.automaticBF16) }
     return own.table ?? PortableKernels.table
   }
-}
-
-/// Where bf16 compute runs.
-public enum BF16Kernels: String, Sendable, CaseIterable {
-  /// vdpbf16ps over pair-interleaved bf16 panels.
-  case avx512bf16 = "avx512_bf16"
-  /// Operands rounded to bf16 while packing, then the path's f32 microkernel.
-  case fallback
 }
 
 /// The CPU as the kernels see it.
@@ -84,6 +71,7 @@ public struct CPUInfo: Sendable {
       (MOE_CPU_AVX512VL, "avx512vl"), (MOE_CPU_AVX512BF16, "avx512_bf16"), (MOE_CPU_AMXBF16, "amx_bf16"),
     ]
     return names.filter { bits & UInt32($0.0.rawValue) != 0 }.map(\.1)
+      + (moe_amx_native() != 0 ? ["amx_tiles_granted"] : [])
   }
 
   /// Whether the CPU runs `path`; otherwise what it lacks.
@@ -184,6 +172,10 @@ public enum Kernels {
     if kernels == .avx512bf16 && !(cpuRunsBF16 && cpu.features.contains("avx512_bf16")) {
       throw MoEError.unsupported("\(bf16EnvironmentVariable)=avx512_bf16: this CPU (or its OS) does not support AVX512-BF16")
     }
+    if kernels == .amx && !(cpuRunsAMX && cpu.features.contains("amx_bf16")) {
+      throw MoEError.unsupported("\(bf16EnvironmentVariable)=amx_bf16: this CPU (or its OS) does not run AMX-BF16 tiles"
+                                 + (cpu.features.contains("amx_bf16") ? " (the OS refused the tile state)" : ""))
+    }
     return kernels
   }
 
@@ -204,12 +196,24 @@ public enum Kernels {
 
   /// Where bf16 compute runs on `path` (default: the active one).
   public static func bf16Kernels(path: KernelPath = active.path) -> BF16Kernels {
-    path.table(for: .bf16)?.bf16Native == true ? .avx512bf16 : .fallback
+    path.table(for: .bf16)?.bf16 ?? .fallback
+  }
+
+  /// The automatic choice for bf16 compute on the AVX-512 kernels: AMX tiles
+  /// where the process has them; else vdpbf16ps where it is not slower than
+  /// the f32 kernels (bf16NativeIsSlower); else the fallback.
+  public static var automaticBF16: BF16Kernels {
+    if cpuRunsAMX { return .amx }
+    return cpuRunsBF16 && !bf16NativeIsSlower ? .avx512bf16 : .fallback
   }
 
   /// Why bf16 compute runs where it does, for people.
   public static func bf16Reason(path: KernelPath = active.path, cpu: CPUInfo = .current) -> String {
-    if bf16Kernels(path: path) == .avx512bf16 { return "vdpbf16ps: the CPU and the OS support AVX512-BF16" }
+    let forced = bf16Setting != nil ? "forced by \(bf16EnvironmentVariable)" : nil
+    if bf16Kernels(path: path) == .amx { return "tdpbf16ps on AMX tiles: " + (forced ?? "the CPU and the OS run AMX-BF16") }
+    if bf16Kernels(path: path) == .avx512bf16 {
+      return "vdpbf16ps: " + (forced ?? "the CPU and the OS support AVX512-BF16")
+    }
     if bf16Setting == .fallback { return "rounded operands on the f32 kernels: forced by \(bf16EnvironmentVariable)" }
     if cpu.features.contains("avx512_bf16") && bf16NativeIsSlower && path.table?.width == 16 {
       return "rounded operands on the f32 kernels: this Intel CPU runs vdpbf16ps at half its f32 multiply-add rate"
@@ -231,19 +235,24 @@ public enum Kernels {
   public static var bf16NativeIsSlower: Bool { moe_cpu_is_intel() != 0 }
 
   /// Whether the CPU and the OS run AVX512-BF16 (F, BW, VL and BF16).
-  public static var cpuRunsBF16: Bool { moe_bf16_native() != 0 }
+  public static var cpuRunsBF16: Bool { BF16Kernels.avx512bf16.runsHere }
 
-  /// Measured vdpbf16ps throughput of the calling thread in GFLOP/s (two
-  /// operations per bf16 multiply-add) over about `seconds`; nil where the
-  /// CPU does not run AVX512-BF16.
-  public static func measureBF16Peak(seconds: Double = 0.05) -> Double? {
-    guard cpuRunsBF16 else { return nil }
-    var iterations = 1 << 14
+  /// Whether the process runs AMX-BF16 tiles (CPU, OS, and the tile state granted).
+  public static var cpuRunsAMX: Bool { BF16Kernels.amx.runsHere }
+
+  /// Measured bf16 multiply-add throughput of the calling thread in GFLOP/s
+  /// (two operations per bf16 multiply-add) over about `seconds`, of
+  /// tdpbf16ps where the process runs AMX tiles (or `kernels` says so), else
+  /// vdpbf16ps; nil where the CPU runs neither.
+  public static func measureBF16Peak(seconds: Double = 0.05, kernels: BF16Kernels? = nil) -> Double? {
+    let amx = (kernels ?? (cpuRunsAMX ? .amx : .avx512bf16)) == .amx
+    guard amx ? cpuRunsAMX : cpuRunsBF16 else { return nil }
+    var iterations = amx ? 1 << 10 : 1 << 14
     var sink: Float = 0
     while true {
       let t0 = monotonicSeconds()
       var s: Float = 0
-      let flops = moe_bf16_dot_loop(iterations, 1e-7, &s)
+      let flops = amx ? moe_amx_dot_loop(iterations, 1e-7, &s) : moe_bf16_dot_loop(iterations, 1e-7, &s)
       let dt = monotonicSeconds() - t0
       sink += s
       if dt >= seconds || iterations >= 1 << 30 {
