@@ -7,7 +7,10 @@ Both are checked to give the same output, then timed alternately in one process.
 
 Not part of the test suite (PyTorch is a large install):
     pip install torch --index-url https://download.pytorch.org/whl/cpu
-    python3 bench/torch_moe.py --threads 2 --tokens 2048,1,4,16 [--json]
+    python3 bench/torch_moe.py --threads 2 --tokens 2048,1,4,16 [--compute bf16] [--json]
+
+--compute bf16 runs the library's expert products in bf16 (f32 sums; AMX tiles or
+vdpbf16ps where the CPU has them); PyTorch stays fp32, the baseline users compare with.
 """
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ def ptr(a: np.ndarray):
 class LibraryLayer:
     """The library's layer through the C ABI, with weights copied in."""
 
-    def __init__(self, weights: dict, threads: int, top_k: int):
+    def __init__(self, weights: dict, threads: int, top_k: int, compute: int = C.MOE_DTYPE_F32):
         params = C.moe_runtime_params()
         check(C.lib.moe_runtime_params_init(ctypes.byref(params), ctypes.sizeof(params)))
         params.threads = threads
@@ -53,6 +56,7 @@ class LibraryLayer:
         config = C.moe_layer_config()
         check(C.lib.moe_layer_config_init(ctypes.byref(config), ctypes.sizeof(config)))
         config.hidden_size, config.moe_intermediate_size, config.num_experts, config.top_k = H, F, E, top_k
+        config.compute = compute
         config.aux_loss_coef = 0.0
         config.z_loss_coef = 0.0
         self.layer = ctypes.c_void_p()
@@ -122,6 +126,7 @@ def main() -> int:
     ap.add_argument("--top-k", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--compute", choices=["f32", "bf16"], default="f32", help="the library's expert products")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -134,7 +139,8 @@ def main() -> int:
         "up": (rng.standard_normal((E, F, H)) * 0.02).astype(np.float32),
         "down": (rng.standard_normal((E, H, F)) * 0.02).astype(np.float32),
     }
-    ours = LibraryLayer(weights, args.threads, args.top_k)
+    compute = C.MOE_DTYPE_BF16 if args.compute == "bf16" else C.MOE_DTYPE_F32
+    ours = LibraryLayer(weights, args.threads, args.top_k, compute)
     theirs = TorchLayer(weights, args.top_k)
     results = []
     for T in [int(t) for t in args.tokens.split(",")]:
@@ -163,7 +169,7 @@ def main() -> int:
             ours.forward(x, out, save=True)
             ours.backward(grad, grad_x)
 
-        row = {"tokens": T, "threads": args.threads, "max_abs_diff": max_diff,
+        row = {"tokens": T, "threads": args.threads, "compute": args.compute, "max_abs_diff": max_diff,
                "torch_forward_s": timed(torch_forward, args.iters),
                "ours_forward_s": timed(lambda: ours.forward(x, out), args.iters),
                "torch_forward_backward_s": timed(torch_forward_backward, args.iters),
@@ -173,7 +179,7 @@ def main() -> int:
                                            / row["ours_forward_backward_s"]["best"])
         results.append(row)
         if not args.json:
-            print(f"T={T:5d} threads={args.threads}: forward torch {row['torch_forward_s']['best'] * 1e3:8.3f} ms"
+            print(f"T={T:5d} threads={args.threads} {args.compute}: forward torch {row['torch_forward_s']['best'] * 1e3:8.3f} ms"
                   f" ours {row['ours_forward_s']['best'] * 1e3:8.3f} ms ({row['speedup_forward']:.2f}x);"
                   f" fwd+bwd torch {row['torch_forward_backward_s']['best'] * 1e3:8.3f} ms"
                   f" ours {row['ours_forward_backward_s']['best'] * 1e3:8.3f} ms"

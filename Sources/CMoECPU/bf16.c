@@ -126,11 +126,37 @@ BF16_TARGET void moe_bf16_pack_a(const void *base, size_t ld, int transposed, in
   }
 }
 
+// r[i] word j becomes r[j] word i (a 16 x 16 transpose of 32-bit words):
+// pairs of rows interleaved by words, then by pairs of words, then the
+// 128-bit lanes gathered across rows.
+BF16_TARGET static inline void transpose16(__m512i r[16]) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  // u[4g + c], lane L: word 4L + c of rows 4g..4g+3.
+  for (int g = 0; g < 16; g += 4) {
+    u[g] = _mm512_unpacklo_epi64(t[g], t[g + 2]);
+    u[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
+    u[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
+    u[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
+  }
+  for (int c = 0; c < 4; c++) {
+    __m512i v0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88), v1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xDD);
+    __m512i w0 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88), w1 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xDD);
+    r[c] = _mm512_shuffle_i32x4(v0, w0, 0x88);
+    r[8 + c] = _mm512_shuffle_i32x4(v0, w0, 0xDD);
+    r[4 + c] = _mm512_shuffle_i32x4(v1, w1, 0x88);
+    r[12 + c] = _mm512_shuffle_i32x4(v1, w1, 0xDD);
+  }
+}
+
 BF16_TARGET void moe_bf16_pack_b(const void *base, size_t ld, int transposed, int bf16, size_t r0, size_t kc,
                                  size_t c0, size_t nc, size_t steps, uint32_t *dst) {
   const size_t NR = MOE_BF16_NR, kp = (kc + 1) / 2, es = bf16 ? 2 : 4;
   const char *b = base;
-  uint32_t tmp[CHUNK];
+  uint32_t block[16][CHUNK] __attribute__((aligned(64)));
   for (size_t j0 = 0; j0 < nc; j0 += NR) {
     uint32_t *panel = dst + (j0 / NR) * steps * NR;
     const size_t cols = nc - j0 < NR ? nc - j0 : NR;
@@ -145,18 +171,26 @@ BF16_TARGET void moe_bf16_pack_b(const void *base, size_t ld, int transposed, in
       }
       continue;
     }
-    // Transposed: element (t, j) at base[j * ld + t]; column j's inner indices are contiguous.
-    for (size_t j = 0; j < NR; j++) {
-      if (j >= cols) {
-        for (size_t p = 0; p < kp; p++) panel[p * NR + j] = 0;
-        continue;
-      }
-      const char *col = b + ((c0 + j0 + j) * ld + r0) * es;
+    // Transposed: element (t, j) at base[j * ld + t]; column j's inner indices
+    // are contiguous. Sixteen columns at a time: each converted to its words,
+    // then 16 x 16 blocks of words transposed into panel rows.
+    for (size_t g = 0; g < NR; g += 16) {
       for (size_t p0 = 0; p0 < kp; p0 += CHUNK) {
         size_t words = kp - p0 < CHUNK ? kp - p0 : CHUNK;
         size_t elements = 2 * (p0 + words) <= kc ? 2 * words : kc - 2 * p0;
-        run_words(col + 2 * p0 * es, bf16, elements, tmp);
-        for (size_t p = 0; p < words; p++) panel[(p0 + p) * NR + j] = tmp[p];
+        for (size_t j = 0; j < 16; j++) {
+          if (g + j < cols) run_words(b + ((c0 + j0 + g + j) * ld + r0 + 2 * p0) * es, bf16, elements, block[j]);
+          else memset(block[j], 0, words * 4);
+        }
+        size_t p = 0;
+        for (; p + 16 <= words; p += 16) {
+          __m512i r[16];
+          for (int i = 0; i < 16; i++) r[i] = _mm512_load_si512(block[i] + p);
+          transpose16(r);
+          for (int q = 0; q < 16; q++) _mm512_storeu_si512(panel + (p0 + p + q) * NR + g, r[q]);
+        }
+        for (; p < words; p++)
+          for (size_t j = 0; j < 16; j++) panel[(p0 + p) * NR + g + j] = block[j][p];
       }
     }
   }
@@ -310,10 +344,31 @@ AMX_TARGET void moe_amx_micro(size_t steps, const uint32_t *a, const uint32_t *b
                               int nr, int accumulate) {
   const size_t sa = steps * 4, sb = MOE_BF16_NR * 4;
   const uint32_t *a1 = a + 16 * steps;
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
+  // The tiles start from C (accumulate) or zero and end in C; an edge tile
+  // goes through `edge`, so that no tile load or store touches memory past C.
+  const int full = mr == MOE_AMX_MR && nr == MOE_BF16_NR;
+  float edge[MOE_AMX_MR * MOE_BF16_NR] __attribute__((aligned(64)));
+  float *t = full ? c : edge;
+  const size_t ldt = full ? ldc : MOE_BF16_NR, st = ldt * 4;
+  const __mmask16 m0 = nr >= 16 ? 0xFFFF : (__mmask16)((1u << nr) - 1);
+  const __mmask16 m1 = nr >= 32 ? 0xFFFF : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
+  if (accumulate) {
+    if (!full)
+      for (int r = 0; r < MOE_AMX_MR; r++) {
+        const float *src = c + (size_t)r * ldc;
+        _mm512_store_ps(edge + r * MOE_BF16_NR, r < mr ? _mm512_maskz_loadu_ps(m0, src) : _mm512_setzero_ps());
+        _mm512_store_ps(edge + r * MOE_BF16_NR + 16, r < mr ? _mm512_maskz_loadu_ps(m1, src + 16) : _mm512_setzero_ps());
+      }
+    _tile_loadd(0, t, st);
+    _tile_loadd(1, t + 16, st);
+    _tile_loadd(2, t + 16 * ldt, st);
+    _tile_loadd(3, t + 16 * ldt + 16, st);
+  } else {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+  }
   // Skip the tiles a narrow edge leaves empty: their sums would be discarded.
   if (mr > 16 && nr > 16) {
     for (size_t p = 0; p < steps; p += 16) {
@@ -349,32 +404,17 @@ AMX_TARGET void moe_amx_micro(size_t steps, const uint32_t *a, const uint32_t *b
       _tile_dpbf16ps(0, 4, 6);
     }
   }
-  if (!accumulate && mr == MOE_AMX_MR && nr == MOE_BF16_NR) {
-    const size_t sc = ldc * 4;
-    _tile_stored(0, c, sc);
-    _tile_stored(1, c + 16, sc);
-    _tile_stored(2, c + 16 * ldc, sc);
-    _tile_stored(3, c + 16 * ldc + 16, sc);
-    return;
-  }
-  float sums[MOE_AMX_MR * MOE_BF16_NR] __attribute__((aligned(64)));
-  _tile_stored(0, sums, MOE_BF16_NR * 4);
-  _tile_stored(1, sums + 16, MOE_BF16_NR * 4);
+  _tile_stored(0, t, st);
+  _tile_stored(1, t + 16, st);
   if (mr > 16) {
-    _tile_stored(2, sums + 16 * MOE_BF16_NR, MOE_BF16_NR * 4);
-    _tile_stored(3, sums + 16 * MOE_BF16_NR + 16, MOE_BF16_NR * 4);
+    _tile_stored(2, t + 16 * ldt, st);
+    _tile_stored(3, t + 16 * ldt + 16, st);
   }
-  const __mmask16 m0 = nr >= 16 ? 0xFFFF : (__mmask16)((1u << nr) - 1);
-  const __mmask16 m1 = nr >= 32 ? 0xFFFF : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
+  if (full) return;
   for (int r = 0; r < mr && r < MOE_AMX_MR; r++) {
     float *dst = c + (size_t)r * ldc;
-    __m512 v0 = _mm512_load_ps(sums + r * MOE_BF16_NR), v1 = _mm512_load_ps(sums + r * MOE_BF16_NR + 16);
-    if (accumulate) {
-      v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, dst), v0);
-      v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, dst + 16), v1);
-    }
-    _mm512_mask_storeu_ps(dst, m0, v0);
-    _mm512_mask_storeu_ps(dst + 16, m1, v1);
+    _mm512_mask_storeu_ps(dst, m0, _mm512_load_ps(edge + r * MOE_BF16_NR));
+    _mm512_mask_storeu_ps(dst + 16, m1, _mm512_load_ps(edge + r * MOE_BF16_NR + 16));
   }
 }
 

@@ -103,7 +103,8 @@ MOE_CPU_INTERNAL void moe_amx_pack_a(const void *base, size_t ld, int transposed
                                      size_t mc, size_t c0, size_t kc, size_t steps, uint32_t *dst);
 
 // The mr x nr (at most 32 x 32) tile at c from one A and one B panel of
-// `steps` pairs (a multiple of 16): c = sum, or c += sum when `accumulate`.
+// `steps` pairs (a multiple of 16): c = sum, or with `accumulate` the tile's
+// products summed onto c in the tile registers (tdpbf16ps's own order).
 MOE_CPU_INTERNAL void moe_amx_micro(size_t steps, const uint32_t *a, const uint32_t *b, float *c, size_t ldc,
                                     int mr, int nr, int accumulate);
 
