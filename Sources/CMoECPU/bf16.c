@@ -85,6 +85,28 @@ BF16_TARGET static void run_words(const void *src, int bf16, size_t n, uint32_t 
 
 enum { CHUNK = 256 };  // words converted at once before they are spread over panels
 
+// Transposed A (element (i, t) at b[t * ld + i]): the rows of a pair of inner
+// indices are two stored rows, turned into words for a run of rows at a time;
+// the word of row r and pair p goes to dst[(r / rows) * panel + p * pstride + r % rows]
+// (panels of `rows` rows side by side, or with rows 1 one row after another).
+BF16_TARGET static inline __attribute__((always_inline)) void pack_a_transposed(
+    const char *b, size_t ld, size_t es, int bf16, size_t r0, size_t mc, size_t c0, size_t kc, uint32_t *dst,
+    size_t rows, size_t panel, size_t pstride) {
+  uint32_t tmp[CHUNK];
+  for (size_t p = 0; p < (kc + 1) / 2; p++) {
+    const char *s0 = b + ((c0 + 2 * p) * ld + r0) * es;
+    const char *s1 = 2 * p + 1 < kc ? s0 + ld * es : NULL;
+    for (size_t i0 = 0; i0 < mc; i0 += CHUNK) {
+      size_t n = mc - i0 < CHUNK ? mc - i0 : CHUNK;
+      pair_words(s0 + i0 * es, s1 ? s1 + i0 * es : NULL, bf16, n, tmp);
+      for (size_t i = 0; i < n; i++) {
+        size_t r = i0 + i;
+        dst[(r / rows) * panel + p * pstride + r % rows] = tmp[i];
+      }
+    }
+  }
+}
+
 BF16_TARGET void moe_bf16_pack_a(const void *base, size_t ld, int transposed, int bf16, size_t r0, size_t mc,
                                  size_t c0, size_t kc, uint32_t *dst) {
   const size_t MR = MOE_BF16_MR, kp = (kc + 1) / 2, es = bf16 ? 2 : 4;
@@ -111,19 +133,8 @@ BF16_TARGET void moe_bf16_pack_a(const void *base, size_t ld, int transposed, in
     }
     return;
   }
-  // Transposed: element (i, t) at base[t * ld + i]; the rows of a pair are two stored rows.
-  for (size_t p = 0; p < kp; p++) {
-    const char *s0 = b + ((c0 + 2 * p) * ld + r0) * es;
-    const char *s1 = 2 * p + 1 < kc ? s0 + ld * es : NULL;
-    for (size_t i0 = 0; i0 < mc; i0 += CHUNK) {
-      size_t n = mc - i0 < CHUNK ? mc - i0 : CHUNK;
-      pair_words(s0 + i0 * es, s1 ? s1 + i0 * es : NULL, bf16, n, tmp);
-      for (size_t i = 0; i < n; i++) {
-        size_t r = i0 + i;
-        dst[(r / MR) * kp * MR + p * MR + r % MR] = tmp[i];
-      }
-    }
-  }
+  // Transposed: element (i, t) at base[t * ld + i].
+  pack_a_transposed(b, ld, es, bf16, r0, mc, c0, kc, dst, MR, kp * MR, MR);
 }
 
 // r[i] word j becomes r[j] word i (a 16 x 16 transpose of 32-bit words):
@@ -326,18 +337,8 @@ AMX_TARGET void moe_amx_pack_a(const void *base, size_t ld, int transposed, int 
     for (size_t i = 0; i < mc; i++) run_words(b + ((r0 + i) * ld + c0) * es, bf16, kc, dst + i * steps);
     return;
   }
-  // Transposed: element (i, t) at base[t * ld + i]; the rows of a pair are two stored rows.
-  uint32_t tmp[CHUNK];
-  for (size_t p = 0; p < kp; p++) {
-    const char *s0 = b + ((c0 + 2 * p) * ld + r0) * es;
-    const char *s1 = 2 * p + 1 < kc ? s0 + ld * es : NULL;
-    for (size_t i0 = 0; i0 < mc; i0 += CHUNK) {
-      size_t n = mc - i0 < CHUNK ? mc - i0 : CHUNK;
-      pair_words(s0 + i0 * es, s1 ? s1 + i0 * es : NULL, bf16, n, tmp);
-      uint32_t *col = dst + i0 * steps + p;
-      for (size_t i = 0; i < n; i++) col[i * steps] = tmp[i];
-    }
-  }
+  // Transposed: element (i, t) at base[t * ld + i].
+  pack_a_transposed(b, ld, es, bf16, r0, mc, c0, kc, dst, 1, steps, 1);
 }
 
 AMX_TARGET void moe_amx_micro(size_t steps, const uint32_t *a, const uint32_t *b, float *c, size_t ldc, int mr,
@@ -471,20 +472,13 @@ double moe_bf16_dot_loop(size_t iterations, float tiny, float *sink) {
   if (sink) *sink = 0;
   return 0;
 }
+// Never called here: moe_amx_native() is 0.
 int moe_amx_native(void) { return 0; }
 void moe_amx_begin(void) {}
 void moe_amx_end(void) {}
 void moe_amx_pack_a(const void *base, size_t ld, int transposed, int bf16, size_t r0, size_t mc, size_t c0,
-                    size_t kc, size_t steps, uint32_t *dst) {
-  (void)base; (void)ld; (void)transposed; (void)bf16; (void)r0; (void)mc; (void)c0; (void)kc; (void)steps; (void)dst;
-}
+                    size_t kc, size_t steps, uint32_t *dst) {}
 void moe_amx_micro(size_t steps, const uint32_t *a, const uint32_t *b, float *c, size_t ldc, int mr, int nr,
-                   int accumulate) {
-  (void)steps; (void)a; (void)b; (void)c; (void)ldc; (void)mr; (void)nr; (void)accumulate;
-}
-double moe_amx_dot_loop(size_t iterations, float tiny, float *sink) {
-  (void)iterations; (void)tiny;
-  if (sink) *sink = 0;
-  return 0;
-}
+                   int accumulate) {}
+double moe_amx_dot_loop(size_t iterations, float tiny, float *sink) { return moe_bf16_dot_loop(iterations, tiny, sink); }
 #endif
