@@ -875,7 +875,8 @@ moe_status moe_runtime_get_info(moe_runtime_info *out, const moe_runtime *runtim
  *  set of the active kernel path (the widest the CPU runs for the "openblas"
  *  path); MOE_DTYPE_BF16 measures tdpbf16ps on AMX tiles (each: a 16 x 16
  *  tile of 32 bf16 multiply-adds, 16384 operations) where the process runs
- *  them, else vdpbf16ps (each: 16 lanes of two bf16 multiply-adds, 64
+ *  them (unless MOEUPCYCLE_BF16_KERNELS=avx512_bf16 puts bf16 compute on
+ *  vdpbf16ps), else vdpbf16ps (each: 16 lanes of two bf16 multiply-adds, 64
  *  operations) where the CPU and the OS support AVX512-BF16, and returns
  *  MOE_ERR_UNSUPPORTED elsewhere (bf16 compute then runs on the f32
  *  kernels, whose peak is the f32 one).

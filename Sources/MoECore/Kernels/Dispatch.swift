@@ -242,10 +242,11 @@ public enum Kernels {
 
   /// Measured bf16 multiply-add throughput of the calling thread in GFLOP/s
   /// (two operations per bf16 multiply-add) over about `seconds`, of
-  /// tdpbf16ps where the process runs AMX tiles (or `kernels` says so), else
-  /// vdpbf16ps; nil where the CPU runs neither.
+  /// `kernels` (default: vdpbf16ps where bf16 compute runs on it, else
+  /// tdpbf16ps where the process runs AMX tiles, else vdpbf16ps); nil where
+  /// the CPU does not run them.
   public static func measureBF16Peak(seconds: Double = 0.05, kernels: BF16Kernels? = nil) -> Double? {
-    let amx = (kernels ?? (cpuRunsAMX ? .amx : .avx512bf16)) == .amx
+    let amx = (kernels ?? (bf16Kernels() != .avx512bf16 && cpuRunsAMX ? .amx : .avx512bf16)) == .amx
     guard amx ? cpuRunsAMX : cpuRunsBF16 else { return nil }
     var iterations = amx ? 1 << 10 : 1 << 14
     var sink: Float = 0
