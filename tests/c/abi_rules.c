@@ -308,19 +308,20 @@ static void earlier_versions(const char *tiny, const char *work) {
                                        : strcmp(info.kernel_path, "portable") == 0 ? 4 : 0),
          "vector floats %d for %s", info.kernel_vector_floats, info.kernel_path);
 
-  /* The machine's measured peak: positive f32; bf16 positive where the CPU runs AVX512-BF16, else
+  /* The machine's measured peak: positive f32; bf16 positive where the CPU runs AVX512-BF16 (or AMX), else
    * unsupported with a message; bad arguments refused. */
   double peak = -1;
   EXPECT(moe_runtime_measure_peak(rt, MOE_DTYPE_F32, 0.02, &peak) == MOE_OK && peak > 0.5 && peak < 1e5,
          "f32 peak %g GFLOP/s", peak);
-  EXPECT(strcmp(info.kernel_bf16, "avx512_bf16") == 0 || strcmp(info.kernel_bf16, "fallback") == 0,
+  EXPECT(strcmp(info.kernel_bf16, "amx_bf16") == 0 || strcmp(info.kernel_bf16, "avx512_bf16") == 0 ||
+             strcmp(info.kernel_bf16, "fallback") == 0,
          "bf16 kernels '%s'", info.kernel_bf16);
   peak = -1;
   moe_status bf16_peak = moe_runtime_measure_peak(rt, MOE_DTYPE_BF16, 0.02, &peak);
   EXPECT((bf16_peak == MOE_OK && peak > 0.5 && peak < 1e5) ||
              (bf16_peak == MOE_ERR_UNSUPPORTED && peak == -1 && strstr(moe_last_error(), "AVX512-BF16") != NULL),
          "bf16 peak: status %d, %g GFLOP/s", bf16_peak, peak);
-  if (strcmp(info.kernel_bf16, "avx512_bf16") == 0) EXPECT(bf16_peak == MOE_OK, "bf16 kernels run but no bf16 peak");
+  if (strcmp(info.kernel_bf16, "fallback") != 0) EXPECT(bf16_peak == MOE_OK, "bf16 kernels run but no bf16 peak");
   EXPECT(moe_runtime_measure_peak(rt, (moe_dtype)7, 0.02, &peak) == MOE_ERR_INVALID_ARGUMENT, "dtype 7");
   EXPECT(moe_runtime_measure_peak(rt, MOE_DTYPE_F32, 0, &peak) == MOE_ERR_INVALID_ARGUMENT &&
              strstr(moe_last_error(), "seconds") != NULL, "seconds 0");
