@@ -108,7 +108,7 @@ MOE_CPU_INTERNAL void moe_amx_pack_a(const void *base, size_t ld, int transposed
 MOE_CPU_INTERNAL void moe_amx_micro(size_t steps, const uint32_t *a, const uint32_t *b, float *c, size_t ldc,
                                     int mr, int nr, int accumulate);
 
-// `iterations` steps of 4 independent tdpbf16ps chains; returns the
+// `iterations` steps of 6 independent tdpbf16ps chains; returns the
 // operations done (2 per bf16 multiply-add), a value depending on all in *sink.
 MOE_CPU_INTERNAL double moe_amx_dot_loop(size_t iterations, float tiny, float *sink);
 
