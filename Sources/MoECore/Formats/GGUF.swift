@@ -140,15 +140,7 @@ public final class GGUFFile {
         dims.append(Int(d))
       }
       let type = try c.u32()
-      let dtype: DType
-      switch type {
-      case 0: dtype = .f32
-      case 1: dtype = .f16
-      case 2: dtype = .q4_0
-      case 3: dtype = .q4_1
-      case 8: dtype = .q8_0
-      case 30: dtype = .bf16
-      default:
+      guard let dtype = DType(ggmlType: type) else {
         throw MoEError.unsupported("\(what): tensor '\(name)' has GGML type \(type); supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1")
       }
       let offset = try c.u64()

@@ -1,6 +1,7 @@
 // GGUF's tensor names for the architectures the library reads and writes, in
-// both directions: GGUFSource reads with them and GGUFExport writes with them,
-// so a name is spelled here only.
+// both directions, and the GGML type ids of the storage types: GGUFSource and
+// GGUFFile read with them and GGUFExport writes with them, so each is spelled
+// here only.
 
 enum GGUFLayout {
   /// The GGUF architecture (`general.architecture`) of a model.
@@ -75,5 +76,26 @@ enum GGUFLayout {
   static func ggufName(hf base: String, layer: Int?) -> String? {
     guard let l = layer else { return globalTensors.first { $0.hf == base }.map(\.gguf) }
     return blockTensors.first { $0.hf == base }.map { "blk.\(l).\($0.gguf)" }
+  }
+}
+
+extension DType {
+  /// GGML's type id of this storage type, as GGUF tensor infos hold it (read
+  /// and written through this one table).
+  var ggmlType: UInt32 {
+    switch self {
+    case .f32: return 0
+    case .f16: return 1
+    case .q4_0: return 2
+    case .q4_1: return 3
+    case .q8_0: return 8
+    case .bf16: return 30
+    }
+  }
+
+  /// The storage type of a GGML type id; nil for the types the library does not read.
+  init?(ggmlType: UInt32) {
+    guard let d = DType.allCases.first(where: { $0.ggmlType == ggmlType }) else { return nil }
+    self = d
   }
 }

@@ -72,18 +72,6 @@ enum GGUFOut {
     out.append(contentsOf: s.utf8)
   }
 
-  /// GGML type id of a storage type.
-  static func ggmlType(_ d: DType) -> UInt32 {
-    switch d {
-    case .f32: return 0
-    case .f16: return 1
-    case .q4_0: return 2
-    case .q4_1: return 3
-    case .q8_0: return 8
-    case .bf16: return 30
-    }
-  }
-
   /// The header (magic, counts, metadata, tensor infos), padded to the
   /// alignment; tensors are laid out in order, each at an aligned offset.
   static func header(metadata: [(String, GGUFOut)], tensors: [(name: String, dims: [Int], dtype: DType, bytes: Int)]) -> [UInt8] {
@@ -101,7 +89,7 @@ enum GGUFOut {
       put(t.name, &out)
       put(UInt32(t.dims.count), &out)
       for d in t.dims { put(UInt64(d), &out) }
-      put(ggmlType(t.dtype), &out)
+      put(t.dtype.ggmlType, &out)
       put(UInt64(offset), &out)
       offset = padded(offset + t.bytes)
     }
