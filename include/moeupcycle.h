@@ -1182,9 +1182,18 @@ typedef struct moe_model moe_model;
 typedef struct moe_model_params {
   /** sizeof(moe_model_params); set by moe_model_params_init(). */
   size_t struct_size;
-  /** Storage of matrix weights: MOE_DTYPE_DEFAULT (default) = bf16 when the
-   *  checkpoint stores bf16 or f16, else f32 (quantized GGUF tensors become
-   *  f32); or MOE_DTYPE_F32 / MOE_DTYPE_BF16. Compute is f32. */
+  /** Storage of matrix weights: MOE_DTYPE_DEFAULT (default) = the
+   *  checkpoint's: bf16 when it stores bf16 or f16, GGML's Q8_0, Q4_0 and
+   *  Q4_1 blocks of a GGUF kept quantized (a matrix whose parts mix quantized
+   *  types as Q8_0), else f32; or MOE_DTYPE_F32, MOE_DTYPE_BF16, or
+   *  MOE_DTYPE_Q8_0 / Q4_0 / Q4_1 (stored blocks of that type kept bit for
+   *  bit, other matrices quantized at load). Quantized storage applies to the
+   *  attention and dense FFN matrices, the embedding and the LM head whose
+   *  width is a multiple of 32 (others stay f32); MoE experts are then held
+   *  in bf16. Products with quantized weights quantize the activations to
+   *  int8 per block of 32 for few tokens (integer dot products, as llama.cpp
+   *  does) and dequantize blocks of weight rows to f32 for more. Training
+   *  needs MOE_DTYPE_F32. */
   moe_dtype weight_dtype;
   /** Placement of MoE layers: MOE_PLACEMENT_DEFAULT (default: the
    *  runtime's) or a placement. */
@@ -1243,7 +1252,9 @@ typedef struct moe_model_info {
   /** BOS and EOS token ids, MOE_NO_TOKEN when the tokenizer has none. */
   int32_t bos_token_id;
   int32_t eos_token_id;
-  /** Storage of matrix weights (MOE_DTYPE_F32 or MOE_DTYPE_BF16). */
+  /** Storage of the decoder layers' matrices (MOE_DTYPE_F32, MOE_DTYPE_BF16,
+   *  MOE_DTYPE_Q8_0, MOE_DTYPE_Q4_0 or MOE_DTYPE_Q4_1; the embedding and LM
+   *  head of a quantized GGUF may be of another quantized type). */
   moe_dtype weight_dtype;
   /** Bytes of weights held, and read per decoded token (all dense matrices,
    *  the active experts of each MoE layer, the LM head, one embedding row). */

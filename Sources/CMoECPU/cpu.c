@@ -33,6 +33,7 @@ static uint32_t detect(void) {
     if (zmm && (b & (1u << 17))) out |= MOE_CPU_AVX512DQ;
     if (zmm && (b & (1u << 30))) out |= MOE_CPU_AVX512BW;
     if (zmm && (b & (1u << 31))) out |= MOE_CPU_AVX512VL;
+    if (zmm && (c & (1u << 11))) out |= MOE_CPU_AVX512VNNI;
     if (tiles && (d & (1u << 22))) out |= MOE_CPU_AMXBF16;
     uint32_t a1, b1, c1, d1;
     __cpuid_count(7, 1, a1, b1, c1, d1);

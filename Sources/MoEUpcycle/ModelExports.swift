@@ -23,12 +23,12 @@ public func moe_model_load(_ out: UnsafeMutablePointer<OpaquePointer?>!, _ runti
     var options = ModelLoadOptions()
     switch c.weight_dtype {
     case MOE_DTYPE_DEFAULT: options.weightDType = nil
-    case MOE_DTYPE_F32: options.weightDType = .f32
-    case MOE_DTYPE_BF16: options.weightDType = .bf16
+    case MOE_DTYPE_F32, MOE_DTYPE_BF16, MOE_DTYPE_Q8_0, MOE_DTYPE_Q4_0, MOE_DTYPE_Q4_1:
+      options.weightDType = DType(rawValue: c.weight_dtype.rawValue)
     default:
       let name = Names.dtype.text(of: c.weight_dtype.rawValue).map { String(cString: $0) } ?? "\(c.weight_dtype.rawValue)"
       throw MoEError.invalid("params->weight_dtype is \(name); loaded weights are stored as default (the "
-                             + "checkpoint's choice), f32 or bf16")
+                             + "checkpoint's choice), f32, bf16, q8_0, q4_0 or q4_1")
     }
     options.placement = try placementArgument(c.placement, "params->placement")
     options.maxContext = Int(c.max_context)
@@ -60,7 +60,7 @@ public func moe_model_get_info(_ out: UnsafeMutablePointer<moe_model_info>!, _ m
     info.top_k = UInt32(d.moe?.topK ?? 0)
     info.bos_token_id = m.tokenizer?.bosTokenId ?? MOE_NO_TOKEN
     info.eos_token_id = m.tokenizer?.eosTokenId ?? MOE_NO_TOKEN
-    info.weight_dtype = m.weightDType == .bf16 ? MOE_DTYPE_BF16 : MOE_DTYPE_F32
+    info.weight_dtype = moe_dtype(rawValue: m.weightDType.rawValue)
     info.weight_bytes = UInt64(m.weightBytes)
     info.weight_bytes_per_token = UInt64(m.weightBytesPerToken)
     try writeResult(info, to: out, "out")

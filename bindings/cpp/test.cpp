@@ -454,9 +454,10 @@ static void test_upcycle(mu::Runtime& rt, const std::string& gguf, const std::st
   // Copy: both experts hold the same gate weights.
   CHECK(layer.weight(MOE_WEIGHT_GATE, 0) == layer.weight(MOE_WEIGHT_GATE, 1));
 
-  mu::Model dense(rt, gguf);
+  // f32 both: the GGUF's own Q4_1 blocks would quantize the activations of the dense model.
   auto mp = mu::defaults<moe_model_params>();
   mp.weight_dtype = MOE_DTYPE_F32;
+  mu::Model dense(rt, gguf, mp);
   mu::Model moe(rt, out_dir, mp);
   CHECK(moe.info().num_moe_layers == 1 && moe.info().num_experts == 2);
   const std::vector<int32_t> ids = dense.tokenize("The capital of France is");

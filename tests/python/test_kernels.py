@@ -48,6 +48,18 @@ def test_the_automatic_choice_is_reported():
     assert k["vector_floats"] == {"avx512": 16, "avx2": 8, "portable": 4}[k["path"]]
     text = run("topology").stdout
     assert f"kernels: {k['path']} ({k['reason']})" in text
+    # Quantized weights: the widest integer dot product of the path.
+    vnni = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c"} <= set(k["cpu_features"])
+    assert k["quantized"] == ("avx512_vnni" if k["path"] == "avx512" and vnni else "avx2") and k["quantized_reason"]
+    assert f"quantized weights {k['quantized']}" in text
+
+
+@pytest.mark.parametrize("path,quantized", [("avx2", "avx2"), ("portable", "portable")])
+def test_quantized_products_follow_a_forced_path(path, quantized):
+    if path not in AUTO["available"]:
+        pytest.fail(f"this CPU cannot run the {path} path")
+    k = topology({"MOEUPCYCLE_KERNELS": path})
+    assert k["quantized"] == quantized and k["quantized_reason"]
 
 
 @pytest.mark.parametrize("path", PATHS)

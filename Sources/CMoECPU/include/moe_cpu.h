@@ -22,6 +22,7 @@ typedef enum moe_cpu_feature {
   MOE_CPU_AVX512BF16 = 1u << 7,
   MOE_CPU_AMXBF16 = 1u << 8,    // AMX-BF16 with tile state enabled in XCR0
   MOE_CPU_F16C = 1u << 9,
+  MOE_CPU_AVX512VNNI = 1u << 10,
 } moe_cpu_feature;
 
 // The feature bits of the running CPU (computed once).
@@ -111,5 +112,44 @@ MOE_CPU_INTERNAL void moe_amx_micro(size_t steps, const uint32_t *a, const uint3
 // `iterations` steps of 6 independent tdpbf16ps chains; returns the
 // operations done (2 per bf16 multiply-add), a value depending on all in *sink.
 MOE_CPU_INTERNAL double moe_amx_dot_loop(size_t iterations, float tiny, float *sink);
+
+
+// MARK: - Quantized weights (quant.c)
+//
+// GGML's Q8_0, Q4_0 and Q4_1 blocks of 32, repacked per row for integer dot
+// products, and their products with activations quantized to int8 per block
+// of 32. quant.c describes the layouts. `cols` is a multiple of 32 everywhere.
+
+enum { MOE_Q8_0 = 0, MOE_Q4_0 = 1, MOE_Q4_1 = 2 };
+enum { MOE_Q_ISA_PORTABLE = 0, MOE_Q_ISA_AVX2 = 1, MOE_Q_ISA_AVX512_VNNI = 2 };
+
+// Bytes of one packed row (a multiple of 64) / of one quantized activation row.
+MOE_CPU_INTERNAL size_t moe_q_row_bytes(int kind, size_t cols);
+MOE_CPU_INTERNAL size_t moe_q_act_bytes(int kind, size_t cols);
+
+// One row of GGML blocks (cols / 32 of them, as stored in GGUF) into the
+// packed layout at dst (moe_q_row_bytes bytes), and a packed row back to f32
+// exactly as GGUF dequantization gives it.
+MOE_CPU_INTERNAL void moe_q_pack_row(int kind, const void *src, size_t cols, void *dst);
+MOE_CPU_INTERNAL void moe_q_unpack_row(int kind, const void *row, size_t cols, float *dst);
+
+// x[cols] quantized per block of 32 (scale max|x| / 127, nearest even, int8)
+// into dst (moe_q_act_bytes bytes) for products with rows of `kind`. A block
+// with a non-finite value gets a NaN scale.
+MOE_CPU_INTERNAL void moe_q_quantize_act(int kind, const float *x, size_t cols, void *dst);
+
+// c[i * ldc + j] (+)= row j of w (ldw bytes apart) . activation row i (ldxq
+// bytes apart) for i < n, j < rows, on `isa` (MOE_Q_ISA_*; the plain C
+// reference where the CPU lacks it).
+MOE_CPU_INTERNAL void moe_q_gemm(int isa, int kind, size_t n, size_t rows, size_t cols, const void *w, size_t ldw,
+                                 const void *xq, size_t ldxq, float *c, size_t ldc, int accumulate);
+
+// 1 when the CPU and the OS run the AVX512-VNNI (F, BW, VL, VNNI, F16C) / the
+// AVX2 (AVX2, FMA, F16C) quantized products.
+MOE_CPU_INTERNAL int moe_q_vnni_native(void);
+MOE_CPU_INTERNAL int moe_q_avx2_native(void);
+
+// The f32 value of IEEE half bits.
+MOE_CPU_INTERNAL float moe_f16_to_f32(uint16_t h);
 
 #endif

@@ -298,6 +298,27 @@ public final class GGUFSource: TensorSource {
     }
   }
 
+  public func readStored(_ name: String, into dst: UnsafeMutableRawPointer) throws {
+    guard let m = mapped[name] else { throw MoEError.notFound("tensor '\(name)' is missing from the checkpoint") }
+    guard let base = gguf.file.bytes.baseAddress else { return }
+    let src = UnsafeRawPointer(base + gguf.dataStart + m.tensor.offset + m.byteOffset)
+    guard m.unpermuteHeads > 0 else {
+      dst.copyMemory(from: src, byteCount: m.info.byteCount)
+      return
+    }
+    // Whole rows move as readFloat moves them (a row is a whole number of blocks).
+    let rows = m.info.shape[0], headDim = rows / m.unpermuteHeads, half = headDim / 2
+    let rowBytes = m.info.byteCount / max(rows, 1)
+    for h in 0..<m.unpermuteHeads {
+      for b in 0..<half {
+        for a in 0..<2 {
+          dst.advanced(by: (h * headDim + a * half + b) * rowBytes)
+            .copyMemory(from: src + (h * headDim + 2 * b + a) * rowBytes, byteCount: rowBytes)
+        }
+      }
+    }
+  }
+
   public func release(_ name: String) {
     guard let m = mapped[name] else { return }
     gguf.file.release(offset: gguf.dataStart + m.tensor.offset + m.byteOffset, count: m.info.byteCount)

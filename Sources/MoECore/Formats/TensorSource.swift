@@ -17,11 +17,21 @@ public protocol TensorSource: AnyObject {
   /// Decodes (and, for GGUF, dequantizes and re-orders) a tensor into f32,
   /// row-major in HF order. `dst` holds `info.elementCount` floats.
   func readFloat(_ name: String, into dst: UnsafeMutablePointer<Float>) throws
+  /// Copies a tensor's stored bytes (`info.byteCount`, in `info.dtype`),
+  /// rows in HF order: how quantized blocks are kept as they are. Sources
+  /// whose tensors are all plain floats need not implement it.
+  func readStored(_ name: String, into dst: UnsafeMutableRawPointer) throws
   /// Lets the page cache drop a tensor's pages once it has been consumed.
   func release(_ name: String)
 }
 
 extension TensorSource {
+  public func readStored(_ name: String, into dst: UnsafeMutableRawPointer) throws {
+    let i = try require(name)
+    guard i.dtype == .f32 else { throw MoEError.unsupported("tensor '\(name)': its stored \(i.dtype.name) bytes cannot be read") }
+    try readFloat(name, into: dst.assumingMemoryBound(to: Float.self))
+  }
+
   public func require(_ name: String) throws -> TensorInfo {
     guard let i = info(name) else { throw MoEError.notFound("tensor '\(name)' is missing from the checkpoint") }
     return i

@@ -69,6 +69,7 @@ public struct CPUInfo: Sendable {
       (MOE_CPU_SSE2, "sse2"), (MOE_CPU_AVX2, "avx2"), (MOE_CPU_FMA, "fma"), (MOE_CPU_F16C, "f16c"),
       (MOE_CPU_AVX512F, "avx512f"), (MOE_CPU_AVX512DQ, "avx512dq"), (MOE_CPU_AVX512BW, "avx512bw"),
       (MOE_CPU_AVX512VL, "avx512vl"), (MOE_CPU_AVX512BF16, "avx512_bf16"), (MOE_CPU_AMXBF16, "amx_bf16"),
+      (MOE_CPU_AVX512VNNI, "avx512_vnni"),
     ]
     return names.filter { bits & UInt32($0.0.rawValue) != 0 }.map(\.1)
       + (moe_amx_native() != 0 ? ["amx_tiles_granted"] : [])
@@ -289,6 +290,7 @@ extension Kernels {
   public static var summary: String {
     let cpu = CPUInfo.current
     return "\(active.path.rawValue) (\(active.reason)); bf16 compute \(bf16Kernels().rawValue) (\(bf16Reason()))"
+      + "; quantized weights \(quantKernels().rawValue) (\(quantReason()))"
       + "; CPU \(cpu.brand.isEmpty ? "unknown" : cpu.brand) [\(cpu.features.joined(separator: " "))]"
   }
 
@@ -304,6 +306,8 @@ extension Kernels {
       ("available", .array(availablePaths(cpu).map { .string($0.rawValue) })),
       ("bf16_compute", .string(bf16Kernels().rawValue)),
       ("bf16_compute_reason", .string(bf16Reason())),
+      ("quantized", .string(quantKernels().rawValue)),
+      ("quantized_reason", .string(quantReason())),
     ]
     if let table = active.path.table {
       fields.append(("vector_floats", .int(table.width)))

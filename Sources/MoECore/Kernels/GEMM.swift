@@ -12,7 +12,8 @@ import CMoECPU
 import MoEKernelCode
 
 /// A row-major weight matrix view: f32 or bf16 elements, leading dimension `ld`
-/// (in elements). Not owning.
+/// (in elements); or rows of quantized blocks (Q8_0, Q4_0, Q4_1 in quant.c's
+/// packed layout) of `ld` elements each. Not owning.
 public struct WeightMatrix: @unchecked Sendable {
   public var base: UnsafeRawPointer
   public var dtype: DType
@@ -30,10 +31,11 @@ public struct WeightMatrix: @unchecked Sendable {
     MatrixOperand(base: base, ld: ld, transposed: transposed, bf16: dtype == .bf16)
   }
 
-  /// The view starting at (row, col).
+  /// The view starting at (row, col); `col` is 0 for quantized rows.
   @inline(__always)
   public func offset(row: Int, col: Int) -> WeightMatrix {
-    WeightMatrix(base: base + (row * ld + col) * dtype.elementBytes, dtype: dtype, ld: ld)
+    if dtype.isQuantized { return WeightMatrix(base: base + row * dtype.rowBytes(cols: ld), dtype: dtype, ld: ld) }
+    return WeightMatrix(base: base + (row * ld + col) * dtype.elementBytes, dtype: dtype, ld: ld)
   }
 
   @inline(__always)
@@ -50,6 +52,7 @@ public struct WeightMatrix: @unchecked Sendable {
 }
 
 extension DType {
+  /// Bytes of one element of the plain types (quantized rows: rowBytes(cols:)).
   var elementBytes: Int { self == .f32 ? 4 : 2 }
 }
 
@@ -64,6 +67,11 @@ enum GEMM {
                   accumulate: Bool, scratch: UnsafeMutablePointer<Float>, scratchFloats: Int,
                   compute: ComputePrecision = .f32) {
     guard n > 0, rows > 0 else { return }
+    if w.dtype.isQuantized {
+      QuantizedGEMM.xWt(n: n, rows: rows, k: k, x: x, ldx: ldx, w: w, c: c, ldc: ldc, accumulate: accumulate,
+                        compute: compute)
+      return
+    }
     if n <= smallGEMMTokenLimit && compute == .f32 {
       if w.dtype == .bf16 && n * k <= scratchFloats {
         SmallGEMM.xWtBF16(n: n, rows: rows, k: k, x: x, ldx: ldx, w: w, c: c, ldc: ldc,
@@ -83,7 +91,8 @@ enum GEMM {
                  w: WeightMatrix, c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool,
                  compute: ComputePrecision = .f32) {
     guard n > 0, cols > 0 else { return }
-    if n <= smallGEMMTokenLimit, compute == .f32, let row = moe_thread_buffer(3, cols) {
+    if (n <= smallGEMMTokenLimit && compute == .f32) || w.dtype.isQuantized,
+       let row = moe_thread_buffer(3, w.dtype.isQuantized ? max(cols, w.ld) : cols) {
       SmallGEMM.aW(n: n, cols: cols, k: k, a: a, lda: lda, w: w, c: c, ldc: ldc, accumulate: accumulate, row: row)
       return
     }
@@ -323,7 +332,10 @@ enum SmallGEMM {
     if !accumulate { for i in 0..<n { (c + i * ldc).update(repeating: 0, count: cols) } }
     for t in 0..<k {
       let src: UnsafePointer<Float>
-      if w.dtype == .bf16 {
+      if w.dtype.isQuantized {
+        QuantizedGEMM.row(w, t, cols: w.ld, into: row)
+        src = UnsafePointer(row)
+      } else if w.dtype == .bf16 {
         widenBF16(w.bf16 + t * w.ld, row, count: cols)
         src = UnsafePointer(row)
       } else {
@@ -425,11 +437,11 @@ extension GEMM {
                       compute: ComputePrecision = .f32,
                       epilogue: (Int, Int, Int, Int) -> Void) {
     guard n > 0, rows > 0 else { return }
-    if n <= smallGEMMTokenLimit && compute == .f32 {
+    if (n <= smallGEMMTokenLimit && compute == .f32) || w1.dtype.isQuantized {
       xWt(n: n, rows: rows, k: k, x: x, ldx: ldx, w: w1, c: c1, ldc: ldc, accumulate: false,
-          scratch: scratch, scratchFloats: scratchFloats)
+          scratch: scratch, scratchFloats: scratchFloats, compute: compute)
       xWt(n: n, rows: rows, k: k, x: x, ldx: ldx, w: w2, c: c2, ldc: ldc, accumulate: false,
-          scratch: scratch, scratchFloats: scratchFloats)
+          scratch: scratch, scratchFloats: scratchFloats, compute: compute)
       epilogue(0, n, 0, rows)
       return
     }
@@ -450,9 +462,9 @@ extension GEMM {
                   compute: ComputePrecision = .f32,
                   epilogue: (Int, Int, Int, Int) -> Void) {
     guard n > 0, rows > 0 else { return }
-    if n <= smallGEMMTokenLimit && compute == .f32 {
+    if (n <= smallGEMMTokenLimit && compute == .f32) || w.dtype.isQuantized {
       xWt(n: n, rows: rows, k: k, x: x, ldx: ldx, w: w, c: c, ldc: ldc, accumulate: false,
-          scratch: scratch, scratchFloats: scratchFloats)
+          scratch: scratch, scratchFloats: scratchFloats, compute: compute)
       epilogue(0, n, 0, rows)
       return
     }
@@ -468,8 +480,8 @@ extension GEMM {
                  compute: ComputePrecision = .f32,
                  epilogue: (Int, Int, Int, Int) -> Void) {
     guard n > 0, cols > 0 else { return }
-    if n <= smallGEMMTokenLimit && compute == .f32 {
-      aW(n: n, cols: cols, k: k, a: a, lda: lda, w: w, c: c, ldc: ldc, accumulate: false)
+    if (n <= smallGEMMTokenLimit && compute == .f32) || w.dtype.isQuantized {
+      aW(n: n, cols: cols, k: k, a: a, lda: lda, w: w, c: c, ldc: ldc, accumulate: false, compute: compute)
       epilogue(0, n, 0, cols)
       return
     }
@@ -500,9 +512,9 @@ extension GEMM {
                     a2: UnsafePointer<Float>, w2: WeightMatrix, lda: Int, c: UnsafeMutablePointer<Float>, ldc: Int,
                     compute: ComputePrecision = .f32) {
     guard n > 0, cols > 0 else { return }
-    if n <= smallGEMMTokenLimit && compute == .f32 {
-      aW(n: n, cols: cols, k: k, a: a1, lda: lda, w: w1, c: c, ldc: ldc, accumulate: false)
-      aW(n: n, cols: cols, k: k, a: a2, lda: lda, w: w2, c: c, ldc: ldc, accumulate: true)
+    if (n <= smallGEMMTokenLimit && compute == .f32) || w1.dtype.isQuantized {
+      aW(n: n, cols: cols, k: k, a: a1, lda: lda, w: w1, c: c, ldc: ldc, accumulate: false, compute: compute)
+      aW(n: n, cols: cols, k: k, a: a2, lda: lda, w: w2, c: c, ldc: ldc, accumulate: true, compute: compute)
       return
     }
     func problem(_ a: UnsafePointer<Float>, _ w: WeightMatrix, accumulate: Bool) -> GEMMProblem {

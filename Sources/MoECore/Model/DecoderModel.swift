@@ -56,6 +56,8 @@ public final class DecoderModel: @unchecked Sendable {
   public let tokenizer: BPETokenizer?
   let tokenizerProblem: MoEError?
   public let contextLength: Int
+  /// Storage of the decoder layers' matrices (the embedding and LM head may
+  /// differ: a quantized GGUF's own choice).
   public let weightDType: DType
   let layers: [DecoderLayer]
   let embedding: DenseWeight          // [V, H]
@@ -116,9 +118,11 @@ public final class DecoderModel: @unchecked Sendable {
       let t = src.info(n)?.dtype
       return t == .bf16 || t == .f16
     }
-    let wt = options.weightDType ?? (storedHalf ? .bf16 : .f32)
-    guard wt == .f32 || wt == .bf16 else { throw MoEError.unsupported("weight dtype \(wt.name): use f32 or bf16") }
-    weightDType = wt
+    guard options.weightDType != .f16 else {
+      throw MoEError.unsupported("weight dtype F16: use f32, bf16, q8_0, q4_0 or q4_1")
+    }
+    // Plain matrices of the checkpoint's choice: bf16 where it stores bf16 or f16.
+    let plain: DType = options.weightDType.map { $0.isQuantized ? .f32 : $0 } ?? (storedHalf ? .bf16 : .f32)
     let H = d.hiddenSize, hd = d.headDim, nq = d.numHeads, nkv = d.numKVHeads, V = d.vocabSize
 
     func read(_ name: String, _ shape: [Int]) throws -> [Float] { try src.readFloat(name, shape: shape) }
@@ -128,16 +132,62 @@ public final class DecoderModel: @unchecked Sendable {
       v.withUnsafeBufferPointer { b.pointer.update(from: $0.baseAddress!, count: n) }
       return b
     }
+    /// How a matrix made of `names` (stacked rows of `cols` columns) is held:
+    /// the requested type; by default a quantized type the checkpoint stores
+    /// all of them in (Q8_0 when they mix quantized types), else `plain`.
+    /// Quantized storage needs whole blocks of 32 columns; others stay plain.
+    func storage(_ names: [String], cols: Int) -> DType {
+      let stored = names.map { src.info($0)?.dtype ?? .f32 }
+      var chosen = options.weightDType ?? plain
+      if options.weightDType == nil, let q = stored.first(where: \.isQuantized) {
+        chosen = stored.allSatisfy { $0 == q } ? q : .q8_0
+      }
+      return chosen.isQuantized && cols % 32 != 0 ? plain : chosen
+    }
+    // Experts of quantized weights are held in bf16 (the MoE kernels run f32 and bf16).
+    let expertsQuantized = options.weightDType?.isQuantized
+      ?? src.tensorNames.contains { src.info($0)?.dtype.isQuantized == true }
     let arena = WeightArena()
     func dense(_ names: [String], rows: [Int], cols: Int, biases: [String]? = nil) throws -> DenseWeight {
-      var all: [Float] = []
-      for (n, r) in zip(names, rows) { all += try read(n, [r, cols]); src.release(n) }
       var bias: [Float]? = nil
       if let biases { bias = []; for (n, r) in zip(biases, rows) { bias! += try read(n, [r]) } }
-      let total = rows.reduce(0, +)
+      let total = rows.reduce(0, +), type = storage(names, cols: cols)
+      if type.isQuantized {
+        // Stored blocks of this type are kept bit for bit; others are quantized here.
+        let perRow = cols / 32 * type.blockBytes
+        var blocks = [UInt8](repeating: 0, count: total * perRow)
+        var row0 = 0
+        for (n, r) in zip(names, rows) {
+          let info = try src.require(n)
+          guard info.shape == [r, cols] else {
+            throw MoEError.shape("tensor '\(n)' has shape \(info.shape), expected \([r, cols])")
+          }
+          try blocks.withUnsafeMutableBytes { b in
+            let dst = b.baseAddress! + row0 * perRow
+            if info.dtype == type {
+              try src.readStored(n, into: dst)
+            } else {
+              let values = try read(n, [r, cols])
+              values.withUnsafeBufferPointer { v in
+                for i in 0..<r { encodeFromFloat(type, src: v.baseAddress! + i * cols, count: cols, dst: dst + i * perRow) }
+              }
+            }
+          }
+          src.release(n)
+          row0 += r
+        }
+        return try blocks.withUnsafeBytes { b in
+          try (bias ?? []).withUnsafeBufferPointer { bp in
+            try DenseWeight(rows: total, cols: cols, quantized: type, blocks: b.baseAddress!,
+                            bias: bias == nil ? nil : bp.baseAddress, what: names[0], arena: arena)
+          }
+        }
+      }
+      var all: [Float] = []
+      for (n, r) in zip(names, rows) { all += try read(n, [r, cols]); src.release(n) }
       return try all.withUnsafeBufferPointer { a in
         try (bias ?? []).withUnsafeBufferPointer { b in
-          try DenseWeight(rows: total, cols: cols, dtype: wt, values: a.baseAddress!,
+          try DenseWeight(rows: total, cols: cols, dtype: type, values: a.baseAddress!,
                           bias: bias == nil ? nil : b.baseAddress, what: names[0], arena: arena)
         }
       }
@@ -158,7 +208,7 @@ public final class DecoderModel: @unchecked Sendable {
       var gateUp: DenseWeight? = nil, down: DenseWeight? = nil, moe: MoELayer? = nil
       if let m = d.moe, m.moeLayers[l] {
         moe = try MoELayer.load(checkpoint: ckpt, layer: l, runtime: runtime) { c in
-          c.storage = wt
+          c.storage = plain == .f32 && expertsQuantized ? .bf16 : plain
           c.placement = options.placement
         }
         counts.append([Int](repeating: 0, count: m.numExperts))
@@ -174,6 +224,7 @@ public final class DecoderModel: @unchecked Sendable {
                                 qkv: qkv, output: o, gateUp: gateUp, down: down, moe: moe))
     }
     layers = built
+    weightDType = built.first?.qkv.dtype ?? embedding.dtype
     routerCounts = counts
     rotary = RotaryTable(headDim: hd, base: d.ropeTheta)
     let widest = max(H, nq * hd, d.intermediateSize, d.moe?.expertIntermediateSize ?? 0)
@@ -199,13 +250,19 @@ public final class DecoderModel: @unchecked Sendable {
     }
     return tokenizer
   }
+  /// Whether every matrix is held in f32 (what training needs).
+  var matricesAreF32: Bool {
+    embedding.dtype == .f32 && lmHead.dtype == .f32 && layers.allSatisfy { l in
+      [l.qkv, l.output, l.gateUp, l.down].allSatisfy { ($0?.dtype ?? .f32) == .f32 } && (l.moe?.config.storage ?? .f32) == .f32
+    }
+  }
   public var numMoELayers: Int { layers.filter { $0.moe != nil }.count }
 
   /// Bytes of weights one decoded token reads: every dense matrix, the active
   /// experts of each MoE layer (top-k, plus the shared expert and router),
   /// one embedding row and the whole LM head.
   public var weightBytesPerToken: Int {
-    var total = embedding.cols * weightDType.elementBytes + lmHead.bytes
+    var total = embedding.rowBytes + lmHead.bytes
     for l in layers {
       total += l.qkv.bytes + l.output.bytes + (l.gateUp?.bytes ?? 0) + (l.down?.bytes ?? 0)
       if let m = l.moe {

@@ -5,6 +5,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CMoECPU
 import MoEKernelCode
 
 enum ModelKernels {
@@ -72,19 +73,94 @@ enum ModelKernels {
       out.update(repeating: 0, count: nq * d)
       return
     }
-    for i in 0..<n {
-      let k = keys + (first + i) * stride
-      for h in 0..<nq { scores[h * ldS + i] = dot(q + h * d, k + h / group * d, d) }
+    if d % 16 != 0 {
+      for i in 0..<n {
+        let k = keys + (first + i) * stride
+        for h in 0..<nq { scores[h * ldS + i] = dot(q + h * d, k + h / group * d, d) }
+      }
+    } else {
+      // Position by position (a cache row holds every kv head: one contiguous
+      // read), up to 4 query heads of one kv head at a time.
+      for i in 0..<n {
+        let row = keys + (first + i) * stride
+        for g in 0..<nkv {
+          let k = row + g * d
+          var h0 = g * group
+          while h0 < (g + 1) * group {
+            let hc = min(4, (g + 1) * group - h0)
+            let q0 = q + h0 * d, q1 = q0 + min(1, hc - 1) * d, q2 = q0 + min(2, hc - 1) * d
+            let q3 = q0 + min(3, hc - 1) * d
+            var a0 = Vec16(), a1 = Vec16(), a2 = Vec16(), a3 = Vec16()
+            var c = 0
+            while c < d {
+              let kv = load16(k + c)
+              a0 = a0.addingProduct(load16(q0 + c), kv)
+              a1 = a1.addingProduct(load16(q1 + c), kv)
+              a2 = a2.addingProduct(load16(q2 + c), kv)
+              a3 = a3.addingProduct(load16(q3 + c), kv)
+              c += 16
+            }
+            let s = scores + h0 * ldS + i
+            s[0] = a0.sum()
+            if hc > 1 { s[ldS] = a1.sum() }
+            if hc > 2 { s[2 * ldS] = a2.sum() }
+            if hc > 3 { s[3 * ldS] = a3.sum() }
+            h0 += hc
+          }
+        }
+      }
     }
     for h in 0..<nq {
       let (m, finite, sum) = expShifted(scores + h * ldS, n, scale: scale)
       maxima[h] = finite ? m * scale : .nan
       sums[h] = sum
     }
+    if d % 16 != 0 {
+      out.update(repeating: 0, count: nq * d)
+      for i in 0..<n {
+        let v = values + (first + i) * stride
+        for h in 0..<nq { axpy(scores[h * ldS + i], v + h / group * d, out + h * d, d) }
+      }
+      return
+    }
+    // Blocks of positions (their cache rows stay in cache while every head
+    // reads them); per block, 16 output lanes of up to 4 query heads at a
+    // time in registers, each value row read once for them. Each output sums
+    // its positions in order, as an axpy per position would.
     out.update(repeating: 0, count: nq * d)
-    for i in 0..<n {
-      let v = values + (first + i) * stride
-      for h in 0..<nq { axpy(scores[h * ldS + i], v + h / group * d, out + h * d, d) }
+    let block = 32
+    var i0 = 0
+    while i0 < n {
+      let i1 = min(n, i0 + block)
+      for g in 0..<nkv {
+        var h0 = g * group
+        while h0 < (g + 1) * group {
+          let hc = min(4, (g + 1) * group - h0)
+          let p0 = scores + h0 * ldS, p1 = p0 + min(1, hc - 1) * ldS, p2 = p0 + min(2, hc - 1) * ldS
+          let p3 = p0 + min(3, hc - 1) * ldS
+          let o = out + h0 * d
+          var c = 0
+          while c < d {
+            var a0 = load16(o + c), a1 = load16(o + min(1, hc - 1) * d + c)
+            var a2 = load16(o + min(2, hc - 1) * d + c), a3 = load16(o + min(3, hc - 1) * d + c)
+            let v = values + first * stride + g * d + c
+            for i in i0..<i1 {
+              let vv = load16(v + i * stride)
+              a0 = a0.addingProduct(Vec16(repeating: p0[i]), vv)
+              a1 = a1.addingProduct(Vec16(repeating: p1[i]), vv)
+              a2 = a2.addingProduct(Vec16(repeating: p2[i]), vv)
+              a3 = a3.addingProduct(Vec16(repeating: p3[i]), vv)
+            }
+            store16(a0, o + c)
+            if hc > 1 { store16(a1, o + d + c) }
+            if hc > 2 { store16(a2, o + 2 * d + c) }
+            if hc > 3 { store16(a3, o + 3 * d + c) }
+            c += 16
+          }
+          h0 += hc
+        }
+      }
+      i0 = i1
     }
   }
 
@@ -285,29 +361,65 @@ final class RotaryTable {
   }
 }
 
-/// A dense weight [rows, cols] (f32 or bf16, owned) with an optional f32 bias [rows].
+/// A dense weight [rows, cols] (owned): f32, bf16, or quantized (Q8_0, Q4_0,
+/// Q4_1 rows in quant.c's packed layout), with an optional f32 bias [rows].
 final class DenseWeight: @unchecked Sendable {
   let rows: Int
   let cols: Int
-  let storage: AlignedBuffer       // f32 or bf16 elements
+  let storage: AlignedBuffer       // f32 or bf16 elements, or packed quantized rows
   let dtype: DType
   let bias: AlignedBuffer?
 
-  /// Storage comes from `arena` when given (a model's weights), else is owned.
-  init(rows: Int, cols: Int, dtype: DType, values: UnsafePointer<Float>, bias: UnsafePointer<Float>?, what: String,
-       arena: WeightArena? = nil) throws {
+  /// `values` [rows, cols] stored as `dtype` (quantized types: cols a multiple
+  /// of 32, GGML's rounding). Storage comes from `arena` when given (a model's
+  /// weights), else is owned.
+  convenience init(rows: Int, cols: Int, dtype: DType, values: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                   what: String, arena: WeightArena? = nil) throws {
+    try self.init(rows: rows, cols: cols, dtype: dtype, bias: bias, what: what, arena: arena) { dst in
+      let count = rows * cols
+      switch dtype {
+      case .bf16:
+        let out = dst.assumingMemoryBound(to: UInt16.self)
+        for i in 0..<count { out[i] = floatToBF16(values[i]) }
+      case .f32, .f16:
+        dst.assumingMemoryBound(to: Float.self).update(from: values, count: count)
+      case .q8_0, .q4_0, .q4_1:
+        var blocks = [UInt8](repeating: 0, count: cols / 32 * dtype.blockBytes)
+        blocks.withUnsafeMutableBytes { b in
+          for r in 0..<rows {
+            encodeFromFloat(dtype, src: values + r * cols, count: cols, dst: b.baseAddress!)
+            moe_q_pack_row(dtype.quantKind!, b.baseAddress!, cols, dst + r * dtype.rowBytes(cols: cols))
+          }
+        }
+      }
+    }
+  }
+
+  /// GGML blocks of `dtype` (a quantized type; rows of cols / 32 blocks, as
+  /// GGUF stores them) kept as they are, repacked per row.
+  convenience init(rows: Int, cols: Int, quantized dtype: DType, blocks: UnsafeRawPointer, bias: UnsafePointer<Float>?,
+                   what: String, arena: WeightArena? = nil) throws {
+    guard let kind = dtype.quantKind else { throw MoEError.invalid("\(what): \(dtype.name) is not a quantized type") }
+    try self.init(rows: rows, cols: cols, dtype: dtype, bias: bias, what: what, arena: arena) { dst in
+      let perRow = cols / 32 * dtype.blockBytes, rowBytes = dtype.rowBytes(cols: cols)
+      for r in 0..<rows { moe_q_pack_row(kind, blocks + r * perRow, cols, dst + r * rowBytes) }
+    }
+  }
+
+  private init(rows: Int, cols: Int, dtype: DType, bias: UnsafePointer<Float>?, what: String, arena: WeightArena?,
+               fill: (UnsafeMutableRawPointer) -> Void) throws {
+    guard dtype != .f16 else { throw MoEError.unsupported("\(what): f16 weights are stored as bf16 or f32") }
+    guard !dtype.isQuantized || cols % 32 == 0 else {
+      throw MoEError.shape("\(what): \(cols) columns are not a whole number of \(dtype.name) blocks of 32")
+    }
     self.rows = rows
     self.cols = cols
     self.dtype = dtype
-    let count = try checkedProduct([rows, cols], what: what)
-    let floats = dtype == .bf16 ? (count + 1) / 2 : count
+    _ = try checkedProduct([rows, cols], what: what)
+    let bytes = try checkedProduct([rows, dtype.rowBytes(cols: cols)], what: what)
+    let floats = (bytes + 3) / 4
     storage = try arena?.allocate(floats: floats, what: what) ?? AlignedBuffer(floats: floats, what: what)
-    if dtype == .bf16 {
-      let dst = UnsafeMutableRawPointer(storage.pointer).assumingMemoryBound(to: UInt16.self)
-      for i in 0..<count { dst[i] = floatToBF16(values[i]) }
-    } else {
-      storage.pointer.update(from: values, count: count)
-    }
+    fill(UnsafeMutableRawPointer(storage.pointer))
     if let bias {
       let b = try AlignedBuffer(floats: rows, what: what + " bias")
       b.pointer.update(from: bias, count: rows)
@@ -318,11 +430,15 @@ final class DenseWeight: @unchecked Sendable {
   }
 
   var matrix: WeightMatrix { WeightMatrix(base: UnsafeRawPointer(storage.pointer), dtype: dtype, ld: cols) }
-  var bytes: Int { rows * cols * dtype.elementBytes }
+  /// Bytes of one stored row, and of all of them.
+  var rowBytes: Int { dtype.rowBytes(cols: cols) }
+  var bytes: Int { rows * rowBytes }
 
   /// Row r as f32 into out[cols].
   func row(_ r: Int, into out: UnsafeMutablePointer<Float>) {
-    if dtype == .bf16 {
+    if dtype.isQuantized {
+      QuantizedGEMM.row(matrix, r, cols: cols, into: out)
+    } else if dtype == .bf16 {
       widenBF16(UnsafeRawPointer(storage.pointer).assumingMemoryBound(to: UInt16.self) + r * cols, out, count: cols)
     } else {
       out.update(from: storage.pointer + r * cols, count: cols)

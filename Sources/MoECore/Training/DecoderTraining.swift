@@ -118,7 +118,7 @@ extension DecoderModel {
   func accumulateGradients(tokens: [Int32], sequences B: Int, lossScale: Float, grads: DecoderGradients?,
                            expertGradients: Bool = true, compute: ComputePrecision = .f32, recompute: Bool = false,
                            lowestLayer: Int = 0) throws -> Double {
-    guard weightDType == .f32 else {
+    guard matricesAreF32 else {
       throw MoEError.unsupported("training needs f32 weights; load the model with weight dtype f32")
     }
     let d = description

@@ -162,7 +162,7 @@ public final class Trainer {
 
   public init(model: DecoderModel, tokens: [Int32], options: TrainerOptions) throws {
     try options.validate()
-    guard model.weightDType == .f32 else {
+    guard model.matricesAreF32 else {
       throw MoEError.unsupported("training needs f32 weights; load the model with weight dtype f32")
     }
     guard options.seqLen <= model.contextLength else {

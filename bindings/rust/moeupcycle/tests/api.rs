@@ -362,7 +362,9 @@ fn smollm2_tokenize_logits_generate_eval() {
     let info = model.info().unwrap();
     assert_eq!(info.vocab_size, 49152);
     assert_eq!(info.num_moe_layers, 0);
-    assert_eq!(info.weight_dtype, Dtype::F32);
+    // The GGUF's Q4_1 blocks stay quantized by default.
+    assert_eq!(info.weight_dtype, Dtype::Q4_1);
+    assert!(info.weight_bytes_per_token < 120_000_000, "{}", info.weight_bytes_per_token);
     let ids = model.tokenize(PROMPT).unwrap();
     assert_eq!(ids, vec![504, 3575, 282, 4649, 314]);
     assert!(model.tokenize("").unwrap().is_empty());
@@ -484,7 +486,7 @@ fn smollm2_upcycle_layer_and_training_step() {
     assert_eq!(layer16.config().unwrap().raw().storage, sys::MOE_DTYPE_BF16);
     assert_eq!(MoELayer::load(&rt, &out, 1, None).err().unwrap().code, MOE_ERR_INVALID_ARGUMENT);
 
-    let mut dense = Model::load(&rt, &path).unwrap();
+    let mut dense = Model::load_with(&rt, &path, &ModelOptions::new().weight_dtype(Dtype::F32)).unwrap();
     let mut moe = Model::load_with(&rt, &out, &ModelOptions::new().weight_dtype(Dtype::F32)).unwrap();
     let mi = moe.info().unwrap();
     assert_eq!((mi.num_moe_layers, mi.num_experts, mi.weight_dtype), (1, 2, Dtype::F32));
@@ -584,7 +586,7 @@ fn smollm2_calibrated_cluster_upcycle_equals_dense() {
     );
 
     let rt = Runtime::new(0).unwrap();
-    let mut dense = Model::load(&rt, &path).unwrap();
+    let mut dense = Model::load_with(&rt, &path, &ModelOptions::new().weight_dtype(Dtype::F32)).unwrap();
     let mut moe = Model::load_with(&rt, &out, &ModelOptions::new().weight_dtype(Dtype::F32)).unwrap();
     let ids = dense.tokenize(PROMPT).unwrap();
     let a = dense.logits(&ids).unwrap();
