@@ -297,56 +297,61 @@ Q_AVX2_TARGET static inline __m256i pair_dot_avx2(int kind, const uint8_t *wq, c
   return s;
 }
 
-Q_AVX2_TARGET static inline __m256 pair_scale_avx2(const uint8_t *dptr, const float *dx) {
-  uint32_t d2;
-  memcpy(&d2, dptr, 4);
-  __m256 d = _mm256_cvtph_ps(_mm_set1_epi32((int)d2));
-  double pair;
-  memcpy(&pair, dx, 8);
-  __m256 xs = _mm256_castpd_ps(_mm256_set1_pd(pair));
-  return _mm256_mul_ps(d, xs);
-}
-
 #define Q_ROWS 4
 
-Q_AVX2_TARGET static void gemm_avx2(int kind, size_t n, size_t rows, size_t cols, const uint8_t *w, size_t ldw,
-                                    const uint8_t *xq, size_t ldxq, float *c, size_t ldc, int accumulate) {
+// The combined scales d_b dx_b of `blocks` blocks of one row (f16 d at dptr)
+// into out, 8 at a time.
+Q_AVX2_TARGET static inline void row_scales_avx2(const uint8_t *dptr, const float *dx, size_t blocks, float *out) {
+  size_t b = 0;
+  for (; b + 8 <= blocks; b += 8)
+    _mm256_storeu_ps(out + b, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(dptr + 2 * b))),
+                                            _mm256_loadu_ps(dx + b)));
+  for (; b < blocks; b++) out[b] = moe_f16_to_f32(load16(dptr + 2 * b)) * dx[b];
+}
+
+// Pairs per slice of a row whose scales are computed at once (on the stack).
+#define Q_SLICE_PAIRS 64
+
+Q_AVX2_TARGET __attribute__((always_inline)) static inline void
+gemm_avx2_kind(const int kind, size_t n, size_t rows, size_t cols, const uint8_t *w, size_t ldw, const uint8_t *xq,
+               size_t ldxq, float *c, size_t ldc, int accumulate) {
   size_t np = pairs_of(cols), qb = quant_bytes(kind);
-  size_t j = 0;
-  for (; j + Q_ROWS <= rows; j += Q_ROWS) {
+  float scales[Q_ROWS][2 * Q_SLICE_PAIRS];
+  for (size_t j = 0; j < rows; j += Q_ROWS) {
+    int nr = rows - j < Q_ROWS ? (int)(rows - j) : Q_ROWS;
     const uint8_t *r[Q_ROWS];
-    for (int q = 0; q < Q_ROWS; q++) r[q] = w + (j + q) * ldw;
+    for (int q = 0; q < Q_ROWS; q++) r[q] = w + (j + (q < nr ? q : 0)) * ldw;
     for (size_t i = 0; i < n; i++) {
       act_view x = act_at(xq + i * ldxq, np);
       __m256 acc[Q_ROWS];
       for (int q = 0; q < Q_ROWS; q++) acc[q] = _mm256_setzero_ps();
-      for (size_t pi = 0; pi < np; pi++) {
-        for (int q = 0; q < Q_ROWS; q++) {
-          __m256i s = pair_dot_avx2(kind, r[q] + pi * qb, (const int8_t *)x.q + pi * 64, x.bias + pi * 16);
-          acc[q] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), pair_scale_avx2(r[q] + np * qb + 4 * pi, x.dx + 2 * pi),
-                                   acc[q]);
+      for (size_t p0 = 0; p0 < np; p0 += Q_SLICE_PAIRS) {
+        size_t p1 = np - p0 < Q_SLICE_PAIRS ? np : p0 + Q_SLICE_PAIRS;
+        for (int q = 0; q < Q_ROWS; q++) row_scales_avx2(r[q] + np * qb + 4 * p0, x.dx + 2 * p0, 2 * (p1 - p0), scales[q]);
+        for (size_t pi = p0; pi < p1; pi++) {
+          for (int q = 0; q < Q_ROWS; q++) {
+            __m256i s = pair_dot_avx2(kind, r[q] + pi * qb, (const int8_t *)x.q + pi * 64, x.bias + pi * 16);
+            double pair;
+            memcpy(&pair, scales[q] + 2 * (pi - p0), 8);
+            acc[q] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_castpd_ps(_mm256_set1_pd(pair)), acc[q]);
+          }
         }
       }
-      for (int q = 0; q < Q_ROWS; q++) {
+      for (int q = 0; q < nr; q++) {
         float v = hsum256(acc[q]);
         if (kind == MOE_Q4_1) v += minima_avx2(r[q] + np * qb + np * 4, x.sx, 2 * np);
         put(c + i * ldc + j + q, v, accumulate);
       }
     }
   }
-  for (; j < rows; j++) {
-    const uint8_t *row = w + j * ldw;
-    for (size_t i = 0; i < n; i++) {
-      act_view x = act_at(xq + i * ldxq, np);
-      __m256 acc = _mm256_setzero_ps();
-      for (size_t pi = 0; pi < np; pi++) {
-        __m256i s = pair_dot_avx2(kind, row + pi * qb, (const int8_t *)x.q + pi * 64, x.bias + pi * 16);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), pair_scale_avx2(row + np * qb + 4 * pi, x.dx + 2 * pi), acc);
-      }
-      float v = hsum256(acc);
-      if (kind == MOE_Q4_1) v += minima_avx2(row + np * qb + np * 4, x.sx, 2 * np);
-      put(c + i * ldc + j, v, accumulate);
-    }
+}
+
+Q_AVX2_TARGET static void gemm_avx2(int kind, size_t n, size_t rows, size_t cols, const uint8_t *w, size_t ldw,
+                                    const uint8_t *xq, size_t ldxq, float *c, size_t ldc, int accumulate) {
+  switch (kind) {
+  case MOE_Q8_0: gemm_avx2_kind(MOE_Q8_0, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate); break;
+  case MOE_Q4_0: gemm_avx2_kind(MOE_Q4_0, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate); break;
+  default: gemm_avx2_kind(MOE_Q4_1, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate); break;
   }
 }
 
@@ -413,17 +418,24 @@ Q_VNNI_TARGET static inline __m512i pair_dot_vnni(int kind, const uint8_t *wq, _
   return _mm512_dpbusd_epi32(start, u, xv);
 }
 
-Q_VNNI_TARGET static inline __m512 pair_scale_vnni(const uint8_t *dptr, __m512 xs) {
-  uint32_t d2;
-  memcpy(&d2, dptr, 4);
-  return _mm512_mul_ps(_mm512_cvtph_ps(_mm256_set1_epi32((int)d2)), xs);
+Q_VNNI_TARGET static inline void row_scales_vnni(const uint8_t *dptr, const float *dx, size_t blocks, float *out) {
+  size_t b = 0;
+  for (; b + 16 <= blocks; b += 16)
+    _mm512_storeu_ps(out + b, _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(dptr + 2 * b))),
+                                            _mm512_loadu_ps(dx + b)));
+  if (b < blocks) {
+    __mmask16 k = (__mmask16)((1u << (blocks - b)) - 1);
+    _mm512_mask_storeu_ps(out + b, k, _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, dptr + 2 * b)),
+                                                    _mm512_maskz_loadu_ps(k, dx + b)));
+  }
 }
 
-Q_VNNI_TARGET static void gemm_vnni(int kind, size_t n, size_t rows, size_t cols, const uint8_t *w, size_t ldw,
-                                    const uint8_t *xq, size_t ldxq, float *c, size_t ldc, int accumulate) {
+Q_VNNI_TARGET __attribute__((always_inline)) static inline void
+gemm_vnni_kind(const int kind, size_t n, size_t rows, size_t cols, const uint8_t *w, size_t ldw, const uint8_t *xq,
+               size_t ldxq, float *c, size_t ldc, int accumulate) {
   size_t np = pairs_of(cols), qb = quant_bytes(kind);
-  size_t j = 0;
-  for (; j < rows; j += Q_ROWS) {
+  float scales[Q_ROWS][2 * Q_SLICE_PAIRS];
+  for (size_t j = 0; j < rows; j += Q_ROWS) {
     int nr = rows - j < Q_ROWS ? (int)(rows - j) : Q_ROWS;
     const uint8_t *r[Q_ROWS];
     for (int q = 0; q < Q_ROWS; q++) r[q] = w + (j + (q < nr ? q : 0)) * ldw;
@@ -431,15 +443,18 @@ Q_VNNI_TARGET static void gemm_vnni(int kind, size_t n, size_t rows, size_t cols
       act_view x = act_at(xq + i * ldxq, np);
       __m512 acc[Q_ROWS];
       for (int q = 0; q < Q_ROWS; q++) acc[q] = _mm512_setzero_ps();
-      for (size_t pi = 0; pi < np; pi++) {
-        __m512i xv = _mm512_loadu_si512(x.q + pi * 64);
-        __m512i start = kind == MOE_Q4_1 ? _mm512_setzero_si512() : _mm512_loadu_si512(x.bias + pi * 16);
-        double pair;
-        memcpy(&pair, x.dx + 2 * pi, 8);
-        __m512 xs = _mm512_castpd_ps(_mm512_set1_pd(pair));
-        for (int q = 0; q < Q_ROWS; q++) {
-          __m512i s = pair_dot_vnni(kind, r[q] + pi * qb, xv, start);
-          acc[q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), pair_scale_vnni(r[q] + np * qb + 4 * pi, xs), acc[q]);
+      for (size_t p0 = 0; p0 < np; p0 += Q_SLICE_PAIRS) {
+        size_t p1 = np - p0 < Q_SLICE_PAIRS ? np : p0 + Q_SLICE_PAIRS;
+        for (int q = 0; q < Q_ROWS; q++) row_scales_vnni(r[q] + np * qb + 4 * p0, x.dx + 2 * p0, 2 * (p1 - p0), scales[q]);
+        for (size_t pi = p0; pi < p1; pi++) {
+          __m512i xv = _mm512_loadu_si512(x.q + pi * 64);
+          __m512i start = kind == MOE_Q4_1 ? _mm512_setzero_si512() : _mm512_loadu_si512(x.bias + pi * 16);
+          for (int q = 0; q < Q_ROWS; q++) {
+            __m512i s = pair_dot_vnni(kind, r[q] + pi * qb, xv, start);
+            double pair;
+            memcpy(&pair, scales[q] + 2 * (pi - p0), 8);
+            acc[q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_castpd_ps(_mm512_set1_pd(pair)), acc[q]);
+          }
         }
       }
       for (int q = 0; q < nr; q++) {
@@ -448,6 +463,15 @@ Q_VNNI_TARGET static void gemm_vnni(int kind, size_t n, size_t rows, size_t cols
         put(c + i * ldc + j + q, v, accumulate);
       }
     }
+  }
+}
+
+Q_VNNI_TARGET static void gemm_vnni(int kind, size_t n, size_t rows, size_t cols, const uint8_t *w, size_t ldw,
+                                    const uint8_t *xq, size_t ldxq, float *c, size_t ldc, int accumulate) {
+  switch (kind) {
+  case MOE_Q8_0: gemm_vnni_kind(MOE_Q8_0, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate); break;
+  case MOE_Q4_0: gemm_vnni_kind(MOE_Q4_0, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate); break;
+  default: gemm_vnni_kind(MOE_Q4_1, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate); break;
   }
 }
 

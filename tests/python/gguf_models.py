@@ -17,9 +17,10 @@ def permute(w, heads):
 
 
 def write_llama_gguf(path, hf: dict, *, heads, kv_heads, qtype="Q8_0", tokens=None, merges=None,
-                     rope_theta=10000.0, version_patch=None):
-    """hf: HF-named f32 weights. Matrices are stored as `qtype`, norms as F32.
-    Returns the HF-order f32 weights as the file actually holds them (after quantization)."""
+                     rope_theta=10000.0, version_patch=None, types=None):
+    """hf: HF-named f32 weights. Matrices are stored as `qtype` (or as `types[name]` for the HF names
+    `types` lists), norms as F32. Returns the HF-order f32 weights as the file actually holds them
+    (after quantization)."""
     emb = hf["model.embed_tokens.weight"]
     vocab, hidden = emb.shape
     layers = sum(1 for k in hf if k.endswith("mlp.gate_proj.weight"))
@@ -62,7 +63,7 @@ def write_llama_gguf(path, hf: dict, *, heads, kv_heads, qtype="Q8_0", tokens=No
             data = permute(data, heads)
         elif name.endswith("k_proj.weight"):
             data = permute(data, kv_heads)
-        t = Q.F32 if data.ndim == 1 else TYPES[qtype]
+        t = Q.F32 if data.ndim == 1 else TYPES[(types or {}).get(name, qtype)]
         if t == Q.F32:
             w.add_tensor(gname, data)
             stored = data
@@ -91,21 +92,29 @@ def unpermute(w, heads):
     return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def smollm2_dequantized(path):
-    """SmolLM2's weights in HF names and order (Q/K un-permuted), dequantized by
-    the gguf package independently of the library, and its reference config."""
-    r = gguf.GGUFReader(str(path))
+def _smollm2_hf_name(gguf_name):
     names = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight"}
     per = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn_q": "self_attn.q_proj",
            "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
            "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+    if gguf_name in names:
+        return names[gguf_name]
+    _, l, kind, _ = gguf_name.split(".")
+    return f"model.layers.{l}.{per[kind]}.weight"
+
+
+def smollm2_stored_types(path):
+    """The type SmolLM2's file stores each tensor in ("Q4_1", "Q8_0", "F32"), by HF name."""
+    return {_smollm2_hf_name(t.name): t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
+
+
+def smollm2_dequantized(path):
+    """SmolLM2's weights in HF names and order (Q/K un-permuted), dequantized by
+    the gguf package independently of the library, and its reference config."""
+    r = gguf.GGUFReader(str(path))
     w = {}
     for t in r.tensors:
-        if t.name in names:
-            name = names[t.name]
-        else:
-            _, l, kind, _ = t.name.split(".")
-            name = f"model.layers.{l}.{per[kind]}.weight"
+        name = _smollm2_hf_name(t.name)
         shape = tuple(int(d) for d in reversed(t.shape))
         a = quants.dequantize(t.data, t.tensor_type).reshape(shape).astype(np.float32)
         if name.endswith("q_proj.weight"):

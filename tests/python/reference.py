@@ -54,10 +54,13 @@ def moe_ffn(x, router, experts, top_k, renormalize=True, shared=None, shared_gat
     return out
 
 
-def forward(weights: dict, config: dict, tokens, capture=None) -> np.ndarray:
+def forward(weights: dict, config: dict, tokens, capture=None, linear=None) -> np.ndarray:
     """Logits [T, vocab] for a sequence of token ids (causal attention, positions 0..T-1). With a list
-    `capture`, each dense FFN layer appends (layer, router input [T, H], activations silu(gate) * up [T, F])."""
+    `capture`, each dense FFN layer appends (layer, router input [T, H], activations silu(gate) * up [T, F]).
+    `linear(x, W)` computes the dense layers' weight products x @ W.T (attention projections, FFN, LM head;
+    default: exactly that), so that a caller can model how the activations enter them."""
     w = {k: v.astype(np.float32) for k, v in weights.items()}
+    mm = linear or (lambda a, m: a @ m.T)
     H = config["hidden_size"]
     heads = config["num_attention_heads"]
     kvh = config.get("num_key_value_heads", heads)
@@ -74,9 +77,9 @@ def forward(weights: dict, config: dict, tokens, capture=None) -> np.ndarray:
     for l in range(L):
         p = f"model.layers.{l}."
         h = rms_norm(x, w[p + "input_layernorm.weight"], eps)
-        q = h @ w[p + "self_attn.q_proj.weight"].T
-        k = h @ w[p + "self_attn.k_proj.weight"].T
-        v = h @ w[p + "self_attn.v_proj.weight"].T
+        q = mm(h, w[p + "self_attn.q_proj.weight"])
+        k = mm(h, w[p + "self_attn.k_proj.weight"])
+        v = mm(h, w[p + "self_attn.v_proj.weight"])
         if p + "self_attn.q_proj.bias" in w:
             q = q + w[p + "self_attn.q_proj.bias"]
             k = k + w[p + "self_attn.k_proj.bias"]
@@ -90,7 +93,7 @@ def forward(weights: dict, config: dict, tokens, capture=None) -> np.ndarray:
         v = np.repeat(v, rep, axis=0)
         att = softmax(q @ k.transpose(0, 2, 1) / np.sqrt(hd) + mask)
         o = (att @ v).transpose(1, 0, 2).reshape(T, heads * hd)
-        x = x + o @ w[p + "self_attn.o_proj.weight"].T
+        x = x + mm(o, w[p + "self_attn.o_proj.weight"])
         h = rms_norm(x, w[p + "post_attention_layernorm.weight"], eps)
         if mtype == "mixtral":
             b = p + "block_sparse_moe."
@@ -109,13 +112,14 @@ def forward(weights: dict, config: dict, tokens, capture=None) -> np.ndarray:
                         renormalize=config.get("norm_topk_prob", False), shared=shared,
                         shared_gate=w[b + "shared_expert_gate.weight"])
         else:
-            f = swiglu(h, w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"], w[p + "mlp.down_proj.weight"])
+            g, u = mm(h, w[p + "mlp.gate_proj.weight"]), mm(h, w[p + "mlp.up_proj.weight"])
+            f = mm(silu(g) * u, w[p + "mlp.down_proj.weight"])
             if capture is not None:
                 capture.append((l, h, silu(h @ w[p + "mlp.gate_proj.weight"].T) * (h @ w[p + "mlp.up_proj.weight"].T)))
         x = x + f
     x = rms_norm(x, w["model.norm.weight"], eps)
     head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
-    return x @ head.T
+    return mm(x, head)
 
 
 # --------------------------------------------------------------------------- byte-level BPE tokenizer files

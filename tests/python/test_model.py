@@ -2,8 +2,8 @@
 
 Tiny synthetic checkpoints (written here with the safetensors package and a hand-made byte-level BPE
 tokenizer.json) are checked against the independent numpy forward in reference.py and the `tokenizers`
-package; the real SmolLM2-135M-Instruct GGUF is checked against a numpy forward of the weights
-dequantized by the `gguf` package."""
+package; the real SmolLM2-135M-Instruct GGUF, loaded in f32, is checked against a numpy forward of the
+weights dequantized by the `gguf` package (its quantized loads: test_quantized.py)."""
 from __future__ import annotations
 
 import ctypes
@@ -1181,7 +1181,9 @@ def hamlet():
 
 @pytest.fixture(scope="module")
 def smollm2(rt, smollm2_path):
-    return Model(rt, smollm2_path)
+    """The f32 load (every matrix dequantized), which the numpy forward and the upcycled copies are held to;
+    the default load keeps the file's Q4_1/Q8_0 blocks (test_quantized.py)."""
+    return Model(rt, smollm2_path, weight_dtype=C.MOE_DTYPE_F32)
 
 
 @pytest.fixture(scope="module")

@@ -62,17 +62,19 @@ public let smallGEMMTokenLimit = 16
 enum GEMM {
   /// c[n, rows] (ldc) = x[n, k] (ldx) * w[rows, k]^T, or += when accumulate.
   /// `scratch` holds at least n * k floats for the bf16 decode kernel.
+  /// `callTokens`: the tokens of the call the n rows are part of (default n):
+  /// the path is chosen by it, so that every row of a call is computed alike.
   static func xWt(n: Int, rows: Int, k: Int, x: UnsafePointer<Float>, ldx: Int,
                   w: WeightMatrix, c: UnsafeMutablePointer<Float>, ldc: Int,
                   accumulate: Bool, scratch: UnsafeMutablePointer<Float>, scratchFloats: Int,
-                  compute: ComputePrecision = .f32) {
+                  compute: ComputePrecision = .f32, callTokens: Int? = nil) {
     guard n > 0, rows > 0 else { return }
     if w.dtype.isQuantized {
       QuantizedGEMM.xWt(n: n, rows: rows, k: k, x: x, ldx: ldx, w: w, c: c, ldc: ldc, accumulate: accumulate,
-                        compute: compute)
+                        compute: compute, callTokens: callTokens)
       return
     }
-    if n <= smallGEMMTokenLimit && compute == .f32 {
+    if (callTokens ?? n) <= smallGEMMTokenLimit && compute == .f32 {
       if w.dtype == .bf16 && n * k <= scratchFloats {
         SmallGEMM.xWtBF16(n: n, rows: rows, k: k, x: x, ldx: ldx, w: w, c: c, ldc: ldc,
                           accumulate: accumulate, scratch: scratch)
@@ -280,6 +282,43 @@ enum SmallGEMM {
       let row = UnsafeRawPointer(w.bf16 + j * w.ld)
       let tailRow = w.bf16 + j * w.ld
       var i = 0
+      // One token: four rows at a time (four weight streams in flight, x read
+      // once for them), then the rows left one at a time.
+      if n == 1 && j + 4 <= rows && j % 4 == 0 {
+        let e0 = UnsafePointer(scratch), o0 = e0 + half
+        let rowBytes = 2 * w.ld
+        let r1 = row + rowBytes, r2 = r1 + rowBytes, r3 = r2 + rowBytes
+        var a0 = Vec16(), a1 = Vec16(), a2 = Vec16(), a3 = Vec16()
+        var m = 0
+        while m < half {
+          let ev = load16(e0 + m), od = load16(o0 + m)
+          let w0 = row.loadUnaligned(fromByteOffset: 4 * m, as: SIMD16<UInt32>.self)
+          let w1 = r1.loadUnaligned(fromByteOffset: 4 * m, as: SIMD16<UInt32>.self)
+          let w2 = r2.loadUnaligned(fromByteOffset: 4 * m, as: SIMD16<UInt32>.self)
+          let w3 = r3.loadUnaligned(fromByteOffset: 4 * m, as: SIMD16<UInt32>.self)
+          a0 = a0.addingProduct(unsafeBitCast(w0 &<< 16, to: Vec16.self), ev)
+            .addingProduct(unsafeBitCast(w0 & highMask, to: Vec16.self), od)
+          a1 = a1.addingProduct(unsafeBitCast(w1 &<< 16, to: Vec16.self), ev)
+            .addingProduct(unsafeBitCast(w1 & highMask, to: Vec16.self), od)
+          a2 = a2.addingProduct(unsafeBitCast(w2 &<< 16, to: Vec16.self), ev)
+            .addingProduct(unsafeBitCast(w2 & highMask, to: Vec16.self), od)
+          a3 = a3.addingProduct(unsafeBitCast(w3 &<< 16, to: Vec16.self), ev)
+            .addingProduct(unsafeBitCast(w3 & highMask, to: Vec16.self), od)
+          m += 16
+        }
+        @inline(__always) func finish(_ sum: Vec16, _ r: Int) {
+          var s = sum.sum()
+          let tail = tailRow + r * w.ld
+          for h in k32..<k { s += bf16ToFloat(tail[h]) * x[h] }
+          store(s, c + j + r, accumulate)
+        }
+        finish(a0, 0)
+        finish(a1, 1)
+        finish(a2, 2)
+        finish(a3, 3)
+        continue
+      }
+      if n == 1 && j < rows & ~3 { continue }
       // One token left: two accumulators, no repeated work.
       if n == 1 {
         let e0 = UnsafePointer(scratch), o0 = e0 + half

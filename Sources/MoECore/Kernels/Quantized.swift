@@ -85,13 +85,15 @@ enum QuantizedGEMM {
   static func chunkRows(rows: Int, k: Int) -> Int { max(16, min(rows, (1 << 20) / max(k, 1))) }
 
   /// c[n, rows] (ldc) = x[n, k] (ldx) * w^T, or += when accumulate, for a
-  /// quantized w (rows of k elements, k a multiple of 32).
+  /// quantized w (rows of k elements, k a multiple of 32). `callTokens`: the
+  /// tokens of the whole call these n rows belong to (default n), which
+  /// decides the path, so that every row of a call is computed alike.
   static func xWt(n: Int, rows: Int, k: Int, x: UnsafePointer<Float>, ldx: Int, w: WeightMatrix,
                   c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool, compute: ComputePrecision,
-                  kernels: QuantKernels = Kernels.quantKernels()) {
+                  callTokens: Int? = nil, kernels: QuantKernels = Kernels.quantKernels()) {
     guard n > 0, rows > 0, let kind = w.dtype.quantKind else { return }
     let rowBytes = w.dtype.rowBytes(cols: k)
-    if n <= smallGEMMTokenLimit {
+    if (callTokens ?? n) <= smallGEMMTokenLimit {
       let actBytes = moe_q_act_bytes(kind, k)
       if let buffer = moe_thread_buffer(3, (n * actBytes + 3) / 4) {
         let act = UnsafeMutableRawPointer(buffer)

@@ -253,7 +253,7 @@ extension DecoderModel {
     var r0 = 0
     while r0 < T {
       let r1 = min(T, r0 + chunk), n = r1 - r0
-      self.logits(hidden: hidden, rows: r0..<r1, into: logits, compute: compute)
+      self.logits(hidden: hidden, rows: r0..<r1, into: logits, compute: compute, callTokens: T)
       let gradient = dHidden != nil
       runtime.parallelFor(n, costPerItem: 2 * V) { rows in
         for i in rows {

@@ -344,12 +344,14 @@ public final class DecoderModel: @unchecked Sendable {
     return hidden
   }
 
-  /// Logits [rows.count, V] of hidden rows `rows` of `hidden` [T, H].
+  /// Logits [rows.count, V] of hidden rows `rows` of `hidden` [T, H] (T:
+  /// `callTokens`, default rows.count: every chunk of a call computes alike).
   func logits(hidden: UnsafePointer<Float>, rows: Range<Int>, into out: UnsafeMutablePointer<Float>,
-              compute: ComputePrecision = .f32) {
+              compute: ComputePrecision = .f32, callTokens: Int? = nil) {
     let H = description.hiddenSize
     runtime.linear(hidden + rows.lowerBound * H, tokens: rows.count, lmHead, out,
-                   scratch: workerScratch, scratchFloats: workerScratchFloats, compute: compute)
+                   scratch: workerScratch, scratchFloats: workerScratchFloats, compute: compute,
+                   callTokens: callTokens)
   }
 
   /// Logits [T, V] for `tokens` at positions 0 ..< T (a fresh sequence).
@@ -360,7 +362,7 @@ public final class DecoderModel: @unchecked Sendable {
     var r0 = 0
     while r0 < tokens.count {
       let r1 = min(tokens.count, r0 + chunk)
-      logits(hidden: hidden, rows: r0..<r1, into: out + r0 * vocabSize)
+      logits(hidden: hidden, rows: r0..<r1, into: out + r0 * vocabSize, callTokens: tokens.count)
       if let bad = firstNonFinite(out + r0 * vocabSize, (r1 - r0) * vocabSize) {
         let row = r0 + bad / vocabSize
         throw MoEError.nonFinite("logits: the logits of position \(row) are not finite (NaN or infinite): \(nonFiniteCause())")

@@ -151,7 +151,8 @@ extension DecoderModel {
 
     var t0 = monotonicSeconds()
     var hidden = try prompt.withUnsafeBufferPointer { try forwardHidden($0, start: 0) }
-    self.logits(hidden: hidden, rows: (prompt.count - 1)..<prompt.count, into: logits)
+    // The prompt's products, the LM head's included, as one call of its length.
+    self.logits(hidden: hidden, rows: (prompt.count - 1)..<prompt.count, into: logits, callTokens: prompt.count)
     result.promptSeconds = monotonicSeconds() - t0
     t0 = monotonicSeconds()
     var position = prompt.count

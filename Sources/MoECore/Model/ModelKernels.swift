@@ -572,8 +572,10 @@ extension Runtime {
 
   /// out[T, w.rows] = x[T, w.cols] * w^T (+ bias), output rows split over the
   /// workers in 16-row units: each worker streams its own rows of the weight.
+  /// `callTokens`: the tokens of the call these T rows are a chunk of (default T).
   func linear(_ x: UnsafePointer<Float>, tokens T: Int, _ w: DenseWeight, _ out: UnsafeMutablePointer<Float>,
-              scratch: [AlignedBuffer], scratchFloats: Int, compute: ComputePrecision = .f32) {
+              scratch: [AlignedBuffer], scratchFloats: Int, compute: ComputePrecision = .f32,
+              callTokens: Int? = nil) {
     guard T > 0 else { return }
     let W = workerCount
     let matrix = w.matrix
@@ -582,7 +584,8 @@ extension Runtime {
       guard hi > lo else { return }
       GEMM.xWt(n: T, rows: hi - lo, k: w.cols, x: x, ldx: w.cols, w: matrix.offset(row: lo, col: 0),
                c: out + lo, ldc: w.rows, accumulate: false,
-               scratch: scratch[worker].pointer, scratchFloats: scratchFloats, compute: compute)
+               scratch: scratch[worker].pointer, scratchFloats: scratchFloats, compute: compute,
+               callTokens: callTokens)
       if let bias = w.bias {
         for t in 0..<T { axpy(1, bias.pointer + lo, out + t * w.rows + lo, hi - lo) }
       }
