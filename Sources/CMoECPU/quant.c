@@ -299,6 +299,53 @@ Q_AVX2_TARGET static inline __m256i pair_dot_avx2(int kind, const uint8_t *wq, c
 
 #define Q_ROWS 4
 
+// The product loop of one instruction set, compiled once per block type:
+// rows in groups of Q_ROWS, per token (activation row) and per slice of
+// Q_SLICE_PAIRS pairs the rows' combined scales d_b dx_b first, then per pair
+// the integer dot products (DOT: int32 lanes alternating the pair's blocks)
+// scaled into float accumulators; Q4_1 adds its minima term.
+#define Q_GEMM(NAME, TARGET, VEC, ZERO, SCALES, DOT, CAST, BCAST, CVT, FMA, HSUM, MINIMA)                          \
+  TARGET __attribute__((always_inline)) static inline void NAME##_kind(                                            \
+      const int kind, size_t n, size_t rows, size_t cols, const uint8_t *w, size_t ldw, const uint8_t *xq,        \
+      size_t ldxq, float *c, size_t ldc, int accumulate) {                                                         \
+    size_t np = pairs_of(cols), qb = quant_bytes(kind);                                                            \
+    float scales[Q_ROWS][2 * Q_SLICE_PAIRS];                                                                       \
+    for (size_t j = 0; j < rows; j += Q_ROWS) {                                                                    \
+      int nr = rows - j < Q_ROWS ? (int)(rows - j) : Q_ROWS;                                                       \
+      const uint8_t *r[Q_ROWS];                                                                                    \
+      for (int q = 0; q < Q_ROWS; q++) r[q] = w + (j + (q < nr ? q : 0)) * ldw;                                    \
+      for (size_t i = 0; i < n; i++) {                                                                             \
+        act_view x = act_at(xq + i * ldxq, np);                                                                    \
+        VEC acc[Q_ROWS];                                                                                           \
+        for (int q = 0; q < Q_ROWS; q++) acc[q] = ZERO();                                                          \
+        for (size_t p0 = 0; p0 < np; p0 += Q_SLICE_PAIRS) {                                                        \
+          size_t p1 = np - p0 < Q_SLICE_PAIRS ? np : p0 + Q_SLICE_PAIRS;                                           \
+          for (int q = 0; q < Q_ROWS; q++)                                                                         \
+            SCALES(r[q] + np * qb + 4 * p0, x.dx + 2 * p0, 2 * (p1 - p0), scales[q]);                              \
+          for (size_t pi = p0; pi < p1; pi++) {                                                                    \
+            for (int q = 0; q < Q_ROWS; q++) {                                                                     \
+              double pair;                                                                                         \
+              memcpy(&pair, scales[q] + 2 * (pi - p0), 8);                                                         \
+              acc[q] = FMA(CVT(DOT(kind, r[q] + pi * qb, (const int8_t *)x.q + pi * 64, x.bias + pi * 16)),       \
+                           CAST(BCAST(pair)), acc[q]);                                                             \
+            }                                                                                                      \
+          }                                                                                                        \
+        }                                                                                                          \
+        for (int q = 0; q < nr; q++) {                                                                             \
+          float v = HSUM(acc[q]);                                                                                  \
+          if (kind == MOE_Q4_1) v += MINIMA(r[q] + np * qb + np * 4, x.sx, 2 * np);                                \
+          put(c + i * ldc + j + q, v, accumulate);                                                                 \
+        }                                                                                                          \
+      }                                                                                                            \
+    }                                                                                                              \
+  }                                                                                                                \
+  TARGET static void NAME(int kind, size_t n, size_t rows, size_t cols, const uint8_t *w, size_t ldw,              \
+                          const uint8_t *xq, size_t ldxq, float *c, size_t ldc, int accumulate) {                  \
+    if (kind == MOE_Q8_0) NAME##_kind(MOE_Q8_0, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate);              \
+    else if (kind == MOE_Q4_0) NAME##_kind(MOE_Q4_0, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate);         \
+    else NAME##_kind(MOE_Q4_1, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate);                               \
+  }
+
 // The combined scales d_b dx_b of `blocks` blocks of one row (f16 d at dptr)
 // into out, 8 at a time.
 Q_AVX2_TARGET static inline void row_scales_avx2(const uint8_t *dptr, const float *dx, size_t blocks, float *out) {
@@ -312,48 +359,8 @@ Q_AVX2_TARGET static inline void row_scales_avx2(const uint8_t *dptr, const floa
 // Pairs per slice of a row whose scales are computed at once (on the stack).
 #define Q_SLICE_PAIRS 64
 
-Q_AVX2_TARGET __attribute__((always_inline)) static inline void
-gemm_avx2_kind(const int kind, size_t n, size_t rows, size_t cols, const uint8_t *w, size_t ldw, const uint8_t *xq,
-               size_t ldxq, float *c, size_t ldc, int accumulate) {
-  size_t np = pairs_of(cols), qb = quant_bytes(kind);
-  float scales[Q_ROWS][2 * Q_SLICE_PAIRS];
-  for (size_t j = 0; j < rows; j += Q_ROWS) {
-    int nr = rows - j < Q_ROWS ? (int)(rows - j) : Q_ROWS;
-    const uint8_t *r[Q_ROWS];
-    for (int q = 0; q < Q_ROWS; q++) r[q] = w + (j + (q < nr ? q : 0)) * ldw;
-    for (size_t i = 0; i < n; i++) {
-      act_view x = act_at(xq + i * ldxq, np);
-      __m256 acc[Q_ROWS];
-      for (int q = 0; q < Q_ROWS; q++) acc[q] = _mm256_setzero_ps();
-      for (size_t p0 = 0; p0 < np; p0 += Q_SLICE_PAIRS) {
-        size_t p1 = np - p0 < Q_SLICE_PAIRS ? np : p0 + Q_SLICE_PAIRS;
-        for (int q = 0; q < Q_ROWS; q++) row_scales_avx2(r[q] + np * qb + 4 * p0, x.dx + 2 * p0, 2 * (p1 - p0), scales[q]);
-        for (size_t pi = p0; pi < p1; pi++) {
-          for (int q = 0; q < Q_ROWS; q++) {
-            __m256i s = pair_dot_avx2(kind, r[q] + pi * qb, (const int8_t *)x.q + pi * 64, x.bias + pi * 16);
-            double pair;
-            memcpy(&pair, scales[q] + 2 * (pi - p0), 8);
-            acc[q] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_castpd_ps(_mm256_set1_pd(pair)), acc[q]);
-          }
-        }
-      }
-      for (int q = 0; q < nr; q++) {
-        float v = hsum256(acc[q]);
-        if (kind == MOE_Q4_1) v += minima_avx2(r[q] + np * qb + np * 4, x.sx, 2 * np);
-        put(c + i * ldc + j + q, v, accumulate);
-      }
-    }
-  }
-}
-
-Q_AVX2_TARGET static void gemm_avx2(int kind, size_t n, size_t rows, size_t cols, const uint8_t *w, size_t ldw,
-                                    const uint8_t *xq, size_t ldxq, float *c, size_t ldc, int accumulate) {
-  switch (kind) {
-  case MOE_Q8_0: gemm_avx2_kind(MOE_Q8_0, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate); break;
-  case MOE_Q4_0: gemm_avx2_kind(MOE_Q4_0, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate); break;
-  default: gemm_avx2_kind(MOE_Q4_1, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate); break;
-  }
-}
+Q_GEMM(gemm_avx2, Q_AVX2_TARGET, __m256, _mm256_setzero_ps, row_scales_avx2, pair_dot_avx2, _mm256_castpd_ps,
+       _mm256_set1_pd, _mm256_cvtepi32_ps, _mm256_fmadd_ps, hsum256, minima_avx2)
 
 // moe_q_unpack_row 4 positions at a time: each group of 4 positions is 4
 // consecutive elements of one block.
@@ -406,7 +413,7 @@ Q_VNNI_TARGET static float minima_vnni(const uint8_t *mptr, const float *sx, siz
 // The 16 int32 lanes of one pair's dot product: unsigned stored quants (Q8_0
 // offset by 128) times the activation quants, started from the bias that
 // removes the offset.
-Q_VNNI_TARGET static inline __m512i pair_dot_vnni(int kind, const uint8_t *wq, __m512i xv, __m512i start) {
+Q_VNNI_TARGET static inline __m512i pair_dot_vnni(int kind, const uint8_t *wq, const int8_t *xq, const int32_t *bias) {
   __m512i u;
   if (kind == MOE_Q8_0) {
     u = _mm512_xor_si512(_mm512_loadu_si512(wq), _mm512_set1_epi8((char)0x80));
@@ -415,7 +422,8 @@ Q_VNNI_TARGET static inline __m512i pair_dot_vnni(int kind, const uint8_t *wq, _
     u = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1),
                          _mm512_set1_epi8(0x0F));
   }
-  return _mm512_dpbusd_epi32(start, u, xv);
+  __m512i start = kind == MOE_Q4_1 ? _mm512_setzero_si512() : _mm512_loadu_si512(bias);
+  return _mm512_dpbusd_epi32(start, u, _mm512_loadu_si512(xq));
 }
 
 Q_VNNI_TARGET static inline void row_scales_vnni(const uint8_t *dptr, const float *dx, size_t blocks, float *out) {
@@ -430,50 +438,8 @@ Q_VNNI_TARGET static inline void row_scales_vnni(const uint8_t *dptr, const floa
   }
 }
 
-Q_VNNI_TARGET __attribute__((always_inline)) static inline void
-gemm_vnni_kind(const int kind, size_t n, size_t rows, size_t cols, const uint8_t *w, size_t ldw, const uint8_t *xq,
-               size_t ldxq, float *c, size_t ldc, int accumulate) {
-  size_t np = pairs_of(cols), qb = quant_bytes(kind);
-  float scales[Q_ROWS][2 * Q_SLICE_PAIRS];
-  for (size_t j = 0; j < rows; j += Q_ROWS) {
-    int nr = rows - j < Q_ROWS ? (int)(rows - j) : Q_ROWS;
-    const uint8_t *r[Q_ROWS];
-    for (int q = 0; q < Q_ROWS; q++) r[q] = w + (j + (q < nr ? q : 0)) * ldw;
-    for (size_t i = 0; i < n; i++) {
-      act_view x = act_at(xq + i * ldxq, np);
-      __m512 acc[Q_ROWS];
-      for (int q = 0; q < Q_ROWS; q++) acc[q] = _mm512_setzero_ps();
-      for (size_t p0 = 0; p0 < np; p0 += Q_SLICE_PAIRS) {
-        size_t p1 = np - p0 < Q_SLICE_PAIRS ? np : p0 + Q_SLICE_PAIRS;
-        for (int q = 0; q < Q_ROWS; q++) row_scales_vnni(r[q] + np * qb + 4 * p0, x.dx + 2 * p0, 2 * (p1 - p0), scales[q]);
-        for (size_t pi = p0; pi < p1; pi++) {
-          __m512i xv = _mm512_loadu_si512(x.q + pi * 64);
-          __m512i start = kind == MOE_Q4_1 ? _mm512_setzero_si512() : _mm512_loadu_si512(x.bias + pi * 16);
-          for (int q = 0; q < Q_ROWS; q++) {
-            __m512i s = pair_dot_vnni(kind, r[q] + pi * qb, xv, start);
-            double pair;
-            memcpy(&pair, scales[q] + 2 * (pi - p0), 8);
-            acc[q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_castpd_ps(_mm512_set1_pd(pair)), acc[q]);
-          }
-        }
-      }
-      for (int q = 0; q < nr; q++) {
-        float v = _mm512_reduce_add_ps(acc[q]);
-        if (kind == MOE_Q4_1) v += minima_vnni(r[q] + np * qb + np * 4, x.sx, 2 * np);
-        put(c + i * ldc + j + q, v, accumulate);
-      }
-    }
-  }
-}
-
-Q_VNNI_TARGET static void gemm_vnni(int kind, size_t n, size_t rows, size_t cols, const uint8_t *w, size_t ldw,
-                                    const uint8_t *xq, size_t ldxq, float *c, size_t ldc, int accumulate) {
-  switch (kind) {
-  case MOE_Q8_0: gemm_vnni_kind(MOE_Q8_0, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate); break;
-  case MOE_Q4_0: gemm_vnni_kind(MOE_Q4_0, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate); break;
-  default: gemm_vnni_kind(MOE_Q4_1, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate); break;
-  }
-}
+Q_GEMM(gemm_vnni, Q_VNNI_TARGET, __m512, _mm512_setzero_ps, row_scales_vnni, pair_dot_vnni, _mm512_castpd_ps,
+       _mm512_set1_pd, _mm512_cvtepi32_ps, _mm512_fmadd_ps, _mm512_reduce_add_ps, minima_vnni)
 
 #else
 
