@@ -89,6 +89,10 @@
  *    MOEUPCYCLE_BF16_KERNELS (auto, amx_bf16, avx512_bf16, fallback) forces
  *    one, and an unknown value, or a choice the CPU cannot run, makes
  *    moe_runtime_create() fail with a message.
+ *    Quantized weights (moe_model_params.weight_dtype Q8_0, Q4_0, Q4_1) run
+ *    their few-token products as integer dot products: vpdpbusd on the
+ *    avx512 and openblas paths where the CPU has AVX512-VNNI, else vpmaddubsw
+ *    (AVX2); plain C on the portable path. moe_runtime_describe() says which.
  *  - The library needs an x86-64-v3 CPU (AVX2, FMA, F16C); on an older one
  *    every function that returns a moe_status returns MOE_ERR_UNSUPPORTED
  *    with a message instead of running (check one, e.g. moe_runtime_create,

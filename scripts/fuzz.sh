@@ -96,16 +96,16 @@ build_module() {
 
 build() {
   mkdir -p "$BUILD/MoECore" "$BUILD/bin"
-  # The C module's objects (CPU features, thread buffers, the bf16 kernels).
-  local cpu="$BUILD/MoECore/cpu.o" bf16="$BUILD/MoECore/bf16.o"
-  if stale "$cpu" Sources/CMoECPU/cpu.c Sources/CMoECPU/include/moe_cpu.h; then
-    clang -c -g -O1 -fsanitize=address -ISources/CMoECPU/include Sources/CMoECPU/cpu.c -o "$cpu"
-    printf '%s\n' Sources/CMoECPU/cpu.c Sources/CMoECPU/include/moe_cpu.h > "$cpu.inputs"
-  fi
-  if stale "$bf16" Sources/CMoECPU/bf16.c Sources/CMoECPU/include/moe_cpu.h; then
-    clang -c -g -O1 -fsanitize=address -ISources/CMoECPU/include Sources/CMoECPU/bf16.c -o "$bf16"
-    printf '%s\n' Sources/CMoECPU/bf16.c Sources/CMoECPU/include/moe_cpu.h > "$bf16.inputs"
-  fi
+  # The C module's objects (CPU features, thread buffers, the bf16 and quantized kernels): every .c file.
+  local objects=() src obj
+  for src in Sources/CMoECPU/*.c; do
+    obj="$BUILD/MoECore/$(basename "$src" .c).o"
+    if stale "$obj" "$src" Sources/CMoECPU/include/moe_cpu.h; then
+      clang -c -g -O1 -fsanitize=address -ISources/CMoECPU/include "$src" -o "$obj"
+      printf '%s\n' "$src" Sources/CMoECPU/include/moe_cpu.h > "$obj.inputs"
+    fi
+    objects+=("$obj")
+  done
   # The kernel modules with the instruction sets Package.swift gives them.
   build_module MoEKernelCode
   build_module MoEKernelsAVX512 -target-cpu skylake-avx512
@@ -120,14 +120,14 @@ build() {
     bin="$BUILD/bin/fuzz-$t"
     # shellcheck disable=SC2207
     inputs=(fuzz/Support.swift "fuzz/$t.swift" $(extra_sources "$t"))
-    if stale "$bin" "${inputs[@]}" "${libs[@]}" "$cpu" "$bf16"; then
+    if stale "$bin" "${inputs[@]}" "${libs[@]}" "${objects[@]}"; then
       echo "fuzz: building fuzz-$t" >&2
       rm -f "$bin" "$bin.inputs"
       # shellcheck disable=SC2046
       swiftc $(swift_flags) -module-name "fuzz_$t" "${inputs[@]}" \
-        -Xlinker --whole-archive "${libs[@]}" -Xlinker --no-whole-archive "$cpu" "$bf16" \
+        -Xlinker --whole-archive "${libs[@]}" -Xlinker --no-whole-archive "${objects[@]}" \
         $(pkg-config --libs openblas hwloc) -use-ld=lld -o "$bin"
-      printf '%s\n' "${inputs[@]}" "${libs[@]}" "$cpu" "$bf16" > "$bin.inputs"
+      printf '%s\n' "${inputs[@]}" "${libs[@]}" "${objects[@]}" > "$bin.inputs"
     fi
   done
 }
