@@ -9,6 +9,28 @@
 
 #include "cli.h"
 
+/* Where the runtime runs quantized products ("avx512_vnni", "avx2",
+ * "portable"), read from its JSON description into out; "" if not found. */
+static void quantized_kernels(const moe_runtime *rt, char *out, size_t capacity) {
+  out[0] = 0;
+  size_t needed = 0;
+  if (moe_runtime_describe(rt, NULL, MOE_TEXT_JSON, NULL, 0, &needed) != MOE_OK || needed == 0) return;
+  char *text = malloc(needed);
+  if (!text) return;
+  if (moe_runtime_describe(rt, NULL, MOE_TEXT_JSON, text, needed, &needed) == MOE_OK) {
+    const char *key = "\"quantized\": \"", *at = strstr(text, key);
+    if (at) {
+      at += strlen(key);
+      size_t n = strcspn(at, "\"");
+      if (n < capacity) {
+        memcpy(out, at, n);
+        out[n] = 0;
+      }
+    }
+  }
+  free(text);
+}
+
 int cmd_bench_decode(int argc, char **argv) {
   model_flags f = { 0, MOE_DTYPE_DEFAULT, 0, NULL };
   const char *path = NULL, *prompt = "The capital of France is";
@@ -35,6 +57,10 @@ int cmd_bench_decode(int argc, char **argv) {
   memset(&info, 0, sizeof info);
   info.struct_size = sizeof info;
   moe_model_get_info(&info, model);
+  char quantized[32];
+  quantized_kernels(rt, quantized, sizeof quantized);
+  int is_quantized = info.weight_dtype == MOE_DTYPE_Q8_0 || info.weight_dtype == MOE_DTYPE_Q4_0 ||
+                     info.weight_dtype == MOE_DTYPE_Q4_1;
   moe_generate_result r;
   memset(&r, 0, sizeof r);
   r.struct_size = sizeof r;
@@ -67,6 +93,8 @@ int cmd_bench_decode(int argc, char **argv) {
     peaks_json(stdout, &peaks);
     printf(", \"kernel_path\": ");
     json_string(stdout, rinfo.kernel_path);
+    printf(", \"kernel_quantized\": ");
+    if (is_quantized) json_string(stdout, quantized); else printf("null");
     printf("}\n");
   } else {
     char wb[32];
@@ -76,7 +104,9 @@ int cmd_bench_decode(int argc, char **argv) {
            (unsigned long long)r.prompt_tokens);
     printf("weights read per token %s -> %.2f GB/s; stream bandwidth %.2f GB/s; %.0f%% of it\n", wb, gbps,
            stream, stream > 0 ? 100 * gbps / stream : 0);
-    printf("prompt %.2f tokens/s; kernels %s%s; ", prompt_tps, rinfo.kernel_path, rinfo.kernel_forced ? " (forced)" : "");
+    printf("prompt %.2f tokens/s; kernels %s%s", prompt_tps, rinfo.kernel_path, rinfo.kernel_forced ? " (forced)" : "");
+    if (is_quantized) printf(", integer products %s", quantized);
+    printf("; ");
     peaks_text(stdout, &peaks);
     printf(" measured on %u threads\n", rinfo.workers);
   }

@@ -548,6 +548,8 @@ def test_cli_bench_decode_reports_the_held_type(smollm2_path, f32, quant, dtype,
     assert j["weight_dtype"] == name and j["generated_tokens"] == 4
     if name in ("q4_1", "f32"):
         assert j["weight_bytes_per_token"] == {"q4_1": quant, "f32": f32}[name].info.weight_bytes_per_token
+    # The integer products quantized weights run on, as the topology reports them; none for plain weights.
+    assert j["kernel_quantized"] == (None if name in ("f32", "bf16") else kernel_topology()["quantized"])
 
 
 def test_cli_generate_and_eval(smollm2_path, hamlet, tmp_path):  # noqa: F811
