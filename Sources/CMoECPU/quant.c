@@ -67,6 +67,8 @@ float moe_f16_to_f32(uint16_t h) {
 
 static inline int pos_block(int p) { return (p >> 2) & 1; }
 static inline int pos_elem(int p) { return (p >> 3) * 4 + (p & 3); }
+// The position of element e of block `half` (0 or 1) of a pair: the inverse of the two above.
+static inline int pair_pos(int half, int e) { return 4 * (2 * (e / 4) + half) + (e & 3); }
 
 static inline uint16_t load16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
 
@@ -108,8 +110,7 @@ void moe_q_pack_row(int kind, const void *src, size_t cols, void *dst) {
 static inline int row_quant(int kind, const uint8_t *row, size_t b, int e) {
   size_t pi = b / 2;
   int half = (int)(b & 1);
-  // Position of (half, e): group g = 2 (e / 4) + half, p = 4 g + e % 4.
-  int p = 4 * (2 * (e / 4) + half) + (e & 3);
+  int p = pair_pos(half, e);
   if (kind == MOE_Q8_0) return (int8_t)row[pi * 64 + p];
   uint8_t byte = row[pi * 32 + (p & 31)];
   return p < 32 ? (byte & 0x0F) : (byte >> 4);
@@ -117,7 +118,6 @@ static inline int row_quant(int kind, const uint8_t *row, size_t b, int e) {
 
 #if defined(__x86_64__)
 static void unpack_row_avx2(int kind, const uint8_t *row, size_t cols, float *dst);
-int moe_q_avx2_native(void);
 #endif
 
 void moe_q_unpack_row(int kind, const void *rowp, size_t cols, float *dst) {
@@ -172,7 +172,7 @@ void moe_q_quantize_act(int kind, const float *x, size_t cols, void *dst) {
       int qe = (int)nearbyintf(v[e] * id);
       if (qe > 127) qe = 127;
       if (qe < -127) qe = -127;
-      q[pi * 64 + 4 * (2 * (e / 4) + half) + (e & 3)] = (int8_t)qe;
+      q[pi * 64 + pair_pos(half, e)] = (int8_t)qe;
       sum += qe;
     }
     dx[b] = d;
@@ -218,7 +218,7 @@ static float dot_portable(int kind, const uint8_t *row, act_view x, size_t np) {
     for (int e = 0; e < 32; e++) {
       int w = row_quant(kind, row, b, e);
       if (kind == MOE_Q4_0) w -= 8;
-      isum += w * (int8_t)x.q[(b / 2) * 64 + 4 * (2 * (e / 4) + (int)(b & 1)) + (e & 3)];
+      isum += w * (int8_t)x.q[(b / 2) * 64 + pair_pos((int)(b & 1), e)];
     }
     acc += (float)isum * (moe_f16_to_f32(load16(dptr + 2 * b)) * x.dx[b]);
   }

@@ -290,7 +290,7 @@ extension Kernels {
   public static var summary: String {
     let cpu = CPUInfo.current
     return "\(active.path.rawValue) (\(active.reason)); bf16 compute \(bf16Kernels().rawValue) (\(bf16Reason()))"
-      + "; quantized weights \(quantKernels().rawValue) (\(quantReason()))"
+      + "; quantized weights \(quantized.rawValue) (\(quantReason()))"
       + "; CPU \(cpu.brand.isEmpty ? "unknown" : cpu.brand) [\(cpu.features.joined(separator: " "))]"
   }
 
@@ -306,7 +306,7 @@ extension Kernels {
       ("available", .array(availablePaths(cpu).map { .string($0.rawValue) })),
       ("bf16_compute", .string(bf16Kernels().rawValue)),
       ("bf16_compute_reason", .string(bf16Reason())),
-      ("quantized", .string(quantKernels().rawValue)),
+      ("quantized", .string(quantized.rawValue)),
       ("quantized_reason", .string(quantReason())),
     ]
     if let table = active.path.table {

@@ -67,6 +67,9 @@ extension Kernels {
     return candidates.first { $0.runsHere } ?? .portable
   }
 
+  /// Where quantized products run in this process (on the active path).
+  public static let quantized: QuantKernels = quantKernels()
+
   /// Why quantized products run where they do, for people.
   public static func quantReason(path: KernelPath = active.path) -> String {
     switch quantKernels(path: path) {
@@ -90,7 +93,7 @@ enum QuantizedGEMM {
   /// decides the path, so that every row of a call is computed alike.
   static func xWt(n: Int, rows: Int, k: Int, x: UnsafePointer<Float>, ldx: Int, w: WeightMatrix,
                   c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool, compute: ComputePrecision,
-                  callTokens: Int? = nil, kernels: QuantKernels = Kernels.quantKernels()) {
+                  callTokens: Int? = nil, kernels: QuantKernels = Kernels.quantized) {
     guard n > 0, rows > 0, let kind = w.dtype.quantKind else { return }
     let rowBytes = w.dtype.rowBytes(cols: k)
     if (callTokens ?? n) <= smallGEMMTokenLimit {
