@@ -1196,7 +1196,12 @@ typedef struct moe_model_params {
    *  width is a multiple of 32 (others stay f32); MoE experts are then held
    *  in bf16. Products with quantized weights quantize the activations to
    *  int8 per block of 32 for few tokens (integer dot products, as llama.cpp
-   *  does) and dequantize blocks of weight rows to f32 for more. Training
+   *  does) and dequantize blocks of weight rows to f32 for more. The KV
+   *  cache follows the layers' storage: f32 with f32 layers; bf16 (rounded
+   *  to nearest even) with bf16 or quantized ones, which halves what decode
+   *  reads per position. A call of 16 or more tokens attends over its own
+   *  tokens' keys and values in f32 and over earlier positions as cached;
+   *  a shorter one (decode) reads every position from the cache. Training
    *  needs MOE_DTYPE_F32. */
   moe_dtype weight_dtype;
   /** Placement of MoE layers: MOE_PLACEMENT_DEFAULT (default: the

@@ -212,6 +212,50 @@ import Glibc
     }
   }
 
+  /// A bf16 KV cache (keys and values rounded to nearest even): decode, by
+  /// attendSpan and through the runtime's spans on 1-3 workers, reads each
+  /// position as its f32 value; the blocked kernel refuses bf16 rows.
+  @Test(arguments: [(3, 1, 64, 0, 1), (9, 3, 64, 700, 1), (4, 2, 40, 37, 1), (4, 2, 64, 300, 5), (6, 2, 72, 20, 15)])
+  func bf16CacheReadsAsItsValues(shape: (Int, Int, Int, Int, Int)) throws {
+    let (nq, nkv, d, start, T) = shape
+    var p = Problem(nq: nq, nkv: nkv, d: d, start: start, T: T, seed: UInt64(31 * nq + start))
+    let keys16 = p.keys.map(floatToBF16), values16 = p.values.map(floatToBF16)
+    p.keys = keys16.map(bf16ToFloat)
+    p.values = values16.map(bf16ToFloat)
+    let want = p.reference()
+    let scratch = ScratchSet()
+    for threads in [1, 2, 3] {
+      let runtime = try Runtime(threads: threads, pin: false)
+      var got = [Float](repeating: .nan, count: T * nq * d)
+      try p.q.withUnsafeBufferPointer { qp in try keys16.withUnsafeBufferPointer { kp in
+        try values16.withUnsafeBufferPointer { vp in try got.withUnsafeMutableBufferPointer { op in
+          try runtime.causalAttention(q: qp.baseAddress!, ldq: nq * d, keys: kp.baseAddress!, values: vp.baseAddress!,
+                                      kvType: .bf16, kvStride: nkv * d, out: op.baseAddress!, ldo: nq * d, tokens: T,
+                                      start: start, heads: nq, kvHeads: nkv, headDim: d, scratch: scratch)
+        } }
+      } }
+      let worst = Self.worstError(got, want)
+      #expect(worst <= Self.tolerance, "\(shape) threads=\(threads): \(worst)")
+    }
+    // 16 query tokens take the blocked kernel, which reads f32 only.
+    let long = Problem(nq: nq, nkv: nkv, d: d, start: 0, T: 16, seed: 2)
+    let k16 = long.keys.map(floatToBF16)
+    var out = [Float](repeating: 0, count: 16 * nq * d)
+    do {
+      try long.q.withUnsafeBufferPointer { qp in try k16.withUnsafeBufferPointer { kp in
+        try out.withUnsafeMutableBufferPointer { op in
+          try Runtime(threads: 1, pin: false).causalAttention(
+            q: qp.baseAddress!, ldq: nq * d, keys: kp.baseAddress!, values: kp.baseAddress!, kvType: .bf16,
+            kvStride: nkv * d, out: op.baseAddress!, ldo: nq * d, tokens: 16, start: 0, heads: nq, kvHeads: nkv,
+            headDim: d, scratch: scratch)
+        }
+      } }
+      Issue.record("bf16 keys were accepted by the blocked kernel")
+    } catch let e as MoEError {
+      #expect(e.kind == .invalidArgument && e.message.contains("decode only"), "\(e.message)")
+    }
+  }
+
   @Test func headsThatDoNotGroupAreAnError() throws {
     let p = Problem(nq: 3, nkv: 2, d: 8, start: 0, T: 20, seed: 1)
     do {

@@ -54,11 +54,12 @@ def moe_ffn(x, router, experts, top_k, renormalize=True, shared=None, shared_gat
     return out
 
 
-def forward(weights: dict, config: dict, tokens, capture=None, linear=None) -> np.ndarray:
+def forward(weights: dict, config: dict, tokens, capture=None, linear=None, cache=None) -> np.ndarray:
     """Logits [T, vocab] for a sequence of token ids (causal attention, positions 0..T-1). With a list
     `capture`, each dense FFN layer appends (layer, router input [T, H], activations silu(gate) * up [T, F]).
     `linear(x, W)` computes the dense layers' weight products x @ W.T (attention projections, FFN, LM head;
-    default: exactly that), so that a caller can model how the activations enter them."""
+    default: exactly that), so that a caller can model how the activations enter them. `cache(a)` models how
+    keys and values are stored in a KV cache (after the rotary embedding) before attention reads them."""
     w = {k: v.astype(np.float32) for k, v in weights.items()}
     mm = linear or (lambda a, m: a @ m.T)
     H = config["hidden_size"]
@@ -88,6 +89,8 @@ def forward(weights: dict, config: dict, tokens, capture=None, linear=None) -> n
         k = k.reshape(T, kvh, hd).transpose(1, 0, 2)
         v = v.reshape(T, kvh, hd).transpose(1, 0, 2)
         q, k = rope(q, pos, theta), rope(k, pos, theta)
+        if cache is not None:
+            k, v = cache(k), cache(v)
         rep = heads // kvh
         k = np.repeat(k, rep, axis=0)
         v = np.repeat(v, rep, axis=0)

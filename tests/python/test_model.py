@@ -269,6 +269,26 @@ def test_bf16_weights_dense(fresh_rt, tiny):
     assert np.max(np.abs(f.logits(TOKENS20) - want32)) <= 1e-4
 
 
+def test_bf16_weights_keep_a_bf16_kv_cache(fresh_rt, tiny):
+    """bf16 layers keep their KV cache in bf16: a call of fewer than 16 tokens (decode) reads every position
+    rounded to bf16, a longer one attends over its own keys and values in f32."""
+    path, stored = tiny
+    m = Model(fresh_rt, path, weight_dtype=C.MOE_DTYPE_BF16)
+    weights = bf16_matrices(stored)
+    for n in (1, 7, 15):
+        got = m.logits(TOKENS20[:n])
+        rounded = ref.forward(weights, tiny_config(path), TOKENS20[:n], cache=bf16_round)
+        exact = ref.forward(weights, tiny_config(path), TOKENS20[:n])
+        assert np.max(np.abs(got - rounded)) <= 1e-4, n
+        # Rounding the cache moves the logits measurably: the test can tell the two apart.
+        assert np.max(np.abs(got - exact)) > 1e-3, n
+    got = m.logits(TOKENS20[:16])
+    assert np.max(np.abs(got - ref.forward(weights, tiny_config(path), TOKENS20[:16]))) <= 1e-4
+    # f32 layers keep an f32 cache: short calls give the exact function.
+    f = Model(fresh_rt, path, weight_dtype=C.MOE_DTYPE_F32)
+    assert np.max(np.abs(f.logits(TOKENS20[:7]) - ref.forward(stored, tiny_config(path), TOKENS20[:7]))) <= 1e-4
+
+
 def test_bf16_checkpoint_defaults_to_bf16(fresh_rt, tmp_path):
     path = tmp_path / "bf16"
     stored = write_tiny(path, dtype="BF16", seed=8)

@@ -39,6 +39,11 @@ MOE_CPU_INTERNAL void moe_cpu_brand(char *buf, size_t capacity);
 // NULL when memory is exhausted or the slot is out of range.
 MOE_CPU_INTERNAL float *moe_thread_buffer(unsigned slot, size_t floats);
 
+// Asks for the cache line holding `p` ahead of its use: a hint that never
+// faults, so `p` may lie past the end of a buffer. Memory-bound loops over
+// weight rows (decode) issue it a few rows ahead of their loads.
+static inline void moe_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
+
 // MARK: - bf16 compute on AVX512-BF16 (bf16.c)
 //
 // Pair-interleaved panels of 32-bit words (inner indices 2p and 2p + 1 of one

@@ -229,18 +229,24 @@ enum SmallGEMM {
 
   /// c[j] (+)= w[j, :] . x for one token, four weight rows at a time: four
   /// independent streams and multiply-add chains keep more loads in flight
-  /// than one row at a time, and one x vector feeds four rows. `rows` is a
-  /// multiple of 4.
+  /// than one row at a time, and one x vector feeds four rows; the rows two
+  /// blocks ahead are asked for as these are read. `rows` is a multiple of 4.
   @inline(__always)
   static func vectorFourRows<L: RowLoader>(_: L.Type, rows: Int, k: Int, x: UnsafePointer<Float>, w: WeightMatrix,
                                            c: UnsafeMutablePointer<Float>, accumulate: Bool) {
-    let k16 = k & ~15, rowBytes = w.ld * w.dtype.elementBytes
+    let k16 = k & ~15, elementBytes = w.dtype.elementBytes, rowBytes = w.ld * elementBytes
     var j = 0
     while j < rows {
       let r0 = w.base + j * rowBytes, r1 = r0 + rowBytes, r2 = r1 + rowBytes, r3 = r2 + rowBytes
+      let ahead = r0 + 8 * rowBytes
       var a0 = Vec16(), a1 = Vec16(), a2 = Vec16(), a3 = Vec16()
       var h = 0
       while h < k16 {
+        let offset = h * elementBytes
+        moe_prefetch(ahead + offset)
+        moe_prefetch(ahead + offset + rowBytes)
+        moe_prefetch(ahead + offset + 2 * rowBytes)
+        moe_prefetch(ahead + offset + 3 * rowBytes)
         let xv = load16(x + h)
         a0 = a0.addingProduct(L.load16(r0, h), xv)
         a1 = a1.addingProduct(L.load16(r1, h), xv)
@@ -277,64 +283,15 @@ enum SmallGEMM {
         odd[m] = src[2 * m + 1]
       }
     }
+    if n == 1 {
+      vectorFourRowsBF16(rows: rows, k: k, even: scratch, odd: scratch + half, x: x, w: w, c: c, accumulate: accumulate)
+      return
+    }
     let highMask = SIMD16<UInt32>(repeating: 0xFFFF_0000)
     for j in 0..<rows {
       let row = UnsafeRawPointer(w.bf16 + j * w.ld)
       let tailRow = w.bf16 + j * w.ld
       var i = 0
-      // One token: four rows at a time (four weight streams in flight, x read
-      // once for them), then the rows left one at a time.
-      if n == 1 && j + 4 <= rows && j % 4 == 0 {
-        let e0 = UnsafePointer(scratch), o0 = e0 + half
-        let rowBytes = 2 * w.ld
-        let r1 = row + rowBytes, r2 = r1 + rowBytes, r3 = r2 + rowBytes
-        var a0 = Vec16(), a1 = Vec16(), a2 = Vec16(), a3 = Vec16()
-        var m = 0
-        while m < half {
-          let ev = load16(e0 + m), od = load16(o0 + m)
-          let w0 = row.loadUnaligned(fromByteOffset: 4 * m, as: SIMD16<UInt32>.self)
-          let w1 = r1.loadUnaligned(fromByteOffset: 4 * m, as: SIMD16<UInt32>.self)
-          let w2 = r2.loadUnaligned(fromByteOffset: 4 * m, as: SIMD16<UInt32>.self)
-          let w3 = r3.loadUnaligned(fromByteOffset: 4 * m, as: SIMD16<UInt32>.self)
-          a0 = a0.addingProduct(unsafeBitCast(w0 &<< 16, to: Vec16.self), ev)
-            .addingProduct(unsafeBitCast(w0 & highMask, to: Vec16.self), od)
-          a1 = a1.addingProduct(unsafeBitCast(w1 &<< 16, to: Vec16.self), ev)
-            .addingProduct(unsafeBitCast(w1 & highMask, to: Vec16.self), od)
-          a2 = a2.addingProduct(unsafeBitCast(w2 &<< 16, to: Vec16.self), ev)
-            .addingProduct(unsafeBitCast(w2 & highMask, to: Vec16.self), od)
-          a3 = a3.addingProduct(unsafeBitCast(w3 &<< 16, to: Vec16.self), ev)
-            .addingProduct(unsafeBitCast(w3 & highMask, to: Vec16.self), od)
-          m += 16
-        }
-        @inline(__always) func finish(_ sum: Vec16, _ r: Int) {
-          var s = sum.sum()
-          let tail = tailRow + r * w.ld
-          for h in k32..<k { s += bf16ToFloat(tail[h]) * x[h] }
-          store(s, c + j + r, accumulate)
-        }
-        finish(a0, 0)
-        finish(a1, 1)
-        finish(a2, 2)
-        finish(a3, 3)
-        continue
-      }
-      if n == 1 && j < rows & ~3 { continue }
-      // One token left: two accumulators, no repeated work.
-      if n == 1 {
-        let e0 = UnsafePointer(scratch), o0 = e0 + half
-        var a0 = Vec16(), a1 = Vec16()
-        var m = 0
-        while m < half {
-          let words = row.loadUnaligned(fromByteOffset: 4 * m, as: SIMD16<UInt32>.self)
-          a0 = a0.addingProduct(unsafeBitCast(words &<< 16, to: Vec16.self), load16(e0 + m))
-          a1 = a1.addingProduct(unsafeBitCast(words & highMask, to: Vec16.self), load16(o0 + m))
-          m += 16
-        }
-        var s = (a0 + a1).sum()
-        for h in k32..<k { s += bf16ToFloat(tailRow[h]) * x[h] }
-        store(s, c + j, accumulate)
-        continue
-      }
       while i < n {
         let group = min(4, n - i)
         // Missing tokens of a short group repeat the group's first token.
@@ -361,6 +318,73 @@ enum SmallGEMM {
         }
         i += group
       }
+    }
+  }
+
+  /// c[j] (+)= w[j, :] . x for one token and bf16 rows, four rows at a time
+  /// (four weight streams in flight, x read once for them), then the rows
+  /// left one at a time. `even` and `odd` hold x's elements 2m and 2m + 1 for
+  /// the first k & ~31 inputs (see xWtBF16). The loop asks for the rows two
+  /// blocks ahead of its loads: without it the out-of-order window holds too
+  /// few of the stream's misses and the product reads about half the
+  /// bandwidth the f32 rows get.
+  static func vectorFourRowsBF16(rows: Int, k: Int, even: UnsafePointer<Float>, odd: UnsafePointer<Float>,
+                                 x: UnsafePointer<Float>, w: WeightMatrix, c: UnsafeMutablePointer<Float>,
+                                 accumulate: Bool) {
+    let k32 = k & ~31, half = k32 / 2, rowBytes = 2 * w.ld
+    let highMask = SIMD16<UInt32>(repeating: 0xFFFF_0000)
+    @inline(__always) func finish(_ sum: Vec16, _ j: Int) {
+      var s = sum.sum()
+      let tail = w.bf16 + j * w.ld
+      for h in k32..<k { s += bf16ToFloat(tail[h]) * x[h] }
+      store(s, c + j, accumulate)
+    }
+    var j = 0
+    while j + 4 <= rows {
+      let r0 = UnsafeRawPointer(w.bf16 + j * w.ld), r1 = r0 + rowBytes, r2 = r1 + rowBytes, r3 = r2 + rowBytes
+      let ahead = r0 + 8 * rowBytes
+      var a0 = Vec16(), a1 = Vec16(), a2 = Vec16(), a3 = Vec16()
+      var m = 0
+      while m < half {
+        let offset = 4 * m
+        moe_prefetch(ahead + offset)
+        moe_prefetch(ahead + offset + rowBytes)
+        moe_prefetch(ahead + offset + 2 * rowBytes)
+        moe_prefetch(ahead + offset + 3 * rowBytes)
+        let ev = load16(even + m), od = load16(odd + m)
+        let w0 = r0.loadUnaligned(fromByteOffset: offset, as: SIMD16<UInt32>.self)
+        let w1 = r1.loadUnaligned(fromByteOffset: offset, as: SIMD16<UInt32>.self)
+        let w2 = r2.loadUnaligned(fromByteOffset: offset, as: SIMD16<UInt32>.self)
+        let w3 = r3.loadUnaligned(fromByteOffset: offset, as: SIMD16<UInt32>.self)
+        a0 = a0.addingProduct(unsafeBitCast(w0 &<< 16, to: Vec16.self), ev)
+          .addingProduct(unsafeBitCast(w0 & highMask, to: Vec16.self), od)
+        a1 = a1.addingProduct(unsafeBitCast(w1 &<< 16, to: Vec16.self), ev)
+          .addingProduct(unsafeBitCast(w1 & highMask, to: Vec16.self), od)
+        a2 = a2.addingProduct(unsafeBitCast(w2 &<< 16, to: Vec16.self), ev)
+          .addingProduct(unsafeBitCast(w2 & highMask, to: Vec16.self), od)
+        a3 = a3.addingProduct(unsafeBitCast(w3 &<< 16, to: Vec16.self), ev)
+          .addingProduct(unsafeBitCast(w3 & highMask, to: Vec16.self), od)
+        m += 16
+      }
+      finish(a0, j)
+      finish(a1, j + 1)
+      finish(a2, j + 2)
+      finish(a3, j + 3)
+      j += 4
+    }
+    // The rows left: two accumulators for one row.
+    while j < rows {
+      let row = UnsafeRawPointer(w.bf16 + j * w.ld)
+      var a0 = Vec16(), a1 = Vec16()
+      var m = 0
+      while m < half {
+        let words = row.loadUnaligned(fromByteOffset: 4 * m, as: SIMD16<UInt32>.self)
+        a0 = a0.addingProduct(unsafeBitCast(words &<< 16, to: Vec16.self), load16(even + m))
+        a1 = a1.addingProduct(unsafeBitCast(words & highMask, to: Vec16.self), load16(odd + m))
+        m += 16
+      }
+      finish(a0 + a1, j)
+      j += 1
     }
   }
 

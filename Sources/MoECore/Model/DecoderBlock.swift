@@ -71,10 +71,10 @@ extension DecoderModel {
     runtime.linear(h, tokens: T, layer.qkv, qkv, scratch: workerScratch, scratchFloats: workerScratchFloats,
                    compute: batch.compute)
     // Rotary embeddings on q and k; at inference k and v go into the cache.
-    let cached = batch.cached
-    let keys = cached ? keyCache[l].pointer : qkv + nq * hd
-    let values = cached ? valueCache[l].pointer : qkv + (nq + nkv) * hd
-    let start = batch.start, length = batch.length
+    let cached = batch.cached, start = batch.start, length = batch.length
+    let cacheType = cached ? kvCacheDType : .f32
+    let keys = cached ? UnsafeMutableRawPointer(keyCache[l].pointer) : UnsafeMutableRawPointer(qkv + nq * hd)
+    let values = cached ? UnsafeMutableRawPointer(valueCache[l].pointer) : UnsafeMutableRawPointer(qkv + (nq + nkv) * hd)
     runtime.parallelFor(T, costPerItem: qkvWidth) { r in
       for t in r {
         let row = qkv + t * qkvWidth, p = start + t % length
@@ -82,12 +82,29 @@ extension DecoderModel {
           for head in 0..<(nq + nkv) { ModelKernels.rope(row + head * hd, hd, cos: c, sin: s) }
         }
         if cached {
-          (keys + p * kvWidth).update(from: row + nq * hd, count: kvWidth)
-          (values + p * kvWidth).update(from: row + (nq + nkv) * hd, count: kvWidth)
+          Self.storeCacheRow(row + nq * hd, into: keys, position: p, width: kvWidth, type: cacheType)
+          Self.storeCacheRow(row + (nq + nkv) * hd, into: values, position: p, width: kvWidth, type: cacheType)
         }
       }
     }
-    try runtime.causalAttention(q: qkv, ldq: qkvWidth, keys: keys, values: values,
+    // Decode reads a bf16 cache as it is. A longer call attends over f32 rows:
+    // the earlier positions widened from the cache, its own tokens' keys and
+    // values exact (so a prompt's logits do not depend on the cache's type).
+    var attendKeys = UnsafeRawPointer(keys), attendValues = UnsafeRawPointer(values), kvType = cacheType
+    if cacheType == .bf16 && T >= blockedAttentionMinTokens {
+      let k32 = try buffers.get("keys f32", floats: (start + T) * kvWidth)
+      let v32 = try buffers.get("values f32", floats: (start + T) * kvWidth)
+      widenBF16(keys.assumingMemoryBound(to: UInt16.self), k32, count: start * kvWidth)
+      widenBF16(values.assumingMemoryBound(to: UInt16.self), v32, count: start * kvWidth)
+      for t in 0..<T {
+        (k32 + (start + t) * kvWidth).update(from: qkv + t * qkvWidth + nq * hd, count: kvWidth)
+        (v32 + (start + t) * kvWidth).update(from: qkv + t * qkvWidth + (nq + nkv) * hd, count: kvWidth)
+      }
+      attendKeys = UnsafeRawPointer(k32)
+      attendValues = UnsafeRawPointer(v32)
+      kvType = .f32
+    }
+    try runtime.causalAttention(q: qkv, ldq: qkvWidth, keys: attendKeys, values: attendValues, kvType: kvType,
                                 kvStride: cached ? kvWidth : qkvWidth, out: attn, ldo: nq * hd,
                                 tokens: length, start: start, sequences: batch.sequences, heads: nq, kvHeads: nkv,
                                 headDim: hd, lse: keep?.lse, scratch: buffers)
@@ -126,6 +143,18 @@ extension DecoderModel {
     }
     runtime.parallelFor(T, costPerItem: H) { r in
       for t in r { axpy(1, f + t * H, x + t * H, H) }
+    }
+  }
+
+  /// Writes one position's keys or values (`width` floats) into row `position`
+  /// of a KV cache of `type` (f32, or bf16 rounded to nearest even).
+  static func storeCacheRow(_ src: UnsafePointer<Float>, into cache: UnsafeMutableRawPointer, position: Int,
+                            width: Int, type: DType) {
+    if type == .bf16 {
+      let dst = cache.assumingMemoryBound(to: UInt16.self) + position * width
+      for i in 0..<width { dst[i] = floatToBF16(src[i]) }
+    } else {
+      (cache.assumingMemoryBound(to: Float.self) + position * width).update(from: src, count: width)
     }
   }
 

@@ -59,6 +59,10 @@ public final class DecoderModel: @unchecked Sendable {
   /// Storage of the decoder layers' matrices (the embedding and LM head may
   /// differ: a quantized GGUF's own choice).
   public let weightDType: DType
+  /// Storage of the KV cache: f32 with f32 layers; bf16 with bf16 or quantized
+  /// layers, which have already traded precision for memory traffic (decode
+  /// reads the whole cache for every token; bf16 halves it and keeps f32's range).
+  public let kvCacheDType: DType
   let layers: [DecoderLayer]
   let embedding: DenseWeight          // [V, H]
   let lmHead: DenseWeight             // [V, H] (the embedding when tied)
@@ -71,7 +75,7 @@ public final class DecoderModel: @unchecked Sendable {
   let trainScratch = ScratchSet()
   /// The MoE layers' buffers while training with recompute (one layer's worth).
   let sharedMoEScratch = ScratchSet()
-  /// Per layer K and V caches: [capacity, nkv * d].
+  /// Per layer K and V caches: [capacity, nkv * d] of kvCacheDType.
   var keyCache: [AlignedBuffer] = []
   var valueCache: [AlignedBuffer] = []
   var cacheCapacity = 0
@@ -225,6 +229,7 @@ public final class DecoderModel: @unchecked Sendable {
     }
     layers = built
     weightDType = built.first?.qkv.dtype ?? embedding.dtype
+    kvCacheDType = weightDType == .f32 ? .f32 : .bf16
     routerCounts = counts
     rotary = RotaryTable(headDim: hd, base: d.ropeTheta)
     let widest = max(H, nq * hd, d.intermediateSize, d.moe?.expertIntermediateSize ?? 0)
@@ -298,17 +303,20 @@ public final class DecoderModel: @unchecked Sendable {
     let capacity = min(contextLength, max(needed, cacheCapacity * 2, 256))
     // The cache grows with the sequence; refuse one that cannot fit in memory
     // rather than let the machine swap or kill the process.
-    let bytes = Double(capacity) * Double(kvWidth) * 8 * Double(layers.count), memory = physicalMemoryBytes()
+    let elementBytes = kvCacheDType.elementBytes
+    func floats(_ positions: Int) -> Int { (positions * kvWidth * elementBytes + 3) / 4 }
+    let bytes = Double(capacity) * Double(kvWidth * elementBytes) * 2 * Double(layers.count)
+    let memory = physicalMemoryBytes()
     guard memory == 0 || bytes <= Double(memory) else {
       throw MoEError(.outOfMemory, "a KV cache for \(capacity) positions needs \(Int(bytes / Double(1 << 20))) MiB, more than this machine's \(memory >> 20) MiB of memory; use shorter sequences or set max_context")
     }
     var keys: [AlignedBuffer] = [], values: [AlignedBuffer] = []
     for l in layers.indices {
-      let k = try AlignedBuffer(floats: capacity * kvWidth, what: "key cache")
-      let v = try AlignedBuffer(floats: capacity * kvWidth, what: "value cache")
+      let k = try AlignedBuffer(floats: floats(capacity), what: "key cache")
+      let v = try AlignedBuffer(floats: floats(capacity), what: "value cache")
       if cacheCapacity > 0 {
-        k.pointer.update(from: keyCache[l].pointer, count: cacheCapacity * kvWidth)
-        v.pointer.update(from: valueCache[l].pointer, count: cacheCapacity * kvWidth)
+        k.pointer.update(from: keyCache[l].pointer, count: floats(cacheCapacity))
+        v.pointer.update(from: valueCache[l].pointer, count: floats(cacheCapacity))
       }
       keys.append(k)
       values.append(v)

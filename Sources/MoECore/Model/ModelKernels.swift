@@ -54,19 +54,35 @@ enum ModelKernels {
 
   /// Decode attention of one token over a span of cached positions, all heads
   /// at once: query head h is q + h * d (kv head h / (heads / kvHeads));
-  /// position p's keys and values are the rows keys/values + p * stride, which
-  /// hold every kv head (a KV cache row), so the span is read as one contiguous
-  /// stream. For positions first ..< end this writes, per head h, the span's
-  /// scaled maximum score maxima[h], the sum of exp(scale * score - maxima[h])
-  /// into sums[h], and the unnormalized sum of those weights times the values
-  /// into out + h * d. mergeSpans combines spans into the softmax output. A
-  /// non-finite score makes maxima[h] NaN (which poisons the merged output).
-  /// scores: scratch of heads * attendSpanScoreStride(positions:) floats.
+  /// position p's keys and values are the rows keys/values + p * stride
+  /// elements (f32, or bf16 when `kvType` is .bf16: a reduced-precision KV
+  /// cache), which hold every kv head (a KV cache row), so the span is read as
+  /// one contiguous stream. For positions first ..< end this writes, per head
+  /// h, the span's scaled maximum score maxima[h], the sum of exp(scale *
+  /// score - maxima[h]) into sums[h], and the unnormalized sum of those
+  /// weights times the values into out + h * d. mergeSpans combines spans into
+  /// the softmax output. A non-finite score makes maxima[h] NaN (which poisons
+  /// the merged output). scores: scratch of heads * attendSpanScoreStride(positions:) floats.
   static func attendSpan(q: UnsafePointer<Float>, heads nq: Int, kvHeads nkv: Int, d: Int,
-                         keys: UnsafePointer<Float>, values: UnsafePointer<Float>, stride: Int,
+                         keys: UnsafeRawPointer, values: UnsafeRawPointer, kvType: DType = .f32, stride: Int,
                          first: Int, end: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
                          out: UnsafeMutablePointer<Float>, maxima: UnsafeMutablePointer<Float>,
                          sums: UnsafeMutablePointer<Float>) {
+    if kvType == .bf16 {
+      attendSpan(BF16Rows.self, q: q, heads: nq, kvHeads: nkv, d: d, keys: keys, values: values, stride: stride,
+                 first: first, end: end, scale: scale, scores: scores, out: out, maxima: maxima, sums: sums)
+    } else {
+      attendSpan(F32Rows.self, q: q, heads: nq, kvHeads: nkv, d: d, keys: keys, values: values, stride: stride,
+                 first: first, end: end, scale: scale, scores: scores, out: out, maxima: maxima, sums: sums)
+    }
+  }
+
+  @inline(__always)
+  static func attendSpan<L: RowLoader>(_: L.Type, q: UnsafePointer<Float>, heads nq: Int, kvHeads nkv: Int, d: Int,
+                                       keys: UnsafeRawPointer, values: UnsafeRawPointer, stride: Int,
+                                       first: Int, end: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
+                                       out: UnsafeMutablePointer<Float>, maxima: UnsafeMutablePointer<Float>,
+                                       sums: UnsafeMutablePointer<Float>) {
     let n = end - first, ldS = attendSpanScoreStride(positions: n), group = nq / nkv
     guard n > 0 else {
       for h in 0..<nq { maxima[h] = -.infinity; sums[h] = 0 }
@@ -75,14 +91,18 @@ enum ModelKernels {
     }
     if d % 16 != 0 {
       for i in 0..<n {
-        let k = keys + (first + i) * stride
-        for h in 0..<nq { scores[h * ldS + i] = dot(q + h * d, k + h / group * d, d) }
+        for h in 0..<nq {
+          let k = (first + i) * stride + h / group * d, qh = q + h * d
+          var s: Float = 0
+          for c in 0..<d { s += qh[c] * L.load(keys, k + c) }
+          scores[h * ldS + i] = s
+        }
       }
     } else {
       // Position by position (a cache row holds every kv head: one contiguous
       // read), up to 4 query heads of one kv head at a time.
       for i in 0..<n {
-        let row = keys + (first + i) * stride
+        let row = (first + i) * stride
         for g in 0..<nkv {
           let k = row + g * d
           var h0 = g * group
@@ -93,7 +113,7 @@ enum ModelKernels {
             var a0 = Vec16(), a1 = Vec16(), a2 = Vec16(), a3 = Vec16()
             var c = 0
             while c < d {
-              let kv = load16(k + c)
+              let kv = L.load16(keys, k + c)
               a0 = a0.addingProduct(load16(q0 + c), kv)
               a1 = a1.addingProduct(load16(q1 + c), kv)
               a2 = a2.addingProduct(load16(q2 + c), kv)
@@ -118,8 +138,10 @@ enum ModelKernels {
     if d % 16 != 0 {
       out.update(repeating: 0, count: nq * d)
       for i in 0..<n {
-        let v = values + (first + i) * stride
-        for h in 0..<nq { axpy(scores[h * ldS + i], v + h / group * d, out + h * d, d) }
+        for h in 0..<nq {
+          let v = (first + i) * stride + h / group * d, weight = scores[h * ldS + i], o = out + h * d
+          for c in 0..<d { o[c] += weight * L.load(values, v + c) }
+        }
       }
       return
     }
@@ -143,9 +165,9 @@ enum ModelKernels {
           while c < d {
             var a0 = load16(o + c), a1 = load16(o + min(1, hc - 1) * d + c)
             var a2 = load16(o + min(2, hc - 1) * d + c), a3 = load16(o + min(3, hc - 1) * d + c)
-            let v = values + first * stride + g * d + c
+            let v = first * stride + g * d + c
             for i in i0..<i1 {
-              let vv = load16(v + i * stride)
+              let vv = L.load16(values, v + i * stride)
               a0 = a0.addingProduct(Vec16(repeating: p0[i]), vv)
               a1 = a1.addingProduct(Vec16(repeating: p1[i]), vv)
               a2 = a2.addingProduct(Vec16(repeating: p2[i]), vv)
@@ -454,24 +476,29 @@ extension Runtime {
   /// over keys and values that already hold positions 0 ..< start + T, for
   /// `sequences` independent sequences. Query of token t, head h of sequence
   /// s: q + (s * T + t) * ldq + h * d; key and value of its position p, kv head
-  /// g: keys/values + (s * (start + T) + p) * kvStride + g * d (a KV cache has
-  /// kvStride = kvHeads * d; a training pass reads them from its fused q/k/v
-  /// rows); output: out + (s * T + t) * ldo + h * d. With `lse` (training),
+  /// g: element (s * (start + T) + p) * kvStride + g * d of keys/values (a KV
+  /// cache has kvStride = kvHeads * d; a training pass reads them from its
+  /// fused q/k/v rows), f32, or bf16 when `kvType` is .bf16 (a
+  /// reduced-precision KV cache, read by decode only: fewer than
+  /// blockedAttentionMinTokens tokens, no `lse`); output: out + (s * T + t) * ldo + h * d. With `lse` (training),
   /// the log-sum-exp of every query row's scaled scores goes to
   /// lse[(s * heads + h) * T + t]. Fewer than blockedAttentionMinTokens
   /// tokens without `lse` (decode) run attendSpan over spans of positions split
   /// over the workers and merged in order; others run
   /// attendBlock per (sequence, query block, kv head), split over the workers
   /// in a fixed order by cost, so a given thread count always gives the same bits.
-  func causalAttention(q: UnsafePointer<Float>, ldq: Int, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
-                       kvStride: Int, out: UnsafeMutablePointer<Float>, ldo: Int, tokens T: Int, start: Int,
+  func causalAttention(q: UnsafePointer<Float>, ldq: Int, keys: UnsafeRawPointer, values: UnsafeRawPointer,
+                       kvType: DType = .f32, kvStride: Int, out: UnsafeMutablePointer<Float>, ldo: Int, tokens T: Int, start: Int,
                        sequences: Int = 1, heads nq: Int, kvHeads nkv: Int, headDim d: Int,
                        lse: UnsafeMutablePointer<Float>? = nil, scratch: ScratchSet) throws {
     guard nq > 0, nkv > 0, nq % nkv == 0, d > 0, start >= 0, sequences >= 1, kvStride >= nkv * d else {
       throw MoEError.invalid("attention: \(nq) query heads over \(nkv) KV heads of dimension \(d) from position \(start)")
     }
+    guard kvType == .f32 || kvType == .bf16 else {
+      throw MoEError.invalid("attention: keys and values of type \(kvType.name); f32 or bf16 only")
+    }
     guard T > 0 else { return }
-    let W = workerCount, keyCount = start + T, group = nq / nkv
+    let W = workerCount, keyCount = start + T, group = nq / nkv, kvBytes = kvType.elementBytes
     let scale = 1 / Float(d).squareRoot()
     let small = W == 1 || sequences * T * nq * keyCount * d < 1 << 15
     if T < blockedAttentionMinTokens && lse == nil {
@@ -487,10 +514,10 @@ extension Runtime {
         for row in 0..<rows {
           let s = row / T, t = row % T, n = start + t + 1
           let first = n * w / spans, end = n * (w + 1) / spans
-          let kv = s * keyCount * kvStride
+          let kv = s * keyCount * kvStride * kvBytes
           let result = partial + (row * spans + w) * partialStride
           ModelKernels.attendSpan(q: q + row * ldq, heads: nq, kvHeads: nkv, d: d, keys: keys + kv,
-                                  values: values + kv, stride: kvStride, first: first, end: end, scale: scale,
+                                  values: values + kv, kvType: kvType, stride: kvStride, first: first, end: end, scale: scale,
                                   scores: buffer, out: result, maxima: result + nq * d, sums: result + nq * d + nq)
         }
       }
@@ -505,6 +532,10 @@ extension Runtime {
       }
       return
     }
+    guard kvType == .f32 else {
+      throw MoEError.invalid("attention: bf16 keys and values are read by decode only (fewer than \(blockedAttentionMinTokens) tokens); got \(T)")
+    }
+    let keys32 = keys.assumingMemoryBound(to: Float.self), values32 = values.assumingMemoryBound(to: Float.self)
     // Items in order: sequence, then query block b (tokens b * B ..< min(T, (b + 1) * B)), then kv head.
     let B = Self.attentionBlockTokens(tokens: T, keys: keyCount, group: group, kvHeads: nkv * sequences, workers: W)
     let blocks = (T + B - 1) / B, items = sequences * blocks * nkv
@@ -516,7 +547,7 @@ extension Runtime {
         let t0 = b * B, count = min(T, t0 + B) - t0, row = s * T + t0
         let kv = s * keyCount * kvStride + g * d
         ModelKernels.attendBlock(q: q + row * ldq + g * group * d, ldq: ldq, group: group, count: count,
-                                 first: start + t0, keys: keys + kv, values: values + kv, stride: kvStride,
+                                 first: start + t0, keys: keys32 + kv, values: values32 + kv, stride: kvStride,
                                  d: d, scale: scale, out: out + row * ldo + g * group * d, ldo: ldo,
                                  lse: lse.map { $0 + (s * nq + g * group) * T + t0 }, ldLSE: T, scratch: work)
       }
