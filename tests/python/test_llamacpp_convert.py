@@ -6,7 +6,8 @@ q8_0: the file's dequantized weights), and info, eval, generate and train accept
 
 The models are small (2 layers, hidden 64) with SmolLM2's real vocabulary (49,152 tokens, from its GGUF
 file): the converter recognises a byte-level BPE tokenizer by how it splits a reference text, so the
-tokenizer.json the library writes must split it as SmolLM2's own does."""
+tokenizer.json the library writes must split it as SmolLM2's own does. One test converts the real
+SmolLM2-135M upcycled."""
 import json
 import os
 import subprocess
@@ -62,6 +63,15 @@ def converter(tmp_path_factory):
     return out
 
 
+def _convert(converter, src, outtype, out):
+    """Runs the converter on the HF directory `src`, with its own gguf-py first on the import path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(converter / "gguf-py"), env.get("PYTHONPATH")]))
+    _run([sys.executable, converter / "convert_hf_to_gguf.py", src, "--outtype", outtype, "--outfile", out],
+         env=env, cwd=out.parent, timeout=600)
+    return out
+
+
 @pytest.fixture(scope="module")
 def smollm2():
     return Path(_run([ROOT / "scripts" / "fetch-materials.sh"]).stdout.strip())
@@ -92,12 +102,7 @@ def converted(converter, checkpoints):
     def convert(which, outtype):
         key = (which, outtype)
         if key not in made:
-            out = checkpoints / f"{which}.{outtype}.gguf"
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(converter / "gguf-py"), env.get("PYTHONPATH")]))
-            _run([sys.executable, converter / "convert_hf_to_gguf.py", checkpoints / which, "--outtype", outtype,
-                  "--outfile", out], env=env, cwd=checkpoints, timeout=600)
-            made[key] = out
+            made[key] = _convert(converter, checkpoints / which, outtype, checkpoints / f"{which}.{outtype}.gguf")
         return made[key]
     return convert
 
@@ -196,3 +201,24 @@ def test_train_accepts_the_file(rt, converted, tmp_path, which, outtype, config_
     assert json.loads((out / "config.json").read_text()).get("norm_topk_prob", True) is (which == "mixtral")
     _, z = _logits(rt, out)
     assert np.isfinite(z).all()
+
+
+def test_real_smollm2_mixtral(rt, smollm2, converter, tmp_path):
+    """SmolLM2-135M upcycled to a Mixtral (9 query heads on 3 KV heads: the converter permutes Q and K
+    for llama.cpp's RoPE by KV group), bf16 in shards: the converter's bf16 file holds the same weights,
+    so the logits are the checkpoint's and the next token is the one the real model predicts."""
+    src = tmp_path / "moe"
+    upcycle(smollm2, src, num_experts=2, top_k=1, method="noise", noise_std=0.002, ratio=1.0, router_std=0.5,
+            dtype="bf16", max_shard_bytes=100_000_000, seed=1)
+    assert len(list(src.glob("*.safetensors"))) > 1
+    out = _convert(converter, src, "bf16", tmp_path / "moe.gguf")
+    ids, got = _logits(rt, out)
+    want_ids, want = _logits(rt, src)
+    assert ids == want_ids
+    print("SmolLM2 Mixtral bf16 max |logit difference|", np.abs(got - want).max())
+    np.testing.assert_allclose(got, want, rtol=0, atol=ATOL_F32)
+    m = Model(rt, out)
+    try:
+        assert m.detokenize([int(got[-1].argmax())]).strip() == "Rome"
+    finally:
+        m.close()
