@@ -18,10 +18,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # transformers (5.x: strictly typed configs) and tokenizers check what the library
-# writes; they install without torch.
-if ! python3 -c "import numpy, pytest, safetensors, gguf, tokenizers, transformers
+# writes; they install without torch. sentencepiece is imported by llama.cpp's
+# converter (convert_hf_to_gguf.py), which the GGUF tests run.
+if ! python3 -c "import numpy, pytest, safetensors, gguf, tokenizers, transformers, sentencepiece
 assert int(transformers.__version__.split('.')[0]) >= 5" 2>/dev/null; then
-  python3 -m pip install -q --disable-pip-version-check numpy pytest safetensors gguf tokenizers "transformers>=5"
+  python3 -m pip install -q --disable-pip-version-check numpy pytest safetensors gguf tokenizers "transformers>=5" \
+    sentencepiece
 fi
 
 # llama-cpp-python (which the GGUF tests run our exports on) compiles llama.cpp
@@ -29,8 +31,11 @@ fi
 # that have AMX (a tile instruction on a worker thread whose tiles were never
 # configured: SIGILL), so they are compiled out; every other instruction set of
 # the machine stays on. No cached wheel: one built for another CPU may not run here.
+# It installs from its sdist in the materials cache (scripts/fetch-llama-cpp.sh),
+# which stays there: the GGUF tests also run llama.cpp's own converter from it.
 install_llama_cpp_python() {
-  local flags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  local flags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" sdist
+  sdist="$(scripts/fetch-llama-cpp.sh)"
   CMAKE_ARGS="-DCMAKE_C_FLAGS=\"$flags\" -DCMAKE_CXX_FLAGS=\"$flags\"" \
-    python3 -m pip install -q --disable-pip-version-check --no-cache-dir "$@" llama-cpp-python
+    python3 -m pip install -q --disable-pip-version-check --no-cache-dir "$@" "$sdist"
 }

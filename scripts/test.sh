@@ -11,7 +11,9 @@ source scripts/deps.sh
 # PyTorch, for the test of the binding's torch autograd Function (PyPI's wheel
 # brings CUDA libraries, about 2.8 GB to download), and llama-cpp-python, which
 # runs the GGUF files the library exports (PyPI has its source only: it
-# compiles llama.cpp), install in the background while the library builds.
+# compiles llama.cpp; its sdist stays in the materials cache for llama.cpp's
+# converter, which torch also serves), install in the background while the
+# library builds.
 TORCH_LOG="$(mktemp)"
 TORCH_PID=""
 if ! python3 -c "import torch" 2>/dev/null || ! python3 -c "import llama_cpp" 2>/dev/null; then

@@ -17,10 +17,11 @@ def permute(w, heads):
 
 
 def write_llama_gguf(path, hf: dict, *, heads, kv_heads, qtype="Q8_0", tokens=None, merges=None,
-                     rope_theta=10000.0, version_patch=None, types=None):
+                     rope_theta=10000.0, version_patch=None, types=None, tokenizer_from=None):
     """hf: HF-named f32 weights. Matrices are stored as `qtype` (or as `types[name]` for the HF names
-    `types` lists), norms as F32. Returns the HF-order f32 weights as the file actually holds them
-    (after quantization)."""
+    `types` lists), norms as F32. `tokenizer_from`: a GGUF file whose tokenizer.* keys the file takes
+    verbatim instead of the synthetic vocabulary. Returns the HF-order f32 weights as the file actually
+    holds them (after quantization)."""
     emb = hf["model.embed_tokens.weight"]
     vocab, hidden = emb.shape
     layers = sum(1 for k in hf if k.endswith("mlp.gate_proj.weight"))
@@ -34,16 +35,19 @@ def write_llama_gguf(path, hf: dict, *, heads, kv_heads, qtype="Q8_0", tokens=No
     w.add_head_count_kv(kv_heads)
     w.add_rope_freq_base(rope_theta)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("smollm")
-    if tokens is None:
-        tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [f"t{i}" for i in range(vocab - 3)]
-    w.add_token_list(tokens)
-    w.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))
-    w.add_token_merges(merges or ["t 1", "t 2"])
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    if tokenizer_from is not None:
+        copy_tokenizer(w, tokenizer_from)
+    else:
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("smollm")
+        if tokens is None:
+            tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [f"t{i}" for i in range(vocab - 3)]
+        w.add_token_list(tokens)
+        w.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))
+        w.add_token_merges(merges or ["t 1", "t 2"])
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        w.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
              "lm_head.weight": "output.weight"}
     per_layer = {"input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
@@ -87,6 +91,14 @@ def write_llama_gguf(path, hf: dict, *, heads, kv_heads, qtype="Q8_0", tokens=No
     return held
 
 
+def copy_tokenizer(w, source):
+    """Copies every tokenizer.* key of the GGUF file `source`, with its value types, into the writer `w`."""
+    for key, field in gguf.GGUFReader(str(source)).fields.items():
+        if key.startswith("tokenizer."):
+            sub = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+            w.add_key_value(key, field.contents(), field.types[0], sub)
+
+
 def unpermute(w, heads):
     rows = w.shape[0]
     return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
@@ -125,3 +137,40 @@ def smollm2_dequantized(path):
     cfg = {"model_type": "llama", "hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3,
            "num_hidden_layers": 30, "rms_norm_eps": 1e-5, "rope_theta": 100000.0}
     return w, cfg
+
+
+def moe_weights_from_gguf(path, config):
+    """Every tensor of a Mixtral (general.architecture llama) or Qwen2-MoE GGUF file in HF names and order,
+    dequantized by the gguf package: stacked experts (ffn_*_exps) split per expert, Q/K of llama un-permuted,
+    ffn_gate_inp_shexp as the [1, H] shared-expert gate. `config`: the model's HF config.json."""
+    mixtral = config["model_type"] == "mixtral"
+    moe = "block_sparse_moe" if mixtral else "mlp"
+    experts = ({"ffn_gate": "w1", "ffn_up": "w3", "ffn_down": "w2"} if mixtral else
+               {"ffn_gate": "gate_proj", "ffn_up": "up_proj", "ffn_down": "down_proj"})
+    per = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn_q": "self_attn.q_proj",
+           "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+           "ffn_gate_inp": f"{moe}.gate", "ffn_gate_shexp": "mlp.shared_expert.gate_proj",
+           "ffn_up_shexp": "mlp.shared_expert.up_proj", "ffn_down_shexp": "mlp.shared_expert.down_proj",
+           "ffn_gate_inp_shexp": "mlp.shared_expert_gate"}
+    top = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+    heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
+    w = {}
+    for t in gguf.GGUFReader(str(path)).tensors:
+        shape = [int(d) for d in reversed(t.shape)]
+        a = quants.dequantize(t.data, t.tensor_type).reshape(shape).astype(np.float32)
+        stem, kind = t.name.rsplit(".", 1)
+        if stem in top:
+            w[f"{top[stem]}.{kind}"] = a
+            continue
+        _, layer, part = stem.split(".")
+        p = f"model.layers.{layer}."
+        if part.endswith("_exps"):
+            for e in range(a.shape[0]):
+                w[p + f"{moe}.experts.{e}.{experts[part[:-5]]}.{kind}"] = a[e]
+            continue
+        if part == "ffn_gate_inp_shexp":
+            a = a.reshape(1, -1)
+        elif mixtral and part in heads:
+            a = unpermute(a, heads[part])
+        w[p + f"{per[part]}.{kind}"] = a
+    return w
