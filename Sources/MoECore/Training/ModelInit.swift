@@ -109,18 +109,10 @@ public enum ModelInit {
       try require(o.numExperts <= maxExperts, "experts must be in 0...\(maxExperts) (got \(o.numExperts)); 0 builds a dense model")
       try require(o.topK >= 1 && o.topK <= o.numExperts, "top-k must be in 1...\(o.numExperts) (the number of experts), got \(o.topK)")
       var shared = 0
-      switch o.format {
-      case .mixtral:
-        d.architecture = .mixtral
-        guard o.sharedExpertSize == 0 else {
-          throw MoEError.unsupported("the mixtral format has no shared expert; use the qwen2-moe format")
-        }
-        guard o.routing != .softmaxTopK else {
-          throw MoEError.unsupported("the mixtral format renormalizes the top-k weights; softmax-topk without renormalization needs the qwen2-moe format")
-        }
-      case .qwen2Moe:
-        d.architecture = .qwen2Moe
-        d.qkvBias = true
+      d.architecture = o.format.architecture
+      d.qkvBias = d.hf.qkvBias(d.architecture)
+      try o.format.check(sharedExpert: o.sharedExpertSize != 0, renormalizes: o.routing != .softmaxTopK)
+      if d.hf.hasSharedExpert {
         shared = o.sharedExpertSize > 0 ? o.sharedExpertSize : ffn
         try require(shared <= 1 << 20, "shared expert size must be at most 1048576 (got \(shared))")
       }

@@ -130,10 +130,7 @@ public final class Upcycler {
       guard !layers.contains(false) else {
         throw MoEError.unsupported("the mixtral format makes every layer MoE; use the qwen2-moe format for a layer subset")
       }
-      guard !o.sharedExpert else { throw MoEError.unsupported("the mixtral format has no shared expert; use the qwen2-moe format") }
-      guard o.renormalizes else {
-        throw MoEError.unsupported("the mixtral format renormalizes the top-k weights; softmax-topk without renormalization needs the qwen2-moe format")
-      }
+      try o.format.check(sharedExpert: o.sharedExpert, renormalizes: o.renormalizes)
       guard !d.qkvBias else {
         throw MoEError.unsupported("'\(checkpoint.path)' has q/k/v biases (\(d.architecture.rawValue)), which Mixtral cannot hold; use the qwen2-moe format")
       }

@@ -328,6 +328,17 @@ extension UpcycleOptions.Format {
     case .qwen2Moe: return .qwen2Moe
     }
   }
+
+  /// Refuses MoE settings the format cannot hold (upcycled and new models alike).
+  func check(sharedExpert: Bool, renormalizes: Bool) throws {
+    let hf = CheckpointLayouts.hf(architecture)
+    if sharedExpert && !hf.hasSharedExpert {
+      throw MoEError.unsupported("the \(caseName) format has no shared expert; use the qwen2-moe format")
+    }
+    if !renormalizes && hf.alwaysRenormalizes {
+      throw MoEError.unsupported("the \(caseName) format renormalizes the top-k weights; softmax-topk without renormalization needs the qwen2-moe format")
+    }
+  }
 }
 
 extension ModelDescription {
