@@ -30,7 +30,7 @@ public final class Checkpoint {
 
   /// A parsed GGUF file (from disk or memory) as a checkpoint.
   public convenience init(gguf g: GGUFFile) throws {
-    let desc = try GGUFConfig.describe(g)
+    let desc = try GGUFLayout.describe(g)
     let permute = GGUFLayout.permutesQK(g.value("general.architecture")?.stringValue ?? "")
     let source = try GGUFSource(gguf: g, heads: desc.numHeads, kvHeads: desc.numKVHeads, permuteQK: permute)
     try self.init(path: g.path, container: .gguf, description: desc, source: source, gguf: g, directory: nil)
@@ -64,23 +64,20 @@ public final class Checkpoint {
         throw MoEError.shape("'\(path)': tensor '\(name)' has shape \(i.shape), expected \(shape)")
       }
     }
-    try expect("model.embed_tokens.weight", d.embedShape)
-    try expect("model.norm.weight", [d.hiddenSize])
-    if !d.tiedEmbeddings { try expect("lm_head.weight", d.embedShape) }
+    let hf = d.hf
+    try expect(hf.name(.embedding), TensorRole.embedding.shape(in: d))
+    try expect(hf.name(.finalNorm), TensorRole.finalNorm.shape(in: d))
+    if !d.tiedEmbeddings { try expect(hf.name(.lmHead), TensorRole.lmHead.shape(in: d)) }
     for l in 0..<d.numLayers {
-      for (name, shape) in d.attentionTensors(layer: l) { try expect(name, shape) }
+      for (name, shape) in hf.attentionTensors(d, layer: l) { try expect(name, shape) }
       if let moe = d.moe, moe.moeLayers[l] {
-        let p = ModelDescription.layerPrefix(l)
-        let router = source.info(p + "block_sparse_moe.gate.weight") ?? source.info(p + "mlp.gate.weight")
-        guard let router else { throw MoEError.notFound("'\(path)': layer \(l) has no router weight") }
+        let routerName = CheckpointLayouts.moe(in: source, layer: l).name(.router, layer: l)
+        guard let router = source.info(routerName) else { throw MoEError.notFound("'\(path)': layer \(l) has no router weight") }
         guard router.shape == [moe.numExperts, d.hiddenSize] else {
           throw MoEError.shape("'\(path)': router '\(router.name)' has shape \(router.shape), expected \([moe.numExperts, d.hiddenSize])")
         }
       } else {
-        let n = d.denseFFNNames(layer: l)
-        try expect(n.gate, [d.intermediateSize, d.hiddenSize])
-        try expect(n.up, [d.intermediateSize, d.hiddenSize])
-        try expect(n.down, [d.hiddenSize, d.intermediateSize])
+        for role in [TensorRole.ffnGate, .ffnUp, .ffnDown] { try expect(hf.name(role, layer: l), role.shape(in: d)) }
       }
     }
   }
@@ -111,63 +108,5 @@ public final class Checkpoint {
     var total = 0
     for n in source.tensorNames { total += source.info(n)?.byteCount ?? 0 }
     return total
-  }
-}
-
-/// GGUF metadata -> ModelDescription.
-enum GGUFConfig {
-  static func describe(_ g: GGUFFile) throws -> ModelDescription {
-    let what = "'\(g.path)'"
-    guard let archName = g.value("general.architecture")?.stringValue else {
-      throw MoEError.format("\(what): no general.architecture")
-    }
-    var arch: Architecture
-    switch archName {
-    case "llama": arch = .llama
-    case "qwen2": arch = .qwen2
-    case "qwen2moe": arch = .qwen2Moe
-    default:
-      throw MoEError.unsupported("\(what): GGUF architecture '\(archName)' is not supported (llama, qwen2, qwen2moe)")
-    }
-    func int(_ key: String) throws -> Int {
-      guard let v = g.value("\(archName).\(key)") else { throw MoEError.format("\(what): missing '\(archName).\(key)'") }
-      guard let i = v.intValue else { throw MoEError.format("\(what): '\(archName).\(key)' is not an integer") }
-      return i
-    }
-    func optInt(_ key: String) -> Int? { g.value("\(archName).\(key)")?.intValue }
-    let hidden = try int("embedding_length")
-    let heads = try int("attention.head_count")
-    let layers = try int("block_count")
-    guard heads > 0 else { throw MoEError.format("\(what): attention.head_count must be positive") }
-    let tokens = g.value("tokenizer.ggml.tokens")?.arrayValue?.count
-    let vocab = optInt("vocab_size") ?? tokens ?? g.tensors.first(where: { $0.name == "token_embd.weight" }).map { $0.dims.last ?? 0 } ?? 0
-    var moe: MoEDescription? = nil
-    let experts = optInt("expert_count") ?? 0
-    if experts > 0 || arch == .qwen2Moe {
-      guard experts > 0, let used = optInt("expert_used_count"), used >= 1, used <= experts else {
-        throw MoEError.format("\(what): an MoE model needs \(archName).expert_count >= 1 and expert_used_count in 1...expert_count")
-      }
-      guard layers >= 0, layers <= ModelDescription.maxLayers else {
-        throw MoEError.format("\(what): \(archName).block_count \(layers) is out of range")
-      }
-      if arch == .llama { arch = .mixtral }
-      let expertSize = arch == .qwen2Moe ? try int("expert_feed_forward_length") : try int("feed_forward_length")
-      moe = MoEDescription(numExperts: experts, topK: used, expertIntermediateSize: expertSize,
-                           sharedExpertIntermediateSize: optInt("expert_shared_feed_forward_length") ?? 0,
-                           moeLayers: Array(repeating: true, count: layers))
-    }
-    let hasOutput = g.tensors.contains { $0.name == "output.weight" }
-    return ModelDescription(
-      architecture: arch, numLayers: layers, hiddenSize: hidden,
-      intermediateSize: optInt("feed_forward_length") ?? moe?.expertIntermediateSize ?? 0,
-      numHeads: heads, numKVHeads: optInt("attention.head_count_kv") ?? heads,
-      headDim: optInt("attention.key_length") ?? hidden / heads,
-      vocabSize: vocab, maxPositionEmbeddings: optInt("context_length") ?? 2048,
-      ropeTheta: g.value("\(archName).rope.freq_base")?.doubleValue ?? 10000,
-      rmsNormEps: g.value("\(archName).attention.layer_norm_rms_epsilon")?.doubleValue ?? 1e-5,
-      tiedEmbeddings: !hasOutput, qkvBias: arch == .qwen2 || arch == .qwen2Moe,
-      bosTokenId: g.value("tokenizer.ggml.bos_token_id")?.intValue,
-      eosTokenId: g.value("tokenizer.ggml.eos_token_id")?.intValue,
-      moe: moe, sourceConfig: nil)
   }
 }

@@ -231,13 +231,13 @@ public final class GGUFSource: TensorSource {
         try addExperts(t, layer: l, projection: stack.projection, architecture: arch)
         continue
       }
-      guard let name = GGUFLayout.hfName(t.name, architecture: arch) else { continue }
+      guard let name = GGUFLayout.hfName(t.name, architecture: arch), let role = GGUFLayout.role(of: t.name) else { continue }
       var shape = Array(t.dims.reversed())
-      if t.name.hasSuffix(GGUFLayout.sharedExpertGate.gguf + ".weight") && shape.count == 1 { shape = [1, shape[0]] }
+      if role.role == .sharedExpertGate && role.suffix == "weight" && shape.count == 1 { shape = [1, shape[0]] }
       var heads0 = 0
-      if permuteQK && t.name.hasPrefix("blk.") {
-        if t.name.hasSuffix(".attn_q.weight") || t.name.hasSuffix(".attn_q.bias") { heads0 = heads }
-        if t.name.hasSuffix(".attn_k.weight") || t.name.hasSuffix(".attn_k.bias") { heads0 = kvHeads }
+      if permuteQK && role.layer != nil && (role.suffix == "weight" || role.suffix == "bias") {
+        if role.role == .query { heads0 = heads }
+        if role.role == .key { heads0 = kvHeads }
       }
       if heads0 > 0 {
         // Divisible by 2 x heads, without forming 2 x heads (a file may claim any count).

@@ -84,8 +84,8 @@ public enum GGUFExport {
   static func plan(_ ckpt: Checkpoint, options o: GGUFExportOptions) throws
     -> (metadata: [(String, GGUFOut)], tensors: [Planned], fallbacks: Int) {
     let d = ckpt.description, src = ckpt.source
-    let arch = GGUFLayout.architecture(of: d.architecture)
-    let H = d.hiddenSize, hd = d.headDim, nq = d.numHeads, nkv = d.numKVHeads, V = d.vocabSize
+    let layout = CheckpointLayouts.gguf(d.architecture), hf = d.hf
+    let H = d.hiddenSize, nq = d.numHeads, nkv = d.numKVHeads
     if let rs = d.sourceConfig?["rope_scaling"], !rs.isNull {
       throw MoEError.unsupported("'\(ckpt.path)' has rope_scaling, which this export does not write")
     }
@@ -96,81 +96,70 @@ public enum GGUFExport {
       return o.type
     }
     var plan: [Planned] = []
-    func tensor(_ name: String, _ hf: String, shape: [Int], f32: Bool = false, permuteHeads: Int = 0) throws {
-      _ = try src.require(hf)
+    /// The source tensor `name` (shape `shape`) as the GGUF tensor of `role`.
+    func tensor(_ role: TensorRole, layer: Int?, _ suffix: String = "weight", from name: String, shape: [Int],
+                f32: Bool = false, permuteHeads: Int = 0) throws {
+      guard let g = GGUFLayout.ggufName(role, layer: layer) else {
+        throw MoEError(.internal, "GGUFLayout has no name for \(role)")
+      }
+      _ = try src.require(name)
       let dims = Array(shape.reversed())
       let dtype: DType = f32 || shape.count == 1 ? .f32 : matrixType(dims[0])
-      plan.append(Planned(name: name, dims: dims, dtype: dtype) {
-        let values = try src.readFloat(hf, shape: shape)
-        src.release(hf)
+      plan.append(Planned(name: g + "." + suffix, dims: dims, dtype: dtype) {
+        let values = try src.readFloat(name, shape: shape)
+        src.release(name)
         return permuteHeads > 0 ? permuteRows(values, heads: permuteHeads, rows: shape[0]) : values
       })
     }
-    /// A model-wide (layer nil) or per-layer HF tensor under its GGUFLayout name.
-    func hf(_ base: String, layer: Int? = nil, _ suffix: String = "weight", shape: [Int], permuteHeads: Int = 0) throws {
-      guard let g = GGUFLayout.ggufName(hf: base, layer: layer) else {
-        throw MoEError(.internal, "GGUFLayout has no name for '\(base)'")
-      }
-      let prefix = layer.map(ModelDescription.layerPrefix) ?? ""
-      try tensor(g + "." + suffix, prefix + base + "." + suffix, shape: shape, permuteHeads: permuteHeads)
+    /// A tensor under the model's own HF name.
+    func own(_ role: TensorRole, layer: Int? = nil, _ suffix: String = "weight", permuteHeads: Int = 0) throws {
+      try tensor(role, layer: layer, suffix, from: hf.name(role, layer: layer ?? 0, suffix),
+                 shape: role.shape(in: d, bias: suffix == "bias"), permuteHeads: permuteHeads)
     }
-    let permute = GGUFLayout.permutesQK(arch)
-    try hf("model.embed_tokens", shape: [V, H])
-    let moe = d.moe
-    if let m = moe {
+    let permute = layout.permutesQK
+    try own(.embedding)
+    if let m = d.moe {
       if let dense = m.moeLayers.firstIndex(of: false) {
         throw MoEError.unsupported("GGUF (llama.cpp) models are MoE in every layer; layer \(dense) of '\(ckpt.path)' is dense")
       }
-      if arch == "qwen2moe" {
-        guard m.sharedExpertIntermediateSize > 0 else {
-          throw MoEError.unsupported("llama.cpp's qwen2moe has a shared expert in every layer; '\(ckpt.path)' has none")
-        }
-        if try renormalizes(d) {
-          throw MoEError.unsupported("llama.cpp's qwen2moe weighs the top-k experts by their softmax probabilities without renormalizing; '\(ckpt.path)' renormalizes them (norm_topk_prob), which its GGUF cannot express (upcycle with --routing softmax-topk, or the mixtral format)")
-        }
-      }
+      try layout.checkExport(d, path: ckpt.path)
     }
     for l in 0..<d.numLayers {
-      let p = ModelDescription.layerPrefix(l), b = "blk.\(l)."
-      try hf("input_layernorm", layer: l, shape: [H])
-      try hf("self_attn.q_proj", layer: l, shape: [nq * hd, H], permuteHeads: permute ? nq : 0)
-      try hf("self_attn.k_proj", layer: l, shape: [nkv * hd, H], permuteHeads: permute ? nkv : 0)
-      try hf("self_attn.v_proj", layer: l, shape: [nkv * hd, H])
-      if src.info(p + "self_attn.q_proj.bias") != nil {
-        try hf("self_attn.q_proj", layer: l, "bias", shape: [nq * hd], permuteHeads: permute ? nq : 0)
-        try hf("self_attn.k_proj", layer: l, "bias", shape: [nkv * hd], permuteHeads: permute ? nkv : 0)
-        try hf("self_attn.v_proj", layer: l, "bias", shape: [nkv * hd])
+      try own(.inputNorm, layer: l)
+      try own(.query, layer: l, permuteHeads: permute ? nq : 0)
+      try own(.key, layer: l, permuteHeads: permute ? nkv : 0)
+      try own(.value, layer: l)
+      if src.info(hf.name(.query, layer: l, "bias")) != nil {
+        try own(.query, layer: l, "bias", permuteHeads: permute ? nq : 0)
+        try own(.key, layer: l, "bias", permuteHeads: permute ? nkv : 0)
+        try own(.value, layer: l, "bias")
       }
-      try hf("self_attn.o_proj", layer: l, shape: [H, nq * hd])
-      try hf("post_attention_layernorm", layer: l, shape: [H])
-      guard let m = moe else {
-        let F = d.intermediateSize
-        try hf("mlp.gate_proj", layer: l, shape: [F, H])
-        try hf("mlp.up_proj", layer: l, shape: [F, H])
-        try hf("mlp.down_proj", layer: l, shape: [H, F])
+      try own(.attentionOutput, layer: l)
+      try own(.postNorm, layer: l)
+      guard let m = d.moe else {
+        for role in [TensorRole.ffnGate, .ffnUp, .ffnDown] { try own(role, layer: l) }
         continue
       }
       let E = m.numExperts, F = m.expertIntermediateSize
-      let legacy = src.info(p + "block_sparse_moe.gate.weight") != nil
-      let block = p + (legacy ? "block_sparse_moe." : "mlp.")
-      try tensor(b + GGUFLayout.router + ".weight",
-                 ModelDescription.moeTensorName(legacy ? .mixtral : .qwen2Moe, layer: l, .router, expert: -1),
-                 shape: [E, H], f32: true)
+      let names = CheckpointLayouts.moe(in: src, layer: l)
+      try tensor(.router, layer: l, from: names.name(.router, layer: l), shape: [E, H], f32: true)
+      let fused = src.info(names.name(.expertsGateUp, layer: l)) != nil
       for (name, proj) in GGUFLayout.expertStacks {
         let rows = proj == .down ? H : F, cols = proj == .down ? F : H
-        let fused = src.info(block + "experts.gate_up_proj") != nil
-        plan.append(Planned(name: b + name + ".weight", dims: [cols, rows, E], dtype: matrixType(cols)) {
-          try expertStack(src, layer: l, block: block, legacy: legacy, fused: fused, experts: E, ffn: F, hidden: H, proj)
+        plan.append(Planned(name: "blk.\(l).\(name).weight", dims: [cols, rows, E], dtype: matrixType(cols)) {
+          try expertStack(src, layer: l, names: names, fused: fused, experts: E, ffn: F, hidden: H, proj)
         })
       }
-      if arch == "qwen2moe" {
-        let Fs = m.sharedExpertIntermediateSize
-        try hf("mlp.shared_expert.gate_proj", layer: l, shape: [Fs, H])
-        try hf("mlp.shared_expert.up_proj", layer: l, shape: [Fs, H])
-        try hf("mlp.shared_expert.down_proj", layer: l, shape: [H, Fs])
-        let gateHF = ModelDescription.moeTensorName(.qwen2Moe, layer: l, .sharedExpertGate, expert: -1)
+      if layout.hasSharedExpert {
+        for role in [TensorRole.sharedGate, .sharedUp, .sharedDown] {
+          try tensor(role, layer: l, from: names.name(role, layer: l), shape: role.shape(in: d))
+        }
+        let gateHF = names.name(.sharedExpertGate, layer: l)
         _ = try src.require(gateHF)
-        plan.append(Planned(name: b + GGUFLayout.sharedExpertGate.gguf + ".weight", dims: [H], dtype: .f32) {
+        guard let gate = GGUFLayout.ggufName(.sharedExpertGate, layer: l) else {
+          throw MoEError(.internal, "GGUFLayout has no name for the shared expert's gate")
+        }
+        plan.append(Planned(name: gate + ".weight", dims: [H], dtype: .f32) {
           let v = try src.readFloat(gateHF, shape: [1, H])
           src.release(gateHF)
           // llama.cpp computes this gate's sigmoid as silu(x) / x, NaN at x = 0 exactly; a zero
@@ -180,52 +169,27 @@ public enum GGUFExport {
         })
       }
     }
-    try hf("model.norm", shape: [H])
-    // llama.cpp's qwen2moe has no tied-embedding fallback: it gets the embedding as its output.
+    try own(.finalNorm)
     if !d.tiedEmbeddings {
-      try hf("lm_head", shape: [V, H])
-    } else if arch == "qwen2moe", let output = GGUFLayout.ggufName(hf: "lm_head", layer: nil) {
-      try tensor(output + ".weight", "model.embed_tokens.weight", shape: [V, H])
+      try own(.lmHead)
+    } else if layout.writesTiedOutput {
+      try tensor(.lmHead, layer: nil, from: hf.name(.embedding), shape: d.embedShape)
     }
 
     var meta: [(String, GGUFOut)] = [
-      ("general.architecture", .string(arch)),
+      ("general.architecture", .string(layout.name)),
       ("general.name", .string(FileSystem.baseName(of: ckpt.path))),
       ("general.file_type", .u32(fileType(o.type))),
       ("general.alignment", .u32(UInt32(GGUFOut.alignment))),
     ]
-    func u32(_ key: String, _ v: Int) { meta.append(("\(arch).\(key)", .u32(UInt32(clamping: v)))) }
-    u32("context_length", d.maxPositionEmbeddings)
-    u32("embedding_length", H)
-    u32("block_count", d.numLayers)
-    u32("feed_forward_length", moe.map { arch == "llama" ? $0.expertIntermediateSize : d.intermediateSize } ?? d.intermediateSize)
-    u32("attention.head_count", nq)
-    u32("attention.head_count_kv", nkv)
-    meta.append(("\(arch).rope.freq_base", .f32(Float(d.ropeTheta))))
-    meta.append(("\(arch).attention.layer_norm_rms_epsilon", .f32(Float(d.rmsNormEps))))
-    u32("rope.dimension_count", hd)
-    if hd * nq != H {
-      u32("attention.key_length", hd)
-      u32("attention.value_length", hd)
-    }
-    u32("vocab_size", V)
-    if let m = moe {
-      u32("expert_count", m.numExperts)
-      u32("expert_used_count", m.topK)
-      if arch == "qwen2moe" {
-        u32("expert_feed_forward_length", m.expertIntermediateSize)
-        u32("expert_shared_feed_forward_length", m.sharedExpertIntermediateSize)
-      }
-    }
-    meta += try tokenizerMetadata(ckpt, vocabulary: V)
+    meta += GGUFLayout.hyperparameters(d, layout)
+    meta += try tokenizerMetadata(ckpt, vocabulary: d.vocabSize)
     return (meta, plan, fallbacks)
   }
 
   /// Whether the checkpoint's MoE routing renormalizes the top-k weights.
   static func renormalizes(_ d: ModelDescription) throws -> Bool {
-    if let r = d.sourceConfig?["moeupcycle"]?["routing"]?.stringValue { return r != "softmax_topk" }
-    if d.architecture == .mixtral { return true }
-    return d.sourceConfig?["norm_topk_prob"]?.boolValue ?? false
+    d.hf.routing(d.sourceConfig) != .softmaxTopK
   }
 
   /// HF rows -> llama.cpp's order: stored row h*d + 2b + a holds HF row h*d + a*(d/2) + b.
@@ -243,16 +207,18 @@ public enum GGUFExport {
     return out
   }
 
-  /// Every expert's projection `p`, expert after expert ([E, rows, cols]).
-  static func expertStack(_ src: TensorSource, layer l: Int, block: String, legacy: Bool, fused: Bool, experts E: Int,
+  /// Every expert's projection `p`, expert after expert ([E, rows, cols]),
+  /// from a source whose MoE tensors have the names of `names`.
+  static func expertStack(_ src: TensorSource, layer l: Int, names: any HFLayout, fused: Bool, experts E: Int,
                           ffn F: Int, hidden H: Int, _ p: Projection) throws -> [Float] {
     if fused {
       if p == .down {
-        let v = try src.readFloat(block + "experts.down_proj", shape: [E, H, F])
-        src.release(block + "experts.down_proj")
+        let down = names.name(.expertsDown, layer: l)
+        let v = try src.readFloat(down, shape: [E, H, F])
+        src.release(down)
         return v
       }
-      let gateUp = try src.readFloat(block + "experts.gate_up_proj", shape: [E, 2 * F, H])
+      let gateUp = try src.readFloat(names.name(.expertsGateUp, layer: l), shape: [E, 2 * F, H])
       var out: [Float] = []
       out.reserveCapacity(E * F * H)
       for e in 0..<E {
@@ -264,8 +230,7 @@ public enum GGUFExport {
     var out: [Float] = []
     out.reserveCapacity(E * F * H)
     for e in 0..<E {
-      // Legacy Mixtral names live under block_sparse_moe; newer ones, like Qwen2-MoE's, under mlp.
-      let name = ModelDescription.moeTensorName(legacy ? .mixtral : .qwen2Moe, layer: l, p.layerWeight, expert: e)
+      let name = names.name(.expert(p), layer: l, expert: e)
       out += try src.readFloat(name, shape: p == .down ? [H, F] : [F, H])
       src.release(name)
     }

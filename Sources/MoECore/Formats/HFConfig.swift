@@ -23,16 +23,7 @@ enum HFConfig {
 
   static func describe(_ c: JSON, what: String) throws -> ModelDescription {
     guard c.objectValue != nil else { throw MoEError.format("\(what): not a JSON object") }
-    func int(_ key: String) throws -> Int {
-      guard let v = c[key] else { throw MoEError.format("\(what): missing '\(key)'") }
-      guard let i = v.intValue else { throw MoEError.format("\(what): '\(key)' is not an integer") }
-      return i
-    }
-    func optInt(_ key: String) throws -> Int? {
-      guard let v = c[key], !v.isNull else { return nil }
-      guard let i = v.intValue else { throw MoEError.format("\(what): '\(key)' is not an integer") }
-      return i
-    }
+    let fields = ConfigFields(json: c, what: what)
     func tokenId(_ key: String) -> Int? {
       if let i = c[key]?.intValue { return i }
       if let a = c[key]?.arrayValue, let first = a.first?.intValue { return first }
@@ -42,53 +33,32 @@ enum HFConfig {
     guard let arch = Architecture(rawValue: typeName) else {
       throw MoEError.unsupported("\(what): model_type '\(typeName)' is not supported (llama, mistral, qwen2, mixtral, qwen2_moe)")
     }
-    if c["attention_bias"]?.boolValue == true && (arch == .llama || arch == .mistral) {
-      throw MoEError.unsupported("\(what): attention_bias=true (biases on all projections) is not supported")
-    }
+    let layout = CheckpointLayouts.hf(arch)
+    try layout.check(fields, architecture: arch)
     if let act = c["hidden_act"]?.stringValue, act != "silu" {
       throw MoEError.unsupported("\(what): hidden_act '\(act)' is not supported (SwiGLU with silu only)")
     }
-    let hidden = try int("hidden_size")
-    let heads = try int("num_attention_heads")
-    let layers = try int("num_hidden_layers")
+    let hidden = try fields.int("hidden_size")
+    let heads = try fields.int("num_attention_heads")
+    let layers = try fields.int("num_hidden_layers")
     guard heads > 0 else { throw MoEError.format("\(what): num_attention_heads must be positive") }
     guard layers <= ModelDescription.maxLayers else {
       throw MoEError.format("\(what): num_hidden_layers \(layers) is more than \(ModelDescription.maxLayers)")
     }
     var ropeTheta = c["rope_theta"]?.doubleValue
     if ropeTheta == nil { ropeTheta = c["rope_parameters"]?["rope_theta"]?.doubleValue }
-    var moe: MoEDescription? = nil
-    var intermediate = try optInt("intermediate_size") ?? 0
-    switch arch {
-    case .mixtral:
-      let e = try int("num_local_experts")
-      moe = MoEDescription(numExperts: e, topK: try int("num_experts_per_tok"),
-                           expertIntermediateSize: intermediate, sharedExpertIntermediateSize: 0,
-                           moeLayers: Array(repeating: true, count: max(layers, 0)))
-    case .qwen2Moe:
-      let step = try optInt("decoder_sparse_step") ?? 1
-      let only = (c["mlp_only_layers"]?.arrayValue ?? []).compactMap { $0.intValue }
-      let e = try int("num_experts")
-      guard step >= 1 else { throw MoEError.format("\(what): decoder_sparse_step must be >= 1") }
-      var flags: [Bool] = []
-      for l in 0..<max(layers, 0) { flags.append(!only.contains(l) && e > 0 && (l + 1) % step == 0) }
-      moe = MoEDescription(numExperts: e, topK: try int("num_experts_per_tok"),
-                           expertIntermediateSize: try int("moe_intermediate_size"),
-                           sharedExpertIntermediateSize: try optInt("shared_expert_intermediate_size") ?? 0,
-                           moeLayers: flags)
-      if !flags.contains(false) && c["intermediate_size"] == nil { intermediate = 0 }
-    default: break
-    }
+    var intermediate = try fields.optInt("intermediate_size") ?? 0
+    let moe = try layout.describe(fields, architecture: arch, layers: layers, intermediate: &intermediate)
     return ModelDescription(
       architecture: arch, numLayers: layers, hiddenSize: hidden,
       intermediateSize: intermediate,
-      numHeads: heads, numKVHeads: try optInt("num_key_value_heads") ?? heads,
-      headDim: try optInt("head_dim") ?? hidden / heads,
-      vocabSize: try int("vocab_size"),
-      maxPositionEmbeddings: try optInt("max_position_embeddings") ?? 2048,
+      numHeads: heads, numKVHeads: try fields.optInt("num_key_value_heads") ?? heads,
+      headDim: try fields.optInt("head_dim") ?? hidden / heads,
+      vocabSize: try fields.int("vocab_size"),
+      maxPositionEmbeddings: try fields.optInt("max_position_embeddings") ?? 2048,
       ropeTheta: ropeTheta ?? 10000, rmsNormEps: c["rms_norm_eps"]?.doubleValue ?? 1e-6,
       tiedEmbeddings: c["tie_word_embeddings"]?.boolValue ?? false,
-      qkvBias: arch == .qwen2 || arch == .qwen2Moe,
+      qkvBias: layout.qkvBias(arch),
       bosTokenId: tokenId("bos_token_id"), eosTokenId: tokenId("eos_token_id"),
       moe: moe, sourceConfig: c)
   }
@@ -146,10 +116,7 @@ enum HFConfig {
     // loaded with (Mixtral renormalizes, llama.cpp's qwen2moe does not), with
     // transformers' default load-balancing coefficients.
     var routing = routing
-    if routing == nil, source == nil, d.moe != nil {
-      routing = d.architecture == .mixtral ? Routing(normTopKProb: true, routerAuxLossCoef: 0.02)
-        : Routing(normTopKProb: false, routerAuxLossCoef: 0.001)
-    }
+    if routing == nil, source == nil, d.moe != nil { routing = d.hf.defaultRouting }
     var c: JSON
     if let source, architectureName(source) == d.architecture.rawValue {
       c = source
@@ -184,7 +151,7 @@ enum HFConfig {
       ("model_type", .string(d.architecture.rawValue)),
       ("vocab_size", .int(d.vocabSize)),
       ("hidden_size", .int(d.hiddenSize)),
-      ("intermediate_size", .int(d.architecture == .mixtral ? moe?.expertIntermediateSize ?? 0 : d.intermediateSize)),
+      ("intermediate_size", .int(d.hf.configIntermediateSize(d))),
       ("num_hidden_layers", .int(d.numLayers)),
       ("num_attention_heads", .int(d.numHeads)),
       ("num_key_value_heads", .int(d.numKVHeads)),
@@ -198,41 +165,7 @@ enum HFConfig {
       ("attention_dropout", .float(0)),
       ("tie_word_embeddings", .bool(d.tiedEmbeddings)),
     ]
-    switch d.architecture {
-    case .llama:
-      c += [("attention_bias", .bool(false)), ("mlp_bias", .bool(false))]
-    case .mistral:
-      c += [("sliding_window", .null)]
-    case .qwen2:
-      c += [("use_sliding_window", .bool(false)), ("sliding_window", .null), ("max_window_layers", .int(d.numLayers))]
-    case .mixtral:
-      guard let moe, let routing else { break }
-      c += [
-        ("sliding_window", .null),
-        ("num_experts_per_tok", .int(moe.topK)),
-        ("num_local_experts", .int(moe.numExperts)),
-        ("output_router_logits", .bool(false)),
-        ("router_aux_loss_coef", .float(routing.routerAuxLossCoef)),
-        ("router_jitter_noise", .float(0)),
-      ]
-    case .qwen2Moe:
-      guard let moe, let routing else { break }
-      c += [
-        ("use_sliding_window", .bool(false)),
-        ("sliding_window", .null),
-        ("max_window_layers", .int(d.numLayers)),
-        ("qkv_bias", .bool(true)),
-        ("decoder_sparse_step", .int(1)),
-        ("moe_intermediate_size", .int(moe.expertIntermediateSize)),
-        ("shared_expert_intermediate_size", .int(moe.sharedExpertIntermediateSize)),
-        ("num_experts_per_tok", .int(moe.topK)),
-        ("num_experts", .int(moe.numExperts)),
-        ("norm_topk_prob", .bool(routing.normTopKProb)),
-        ("output_router_logits", .bool(false)),
-        ("router_aux_loss_coef", .float(routing.routerAuxLossCoef)),
-        ("mlp_only_layers", .array(moe.moeLayers.indices.filter { !moe.moeLayers[$0] }.map { .int($0) })),
-      ]
-    }
+    c += d.hf.configFields(d, routing: routing)
     c += [
       ("pad_token_id", nil),
       ("bos_token_id", d.bosTokenId.map { .int($0) }),

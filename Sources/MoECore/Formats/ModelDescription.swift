@@ -96,66 +96,8 @@ public struct ModelDescription: Sendable {
 
   // MARK: Tensor names (HF)
 
-  public static func layerPrefix(_ l: Int) -> String { "model.layers.\(l)." }
-
-  /// Attention and norm tensors of layer `l` with their shapes.
-  public func attentionTensors(layer l: Int) -> [(String, [Int])] {
-    let p = ModelDescription.layerPrefix(l)
-    var out: [(String, [Int])] = [
-      (p + "input_layernorm.weight", [hiddenSize]),
-      (p + "self_attn.q_proj.weight", [numHeads * headDim, hiddenSize]),
-      (p + "self_attn.k_proj.weight", [numKVHeads * headDim, hiddenSize]),
-      (p + "self_attn.v_proj.weight", [numKVHeads * headDim, hiddenSize]),
-      (p + "self_attn.o_proj.weight", [hiddenSize, numHeads * headDim]),
-      (p + "post_attention_layernorm.weight", [hiddenSize]),
-    ]
-    if qkvBias {
-      out.insert((p + "self_attn.q_proj.bias", [numHeads * headDim]), at: 2)
-      out.insert((p + "self_attn.k_proj.bias", [numKVHeads * headDim]), at: 4)
-      out.insert((p + "self_attn.v_proj.bias", [numKVHeads * headDim]), at: 6)
-    }
-    return out
-  }
-
-  /// Dense FFN tensor names of layer `l`: gate, up, down.
-  public func denseFFNNames(layer l: Int) -> (gate: String, up: String, down: String) {
-    let p = ModelDescription.layerPrefix(l) + "mlp."
-    return (p + "gate_proj.weight", p + "up_proj.weight", p + "down_proj.weight")
-  }
-
-  /// The checkpoint name of an MoE layer's tensor in the model's architecture
-  /// (Mixtral: block_sparse_moe.experts.N.w1/w2/w3; Qwen2-MoE and others:
-  /// mlp.experts.N.gate_proj/up_proj/down_proj, shared_expert, shared_expert_gate).
-  public func moeTensorName(layer l: Int, _ kind: LayerWeight, expert e: Int) -> String {
-    ModelDescription.moeTensorName(architecture, layer: l, kind, expert: e)
-  }
-
-  /// `moeTensorName` for an architecture: the one place HF MoE tensor names are spelled.
-  public static func moeTensorName(_ architecture: Architecture, layer l: Int, _ kind: LayerWeight, expert e: Int) -> String {
-    let p = ModelDescription.layerPrefix(l)
-    if architecture == .mixtral {
-      let b = p + "block_sparse_moe."
-      switch kind {
-      case .router: return b + "gate.weight"
-      case .gate: return b + "experts.\(e).w1.weight"
-      case .down: return b + "experts.\(e).w2.weight"
-      case .up: return b + "experts.\(e).w3.weight"
-      default: return b + "shared_expert.\(kind.name)"
-      }
-    }
-    let b = p + "mlp."
-    switch kind {
-    case .router: return b + "gate.weight"
-    case .gate: return b + "experts.\(e).gate_proj.weight"
-    case .up: return b + "experts.\(e).up_proj.weight"
-    case .down: return b + "experts.\(e).down_proj.weight"
-    case .sharedGate: return b + "shared_expert.gate_proj.weight"
-    case .sharedUp: return b + "shared_expert.up_proj.weight"
-    case .sharedDown: return b + "shared_expert.down_proj.weight"
-    case .sharedExpertGate: return b + "shared_expert_gate.weight"
-    }
-  }
-
+  /// The prefix of layer `l`'s tensor names in HF checkpoints (HFDenseLayout).
+  public static func layerPrefix(_ l: Int) -> String { HFDenseLayout.layerPrefix(l) }
 
   public var embedShape: [Int] { [vocabSize, hiddenSize] }
 

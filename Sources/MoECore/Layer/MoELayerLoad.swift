@@ -9,10 +9,9 @@ extension MoELayer {
     try load(checkpoint: try Checkpoint(path: path), layer: l, runtime: runtime, adjust: adjust)
   }
 
-  /// Creates the layer from MoE layer `layer` of an opened checkpoint. Expert
-  /// weights may be stored per expert (Mixtral w1/w2/w3 or Qwen2-MoE
-  /// gate/up/down_proj) or fused (`experts.gate_up_proj` [E, 2F, H] with the
-  /// gate rows first, `experts.down_proj` [E, H, F]).
+  /// Creates the layer from MoE layer `layer` of an opened checkpoint, under
+  /// the names of the HF format its tensors have (CheckpointLayouts.moe).
+  /// Expert weights may be stored per expert or fused (gate rows first).
   public static func load(checkpoint ckpt: Checkpoint, layer l: Int, runtime: Runtime,
                           adjust: ((inout MoELayerConfig) throws -> Void)?) throws -> MoELayer {
     let path = ckpt.path
@@ -29,39 +28,29 @@ extension MoELayer {
     }
     let H = d.hiddenSize, E = moe.numExperts, F = moe.expertIntermediateSize
     var config = MoELayerConfig(hidden: H, ffn: F, experts: E, topK: moe.topK)
-    let prefix = ModelDescription.layerPrefix(l)
     let src = ckpt.source
-    // Legacy Mixtral names live under block_sparse_moe; newer ones under mlp.
-    let legacyMixtral = src.info(prefix + "block_sparse_moe.gate.weight") != nil
-    let mixtral = legacyMixtral || d.architecture == .mixtral
+    let names = CheckpointLayouts.moe(in: src, layer: l)
+    // The routing is fixed by the names' format or the architecture's where one fixes it (Mixtral).
+    let format = names.alwaysRenormalizes ? names : d.hf
     let sc = d.sourceConfig
-    if mixtral {
-      config.routing = .softmaxTopKRenorm
-    } else {
-      config.routing = (sc?["norm_topk_prob"]?.boolValue ?? false) ? .softmaxTopKRenorm : .softmaxTopK
-      config.sharedFFN = moe.sharedExpertIntermediateSize
-    }
-    // A routing recorded by the upcycler wins (e.g. top-k then softmax).
-    if let name = sc?["moeupcycle"]?["routing"]?.stringValue {
-      switch name {
-      case "softmax_topk_renorm": config.routing = .softmaxTopKRenorm
-      case "softmax_topk": config.routing = .softmaxTopK
-      case "topk_softmax": config.routing = .topKSoftmax
-      default: break
-      }
-    }
+    config.routing = format.routing(sc)
+    let fixedRouting = format.alwaysRenormalizes
+    if !fixedRouting { config.sharedFFN = moe.sharedExpertIntermediateSize }
     if let coef = sc?["router_aux_loss_coef"]?.doubleValue, coef.isFinite, coef >= 0 { config.balanceCoef = Float(coef) }
     try adjust?(&config)
     let layer = try MoELayer(config: config, runtime: runtime)
 
-    func read(_ name: String, _ shape: [Int], into kind: LayerWeight, expert: Int) throws {
-      let values = try src.readFloat(name, shape: shape)
-      try values.withUnsafeBufferPointer { try layer.setWeight(kind, expert: expert, data: $0.baseAddress!, count: values.count) }
+    // Shapes as the layer holds them (its shared expert's size after `adjust`).
+    var shapes = d
+    shapes.moe?.sharedExpertIntermediateSize = config.sharedFFN
+    func read(_ role: TensorRole, into kind: LayerWeight, expert e: Int = -1) throws {
+      let values = try src.readFloat(names.name(role, layer: l, expert: e), shape: role.shape(in: shapes))
+      try values.withUnsafeBufferPointer { try layer.setWeight(kind, expert: e, data: $0.baseAddress!, count: values.count) }
     }
-    let block = prefix + (legacyMixtral ? "block_sparse_moe." : "mlp.")
-    if src.info(block + "experts.gate_up_proj") != nil {
-      try read(block + "gate.weight", [E, H], into: .router, expert: -1)
-      let gateUp = try src.readFloat(block + "experts.gate_up_proj", shape: [E, 2 * F, H])
+    try read(.router, into: .router)
+    let fusedGateUp = names.name(.expertsGateUp, layer: l)
+    if src.info(fusedGateUp) != nil {
+      let gateUp = try src.readFloat(fusedGateUp, shape: TensorRole.expertsGateUp.shape(in: d))
       try gateUp.withUnsafeBufferPointer { g in
         for e in 0..<E {
           let base = g.baseAddress! + e * 2 * F * H
@@ -69,29 +58,16 @@ extension MoELayer {
           try layer.setWeight(.up, expert: e, data: base + F * H, count: F * H)
         }
       }
-      src.release(block + "experts.gate_up_proj")
-      try read(block + "experts.down_proj", [E, H, F], into: .down, expert: -1)
-      src.release(block + "experts.down_proj")
+      src.release(fusedGateUp)
+      try read(.expertsDown, into: .down)
+      src.release(names.name(.expertsDown, layer: l))
     } else {
-      // Legacy Mixtral names live under block_sparse_moe; newer ones, like Qwen2-MoE's, under mlp.
-      let names: Architecture = legacyMixtral ? .mixtral : .qwen2Moe
-      func name(_ kind: LayerWeight, _ e: Int = -1) -> String { ModelDescription.moeTensorName(names, layer: l, kind, expert: e) }
-      try read(name(.router), [E, H], into: .router, expert: -1)
       for e in 0..<E {
-        try read(name(.gate, e), [F, H], into: .gate, expert: e)
-        try read(name(.up, e), [F, H], into: .up, expert: e)
-        try read(name(.down, e), [H, F], into: .down, expert: e)
+        for p in Projection.allCases { try read(.expert(p), into: p.layerWeight, expert: e) }
       }
     }
-    if !mixtral {
-      let Fs = config.sharedFFN
-      if Fs > 0 {
-        func name(_ kind: LayerWeight) -> String { ModelDescription.moeTensorName(.qwen2Moe, layer: l, kind, expert: -1) }
-        try read(name(.sharedGate), [Fs, H], into: .sharedGate, expert: -1)
-        try read(name(.sharedUp), [Fs, H], into: .sharedUp, expert: -1)
-        try read(name(.sharedDown), [H, Fs], into: .sharedDown, expert: -1)
-        try read(name(.sharedExpertGate), [1, H], into: .sharedExpertGate, expert: -1)
-      }
+    if !fixedRouting && config.sharedFFN > 0 {
+      for w in [LayerWeight.sharedGate, .sharedUp, .sharedDown, .sharedExpertGate] { try read(TensorRole(w), into: w) }
     }
     return layer
   }

@@ -118,7 +118,7 @@ public final class DecoderModel: @unchecked Sendable {
     }
     let src = ckpt.source
     let storedHalf = src.tensorNames.contains { n in
-      guard n.hasSuffix("proj.weight") || n.hasSuffix("w1.weight") || n.hasSuffix("gate_up_proj") else { return false }
+      guard !n.hasSuffix(".bias"), CheckpointLayouts.role(ofHF: n)?.isProjection == true else { return false }
       let t = src.info(n)?.dtype
       return t == .bf16 || t == .f16
     }
@@ -197,18 +197,18 @@ public final class DecoderModel: @unchecked Sendable {
       }
     }
 
-    embedding = try dense(["model.embed_tokens.weight"], rows: [V], cols: H)
-    lmHead = d.tiedEmbeddings ? embedding : try dense(["lm_head.weight"], rows: [V], cols: H)
-    finalNorm = try vector("model.norm.weight", H)
+    let hf = d.hf
+    embedding = try dense([hf.name(.embedding)], rows: [V], cols: H)
+    lmHead = d.tiedEmbeddings ? embedding : try dense([hf.name(.lmHead)], rows: [V], cols: H)
+    finalNorm = try vector(hf.name(.finalNorm), H)
     var built: [DecoderLayer] = []
     var counts: [[Int]] = []
     for l in 0..<d.numLayers {
-      let p = ModelDescription.layerPrefix(l)
-      let a = p + "self_attn."
-      let qkv = try dense([a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"],
+      let qkvRoles: [TensorRole] = [.query, .key, .value]
+      let qkv = try dense(qkvRoles.map { hf.name($0, layer: l) },
                           rows: [nq * hd, nkv * hd, nkv * hd], cols: H,
-                          biases: d.qkvBias ? [a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias"] : nil)
-      let o = try dense([a + "o_proj.weight"], rows: [H], cols: nq * hd)
+                          biases: d.qkvBias ? qkvRoles.map { hf.name($0, layer: l, "bias") } : nil)
+      let o = try dense([hf.name(.attentionOutput, layer: l)], rows: [H], cols: nq * hd)
       var gateUp: DenseWeight? = nil, down: DenseWeight? = nil, moe: MoELayer? = nil
       if let m = d.moe, m.moeLayers[l] {
         moe = try MoELayer.load(checkpoint: ckpt, layer: l, runtime: runtime) { c in
@@ -217,14 +217,14 @@ public final class DecoderModel: @unchecked Sendable {
         }
         counts.append([Int](repeating: 0, count: m.numExperts))
       } else {
-        let n = d.denseFFNNames(layer: l)
+        let n = hf.denseFFN(layer: l)
         let F = d.intermediateSize
         gateUp = try dense([n.gate, n.up], rows: [F, F], cols: H)
         down = try dense([n.down], rows: [H], cols: F)
         counts.append([])
       }
-      built.append(DecoderLayer(inputNorm: try vector(p + "input_layernorm.weight", H),
-                                postNorm: try vector(p + "post_attention_layernorm.weight", H),
+      built.append(DecoderLayer(inputNorm: try vector(hf.name(.inputNorm, layer: l), H),
+                                postNorm: try vector(hf.name(.postNorm, layer: l), H),
                                 qkv: qkv, output: o, gateUp: gateUp, down: down, moe: moe))
     }
     layers = built

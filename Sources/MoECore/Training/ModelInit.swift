@@ -109,18 +109,10 @@ public enum ModelInit {
       try require(o.numExperts <= maxExperts, "experts must be in 0...\(maxExperts) (got \(o.numExperts)); 0 builds a dense model")
       try require(o.topK >= 1 && o.topK <= o.numExperts, "top-k must be in 1...\(o.numExperts) (the number of experts), got \(o.topK)")
       var shared = 0
-      switch o.format {
-      case .mixtral:
-        d.architecture = .mixtral
-        guard o.sharedExpertSize == 0 else {
-          throw MoEError.unsupported("the mixtral format has no shared expert; use the qwen2-moe format")
-        }
-        guard o.routing != .softmaxTopK else {
-          throw MoEError.unsupported("the mixtral format renormalizes the top-k weights; softmax-topk without renormalization needs the qwen2-moe format")
-        }
-      case .qwen2Moe:
-        d.architecture = .qwen2Moe
-        d.qkvBias = true
+      d.architecture = o.format.architecture
+      d.qkvBias = d.hf.qkvBias(d.architecture)
+      try o.format.check(sharedExpert: o.sharedExpertSize != 0, renormalizes: o.routing != .softmaxTopK)
+      if d.hf.hasSharedExpert {
         shared = o.sharedExpertSize > 0 ? o.sharedExpertSize : ffn
         try require(shared <= 1 << 20, "shared expert size must be at most 1048576 (got \(shared))")
       }
@@ -138,40 +130,12 @@ public enum ModelInit {
 
   /// Every tensor of a model described by `d`, in checkpoint order, with its fill.
   static func tensors(_ d: ModelDescription) -> [(name: String, shape: [Int], fill: Fill)] {
-    var out: [(name: String, shape: [Int], fill: Fill)] = []
     func fill(_ name: String) -> Fill {
       if name.hasSuffix("norm.weight") { return .ones }
       if name.hasSuffix(".bias") { return .zeros }
       return .normal
     }
-    func add(_ name: String, _ shape: [Int]) { out.append((name, shape, fill(name))) }
-    let H = d.hiddenSize
-    add("model.embed_tokens.weight", d.embedShape)
-    for l in 0..<d.numLayers {
-      for (name, shape) in d.attentionTensors(layer: l) { add(name, shape) }
-      if let moe = d.moe, moe.moeLayers[l] {
-        let E = moe.numExperts, F = moe.expertIntermediateSize, Fs = moe.sharedExpertIntermediateSize
-        add(d.moeTensorName(layer: l, .router, expert: -1), [E, H])
-        let order: [LayerWeight] = d.architecture == .mixtral ? [.gate, .down, .up] : [.gate, .up, .down]
-        for e in 0..<E {
-          for kind in order { add(d.moeTensorName(layer: l, kind, expert: e), kind == .down ? [H, F] : [F, H]) }
-        }
-        if Fs > 0 {
-          add(d.moeTensorName(layer: l, .sharedGate, expert: -1), [Fs, H])
-          add(d.moeTensorName(layer: l, .sharedUp, expert: -1), [Fs, H])
-          add(d.moeTensorName(layer: l, .sharedDown, expert: -1), [H, Fs])
-          add(d.moeTensorName(layer: l, .sharedExpertGate, expert: -1), [1, H])
-        }
-      } else {
-        let n = d.denseFFNNames(layer: l), F = d.intermediateSize
-        add(n.gate, [F, H])
-        add(n.up, [F, H])
-        add(n.down, [H, F])
-      }
-    }
-    add("model.norm.weight", [H])
-    if !d.tiedEmbeddings { add("lm_head.weight", d.embedShape) }
-    return out
+    return d.hf.tensors(d).map { ($0.name, $0.shape, fill($0.name)) }
   }
 
   /// The random stream of the tensor `name`: the seed and a 64-bit FNV-1a hash of the name.

@@ -12,10 +12,9 @@ extension DecoderModel {
   /// Writes the model (weights in f32, or bf16 when `dtype` is .bf16) as an HF
   /// checkpoint directory at `path` (temporary name + rename; refuses an
   /// existing path unless `force`, and never replaces `source` or a directory
-  /// holding it). Dense layers use Llama/Qwen2 names; MoE layers use the names
-  /// of the model's architecture (Mixtral: block_sparse_moe.experts.N.w1/w2/w3;
-  /// Qwen2-MoE: mlp.experts.N.gate_proj/up_proj/down_proj, shared_expert and
-  /// shared_expert_gate), so a fused-layout source is written per expert.
+  /// holding it). Tensors take the names of the model's architecture's HF
+  /// format (CheckpointLayouts), experts one by one, so a fused-layout source
+  /// is written per expert.
   ///
   /// config.json is the source's with its dtype updated (HF sources), or a
   /// Llama/Qwen2 config built from the description (GGUF sources); see HFConfig.make.
@@ -117,63 +116,51 @@ extension DecoderModel {
       })
     }
 
-    dense("model.embed_tokens.weight", embedding, rows: 0..<embedding.rows)
+    let hf = d.hf
+    dense(hf.name(.embedding), embedding, rows: 0..<embedding.rows)
     for (l, layer) in layers.enumerated() {
-      let p = ModelDescription.layerPrefix(l), a = p + "self_attn."
-      vector(p + "input_layernorm.weight", layer.inputNorm, count: H)
+      func name(_ role: TensorRole, _ suffix: String = "weight") -> String { hf.name(role, layer: l, suffix) }
+      vector(name(.inputNorm), layer.inputNorm, count: H)
       // qkv rows: q [nq d], then k [nkv d], then v [nkv d].
       let q = 0..<(nq * hd), k = q.upperBound..<(q.upperBound + nkv * hd), v = k.upperBound..<(k.upperBound + nkv * hd)
       guard v.upperBound == layer.qkv.rows else {
         throw MoEError(.internal, "layer \(l): q/k/v weight has \(layer.qkv.rows) rows, expected \(v.upperBound)")
       }
-      dense(a + "q_proj.weight", layer.qkv, rows: q)
-      dense(a + "k_proj.weight", layer.qkv, rows: k)
-      dense(a + "v_proj.weight", layer.qkv, rows: v)
+      let qkv: [(TensorRole, Range<Int>)] = [(.query, q), (.key, k), (.value, v)]
+      for (role, rows) in qkv { dense(name(role), layer.qkv, rows: rows) }
       if let bias = layer.qkv.bias {
-        vector(a + "q_proj.bias", bias, offset: q.lowerBound, count: q.count)
-        vector(a + "k_proj.bias", bias, offset: k.lowerBound, count: k.count)
-        vector(a + "v_proj.bias", bias, offset: v.lowerBound, count: v.count)
+        for (role, rows) in qkv { vector(name(role, "bias"), bias, offset: rows.lowerBound, count: rows.count) }
       }
-      dense(a + "o_proj.weight", layer.output, rows: 0..<layer.output.rows)
-      vector(p + "post_attention_layernorm.weight", layer.postNorm, count: H)
+      dense(name(.attentionOutput), layer.output, rows: 0..<layer.output.rows)
+      vector(name(.postNorm), layer.postNorm, count: H)
       if let moe = layer.moe {
-        let c = moe.config, E = c.experts, F = c.ffn, Fs = c.sharedFFN
-        switch d.architecture {
-        case .mixtral:
-          guard Fs == 0 else {
-            throw MoEError.unsupported("layer \(l) has a shared expert, which the Mixtral format cannot hold")
-          }
-        case .qwen2Moe: break
-        default:
+        let c = moe.config
+        guard hf.path(.router) != nil else {
           throw MoEError.unsupported("layer \(l) is MoE but the architecture \(d.architecture.rawValue) has no MoE tensor names")
         }
-        func add(_ kind: LayerWeight, expert: Int, shape: [Int]) {
-          moeWeight(d.moeTensorName(layer: l, kind, expert: expert), moe, kind, expert: expert, shape: shape)
+        guard c.sharedFFN == 0 || hf.hasSharedExpert else {
+          throw MoEError.unsupported("layer \(l) has a shared expert, which the \(d.architecture.rawValue) format cannot hold")
         }
-        add(.router, expert: -1, shape: [E, H])
-        // File order: Mixtral w1, w2, w3; Qwen2-MoE gate, up, down.
-        let order: [LayerWeight] = d.architecture == .mixtral ? [.gate, .down, .up] : [.gate, .up, .down]
-        for e in 0..<E {
-          for kind in order { add(kind, expert: e, shape: kind == .down ? [H, F] : [F, H]) }
-        }
-        if Fs > 0 {
-          add(.sharedGate, expert: -1, shape: [Fs, H])
-          add(.sharedUp, expert: -1, shape: [Fs, H])
-          add(.sharedDown, expert: -1, shape: [H, Fs])
-          add(.sharedExpertGate, expert: -1, shape: [1, H])
+        // The layer's own sizes.
+        var shapes = d
+        shapes.moe = MoEDescription(numExperts: c.experts, topK: c.topK, expertIntermediateSize: c.ffn,
+                                    sharedExpertIntermediateSize: c.sharedFFN, moeLayers: [])
+        for t in hf.moeTensors(shapes, layer: l) {
+          guard let kind = LayerWeight(t.role) else { continue }
+          moeWeight(t.name, moe, kind, expert: t.expert, shape: t.shape)
         }
       } else if let gateUp = layer.gateUp, let down = layer.down {
         // gateUp rows: gate [F], then up [F].
-        let n = d.denseFFNNames(layer: l), F = gateUp.rows / 2
-        dense(n.gate, gateUp, rows: 0..<F)
-        dense(n.up, gateUp, rows: F..<(2 * F))
-        dense(n.down, down, rows: 0..<down.rows)
+        let F = gateUp.rows / 2
+        dense(name(.ffnGate), gateUp, rows: 0..<F)
+        dense(name(.ffnUp), gateUp, rows: F..<(2 * F))
+        dense(name(.ffnDown), down, rows: 0..<down.rows)
       } else {
         throw MoEError(.internal, "layer \(l) has neither a dense nor an MoE feed-forward")
       }
     }
-    vector("model.norm.weight", finalNorm, count: H)
-    if !d.tiedEmbeddings { dense("lm_head.weight", lmHead, rows: 0..<lmHead.rows) }
+    vector(hf.name(.finalNorm), finalNorm, count: H)
+    if !d.tiedEmbeddings { dense(hf.name(.lmHead), lmHead, rows: 0..<lmHead.rows) }
     return out
   }
 

@@ -247,22 +247,20 @@ public final class Trainer {
   func name(of t: Tensor, element: Int) -> String {
     let d = model.description
     let q = d.numHeads * d.headDim, kv = d.numKVHeads * d.headDim
-    func part(_ row: Int) -> String { row < q ? "q_proj" : row < q + kv ? "k_proj" : "v_proj" }
+    func part(_ row: Int) -> TensorRole { row < q ? .query : row < q + kv ? .key : .value }
+    let hf = d.hf
     switch t {
-    case .embedding: return "model.embed_tokens.weight"
-    case .lmHead: return "lm_head.weight"
-    case .finalNorm: return "model.norm.weight"
-    case .inputNorm(let l): return ModelDescription.layerPrefix(l) + "input_layernorm.weight"
-    case .postNorm(let l): return ModelDescription.layerPrefix(l) + "post_attention_layernorm.weight"
-    case .qkv(let l):
-      return ModelDescription.layerPrefix(l) + "self_attn.\(part(element / max(1, d.hiddenSize))).weight"
-    case .qkvBias(let l): return ModelDescription.layerPrefix(l) + "self_attn.\(part(element)).bias"
-    case .output(let l): return ModelDescription.layerPrefix(l) + "self_attn.o_proj.weight"
-    case .gateUp(let l):
-      let n = d.denseFFNNames(layer: l)
-      return element / max(1, d.hiddenSize) < d.intermediateSize ? n.gate : n.up
-    case .down(let l): return d.denseFFNNames(layer: l).down
-    case .moe(let l, let kind, let e): return model.description.moeTensorName(layer: l, kind, expert: e)
+    case .embedding: return hf.name(.embedding)
+    case .lmHead: return hf.name(.lmHead)
+    case .finalNorm: return hf.name(.finalNorm)
+    case .inputNorm(let l): return hf.name(.inputNorm, layer: l)
+    case .postNorm(let l): return hf.name(.postNorm, layer: l)
+    case .qkv(let l): return hf.name(part(element / max(1, d.hiddenSize)), layer: l)
+    case .qkvBias(let l): return hf.name(part(element), layer: l, "bias")
+    case .output(let l): return hf.name(.attentionOutput, layer: l)
+    case .gateUp(let l): return hf.name(element / max(1, d.hiddenSize) < d.intermediateSize ? .ffnGate : .ffnUp, layer: l)
+    case .down(let l): return hf.name(.ffnDown, layer: l)
+    case .moe(let l, let kind, let e): return hf.name(kind, layer: l, expert: e)
     }
   }
 

@@ -130,10 +130,7 @@ public final class Upcycler {
       guard !layers.contains(false) else {
         throw MoEError.unsupported("the mixtral format makes every layer MoE; use the qwen2-moe format for a layer subset")
       }
-      guard !o.sharedExpert else { throw MoEError.unsupported("the mixtral format has no shared expert; use the qwen2-moe format") }
-      guard o.renormalizes else {
-        throw MoEError.unsupported("the mixtral format renormalizes the top-k weights; softmax-topk without renormalization needs the qwen2-moe format")
-      }
+      try o.format.check(sharedExpert: o.sharedExpert, renormalizes: o.renormalizes)
       guard !d.qkvBias else {
         throw MoEError.unsupported("'\(checkpoint.path)' has q/k/v biases (\(d.architecture.rawValue)), which Mixtral cannot hold; use the qwen2-moe format")
       }
@@ -167,57 +164,64 @@ public final class Upcycler {
     }
   }
 
+  /// The upcycled model: the dense model with the output format's
+  /// architecture and MoE layers.
+  var outputDescription: ModelDescription {
+    let d = checkpoint.description, o = options
+    var out = d
+    out.architecture = o.format.architecture
+    out.qkvBias = d.qkvBias || out.hf.qkvBias(out.architecture)
+    out.moe = MoEDescription(numExperts: o.numExperts, topK: o.topK, expertIntermediateSize: expertSize,
+                             sharedExpertIntermediateSize: sharedSize, moeLayers: moeLayers)
+    return out
+  }
+
   private func makePlan() throws {
-    let d = checkpoint.description
-    let H = d.hiddenSize, m = expertSize
+    let d = checkpoint.description, out = outputDescription
+    let input = d.hf, output = out.hf
     var p: [PlannedTensor] = []
-    func copy(_ name: String, as outName: String? = nil) throws {
+    /// A tensor of the dense model, under the output format's name.
+    func copy(_ role: TensorRole, layer l: Int = 0, _ suffix: String = "weight") throws {
+      let name = input.name(role, layer: l, suffix)
       let info = try checkpoint.source.require(name)
-      p.append(PlannedTensor(name: outName ?? name, dtype: try outputDType(forSource: name), shape: info.shape, producer: .copy(name)))
+      p.append(PlannedTensor(name: output.name(role, layer: l, suffix), dtype: try outputDType(forSource: name),
+                             shape: info.shape, producer: .copy(name)))
     }
-    try copy("model.embed_tokens.weight")
+    try copy(.embedding)
     for l in 0..<d.numLayers {
-      let prefix = ModelDescription.layerPrefix(l)
-      let ffn = d.denseFFNNames(layer: l)
-      let newDType = try outputDType(forSource: ffn.gate)
-      for (name, _) in d.attentionTensors(layer: l) where name.hasSuffix("layernorm.weight") == false {
-        try copy(name)
+      let newDType = try outputDType(forSource: input.name(.ffnGate, layer: l))
+      let qkv: [TensorRole] = [.query, .key, .value]
+      for role in qkv {
+        try copy(role, layer: l)
+        if d.qkvBias { try copy(role, layer: l, "bias") }
       }
-      if options.format == .qwen2Moe && !d.qkvBias {
-        // Qwen2-MoE attention always has q/k/v biases: zeros keep the function.
-        let kv = d.numKVHeads * d.headDim
-        for (proj, rows) in [("q_proj", d.numHeads * d.headDim), ("k_proj", kv), ("v_proj", kv)] {
-          p.append(PlannedTensor(name: prefix + "self_attn.\(proj).bias", dtype: newDType, shape: [rows], producer: .zeros))
+      try copy(.attentionOutput, layer: l)
+      if out.qkvBias && !d.qkvBias {
+        // The output format's attention always has q/k/v biases: zeros keep the function.
+        for role in qkv {
+          p.append(PlannedTensor(name: output.name(role, layer: l, "bias"), dtype: newDType,
+                                 shape: role.shape(in: d, bias: true), producer: .zeros))
         }
       }
-      try copy(prefix + "input_layernorm.weight")
-      try copy(prefix + "post_attention_layernorm.weight")
+      try copy(.inputNorm, layer: l)
+      try copy(.postNorm, layer: l)
       guard moeLayers[l] else {
-        try copy(ffn.gate); try copy(ffn.up); try copy(ffn.down)
+        for role in [TensorRole.ffnGate, .ffnUp, .ffnDown] { try copy(role, layer: l) }
         continue
       }
-      let E = options.numExperts
-      let arch: Architecture = options.format == .mixtral ? .mixtral : .qwen2Moe
-      func name(_ kind: LayerWeight, _ e: Int = -1) -> String { ModelDescription.moeTensorName(arch, layer: l, kind, expert: e) }
-      p.append(PlannedTensor(name: name(.router), dtype: newDType, shape: [E, H], producer: .router(layer: l)))
-      // Each format's tensor order within an expert (Mixtral: w1, w2, w3).
-      let order: [Projection] = arch == .mixtral ? [.gate, .down, .up] : [.gate, .up, .down]
-      for e in 0..<E {
-        for proj in order {
-          p.append(PlannedTensor(name: name(proj.layerWeight, e), dtype: newDType,
-                                 shape: proj == .down ? [H, m] : [m, H], producer: .expert(layer: l, expert: e, proj)))
+      for t in output.moeTensors(out, layer: l) {
+        let producer: Producer
+        switch t.role {
+        case .router: producer = .router(layer: l)
+        case .expertGate, .expertUp, .expertDown: producer = .expert(layer: l, expert: t.expert, t.role.projection!)
+        case .sharedGate, .sharedUp, .sharedDown: producer = .shared(layer: l, t.role.projection!)
+        default: producer = .zeros
         }
-      }
-      if arch == .qwen2Moe {
-        for (proj, kind) in [(Projection.gate, LayerWeight.sharedGate), (.up, .sharedUp), (.down, .sharedDown)] {
-          p.append(PlannedTensor(name: name(kind), dtype: newDType,
-                                 shape: proj == .down ? [H, sharedSize] : [sharedSize, H], producer: .shared(layer: l, proj)))
-        }
-        p.append(PlannedTensor(name: name(.sharedExpertGate), dtype: newDType, shape: [1, H], producer: .zeros))
+        p.append(PlannedTensor(name: t.name, dtype: newDType, shape: t.shape, producer: producer))
       }
     }
-    try copy("model.norm.weight")
-    if !d.tiedEmbeddings { try copy("lm_head.weight") }
+    try copy(.finalNorm)
+    if !d.tiedEmbeddings { try copy(.lmHead) }
     plan = p
   }
 
@@ -227,7 +231,7 @@ public final class Upcycler {
     if let c = cachedLayer, c.index == l { return c.builder }
     cachedLayer = nil
     let d = checkpoint.description
-    let n = d.denseFFNNames(layer: l)
+    let n = d.hf.denseFFN(layer: l)
     let I = d.intermediateSize, H = d.hiddenSize
     let dense = DenseFFN(intermediate: I, hidden: H,
                          gate: try checkpoint.source.readFloat(n.gate, shape: [I, H]),
@@ -348,12 +352,7 @@ public final class Upcycler {
     let d = checkpoint.description
     let o = options
     let dtype = expertDType ?? plan[0].dtype
-    var out = d
-    out.architecture = o.format == .mixtral ? .mixtral : .qwen2Moe
-    out.qkvBias = d.qkvBias || o.format == .qwen2Moe
-    out.moe = MoEDescription(numExperts: o.numExperts, topK: o.topK, expertIntermediateSize: expertSize,
-                             sharedExpertIntermediateSize: sharedSize, moeLayers: moeLayers)
-    var c = try HFConfig.make(out, dtype: dtype,
+    var c = try HFConfig.make(outputDescription, dtype: dtype,
                               routing: HFConfig.Routing(normTopKProb: o.renormalizes, routerAuxLossCoef: o.routerAuxLossCoef))
     var record: [(String, JSON)] = [
       ("version", .string(moeupcycleVersion)),

@@ -62,7 +62,7 @@ public struct CalibrationStatistics: Sendable {
   /// of the first layer's dense gate weights as f32.
   static func fingerprint(of checkpoint: Checkpoint) throws -> UInt64 {
     let d = checkpoint.description
-    let gate = d.denseFFNNames(layer: 0).gate
+    let gate = d.hf.name(.ffnGate, layer: 0)
     let w = try checkpoint.source.readFloat(gate, shape: [d.intermediateSize, d.hiddenSize])
     checkpoint.source.release(gate)
     var shape = [UInt64(d.numLayers), UInt64(d.hiddenSize), UInt64(d.intermediateSize), UInt64(d.vocabSize)]
