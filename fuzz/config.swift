@@ -1,6 +1,6 @@
 // config.json: the JSON parser and writer, and reading an HF config into a
-// ModelDescription (validated, then the per-layer tensor lists and parameter
-// counts a checkpoint reader computes from it).
+// ModelDescription (validated, then the tensor lists of its layout and the
+// parameter counts a checkpoint reader computes from it).
 
 @testable import MoECore
 
@@ -21,9 +21,10 @@ public func fuzzConfig(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     if let moe = d.moe {
       expect(moe.moeLayers.count == d.numLayers, "\(moe.moeLayers.count) MoE layer flags for \(d.numLayers) layers")
     }
+    let layout = CheckpointLayouts.hf(d.architecture)
     for l in Set([0, d.numLayers - 1]) {
-      _ = d.attentionTensors(layer: l)
-      _ = d.denseFFNNames(layer: l)
+      _ = layout.attentionTensors(d, layer: l)
+      _ = layout.denseFFN(layer: l)
     }
     _ = d.embedShape
     _ = d.parameterCounts()
