@@ -126,11 +126,14 @@ func store16(_ v: Vec16, _ p: UnsafeMutablePointer<Float>) {
   UnsafeMutableRawPointer(p).storeBytes(of: v, as: Vec16.self)
 }
 
-/// 16 bf16 values widened to f32 (a bf16 is the top half of an f32).
+/// 16 bf16 values widened to f32 (a bf16 is the top half of an f32). Widened
+/// a half at a time: the compiler turns each half into one zero-extending
+/// load (vpmovzxwd), where the 16-lane conversion stays a call per vector.
 @inline(__always)
 func loadBF16x16(_ p: UnsafePointer<UInt16>) -> Vec16 {
   let h = UnsafeRawPointer(p).loadUnaligned(as: SIMD16<UInt16>.self)
-  let w = SIMD16<UInt32>(truncatingIfNeeded: h) &<< 16
+  let w = SIMD16<UInt32>(lowHalf: SIMD8<UInt32>(truncatingIfNeeded: h.lowHalf),
+                         highHalf: SIMD8<UInt32>(truncatingIfNeeded: h.highHalf)) &<< 16
   return unsafeBitCast(w, to: Vec16.self)
 }
 
