@@ -127,6 +127,36 @@ def test_unsupported_combinations(dense, tmp_path, kw, fragment):
     raises(C.MOE_ERR_UNSUPPORTED, fragment, upcycle, dense, tmp_path / "o", **kw)
 
 
+def test_formats_refuse_attention_they_cannot_hold(tmp_path):
+    """What an output format cannot hold of the dense model's attention is refused before anything is
+    written: q/k/v biases in Mixtral, head_dim x heads != hidden size in Qwen2-MoE (whose config.json has
+    no head_dim); the other format takes each."""
+    rng = np.random.default_rng(3)
+    qwen = tmp_path / "qwen2"
+    write_hf(qwen, dense_weights(rng, qkv_bias=True), arch="qwen2")
+    raises(C.MOE_ERR_UNSUPPORTED, "has q/k/v biases (qwen2), which the mixtral format cannot hold", upcycle, qwen,
+           tmp_path / "o1")
+    assert not (tmp_path / "o1").exists()
+    upcycle(qwen, tmp_path / "qwen2-moe", format="qwen2-moe")
+    # Two heads of 8 in a hidden size of 32.
+    w = dense_weights(rng, hidden=32, heads=4, kv_heads=2)
+    for l in range(2):
+        p = f"model.layers.{l}.self_attn."
+        w[p + "q_proj.weight"] = w[p + "q_proj.weight"][:16]
+        w[p + "k_proj.weight"] = w[p + "k_proj.weight"][:8]
+        w[p + "v_proj.weight"] = w[p + "v_proj.weight"][:8]
+        w[p + "o_proj.weight"] = np.ascontiguousarray(w[p + "o_proj.weight"][:, :16])
+    narrow = tmp_path / "narrow"
+    write_hf(narrow, w, heads=2, kv_heads=1)
+    config = json.loads((narrow / "config.json").read_text())
+    config["head_dim"] = 8
+    (narrow / "config.json").write_text(json.dumps(config))
+    raises(C.MOE_ERR_UNSUPPORTED, "the qwen2-moe format needs head_dim x heads == hidden size (8 x 2 != 32)",
+           upcycle, narrow, tmp_path / "o2", format="qwen2-moe")
+    assert not (tmp_path / "o2").exists()
+    upcycle(narrow, tmp_path / "mixtral")
+
+
 def test_moe_input_refused(dense, tmp_path):
     upcycle(dense, tmp_path / "moe")
     raises(C.MOE_ERR_UNSUPPORTED, "already an MoE checkpoint", upcycle, tmp_path / "moe", tmp_path / "again")

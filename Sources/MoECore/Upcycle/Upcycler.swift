@@ -125,20 +125,8 @@ public final class Upcycler {
     try o.method.rule.validate(o, intermediate: I - o.sharedFromFrequent)
     try o.routerInit.rule.validate(o)
     let layers = try parseLayerSelection(o.layers, numLayers: d.numLayers)
-    switch o.format {
-    case .mixtral:
-      guard !layers.contains(false) else {
-        throw MoEError.unsupported("the mixtral format makes every layer MoE; use the qwen2-moe format for a layer subset")
-      }
-      try o.format.check(sharedExpert: o.sharedExpert, renormalizes: o.renormalizes)
-      guard !d.qkvBias else {
-        throw MoEError.unsupported("'\(checkpoint.path)' has q/k/v biases (\(d.architecture.rawValue)), which Mixtral cannot hold; use the qwen2-moe format")
-      }
-    case .qwen2Moe:
-      guard d.headDim * d.numHeads == d.hiddenSize else {
-        throw MoEError.unsupported("the qwen2-moe format needs head_dim x heads == hidden size (\(d.headDim) x \(d.numHeads) != \(d.hiddenSize))")
-      }
-    }
+    try o.format.check(sharedExpert: o.sharedExpert, renormalizes: o.renormalizes, moeLayers: layers, source: d,
+                       path: checkpoint.path)
     guard o.maxShardBytes >= 1 << 10 else { throw MoEError.invalid("max shard size must be at least 1 KiB (got \(o.maxShardBytes))") }
     guard o.threads >= 0 && o.threads <= 4096 else {
       throw MoEError.invalid("threads is \(o.threads); use 0 (building overlaps writing), 1 (one thread) or up to 4096")

@@ -139,6 +139,10 @@ protocol HFLayout: Sendable {
   var alwaysRenormalizes: Bool { get }
   /// Whether an MoE layer of the format may have a shared expert.
   var hasSharedExpert: Bool { get }
+  /// Whether every layer of an MoE model in the format is an MoE layer (its config cannot list dense ones).
+  var everyLayerMoE: Bool { get }
+  /// Whether the format's config.json has no head_dim, so that readers take hidden_size / num_attention_heads.
+  var headDimFromHidden: Bool { get }
   /// Whether an MoE model of the format with config.json `c` renormalizes the top-k routing weights.
   func renormalizes(_ c: JSON?) -> Bool
   /// Whether the format's attention has q/k/v biases (architecture `a`).
@@ -168,6 +172,8 @@ extension HFLayout {
   var expertOrder: [Projection] { [.gate, .up, .down] }
   var alwaysRenormalizes: Bool { false }
   var hasSharedExpert: Bool { false }
+  var everyLayerMoE: Bool { false }
+  var headDimFromHidden: Bool { false }
   func renormalizes(_ c: JSON?) -> Bool { alwaysRenormalizes }
   func qkvBias(_ a: Architecture) -> Bool { false }
   func check(_ c: ConfigFields, architecture a: Architecture) throws {}
@@ -329,14 +335,28 @@ extension UpcycleOptions.Format {
     }
   }
 
-  /// Refuses MoE settings the format cannot hold (upcycled and new models alike).
-  func check(sharedExpert: Bool, renormalizes: Bool) throws {
+  /// Refuses MoE settings the format cannot hold (upcycled and new models
+  /// alike): a layer subset (`moeLayers`, one flag per layer), a shared
+  /// expert, routing without renormalization; for an upcycled model, the
+  /// dense model's attention (`source`, read from `path`).
+  func check(sharedExpert: Bool, renormalizes: Bool, moeLayers: [Bool] = [], source: ModelDescription? = nil,
+             path: String = "") throws {
     let hf = CheckpointLayouts.hf(architecture)
+    if hf.everyLayerMoE && moeLayers.contains(false) {
+      throw MoEError.unsupported("the \(caseName) format makes every layer MoE; use the qwen2-moe format for a layer subset")
+    }
     if sharedExpert && !hf.hasSharedExpert {
       throw MoEError.unsupported("the \(caseName) format has no shared expert; use the qwen2-moe format")
     }
     if !renormalizes && hf.alwaysRenormalizes {
       throw MoEError.unsupported("the \(caseName) format renormalizes the top-k weights; softmax-topk without renormalization needs the qwen2-moe format")
+    }
+    guard let d = source else { return }
+    if d.qkvBias && !hf.qkvBias(architecture) {
+      throw MoEError.unsupported("'\(path)' has q/k/v biases (\(d.architecture.rawValue)), which the \(caseName) format cannot hold; use the qwen2-moe format")
+    }
+    if hf.headDimFromHidden && d.headDim * d.numHeads != d.hiddenSize {
+      throw MoEError.unsupported("the \(caseName) format needs head_dim x heads == hidden size (\(d.headDim) x \(d.numHeads) != \(d.hiddenSize))")
     }
   }
 }

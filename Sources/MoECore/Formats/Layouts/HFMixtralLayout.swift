@@ -21,6 +21,7 @@ struct HFMixtralLayout: HFLayout {
   /// File order within an expert: w1, w2, w3.
   var expertOrder: [Projection] { [.gate, .down, .up] }
   var alwaysRenormalizes: Bool { true }
+  var everyLayerMoE: Bool { true }
 
   func describe(_ c: ConfigFields, architecture: Architecture, layers: Int, intermediate: inout Int) throws -> MoEDescription? {
     MoEDescription(numExperts: try c.int("num_local_experts"), topK: try c.int("num_experts_per_tok"),

@@ -25,6 +25,8 @@ struct HFQwen2MoeLayout: HFLayout {
   }
 
   var hasSharedExpert: Bool { true }
+  /// Its config.json has no head_dim: transformers takes hidden_size / num_attention_heads.
+  var headDimFromHidden: Bool { true }
   func renormalizes(_ c: JSON?) -> Bool { c?["norm_topk_prob"]?.boolValue ?? false }
   func qkvBias(_ a: Architecture) -> Bool { true }
 
