@@ -111,6 +111,18 @@ public enum SwiGLUReference {
 
 // MARK: - Loads, stores, reductions
 
+/// The sum of v's lanes as a tree: halves added three times, then the last
+/// two lanes (4 dependent adds). `Vec16.sum()` adds the lanes one after
+/// another (15 dependent adds with a shuffle each), which dominates loops that
+/// reduce a vector for every few loads, such as decode attention's scores.
+@inline(__always)
+func treeSum(_ v: Vec16) -> Float {
+  let eight = v.lowHalf + v.highHalf
+  let four = eight.lowHalf + eight.highHalf
+  let two = four.lowHalf + four.highHalf
+  return two[0] + two[1]
+}
+
 @inline(__always)
 func load16(_ p: UnsafePointer<Float>) -> Vec16 {
   UnsafeRawPointer(p).loadUnaligned(as: Vec16.self)

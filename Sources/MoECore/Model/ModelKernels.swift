@@ -121,10 +121,10 @@ enum ModelKernels {
               c += 16
             }
             let s = scores + h0 * ldS + i
-            s[0] = a0.sum()
-            if hc > 1 { s[ldS] = a1.sum() }
-            if hc > 2 { s[2 * ldS] = a2.sum() }
-            if hc > 3 { s[3 * ldS] = a3.sum() }
+            s[0] = treeSum(a0)
+            if hc > 1 { s[ldS] = treeSum(a1) }
+            if hc > 2 { s[2 * ldS] = treeSum(a2) }
+            if hc > 3 { s[3 * ldS] = treeSum(a3) }
             h0 += hc
           }
         }
