@@ -242,11 +242,7 @@ enum SmallGEMM {
       var a0 = Vec16(), a1 = Vec16(), a2 = Vec16(), a3 = Vec16()
       var h = 0
       while h < k16 {
-        let offset = h * elementBytes
-        moe_prefetch(ahead + offset)
-        moe_prefetch(ahead + offset + rowBytes)
-        moe_prefetch(ahead + offset + 2 * rowBytes)
-        moe_prefetch(ahead + offset + 3 * rowBytes)
+        prefetchFourRows(ahead + h * elementBytes, rowBytes: rowBytes)
         let xv = load16(x + h)
         a0 = a0.addingProduct(L.load16(r0, h), xv)
         a1 = a1.addingProduct(L.load16(r1, h), xv)
@@ -321,6 +317,16 @@ enum SmallGEMM {
     }
   }
 
+  /// Asks for the cache line at `p` in each of four rows `rowBytes` apart:
+  /// the four-row loops call it for the block two ahead of the one they read.
+  @inline(__always)
+  static func prefetchFourRows(_ p: UnsafeRawPointer, rowBytes: Int) {
+    moe_prefetch(p)
+    moe_prefetch(p + rowBytes)
+    moe_prefetch(p + 2 * rowBytes)
+    moe_prefetch(p + 3 * rowBytes)
+  }
+
   /// c[j] (+)= w[j, :] . x for one token and bf16 rows, four rows at a time
   /// (four weight streams in flight, x read once for them), then the rows
   /// left one at a time. `even` and `odd` hold x's elements 2m and 2m + 1 for
@@ -347,10 +353,7 @@ enum SmallGEMM {
       var m = 0
       while m < half {
         let offset = 4 * m
-        moe_prefetch(ahead + offset)
-        moe_prefetch(ahead + offset + rowBytes)
-        moe_prefetch(ahead + offset + 2 * rowBytes)
-        moe_prefetch(ahead + offset + 3 * rowBytes)
+        prefetchFourRows(ahead + offset, rowBytes: rowBytes)
         let ev = load16(even + m), od = load16(odd + m)
         let w0 = r0.loadUnaligned(fromByteOffset: offset, as: SIMD16<UInt32>.self)
         let w1 = r1.loadUnaligned(fromByteOffset: offset, as: SIMD16<UInt32>.self)
