@@ -947,8 +947,18 @@ typedef struct moe_layer_config {
   /** Intermediate size of a shared expert, 0 (default) = none. Its output is
    *  scaled by sigmoid(x . g) with a learned [H] vector g (Qwen2-MoE). */
   uint32_t shared_expert_intermediate_size;
-  /** Storage of expert weights: MOE_DTYPE_F32 (default) or MOE_DTYPE_BF16.
-   *  The router and the shared-expert gate stay f32. */
+  /** Storage of expert weights: MOE_DTYPE_F32 (default), MOE_DTYPE_BF16, or
+   *  GGML's blocks MOE_DTYPE_Q8_0, MOE_DTYPE_Q4_0, MOE_DTYPE_Q4_1 (hidden
+   *  size and intermediate sizes multiples of 32, else MOE_ERR_UNSUPPORTED):
+   *  moe_layer_set_weight() rounds each row to blocks as GGML does,
+   *  moe_layer_get_weight() returns the blocks' values, and moe_layer_load()
+   *  keeps a GGUF's blocks of that type bit for bit. A forward of at most 16
+   *  tokens quantizes the activations to int8 per block of 32 for integer
+   *  dot products; more tokens dequantize blocks of weight rows to f32.
+   *  Quantized experts are for inference: moe_layer_backward() returns
+   *  MOE_ERR_UNSUPPORTED and they cannot be borrowed. Row-slice placement
+   *  splits such experts at multiples of 32 rows. The router and the
+   *  shared-expert gate stay f32. */
   moe_dtype storage;
   /** MOE_PLACEMENT_DEFAULT (default: the runtime's) or a placement. */
   moe_placement placement;
@@ -1114,7 +1124,8 @@ moe_status moe_layer_forward(moe_layer *layer, const float *x, size_t tokens,
  * buffers, including aux_loss_coef * d(balance loss) and
  * z_loss_coef * d(z-loss). Consumes the saved forward.
  * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (no saved
- * forward), MOE_ERR_OUT_OF_MEMORY.
+ * forward), MOE_ERR_UNSUPPORTED (quantized expert storage),
+ * MOE_ERR_OUT_OF_MEMORY.
  */
 moe_status moe_layer_backward(moe_layer *layer, const float *grad_out,
                               float *grad_x);
@@ -1193,8 +1204,10 @@ typedef struct moe_model_params {
    *  MOE_DTYPE_Q8_0 / Q4_0 / Q4_1 (stored blocks of that type kept bit for
    *  bit, other matrices quantized at load). Quantized storage applies to the
    *  attention and dense FFN matrices, the embedding and the LM head whose
-   *  width is a multiple of 32 (others stay f32); MoE experts are then held
-   *  in bf16. Products with quantized weights quantize the activations to
+   *  width is a multiple of 32 (others stay f32), and to the MoE experts
+   *  (the shared expert too) when the hidden size and the experts'
+   *  intermediate sizes are multiples of 32 (else they are held in bf16);
+   *  routers stay f32. Products with quantized weights quantize the activations to
    *  int8 per block of 32 for few tokens (integer dot products, as llama.cpp
    *  does) and dequantize blocks of weight rows to f32 for more. The KV
    *  cache follows the layers' storage: f32 with f32 layers; bf16 (rounded

@@ -146,11 +146,11 @@ func applyBehaviour(_ c: moe_layer_config, to m: inout MoELayerConfig, name: Str
   }
   m.capacityFactor = c.capacity_factor
   m.expertChoice = c.expert_choice != 0
-  switch c.storage {
-  case MOE_DTYPE_F32: m.storage = .f32
-  case MOE_DTYPE_BF16: m.storage = .bf16
-  default: throw MoEError.unsupported("\(name)->storage must be MOE_DTYPE_F32 or MOE_DTYPE_BF16 (got \(c.storage.rawValue))")
+  guard let storage = DType(rawValue: c.storage.rawValue), storage != .f16 else {
+    throw MoEError.unsupported("\(name)->storage must be MOE_DTYPE_F32, MOE_DTYPE_BF16, MOE_DTYPE_Q8_0, "
+                               + "MOE_DTYPE_Q4_0 or MOE_DTYPE_Q4_1 (got \(c.storage.rawValue))")
   }
+  m.storage = storage
   switch c.compute {
   case MOE_DTYPE_F32: m.compute = .f32
   case MOE_DTYPE_BF16: m.compute = .bf16
@@ -218,7 +218,7 @@ public func moe_layer_get_config(_ out: UnsafeMutablePointer<moe_layer_config>!,
     c.capacity_factor = m.capacityFactor
     c.expert_choice = m.expertChoice ? 1 : 0
     c.shared_expert_intermediate_size = UInt32(m.sharedFFN)
-    c.storage = m.storage == .bf16 ? MOE_DTYPE_BF16 : MOE_DTYPE_F32
+    c.storage = moe_dtype(rawValue: m.storage.rawValue)
     c.compute = m.compute == .bf16 ? MOE_DTYPE_BF16 : MOE_DTYPE_F32
     c.placement = moe_placement(rawValue: l.plan.policy.rawValue)
     c.jitter = m.jitter

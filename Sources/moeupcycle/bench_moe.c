@@ -28,7 +28,8 @@ static void bench_usage(FILE *out) {
     "  --shared-ffn S      shared expert size (default 0)\n"
     "  --threads N         workers, 0 = one per core (default 0)\n"
     "  --backward          also time forward+backward\n"
-    "  --dtype f32|bf16    expert weight storage (default f32)\n"
+    "  --dtype f32|bf16|q8_0|q4_0|q4_1\n"
+    "                      expert weight storage (default f32; GGML blocks: forward only)\n"
     "  --compute f32|bf16  precision of the expert products: bf16 rounds both operands\n"
     "                      to bf16 and sums in f32 (default f32)\n"
     "  --placement P       %s\n"
@@ -51,6 +52,17 @@ static void bench_usage(FILE *out) {
     "fallback on the f32 kernels). The GEMM-only bound is f32\n"
     "sgemm either way.\n",
     enum_names(cli_name_placement), enum_names(cli_name_routing));
+}
+
+/* Bytes per expert weight as stored: GGML blocks of 32 with their f16 scales. */
+static double storage_bytes(moe_dtype storage) {
+  switch (storage) {
+  case MOE_DTYPE_BF16: return 2.0;
+  case MOE_DTYPE_Q8_0: return 34.0 / 32;
+  case MOE_DTYPE_Q4_0: return 18.0 / 32;
+  case MOE_DTYPE_Q4_1: return 20.0 / 32;
+  default: return 4.0;
+  }
 }
 
 static int compare_double(const void *a, const void *b) {
@@ -189,6 +201,7 @@ int cmd_bench_moe(int argc, char **argv) {
   if (cli_parse(argc, argv, options, NULL, 0, NULL, &help)) return 2;
   if (help) { bench_usage(stdout); return 0; }
   if (tokens < 1 || tokens > (1u << 24)) return bad_usage("--tokens must be in 1..16777216", NULL);
+  if (backward && storage_bytes(c->storage) < 2.0) return bad_usage("--backward needs --dtype f32 or bf16", NULL);
 
   moe_runtime *rt = NULL;
   moe_status st = layer_runtime(&f, &rt);
@@ -200,7 +213,7 @@ int cmd_bench_moe(int argc, char **argv) {
   /* Decode-sized calls re-read the same weights; with one layer they would
    * come from cache. Like a real model, cycle over enough layers that their
    * expert weights (at least 1 GiB) cannot stay cached. */
-  double layer_bytes = (c->storage == MOE_DTYPE_BF16 ? 2.0 : 4.0) * 3.0 * c->hidden_size *
+  double layer_bytes = storage_bytes(c->storage) * 3.0 * c->hidden_size *
                        ((double)c->num_experts * c->moe_intermediate_size + c->shared_expert_intermediate_size);
   if (nlayers == 0) nlayers = tokens <= 64 ? (uint32_t)ceil((double)(1u << 30) / layer_bytes) : 1;
   if (nlayers > 4096) nlayers = 4096;
@@ -304,7 +317,7 @@ int cmd_bench_moe(int argc, char **argv) {
   /* Work and traffic. */
   double flops_fwd = 2.0 * 3.0 * (double)total_rows * H * F;
   if (c->shared_expert_intermediate_size) flops_fwd += 2.0 * 3.0 * (double)T * H * c->shared_expert_intermediate_size;
-  double bytes_per = c->storage == MOE_DTYPE_BF16 ? 2.0 : 4.0;
+  double bytes_per = storage_bytes(c->storage);
   double weight_bytes = bytes_per * 3.0 * (double)H * ((double)active_experts * F + c->shared_expert_intermediate_size);
   double weight_gbps = weight_bytes / fwd.best / 1e9;
   double eff_fwd = bound_fwd.best / fwd.best;
@@ -314,7 +327,7 @@ int cmd_bench_moe(int argc, char **argv) {
     printf("{\"tokens\": %d, \"hidden\": %d, \"ffn\": %d, \"experts\": %u, \"top_k\": %u, \"shared_ffn\": %u,\n",
            T, H, F, E, c->top_k, c->shared_expert_intermediate_size);
     printf(" \"layers\": %u, \"threads\": %u, \"dtype\": \"%s\", \"compute\": \"%s\", \"blas_core\": ", nlayers,
-           info.workers, c->storage == MOE_DTYPE_BF16 ? "bf16" : "f32", compute);
+           info.workers, cli_name_dtype(c->storage), compute);
     json_string(stdout, info.blas_core);
     printf(", \"kernel_path\": ");
     json_string(stdout, info.kernel_path);
@@ -354,7 +367,7 @@ int cmd_bench_moe(int argc, char **argv) {
   } else {
     printf("MoE layer T=%d H=%d F=%d E=%u K=%u%s x %u layers, %s weights, %s compute%s%s%s, %u threads (%s), kernels %s%s, OpenBLAS %s\n",
            T, H, F, E, c->top_k, c->shared_expert_intermediate_size ? " +shared" : "", nlayers,
-           c->storage == MOE_DTYPE_BF16 ? "bf16" : "f32", compute,
+           cli_name_dtype(c->storage), compute,
            c->compute == MOE_DTYPE_BF16 ? " (" : "", c->compute == MOE_DTYPE_BF16 ? info.kernel_bf16 : "",
            c->compute == MOE_DTYPE_BF16 ? ")" : "", info.workers,
            info.workers_pinned ? "pinned" : "not pinned", info.kernel_path, info.kernel_forced ? " (forced)" : "", info.blas_core);

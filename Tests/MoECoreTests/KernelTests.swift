@@ -155,6 +155,12 @@ import Glibc
       let small = try PlacementPlan.make(policy: .rowSlice, ffnSizes: [f], expectedLoad: [1], nodes: uneven)
       #expect(coverage(small, experts: 1, ffn: [f]), "F=\(f)")
     }
+    // Quantized rows split at whole blocks of 32: half of 96 is 48, which rounds to 64.
+    let blocks = try PlacementPlan.make(policy: .rowSlice, ffnSizes: [96, 32], expectedLoad: [0.5, 1], nodes: twoNodes,
+                                       alignment: 32)
+    #expect(blocks.shards[0].slices.map(\.ffn) == [0..<64, 0..<32])
+    #expect(blocks.shards[1].slices.map(\.ffn) == [64..<96])
+    #expect(coverage(blocks, experts: 2, ffn: [96, 32]))
   }
 
   @Test func expertPolicyBalancesLoadPerWorker() throws {

@@ -249,8 +249,21 @@ def matmul(a, b, bf16_compute=False):
     return bf16(a) @ bf16(b) if bf16_compute else a @ b
 
 
-def _ffn(x, g, u, d, bf16_compute=False):
-    mm = lambda a, b: matmul(a, b, bf16_compute)  # noqa: E731
+def int8_activations(x):
+    """x [T, K] as integer dot products see it: per block of 32 along K, q = round(x * 127 / max|x|) (ties
+    to even, clamped to +-127), times max|x| / 127, all in f32."""
+    x = np.asarray(x, np.float32)
+    blocks = x.reshape(x.shape[0], -1, 32)
+    amax = np.abs(blocks).max(-1, keepdims=True)
+    inverse = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    q = np.clip(np.rint(blocks * inverse), -127, 127)
+    return (q * (amax / np.float32(127))).reshape(x.shape).astype(np.float32)
+
+
+def _ffn(x, g, u, d, bf16_compute=False, expert_input=None):
+    """`expert_input(a)`: how the left operand of each product enters it (default: as it is)."""
+    enter = expert_input or (lambda a: a)
+    mm = lambda a, b: matmul(enter(a), b, bf16_compute)  # noqa: E731
     hg = mm(x, g.T)
     hu = mm(x, u.T)
     a = silu(hg) * hu
@@ -271,7 +284,10 @@ def _ffn_backward(x, g, u, d, cache, dy, bf16_compute=False):
     return dx, dg, du, dd
 
 
-def forward(x, W: dict, cfg: Config, fixed_plan: Plan | None = None, bf16_compute: bool = False) -> Result:
+def forward(x, W: dict, cfg: Config, fixed_plan: Plan | None = None, bf16_compute: bool = False,
+            expert_input=None) -> Result:
+    """`expert_input(a)` models how activations enter the expert products (e.g. int8_activations); the
+    result of such a forward has no backward."""
     x = np.asarray(x, np.float64)
     W = {k: np.asarray(v, np.float64) for k, v in W.items()}
     T, H = x.shape
@@ -285,12 +301,12 @@ def forward(x, W: dict, cfg: Config, fixed_plan: Plan | None = None, bf16_comput
         idx = np.nonzero(p.kept[:, e])[0]
         if len(idx) == 0:
             continue
-        y, c = _ffn(x[idx], W["gate"][e], W["up"][e], W["down"][e], bf16_compute)
+        y, c = _ffn(x[idx], W["gate"][e], W["up"][e], W["down"][e], bf16_compute, expert_input)
         ys[e] = (idx, y, c)
         out[idx] += comb[idx, e:e + 1] * y
     shared = None
     if "shared_gate" in W:
-        ysh, csh = _ffn(x, W["shared_gate"], W["shared_up"], W["shared_down"], bf16_compute)
+        ysh, csh = _ffn(x, W["shared_gate"], W["shared_up"], W["shared_down"], bf16_compute, expert_input)
         gam = sigmoid(x @ W["shared_expert_gate"])
         out += gam[:, None] * ysh
         shared = (ysh, csh, gam)

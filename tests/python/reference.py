@@ -26,8 +26,9 @@ def silu(x):
     return x / (1 + np.exp(-x))
 
 
-def swiglu(x, gate, up, down):
-    return (silu(x @ gate.T) * (x @ up.T)) @ down.T
+def swiglu(x, gate, up, down, mm=None):
+    mm = mm or (lambda a, m: a @ m.T)
+    return mm(silu(mm(x, gate)) * mm(x, up), down)
 
 
 def softmax(z, axis=-1):
@@ -36,8 +37,9 @@ def softmax(z, axis=-1):
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def moe_ffn(x, router, experts, top_k, renormalize=True, shared=None, shared_gate=None):
-    """experts: list of (gate, up, down). Softmax over all experts, top-k (ties to the lower index)."""
+def moe_ffn(x, router, experts, top_k, renormalize=True, shared=None, shared_gate=None, mm=None):
+    """experts: list of (gate, up, down). Softmax over all experts, top-k (ties to the lower index). `mm(a, W)`
+    computes the experts' weight products a @ W.T (the router's and the shared gate's stay plain)."""
     probs = softmax(x @ router.T)  # [T, E]
     out = np.zeros_like(x)
     for t in range(x.shape[0]):
@@ -46,9 +48,9 @@ def moe_ffn(x, router, experts, top_k, renormalize=True, shared=None, shared_gat
         if renormalize:
             w = w / w.sum()
         for e, g in zip(order, w):
-            out[t] += g * swiglu(x[t:t + 1], *experts[e])[0]
+            out[t] += g * swiglu(x[t:t + 1], *experts[e], mm=mm)[0]
     if shared is not None:
-        s = swiglu(x, *shared)
+        s = swiglu(x, *shared, mm=mm)
         gate = 1 / (1 + np.exp(-(x @ shared_gate.T)))  # [T, 1]
         out = out + gate * s
     return out
@@ -57,8 +59,8 @@ def moe_ffn(x, router, experts, top_k, renormalize=True, shared=None, shared_gat
 def forward(weights: dict, config: dict, tokens, capture=None, linear=None, cache=None) -> np.ndarray:
     """Logits [T, vocab] for a sequence of token ids (causal attention, positions 0..T-1). With a list
     `capture`, each dense FFN layer appends (layer, router input [T, H], activations silu(gate) * up [T, F]).
-    `linear(x, W)` computes the dense layers' weight products x @ W.T (attention projections, FFN, LM head;
-    default: exactly that), so that a caller can model how the activations enter them. `cache(a)` models how
+    `linear(x, W)` computes the dense layers' weight products x @ W.T (attention projections, FFN, the MoE
+    experts, LM head; default: exactly that; routers stay plain), so that a caller can model how the activations enter them. `cache(a)` models how
     keys and values are stored in a KV cache (after the rotary embedding) before attention reads them."""
     w = {k: v.astype(np.float32) for k, v in weights.items()}
     mm = linear or (lambda a, m: a @ m.T)
@@ -103,7 +105,7 @@ def forward(weights: dict, config: dict, tokens, capture=None, linear=None, cach
             E = config["num_local_experts"]
             experts = [(w[b + f"experts.{e}.w1.weight"], w[b + f"experts.{e}.w3.weight"],
                         w[b + f"experts.{e}.w2.weight"]) for e in range(E)]
-            f = moe_ffn(h, w[b + "gate.weight"], experts, config["num_experts_per_tok"])
+            f = moe_ffn(h, w[b + "gate.weight"], experts, config["num_experts_per_tok"], mm=mm)
         elif mtype == "qwen2_moe" and l not in config.get("mlp_only_layers", []):
             b = p + "mlp."
             E = config["num_experts"]
@@ -113,7 +115,7 @@ def forward(weights: dict, config: dict, tokens, capture=None, linear=None, cach
                       w[b + "shared_expert.down_proj.weight"])
             f = moe_ffn(h, w[b + "gate.weight"], experts, config["num_experts_per_tok"],
                         renormalize=config.get("norm_topk_prob", False), shared=shared,
-                        shared_gate=w[b + "shared_expert_gate.weight"])
+                        shared_gate=w[b + "shared_expert_gate.weight"], mm=mm)
         else:
             g, u = mm(h, w[p + "mlp.gate_proj.weight"]), mm(h, w[p + "mlp.up_proj.weight"])
             f = mm(silu(g) * u, w[p + "mlp.down_proj.weight"])

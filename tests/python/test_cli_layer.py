@@ -101,6 +101,17 @@ def test_bench_moe_json():
     assert 0 < j["forward_peak_fraction"] < 1.5 and 0 < j["forward_backward_peak_fraction"] < 1.5
 
 
+def test_bench_moe_quantized_experts():
+    """`--dtype q4_1` benchmarks experts held as GGML blocks: the bytes a forward reads are the blocks'."""
+    p = run("bench", "moe", "--tokens", 1, "--hidden", 64, "--ffn", 128, "--experts", 4, "--top-k", 2,
+            "--iters", 2, "--stream-mib", 16, "--layers", 2, "--dtype", "q4_1", "--json")
+    j = json.loads(p.stdout)
+    assert j["dtype"] == "q4_1" and j["forward_s"]["best"] > 0 and j["active_experts"] == 2
+    assert j["active_weight_bytes"] == 2 * 3 * 64 * 128 * 20 / 32
+    p = run("bench", "moe", "--dtype", "q8_0", "--backward", check=False)
+    assert p.returncode == 2 and "--backward needs --dtype f32 or bf16" in p.stderr
+
+
 def test_bench_moe_bad_option():
     p = run("bench", "moe", "--bogus", check=False)
     assert p.returncode == 2 and "unknown option: --bogus" in p.stderr

@@ -29,10 +29,12 @@ import pytest
 from gguf import quants
 
 import reference as ref
+from layer_reference import int8_activations
 from abi import Model, Trainer, expect, ids_array, load_status, params, upcycle
-from gguf_models import TYPES, smollm2_dequantized, smollm2_stored_types, write_llama_gguf
+from gguf_models import TYPES, moe_weights_from_gguf, smollm2_dequantized, smollm2_stored_types, write_llama_gguf
 from models import CLI, bf16_round, dense_weights, read_safetensors_dir
 from moeupcycle import _capi as C
+from test_gguf_export import export
 from test_model import TOKENS20, hamlet, smollm2_path, tiny_config, write_tiny  # noqa: F401  (module fixtures)
 
 HERE = Path(__file__).resolve().parent
@@ -64,17 +66,6 @@ def held(weights, qtype, stored=None):
     already (kept as it is); everything else as given."""
     stored = stored or {}
     return {k: ggml_round(v, qtype) if blockwise(v) and stored.get(k) != qtype else v for k, v in weights.items()}
-
-
-def int8_activations(x):
-    """x [T, K] as the integer products see it: per block of 32, q = round(x * 127 / max|x|) (ties to even,
-    clamped to +-127), times max|x| / 127, all in f32."""
-    x = np.asarray(x, np.float32)
-    blocks = x.reshape(x.shape[0], -1, 32)
-    amax = np.abs(blocks).max(-1, keepdims=True)
-    inverse = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
-    q = np.clip(np.rint(blocks * inverse), -127, 127)
-    return (q * (amax / np.float32(127))).reshape(x.shape).astype(np.float32)
 
 
 def int8_linear(x, w):
@@ -119,6 +110,14 @@ def loaded(rt, path, dtype):
     finally:
         m.close()
         rt.children.remove(m)
+
+
+def held_row_bytes(qtype, cols):
+    """Bytes of one row as the library holds it: blocks in pairs (64 int8 or 32 bytes of nibbles), then
+    the pairs' f16 scales (and Q4_1's minima), padded to 64 bytes."""
+    pairs = (cols // 32 + 1) // 2
+    n = pairs * (64 if qtype == "Q8_0" else 32) + pairs * 4 * (2 if qtype == "Q4_1" else 1)
+    return (n + 63) // 64 * 64
 
 
 def ggml_bytes(shapes, qtype):
@@ -391,28 +390,93 @@ def test_gguf_blocks_kept_by_default(rt, tmp_path, kind):
             np.testing.assert_array_equal(m.logits(ids[:16]), got16)
 
 
-def test_moe_experts_are_held_in_bf16(rt, small, tmp_path):
+def moe_held(weights, qtype, experts_as=None):
+    """An upcycled Mixtral's weights as a load with weight_dtype `qtype` holds them: routers in f32, the
+    experts in `qtype` blocks too (or rounded by `experts_as`, when their sizes are not whole blocks)."""
+    out = {}
+    for k, v in weights.items():
+        if ".experts." in k and experts_as is not None:
+            out[k] = experts_as(v)
+        elif ".block_sparse_moe.gate." in k or not blockwise(v):
+            out[k] = v
+        else:
+            out[k] = ggml_round(v, qtype)
+    return out
+
+
+def moe_held_bytes(weights, qtype):
+    """Bytes of an MoE's matrices held in `qtype` (the routers in f32 are not counted)."""
+    return sum(held_row_bytes(qtype, v.shape[1]) * v.shape[0] if blockwise(v) else 4 * v.size
+               for k, v in weights.items() if v.ndim == 2 and ".block_sparse_moe.gate." not in k)
+
+
+def test_moe_experts_are_held_quantized(rt, small, tmp_path):
+    """Experts of an upcycled MoE are held in the requested blocks, as the dense matrices are: more than 16
+    tokens give the numpy forward of the rounded weights, 16 or fewer the one whose every quantized product
+    (experts included, routers not) takes int8 activations."""
     path, _ = small["h64"]
     out = tmp_path / "mixtral"
     upcycle(path, out, num_experts=4, top_k=2, method="drop", ratio=0.5, seed=3)
     weights, cfg = read_safetensors_dir(out), tiny_config(out)
-    want_weights = {}
-    for k, v in weights.items():
-        if ".experts." in k:
-            want_weights[k] = bf16_round(v)
-        elif blockwise(v) and ".block_sparse_moe.gate." not in k:
-            want_weights[k] = ggml_round(v, "Q8_0")
-        else:
-            want_weights[k] = v
     with loaded(rt, out, C.MOE_DTYPE_F32) as f:
-        f_bytes = f.info.weight_bytes
+        f_bytes, f_token = f.info.weight_bytes, f.info.weight_bytes_per_token
+    for qtype in ("Q8_0", "Q4_1"):
+        want_weights = moe_held(weights, qtype)
+        with loaded(rt, out, QTYPES[qtype]) as m:
+            assert m.info.weight_dtype == QTYPES[qtype] and m.info.num_experts == 4
+            # Experts in blocks too: every matrix but the routers' in the library's padded rows of blocks.
+            held_bytes = moe_held_bytes(weights, qtype)
+            print(f"Mixtral as {qtype}: held {m.info.weight_bytes} bytes (rows of blocks: {held_bytes}; f32 "
+                  f"{f_bytes}), read per token {m.info.weight_bytes_per_token} (f32 {f_token})")
+            assert m.info.weight_bytes == held_bytes
+            assert m.info.weight_bytes_per_token < (0.6 if qtype == "Q8_0" else 0.35) * f_token
+            got, got16 = m.logits(TOKENS20), m.logits(TOKENS20[:16])
+        err = row_errors(got, ref.forward(want_weights, cfg, TOKENS20))
+        print(f"Mixtral as {qtype}: 20-token logits vs numpy {err.max():.1e}")
+        assert err.max() <= 1e-5
+        assert_mostly_exact(row_errors(got16, ref.forward(want_weights, cfg, TOKENS20[:16], linear=int8_linear)),
+                            f"Mixtral as {qtype}, 16 tokens vs numpy with int8 activations", share=0.5)
+
+
+def test_moe_experts_not_of_whole_blocks_are_held_in_bf16(rt, tmp_path):
+    """Experts whose intermediate size is not a multiple of 32 cannot be held in blocks: they are bf16."""
+    dense = tmp_path / "dense"
+    write_tiny(dense, hidden=64, ffn=80, seed=23)
+    out = tmp_path / "mixtral"
+    upcycle(dense, out, num_experts=4, top_k=2, method="drop", ratio=0.5, seed=3)
+    weights, cfg = read_safetensors_dir(out), tiny_config(out)
+    want_weights = moe_held(weights, "Q8_0", experts_as=bf16_round)
     with loaded(rt, out, C.MOE_DTYPE_Q8_0) as m:
-        assert m.info.weight_dtype == C.MOE_DTYPE_Q8_0 and m.info.num_experts == 4
-        assert m.info.weight_bytes < f_bytes / 1.9
+        assert m.info.weight_dtype == C.MOE_DTYPE_Q8_0
         got = m.logits(TOKENS20)
     err = row_errors(got, ref.forward(want_weights, cfg, TOKENS20))
-    print(f"Mixtral as Q8_0 (experts bf16): 20-token logits vs numpy {err.max():.1e}")
+    print(f"Mixtral (F=80) as Q8_0, experts bf16: 20-token logits vs numpy {err.max():.1e}")
     assert err.max() <= 1e-4
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1"])
+def test_moe_gguf_blocks_kept_by_default(rt, small, tmp_path, qtype):
+    """A MoE GGUF's expert blocks are held as stored: more than 16 tokens give the numpy forward of the file's
+    weights (and the file loaded in f32) to float rounding; 16 the one with int8 activations."""
+    path, _ = small["h64"]
+    moe = tmp_path / "mixtral"
+    upcycle(path, moe, num_experts=4, top_k=2, method="drop", ratio=0.5, seed=4)
+    g = tmp_path / f"m.{qtype}.gguf"
+    export(moe, g, dtype=QTYPES[qtype])
+    cfg = tiny_config(moe)
+    file_weights = moe_weights_from_gguf(g, cfg)
+    with loaded(rt, g, C.MOE_DTYPE_F32) as f:
+        want = f.logits(TOKENS20)
+    with loaded(rt, g, C.MOE_DTYPE_DEFAULT) as m:
+        assert m.info.weight_dtype == QTYPES[qtype]
+        assert m.info.weight_bytes == moe_held_bytes(file_weights, qtype)
+        got, got16 = m.logits(TOKENS20), m.logits(TOKENS20[:16])
+    err = row_errors(got, ref.forward(file_weights, cfg, TOKENS20))
+    print(f"Mixtral GGUF {qtype}: 20-token logits vs numpy {err.max():.1e}, vs the f32 load "
+          f"{row_errors(got, want).max():.1e}")
+    assert err.max() <= 1e-5 and row_errors(got, want).max() <= 1e-5
+    assert_mostly_exact(row_errors(got16, ref.forward(file_weights, cfg, TOKENS20[:16], linear=int8_linear)),
+                        f"Mixtral GGUF {qtype}, 16 tokens vs numpy with int8 activations", share=0.5)
 
 
 # --------------------------------------------------------------------------- the int8 path on each kernel path

@@ -500,14 +500,14 @@ extension GEMM {
                       w1: WeightMatrix, c1: UnsafeMutablePointer<Float>,
                       w2: WeightMatrix, c2: UnsafeMutablePointer<Float>, ldc: Int,
                       scratch: UnsafeMutablePointer<Float>, scratchFloats: Int,
-                      compute: ComputePrecision = .f32,
+                      compute: ComputePrecision = .f32, callTokens: Int? = nil,
                       epilogue: (Int, Int, Int, Int) -> Void) {
     guard n > 0, rows > 0 else { return }
     if (n <= smallGEMMTokenLimit && compute == .f32) || w1.dtype.isQuantized {
       xWt(n: n, rows: rows, k: k, x: x, ldx: ldx, w: w1, c: c1, ldc: ldc, accumulate: false,
-          scratch: scratch, scratchFloats: scratchFloats, compute: compute)
+          scratch: scratch, scratchFloats: scratchFloats, compute: compute, callTokens: callTokens)
       xWt(n: n, rows: rows, k: k, x: x, ldx: ldx, w: w2, c: c2, ldc: ldc, accumulate: false,
-          scratch: scratch, scratchFloats: scratchFloats, compute: compute)
+          scratch: scratch, scratchFloats: scratchFloats, compute: compute, callTokens: callTokens)
       epilogue(0, n, 0, rows)
       return
     }
@@ -525,12 +525,12 @@ extension GEMM {
   static func xWt(n: Int, rows: Int, k: Int, x: UnsafePointer<Float>, ldx: Int,
                   w: WeightMatrix, c: UnsafeMutablePointer<Float>, ldc: Int,
                   scratch: UnsafeMutablePointer<Float>, scratchFloats: Int,
-                  compute: ComputePrecision = .f32,
+                  compute: ComputePrecision = .f32, callTokens: Int? = nil,
                   epilogue: (Int, Int, Int, Int) -> Void) {
     guard n > 0, rows > 0 else { return }
     if (n <= smallGEMMTokenLimit && compute == .f32) || w.dtype.isQuantized {
       xWt(n: n, rows: rows, k: k, x: x, ldx: ldx, w: w, c: c, ldc: ldc, accumulate: false,
-          scratch: scratch, scratchFloats: scratchFloats, compute: compute)
+          scratch: scratch, scratchFloats: scratchFloats, compute: compute, callTokens: callTokens)
       epilogue(0, n, 0, rows)
       return
     }

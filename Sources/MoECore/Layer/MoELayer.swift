@@ -8,6 +8,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CMoECPU
 
 /// Weights of one expert slice (rows `ffn` of expert `expert`), as views.
 struct SliceWeights {
@@ -72,11 +73,7 @@ public final class MoELayer: @unchecked Sendable {
     self.runtime = runtime
     scratch = ownScratch
     let E = config.experts, H = config.hidden
-    var ffnSizes = [Int](repeating: config.ffn, count: E)
-    var loads = [Double](repeating: Double(config.topK) / Double(E), count: E)
-    if config.sharedFFN > 0 { ffnSizes.append(config.sharedFFN); loads.append(1) }
-    plan = try PlacementPlan.make(policy: config.placement ?? runtime.defaultPlacement,
-                                  ffnSizes: ffnSizes, expectedLoad: loads, nodes: runtime.nodeWorkers)
+    plan = try runtime.plan(for: config)
     var holders = [[Int]](repeating: [], count: config.allExperts)
     for (s, shard) in plan.shards.enumerated() {
       for slice in shard.slices { holders[slice.expert].append(s) }
@@ -90,14 +87,18 @@ public final class MoELayer: @unchecked Sendable {
       try AlignedBuffer(floats: 128 * max(H, config.ffn, config.sharedFFN), what: "worker scratch")
     }
 
-    // Owned expert memory: one block per shard, on its node.
-    let bytesPerElement = config.storage.elementBytes
+    // Owned expert memory: one block per shard, on its node. A slice holds
+    // gate and up [fn, H] and its own down [H, fn] (quantized: rows of blocks).
+    let storage = config.storage
     shardSlices = []
     shardMemory = []
     for shard in plan.shards {
-      var elements = 0
-      for slice in shard.slices { elements += 3 * slice.ffn.count * H }
-      let bytes = max(elements * bytesPerElement, 64)
+      var sliceBytes = 0
+      for slice in shard.slices {
+        let fn = slice.ffn.count
+        sliceBytes += 2 * fn * storage.rowBytes(cols: H) + H * storage.rowBytes(cols: fn)
+      }
+      let bytes = max(sliceBytes, 64)
       let memory: NodeMemory
       if plan.policy == .interleave {
         memory = try runtime.topology.allocateInterleaved(bytes: bytes)
@@ -112,12 +113,12 @@ public final class MoELayer: @unchecked Sendable {
       for slice in shard.slices {
         let fn = slice.ffn.count
         let base = UnsafeRawPointer(memory.pointer)
-        let gate = WeightMatrix(base: base + offset, dtype: config.storage, ld: H)
-        offset += fn * H * bytesPerElement
-        let up = WeightMatrix(base: base + offset, dtype: config.storage, ld: H)
-        offset += fn * H * bytesPerElement
-        let down = WeightMatrix(base: base + offset, dtype: config.storage, ld: fn)
-        offset += fn * H * bytesPerElement
+        let gate = WeightMatrix(base: base + offset, dtype: storage, ld: H)
+        offset += fn * storage.rowBytes(cols: H)
+        let up = WeightMatrix(base: base + offset, dtype: storage, ld: H)
+        offset += fn * storage.rowBytes(cols: H)
+        let down = WeightMatrix(base: base + offset, dtype: storage, ld: fn)
+        offset += H * storage.rowBytes(cols: fn)
         views.append(SliceWeights(expert: slice.expert, ffn: slice.ffn, gate: gate, up: up, down: down))
       }
       shardSlices.append(views)
@@ -295,6 +296,18 @@ public final class MoELayer: @unchecked Sendable {
 
   static func store(_ src: UnsafePointer<Float>, rows: Int, cols: Int, srcLD: Int, into w: WeightMatrix) {
     let dst = UnsafeMutableRawPointer(mutating: w.base)
+    if let kind = w.dtype.quantKind {
+      // GGML's rounding into blocks, then quant.c's row layout.
+      var blocks = [UInt8](repeating: 0, count: cols / 32 * w.dtype.blockBytes)
+      let rowBytes = w.dtype.rowBytes(cols: w.ld)
+      blocks.withUnsafeMutableBytes { b in
+        for r in 0..<rows {
+          encodeFromFloat(w.dtype, src: src + r * srcLD, count: cols, dst: b.baseAddress!)
+          moe_q_pack_row(kind, b.baseAddress!, cols, dst + r * rowBytes)
+        }
+      }
+      return
+    }
     for r in 0..<rows {
       let s = src + r * srcLD
       if w.dtype == .f32 {
@@ -308,10 +321,51 @@ public final class MoELayer: @unchecked Sendable {
 
   static func load(_ w: WeightMatrix, rows: Int, cols: Int, into dst: UnsafeMutablePointer<Float>, dstLD: Int) {
     for r in 0..<rows {
-      if w.dtype == .f32 {
+      if w.dtype.isQuantized {
+        QuantizedGEMM.row(w, r, cols: cols, into: dst + r * dstLD)
+      } else if w.dtype == .f32 {
         (dst + r * dstLD).update(from: w.f32 + r * w.ld, count: cols)
       } else {
         widenBF16(w.bf16 + r * w.ld, dst + r * dstLD, count: cols)
+      }
+    }
+  }
+
+  /// Copies GGML blocks of `weight` (one expert, or the shared expert's with
+  /// expert -1) into a layer whose storage is their type, bit for bit:
+  /// `blocks` holds the matrix's rows (as the checkpoint stores them, [F, H]
+  /// or [H, F]) of cols / 32 blocks each, `byteCount` bytes in all.
+  public func setWeightBlocks(_ weight: LayerWeight, expert: Int, dtype: DType,
+                              blocks: UnsafeRawPointer, byteCount: Int) throws {
+    guard let kind = config.storage.quantKind, dtype == config.storage else {
+      throw MoEError.unsupported("\(weight.name): \(dtype.name) blocks cannot be kept by a layer storing \(config.storage.name)")
+    }
+    guard weight != .router, weight != .sharedExpertGate else {
+      throw MoEError.invalid("\(weight.name) is held in f32; set it with setWeight")
+    }
+    guard !(weight.isRoutedExpert && expertsBorrowed) else {
+      throw MoEError.invalid("expert weights are borrowed from caller memory; change them there")
+    }
+    guard weight.isShared || (0..<config.experts).contains(expert) else {
+      throw MoEError.invalid("expert is \(expert); blocks are set one expert at a time (0...\(config.experts - 1))")
+    }
+    let need = try elementCount(of: weight, expert: weight.isShared ? -1 : expert)
+    guard byteCount == need / 32 * dtype.blockBytes else {
+      throw MoEError.shape("\(weight.name): \(byteCount) bytes of \(dtype.name) blocks, but \(need / 32 * dtype.blockBytes) are needed")
+    }
+    let H = config.hidden, e = weight.isShared ? config.experts : expert
+    let F = config.ffn(ofExpert: e), perH = H / 32 * dtype.blockBytes, perF = F / 32 * dtype.blockBytes
+    forEachSlice(of: e) { view in
+      let fn = view.ffn.count, f0 = view.ffn.lowerBound
+      switch weight {
+      case .gate, .sharedGate, .up, .sharedUp:
+        let w = weight == .gate || weight == .sharedGate ? view.gate : view.up
+        let dst = UnsafeMutableRawPointer(mutating: w.base), rowBytes = w.dtype.rowBytes(cols: H)
+        for r in 0..<fn { moe_q_pack_row(kind, blocks + (f0 + r) * perH, H, dst + r * rowBytes) }
+      default:
+        // Row r of the slice's down projection: blocks f0 / 32 ..< (f0 + fn) / 32 of row r.
+        let dst = UnsafeMutableRawPointer(mutating: view.down.base), rowBytes = dtype.rowBytes(cols: fn)
+        for r in 0..<H { moe_q_pack_row(kind, blocks + r * perF + f0 / 32 * dtype.blockBytes, fn, dst + r * rowBytes) }
       }
     }
   }

@@ -99,6 +99,10 @@ extension MoELayer {
     let shared = Fs > 0
     // Precision of the expert products (the router's stays f32).
     let compute = precision ?? config.expertCompute
+    // Quantized experts take one path for the whole call, chosen by its
+    // tokens (as the dense quantized products do): integer dot products for
+    // few, blocks of rows dequantized to f32 for more.
+    let quantTokens: Int? = config.storage.isQuantized ? T : nil
 
     // Router input, jittered in training.
     let jittered = training && config.jitter > 0 && T > 0
@@ -158,7 +162,7 @@ extension MoELayer {
                    w1: view.gate.offset(row: range.lowerBound, col: 0), c1: g,
                    w2: view.up.offset(row: range.lowerBound, col: 0), c2: u, ldc: ld,
                    scratch: self.workerScratch[w].pointer, scratchFloats: self.workerScratchFloats,
-                   compute: compute) { r0, rows, c0, cols in
+                   compute: compute, callTokens: quantTokens) { r0, rows, c0, cols in
         for i in r0..<(r0 + rows) {
           let o = i * ld + c0
           swigluForward(gate: g + o, up: u + o, out: a + o, count: cols)
@@ -181,11 +185,11 @@ extension MoELayer {
         let x = act.a + view.ffn.lowerBound, wd = view.down.offset(row: range.lowerBound, col: 0)
         guard weighted && e < E, let weights = rowWeight.baseAddress.map({ $0 + layout.rowStart[e] }) else {
           GEMM.xWt(n: n, rows: range.count, k: view.ffn.count, x: x, ldx: act.ld, w: wd, c: target, ldc: H,
-                   accumulate: false, scratch: ws, scratchFloats: wsn, compute: compute)
+                   accumulate: false, scratch: ws, scratchFloats: wsn, compute: compute, callTokens: quantTokens)
           return
         }
         GEMM.xWt(n: n, rows: range.count, k: view.ffn.count, x: x, ldx: act.ld, w: wd, c: target, ldc: H,
-                 scratch: ws, scratchFloats: wsn, compute: compute) { r0, rows, c0, cols in
+                 scratch: ws, scratchFloats: wsn, compute: compute, callTokens: quantTokens) { r0, rows, c0, cols in
           for i in r0..<(r0 + rows) { Self.scale(target + i * H + c0, by: weights[i], cols) }
         }
       }
@@ -294,6 +298,9 @@ extension MoELayer {
                        expertWeights: Bool = true, compute precision: ComputePrecision? = nil) throws {
     guard let state = saved else {
       throw MoEError.invalid("backward needs a forward run with save_for_backward since the last backward")
+    }
+    guard !config.storage.isQuantized else {
+      throw MoEError.unsupported("backward needs f32 or bf16 expert weights; this layer holds \(config.storage.name) blocks (inference only)")
     }
     Runtime.keepBLASSingleThreaded()
     let T = state.tokens, routing = state.routing

@@ -18,8 +18,9 @@ public struct MoELayerConfig: Sendable, Equatable {
   /// Intermediate size of a shared expert (0: none). Its output is scaled by
   /// sigmoid(x . w_gate) with a learned [H] vector (Qwen2-MoE).
   public var sharedFFN: Int = 0
-  /// Storage of expert weights: .f32 or .bf16 (the router and the
-  /// shared-expert gate are always f32).
+  /// Storage of expert weights: .f32, .bf16, or GGML's .q8_0, .q4_0, .q4_1
+  /// blocks (inference only; H, F and the shared F multiples of 32). The
+  /// router and the shared-expert gate are always f32.
   public var storage: DType = .f32
   /// Precision of the expert products, forward and backward: .f32, or .bf16
   /// (operands rounded to bf16, f32 sums; PackedGEMM.swift). The router, the
@@ -72,8 +73,14 @@ public struct MoELayerConfig: Sendable, Equatable {
     guard capacityFactor.isFinite, capacityFactor >= 0, capacityFactor <= 1000 else {
       throw MoEError.invalid("capacity_factor is \(capacityFactor); it must be 0 (dropless) or in (0, 1000]")
     }
-    guard storage == .f32 || storage == .bf16 else {
-      throw MoEError.unsupported("storage dtype \(storage.name) is not supported for layer weights; use f32 or bf16")
+    guard storage != .f16 else {
+      throw MoEError.unsupported("storage dtype \(storage.name) is not supported for layer weights; use f32, bf16, q8_0, q4_0 or q4_1")
+    }
+    if storage.isQuantized {
+      for (v, name) in [(hidden, "hidden_size"), (ffn, "moe_intermediate_size"), (sharedFFN, "shared_expert_intermediate_size")]
+      where v % 32 != 0 {
+        throw MoEError.unsupported("\(storage.name) storage holds rows in blocks of 32 weights, but \(name) is \(v); use f32 or bf16")
+      }
     }
     guard compute == .f32 || compute == .bf16 else {
       throw MoEError.unsupported("compute dtype \(compute.name) is not supported for the expert products; use f32 or bf16")

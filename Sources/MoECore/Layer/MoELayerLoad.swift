@@ -44,8 +44,21 @@ extension MoELayer {
     var shapes = d
     shapes.moe?.sharedExpertIntermediateSize = config.sharedFFN
     func read(_ role: TensorRole, into kind: LayerWeight, expert e: Int = -1) throws {
-      let values = try src.readFloat(names.name(role, layer: l, expert: e), shape: role.shape(in: shapes))
+      let name = names.name(role, layer: l, expert: e), shape = role.shape(in: shapes)
+      // Blocks of the type the layer stores are kept bit for bit.
+      if let info = src.info(name), info.dtype.isQuantized, info.dtype == config.storage, info.shape == shape,
+         kind != .router, kind != .sharedExpertGate, e >= 0 || kind.isShared {
+        var blocks = [UInt8](repeating: 0, count: info.byteCount)
+        try blocks.withUnsafeMutableBytes { try src.readStored(name, into: $0.baseAddress!) }
+        try blocks.withUnsafeBytes {
+          try layer.setWeightBlocks(kind, expert: e, dtype: info.dtype, blocks: $0.baseAddress!, byteCount: info.byteCount)
+        }
+        src.release(name)
+        return
+      }
+      let values = try src.readFloat(name, shape: shape)
       try values.withUnsafeBufferPointer { try layer.setWeight(kind, expert: e, data: $0.baseAddress!, count: values.count) }
+      src.release(name)
     }
     try read(.router, into: .router)
     let fusedGateUp = names.name(.expertsGateUp, layer: l)

@@ -148,9 +148,22 @@ public final class DecoderModel: @unchecked Sendable {
       }
       return chosen.isQuantized && cols % 32 != 0 ? plain : chosen
     }
-    // Experts of quantized weights are held in bf16 (the MoE kernels run f32 and bf16).
-    let expertsQuantized = options.weightDType?.isQuantized
-      ?? src.tensorNames.contains { src.info($0)?.dtype.isQuantized == true }
+    /// How MoE layer l's experts are held: as `storage` picks for all their
+    /// matrices (stored blocks kept bit for bit), when H and the experts'
+    /// sizes are whole blocks of 32; otherwise bf16 where the request or the
+    /// checkpoint is quantized, else `plain`.
+    func expertStorage(layer l: Int, _ m: MoEDescription) -> DType {
+      let names = CheckpointLayouts.moe(in: src, layer: l)
+      var matrices = (0..<m.numExperts).flatMap { e in Projection.allCases.map { names.name(.expert($0), layer: l, expert: e) } }
+      if m.sharedExpertIntermediateSize > 0 {
+        matrices += [LayerWeight.sharedGate, .sharedUp, .sharedDown].map { names.name(TensorRole($0), layer: l) }
+      }
+      let whole = [H, m.expertIntermediateSize, m.sharedExpertIntermediateSize].allSatisfy { $0 % 32 == 0 }
+      let type = storage(matrices, cols: whole ? 32 : 1)
+      if type.isQuantized { return type }
+      let quantized = options.weightDType?.isQuantized ?? src.tensorNames.contains { src.info($0)?.dtype.isQuantized == true }
+      return plain == .f32 && quantized ? .bf16 : plain
+    }
     let arena = WeightArena()
     func dense(_ names: [String], rows: [Int], cols: Int, biases: [String]? = nil) throws -> DenseWeight {
       var bias: [Float]? = nil
@@ -212,7 +225,7 @@ public final class DecoderModel: @unchecked Sendable {
       var gateUp: DenseWeight? = nil, down: DenseWeight? = nil, moe: MoELayer? = nil
       if let m = d.moe, m.moeLayers[l] {
         moe = try MoELayer.load(checkpoint: ckpt, layer: l, runtime: runtime) { c in
-          c.storage = plain == .f32 && expertsQuantized ? .bf16 : plain
+          c.storage = expertStorage(layer: l, m)
           c.placement = options.placement
         }
         counts.append([Int](repeating: 0, count: m.numExperts))
@@ -271,9 +284,10 @@ public final class DecoderModel: @unchecked Sendable {
     for l in layers {
       total += l.qkv.bytes + l.output.bytes + (l.gateUp?.bytes ?? 0) + (l.down?.bytes ?? 0)
       if let m = l.moe {
-        let c = m.config, e = c.storage.elementBytes
-        total += c.experts * c.hidden * 4 + c.topK * 3 * c.hidden * c.ffn * e
-        if c.sharedFFN > 0 { total += 3 * c.hidden * c.sharedFFN * e + c.hidden * 4 }
+        let c = m.config, t = c.storage
+        func expert(_ f: Int) -> Int { 2 * f * t.rowBytes(cols: c.hidden) + c.hidden * t.rowBytes(cols: f) }
+        total += c.experts * c.hidden * 4 + c.topK * expert(c.ffn)
+        if c.sharedFFN > 0 { total += expert(c.sharedFFN) + c.hidden * 4 }
       }
     }
     return total

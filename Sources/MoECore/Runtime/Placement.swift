@@ -66,15 +66,17 @@ public struct PlacementPlan: Sendable, Equatable {
     return false
   }
 
-  /// Row granularity of row-slice splits: slices start at multiples of this.
+  /// Row granularity of row-slice splits: slices start at multiples of this
+  /// (by default; quantized rows need whole blocks of 32).
   public static let alignment = 16
 
   /// Plans placement of experts with intermediate sizes `ffnSizes` (routed
   /// experts first, a shared expert last if any) and relative expected loads
   /// (tokens per call; e.g. K/E for routed experts and 1 for a shared expert).
-  /// `nodes` lists the nodes that have workers, in node order.
+  /// `nodes` lists the nodes that have workers, in node order. Row-slice
+  /// splits fall on multiples of `alignment`.
   public static func make(policy: PlacementPolicy, ffnSizes: [Int], expectedLoad: [Double],
-                          nodes: [NodeWorkers]) throws -> PlacementPlan {
+                          nodes: [NodeWorkers], alignment: Int = alignment) throws -> PlacementPlan {
     guard ffnSizes.count == expectedLoad.count else {
       throw MoEError.invalid("placement: \(ffnSizes.count) expert sizes but \(expectedLoad.count) loads")
     }
@@ -97,7 +99,7 @@ public struct PlacementPlan: Sendable, Equatable {
         var cumulative = 0
         for (i, n) in nodes.enumerated() {
           cumulative += n.workers.count
-          var end = i == nodes.count - 1 ? f : alignedSplit(f, cumulative, total)
+          var end = i == nodes.count - 1 ? f : alignedSplit(f, cumulative, total, alignment)
           end = max(end, start)
           if end > start { shards[i].slices.append(Slice(expert: e, ffn: start..<end)) }
           start = end
@@ -127,7 +129,7 @@ public struct PlacementPlan: Sendable, Equatable {
   }
 
   /// round(f * part / total) rounded to the alignment.
-  private static func alignedSplit(_ f: Int, _ part: Int, _ total: Int) -> Int {
+  private static func alignedSplit(_ f: Int, _ part: Int, _ total: Int, _ alignment: Int) -> Int {
     let exact = Double(f) * Double(part) / Double(total)
     let aligned = Int((exact / Double(alignment)).rounded()) * alignment
     return min(aligned, f)

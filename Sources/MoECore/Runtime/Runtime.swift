@@ -142,7 +142,8 @@ extension Runtime {
     var loads = [Double](repeating: Double(config.topK) / Double(config.experts), count: config.experts)
     if config.sharedFFN > 0 { ffnSizes.append(config.sharedFFN); loads.append(1) }
     return try PlacementPlan.make(policy: config.placement ?? defaultPlacement,
-                                  ffnSizes: ffnSizes, expectedLoad: loads, nodes: nodeWorkers)
+                                  ffnSizes: ffnSizes, expectedLoad: loads, nodes: nodeWorkers,
+                                  alignment: config.storage.isQuantized ? 32 : PlacementPlan.alignment)
   }
 
   /// Text for `moeupcycle topology`: JSON, or lines for a person.
