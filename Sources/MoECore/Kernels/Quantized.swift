@@ -81,6 +81,31 @@ extension Kernels {
   }
 }
 
+/// Rows of f32 values (`ld` apart) rounded to GGML's `dtype` blocks and packed
+/// in quant.c's row layout at `dst` (rows dtype.rowBytes(cols:) apart);
+/// cols a multiple of 32.
+func packQuantizedRows(_ dtype: DType, values: UnsafePointer<Float>, rows: Int, cols: Int, ld: Int,
+                       into dst: UnsafeMutableRawPointer) {
+  guard let kind = dtype.quantKind else { return }
+  var blocks = [UInt8](repeating: 0, count: cols / 32 * dtype.blockBytes)
+  let rowBytes = dtype.rowBytes(cols: cols)
+  blocks.withUnsafeMutableBytes { b in
+    for r in 0..<rows {
+      encodeFromFloat(dtype, src: values + r * ld, count: cols, dst: b.baseAddress!)
+      moe_q_pack_row(kind, b.baseAddress!, cols, dst + r * rowBytes)
+    }
+  }
+}
+
+/// GGML blocks of `dtype` kept bit for bit: row r's cols / 32 blocks start at
+/// blocks + r * blockStride; packed as packQuantizedRows(values:) packs.
+func packQuantizedRows(_ dtype: DType, blocks: UnsafeRawPointer, rows: Int, cols: Int, blockStride: Int,
+                       into dst: UnsafeMutableRawPointer) {
+  guard let kind = dtype.quantKind else { return }
+  let rowBytes = dtype.rowBytes(cols: cols)
+  for r in 0..<rows { moe_q_pack_row(kind, blocks + r * blockStride, cols, dst + r * rowBytes) }
+}
+
 enum QuantizedGEMM {
   /// Weight rows dequantized at a time for the packed kernels: up to 4 MiB of
   /// f32, so that a worker's share of most matrices is one block (the
@@ -171,12 +196,11 @@ public enum QuantizedReference {
 
   /// The packed rows of GGML blocks.
   public static func pack(_ dtype: DType, blocks: [UInt8], rows: Int, cols: Int) -> [UInt8] {
-    let rowBytes = dtype.rowBytes(cols: cols), perRow = cols / 32 * dtype.blockBytes
-    var packed = [UInt8](repeating: 0, count: rows * rowBytes)
-    guard let kind = dtype.quantKind else { return packed }
+    var packed = [UInt8](repeating: 0, count: rows * dtype.rowBytes(cols: cols))
     blocks.withUnsafeBytes { b in
       packed.withUnsafeMutableBytes { p in
-        for r in 0..<rows { moe_q_pack_row(kind, b.baseAddress! + r * perRow, cols, p.baseAddress! + r * rowBytes) }
+        packQuantizedRows(dtype, blocks: b.baseAddress!, rows: rows, cols: cols, blockStride: cols / 32 * dtype.blockBytes,
+                          into: p.baseAddress!)
       }
     }
     return packed

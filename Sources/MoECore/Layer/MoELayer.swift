@@ -8,7 +8,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CMoECPU
 
 /// Weights of one expert slice (rows `ffn` of expert `expert`), as views.
 struct SliceWeights {
@@ -296,16 +295,9 @@ public final class MoELayer: @unchecked Sendable {
 
   static func store(_ src: UnsafePointer<Float>, rows: Int, cols: Int, srcLD: Int, into w: WeightMatrix) {
     let dst = UnsafeMutableRawPointer(mutating: w.base)
-    if let kind = w.dtype.quantKind {
-      // GGML's rounding into blocks, then quant.c's row layout.
-      var blocks = [UInt8](repeating: 0, count: cols / 32 * w.dtype.blockBytes)
-      let rowBytes = w.dtype.rowBytes(cols: w.ld)
-      blocks.withUnsafeMutableBytes { b in
-        for r in 0..<rows {
-          encodeFromFloat(w.dtype, src: src + r * srcLD, count: cols, dst: b.baseAddress!)
-          moe_q_pack_row(kind, b.baseAddress!, cols, dst + r * rowBytes)
-        }
-      }
+    if w.dtype.isQuantized {
+      // Quantized views hold whole rows: cols == w.ld.
+      packQuantizedRows(w.dtype, values: src, rows: rows, cols: cols, ld: srcLD, into: dst)
       return
     }
     for r in 0..<rows {
@@ -337,7 +329,7 @@ public final class MoELayer: @unchecked Sendable {
   /// or [H, F]) of cols / 32 blocks each, `byteCount` bytes in all.
   public func setWeightBlocks(_ weight: LayerWeight, expert: Int, dtype: DType,
                               blocks: UnsafeRawPointer, byteCount: Int) throws {
-    guard let kind = config.storage.quantKind, dtype == config.storage else {
+    guard dtype.isQuantized, dtype == config.storage else {
       throw MoEError.unsupported("\(weight.name): \(dtype.name) blocks cannot be kept by a layer storing \(config.storage.name)")
     }
     guard weight != .router, weight != .sharedExpertGate else {
@@ -360,12 +352,12 @@ public final class MoELayer: @unchecked Sendable {
       switch weight {
       case .gate, .sharedGate, .up, .sharedUp:
         let w = weight == .gate || weight == .sharedGate ? view.gate : view.up
-        let dst = UnsafeMutableRawPointer(mutating: w.base), rowBytes = w.dtype.rowBytes(cols: H)
-        for r in 0..<fn { moe_q_pack_row(kind, blocks + (f0 + r) * perH, H, dst + r * rowBytes) }
+        packQuantizedRows(dtype, blocks: blocks + f0 * perH, rows: fn, cols: H, blockStride: perH,
+                          into: UnsafeMutableRawPointer(mutating: w.base))
       default:
         // Row r of the slice's down projection: blocks f0 / 32 ..< (f0 + fn) / 32 of row r.
-        let dst = UnsafeMutableRawPointer(mutating: view.down.base), rowBytes = dtype.rowBytes(cols: fn)
-        for r in 0..<H { moe_q_pack_row(kind, blocks + r * perF + f0 / 32 * dtype.blockBytes, fn, dst + r * rowBytes) }
+        packQuantizedRows(dtype, blocks: blocks + f0 / 32 * dtype.blockBytes, rows: H, cols: fn, blockStride: perF,
+                          into: UnsafeMutableRawPointer(mutating: view.down.base))
       }
     }
   }

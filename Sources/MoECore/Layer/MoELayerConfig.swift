@@ -78,8 +78,8 @@ public struct MoELayerConfig: Sendable, Equatable {
     }
     if storage.isQuantized {
       for (v, name) in [(hidden, "hidden_size"), (ffn, "moe_intermediate_size"), (sharedFFN, "shared_expert_intermediate_size")]
-      where v % 32 != 0 {
-        throw MoEError.unsupported("\(storage.name) storage holds rows in blocks of 32 weights, but \(name) is \(v); use f32 or bf16")
+      where v % storage.blockElements != 0 {
+        throw MoEError.unsupported("\(storage.name) storage holds rows in blocks of \(storage.blockElements) weights, but \(name) is \(v); use f32 or bf16")
       }
     }
     guard compute == .f32 || compute == .bf16 else {

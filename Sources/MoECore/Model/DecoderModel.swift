@@ -148,6 +148,7 @@ public final class DecoderModel: @unchecked Sendable {
       }
       return chosen.isQuantized && cols % 32 != 0 ? plain : chosen
     }
+    let quantized = options.weightDType?.isQuantized ?? src.tensorNames.contains { src.info($0)?.dtype.isQuantized == true }
     /// How MoE layer l's experts are held: as `storage` picks for all their
     /// matrices (stored blocks kept bit for bit), when H and the experts'
     /// sizes are whole blocks of 32; otherwise bf16 where the request or the
@@ -161,7 +162,6 @@ public final class DecoderModel: @unchecked Sendable {
       let whole = [H, m.expertIntermediateSize, m.sharedExpertIntermediateSize].allSatisfy { $0 % 32 == 0 }
       let type = storage(matrices, cols: whole ? 32 : 1)
       if type.isQuantized { return type }
-      let quantized = options.weightDType?.isQuantized ?? src.tensorNames.contains { src.info($0)?.dtype.isQuantized == true }
       return plain == .f32 && quantized ? .bf16 : plain
     }
     let arena = WeightArena()

@@ -406,13 +406,7 @@ final class DenseWeight: @unchecked Sendable {
       case .f32, .f16:
         dst.assumingMemoryBound(to: Float.self).update(from: values, count: count)
       case .q8_0, .q4_0, .q4_1:
-        var blocks = [UInt8](repeating: 0, count: cols / 32 * dtype.blockBytes)
-        blocks.withUnsafeMutableBytes { b in
-          for r in 0..<rows {
-            encodeFromFloat(dtype, src: values + r * cols, count: cols, dst: b.baseAddress!)
-            moe_q_pack_row(dtype.quantKind!, b.baseAddress!, cols, dst + r * dtype.rowBytes(cols: cols))
-          }
-        }
+        packQuantizedRows(dtype, values: values, rows: rows, cols: cols, ld: cols, into: dst)
       }
     }
   }
@@ -421,10 +415,9 @@ final class DenseWeight: @unchecked Sendable {
   /// GGUF stores them) kept as they are, repacked per row.
   convenience init(rows: Int, cols: Int, quantized dtype: DType, blocks: UnsafeRawPointer, bias: UnsafePointer<Float>?,
                    what: String, arena: WeightArena? = nil) throws {
-    guard let kind = dtype.quantKind else { throw MoEError.invalid("\(what): \(dtype.name) is not a quantized type") }
+    guard dtype.isQuantized else { throw MoEError.invalid("\(what): \(dtype.name) is not a quantized type") }
     try self.init(rows: rows, cols: cols, dtype: dtype, bias: bias, what: what, arena: arena) { dst in
-      let perRow = cols / 32 * dtype.blockBytes, rowBytes = dtype.rowBytes(cols: cols)
-      for r in 0..<rows { moe_q_pack_row(kind, blocks + r * perRow, cols, dst + r * rowBytes) }
+      packQuantizedRows(dtype, blocks: blocks, rows: rows, cols: cols, blockStride: cols / 32 * dtype.blockBytes, into: dst)
     }
   }
 

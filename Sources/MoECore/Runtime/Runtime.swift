@@ -143,7 +143,7 @@ extension Runtime {
     if config.sharedFFN > 0 { ffnSizes.append(config.sharedFFN); loads.append(1) }
     return try PlacementPlan.make(policy: config.placement ?? defaultPlacement,
                                   ffnSizes: ffnSizes, expectedLoad: loads, nodes: nodeWorkers,
-                                  alignment: config.storage.isQuantized ? 32 : PlacementPlan.alignment)
+                                  alignment: max(PlacementPlan.alignment, config.storage.blockElements))
   }
 
   /// Text for `moeupcycle topology`: JSON, or lines for a person.
