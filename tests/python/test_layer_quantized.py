@@ -21,23 +21,16 @@ from gguf_models import TYPES
 from models import dense_weights, write_hf
 from moeupcycle import _capi as C
 from test_gguf_export import export
+from test_quantized import QTYPES, ggml_round
 
-QTYPES = {"Q8_0": C.MOE_DTYPE_Q8_0, "Q4_0": C.MOE_DTYPE_Q4_0, "Q4_1": C.MOE_DTYPE_Q4_1}
 H, F, E, K = 64, 96, 4, 2
 EXPERT_WEIGHTS = ("gate", "up", "down", "shared_gate", "shared_up", "shared_down")
-
-
-def ggml_rows(a, qtype):
-    """`a` [..., cols] quantized to GGML `qtype` blocks along its last axis and dequantized (the gguf package)."""
-    t = TYPES[qtype]
-    flat = np.ascontiguousarray(a, np.float32).reshape(-1, a.shape[-1])
-    return quants.dequantize(quants.quantize(flat, t), t).reshape(a.shape).astype(np.float32)
 
 
 def held(W, qtype):
     """The weights as a layer storing `qtype` holds them: expert matrices in blocks, the router and the
     shared-expert gate in f32."""
-    return {k: ggml_rows(v, qtype) if k in EXPERT_WEIGHTS else v for k, v in W.items()}
+    return {k: ggml_round(v, qtype) if k in EXPERT_WEIGHTS else v for k, v in W.items()}
 
 
 def relative(got, want):

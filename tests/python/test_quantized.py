@@ -50,7 +50,7 @@ PREFIXES = (1, 7, 16)  # prefix lengths of TOKENS20 run on the small models' int
 
 
 def ggml_round(a, qtype):
-    """`a` [rows, cols] quantized to GGML's `qtype` blocks along its rows and dequantized (the gguf package)."""
+    """`a` [..., cols] quantized to GGML's `qtype` blocks along its last axis and dequantized (the gguf package)."""
     t = TYPES[qtype]
     return quants.dequantize(quants.quantize(a, t), t).reshape(a.shape).astype(np.float32)
 
