@@ -43,6 +43,9 @@ MOE_CPU_INTERNAL float *moe_thread_buffer(unsigned slot, size_t floats);
 // faults, so `p` may lie past the end of a buffer. Memory-bound loops over
 // weight rows (decode) issue it a few rows ahead of their loads.
 static inline void moe_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
+// The same for a line about to be written (asked for in the exclusive state):
+// a GEMM tile of C, fetched while the products that end in it run.
+static inline void moe_prefetch_write(const void *p) { __builtin_prefetch(p, 1, 3); }
 
 // MARK: - bf16 compute on AVX512-BF16 (bf16.c)
 //
