@@ -124,6 +124,17 @@ public protocol KernelISA {
   static var kc: Int { get }
   /// Rows of A per packed block (mc x kc stays in L2); a multiple of gemmMR.
   static var mc: Int { get }
+  /// Packs one B panel of a transposed f32 operand with register transposes:
+  /// stored rows 0..<nr of src (ld apart), elements 0..<kc, into
+  /// dst[t * nr + j]. Returns false where the ISA has none (the plain loop runs).
+  static func packTransposed(_ src: UnsafePointer<Float>, ld: Int, kc: Int, nr: Int,
+                             into dst: UnsafeMutablePointer<Float>) -> Bool
+}
+
+extension KernelISA {
+  @inlinable @inline(__always)
+  public static func packTransposed(_ src: UnsafePointer<Float>, ld: Int, kc: Int, nr: Int,
+                                    into dst: UnsafeMutablePointer<Float>) -> Bool { false }
 }
 
 extension KernelISA {
@@ -435,6 +446,9 @@ public enum PackedGEMM {
             let src = base + (j0 + j) * b.ld + r0
             for t in 0..<kc { panel[t * NR + j] = Float(bitPattern: UInt32(src[t]) << 16) }
           }
+        } else if cols == NR, K.packTransposed(b.base.assumingMemoryBound(to: Float.self) + j0 * b.ld + r0,
+                                                 ld: b.ld, kc: kc, nr: NR, into: panel) {
+          // A whole panel, transposed in registers.
         } else {
           // Inner index outer: each step writes one contiguous row of the panel and
           // advances every stored row by one element.

@@ -1,6 +1,7 @@
 // AVX-512 (F): 16-float zmm vectors, FMA. The shared kernels of MoEKernelCode, instantiated for
 // this module's target CPU (see Package.swift).
 
+import CMoECPU
 import MoEKernelCode
 
 public enum AVX512Kernels: KernelISA {
@@ -10,6 +11,12 @@ public enum AVX512Kernels: KernelISA {
   }
   public static var kc: Int { 256 }
   public static var mc: Int { 144 }
+  @inline(__always)
+  public static func packTransposed(_ src: UnsafePointer<Float>, ld: Int, kc: Int, nr: Int,
+                                    into dst: UnsafeMutablePointer<Float>) -> Bool {
+    moe_pack_bt_f32_avx512(src, ld, kc, nr, dst)
+    return true
+  }
 
   /// bf16 compute on the fallback.
   public static let table = makeTable(name: "avx512", fused: true)

@@ -47,6 +47,15 @@ static inline void moe_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
 // a GEMM tile of C, fetched while the products that end in it run.
 static inline void moe_prefetch_write(const void *p) { __builtin_prefetch(p, 1, 3); }
 
+// MARK: - Transposed f32 panels (pack.c)
+//
+// Stored rows 0..<nr of src (rows ld apart; row j is column j of B), elements
+// 0..<kc of each, into dst[t * nr + j]: one packed B panel of the f32 GEMM.
+// nr is a multiple of 16 (AVX-512) or 8 (AVX2). Call each only on a CPU with
+// that instruction set.
+MOE_CPU_INTERNAL void moe_pack_bt_f32_avx512(const float *src, size_t ld, size_t kc, size_t nr, float *dst);
+MOE_CPU_INTERNAL void moe_pack_bt_f32_avx2(const float *src, size_t ld, size_t kc, size_t nr, float *dst);
+
 // MARK: - bf16 compute on AVX512-BF16 (bf16.c)
 //
 // Pair-interleaved panels of 32-bit words (inner indices 2p and 2p + 1 of one

@@ -1,0 +1,94 @@
+// Packing of transposed f32 B operands (the weights of x W^T) into the column
+// panels of the packed GEMM (MoEKernelCode/PackedGEMM.swift): each stored row
+// of W is a column of B, so a panel's row of NR values takes one element from
+// each of NR stored rows. Read element by element that is one load and one
+// store per value; here blocks of stored rows are loaded as vectors and
+// transposed in registers (16 x 16 with AVX-512, 8 x 8 with AVX2). The values
+// are copied, not changed: the panels are bit for bit those of the plain loop.
+// Each is called only from the instruction set's own kernel module, which
+// runs only on CPUs that have it.
+#include "moe_cpu.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define AVX512_TARGET __attribute__((target("avx512f")))
+#define AVX2_TARGET __attribute__((target("avx2")))
+
+// The 16 x 16 block at src (rows ld apart) transposed into dst (rows ldd apart).
+AVX512_TARGET static inline void transpose16(const float *src, size_t ld, float *dst, size_t ldd) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + (size_t)i * ld);
+  // Pairs of rows interleaved by 32-bit elements, then by 64-bit pairs: each
+  // 128-bit lane then holds four rows' values of one column.
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+  }
+  // r[4g + c] (rows 4g..4g+3) holds in its lane l column c + 4l. Gather the
+  // four row groups' lanes: column c + 4l comes from lane l of r[c], r[4 + c],
+  // r[8 + c], r[12 + c].
+  for (int c = 0; c < 4; c++) {
+    __m512 lo0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);   // lanes 0, 2 of each
+    __m512 hi0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);   // lanes 1, 3 of each
+    __m512 lo1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+    __m512 hi1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
+    _mm512_storeu_ps(dst + (size_t)c * ldd, _mm512_shuffle_f32x4(lo0, lo1, 0x88));
+    _mm512_storeu_ps(dst + (size_t)(c + 8) * ldd, _mm512_shuffle_f32x4(lo0, lo1, 0xDD));
+    _mm512_storeu_ps(dst + (size_t)(c + 4) * ldd, _mm512_shuffle_f32x4(hi0, hi1, 0x88));
+    _mm512_storeu_ps(dst + (size_t)(c + 12) * ldd, _mm512_shuffle_f32x4(hi0, hi1, 0xDD));
+  }
+}
+
+AVX512_TARGET void moe_pack_bt_f32_avx512(const float *src, size_t ld, size_t kc, size_t nr, float *dst) {
+  size_t t = 0;
+  for (; t + 16 <= kc; t += 16)
+    for (size_t j = 0; j < nr; j += 16) transpose16(src + j * ld + t, ld, dst + t * nr + j, nr);
+  for (; t < kc; t++)
+    for (size_t j = 0; j < nr; j++) dst[t * nr + j] = src[j * ld + t];
+}
+
+// The 8 x 8 block at src (rows ld apart) transposed into dst (rows ldd apart).
+AVX2_TARGET static inline void transpose8(const float *src, size_t ld, float *dst, size_t ldd) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + (size_t)i * ld);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t[i]), _mm256_castps_pd(t[i + 2])));
+    r[i + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t[i]), _mm256_castps_pd(t[i + 2])));
+    r[i + 2] = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t[i + 1]), _mm256_castps_pd(t[i + 3])));
+    r[i + 3] = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t[i + 1]), _mm256_castps_pd(t[i + 3])));
+  }
+  // r[4g + c] holds in its lane l column c + 4l of rows 4g..4g+3.
+  for (int c = 0; c < 4; c++) {
+    _mm256_storeu_ps(dst + (size_t)c * ldd, _mm256_permute2f128_ps(r[c], r[4 + c], 0x20));
+    _mm256_storeu_ps(dst + (size_t)(c + 4) * ldd, _mm256_permute2f128_ps(r[c], r[4 + c], 0x31));
+  }
+}
+
+AVX2_TARGET void moe_pack_bt_f32_avx2(const float *src, size_t ld, size_t kc, size_t nr, float *dst) {
+  size_t t = 0;
+  for (; t + 8 <= kc; t += 8)
+    for (size_t j = 0; j < nr; j += 8) transpose8(src + j * ld + t, ld, dst + t * nr + j, nr);
+  for (; t < kc; t++)
+    for (size_t j = 0; j < nr; j++) dst[t * nr + j] = src[j * ld + t];
+}
+
+#else
+// Never called here: no x86 kernel module runs on this CPU.
+void moe_pack_bt_f32_avx512(const float *src, size_t ld, size_t kc, size_t nr, float *dst) {
+  (void)src; (void)ld; (void)kc; (void)nr; (void)dst;
+}
+void moe_pack_bt_f32_avx2(const float *src, size_t ld, size_t kc, size_t nr, float *dst) {
+  (void)src; (void)ld; (void)kc; (void)nr; (void)dst;
+}
+#endif
