@@ -405,12 +405,15 @@ public enum PackedGEMM {
         // Transposed: the MR values of one inner index are contiguous.
         let base = a.base.assumingMemoryBound(to: Float.self)
         if rows == MR {
-          var src = base + c0 * a.ld + i0, out = panel
+          // Six contiguous values per inner index: two vector moves.
+          var src = UnsafeRawPointer(base + c0 * a.ld + i0), out = UnsafeMutableRawPointer(panel)
+          let step = 4 * a.ld
           for _ in 0..<kc {
-            out[0] = src[0]; out[1] = src[1]; out[2] = src[2]
-            out[3] = src[3]; out[4] = src[4]; out[5] = src[5]
-            src += a.ld
-            out += MR
+            out.storeBytes(of: src.loadUnaligned(as: SIMD4<Float>.self), as: SIMD4<Float>.self)
+            out.storeBytes(of: src.loadUnaligned(fromByteOffset: 16, as: SIMD2<Float>.self), toByteOffset: 16,
+                           as: SIMD2<Float>.self)
+            src += step
+            out += 4 * MR
           }
         } else {
           for t in 0..<kc {
