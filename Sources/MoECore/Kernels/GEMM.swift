@@ -174,15 +174,21 @@ enum SmallGEMM {
       j0 = rows & ~3
       vectorFourRows(L.self, rows: j0, k: k, x: x, w: w, c: c, accumulate: accumulate)
     }
+    let elementBytes = w.dtype.elementBytes, rowBytes = w.ld * elementBytes
     for j in j0..<rows {
-      let row = w.base + j * w.ld * w.dtype.elementBytes
+      let row = w.base + j * rowBytes
+      // The row two ahead is asked for while the first pass reads this one
+      // (rows of a few hundred values are too short for the hardware prefetchers).
+      let ahead = row + 2 * rowBytes
       var i = 0
       // Four tokens at a time: one weight load feeds four FMAs.
       while i + 4 <= n {
         let x0 = x + i * ldx, x1 = x0 + ldx, x2 = x1 + ldx, x3 = x2 + ldx
         var a0 = Vec16(), a1 = Vec16(), a2 = Vec16(), a3 = Vec16()
         var h = 0
+        let prefetching = i == 0
         while h < k16 {
+          if prefetching { moe_prefetch(ahead + h * elementBytes) }
           let wv = L.load16(row, h)
           a0 = a0.addingProduct(wv, load16(x0 + h))
           a1 = a1.addingProduct(wv, load16(x1 + h))
@@ -206,8 +212,13 @@ enum SmallGEMM {
         let x0 = x + i * ldx
         var a0 = Vec16(), a1 = Vec16()
         var h = 0
+        let prefetching = i == 0
         // Two accumulators hide FMA latency for a single token.
         while h + 32 <= k16 {
+          if prefetching {
+            moe_prefetch(ahead + h * elementBytes)
+            moe_prefetch(ahead + (h + 16) * elementBytes)
+          }
           a0 = a0.addingProduct(L.load16(row, h), load16(x0 + h))
           a1 = a1.addingProduct(L.load16(row, h + 16), load16(x0 + h + 16))
           h += 32
