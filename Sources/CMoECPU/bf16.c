@@ -217,13 +217,7 @@ BF16_TARGET void moe_bf16_micro(size_t kp, const uint32_t *a, const uint32_t *b,
                                 int mr, int nr, int accumulate) {
   __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
   __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-  /* C is touched only after the loop: its lines are asked for now. */
-  for (int r = 0; r < mr && r < MOE_BF16_MR; r++) {
-    const float *row = c + (size_t)r * ldc;
-    moe_prefetch_write(row);
-    moe_prefetch_write(row + 16);
-    moe_prefetch_write(row + 31);
-  }
+  moe_prefetch_tile(c, ldc, mr < MOE_BF16_MR ? mr : MOE_BF16_MR, MOE_BF16_NR);
   for (size_t p = 0; p < kp; p++) {
     __m512i w0 = _mm512_loadu_si512(b), w1 = _mm512_loadu_si512(b + 16), x;
     __m512bh b0, b1, xb;

@@ -15,6 +15,13 @@
 #define AVX512_TARGET __attribute__((target("avx512f")))
 #define AVX2_TARGET __attribute__((target("avx2")))
 
+// Elements t0..<kc of the panel one value at a time (what a whole block of
+// the transposes does not cover).
+static inline void pack_bt_tail(const float *src, size_t ld, size_t t0, size_t kc, size_t nr, float *dst) {
+  for (size_t t = t0; t < kc; t++)
+    for (size_t j = 0; j < nr; j++) dst[t * nr + j] = src[j * ld + t];
+}
+
 // The 16 x 16 block at src (rows ld apart) transposed into dst (rows ldd apart).
 AVX512_TARGET static inline void transpose16(const float *src, size_t ld, float *dst, size_t ldd) {
   __m512 r[16], t[16];
@@ -50,8 +57,7 @@ AVX512_TARGET void moe_pack_bt_f32_avx512(const float *src, size_t ld, size_t kc
   size_t t = 0;
   for (; t + 16 <= kc; t += 16)
     for (size_t j = 0; j < nr; j += 16) transpose16(src + j * ld + t, ld, dst + t * nr + j, nr);
-  for (; t < kc; t++)
-    for (size_t j = 0; j < nr; j++) dst[t * nr + j] = src[j * ld + t];
+  pack_bt_tail(src, ld, t, kc, nr, dst);
 }
 
 // The 8 x 8 block at src (rows ld apart) transposed into dst (rows ldd apart).
@@ -79,8 +85,7 @@ AVX2_TARGET void moe_pack_bt_f32_avx2(const float *src, size_t ld, size_t kc, si
   size_t t = 0;
   for (; t + 8 <= kc; t += 8)
     for (size_t j = 0; j < nr; j += 8) transpose8(src + j * ld + t, ld, dst + t * nr + j, nr);
-  for (; t < kc; t++)
-    for (size_t j = 0; j < nr; j++) dst[t * nr + j] = src[j * ld + t];
+  pack_bt_tail(src, ld, t, kc, nr, dst);
 }
 
 #else

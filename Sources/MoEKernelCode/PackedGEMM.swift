@@ -523,13 +523,8 @@ public enum PackedGEMM {
     var pa = a, pb = b
     // The tile of C is read (or written) only after the loop: asked for now,
     // its lines arrive from L2 or L3 while the loop runs instead of stalling
-    // the stores (every line of each row: 2W floats span up to 3 lines).
-    for i in 0..<mr {
-      let row = UnsafeRawPointer(c + i * ldc)
-      moe_prefetch_write(row)
-      moe_prefetch_write(row + 4 * W)
-      moe_prefetch_write(row + 8 * W - 4)
-    }
+    // the final loads and stores.
+    moe_prefetch_tile(c, ldc, Int32(mr), 2 * W)
     for _ in 0..<kc {
       let b0 = K.load(pb), b1 = K.load(pb + W)
       var x = K.V(repeating: pa[0])

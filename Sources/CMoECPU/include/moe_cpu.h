@@ -43,9 +43,16 @@ MOE_CPU_INTERNAL float *moe_thread_buffer(unsigned slot, size_t floats);
 // faults, so `p` may lie past the end of a buffer. Memory-bound loops over
 // weight rows (decode) issue it a few rows ahead of their loads.
 static inline void moe_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
-// The same for a line about to be written (asked for in the exclusive state):
-// a GEMM tile of C, fetched while the products that end in it run.
-static inline void moe_prefetch_write(const void *p) { __builtin_prefetch(p, 1, 3); }
+// Every line of `rows` rows of `cols` floats at c (ldc apart), asked for to
+// be written: a microkernel's tile of C, which it reads or writes only after
+// its inner loop, fetched while that loop runs.
+static inline void moe_prefetch_tile(float *c, size_t ldc, int rows, size_t cols) {
+  for (int r = 0; r < rows; r++) {
+    const float *row = c + (size_t)r * ldc;
+    for (size_t o = 0; o < cols; o += 16) __builtin_prefetch(row + o, 1, 3);
+    __builtin_prefetch(row + cols - 1, 1, 3);
+  }
+}
 
 // MARK: - Transposed f32 panels (pack.c)
 //
