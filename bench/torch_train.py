@@ -6,8 +6,8 @@ betas 0.9/0.95, eps 1e-8, weight decay 0.1 on matrices only, global-norm clip 1.
 ids from the same generator as bench train; one warm-up step, then N timed steps. Prints s/step,
 tokens/s, the model FLOPs of a step by the same PaLM count as the library (moe_train_stats
 model_flops), the achieved GFLOP/s and MFU over the f32 multiply-add peak, which is either given
-(--peak-gflops) or measured by the library itself (moe_runtime_measure_peak), so that both tools
-divide by one ceiling.
+(--peak-gflops) or measured by the library itself (moe_runtime_measure_peak, before and after the
+steps, the larger kept, as bench train does), so that both tools divide by one ceiling.
 
 Checkpoints: an HF directory (Llama, Qwen2, Mixtral, Qwen2-MoE: safetensors + config.json) loads
 with AutoModelForCausalLM in float32; a .gguf file loads through transformers' GGUF support (the
@@ -169,6 +169,9 @@ def main() -> int:
         opt.step()
         return time.perf_counter() - started, float(loss.detach())
 
+    # The library's ceilings before the steps and again after them, the larger of each kept
+    # (as bench train does: two vCPUs can share one physical core for a while).
+    before = library_peaks(a.threads, a.peak_seconds) if a.peak_gflops <= 0 else None
     step(0)  # warm-up
     times, loss = [], 0.0
     for i in range(a.steps):
@@ -180,6 +183,9 @@ def main() -> int:
         peak, peak_bf16, peak_from = a.peak_gflops, None, "given"
     else:
         peak, peak_bf16 = library_peaks(a.threads, a.peak_seconds)
+        peak = max(peak, before[0])
+        if peak_bf16 is not None and before[1] is not None:
+            peak_bf16 = max(peak_bf16, before[1])
         peak_from = "moe_runtime_measure_peak"
     tokens = a.batch * a.seq_len
     flops = flops_per_token(model, a.seq_len) * tokens

@@ -229,6 +229,15 @@ int cmd_bench_moe(int argc, char **argv) {
     }
   }
   moe_layer *layer = layers[0];
+  /* The machine's multiply-add ceilings, measured on all workers at once
+   * before the timed runs and again after them (the larger is kept). */
+  cli_peaks peaks = { 0, 0 };
+  st = measure_peaks(rt, &peaks);
+  if (st != MOE_OK) {
+    for (uint32_t l = 0; l < nlayers; l++) moe_layer_free(layers[l]);
+    moe_runtime_free(rt);
+    return fail(st);
+  }
 
   const int T = (int)tokens, H = (int)c->hidden_size, F = (int)c->moe_intermediate_size;
   const uint32_t E = c->num_experts;
@@ -306,8 +315,6 @@ int cmd_bench_moe(int argc, char **argv) {
   for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) free(*all[i]);
 
   double stream = stream_bandwidth((size_t)stream_mib << 20, (int)info.workers);
-  /* The machine's multiply-add ceiling, measured now, on all workers at once. */
-  cli_peaks peaks;
   st = measure_peaks(rt, &peaks);
   double peak = peaks.f32, peak_bf16 = peaks.bf16;
   const char *compute = c->compute == MOE_DTYPE_BF16 ? "bf16" : "f32";
@@ -372,7 +379,7 @@ int cmd_bench_moe(int argc, char **argv) {
            c->compute == MOE_DTYPE_BF16 ? ")" : "", info.workers,
            info.workers_pinned ? "pinned" : "not pinned", info.kernel_path, info.kernel_forced ? " (forced)" : "", info.blas_core);
     peaks_text(stdout, &peaks);
-    printf(" measured (multiply-adds on %u threads)\n", info.workers);
+    printf(" measured (multiply-adds on %u threads, before and after the timed runs, the larger kept)\n", info.workers);
     char bf16_share[32] = "";
     if (peak_bf16 > 0) snprintf(bf16_share, sizeof bf16_share, ", %3.0f%% of bf16", 100 * flops_fwd / fwd.best / 1e9 / peak_bf16);
     printf("forward            best %9.3f ms  median %9.3f ms  %8.1f GFLOP/s  %3.0f%% of f32 peak%s\n",

@@ -100,14 +100,20 @@ int cmd_bench_train(int argc, char **argv) {
     if (!open_model(paths[m], &mf, &rt, &model)) return 1;
     moe_runtime_get_info(&rinfo, rt);
     bench_bf16_peak = tp.precision == MOE_DTYPE_BF16 && strcmp(rinfo.kernel_bf16, "fallback") != 0;
-    /* The machine's multiply-add ceilings, measured in the same run. */
-    moe_status st = m == 0 ? measure_peaks(rt, &peaks) : MOE_OK;
+    /* The machine's multiply-add ceilings, measured in the same run: before
+     * and after each model's steps, the largest kept. */
+    moe_status st = measure_peaks(rt, &peaks);
     if (st != MOE_OK) { moe_model_free(model); moe_runtime_free(rt); return fail(st); }
     moe_model_info info;
     memset(&info, 0, sizeof info);
     info.struct_size = sizeof info;
     moe_model_get_info(&info, model);
     int ok = time_steps(model, info.vocab_size, &tp, steps, &timing[m]);
+    if (ok && (st = measure_peaks(rt, &peaks)) != MOE_OK) {
+      moe_model_free(model);
+      moe_runtime_free(rt);
+      return fail(st);
+    }
     moe_model_free(model);
     moe_runtime_free(rt);
     if (!ok) return 1;
@@ -149,7 +155,8 @@ int cmd_bench_train(int argc, char **argv) {
     printf("  MoE step / dense step: %.2fx\n", timing[1].seconds / timing[0].seconds);
     printf("  kernels %s%s; ", rinfo.kernel_path, rinfo.kernel_forced ? " (forced)" : "");
     peaks_text(stdout, &peaks);
-    printf(" measured on %u threads; MFU = model FLOPs per second / %s peak%s\n", rinfo.workers,
+    printf(" measured on %u threads (before and after each model's steps, the largest kept);"
+           " MFU = model FLOPs per second / %s peak%s\n", rinfo.workers,
            bench_bf16_peak ? "bf16" : "f32",
            tp.precision == MOE_DTYPE_BF16 && !bench_bf16_peak ? " (bf16 compute runs on the f32 kernels here)" : "");
   }

@@ -51,12 +51,19 @@ double stream_bandwidth(size_t bytes, int threads);
 /* The machine's multiply-add ceilings in GFLOP/s, for benchmarks to put
  * their figures beside: moe_runtime_measure_peak on every worker of a
  * runtime, 0.3 s per dtype. bf16 is 0 where the library has no bf16 compute
- * on this CPU (MOE_ERR_UNSUPPORTED), printed as "n/a" or null. */
+ * on this CPU (MOE_ERR_UNSUPPORTED), printed as "n/a" or null.
+ * A benchmark measures before and after its timed runs and keeps the larger
+ * value of each: on a virtual machine two vCPUs can share one physical core
+ * for seconds at a time (each then multiply-adds at half speed), and a
+ * ceiling measured in such a moment would make every figure beside it look
+ * better than it is. */
 typedef struct cli_peaks {
   double f32;
   double bf16;
 } cli_peaks;
-/* MOE_OK, or the status of a measurement that failed (bf16 being unsupported is no failure). */
+/* Measures both ceilings and keeps in *out the larger of each and its
+ * present value (start from { 0, 0 }). MOE_OK, or the status of a
+ * measurement that failed (bf16 being unsupported is no failure). */
 moe_status measure_peaks(moe_runtime *rt, cli_peaks *out);
 /* `"peak_f32_gflops": F, "peak_bf16_gflops": B` (B null when not measured), no braces. */
 void peaks_json(FILE *f, const cli_peaks *p);

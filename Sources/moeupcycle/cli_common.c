@@ -299,15 +299,13 @@ double stream_bandwidth(size_t bytes, int threads) {
 /* ---------------------------------------------------------------- peaks -- */
 
 moe_status measure_peaks(moe_runtime *rt, cli_peaks *out) {
-  out->f32 = 0;
-  out->bf16 = 0;
-  moe_status st = moe_runtime_measure_peak(rt, MOE_DTYPE_F32, 0.3, &out->f32);
+  double f32 = 0, bf16 = 0;
+  moe_status st = moe_runtime_measure_peak(rt, MOE_DTYPE_F32, 0.3, &f32);
   if (st != MOE_OK) return st;
-  st = moe_runtime_measure_peak(rt, MOE_DTYPE_BF16, 0.3, &out->bf16);
-  if (st == MOE_ERR_UNSUPPORTED) {
-    out->bf16 = 0;
-    return MOE_OK;
-  }
+  if (f32 > out->f32) out->f32 = f32;
+  st = moe_runtime_measure_peak(rt, MOE_DTYPE_BF16, 0.3, &bf16);
+  if (st == MOE_ERR_UNSUPPORTED) return MOE_OK;
+  if (st == MOE_OK && bf16 > out->bf16) out->bf16 = bf16;
   return st;
 }
 
