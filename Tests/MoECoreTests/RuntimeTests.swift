@@ -398,7 +398,8 @@ extension RuntimeTests {
       #expect(Array(tally.counts) == [20, 20])
     }
 
-    /// Each worker index runs on its own thread, the same thread every time, never the caller's.
+    /// Each worker index runs on its own thread, the same thread every time; the caller's
+    /// thread runs index 0 exactly when the pool says so, and no other index.
     @Test func workersAreDistinctStableThreads() throws {
       let pool = try WorkerPool(topology: Topology(), threads: 3, pin: false)
       #expect(pool.pinned == [false, false, false])
@@ -408,7 +409,34 @@ extension RuntimeTests {
       pool.run { second.counts[$0] = Int(bitPattern: UInt(pthread_self())) }
       #expect(Array(first.counts) == Array(second.counts))
       #expect(Set(first.counts).count == 3)
-      #expect(!first.counts.contains(Int(bitPattern: UInt(pthread_self()))))
+      let caller = Int(bitPattern: UInt(pthread_self()))
+      #expect((first.counts[0] == caller) == pool.callerRunsWorkerZero)
+      #expect(!first.counts[1...].contains(caller))
+    }
+
+    /// With one worker per CPU on one node, the caller runs worker 0's share (a waiting
+    /// caller would take a CPU from a worker at every dispatch), every index still runs
+    /// once per call, and results do not depend on which thread ran an index.
+    @Test func callerRunsWorkerZeroWhenWorkersFillTheCPUs() throws {
+      let topology = try Topology()
+      let cpus = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+      let pool = try WorkerPool(topology: topology, threads: min(cpus, max(1, topology.puCount)))
+      #expect(pool.callerRunsWorkerZero == (Set(pool.workers.map(\.node)).count == 1))
+      let one = try WorkerPool(topology: topology, threads: 1, pin: false)
+      #expect(one.callerRunsWorkerZero == (min(cpus, max(1, topology.puCount)) == 1))
+      let tally = Tally(pool.count)
+      let sums = Tally(pool.count)
+      for call in 0..<200 {
+        pool.run { w in
+          tally.counts[w] += 1
+          sums.counts[w] += call * (w + 1)
+        }
+      }
+      #expect(tally.counts.allSatisfy { $0 == 200 })
+      #expect((0..<pool.count).allSatisfy { sums.counts[$0] == 199 * 200 / 2 * ($0 + 1) })
+      var ranOn: pthread_t = pthread_self()
+      pool.run { w in if w == 0 { ranOn = pthread_self() } }
+      #expect((pthread_equal(ranOn, pthread_self()) != 0) == pool.callerRunsWorkerZero)
     }
 
     /// Two threads calling `run` at once are serialized, not deadlocked or interleaved.
@@ -443,7 +471,7 @@ extension RuntimeTests {
       let single = try WorkerPool(topology: topology, threads: 1)
       var ranOn: pthread_t = pthread_self()
       single.run { _ in ranOn = pthread_self() }
-      #expect(pthread_equal(ranOn, pthread_self()) == 0)
+      #expect((pthread_equal(ranOn, pthread_self()) != 0) == single.callerRunsWorkerZero)
 
       let threads = topology.coreCount * 2 + 1
       let wide = try WorkerPool(topology: topology, threads: threads)

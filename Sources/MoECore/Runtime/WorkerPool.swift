@@ -12,8 +12,12 @@ import Synchronization
 // - each worker decrements a completion counter; the caller spins on it likewise;
 // - both sleep paths use the "announce, then re-check" protocol (sequentially
 //   consistent RMW on one side, load on the other), so no wake-up is lost.
-// When workers plus the caller outnumber the CPUs, spinning threads would steal the
-// CPU from the thread they wait for, so the spin loops then also call sched_yield.
+// When workers plus the caller outnumber the CPUs (the default: one worker per core),
+// a caller waiting on a CPU would take it from a worker at every dispatch. On one node
+// the caller then runs worker 0's share itself (worker 0's thread stays parked), so the
+// threads that spin never outnumber the CPUs. Where they still do (more workers than
+// CPUs, or several nodes, where worker 0's share must run on its node), the spin loops
+// also call sched_yield.
 
 /// Where one worker runs: its node (logical index), core and PU (OS indices).
 public struct WorkerPlacement: Sendable, Equatable {
@@ -41,6 +45,9 @@ public final class WorkerPool: @unchecked Sendable {
   public let workers: [WorkerPlacement]
   /// Per worker: the pin really took effect (reported by the worker thread itself).
   public let pinned: [Bool]
+  /// Whether the calling thread runs worker 0's share of each job (one node, and the
+  /// workers alone fill the CPUs); worker 0's own thread then stays parked.
+  public let callerRunsWorkerZero: Bool
   public var count: Int { workers.count }
 
   private let dispatcher: JobDispatcher
@@ -127,8 +134,11 @@ public final class WorkerPool: @unchecked Sendable {
     // XML topology says nothing about the machine, so the online CPU count decides.
     var cpuCount = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
     if topology.support.isThisSystem { cpuCount = min(cpuCount, max(1, topology.puCount)) }
-    let dispatcher = try JobDispatcher(workerCount: workerCount,
-                                       yieldWhileSpinning: workerCount + 1 > cpuCount)
+    // Where the workers alone fill the CPUs, the caller runs worker 0's share (one node
+    // only: across nodes worker 0's share must run on its node); see the top of the file.
+    let callerRuns = workerCount + 1 > cpuCount && Set(placements.map(\.node)).count == 1
+    let dispatcher = try JobDispatcher(workerCount: workerCount, callerRunsFirst: callerRuns,
+                                       yieldWhileSpinning: workerCount + (callerRuns ? 0 : 1) > cpuCount)
     let runLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     runLock.initialize(to: pthread_mutex_t())
     guard pthread_mutex_init(runLock, nil) == 0 else {
@@ -166,6 +176,7 @@ public final class WorkerPool: @unchecked Sendable {
 
     self.workers = placements
     self.pinned = Array(pinResults)
+    self.callerRunsWorkerZero = callerRuns
     self.dispatcher = dispatcher
     self.threads = threads
     self.runLock = runLock
@@ -185,10 +196,12 @@ public final class WorkerPool: @unchecked Sendable {
 
   // MARK: - Dispatch
 
-  /// Runs `body(workerIndex)` once on every worker thread concurrently and returns when
+  /// Runs `body(workerIndex)` once for every worker index concurrently and returns when
   /// all have finished; writes made by the bodies are visible to the caller afterwards.
-  /// The calling thread does not run the body and is never pinned. Concurrent callers
-  /// wait for each other.
+  /// Each index runs on its worker's thread, except index 0 with `callerRunsWorkerZero`,
+  /// which the calling thread runs (it is never pinned). Which thread runs an index does
+  /// not change the work an index does, so results do not depend on it. Concurrent
+  /// callers wait for each other.
   public func run(_ body: (Int) -> Void) {
     pthread_mutex_lock(runLock)
     defer { pthread_mutex_unlock(runLock) }
@@ -212,6 +225,8 @@ private final class JobDispatcher: @unchecked Sendable {
   static let spinNanoseconds: UInt64 = 50_000
 
   let workerCount: Int
+  /// The caller runs index 0 of each job; worker thread 0 waits only for `stop`.
+  let callerRunsFirst: Bool
   let yieldWhileSpinning: Bool
 
   // Counters, each on its own cache line (the caller writes `generation`, every worker
@@ -236,8 +251,9 @@ private final class JobDispatcher: @unchecked Sendable {
   /// generation bump, after `remaining` reaches 0); read by workers in between.
   @exclusivity(unchecked) private var job: ((Int) -> Void)?
 
-  init(workerCount: Int, yieldWhileSpinning: Bool) throws {
+  init(workerCount: Int, callerRunsFirst: Bool, yieldWhileSpinning: Bool) throws {
     self.workerCount = workerCount
+    self.callerRunsFirst = callerRunsFirst
     self.yieldWhileSpinning = yieldWhileSpinning
     let line = 64
     counterMemory = UnsafeMutableRawPointer.allocate(byteCount: 4 * line, alignment: line)
@@ -286,7 +302,7 @@ private final class JobDispatcher: @unchecked Sendable {
   /// drops the job again (so the non-escaping closure does not outlive the call).
   func dispatch(_ job: @escaping (Int) -> Void) {
     self.job = job
-    remaining.pointee.store(workerCount, ordering: .relaxed)
+    remaining.pointee.store(callerRunsFirst ? workerCount - 1 : workerCount, ordering: .relaxed)
     // Publishes `job` and `remaining` (release), and orders the bump before the
     // sleeper check (sequential consistency pairs with `waitForJob`).
     generation.pointee.wrappingAdd(1, ordering: .sequentiallyConsistent)
@@ -295,6 +311,7 @@ private final class JobDispatcher: @unchecked Sendable {
       pthread_cond_broadcast(workAvailable)
       pthread_mutex_unlock(mutex)
     }
+    if callerRunsFirst { job(0) }
     waitForCompletion()
     self.job = nil
   }
@@ -325,6 +342,13 @@ private final class JobDispatcher: @unchecked Sendable {
 
   /// The body of worker thread `index`: wait for a job, run it, report, repeat.
   func workerLoop(index: Int) {
+    if callerRunsFirst && index == 0 {
+      // The caller runs this index: wait for `stop` without counting as a sleeping worker.
+      pthread_mutex_lock(mutex)
+      while !stopping.pointee.load(ordering: .relaxed) { pthread_cond_wait(workAvailable, mutex) }
+      pthread_mutex_unlock(mutex)
+      return
+    }
     var seen = 0
     while true {
       seen = waitForJob(after: seen)
