@@ -47,7 +47,7 @@ public final class WorkerPool: @unchecked Sendable {
   public let pinned: [Bool]
   /// Whether the calling thread runs worker 0's share of each job (one node, and the
   /// workers alone fill the CPUs); worker 0's own thread then stays parked.
-  public let callerRunsWorkerZero: Bool
+  public var callerRunsWorkerZero: Bool { dispatcher.callerRunsFirst }
   public var count: Int { workers.count }
 
   private let dispatcher: JobDispatcher
@@ -176,7 +176,6 @@ public final class WorkerPool: @unchecked Sendable {
 
     self.workers = placements
     self.pinned = Array(pinResults)
-    self.callerRunsWorkerZero = callerRuns
     self.dispatcher = dispatcher
     self.threads = threads
     self.runLock = runLock
