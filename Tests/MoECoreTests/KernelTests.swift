@@ -82,7 +82,7 @@ import Glibc
   /// The streaming kernel (n <= 16) and the sgemm path (n > 16) against the plain reference.
   @Test(arguments: [1, 2, 3, 4, 5, 7, 16, 17, 40], [DType.f32, .bf16])
   func productMatchesReference(tokens n: Int, dtype: DType) {
-    for (rows, k) in [(1, 1), (5, 16), (9, 33), (40, 100)] {
+    for (rows, k) in [(1, 1), (5, 16), (9, 33), (40, 100), (6, 200)] {
       var rng = Rng(seed: UInt64(n * 1000 + rows * 10 + k))
       let x = (0..<(n * k)).map { _ in Float(rng.normal()) }
       let wf = (0..<(rows * k)).map { _ in Float(rng.normal()) }

@@ -168,27 +168,21 @@ enum SmallGEMM {
   @inline(__always)
   static func run<L: RowLoader>(_: L.Type, n: Int, rows: Int, k: Int, x: UnsafePointer<Float>, ldx: Int,
                                 w: WeightMatrix, c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
-    let k16 = k & ~15
-    var j0 = 0
-    if n == 1 {
-      j0 = rows & ~3
-      vectorFourRows(L.self, rows: j0, k: k, x: x, w: w, c: c, accumulate: accumulate)
-    }
-    let elementBytes = w.dtype.elementBytes, rowBytes = w.ld * elementBytes
-    for j in j0..<rows {
+    // Row after row, each read front to back: the weights are then one
+    // sequential stream, which the hardware prefetchers follow at the
+    // memory's full bandwidth. (Four rows read side by side, a cache line of
+    // each in turn, drew about half of it on Zen 4: 12 against 26 GB/s on one
+    // core.)
+    let k16 = k & ~15, elementBytes = w.dtype.elementBytes, rowBytes = w.ld * elementBytes
+    for j in 0..<rows {
       let row = w.base + j * rowBytes
-      // The row two ahead is asked for while the first pass reads this one
-      // (rows of a few hundred values are too short for the hardware prefetchers).
-      let ahead = row + 2 * rowBytes
       var i = 0
       // Four tokens at a time: one weight load feeds four FMAs.
       while i + 4 <= n {
         let x0 = x + i * ldx, x1 = x0 + ldx, x2 = x1 + ldx, x3 = x2 + ldx
         var a0 = Vec16(), a1 = Vec16(), a2 = Vec16(), a3 = Vec16()
         var h = 0
-        let prefetching = i == 0
         while h < k16 {
-          if prefetching { moe_prefetch(ahead + h * elementBytes) }
           let wv = L.load16(row, h)
           a0 = a0.addingProduct(wv, load16(x0 + h))
           a1 = a1.addingProduct(wv, load16(x1 + h))
@@ -208,71 +202,38 @@ enum SmallGEMM {
         store(s3, c + (i + 3) * ldc + j, accumulate)
         i += 4
       }
+      // The tokens left (all of them for one token), one at a time.
       while i < n {
-        let x0 = x + i * ldx
-        var a0 = Vec16(), a1 = Vec16()
-        var h = 0
-        let prefetching = i == 0
-        // Two accumulators hide FMA latency for a single token.
-        while h + 32 <= k16 {
-          if prefetching {
-            moe_prefetch(ahead + h * elementBytes)
-            moe_prefetch(ahead + (h + 16) * elementBytes)
-          }
-          a0 = a0.addingProduct(L.load16(row, h), load16(x0 + h))
-          a1 = a1.addingProduct(L.load16(row, h + 16), load16(x0 + h + 16))
-          h += 32
-        }
-        while h < k16 {
-          a0 = a0.addingProduct(L.load16(row, h), load16(x0 + h))
-          h += 16
-        }
-        var s0 = (a0 + a1).sum()
-        while h < k {
-          s0 += L.load(row, h) * x0[h]
-          h += 1
-        }
-        store(s0, c + i * ldc + j, accumulate)
+        store(rowDot(L.self, row, x + i * ldx, k: k), c + i * ldc + j, accumulate)
         i += 1
       }
     }
   }
 
-  /// c[j] (+)= w[j, :] . x for one token, four weight rows at a time: four
-  /// independent streams and multiply-add chains keep more loads in flight
-  /// than one row at a time, and one x vector feeds four rows; the rows two
-  /// blocks ahead are asked for as these are read. `rows` is a multiple of 4.
+  /// row . x over k elements, the row read front to back with four
+  /// multiply-add chains (they hide the FMA latency), reduced by treeSum.
   @inline(__always)
-  static func vectorFourRows<L: RowLoader>(_: L.Type, rows: Int, k: Int, x: UnsafePointer<Float>, w: WeightMatrix,
-                                           c: UnsafeMutablePointer<Float>, accumulate: Bool) {
-    let k16 = k & ~15, elementBytes = w.dtype.elementBytes, rowBytes = w.ld * elementBytes
-    var j = 0
-    while j < rows {
-      let r0 = w.base + j * rowBytes, r1 = r0 + rowBytes, r2 = r1 + rowBytes, r3 = r2 + rowBytes
-      let ahead = r0 + 8 * rowBytes
-      var a0 = Vec16(), a1 = Vec16(), a2 = Vec16(), a3 = Vec16()
-      var h = 0
-      while h < k16 {
-        prefetchFourRows(ahead + h * elementBytes, rowBytes: rowBytes)
-        let xv = load16(x + h)
-        a0 = a0.addingProduct(L.load16(r0, h), xv)
-        a1 = a1.addingProduct(L.load16(r1, h), xv)
-        a2 = a2.addingProduct(L.load16(r2, h), xv)
-        a3 = a3.addingProduct(L.load16(r3, h), xv)
-        h += 16
-      }
-      var s0 = a0.sum(), s1 = a1.sum(), s2 = a2.sum(), s3 = a3.sum()
-      while h < k {
-        let xh = x[h]
-        s0 += L.load(r0, h) * xh; s1 += L.load(r1, h) * xh; s2 += L.load(r2, h) * xh; s3 += L.load(r3, h) * xh
-        h += 1
-      }
-      store(s0, c + j, accumulate)
-      store(s1, c + j + 1, accumulate)
-      store(s2, c + j + 2, accumulate)
-      store(s3, c + j + 3, accumulate)
-      j += 4
+  static func rowDot<L: RowLoader>(_: L.Type, _ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, k: Int) -> Float {
+    let k64 = k & ~63, k16 = k & ~15
+    var a0 = Vec16(), a1 = Vec16(), a2 = Vec16(), a3 = Vec16()
+    var h = 0
+    while h < k64 {
+      a0 = a0.addingProduct(L.load16(row, h), load16(x + h))
+      a1 = a1.addingProduct(L.load16(row, h + 16), load16(x + h + 16))
+      a2 = a2.addingProduct(L.load16(row, h + 32), load16(x + h + 32))
+      a3 = a3.addingProduct(L.load16(row, h + 48), load16(x + h + 48))
+      h += 64
     }
+    while h < k16 {
+      a0 = a0.addingProduct(L.load16(row, h), load16(x + h))
+      h += 16
+    }
+    var s = treeSum((a0 + a1) + (a2 + a3))
+    while h < k {
+      s += L.load(row, h) * x[h]
+      h += 1
+    }
+    return s
   }
 
   /// bf16 rows without widening instructions: a 32-bit word holds elements
@@ -291,7 +252,7 @@ enum SmallGEMM {
       }
     }
     if n == 1 {
-      vectorFourRowsBF16(rows: rows, k: k, even: scratch, odd: scratch + half, x: x, w: w, c: c, accumulate: accumulate)
+      vectorRowsBF16(rows: rows, k: k, even: scratch, odd: scratch + half, x: x, w: w, c: c, accumulate: accumulate)
       return
     }
     let highMask = SIMD16<UInt32>(repeating: 0xFFFF_0000)
@@ -328,77 +289,37 @@ enum SmallGEMM {
     }
   }
 
-  /// Asks for the cache line at `p` in each of four rows `rowBytes` apart:
-  /// the four-row loops call it for the block two ahead of the one they read.
-  @inline(__always)
-  static func prefetchFourRows(_ p: UnsafeRawPointer, rowBytes: Int) {
-    moe_prefetch(p)
-    moe_prefetch(p + rowBytes)
-    moe_prefetch(p + 2 * rowBytes)
-    moe_prefetch(p + 3 * rowBytes)
-  }
-
-  /// c[j] (+)= w[j, :] . x for one token and bf16 rows, four rows at a time
-  /// (four weight streams in flight, x read once for them), then the rows
-  /// left one at a time. `even` and `odd` hold x's elements 2m and 2m + 1 for
-  /// the first k & ~31 inputs (see xWtBF16). The loop asks for the rows two
-  /// blocks ahead of its loads: without it the out-of-order window holds too
-  /// few of the stream's misses and the product reads about half the
-  /// bandwidth the f32 rows get.
-  static func vectorFourRowsBF16(rows: Int, k: Int, even: UnsafePointer<Float>, odd: UnsafePointer<Float>,
-                                 x: UnsafePointer<Float>, w: WeightMatrix, c: UnsafeMutablePointer<Float>,
-                                 accumulate: Bool) {
-    let k32 = k & ~31, half = k32 / 2, rowBytes = 2 * w.ld
+  /// c[j] (+)= w[j, :] . x for one token and bf16 rows, one row after
+  /// another as in `run` (one sequential stream), four multiply-add
+  /// chains a row. `even` and `odd` hold x's elements 2m and 2m + 1 for the
+  /// first k & ~31 inputs (see xWtBF16).
+  static func vectorRowsBF16(rows: Int, k: Int, even: UnsafePointer<Float>, odd: UnsafePointer<Float>,
+                             x: UnsafePointer<Float>, w: WeightMatrix, c: UnsafeMutablePointer<Float>,
+                             accumulate: Bool) {
+    let k32 = k & ~31, half = k32 / 2
     let highMask = SIMD16<UInt32>(repeating: 0xFFFF_0000)
-    @inline(__always) func finish(_ sum: Vec16, _ j: Int) {
-      var s = sum.sum()
+    for j in 0..<rows {
+      let row = UnsafeRawPointer(w.bf16 + j * w.ld)
+      var a0 = Vec16(), a1 = Vec16(), a2 = Vec16(), a3 = Vec16()
+      var m = 0
+      while m + 32 <= half {
+        let w0 = row.loadUnaligned(fromByteOffset: 4 * m, as: SIMD16<UInt32>.self)
+        let w1 = row.loadUnaligned(fromByteOffset: 4 * m + 64, as: SIMD16<UInt32>.self)
+        a0 = a0.addingProduct(unsafeBitCast(w0 &<< 16, to: Vec16.self), load16(even + m))
+        a1 = a1.addingProduct(unsafeBitCast(w0 & highMask, to: Vec16.self), load16(odd + m))
+        a2 = a2.addingProduct(unsafeBitCast(w1 &<< 16, to: Vec16.self), load16(even + m + 16))
+        a3 = a3.addingProduct(unsafeBitCast(w1 & highMask, to: Vec16.self), load16(odd + m + 16))
+        m += 32
+      }
+      if m < half {
+        let w0 = row.loadUnaligned(fromByteOffset: 4 * m, as: SIMD16<UInt32>.self)
+        a0 = a0.addingProduct(unsafeBitCast(w0 &<< 16, to: Vec16.self), load16(even + m))
+        a1 = a1.addingProduct(unsafeBitCast(w0 & highMask, to: Vec16.self), load16(odd + m))
+      }
+      var s = treeSum((a0 + a1) + (a2 + a3))
       let tail = w.bf16 + j * w.ld
       for h in k32..<k { s += bf16ToFloat(tail[h]) * x[h] }
       store(s, c + j, accumulate)
-    }
-    var j = 0
-    while j + 4 <= rows {
-      let r0 = UnsafeRawPointer(w.bf16 + j * w.ld), r1 = r0 + rowBytes, r2 = r1 + rowBytes, r3 = r2 + rowBytes
-      let ahead = r0 + 8 * rowBytes
-      var a0 = Vec16(), a1 = Vec16(), a2 = Vec16(), a3 = Vec16()
-      var m = 0
-      while m < half {
-        let offset = 4 * m
-        prefetchFourRows(ahead + offset, rowBytes: rowBytes)
-        let ev = load16(even + m), od = load16(odd + m)
-        let w0 = r0.loadUnaligned(fromByteOffset: offset, as: SIMD16<UInt32>.self)
-        let w1 = r1.loadUnaligned(fromByteOffset: offset, as: SIMD16<UInt32>.self)
-        let w2 = r2.loadUnaligned(fromByteOffset: offset, as: SIMD16<UInt32>.self)
-        let w3 = r3.loadUnaligned(fromByteOffset: offset, as: SIMD16<UInt32>.self)
-        a0 = a0.addingProduct(unsafeBitCast(w0 &<< 16, to: Vec16.self), ev)
-          .addingProduct(unsafeBitCast(w0 & highMask, to: Vec16.self), od)
-        a1 = a1.addingProduct(unsafeBitCast(w1 &<< 16, to: Vec16.self), ev)
-          .addingProduct(unsafeBitCast(w1 & highMask, to: Vec16.self), od)
-        a2 = a2.addingProduct(unsafeBitCast(w2 &<< 16, to: Vec16.self), ev)
-          .addingProduct(unsafeBitCast(w2 & highMask, to: Vec16.self), od)
-        a3 = a3.addingProduct(unsafeBitCast(w3 &<< 16, to: Vec16.self), ev)
-          .addingProduct(unsafeBitCast(w3 & highMask, to: Vec16.self), od)
-        m += 16
-      }
-      finish(a0, j)
-      finish(a1, j + 1)
-      finish(a2, j + 2)
-      finish(a3, j + 3)
-      j += 4
-    }
-    // The rows left: two accumulators for one row.
-    while j < rows {
-      let row = UnsafeRawPointer(w.bf16 + j * w.ld)
-      var a0 = Vec16(), a1 = Vec16()
-      var m = 0
-      while m < half {
-        let words = row.loadUnaligned(fromByteOffset: 4 * m, as: SIMD16<UInt32>.self)
-        a0 = a0.addingProduct(unsafeBitCast(words &<< 16, to: Vec16.self), load16(even + m))
-        a1 = a1.addingProduct(unsafeBitCast(words & highMask, to: Vec16.self), load16(odd + m))
-        m += 16
-      }
-      finish(a0 + a1, j)
-      j += 1
     }
   }
 
