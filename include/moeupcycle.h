@@ -93,6 +93,13 @@
  *    their few-token products as integer dot products: vpdpbusd on the
  *    avx512 and openblas paths where the CPU has AVX512-VNNI, else vpmaddubsw
  *    (AVX2); plain C on the portable path. moe_runtime_describe() says which.
+ *    Products of 1 to 16 tokens (decode), bound by how fast the weights
+ *    stream from memory, read four rows side by side with prefetch hints on
+ *    Intel CPUs and one row after another on the others (each is the faster
+ *    on those CPUs); MOEUPCYCLE_DECODE_ROWS (auto, hinted, sequential) forces
+ *    one, and an unknown value makes moe_runtime_create() fail with a
+ *    message. The two add a row's products in different orders (quantized
+ *    rows excepted), so results are bit-identical for a given choice.
  *  - The library needs an x86-64-v3 CPU (AVX2, FMA, F16C); on an older one
  *    every function that returns a moe_status returns MOE_ERR_UNSUPPORTED
  *    with a message instead of running (check one, e.g. moe_runtime_create,

@@ -297,37 +297,45 @@ Q_AVX2_TARGET static inline __m256i pair_dot_avx2(int kind, const uint8_t *wq, c
   return s;
 }
 
-// Rows read together. One: each row is then read front to back, one
-// sequential stream that the hardware prefetchers follow (asking for rows
-// ahead made it slower); groups of four rows read side by side, their
-// activation loads shared, decoded 15-35% slower on Zen 4.
-#define Q_ROWS 1
+// Rows read together: one for the sequential walk (each row read front to
+// back, one stream that the hardware prefetchers follow: on Zen 4 four rows
+// side by side decoded 15-35% slower, and prefetch hints slowed it too); four
+// for the hinted walk, their activation loads shared, which also asks for the
+// rows two groups ahead as it reads a group (on Emerald Rapids the rows, a
+// few hundred bytes to a few KB, are too short for the prefetchers to find).
+#define Q_MAX_ROWS 4
 
-// The product loop of one instruction set, compiled once per block type:
-// rows in groups of Q_ROWS, per token (activation row) and per slice of
+// The product loop of one instruction set, compiled once per block type and
+// walk: rows in groups of ROWS, per token (activation row) and per slice of
 // Q_SLICE_PAIRS pairs the rows' combined scales d_b dx_b first, then per pair
 // the integer dot products (DOT: int32 lanes alternating the pair's blocks)
 // scaled into float accumulators; Q4_1 adds its minima term.
 #define Q_GEMM(NAME, TARGET, VEC, ZERO, SCALES, DOT, CAST, BCAST, CVT, FMA, HSUM, MINIMA)                          \
   TARGET __attribute__((always_inline)) static inline void NAME##_kind(                                            \
-      const int kind, size_t n, size_t rows, size_t cols, const uint8_t *w, size_t ldw, const uint8_t *xq,        \
-      size_t ldxq, float *c, size_t ldc, int accumulate) {                                                         \
+      const int kind, const int ROWS, size_t n, size_t rows, size_t cols, const uint8_t *w, size_t ldw,           \
+      const uint8_t *xq, size_t ldxq, float *c, size_t ldc, int accumulate) {                                      \
     size_t np = pairs_of(cols), qb = quant_bytes(kind);                                                            \
-    float scales[Q_ROWS][2 * Q_SLICE_PAIRS];                                                                       \
-    for (size_t j = 0; j < rows; j += Q_ROWS) {                                                                    \
-      int nr = rows - j < Q_ROWS ? (int)(rows - j) : Q_ROWS;                                                       \
-      const uint8_t *r[Q_ROWS];                                                                                    \
-      for (int q = 0; q < Q_ROWS; q++) r[q] = w + (j + (q < nr ? q : 0)) * ldw;                                    \
+    const int hinted = ROWS > 1;                                                                                   \
+    float scales[Q_MAX_ROWS][2 * Q_SLICE_PAIRS];                                                                   \
+    for (size_t j = 0; j < rows; j += ROWS) {                                                                      \
+      int nr = rows - j < (size_t)ROWS ? (int)(rows - j) : ROWS;                                                   \
+      const uint8_t *r[Q_MAX_ROWS];                                                                                \
+      for (int q = 0; q < ROWS; q++) r[q] = w + (j + (q < nr ? q : 0)) * ldw;                                      \
+      if (hinted)                                                                                                  \
+        for (int q = 0; q < ROWS; q++)                                                                             \
+          for (size_t o = np * qb; o < ldw; o += 64) moe_prefetch(r[q] + 2 * ROWS * ldw + o);                      \
       for (size_t i = 0; i < n; i++) {                                                                             \
         act_view x = act_at(xq + i * ldxq, np);                                                                    \
-        VEC acc[Q_ROWS];                                                                                           \
-        for (int q = 0; q < Q_ROWS; q++) acc[q] = ZERO();                                                          \
+        VEC acc[Q_MAX_ROWS];                                                                                       \
+        for (int q = 0; q < ROWS; q++) acc[q] = ZERO();                                                            \
         for (size_t p0 = 0; p0 < np; p0 += Q_SLICE_PAIRS) {                                                        \
           size_t p1 = np - p0 < Q_SLICE_PAIRS ? np : p0 + Q_SLICE_PAIRS;                                           \
-          for (int q = 0; q < Q_ROWS; q++)                                                                         \
+          for (int q = 0; q < ROWS; q++)                                                                           \
             SCALES(r[q] + np * qb + 4 * p0, x.dx + 2 * p0, 2 * (p1 - p0), scales[q]);                              \
           for (size_t pi = p0; pi < p1; pi++) {                                                                    \
-            for (int q = 0; q < Q_ROWS; q++) {                                                                     \
+            if (hinted && i == 0)                                                                                  \
+              for (int q = 0; q < ROWS; q++) moe_prefetch(r[q] + 2 * ROWS * ldw + pi * qb);                        \
+            for (int q = 0; q < ROWS; q++) {                                                                       \
               double pair;                                                                                         \
               memcpy(&pair, scales[q] + 2 * (pi - p0), 8);                                                         \
               acc[q] = FMA(CVT(DOT(kind, r[q] + pi * qb, (const int8_t *)x.q + pi * 64, x.bias + pi * 16)),       \
@@ -343,11 +351,16 @@ Q_AVX2_TARGET static inline __m256i pair_dot_avx2(int kind, const uint8_t *wq, c
       }                                                                                                            \
     }                                                                                                              \
   }                                                                                                                \
-  TARGET static void NAME(int kind, size_t n, size_t rows, size_t cols, const uint8_t *w, size_t ldw,              \
+  TARGET static void NAME##_walk(int kind, const int ROWS, size_t n, size_t rows, size_t cols, const uint8_t *w,    \
+                                 size_t ldw, const uint8_t *xq, size_t ldxq, float *c, size_t ldc, int accumulate) { \
+    if (kind == MOE_Q8_0) NAME##_kind(MOE_Q8_0, ROWS, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate);        \
+    else if (kind == MOE_Q4_0) NAME##_kind(MOE_Q4_0, ROWS, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate);   \
+    else NAME##_kind(MOE_Q4_1, ROWS, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate);                         \
+  }                                                                                                                \
+  TARGET static void NAME(int kind, int hinted, size_t n, size_t rows, size_t cols, const uint8_t *w, size_t ldw,  \
                           const uint8_t *xq, size_t ldxq, float *c, size_t ldc, int accumulate) {                  \
-    if (kind == MOE_Q8_0) NAME##_kind(MOE_Q8_0, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate);              \
-    else if (kind == MOE_Q4_0) NAME##_kind(MOE_Q4_0, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate);         \
-    else NAME##_kind(MOE_Q4_1, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate);                               \
+    if (hinted) NAME##_walk(kind, Q_MAX_ROWS, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate);                \
+    else NAME##_walk(kind, 1, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate);                                \
   }
 
 // The combined scales d_b dx_b of `blocks` blocks of one row (f16 d at dptr)
@@ -452,15 +465,15 @@ int moe_q_avx2_native(void) { return 0; }
 
 #endif
 
-void moe_q_gemm(int isa, int kind, size_t n, size_t rows, size_t cols, const void *w, size_t ldw, const void *xq,
+void moe_q_gemm(int isa, int kind, int hinted, size_t n, size_t rows, size_t cols, const void *w, size_t ldw, const void *xq,
                 size_t ldxq, float *c, size_t ldc, int accumulate) {
 #if defined(__x86_64__)
   if (isa == MOE_Q_ISA_AVX512_VNNI && moe_q_vnni_native()) {
-    gemm_vnni(kind, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate);
+    gemm_vnni(kind, hinted, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate);
     return;
   }
   if (isa == MOE_Q_ISA_AVX2 && moe_q_avx2_native()) {
-    gemm_avx2(kind, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate);
+    gemm_avx2(kind, hinted, n, rows, cols, w, ldw, xq, ldxq, c, ldc, accumulate);
     return;
   }
 #endif

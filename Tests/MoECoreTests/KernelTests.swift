@@ -79,7 +79,7 @@ import Glibc
 }
 
 @Suite struct GEMMKernelTests {
-  /// The streaming kernel (n <= 16) and the sgemm path (n > 16) against the plain reference.
+  /// The streaming kernel (n <= 16, both row walks) and the sgemm path (n > 16) against the plain reference.
   @Test(arguments: [1, 2, 3, 4, 5, 7, 16, 17, 40], [DType.f32, .bf16])
   func productMatchesReference(tokens n: Int, dtype: DType) {
     for (rows, k) in [(1, 1), (5, 16), (9, 33), (40, 100), (6, 200)] {
@@ -88,11 +88,13 @@ import Glibc
       let wf = (0..<(rows * k)).map { _ in Float(rng.normal()) }
       let wb = wf.map(floatToBF16)
       let check: (WeightMatrix) -> Void = { w in
-        let got = GEMM.productForTesting(n: n, rows: rows, k: k, x: x, w: w)
         let ref = GEMMReference.xWt(n: n, rows: rows, k: k, x: x, w: w)
-        for i in got.indices {
-          #expect(abs(got[i] - ref[i]) <= 1e-4 * max(1, abs(ref[i])) * Float(k).squareRoot(),
-                  "n=\(n) rows=\(rows) k=\(k) \(dtype.name) [\(i)]: \(got[i]) vs \(ref[i])")
+        for walk in RowStreaming.allCases {
+          let got = GEMM.productForTesting(n: n, rows: rows, k: k, x: x, w: w, walk: walk)
+          for i in got.indices {
+            #expect(abs(got[i] - ref[i]) <= 1e-4 * max(1, abs(ref[i])) * Float(k).squareRoot(),
+                    "n=\(n) rows=\(rows) k=\(k) \(dtype.name) \(walk) [\(i)]: \(got[i]) vs \(ref[i])")
+          }
         }
       }
       if dtype == .f32 {

@@ -48,11 +48,16 @@ import Testing
       let x = Self.values(n * cols, seed: 99).map { $0 * 3 - 0.01 }
       let expected = QuantizedReference.expected(dtype, blocks: blocks, rows: rows, cols: cols, x: x, n: n)
       for path in paths {
-        let got = QuantizedReference.product(dtype, blocks: blocks, rows: rows, cols: cols, x: x, n: n, kernels: path)
+        let got = QuantizedReference.product(dtype, blocks: blocks, rows: rows, cols: cols, x: x, n: n, kernels: path,
+                                             walk: .sequential)
         // The integer sums are exact; only the float sum over blocks differs in order.
         let scale = expected.map { abs($0) }.max() ?? 1
         let worst = zip(got, expected).map { abs(Double($0) - $1) }.max() ?? 0
         #expect(worst <= 1e-5 * max(scale, 1e-3), "\(dtype.name) \(path) n \(n) rows \(rows) cols \(cols): \(worst)")
+        // Four rows side by side add each row's products in the same order.
+        let hinted = QuantizedReference.product(dtype, blocks: blocks, rows: rows, cols: cols, x: x, n: n,
+                                                kernels: path, walk: .hinted)
+        #expect(hinted.map(\.bitPattern) == got.map(\.bitPattern), "\(dtype.name) \(path) n \(n) rows \(rows)")
       }
     }
   }

@@ -130,3 +130,39 @@ def test_evaluation_agrees_on_every_path(tiny):
     base = results[AUTO["path"]]
     for k, nll in results.items():
         assert abs(nll - base) <= 1e-5 * max(1.0, abs(base)), results
+
+
+def cpu_vendor():
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("vendor_id"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def test_the_decode_row_walk_is_reported_and_can_be_forced():
+    # Intel CPUs read four rows side by side with prefetch hints; the others
+    # read one row after another.
+    want = "hinted" if cpu_vendor() == "GenuineIntel" else "sequential"
+    assert AUTO["decode_rows"] == want and AUTO["decode_rows_reason"]
+    assert f"decode rows {want}" in run("topology").stdout
+    for walk in ("sequential", "hinted"):
+        k = topology({"MOEUPCYCLE_DECODE_ROWS": walk})
+        assert k["decode_rows"] == walk and "MOEUPCYCLE_DECODE_ROWS" in k["decode_rows_reason"]
+    p = run("topology", env={"MOEUPCYCLE_DECODE_ROWS": "zigzag"}, check=False)
+    assert p.returncode != 0 and "MOEUPCYCLE_DECODE_ROWS='zigzag' is not a row walk" in p.stderr
+
+
+def test_decoding_agrees_on_both_row_walks(tiny):
+    # Calls of 8 tokens (eval) and of one token (generate) take the decode
+    # products; the walks differ only in the order of each row's sum.
+    path, data = tiny
+    nll, text = {}, {}
+    for walk in ("sequential", "hinted"):
+        env = {"MOEUPCYCLE_DECODE_ROWS": walk}
+        j = json.loads(run("eval", path, "--data", data, "--seq-len", 8, "--json", env=env).stdout)
+        assert j["tokens_scored"] > 100
+        nll[walk] = j["mean_nll"]
+        g = json.loads(run("generate", path, "--prompt", "The sea", "--max-new-tokens", 12, "--json", env=env).stdout)
+        text[walk] = g["text"]
+    assert abs(nll["sequential"] - nll["hinted"]) <= 1e-5 * max(1.0, abs(nll["hinted"])), nll
+    assert text["sequential"] == text["hinted"], text

@@ -164,9 +164,11 @@ MOE_CPU_INTERNAL void moe_q_quantize_act(int kind, const float *x, size_t cols, 
 
 // c[i * ldc + j] (+)= row j of w (ldw bytes apart) . activation row i (ldxq
 // bytes apart) for i < n, j < rows, on `isa` (MOE_Q_ISA_*; the plain C
-// reference where the CPU lacks it).
-MOE_CPU_INTERNAL void moe_q_gemm(int isa, int kind, size_t n, size_t rows, size_t cols, const void *w, size_t ldw,
-                                 const void *xq, size_t ldxq, float *c, size_t ldc, int accumulate);
+// reference where the CPU lacks it). hinted: four rows read side by side, the
+// rows ahead asked for by prefetch hints; else one row after another (the
+// same sums either way).
+MOE_CPU_INTERNAL void moe_q_gemm(int isa, int kind, int hinted, size_t n, size_t rows, size_t cols, const void *w,
+                                 size_t ldw, const void *xq, size_t ldxq, float *c, size_t ldc, int accumulate);
 
 // 1 when the CPU and the OS run the AVX512-VNNI (F, BW, VL, VNNI, F16C) / the
 // AVX2 (AVX2, FMA, F16C) quantized products.

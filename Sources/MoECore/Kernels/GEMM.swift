@@ -67,19 +67,21 @@ enum GEMM {
   static func xWt(n: Int, rows: Int, k: Int, x: UnsafePointer<Float>, ldx: Int,
                   w: WeightMatrix, c: UnsafeMutablePointer<Float>, ldc: Int,
                   accumulate: Bool, scratch: UnsafeMutablePointer<Float>, scratchFloats: Int,
-                  compute: ComputePrecision = .f32, callTokens: Int? = nil) {
+                  compute: ComputePrecision = .f32, callTokens: Int? = nil,
+                  walk: RowStreaming = Kernels.rowStreaming) {
     guard n > 0, rows > 0 else { return }
     if w.dtype.isQuantized {
       QuantizedGEMM.xWt(n: n, rows: rows, k: k, x: x, ldx: ldx, w: w, c: c, ldc: ldc, accumulate: accumulate,
-                        compute: compute, callTokens: callTokens)
+                        compute: compute, callTokens: callTokens, walk: walk)
       return
     }
     if (callTokens ?? n) <= smallGEMMTokenLimit && compute == .f32 {
       if w.dtype == .bf16 && n * k <= scratchFloats {
         SmallGEMM.xWtBF16(n: n, rows: rows, k: k, x: x, ldx: ldx, w: w, c: c, ldc: ldc,
-                          accumulate: accumulate, scratch: scratch)
+                          accumulate: accumulate, scratch: scratch, walk: walk)
       } else {
-        SmallGEMM.xWt(n: n, rows: rows, k: k, x: x, ldx: ldx, w: w, c: c, ldc: ldc, accumulate: accumulate)
+        SmallGEMM.xWt(n: n, rows: rows, k: k, x: x, ldx: ldx, w: w, c: c, ldc: ldc, accumulate: accumulate,
+                      walk: walk)
       }
       return
     }
@@ -157,32 +159,43 @@ enum OpenBLASGEMM {
 /// bound by memory bandwidth, so it is measured in GB/s.
 enum SmallGEMM {
   static func xWt(n: Int, rows: Int, k: Int, x: UnsafePointer<Float>, ldx: Int,
-                  w: WeightMatrix, c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
+                  w: WeightMatrix, c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool,
+                  walk: RowStreaming = Kernels.rowStreaming) {
     if w.dtype == .bf16 {
-      run(BF16Rows.self, n: n, rows: rows, k: k, x: x, ldx: ldx, w: w, c: c, ldc: ldc, accumulate: accumulate)
+      run(BF16Rows.self, n: n, rows: rows, k: k, x: x, ldx: ldx, w: w, c: c, ldc: ldc, accumulate: accumulate,
+          walk: walk)
     } else {
-      run(F32Rows.self, n: n, rows: rows, k: k, x: x, ldx: ldx, w: w, c: c, ldc: ldc, accumulate: accumulate)
+      run(F32Rows.self, n: n, rows: rows, k: k, x: x, ldx: ldx, w: w, c: c, ldc: ldc, accumulate: accumulate,
+          walk: walk)
     }
   }
 
+  /// Walked `.sequential`, the rows are read one after another, each front
+  /// to back: one stream that the hardware prefetchers follow. Walked
+  /// `.hinted`, one token's product reads four rows side by side
+  /// (vectorFourRows), and each row's first pass asks for the row two ahead.
   @inline(__always)
   static func run<L: RowLoader>(_: L.Type, n: Int, rows: Int, k: Int, x: UnsafePointer<Float>, ldx: Int,
-                                w: WeightMatrix, c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
-    // Row after row, each read front to back: the weights are then one
-    // sequential stream, which the hardware prefetchers follow at the
-    // memory's full bandwidth. (Four rows read side by side, a cache line of
-    // each in turn, drew about half of it on Zen 4: 12 against 26 GB/s on one
-    // core.)
+                                w: WeightMatrix, c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool,
+                                walk: RowStreaming) {
     let k16 = k & ~15, elementBytes = w.dtype.elementBytes, rowBytes = w.ld * elementBytes
-    for j in 0..<rows {
-      let row = w.base + j * rowBytes
+    let hinted = walk == .hinted
+    var j0 = 0
+    if n == 1 && hinted {
+      j0 = rows & ~3
+      vectorFourRows(L.self, rows: j0, k: k, x: x, w: w, c: c, accumulate: accumulate)
+    }
+    for j in j0..<rows {
+      let row = w.base + j * rowBytes, ahead = row + 2 * rowBytes
       var i = 0
       // Four tokens at a time: one weight load feeds four FMAs.
       while i + 4 <= n {
         let x0 = x + i * ldx, x1 = x0 + ldx, x2 = x1 + ldx, x3 = x2 + ldx
         var a0 = Vec16(), a1 = Vec16(), a2 = Vec16(), a3 = Vec16()
         var h = 0
+        let prefetching = hinted && i == 0
         while h < k16 {
+          if prefetching { moe_prefetch(ahead + h * elementBytes) }
           let wv = L.load16(row, h)
           a0 = a0.addingProduct(wv, load16(x0 + h))
           a1 = a1.addingProduct(wv, load16(x1 + h))
@@ -203,6 +216,9 @@ enum SmallGEMM {
         i += 4
       }
       // The tokens left (all of them for one token), one at a time.
+      if hinted && i == 0 {
+        for offset in stride(from: 0, to: k * elementBytes, by: 64) { moe_prefetch(ahead + offset) }
+      }
       while i < n {
         store(rowDot(L.self, row, x + i * ldx, k: k), c + i * ldc + j, accumulate)
         i += 1
@@ -236,13 +252,103 @@ enum SmallGEMM {
     return s
   }
 
+  /// c[j] (+)= w[j, :] . x for one token, four weight rows at a time (the
+  /// `.hinted` walk): four streams and multiply-add chains, one x vector for
+  /// four rows, and the rows two blocks ahead asked for as these are read.
+  /// `rows` is a multiple of 4.
+  @inline(__always)
+  static func vectorFourRows<L: RowLoader>(_: L.Type, rows: Int, k: Int, x: UnsafePointer<Float>, w: WeightMatrix,
+                                           c: UnsafeMutablePointer<Float>, accumulate: Bool) {
+    let k16 = k & ~15, elementBytes = w.dtype.elementBytes, rowBytes = w.ld * elementBytes
+    var j = 0
+    while j < rows {
+      let r0 = w.base + j * rowBytes, r1 = r0 + rowBytes, r2 = r1 + rowBytes, r3 = r2 + rowBytes
+      let ahead = r0 + 8 * rowBytes
+      var a0 = Vec16(), a1 = Vec16(), a2 = Vec16(), a3 = Vec16()
+      var h = 0
+      while h < k16 {
+        prefetchFourRows(ahead + h * elementBytes, rowBytes: rowBytes)
+        let xv = load16(x + h)
+        a0 = a0.addingProduct(L.load16(r0, h), xv)
+        a1 = a1.addingProduct(L.load16(r1, h), xv)
+        a2 = a2.addingProduct(L.load16(r2, h), xv)
+        a3 = a3.addingProduct(L.load16(r3, h), xv)
+        h += 16
+      }
+      var s0 = treeSum(a0), s1 = treeSum(a1), s2 = treeSum(a2), s3 = treeSum(a3)
+      while h < k {
+        let xh = x[h]
+        s0 += L.load(r0, h) * xh; s1 += L.load(r1, h) * xh; s2 += L.load(r2, h) * xh; s3 += L.load(r3, h) * xh
+        h += 1
+      }
+      store(s0, c + j, accumulate)
+      store(s1, c + j + 1, accumulate)
+      store(s2, c + j + 2, accumulate)
+      store(s3, c + j + 3, accumulate)
+      j += 4
+    }
+  }
+
+  /// Asks for the cache line at `p` in each of four rows `rowBytes` apart.
+  @inline(__always)
+  static func prefetchFourRows(_ p: UnsafeRawPointer, rowBytes: Int) {
+    moe_prefetch(p)
+    moe_prefetch(p + rowBytes)
+    moe_prefetch(p + 2 * rowBytes)
+    moe_prefetch(p + 3 * rowBytes)
+  }
+
+  /// vectorFourRows for bf16 rows (see vectorRowsBF16 for `even` and `odd`).
+  static func vectorFourRowsBF16(rows: Int, k: Int, even: UnsafePointer<Float>, odd: UnsafePointer<Float>,
+                                 x: UnsafePointer<Float>, w: WeightMatrix, c: UnsafeMutablePointer<Float>,
+                                 accumulate: Bool) {
+    let k32 = k & ~31, half = k32 / 2, rowBytes = 2 * w.ld
+    let highMask = SIMD16<UInt32>(repeating: 0xFFFF_0000)
+    @inline(__always) func finish(_ sum: Vec16, _ j: Int) {
+      var s = treeSum(sum)
+      let tail = w.bf16 + j * w.ld
+      for h in k32..<k { s += bf16ToFloat(tail[h]) * x[h] }
+      store(s, c + j, accumulate)
+    }
+    var j = 0
+    while j < rows {
+      let r0 = UnsafeRawPointer(w.bf16 + j * w.ld), r1 = r0 + rowBytes, r2 = r1 + rowBytes, r3 = r2 + rowBytes
+      let ahead = r0 + 8 * rowBytes
+      var a0 = Vec16(), a1 = Vec16(), a2 = Vec16(), a3 = Vec16()
+      var m = 0
+      while m < half {
+        let offset = 4 * m
+        prefetchFourRows(ahead + offset, rowBytes: rowBytes)
+        let ev = load16(even + m), od = load16(odd + m)
+        let w0 = r0.loadUnaligned(fromByteOffset: offset, as: SIMD16<UInt32>.self)
+        let w1 = r1.loadUnaligned(fromByteOffset: offset, as: SIMD16<UInt32>.self)
+        let w2 = r2.loadUnaligned(fromByteOffset: offset, as: SIMD16<UInt32>.self)
+        let w3 = r3.loadUnaligned(fromByteOffset: offset, as: SIMD16<UInt32>.self)
+        a0 = a0.addingProduct(unsafeBitCast(w0 &<< 16, to: Vec16.self), ev)
+          .addingProduct(unsafeBitCast(w0 & highMask, to: Vec16.self), od)
+        a1 = a1.addingProduct(unsafeBitCast(w1 &<< 16, to: Vec16.self), ev)
+          .addingProduct(unsafeBitCast(w1 & highMask, to: Vec16.self), od)
+        a2 = a2.addingProduct(unsafeBitCast(w2 &<< 16, to: Vec16.self), ev)
+          .addingProduct(unsafeBitCast(w2 & highMask, to: Vec16.self), od)
+        a3 = a3.addingProduct(unsafeBitCast(w3 &<< 16, to: Vec16.self), ev)
+          .addingProduct(unsafeBitCast(w3 & highMask, to: Vec16.self), od)
+        m += 16
+      }
+      finish(a0, j)
+      finish(a1, j + 1)
+      finish(a2, j + 2)
+      finish(a3, j + 3)
+      j += 4
+    }
+  }
+
   /// bf16 rows without widening instructions: a 32-bit word holds elements
   /// 2m (low half) and 2m+1 (high half), so `word << 16` and `word & 0xFFFF0000`
   /// are those two elements as f32. x is split once into even and odd halves
   /// (in `scratch`, n * k floats) to match.
   static func xWtBF16(n: Int, rows: Int, k: Int, x: UnsafePointer<Float>, ldx: Int, w: WeightMatrix,
                       c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool,
-                      scratch: UnsafeMutablePointer<Float>) {
+                      scratch: UnsafeMutablePointer<Float>, walk: RowStreaming = Kernels.rowStreaming) {
     let k32 = k & ~31, half = k32 / 2
     for i in 0..<n {
       let src = x + i * ldx, even = scratch + i * k32, odd = even + half
@@ -252,7 +358,10 @@ enum SmallGEMM {
       }
     }
     if n == 1 {
-      vectorRowsBF16(rows: rows, k: k, even: scratch, odd: scratch + half, x: x, w: w, c: c, accumulate: accumulate)
+      let j0 = walk == .hinted ? rows & ~3 : 0
+      vectorFourRowsBF16(rows: j0, k: k, even: scratch, odd: scratch + half, x: x, w: w, c: c, accumulate: accumulate)
+      vectorRowsBF16(rows: j0..<rows, k: k, even: scratch, odd: scratch + half, x: x, w: w, c: c,
+                     accumulate: accumulate)
       return
     }
     let highMask = SIMD16<UInt32>(repeating: 0xFFFF_0000)
@@ -289,16 +398,16 @@ enum SmallGEMM {
     }
   }
 
-  /// c[j] (+)= w[j, :] . x for one token and bf16 rows, one row after
-  /// another as in `run` (one sequential stream), four multiply-add
+  /// c[j] (+)= w[j, :] . x for one token, bf16 rows j in `rows`, one row
+  /// after another as in `run` (one sequential stream), four multiply-add
   /// chains a row. `even` and `odd` hold x's elements 2m and 2m + 1 for the
   /// first k & ~31 inputs (see xWtBF16).
-  static func vectorRowsBF16(rows: Int, k: Int, even: UnsafePointer<Float>, odd: UnsafePointer<Float>,
+  static func vectorRowsBF16(rows: Range<Int>, k: Int, even: UnsafePointer<Float>, odd: UnsafePointer<Float>,
                              x: UnsafePointer<Float>, w: WeightMatrix, c: UnsafeMutablePointer<Float>,
                              accumulate: Bool) {
     let k32 = k & ~31, half = k32 / 2
     let highMask = SIMD16<UInt32>(repeating: 0xFFFF_0000)
-    for j in 0..<rows {
+    for j in rows {
       let row = UnsafeRawPointer(w.bf16 + j * w.ld)
       var a0 = Vec16(), a1 = Vec16(), a2 = Vec16(), a3 = Vec16()
       var m = 0
@@ -390,7 +499,8 @@ public enum GEMMReference {
 
 extension GEMM {
   /// Entry point for tests: the optimized product c[n, rows] = x[n, k] * w[rows, k]^T.
-  public static func productForTesting(n: Int, rows: Int, k: Int, x: [Float], w: WeightMatrix) -> [Float] {
+  public static func productForTesting(n: Int, rows: Int, k: Int, x: [Float], w: WeightMatrix,
+                                       walk: RowStreaming = Kernels.rowStreaming) -> [Float] {
     var c = [Float](repeating: 0, count: n * rows)
     let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 64 * max(k, 1))
     defer { scratch.deallocate() }
@@ -398,7 +508,7 @@ extension GEMM {
       c.withUnsafeMutableBufferPointer { cp in
         xWt(n: n, rows: rows, k: k, x: xp.baseAddress ?? UnsafePointer(scratch), ldx: k, w: w,
             c: cp.baseAddress ?? scratch, ldc: rows, accumulate: false,
-            scratch: scratch, scratchFloats: 64 * max(k, 1))
+            scratch: scratch, scratchFloats: 64 * max(k, 1), walk: walk)
       }
     }
     return c

@@ -118,7 +118,8 @@ enum QuantizedGEMM {
   /// decides the path, so that every row of a call is computed alike.
   static func xWt(n: Int, rows: Int, k: Int, x: UnsafePointer<Float>, ldx: Int, w: WeightMatrix,
                   c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool, compute: ComputePrecision,
-                  callTokens: Int? = nil, kernels: QuantKernels = Kernels.quantized) {
+                  callTokens: Int? = nil, kernels: QuantKernels = Kernels.quantized,
+                  walk: RowStreaming = Kernels.rowStreaming) {
     guard n > 0, rows > 0, let kind = w.dtype.quantKind else { return }
     let rowBytes = w.dtype.rowBytes(cols: k)
     if (callTokens ?? n) <= smallGEMMTokenLimit {
@@ -126,7 +127,7 @@ enum QuantizedGEMM {
       if let buffer = moe_thread_buffer(3, (n * actBytes + 3) / 4) {
         let act = UnsafeMutableRawPointer(buffer)
         for i in 0..<n { moe_q_quantize_act(kind, x + i * ldx, k, act + i * actBytes) }
-        moe_q_gemm(kernels.isa, kind, n, rows, k, w.base, rowBytes, act, actBytes, c, ldc, accumulate ? 1 : 0)
+        moe_q_gemm(kernels.isa, kind, walk == .hinted ? 1 : 0, n, rows, k, w.base, rowBytes, act, actBytes, c, ldc, accumulate ? 1 : 0)
         return
       }
     }
@@ -179,7 +180,7 @@ public enum QuantizedReference {
   /// c[n, rows] = x[n, cols] w^T from GGML blocks of w on `kernels`, through
   /// the packed row layout (what a loaded model runs).
   public static func product(_ dtype: DType, blocks: [UInt8], rows: Int, cols: Int, x: [Float], n: Int,
-                             kernels: QuantKernels) -> [Float] {
+                             kernels: QuantKernels, walk: RowStreaming = Kernels.rowStreaming) -> [Float] {
     let packed = pack(dtype, blocks: blocks, rows: rows, cols: cols)
     var c = [Float](repeating: 0, count: n * rows)
     packed.withUnsafeBytes { p in
@@ -187,7 +188,8 @@ public enum QuantizedReference {
         c.withUnsafeMutableBufferPointer { cp in
           QuantizedGEMM.xWt(n: n, rows: rows, k: cols, x: xp.baseAddress!, ldx: cols,
                             w: WeightMatrix(base: p.baseAddress!, dtype: dtype, ld: cols),
-                            c: cp.baseAddress!, ldc: rows, accumulate: false, compute: .f32, kernels: kernels)
+                            c: cp.baseAddress!, ldc: rows, accumulate: false, compute: .f32, kernels: kernels,
+                            walk: walk)
         }
       }
     }

@@ -14,6 +14,7 @@ public final class Runtime: @unchecked Sendable {
     }
     if case .failure(let e) = Kernels.selection { throw e }
     if case .failure(let e) = Kernels.bf16Selection { throw e }
+    if case .failure(let e) = Kernels.rowStreamingSelection { throw e }
     topology = try Topology(source: source)
     pool = try WorkerPool(topology: topology, threads: threads, pin: pin)
     defaultPlacement = placement
