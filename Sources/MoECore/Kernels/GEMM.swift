@@ -305,10 +305,7 @@ enum SmallGEMM {
     let k32 = k & ~31, half = k32 / 2, rowBytes = 2 * w.ld
     let highMask = SIMD16<UInt32>(repeating: 0xFFFF_0000)
     @inline(__always) func finish(_ sum: Vec16, _ j: Int) {
-      var s = treeSum(sum)
-      let tail = w.bf16 + j * w.ld
-      for h in k32..<k { s += bf16ToFloat(tail[h]) * x[h] }
-      store(s, c + j, accumulate)
+      finishRowBF16(sum, j, k: k, x: x, w: w, c: c, accumulate: accumulate)
     }
     var j = 0
     while j < rows {
@@ -425,11 +422,19 @@ enum SmallGEMM {
         a0 = a0.addingProduct(unsafeBitCast(w0 &<< 16, to: Vec16.self), load16(even + m))
         a1 = a1.addingProduct(unsafeBitCast(w0 & highMask, to: Vec16.self), load16(odd + m))
       }
-      var s = treeSum((a0 + a1) + (a2 + a3))
-      let tail = w.bf16 + j * w.ld
-      for h in k32..<k { s += bf16ToFloat(tail[h]) * x[h] }
-      store(s, c + j, accumulate)
+      finishRowBF16((a0 + a1) + (a2 + a3), j, k: k, x: x, w: w, c: c, accumulate: accumulate)
     }
+  }
+
+  /// Stores c[j] (+)= the lanes of `sum` (bf16 row j's products over its
+  /// first k & ~31 elements), reduced by treeSum, plus the elements left.
+  @inline(__always)
+  static func finishRowBF16(_ sum: Vec16, _ j: Int, k: Int, x: UnsafePointer<Float>, w: WeightMatrix,
+                            c: UnsafeMutablePointer<Float>, accumulate: Bool) {
+    var s = treeSum(sum)
+    let tail = w.bf16 + j * w.ld
+    for h in (k & ~31)..<k { s += bf16ToFloat(tail[h]) * x[h] }
+    store(s, c + j, accumulate)
   }
 
   /// c[n, cols] (+)= a[n, k] * w[k, cols] for few tokens: each weight row is read
