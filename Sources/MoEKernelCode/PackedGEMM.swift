@@ -8,7 +8,8 @@
 // packed into column panels of NR floats per row (kc x NR, sized to stay in L1),
 // then for each block of mc rows A is packed into row panels of MR values per
 // inner index (mc x kc, sized for L2), and a register-blocked microkernel computes
-// each MR x NR tile of C from one A panel and one B panel. Packing widens bf16 and
+// each MR x NR tile of C from one A panel and one B panel (MR rows per ISA: 12
+// where 32 vector registers hold 24 accumulators, else 6). Packing widens bf16 and
 // reads either operand transposed, so one kernel serves x W^T, A W and A^T B.
 // Accumulation order is fixed by the shapes alone: results are bit-identical
 // from run to run for a given path.
@@ -122,8 +123,12 @@ public protocol KernelISA {
   static func madd(_ acc: V, _ a: V, _ b: V) -> V
   /// Inner indices per packed block (B panel kc x NR stays in L1).
   static var kc: Int { get }
-  /// Rows of A per packed block (mc x kc stays in L2); a multiple of gemmMR.
+  /// Rows of A per packed block (mc x kc stays in L2); a multiple of
+  /// tileRows and of MOE_BF16_MR.
   static var mc: Int { get }
+  /// Rows of the f32 microkernel's tile: 6 or 12 (two accumulators per row,
+  /// so 12 or 24 vector registers of them).
+  static var tileRows: Int { get }
   /// Packs one B panel of a transposed f32 operand with register transposes:
   /// stored rows 0..<nr of src (ld apart), elements 0..<kc, into
   /// dst[t * nr + j]. Returns false where the ISA has none (the plain loop runs).
@@ -132,6 +137,9 @@ public protocol KernelISA {
 }
 
 extension KernelISA {
+  @inlinable @inline(__always)
+  public static var tileRows: Int { gemmMR }
+
   @inlinable @inline(__always)
   public static func packTransposed(_ src: UnsafePointer<Float>, ld: Int, kc: Int, nr: Int,
                                     into dst: UnsafeMutablePointer<Float>) -> Bool { false }
@@ -155,7 +163,7 @@ extension KernelISA {
   /// panels are this ISA's (two vectors of 16 floats), else the fallback.
   @inlinable
   public static func bf16Kernels(_ wanted: BF16Kernels) -> BF16Kernels {
-    guard wanted != .fallback, 2 * V.scalarCount == Int(MOE_BF16_NR), gemmMR == Int(MOE_BF16_MR) else { return .fallback }
+    guard wanted != .fallback, 2 * V.scalarCount == Int(MOE_BF16_NR), mc % Int(MOE_BF16_MR) == 0 else { return .fallback }
     return wanted.runsHere ? wanted : .fallback
   }
 
@@ -172,7 +180,8 @@ extension KernelISA {
   }
 }
 
-/// Rows of the microkernel's tile; its columns are two vectors (NR = 2 * V.scalarCount).
+/// Rows of the microkernel's tile unless the ISA says otherwise (KernelISA.tileRows);
+/// its columns are two vectors (NR = 2 * V.scalarCount).
 public let gemmMR = 6
 /// Columns of B packed at once.
 public let gemmNC = 2048
@@ -263,9 +272,9 @@ public enum PackedGEMM {
     // do. AMX takes A in panels of 32 rows and steps in 16s, with kc 512 and
     // mc 128 (an A block of 128 KiB, a B panel of 32 KiB): its tiles do a
     // block's work in a sixth of the time, so fewer, longer blocks.
-    let native = bf16 && bf16Kernels != .fallback && 2 * K.V.scalarCount == Int(MOE_BF16_NR) && gemmMR == Int(MOE_BF16_MR)
+    let native = bf16 && bf16Kernels != .fallback && 2 * K.V.scalarCount == Int(MOE_BF16_NR) && K.mc % Int(MOE_BF16_MR) == 0
     let amx = native && bf16Kernels == .amx
-    let MR = amx ? Int(MOE_AMX_MR) : gemmMR, NR = 2 * K.V.scalarCount, epilogueColumns = max(NR, gemmEpilogueColumns)
+    let MR = amx ? Int(MOE_AMX_MR) : native ? Int(MOE_BF16_MR) : K.tileRows, NR = 2 * K.V.scalarCount, epilogueColumns = max(NR, gemmEpilogueColumns)
     // k in equal blocks of at most K.kc (512 for AMX; multiples of 8): no
     // short last block that would cost a full pass over C.
     let kcLimit = amx ? 512 : K.kc
@@ -307,7 +316,7 @@ public enum PackedGEMM {
                         UnsafeMutableRawPointer(dst).assumingMemoryBound(to: UInt32.self))
         return
       }
-      packA(a, rows: rows, mc: mc, cols: cols, kc: kc, into: dst)
+      packA(a, tileRows: MR, rows: rows, mc: mc, cols: cols, kc: kc, into: dst)
       if bf16 { roundToBF16(K.self, dst, count: (mc + MR - 1) / MR * MR * kc) }
     }
     if amx { moe_amx_begin() }
@@ -348,7 +357,8 @@ public enum PackedGEMM {
                                  UnsafeRawPointer(bPanel).assumingMemoryBound(to: UInt32.self),
                                  c, r.ldc, Int32(mr), Int32(nr), accumulate ? 1 : 0)
                 } else {
-                  micro(K.self, kc: kc, a: aPanel, b: bPanel, c: c, ldc: r.ldc, mr: mr, nr: nr, accumulate: accumulate)
+                  micro(K.self, rows: MR, kc: kc, a: aPanel, b: bPanel, c: c, ldc: r.ldc, mr: mr, nr: nr,
+                        accumulate: accumulate)
                 }
                 ir += MR
               }
@@ -370,26 +380,29 @@ public enum PackedGEMM {
     }
   }
 
-  /// A rows r0..<r0+mc, inner indices c0..<c0+kc into panels of MR rows:
-  /// panel q holds, for each inner index, MR values (zero beyond the last row).
+  /// A rows r0..<r0+mc, inner indices c0..<c0+kc into panels of MR rows
+  /// (tileRows: 6 or 12): panel q holds, for each inner index, MR values (zero
+  /// beyond the last row).
   @inlinable @inline(__always)
-  static func packA(_ a: MatrixOperand, rows r0: Int, mc: Int, cols c0: Int, kc: Int,
+  static func packA(_ a: MatrixOperand, tileRows MR: Int, rows r0: Int, mc: Int, cols c0: Int, kc: Int,
                     into dst: UnsafeMutablePointer<Float>) {
-    let MR = gemmMR
     var q = 0
     while q * MR < mc {
       let panel = dst + q * kc * MR
       let i0 = r0 + q * MR, rows = min(MR, mc - q * MR)
-      if !a.bf16 && !a.transposed && rows == MR {
-        // Six rows side by side: each inner index writes one contiguous group.
-        let base = a.base.assumingMemoryBound(to: Float.self) + i0 * a.ld + c0
+      if !a.bf16 && !a.transposed && rows == MR && MR % 6 == 0 {
+        // Six rows side by side at a time: each inner index writes one
+        // contiguous group of six.
         let ld = a.ld
-        let s0 = base, s1 = s0 + ld, s2 = s1 + ld, s3 = s2 + ld, s4 = s3 + ld, s5 = s4 + ld
-        var out = panel
-        for t in 0..<kc {
-          out[0] = s0[t]; out[1] = s1[t]; out[2] = s2[t]
-          out[3] = s3[t]; out[4] = s4[t]; out[5] = s5[t]
-          out += MR
+        for g in stride(from: 0, to: MR, by: 6) {
+          let s0 = a.base.assumingMemoryBound(to: Float.self) + (i0 + g) * ld + c0
+          let s1 = s0 + ld, s2 = s1 + ld, s3 = s2 + ld, s4 = s3 + ld, s5 = s4 + ld
+          var out = panel + g
+          for t in 0..<kc {
+            out[0] = s0[t]; out[1] = s1[t]; out[2] = s2[t]
+            out[3] = s3[t]; out[4] = s4[t]; out[5] = s5[t]
+            out += MR
+          }
         }
       } else if !a.bf16 && !a.transposed {
         let base = a.base.assumingMemoryBound(to: Float.self)
@@ -404,14 +417,17 @@ public enum PackedGEMM {
       } else if !a.bf16 {
         // Transposed: the MR values of one inner index are contiguous.
         let base = a.base.assumingMemoryBound(to: Float.self)
-        if rows == MR {
-          // Six contiguous values per inner index: two vector moves.
+        if rows == MR && MR % 6 == 0 {
+          // Six contiguous values at a time: two vector moves.
           var src = UnsafeRawPointer(base + c0 * a.ld + i0), out = UnsafeMutableRawPointer(panel)
           let step = 4 * a.ld
           for _ in 0..<kc {
-            out.storeBytes(of: src.loadUnaligned(as: SIMD4<Float>.self), as: SIMD4<Float>.self)
-            out.storeBytes(of: src.loadUnaligned(fromByteOffset: 16, as: SIMD2<Float>.self), toByteOffset: 16,
-                           as: SIMD2<Float>.self)
+            for g in stride(from: 0, to: MR, by: 6) {
+              out.storeBytes(of: src.loadUnaligned(fromByteOffset: 4 * g, as: SIMD4<Float>.self), toByteOffset: 4 * g,
+                             as: SIMD4<Float>.self)
+              out.storeBytes(of: src.loadUnaligned(fromByteOffset: 4 * g + 16, as: SIMD2<Float>.self),
+                             toByteOffset: 4 * g + 16, as: SIMD2<Float>.self)
+            }
             src += step
             out += 4 * MR
           }
@@ -513,60 +529,47 @@ public enum PackedGEMM {
     }
   }
 
-  /// The MR x NR tile of C from an A panel and a B panel: 12 vector accumulators.
+  /// The MR x NR tile of C (MR = rows: 6 or 12) from an A panel and a B
+  /// panel: 12 or 24 vector accumulators. Each row's sum runs over the inner
+  /// indices in order, so both tiles give the same bits.
   @inlinable @inline(__always)
-  static func micro<K: KernelISA>(_: K.Type, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+  static func micro<K: KernelISA>(_: K.Type, rows MR: Int, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
                                   c: UnsafeMutablePointer<Float>, ldc: Int, mr: Int, nr: Int, accumulate: Bool) {
     let W = K.V.scalarCount
-    var c00 = K.V(), c01 = K.V(), c10 = K.V(), c11 = K.V(), c20 = K.V(), c21 = K.V()
-    var c30 = K.V(), c31 = K.V(), c40 = K.V(), c41 = K.V(), c50 = K.V(), c51 = K.V()
+    var top = TileRows<K>(), bottom = TileRows<K>()
     var pa = a, pb = b
     // The tile of C is read (or written) only after the loop: asked for now,
     // its lines arrive from L2 or L3 while the loop runs instead of stalling
     // the final loads and stores.
     moe_prefetch_tile(c, ldc, Int32(mr), 2 * W)
-    for _ in 0..<kc {
-      let b0 = K.load(pb), b1 = K.load(pb + W)
-      var x = K.V(repeating: pa[0])
-      c00 = K.madd(c00, x, b0); c01 = K.madd(c01, x, b1)
-      x = K.V(repeating: pa[1])
-      c10 = K.madd(c10, x, b0); c11 = K.madd(c11, x, b1)
-      x = K.V(repeating: pa[2])
-      c20 = K.madd(c20, x, b0); c21 = K.madd(c21, x, b1)
-      x = K.V(repeating: pa[3])
-      c30 = K.madd(c30, x, b0); c31 = K.madd(c31, x, b1)
-      x = K.V(repeating: pa[4])
-      c40 = K.madd(c40, x, b0); c41 = K.madd(c41, x, b1)
-      x = K.V(repeating: pa[5])
-      c50 = K.madd(c50, x, b0); c51 = K.madd(c51, x, b1)
-      pa += gemmMR
-      pb += 2 * W
-    }
-    if mr == gemmMR && nr == 2 * W {
-      @inline(__always) func put(_ row: Int, _ v0: K.V, _ v1: K.V) {
-        let p = c + row * ldc
-        if accumulate {
-          K.store(K.load(p) + v0, p)
-          K.store(K.load(p + W) + v1, p + W)
-        } else {
-          K.store(v0, p)
-          K.store(v1, p + W)
-        }
+    if MR == 2 * TileRows<K>.count {
+      for _ in 0..<kc {
+        let b0 = K.load(pb), b1 = K.load(pb + W)
+        top.step(pa, b0, b1)
+        bottom.step(pa + TileRows<K>.count, b0, b1)
+        pa += MR
+        pb += 2 * W
       }
-      put(0, c00, c01); put(1, c10, c11); put(2, c20, c21)
-      put(3, c30, c31); put(4, c40, c41); put(5, c50, c51)
+    } else {
+      for _ in 0..<kc {
+        let b0 = K.load(pb), b1 = K.load(pb + W)
+        top.step(pa, b0, b1)
+        pa += MR
+        pb += 2 * W
+      }
+    }
+    let half = TileRows<K>.count
+    if mr == MR && nr == 2 * W {
+      top.put(c, ldc: ldc, accumulate: accumulate)
+      if MR > half { bottom.put(c + half * ldc, ldc: ldc, accumulate: accumulate) }
       return
     }
     // An edge tile: through a buffer, then only the rows and columns that exist.
-    withUnsafeTemporaryAllocation(of: Float.self, capacity: gemmMR * 2 * W) { tile in
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * half * 2 * W) { tile in
       guard let t = tile.baseAddress else { return }
       let NR = 2 * W
-      K.store(c00, t); K.store(c01, t + W)
-      K.store(c10, t + NR); K.store(c11, t + NR + W)
-      K.store(c20, t + 2 * NR); K.store(c21, t + 2 * NR + W)
-      K.store(c30, t + 3 * NR); K.store(c31, t + 3 * NR + W)
-      K.store(c40, t + 4 * NR); K.store(c41, t + 4 * NR + W)
-      K.store(c50, t + 5 * NR); K.store(c51, t + 5 * NR + W)
+      top.put(t, ldc: NR, accumulate: false)
+      if MR > half { bottom.put(t + half * NR, ldc: NR, accumulate: false) }
       for i in 0..<mr {
         let p = c + i * ldc, s = t + i * NR
         if accumulate {
@@ -595,6 +598,53 @@ public enum PackedGEMM {
         dst.pointee = p.accumulate ? dst.pointee + s : s
       }
     }
+  }
+}
+
+/// Six rows of a microkernel tile, two vectors of C per row, held in registers:
+/// the 6-row tile is one of these, the 12-row tile two sharing the B vectors.
+@usableFromInline
+struct TileRows<K: KernelISA> {
+  @usableFromInline static var count: Int { 6 }
+  @usableFromInline var c00 = K.V(), c01 = K.V(), c10 = K.V(), c11 = K.V(), c20 = K.V(), c21 = K.V()
+  @usableFromInline var c30 = K.V(), c31 = K.V(), c40 = K.V(), c41 = K.V(), c50 = K.V(), c51 = K.V()
+
+  @inlinable @inline(__always)
+  init() {}
+
+  /// One inner index: row i += a[i] * (b0, b1).
+  @inlinable @inline(__always)
+  mutating func step(_ a: UnsafePointer<Float>, _ b0: K.V, _ b1: K.V) {
+    var x = K.V(repeating: a[0])
+    c00 = K.madd(c00, x, b0); c01 = K.madd(c01, x, b1)
+    x = K.V(repeating: a[1])
+    c10 = K.madd(c10, x, b0); c11 = K.madd(c11, x, b1)
+    x = K.V(repeating: a[2])
+    c20 = K.madd(c20, x, b0); c21 = K.madd(c21, x, b1)
+    x = K.V(repeating: a[3])
+    c30 = K.madd(c30, x, b0); c31 = K.madd(c31, x, b1)
+    x = K.V(repeating: a[4])
+    c40 = K.madd(c40, x, b0); c41 = K.madd(c41, x, b1)
+    x = K.V(repeating: a[5])
+    c50 = K.madd(c50, x, b0); c51 = K.madd(c51, x, b1)
+  }
+
+  /// The six rows into c (rows ldc apart), added to what is there when accumulate.
+  @inlinable @inline(__always)
+  func put(_ c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
+    let W = K.V.scalarCount
+    @inline(__always) func row(_ i: Int, _ v0: K.V, _ v1: K.V) {
+      let p = c + i * ldc
+      if accumulate {
+        K.store(K.load(p) + v0, p)
+        K.store(K.load(p + W) + v1, p + W)
+      } else {
+        K.store(v0, p)
+        K.store(v1, p + W)
+      }
+    }
+    row(0, c00, c01); row(1, c10, c11); row(2, c20, c21)
+    row(3, c30, c31); row(4, c40, c41); row(5, c50, c51)
   }
 }
 
