@@ -158,12 +158,17 @@ extension KernelISA {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self)
   }
 
+  /// Whether the C bf16 microkernels' panels are this ISA's: B panels of two
+  /// vectors of 16 floats, and A blocks of whole MOE_BF16_MR-row panels.
+  @inlinable
+  public static var bf16PanelsFit: Bool { 2 * V.scalarCount == Int(MOE_BF16_NR) && mc % Int(MOE_BF16_MR) == 0 }
+
   /// Where this instruction set's bf16 compute can run when `wanted` is
-  /// asked for: there, if the CPU (and OS) run it and the C microkernels' B
-  /// panels are this ISA's (two vectors of 16 floats), else the fallback.
+  /// asked for: there, if the CPU (and OS) run it and the C microkernels'
+  /// panels are this ISA's (bf16PanelsFit), else the fallback.
   @inlinable
   public static func bf16Kernels(_ wanted: BF16Kernels) -> BF16Kernels {
-    guard wanted != .fallback, 2 * V.scalarCount == Int(MOE_BF16_NR), mc % Int(MOE_BF16_MR) == 0 else { return .fallback }
+    guard wanted != .fallback, bf16PanelsFit else { return .fallback }
     return wanted.runsHere ? wanted : .fallback
   }
 
@@ -272,7 +277,7 @@ public enum PackedGEMM {
     // do. AMX takes A in panels of 32 rows and steps in 16s, with kc 512 and
     // mc 128 (an A block of 128 KiB, a B panel of 32 KiB): its tiles do a
     // block's work in a sixth of the time, so fewer, longer blocks.
-    let native = bf16 && bf16Kernels != .fallback && 2 * K.V.scalarCount == Int(MOE_BF16_NR) && K.mc % Int(MOE_BF16_MR) == 0
+    let native = bf16 && bf16Kernels != .fallback && K.bf16PanelsFit
     let amx = native && bf16Kernels == .amx
     let MR = amx ? Int(MOE_AMX_MR) : native ? Int(MOE_BF16_MR) : K.tileRows, NR = 2 * K.V.scalarCount, epilogueColumns = max(NR, gemmEpilogueColumns)
     // k in equal blocks of at most K.kc (512 for AMX; multiples of 8): no
