@@ -547,11 +547,14 @@ public enum PackedGEMM {
     // its lines arrive from L2 or L3 while the loop runs instead of stalling
     // the final loads and stores.
     moe_prefetch_tile(c, ldc, Int32(mr), 2 * W)
-    if MR == 2 * TileRows<K>.count {
+    // A 12-row panel whose rows that exist fit in the top half (the last panel
+    // of a block) runs the six-row loop over it.
+    let half = TileRows<K>.count, both = MR == 2 * half && mr > half
+    if both {
       for _ in 0..<kc {
         let b0 = K.load(pb), b1 = K.load(pb + W)
         top.step(pa, b0, b1)
-        bottom.step(pa + TileRows<K>.count, b0, b1)
+        bottom.step(pa + half, b0, b1)
         pa += MR
         pb += 2 * W
       }
@@ -563,7 +566,6 @@ public enum PackedGEMM {
         pb += 2 * W
       }
     }
-    let half = TileRows<K>.count
     if mr == MR && nr == 2 * W {
       top.put(c, ldc: ldc, accumulate: accumulate)
       if MR > half { bottom.put(c + half * ldc, ldc: ldc, accumulate: accumulate) }
@@ -574,7 +576,7 @@ public enum PackedGEMM {
       guard let t = tile.baseAddress else { return }
       let NR = 2 * W
       top.put(t, ldc: NR, accumulate: false)
-      if MR > half { bottom.put(t + half * NR, ldc: NR, accumulate: false) }
+      if both { bottom.put(t + half * NR, ldc: NR, accumulate: false) }
       for i in 0..<mr {
         let p = c + i * ldc, s = t + i * NR
         if accumulate {
