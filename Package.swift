@@ -34,6 +34,15 @@ let systemTargets: [Target] = [
                  providers: [.apt(["libhwloc-dev"])]),
 ]
 
+// The core, in layers: each a module that imports only the layers below it
+// (and the C modules it names), so the compiler checks which way the
+// dependencies run. Every layer is compiled for coreCPU.
+let coreModules = ["MoESupport", "MoEFormats", "MoERuntime", "MoELayer", "MoEModel", "MoEUpcycling", "MoEScaling"]
+
+func coreLayer(_ name: String, _ dependencies: [Target.Dependency]) -> Target {
+  .target(name: name, dependencies: dependencies, swiftSettings: [.unsafeFlags(["-target-cpu", coreCPU])])
+}
+
 // MARK: - Library targets
 let libraryTargets: [Target] = [
   // The public header, exposed to Swift so `@c @implementation` checks every
@@ -47,13 +56,25 @@ let libraryTargets: [Target] = [
   .target(name: k.name, dependencies: ["MoEKernelCode"],
           swiftSettings: k.cpu.map { [.unsafeFlags(["-target-cpu", $0])] } ?? [])
 } + [
-  // Pure Swift core: formats, upcycling, runtime, kernels.
-  .target(name: "MoECore", dependencies: ["COpenBLAS", "CHwloc", "CMoECPU", "MoEKernelCode"]
-            + kernelTargets.map { .target(name: $0.name) },
-          swiftSettings: [.unsafeFlags(["-target-cpu", coreCPU])]),
+  // Errors, files, JSON, buffers, random streams, element types, vector helpers.
+  coreLayer("MoESupport", []),
+  // Checkpoint formats (safetensors, GGUF, HF configs, one layout per format) and the tokenizer.
+  coreLayer("MoEFormats", ["MoESupport"]),
+  // The machine's topology, pinned workers, which kernels run (the
+  // instruction-set modules, OpenBLAS) and the peaks they reach.
+  coreLayer("MoERuntime", ["COpenBLAS", "CHwloc", "CMoECPU", "MoEKernelCode", "MoESupport"]
+            + kernelTargets.map { .target(name: $0.name) }),
+  // The library's products (GEMM, quantized, routing) and the MoE layer.
+  coreLayer("MoELayer", ["CMoECPU", "MoEKernelCode", "MoESupport", "MoEFormats", "MoERuntime"]),
+  // The decoder (one block for inference and training) and training.
+  coreLayer("MoEModel", ["CMoECPU", "MoEKernelCode", "MoESupport", "MoEFormats", "MoERuntime", "MoELayer"]),
+  // Upcycling (methods, router initializers, calibration) and new models' initialization.
+  coreLayer("MoEUpcycling", ["MoESupport", "MoEFormats", "MoERuntime", "MoELayer", "MoEModel"]),
+  // Scaling studies: runs of dense and upcycled models, fits of their laws.
+  coreLayer("MoEScaling", ["MoESupport", "MoEFormats", "MoERuntime", "MoELayer", "MoEModel", "MoEUpcycling"]),
   // The ABI layer: validation, error mapping, exported functions. Compiled for
   // the baseline x86-64 so that it can check the CPU before the core runs.
-  .target(name: "MoEUpcycle", dependencies: ["CMoeUpcycle", "CMoECPU", "MoECore"],
+  .target(name: "MoEUpcycle", dependencies: ["CMoeUpcycle", "CMoECPU"] + coreModules.map { .target(name: $0) },
           exclude: ["exports.map"],
           swiftSettings: coreCPU == "haswell" ? [.define("CORE_NEEDS_X86_64_V3")] : [],
           linkerSettings: [
@@ -64,7 +85,7 @@ let libraryTargets: [Target] = [
 
 // MARK: - Tests
 let testTargets: [Target] = [
-  .testTarget(name: "MoECoreTests", dependencies: ["MoECore"]),
+  .testTarget(name: "MoECoreTests", dependencies: coreModules.map { .target(name: $0) }),
 ]
 
 let package = Package(

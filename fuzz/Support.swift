@@ -1,5 +1,5 @@
 // Shared by every fuzz target (each target is this file, its own file and the
-// instrumented MoECore objects; see scripts/fuzz.sh).
+// instrumented core modules; see scripts/fuzz.sh).
 //
 // A target refuses bad input the way the library does: by throwing MoEError.
 // Anything else is a finding: a trap (force-unwrap, index out of range,
@@ -10,7 +10,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-@testable import MoECore
+@testable import MoEFormats
+@testable import MoESupport
 
 /// FUZZ_VERBOSE=1: print whether each input was accepted or why it was refused
 /// (for checking what seeds reach).

@@ -2,7 +2,8 @@
 // ModelDescription (validated, then the tensor lists of its layout and the
 // parameter counts a checkpoint reader computes from it).
 
-@testable import MoECore
+@testable import MoESupport
+@testable import MoEFormats
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzConfig(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {

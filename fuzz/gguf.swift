@@ -4,7 +4,8 @@
 // (dequantized, Q/K rows reordered), the tokenizer from its metadata, and the
 // HF tokenizer files exported from it.
 
-@testable import MoECore
+@testable import MoESupport
+@testable import MoEFormats
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzGGUF(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {

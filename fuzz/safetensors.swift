@@ -3,7 +3,9 @@
 // SafetensorsSource from the bytes held in memory, and reading the file as
 // calibration statistics.
 
-@testable import MoECore
+@testable import MoESupport
+@testable import MoEFormats
+@testable import MoEUpcycling
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzSafetensors(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {

@@ -2,7 +2,8 @@
 // building the tokenizer, then encoding and decoding sample texts, texts made
 // of the file's own tokens, and ids from the input.
 
-@testable import MoECore
+@testable import MoESupport
+@testable import MoEFormats
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzTokenizer(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {

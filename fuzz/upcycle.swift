@@ -7,7 +7,9 @@
 // Input layout: model index, then the option fields in the order they are
 // read below (little-endian), then the `layers` text.
 
-@testable import MoECore
+@testable import MoESupport
+@testable import MoEFormats
+@testable import MoEUpcycling
 
 /// A tiny dense GGUF model in memory (f32, deterministic weights).
 func tinyModel(arch: String, layers: Int, hidden: Int, heads: Int, kvHeads: Int, headDim: Int?,

@@ -8,7 +8,7 @@
 #
 # Targets (fuzz/TARGET.swift, dictionary fuzz/dict/TARGET.dict): safetensors
 # gguf config tokenizer upcycle.
-# Builds what changed into .build-fuzz/ first: MoECore compiled once, with
+# Builds what changed into .build-fuzz/ first: the core's modules compiled once, with
 # coverage instrumentation and AddressSanitizer, unoptimized so that unsafe
 # buffer accesses are bounds-checked too; one small binary per target.
 #
@@ -28,6 +28,7 @@ cd "$(dirname "$0")/.."
 ROOT="$PWD"
 
 TARGETS=(safetensors gguf config tokenizer upcycle)
+CORE_MODULES=(MoESupport MoEFormats MoERuntime MoELayer MoEModel MoEUpcycling MoEScaling)
 BUILD=.build-fuzz
 TIMEOUT="${FUZZ_TIMEOUT:-10}"
 MEMORY_MB="${FUZZ_MEMORY_MB:-512}"
@@ -50,12 +51,12 @@ extra_sources() {
   esac
 }
 
-# Flags shared by every compile: the C modules MoECore imports, and the
+# Flags shared by every compile: the C modules the core imports, and the
 # instrumentation.
 swift_flags() {
   local cflag
   echo -swift-version 6 -Onone -g -sanitize=fuzzer,address -parse-as-library -suppress-warnings
-  echo -I Sources/COpenBLAS -I Sources/CHwloc -I Sources/CMoECPU/include -I "$BUILD/MoECore"
+  echo -I Sources/COpenBLAS -I Sources/CHwloc -I Sources/CMoECPU/include -I "$BUILD/core"
   for cflag in $(pkg-config --cflags openblas hwloc); do echo -Xcc "$cflag"; done
 }
 
@@ -71,11 +72,11 @@ stale() {
   return 1
 }
 
-# One Swift module of Sources/ as a static library in $BUILD/MoECore (with
+# One Swift module of Sources/ as a static library in $BUILD/core (with
 # its .swiftmodule beside it): module name, then extra flags.
 build_module() {
   local name="$1"; shift
-  local lib="$BUILD/MoECore/lib$name.a"
+  local lib="$BUILD/core/lib$name.a"
   local sources
   mapfile -t sources < <(find "Sources/$name" -name '*.swift' | LC_ALL=C sort)
   local flags
@@ -87,7 +88,7 @@ build_module() {
     # shellcheck disable=SC2046
     swiftc $(swift_flags) "$@" -module-name "$name" -enable-testing -j 2 \
       -emit-library -static -o "$lib" \
-      -emit-module -emit-module-path "$BUILD/MoECore/$name.swiftmodule" \
+      -emit-module -emit-module-path "$BUILD/core/$name.swiftmodule" \
       "${sources[@]}"
     printf '%s\n' "${sources[@]}" "$flags" > "$lib.inputs"
     echo "fuzz: $name built in $((SECONDS - start)) s" >&2
@@ -95,11 +96,11 @@ build_module() {
 }
 
 build() {
-  mkdir -p "$BUILD/MoECore" "$BUILD/bin"
+  mkdir -p "$BUILD/core" "$BUILD/bin"
   # The C module's objects (CPU features, thread buffers, the bf16 and quantized kernels): every .c file.
   local objects=() src obj
   for src in Sources/CMoECPU/*.c; do
-    obj="$BUILD/MoECore/$(basename "$src" .c).o"
+    obj="$BUILD/core/$(basename "$src" .c).o"
     if stale "$obj" "$src" Sources/CMoECPU/include/moe_cpu.h; then
       clang -c -g -O1 -fsanitize=address -ISources/CMoECPU/include "$src" -o "$obj"
       printf '%s\n' "$src" Sources/CMoECPU/include/moe_cpu.h > "$obj.inputs"
@@ -111,10 +112,14 @@ build() {
   build_module MoEKernelsAVX512 -target-cpu skylake-avx512
   build_module MoEKernelsAVX2 -target-cpu haswell
   build_module MoEKernelsPortable
-  build_module MoECore -target-cpu haswell
-  local core="$BUILD/MoECore/libMoECore.a"
-  local libs=("$core" "$BUILD/MoECore/libMoEKernelCode.a" "$BUILD/MoECore/libMoEKernelsAVX512.a"
-              "$BUILD/MoECore/libMoEKernelsAVX2.a" "$BUILD/MoECore/libMoEKernelsPortable.a")
+  local libs=("$BUILD/core/libMoEKernelCode.a" "$BUILD/core/libMoEKernelsAVX512.a"
+              "$BUILD/core/libMoEKernelsAVX2.a" "$BUILD/core/libMoEKernelsPortable.a")
+  # The core's modules, each above the ones it imports (Package.swift).
+  local m
+  for m in "${CORE_MODULES[@]}"; do
+    build_module "$m" -target-cpu haswell
+    libs+=("$BUILD/core/lib$m.a")
+  done
   local t bin inputs
   for t in "${TARGETS[@]}"; do
     bin="$BUILD/bin/fuzz-$t"

@@ -1,9 +1,9 @@
+import MoESupport
 #if canImport(Glibc)
 import Glibc
 #endif
 import CMoECPU
 import CMoeUpcycle
-import MoECore
 
 /// Per-thread storage of the last error message (pthread key; the buffer is freed at thread exit).
 enum LastError {

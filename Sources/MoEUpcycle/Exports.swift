@@ -1,8 +1,11 @@
+import MoESupport
+import MoEFormats
+import MoELayer
+import MoEUpcycling
 #if canImport(Glibc)
 import Glibc
 #endif
 import CMoeUpcycle
-import MoECore
 
 // MARK: - Version and errors
 

@@ -1,8 +1,11 @@
+import MoESupport
+import MoEFormats
+import MoERuntime
+import MoELayer
 #if canImport(Glibc)
 import Glibc
 #endif
 import CMoeUpcycle
-import MoECore
 
 // Handles: a retained Swift object behind each opaque C pointer.
 

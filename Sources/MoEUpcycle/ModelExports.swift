@@ -1,8 +1,11 @@
+import MoESupport
+import MoERuntime
+import MoEModel
+import MoEUpcycling
 #if canImport(Glibc)
 import Glibc
 #endif
 import CMoeUpcycle
-import MoECore
 
 // MARK: - Model lifecycle
 
@@ -32,8 +35,8 @@ public func moe_model_load(_ out: UnsafeMutablePointer<OpaquePointer?>!, _ runti
     }
     options.placement = try placementArgument(c.placement, "params->placement")
     options.maxContext = Int(c.max_context)
-    if let u = c.upcycle { options.upcycle = try upcycleOptions(try readParameters(u, "params->upcycle")) }
-    out.pointee = retainedHandle(try DecoderModel(path: p, runtime: rt, options: options))
+    let upcycle = try c.upcycle.map { try upcycleOptions(try readParameters($0, "params->upcycle")) }
+    out.pointee = retainedHandle(try DecoderModel(path: p, runtime: rt, options: options, upcycle: upcycle))
   }
 }
 

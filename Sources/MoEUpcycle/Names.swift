@@ -1,8 +1,13 @@
+import MoESupport
+import MoEFormats
+import MoERuntime
+import MoEModel
+import MoEUpcycling
+import MoEScaling
 #if canImport(Glibc)
 import Glibc
 #endif
 import CMoeUpcycle
-import MoECore
 
 /// One enum's names as the ABI gives them: the C value of each canonical name
 /// (from the core's `NamedCase` tables), as static C strings made once.

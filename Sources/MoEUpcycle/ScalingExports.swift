@@ -1,10 +1,12 @@
 // Scaling laws through the C ABI: presets, prediction, fitting and the planner.
 
+import MoESupport
+import MoERuntime
+import MoEScaling
 #if canImport(Glibc)
 import Glibc
 #endif
 import CMoeUpcycle
-import MoECore
 
 /// A caller's law (struct_size at least the first version's; bytes beyond this library's struct zero).
 func readLaw(_ p: UnsafePointer<moe_scaling_law>?, _ argument: String) throws -> ScalingLaw {

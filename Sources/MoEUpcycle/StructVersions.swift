@@ -1,8 +1,13 @@
+import MoESupport
+import MoEFormats
+import MoELayer
+import MoEModel
+import MoEUpcycling
+import MoEScaling
 #if canImport(Glibc)
 import Glibc
 #endif
 import CMoeUpcycle
-import MoECore
 
 // Every versioned struct of the header: where its first version ends (the
 // offset of the first field appended later, or its sizeof when nothing was

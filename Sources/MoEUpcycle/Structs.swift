@@ -1,8 +1,9 @@
+import MoESupport
+import MoEUpcycling
 #if canImport(Glibc)
 import Glibc
 #endif
 import CMoeUpcycle
-import MoECore
 
 // The header's rules for versioned structs and output buffers, each kept by
 // one helper that every export uses.

@@ -1,8 +1,9 @@
+import MoESupport
+import MoEModel
 #if canImport(Glibc)
 import Glibc
 #endif
 import CMoeUpcycle
-import MoECore
 
 @c @implementation
 public func moe_trainer_params_init(_ params: UnsafeMutablePointer<moe_trainer_params>!, _ struct_size: Int) -> moe_status {

@@ -1,9 +1,10 @@
 import Testing
-@testable import MoECore
 @testable import MoEKernelCode
 import MoEKernelsAVX2
 import MoEKernelsAVX512
 import MoEKernelsPortable
+@testable import MoESupport
+@testable import MoERuntime
 
 /// bf16 compute of the packed GEMM (PackedGEMM.swift): on AMX tiles and on
 /// AVX512-BF16 where the CPU runs them and on the fallback of every path, against

@@ -1,5 +1,5 @@
 import Testing
-@testable import MoECore
+@testable import MoESupport
 
 @Suite struct BufferTests {
   /// Slices of a weight arena are 64-byte aligned, disjoint, keep their chunk

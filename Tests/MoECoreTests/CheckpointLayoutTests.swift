@@ -1,5 +1,6 @@
 import Testing
-@testable import MoECore
+@testable import MoESupport
+@testable import MoEFormats
 
 /// The checkpoint layouts: names per format, both directions, and the registry.
 @Suite struct CheckpointLayoutTests {

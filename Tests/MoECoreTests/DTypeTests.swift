@@ -1,5 +1,5 @@
 import Testing
-@testable import MoECore
+@testable import MoESupport
 
 @Suite struct DTypeTests {
   // MARK: Metadata

@@ -1,8 +1,9 @@
+@testable import MoESupport
+@testable import MoEUpcycling
 #if canImport(Glibc)
 import Glibc
 #endif
 import Testing
-@testable import MoECore
 
 /// Data-aware upcycling on synthetic statistics: k-means, the calibration
 /// selections, the calibrated scale against a brute-force expectation, and

@@ -1,6 +1,9 @@
 import Testing
-@testable import MoECore
 import MoEKernelCode
+@testable import MoESupport
+@testable import MoEFormats
+@testable import MoERuntime
+@testable import MoEModel
 
 #if canImport(Glibc)
 import Glibc

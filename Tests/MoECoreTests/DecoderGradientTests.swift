@@ -1,5 +1,8 @@
 import Testing
-@testable import MoECore
+@testable import MoESupport
+@testable import MoEFormats
+@testable import MoERuntime
+@testable import MoEModel
 
 #if canImport(Glibc)
 import Glibc

@@ -1,8 +1,10 @@
+@testable import MoESupport
+@testable import MoEFormats
+@testable import MoEUpcycling
 #if canImport(Glibc)
 import Glibc
 #endif
 import Testing
-@testable import MoECore
 
 @Suite struct ExpertBuilderTests {
   static let I = 16, H = 8

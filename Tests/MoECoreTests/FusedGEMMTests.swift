@@ -1,6 +1,8 @@
 import Testing
-@testable import MoECore
 import MoEKernelCode
+@testable import MoESupport
+@testable import MoERuntime
+@testable import MoELayer
 
 /// The fused products the MoE layer runs (two products in one blocked loop, an
 /// epilogue per finished strip of C) on every kernel path this CPU runs, against

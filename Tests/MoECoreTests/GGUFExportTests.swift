@@ -1,8 +1,9 @@
+@testable import MoESupport
+@testable import MoEFormats
 #if canImport(Glibc)
 import Glibc
 #endif
 import Testing
-@testable import MoECore
 
 /// GGML block quantizers against the decoders, and GGUF's names in both directions.
 @Suite struct GGUFExportTests {

@@ -1,4 +1,5 @@
-@testable import MoECore
+@testable import MoESupport
+@testable import MoEFormats
 
 /// The bytes of a GGUF v3 file with `metadata` and f32 `tensors` (name, HF
 /// shape [rows, cols], values); GGUF stores dimensions reversed and aligns

@@ -1,5 +1,7 @@
 import Testing
-@testable import MoECore
+@testable import MoESupport
+@testable import MoEFormats
+@testable import MoELayer
 
 /// HFConfig.make: the config.json of every checkpoint the library writes.
 @Suite struct HFConfigTests {

@@ -1,5 +1,6 @@
 import Testing
-@testable import MoECore
+@testable import MoESupport
+@testable import MoEFormats
 
 @Suite struct JSONTests {
   @Test func roundTripsNestedValues() throws {

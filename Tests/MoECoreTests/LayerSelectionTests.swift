@@ -1,5 +1,6 @@
 import Testing
-@testable import MoECore
+@testable import MoESupport
+@testable import MoEUpcycling
 
 @Suite struct LayerSelectionTests {
   @Test func allAndNilSelectEveryLayer() throws {

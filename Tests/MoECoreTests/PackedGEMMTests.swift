@@ -1,6 +1,8 @@
 import Testing
-@testable import MoECore
 import MoEKernelCode
+@testable import MoESupport
+@testable import MoERuntime
+@testable import MoELayer
 
 /// Every kernel path this CPU runs against the plain product, for the three
 /// operand layouts the library uses (x W^T, A W, A^T B), f32 and bf16 weights,

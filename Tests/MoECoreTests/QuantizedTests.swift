@@ -1,5 +1,7 @@
 import Testing
-@testable import MoECore
+@testable import MoESupport
+@testable import MoERuntime
+@testable import MoELayer
 
 /// Quantized weights (Q8_0, Q4_0, Q4_1): the packed row layout against GGUF
 /// dequantization, and every product path against the Double reference of

@@ -1,8 +1,8 @@
+@testable import MoESupport
 #if canImport(Glibc)
 import Glibc
 #endif
 import Testing
-@testable import MoECore
 
 @Suite struct RandomTests {
   // MARK: Reference values

@@ -1,5 +1,9 @@
 import Testing
-@testable import MoECore
+@testable import MoESupport
+@testable import MoEFormats
+@testable import MoERuntime
+@testable import MoEModel
+@testable import MoEUpcycling
 
 #if canImport(Glibc)
 import Glibc

@@ -1,9 +1,10 @@
+@testable import MoESupport
+@testable import MoERuntime
 #if canImport(Glibc)
 import Glibc
 #endif
 import Synchronization
 import Testing
-@testable import MoECore
 
 // MARK: - Fixtures
 

@@ -1,8 +1,9 @@
+@testable import MoESupport
+@testable import MoEFormats
 #if canImport(Glibc)
 import Glibc
 #endif
 import Testing
-@testable import MoECore
 
 @Suite struct SafetensorsTests {
   static let path = "/models/x/model.safetensors"

@@ -1,8 +1,9 @@
+@testable import MoESupport
+@testable import MoEScaling
 #if canImport(Glibc)
 import Glibc
 #endif
 import Testing
-@testable import MoECore
 
 /// Scaling laws in the core: the fit's objective gradient against finite
 /// differences, the percentile rule, and the planner's break-even search.

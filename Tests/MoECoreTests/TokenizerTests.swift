@@ -1,6 +1,7 @@
 import Glibc
 import Testing
-@testable import MoECore
+@testable import MoESupport
+@testable import MoEFormats
 
 // MARK: - Fixtures
 

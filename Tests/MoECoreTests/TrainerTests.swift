@@ -1,5 +1,7 @@
 import Testing
-@testable import MoECore
+@testable import MoESupport
+@testable import MoERuntime
+@testable import MoEModel
 
 #if canImport(Glibc)
 import Glibc

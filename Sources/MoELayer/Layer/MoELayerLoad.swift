@@ -1,0 +1,105 @@
+// Loading an MoE layer from an upcycled (HF Mixtral / Qwen2-MoE) checkpoint,
+// and views of the last forward's routing.
+
+import MoESupport
+import MoEFormats
+import MoERuntime
+
+extension MoELayer {
+  /// Creates the layer from MoE layer `layer` of the checkpoint at `path`.
+  /// `adjust` may change behaviour fields (storage, placement, capacity, ...).
+  public static func load(checkpoint path: String, layer l: Int, runtime: Runtime,
+                          adjust: ((inout MoELayerConfig) throws -> Void)?) throws -> MoELayer {
+    try load(checkpoint: try Checkpoint(path: path), layer: l, runtime: runtime, adjust: adjust)
+  }
+
+  /// Creates the layer from MoE layer `layer` of an opened checkpoint, under
+  /// the names of the HF format its tensors have (CheckpointLayouts.moe).
+  /// Expert weights may be stored per expert or fused (gate rows first).
+  public static func load(checkpoint ckpt: Checkpoint, layer l: Int, runtime: Runtime,
+                          adjust: ((inout MoELayerConfig) throws -> Void)?) throws -> MoELayer {
+    let path = ckpt.path
+    let d = ckpt.description
+    guard let moe = d.moe else {
+      throw MoEError.invalid("'\(path)' is a dense \(d.architecture.rawValue) checkpoint; load an MoE checkpoint (upcycle it first)")
+    }
+    guard l >= 0, l < d.numLayers else {
+      throw MoEError.invalid("layer_index is \(l); the checkpoint has \(d.numLayers) layers")
+    }
+    guard moe.moeLayers[l] else {
+      let list = moe.moeLayers.indices.filter { moe.moeLayers[$0] }.map(String.init).joined(separator: ",")
+      throw MoEError.invalid("layer \(l) of '\(path)' is dense; its MoE layers are \(list)")
+    }
+    let H = d.hiddenSize, E = moe.numExperts, F = moe.expertIntermediateSize
+    var config = MoELayerConfig(hidden: H, ffn: F, experts: E, topK: moe.topK)
+    let src = ckpt.source
+    let names = CheckpointLayouts.moe(in: src, layer: l)
+    // The routing is fixed by the names' format or the architecture's where one fixes it (Mixtral).
+    let format = names.alwaysRenormalizes ? names : d.hf
+    let sc = d.sourceConfig
+    config.routing = format.routing(sc)
+    let fixedRouting = format.alwaysRenormalizes
+    if !fixedRouting { config.sharedFFN = moe.sharedExpertIntermediateSize }
+    if let coef = sc?["router_aux_loss_coef"]?.doubleValue, coef.isFinite, coef >= 0 { config.balanceCoef = Float(coef) }
+    try adjust?(&config)
+    let layer = try MoELayer(config: config, runtime: runtime)
+
+    // Shapes as the layer holds them (its shared expert's size after `adjust`).
+    var shapes = d
+    shapes.moe?.sharedExpertIntermediateSize = config.sharedFFN
+    func read(_ role: TensorRole, into kind: LayerWeight, expert e: Int = -1) throws {
+      let name = names.name(role, layer: l, expert: e), shape = role.shape(in: shapes)
+      // Blocks of the type the layer stores are kept bit for bit.
+      if let info = src.info(name), info.dtype.isQuantized, info.dtype == config.storage, info.shape == shape,
+         kind != .router, kind != .sharedExpertGate, e >= 0 || kind.isShared {
+        var blocks = [UInt8](repeating: 0, count: info.byteCount)
+        try blocks.withUnsafeMutableBytes { try src.readStored(name, into: $0.baseAddress!) }
+        try blocks.withUnsafeBytes {
+          try layer.setWeightBlocks(kind, expert: e, dtype: info.dtype, blocks: $0.baseAddress!, byteCount: info.byteCount)
+        }
+        src.release(name)
+        return
+      }
+      let values = try src.readFloat(name, shape: shape)
+      try values.withUnsafeBufferPointer { try layer.setWeight(kind, expert: e, data: $0.baseAddress!, count: values.count) }
+      src.release(name)
+    }
+    try read(.router, into: .router)
+    let fusedGateUp = names.name(.expertsGateUp, layer: l)
+    if src.info(fusedGateUp) != nil {
+      let gateUp = try src.readFloat(fusedGateUp, shape: TensorRole.expertsGateUp.shape(in: d))
+      try gateUp.withUnsafeBufferPointer { g in
+        for e in 0..<E {
+          let base = g.baseAddress! + e * 2 * F * H
+          try layer.setWeight(.gate, expert: e, data: base, count: F * H)
+          try layer.setWeight(.up, expert: e, data: base + F * H, count: F * H)
+        }
+      }
+      src.release(fusedGateUp)
+      try read(.expertsDown, into: .down)
+      src.release(names.name(.expertsDown, layer: l))
+    } else {
+      for e in 0..<E {
+        for p in Projection.allCases { try read(.expert(p), into: p.layerWeight, expert: e) }
+      }
+    }
+    if !fixedRouting && config.sharedFFN > 0 {
+      for w in [LayerWeight.sharedGate, .sharedUp, .sharedDown, .sharedExpertGate] { try read(TensorRole(w), into: w) }
+    }
+    return layer
+  }
+
+  /// Tokens of the saved forward, if one is saved.
+  public var savedTokens: Int? { saved?.tokens }
+
+  /// The last forward's combine weights as a dense [T, E] matrix.
+  public func denseRoutingWeights() -> [Float] {
+    guard let r = lastRouting else { return [] }
+    let E = config.experts
+    var dense = [Float](repeating: 0, count: r.tokens * E)
+    for row in 0..<r.rows {
+      dense[Int(r.rowToken[row]) * E + Int(r.rowExpert[row])] = r.rowWeight[row]
+    }
+    return dense
+  }
+}
