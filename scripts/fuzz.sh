@@ -55,7 +55,7 @@ extra_sources() {
 # instrumentation.
 swift_flags() {
   local cflag
-  echo -swift-version 6 -Onone -g -sanitize=fuzzer,address -parse-as-library -suppress-warnings
+  echo -swift-version 6 -Onone -g -sanitize=fuzzer,address -parse-as-library -suppress-warnings -package-name moeupcycle
   echo -I Sources/COpenBLAS -I Sources/CHwloc -I Sources/CMoECPU/include -I "$BUILD/core"
   for cflag in $(pkg-config --cflags openblas hwloc); do echo -Xcc "$cflag"; done
 }
