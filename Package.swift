@@ -40,7 +40,8 @@ let systemTargets: [Target] = [
 let coreModules = ["MoESupport", "MoEFormats", "MoERuntime", "MoELayer", "MoEModel", "MoEUpcycling", "MoEScaling"]
 
 func coreLayer(_ name: String, _ dependencies: [Target.Dependency]) -> Target {
-  .target(name: name, dependencies: dependencies, swiftSettings: [.unsafeFlags(["-target-cpu", coreCPU])])
+  .target(name: name, dependencies: dependencies,
+          swiftSettings: [.unsafeFlags(["-target-cpu", coreCPU]), .enableUpcomingFeature("MemberImportVisibility")])
 }
 
 // MARK: - Library targets
@@ -74,9 +75,10 @@ let libraryTargets: [Target] = [
   coreLayer("MoEScaling", ["MoESupport", "MoEFormats", "MoERuntime", "MoELayer", "MoEModel", "MoEUpcycling"]),
   // The ABI layer: validation, error mapping, exported functions. Compiled for
   // the baseline x86-64 so that it can check the CPU before the core runs.
-  .target(name: "MoEUpcycle", dependencies: ["CMoeUpcycle", "CMoECPU"] + coreModules.map { .target(name: $0) },
+  .target(name: "MoEUpcycle", dependencies: ["CMoeUpcycle", "CMoECPU", "MoEKernelCode"] + coreModules.map { .target(name: $0) },
           exclude: ["exports.map"],
-          swiftSettings: coreCPU == "haswell" ? [.define("CORE_NEEDS_X86_64_V3")] : [],
+          swiftSettings: [.enableUpcomingFeature("MemberImportVisibility")]
+            + (coreCPU == "haswell" ? [.define("CORE_NEEDS_X86_64_V3")] : []),
           linkerSettings: [
             // Export only moe_* symbols.
             .unsafeFlags(["-use-ld=lld", "-Xlinker", "--version-script=\(root)/Sources/MoEUpcycle/exports.map"]),

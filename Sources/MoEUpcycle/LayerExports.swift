@@ -6,6 +6,7 @@ import MoELayer
 import Glibc
 #endif
 import CMoeUpcycle
+import MoEKernelCode
 
 // Handles: a retained Swift object behind each opaque C pointer.
 

@@ -6,6 +6,7 @@ import MoEUpcycling
 import Glibc
 #endif
 import CMoeUpcycle
+import MoEFormats
 
 // MARK: - Model lifecycle
 

@@ -4,6 +4,8 @@ import MoEModel
 import Glibc
 #endif
 import CMoeUpcycle
+import MoEFormats
+import MoEKernelCode
 
 @c @implementation
 public func moe_trainer_params_init(_ params: UnsafeMutablePointer<moe_trainer_params>!, _ struct_size: Int) -> moe_status {

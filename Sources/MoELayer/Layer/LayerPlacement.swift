@@ -2,6 +2,7 @@
 // placement plan, and the text of `moeupcycle topology` that shows it.
 
 import MoERuntime
+import MoESupport
 
 extension Runtime {
   /// The placement plan a layer of this configuration would get here.

@@ -18,6 +18,7 @@ import MoERuntime
 import Glibc
 #endif
 import MoEKernelCode
+import MoEFormats
 
 /// A contiguous range of one slice's columns given to one worker.
 package struct WorkItem: Equatable {

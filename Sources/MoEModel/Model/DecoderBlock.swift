@@ -12,6 +12,7 @@ import MoELayer
 import Glibc
 #endif
 import MoEKernelCode
+import MoEFormats
 
 /// The rows of one decoder pass: `sequences` sequences of `length` tokens,
 /// one after another, at positions start ..< start + length. Inference runs

@@ -1,5 +1,6 @@
 // Using a decoder: perplexity evaluation and sampled generation with a KV cache.
 
+import MoEFormats
 import MoESupport
 #if canImport(Glibc)
 import Glibc

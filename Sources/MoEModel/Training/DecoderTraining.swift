@@ -10,6 +10,8 @@ import MoERuntime
 import Glibc
 #endif
 import MoEKernelCode
+import MoEFormats
+import MoELayer
 
 /// Gradient buffers of a decoder, shaped like its weights.
 package final class DecoderGradients {

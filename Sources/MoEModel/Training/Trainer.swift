@@ -9,6 +9,8 @@ import MoEFormats
 import Glibc
 #endif
 import MoEKernelCode
+import MoELayer
+import MoERuntime
 
 /// Which parameters a trainer updates.
 public enum TrainOnly: Int32, Sendable, CaseIterable {

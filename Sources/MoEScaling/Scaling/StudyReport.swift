@@ -4,6 +4,7 @@
 // upcycling papers checked against the numbers. Written as report.json,
 // report.md and one law file per method (laws-METHOD.json, for `plan`).
 
+import MoEModel
 import MoESupport
 import MoEUpcycling
 #if canImport(Glibc)

@@ -1,3 +1,5 @@
+import MoESupport
+
 /// Rows drawn from Normal(0, router_std).
 package struct NormalRouter: RouterInitializer {
   package var name: String { "normal" }
