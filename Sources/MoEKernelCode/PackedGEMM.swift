@@ -568,7 +568,7 @@ public enum PackedGEMM {
     }
     if mr == MR && nr == 2 * W {
       top.put(c, ldc: ldc, accumulate: accumulate)
-      if MR > half { bottom.put(c + half * ldc, ldc: ldc, accumulate: accumulate) }
+      if both { bottom.put(c + half * ldc, ldc: ldc, accumulate: accumulate) }
       return
     }
     // An edge tile: through a buffer, then only the rows and columns that exist.
