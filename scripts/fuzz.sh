@@ -28,7 +28,9 @@ cd "$(dirname "$0")/.."
 ROOT="$PWD"
 
 TARGETS=(safetensors gguf config tokenizer upcycle)
-CORE_MODULES=(MoESupport MoEFormats MoERuntime MoELayer MoEModel MoEUpcycling MoEScaling)
+# The core's modules, in the order Package.swift's coreModules lists them (each after those it imports).
+read -r -a CORE_MODULES <<< "$(sed -n 's/^let coreModules = \[\(.*\)\]$/\1/p' Package.swift | tr -d '",')"
+[ "${#CORE_MODULES[@]}" -gt 0 ] || { echo "fuzz: no 'let coreModules = [...]' line in Package.swift" >&2; exit 1; }
 BUILD=.build-fuzz
 TIMEOUT="${FUZZ_TIMEOUT:-10}"
 MEMORY_MB="${FUZZ_MEMORY_MB:-512}"
@@ -114,7 +116,6 @@ build() {
   build_module MoEKernelsPortable
   local libs=("$BUILD/core/libMoEKernelCode.a" "$BUILD/core/libMoEKernelsAVX512.a"
               "$BUILD/core/libMoEKernelsAVX2.a" "$BUILD/core/libMoEKernelsPortable.a")
-  # The core's modules, each above the ones it imports (Package.swift).
   local m
   for m in "${CORE_MODULES[@]}"; do
     build_module "$m" -target-cpu haswell
