@@ -134,6 +134,11 @@ public protocol KernelISA {
   /// dst[t * nr + j]. Returns false where the ISA has none (the plain loop runs).
   static func packTransposed(_ src: UnsafePointer<Float>, ld: Int, kc: Int, nr: Int,
                              into dst: UnsafeMutablePointer<Float>) -> Bool
+  /// Packs one A panel of a row-major f32 operand with register transposes:
+  /// stored rows 0..<mr of src (ld apart, all present), elements 0..<kc, into
+  /// dst[t * mr + i]. Returns false where the ISA has none (the plain loop runs).
+  static func packRows(_ src: UnsafePointer<Float>, ld: Int, kc: Int, mr: Int,
+                       into dst: UnsafeMutablePointer<Float>) -> Bool
 }
 
 extension KernelISA {
@@ -143,6 +148,10 @@ extension KernelISA {
   @inlinable @inline(__always)
   public static func packTransposed(_ src: UnsafePointer<Float>, ld: Int, kc: Int, nr: Int,
                                     into dst: UnsafeMutablePointer<Float>) -> Bool { false }
+
+  @inlinable @inline(__always)
+  public static func packRows(_ src: UnsafePointer<Float>, ld: Int, kc: Int, mr: Int,
+                              into dst: UnsafeMutablePointer<Float>) -> Bool { false }
 }
 
 extension KernelISA {
@@ -321,7 +330,7 @@ public enum PackedGEMM {
                         UnsafeMutableRawPointer(dst).assumingMemoryBound(to: UInt32.self))
         return
       }
-      packA(a, tileRows: MR, rows: rows, mc: mc, cols: cols, kc: kc, into: dst)
+      packA(K.self, a, tileRows: MR, rows: rows, mc: mc, cols: cols, kc: kc, into: dst)
       if bf16 { roundToBF16(K.self, dst, count: (mc + MR - 1) / MR * MR * kc) }
     }
     if amx { moe_amx_begin() }
@@ -389,13 +398,17 @@ public enum PackedGEMM {
   /// (tileRows: 6 or 12): panel q holds, for each inner index, MR values (zero
   /// beyond the last row).
   @inlinable @inline(__always)
-  static func packA(_ a: MatrixOperand, tileRows MR: Int, rows r0: Int, mc: Int, cols c0: Int, kc: Int,
-                    into dst: UnsafeMutablePointer<Float>) {
+  static func packA<K: KernelISA>(_: K.Type, _ a: MatrixOperand, tileRows MR: Int, rows r0: Int, mc: Int, cols c0: Int,
+                                  kc: Int, into dst: UnsafeMutablePointer<Float>) {
     var q = 0
     while q * MR < mc {
       let panel = dst + q * kc * MR
       let i0 = r0 + q * MR, rows = min(MR, mc - q * MR)
-      if !a.bf16 && !a.transposed && rows == MR && MR % 6 == 0 {
+      if !a.bf16 && !a.transposed && rows == MR,
+         K.packRows(a.base.assumingMemoryBound(to: Float.self) + i0 * a.ld + c0, ld: a.ld, kc: kc, mr: MR,
+                    into: panel) {
+        // A whole panel, transposed in registers.
+      } else if !a.bf16 && !a.transposed && rows == MR && MR % 6 == 0 {
         // Six rows side by side at a time: each inner index writes one
         // contiguous group of six.
         let ld = a.ld

@@ -17,6 +17,12 @@ public enum AVX2Kernels: KernelISA {
     moe_pack_bt_f32_avx2(src, ld, kc, nr, dst)
     return true
   }
+  @inline(__always)
+  public static func packRows(_ src: UnsafePointer<Float>, ld: Int, kc: Int, mr: Int,
+                              into dst: UnsafeMutablePointer<Float>) -> Bool {
+    moe_pack_a_f32_avx2(src, ld, kc, mr, dst)
+    return true
+  }
 
   public static let table = makeTable(name: "avx2", fused: true)
 }

@@ -21,6 +21,12 @@ public enum AVX512Kernels: KernelISA {
     moe_pack_bt_f32_avx512(src, ld, kc, nr, dst)
     return true
   }
+  @inline(__always)
+  public static func packRows(_ src: UnsafePointer<Float>, ld: Int, kc: Int, mr: Int,
+                              into dst: UnsafeMutablePointer<Float>) -> Bool {
+    moe_pack_a_f32_avx512(src, ld, kc, mr, dst)
+    return true
+  }
 
   /// bf16 compute on the fallback.
   public static let table = makeTable(name: "avx512", fused: true)

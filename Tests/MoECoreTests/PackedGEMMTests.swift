@@ -1,5 +1,7 @@
 import Testing
 import MoEKernelCode
+import MoEKernelsAVX2
+import MoEKernelsAVX512
 @testable import MoESupport
 @testable import MoERuntime
 @testable import MoELayer
@@ -116,6 +118,50 @@ import MoEKernelCode
         }
       }
     }
+  }
+
+  /// The register-transposed packings of each instruction set the CPU runs
+  /// give the plain loops' panels bit for bit: A panels of every row count an
+  /// ISA takes and B panels of transposed operands, with inner lengths around
+  /// the transposes' block sizes and strides wider than the rows.
+  @Test func registerPackingMatchesPlainLoops() {
+    var rng = Rng(seed: 23)
+    let ld = 53
+    let src = (0..<(16 * ld)).map { _ in Float(bitPattern: UInt32(truncatingIfNeeded: rng.next())) }
+    func plainA(_ kc: Int, _ mr: Int) -> [UInt32] {
+      (0..<(kc * mr)).map { src[($0 % mr) * ld + $0 / mr].bitPattern }
+    }
+    func plainB(_ kc: Int, _ nr: Int) -> [UInt32] {
+      (0..<(kc * nr)).map { src[($0 % nr) * ld + $0 / nr].bitPattern }
+    }
+    func packed(_ count: Int, _ body: (UnsafePointer<Float>, UnsafeMutablePointer<Float>) -> Bool) -> [UInt32]? {
+      var out = [Float](repeating: .nan, count: count + 16)
+      let ok = src.withUnsafeBufferPointer { s in out.withUnsafeMutableBufferPointer { body(s.baseAddress!, $0.baseAddress!) } }
+      let untouched = out[count...].allSatisfy { $0.isNaN }
+      #expect(untouched, "wrote past the panel")
+      return ok ? out[..<count].map(\.bitPattern) : nil
+    }
+    var ran = 0
+    for path in Kernels.availablePaths() where path == .avx512 || path == .avx2 {
+      let rowLimit = path == .avx512 ? 16 : 8, width = path == .avx512 ? 16 : 8
+      for kc in [1, 7, 8, 15, 16, 17, 31, 32, 40, 48] {
+        for mr in 1...rowLimit {
+          let got = packed(kc * mr) { s, d in
+            path == .avx512 ? AVX512Kernels.packRows(s, ld: ld, kc: kc, mr: mr, into: d)
+              : AVX2Kernels.packRows(s, ld: ld, kc: kc, mr: mr, into: d)
+          }
+          #expect(got == plainA(kc, mr), "\(path.rawValue) A panel kc=\(kc) mr=\(mr)")
+          ran += 1
+        }
+        let got = packed(kc * width) { s, d in
+          path == .avx512 ? AVX512Kernels.packTransposed(s, ld: ld, kc: kc, nr: width, into: d)
+            : AVX2Kernels.packTransposed(s, ld: ld, kc: kc, nr: width, into: d)
+        }
+        #expect(got == plainB(kc, width), "\(path.rawValue) B panel kc=\(kc)")
+      }
+    }
+    // x86 CPUs without AVX2 run only the plain loops; every machine here has it.
+    #expect(ran > 0 || !CPUInfo.current.supports(.avx2).ok)
   }
 
   /// The same problem twice gives the same bits (fixed accumulation order).

@@ -54,7 +54,7 @@ static inline void moe_prefetch_tile(float *c, size_t ldc, int rows, size_t cols
   }
 }
 
-// MARK: - Transposed f32 panels (pack.c)
+// MARK: - f32 panels packed by register transposes (pack.c)
 //
 // Stored rows 0..<nr of src (rows ld apart; row j is column j of B), elements
 // 0..<kc of each, into dst[t * nr + j]: one packed B panel of the f32 GEMM.
@@ -62,6 +62,12 @@ static inline void moe_prefetch_tile(float *c, size_t ldc, int rows, size_t cols
 // that instruction set.
 MOE_CPU_INTERNAL void moe_pack_bt_f32_avx512(const float *src, size_t ld, size_t kc, size_t nr, float *dst);
 MOE_CPU_INTERNAL void moe_pack_bt_f32_avx2(const float *src, size_t ld, size_t kc, size_t nr, float *dst);
+
+// Stored rows 0..<mr of src (rows ld apart), elements 0..<kc of each, into
+// dst[t * mr + i]: one packed A panel of the f32 GEMM. mr is at most 16
+// (AVX-512) or 8 (AVX2); the panel's rows all exist (no zero padding).
+MOE_CPU_INTERNAL void moe_pack_a_f32_avx512(const float *src, size_t ld, size_t kc, size_t mr, float *dst);
+MOE_CPU_INTERNAL void moe_pack_a_f32_avx2(const float *src, size_t ld, size_t kc, size_t mr, float *dst);
 
 // MARK: - bf16 compute on AVX512-BF16 (bf16.c)
 //
