@@ -2,6 +2,7 @@ import Testing
 @testable import MoESupport
 @testable import MoERuntime
 @testable import MoEModel
+import CMoECPU
 
 #if canImport(Glibc)
 import Glibc
@@ -41,6 +42,38 @@ import Glibc
     }
     #expect(first > 2, "initial loss \(first)")
     #expect(last < 0.1, "\(arch): loss \(first) -> \(last)")
+  }
+
+  /// The vector AdamW kernel against its plain loop, bit for bit: runs whose
+  /// lengths leave tails of every size, with and without decay and clipping,
+  /// moments from a first step and from later ones; gradients end zero.
+  @Test func adamWKernelMatchesThePlainLoop() {
+    var rng = Rng(seed: 29)
+    for count in [1, 15, 16, 17, 33, 250] {
+      for (keep, clip, step) in [(Float(1), Float(1), Float(1)), (0.99998, 0.25, 7)] {
+        let s = moe_adamw_step(clip_scale: clip, beta1: 0.9, beta2: 0.95, one_minus_beta1: 1 - 0.9,
+                               one_minus_beta2: 1 - 0.95, c1: 1 / (1 - powf(0.9, step)),
+                               c2: 1 / (1 - powf(0.95, step)), lr: 2e-4, eps: 1e-8, keep: keep)
+        // w, g, m, v: moments from a first step are zero, later ones are not.
+        let start = (0..<4).map { k in
+          (0..<count).map { _ in k >= 2 && step == 1 ? 0 : k == 3 ? abs(Float(rng.normal())) * 1e-3 : Float(rng.normal()) }
+        }
+        var kernel = start.flatMap { $0 }, plain = kernel
+        kernel.withUnsafeMutableBufferPointer { b in
+          let p = b.baseAddress!
+          var k = s
+          moe_adamw_f32(p, p + count, p + 2 * count, p + 3 * count, count, &k)
+        }
+        plain.withUnsafeMutableBufferPointer { b in
+          let p = b.baseAddress!
+          Trainer.adamWReference(w: p, g: p + count, m: p + 2 * count, v: p + 3 * count, count: count, s)
+        }
+        #expect(kernel.map(\.bitPattern) == plain.map(\.bitPattern), "count \(count) keep \(keep) step \(step)")
+        #expect(kernel[count..<(2 * count)].allSatisfy { $0 == 0 })
+        // The weights moved: a kernel that skipped the update would fail here.
+        #expect(zip(kernel[0..<count], start[0]).contains { $0 != $1 })
+      }
+    }
   }
 
   @Test func scheduleWarmsUpThenDecaysToTheFloor() throws {

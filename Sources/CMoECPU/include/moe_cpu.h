@@ -54,6 +54,19 @@ static inline void moe_prefetch_tile(float *c, size_t ldc, int rows, size_t cols
   }
 }
 
+// MARK: - AdamW (adamw.c)
+
+// The scalars of one AdamW step: gradients are multiplied by clip_scale; c1,
+// c2 are the bias corrections 1 / (1 - beta^t); keep is 1 - lr * weight_decay
+// for decayed tensors, else 1.
+typedef struct moe_adamw_step {
+  float clip_scale, beta1, beta2, one_minus_beta1, one_minus_beta2, c1, c2, lr, eps, keep;
+} moe_adamw_step;
+
+// Updates count parameters w with gradients g and moments m, v in place and
+// sets the gradients to zero, on the widest vectors the CPU runs.
+MOE_CPU_INTERNAL void moe_adamw_f32(float *w, float *g, float *m, float *v, size_t count, const moe_adamw_step *s);
+
 // MARK: - f32 panels packed by register transposes (pack.c)
 //
 // Stored rows 0..<nr of src (rows ld apart; row j is column j of B), elements

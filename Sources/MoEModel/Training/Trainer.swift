@@ -8,6 +8,7 @@ import MoEFormats
 #if canImport(Glibc)
 import Glibc
 #endif
+import CMoECPU
 import MoEKernelCode
 import MoELayer
 import MoERuntime
@@ -414,43 +415,38 @@ public final class Trainer {
     return partial.reduce(0, +).squareRoot()
   }
 
-  /// AdamW on every region (SIMD), clearing each gradient after use.
+  /// AdamW on every region, clearing each gradient after use.
   func adamW(_ regions: [Region], total: Int, lr: Float, clipScale: Float) {
     let o = options
     let t = Float(step)
-    let c1 = 1 / (1 - powf(o.beta1, t)), c2 = 1 / (1 - powf(o.beta2, t))
     let m = moments.pointer, v = moments.pointer + parameterCount
-    let b1 = Vec16(repeating: o.beta1), b2 = Vec16(repeating: o.beta2)
-    let ob1 = Vec16(repeating: 1 - o.beta1), ob2 = Vec16(repeating: 1 - o.beta2)
-    let scale = Vec16(repeating: clipScale), lrv = Vec16(repeating: lr), epsv = Vec16(repeating: o.eps)
-    let c1v = Vec16(repeating: c1), c2v = Vec16(repeating: c2)
+    let constants = moe_adamw_step(clip_scale: clipScale, beta1: o.beta1, beta2: o.beta2, one_minus_beta1: 1 - o.beta1,
+                                   one_minus_beta2: 1 - o.beta2, c1: 1 / (1 - powf(o.beta1, t)),
+                                   c2: 1 / (1 - powf(o.beta2, t)), lr: lr, eps: o.eps, keep: 1)
+    let decayed = 1 - lr * o.weightDecay
     forEachWorkerRun(regions, total: total) { _, run in
+      var k = constants
       for r in run {
-        let w = r.weights, g = r.gradients, mm = m + r.offset, vv = v + r.offset
-        let keep = Vec16(repeating: r.decay ? 1 - lr * o.weightDecay : 1)
-        var i = 0
-        while i + 16 <= r.count {
-          let grad = load16(g + i) * scale
-          let mi = (b1 * load16(mm + i)).addingProduct(ob1, grad)
-          let vi = (b2 * load16(vv + i)).addingProduct(ob2, grad * grad)
-          let update = (mi * c1v) / ((vi * c2v).squareRoot() + epsv)
-          store16(mi, mm + i)
-          store16(vi, vv + i)
-          store16((load16(w + i) * keep) - lrv * update, w + i)
-          store16(Vec16(), g + i)
-          i += 16
-        }
-        let keepScalar = r.decay ? 1 - lr * o.weightDecay : 1
-        while i < r.count {
-          let grad = g[i] * clipScale
-          mm[i] = o.beta1 * mm[i] + (1 - o.beta1) * grad
-          vv[i] = o.beta2 * vv[i] + (1 - o.beta2) * grad * grad
-          let update = (mm[i] * c1) / ((vv[i] * c2).squareRoot() + o.eps)
-          w[i] = w[i] * keepScalar - lr * update
-          g[i] = 0
-          i += 1
-        }
+        k.keep = r.decay ? decayed : 1
+        moe_adamw_f32(r.weights, r.gradients, m + r.offset, v + r.offset, r.count, &k)
       }
+    }
+  }
+
+  /// The update moe_adamw_f32 makes, one parameter at a time: the reference
+  /// its tests compare against bit for bit.
+  static func adamWReference(w: UnsafeMutablePointer<Float>, g: UnsafeMutablePointer<Float>,
+                             m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, count: Int,
+                             _ s: moe_adamw_step) {
+    for i in 0..<count {
+      let grad = g[i] * s.clip_scale
+      let mi = (s.beta1 * m[i]).addingProduct(s.one_minus_beta1, grad)
+      let vi = (s.beta2 * v[i]).addingProduct(s.one_minus_beta2, grad * grad)
+      let update = (mi * s.c1) / ((vi * s.c2).squareRoot() + s.eps)
+      m[i] = mi
+      v[i] = vi
+      w[i] = w[i] * s.keep - s.lr * update
+      g[i] = 0
     }
   }
 
