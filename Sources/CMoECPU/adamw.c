@@ -4,7 +4,8 @@
 // took this memory-bound pass to half the machine's bandwidth. The operations
 // and their order are those of the plain loop in Trainer.adamWReference (the
 // moments' updates fused multiply-adds, nothing else contracted), so the two
-// agree bit for bit on every instruction set.
+// agree bit for bit on every instruction set, a run's last count % 16
+// parameters included.
 #include "moe_cpu.h"
 
 #include <string.h>
@@ -12,40 +13,51 @@
 #pragma clang fp contract(off)
 
 typedef float v16f __attribute__((ext_vector_type(16)));
+// The same vector at any float's alignment, for loads and stores in place
+// (no vector passes through a call: the helpers below take pointers).
+typedef float v16f_at __attribute__((ext_vector_type(16), aligned(4), may_alias));
 
-static inline __attribute__((always_inline)) v16f load16(const float *p) {
-  v16f x;
-  memcpy(&x, p, sizeof x);
-  return x;
+// The step's scalars, one per lane.
+typedef struct adamw_lanes {
+  v16f scale, b1, b2, ob1, ob2, c1, c2, lr, eps, keep;
+} adamw_lanes;
+
+// Sixteen parameters at w, g, m, v updated in place, their gradients zeroed.
+static inline __attribute__((always_inline)) void adamw16(float *w, float *g, float *m, float *v,
+                                                          const adamw_lanes *k) {
+  v16f grad = *(const v16f_at *)g * k->scale;
+  v16f mi = __builtin_elementwise_fma(k->ob1, grad, k->b1 * *(const v16f_at *)m);
+  v16f vi = __builtin_elementwise_fma(k->ob2, grad * grad, k->b2 * *(const v16f_at *)v);
+  v16f update = (mi * k->c1) / (__builtin_elementwise_sqrt(vi * k->c2) + k->eps);
+  *(v16f_at *)m = mi;
+  *(v16f_at *)v = vi;
+  *(v16f_at *)w = *(const v16f_at *)w * k->keep - k->lr * update;
+  *(v16f_at *)g = (v16f)0;
 }
-
-static inline __attribute__((always_inline)) void store16(float *p, v16f x) { memcpy(p, &x, sizeof x); }
 
 static inline __attribute__((always_inline)) void adamw_run(float *w, float *g, float *m, float *v, size_t count,
                                                             const moe_adamw_step *s) {
-  const v16f scale = s->clip_scale, b1 = s->beta1, b2 = s->beta2, ob1 = s->one_minus_beta1,
-             ob2 = s->one_minus_beta2, c1 = s->c1, c2 = s->c2, lr = s->lr, eps = s->eps, keep = s->keep;
+  // 1 - beta rounded to float, as the plain loop computes it.
+  // Each scalar cast to a vector holds it in every lane.
+  const adamw_lanes k = { (v16f)s->clip_scale, (v16f)s->beta1, (v16f)s->beta2, (v16f)(1.0f - s->beta1),
+                          (v16f)(1.0f - s->beta2), (v16f)s->c1, (v16f)s->c2, (v16f)s->lr, (v16f)s->eps,
+                          (v16f)s->keep };
   size_t i = 0;
-  for (; i + 16 <= count; i += 16) {
-    v16f grad = load16(g + i) * scale;
-    v16f mi = __builtin_elementwise_fma(ob1, grad, b1 * load16(m + i));
-    v16f vi = __builtin_elementwise_fma(ob2, grad * grad, b2 * load16(v + i));
-    v16f update = (mi * c1) / (__builtin_elementwise_sqrt(vi * c2) + eps);
-    store16(m + i, mi);
-    store16(v + i, vi);
-    store16(w + i, load16(w + i) * keep - lr * update);
-    store16(g + i, (v16f)0);
-  }
-  for (; i < count; i++) {
-    float grad = g[i] * s->clip_scale;
-    float mi = __builtin_fmaf(s->one_minus_beta1, grad, s->beta1 * m[i]);
-    float vi = __builtin_fmaf(s->one_minus_beta2, grad * grad, s->beta2 * v[i]);
-    float update = (mi * s->c1) / (__builtin_elementwise_sqrt(vi * s->c2) + s->eps);
-    m[i] = mi;
-    v[i] = vi;
-    w[i] = w[i] * s->keep - s->lr * update;
-    g[i] = 0;
-  }
+  for (; i + 16 <= count; i += 16) adamw16(w + i, g + i, m + i, v + i, &k);
+  if (i == count) return;
+  // The last count % 16 through the same lanes, staged with zeros beyond
+  // them: each lane's result depends on its own inputs only.
+  size_t n = (count - i) * sizeof(float);
+  float tw[16] = { 0 }, tg[16] = { 0 }, tm[16] = { 0 }, tv[16] = { 0 };
+  memcpy(tw, w + i, n);
+  memcpy(tg, g + i, n);
+  memcpy(tm, m + i, n);
+  memcpy(tv, v + i, n);
+  adamw16(tw, tg, tm, tv, &k);
+  memcpy(w + i, tw, n);
+  memcpy(g + i, tg, n);
+  memcpy(m + i, tm, n);
+  memcpy(v + i, tv, n);
 }
 
 #if defined(__x86_64__)

@@ -60,7 +60,7 @@ static inline void moe_prefetch_tile(float *c, size_t ldc, int rows, size_t cols
 // c2 are the bias corrections 1 / (1 - beta^t); keep is 1 - lr * weight_decay
 // for decayed tensors, else 1.
 typedef struct moe_adamw_step {
-  float clip_scale, beta1, beta2, one_minus_beta1, one_minus_beta2, c1, c2, lr, eps, keep;
+  float clip_scale, beta1, beta2, c1, c2, lr, eps, keep;
 } moe_adamw_step;
 
 // Updates count parameters w with gradients g and moments m, v in place and

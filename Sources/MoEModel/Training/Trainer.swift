@@ -420,9 +420,9 @@ public final class Trainer {
     let o = options
     let t = Float(step)
     let m = moments.pointer, v = moments.pointer + parameterCount
-    let constants = moe_adamw_step(clip_scale: clipScale, beta1: o.beta1, beta2: o.beta2, one_minus_beta1: 1 - o.beta1,
-                                   one_minus_beta2: 1 - o.beta2, c1: 1 / (1 - powf(o.beta1, t)),
-                                   c2: 1 / (1 - powf(o.beta2, t)), lr: lr, eps: o.eps, keep: 1)
+    let constants = moe_adamw_step(clip_scale: clipScale, beta1: o.beta1, beta2: o.beta2,
+                                   c1: 1 / (1 - powf(o.beta1, t)), c2: 1 / (1 - powf(o.beta2, t)), lr: lr, eps: o.eps,
+                                   keep: 1)
     let decayed = 1 - lr * o.weightDecay
     forEachWorkerRun(regions, total: total) { _, run in
       var k = constants
@@ -440,8 +440,8 @@ public final class Trainer {
                              _ s: moe_adamw_step) {
     for i in 0..<count {
       let grad = g[i] * s.clip_scale
-      let mi = (s.beta1 * m[i]).addingProduct(s.one_minus_beta1, grad)
-      let vi = (s.beta2 * v[i]).addingProduct(s.one_minus_beta2, grad * grad)
+      let mi = (s.beta1 * m[i]).addingProduct(1 - s.beta1, grad)
+      let vi = (s.beta2 * v[i]).addingProduct(1 - s.beta2, grad * grad)
       let update = (mi * s.c1) / ((vi * s.c2).squareRoot() + s.eps)
       m[i] = mi
       v[i] = vi
