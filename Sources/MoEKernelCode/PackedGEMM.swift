@@ -563,8 +563,13 @@ public enum PackedGEMM {
     // A 12-row panel whose rows that exist fit in the top half (the last panel
     // of a block) runs the six-row loop over it.
     let half = TileRows<K>.count, both = MR == 2 * half && mr > half
+    // The B panel is read again for every A panel of the block, and part of
+    // it is no longer in L1 by then (the A panels stream through beside it):
+    // each step asks for the B row eight steps ahead (a hint; past the
+    // panel's end it is ignored).
     if both {
       for _ in 0..<kc {
+        prefetchBRow(K.self, pb + 16 * W)
         let b0 = K.load(pb), b1 = K.load(pb + W)
         top.step(pa, b0, b1)
         bottom.step(pa + half, b0, b1)
@@ -573,6 +578,7 @@ public enum PackedGEMM {
       }
     } else {
       for _ in 0..<kc {
+        prefetchBRow(K.self, pb + 16 * W)
         let b0 = K.load(pb), b1 = K.load(pb + W)
         top.step(pa, b0, b1)
         pa += MR
@@ -598,6 +604,16 @@ public enum PackedGEMM {
           for j in 0..<nr { p[j] = s[j] }
         }
       }
+    }
+  }
+
+  /// Asks for the lines of one packed B row (2 W floats, 64-byte aligned).
+  @inlinable @inline(__always)
+  static func prefetchBRow<K: KernelISA>(_: K.Type, _ p: UnsafePointer<Float>) {
+    var o = 0
+    while o < 2 * K.V.scalarCount {
+      moe_prefetch(p + o)
+      o += 16
     }
   }
 
