@@ -19,11 +19,12 @@
 #define AVX512_TARGET __attribute__((target("avx512f")))
 #define AVX2_TARGET __attribute__((target("avx2")))
 
-// Elements t0..<kc of the panel one value at a time (what a whole block of
-// the transposes does not cover).
-static inline void pack_bt_tail(const float *src, size_t ld, size_t t0, size_t kc, size_t nr, float *dst) {
+// Elements t0..<kc of n stored rows (ld apart) into dst[t * n + j], one value
+// at a time: the part of a B panel (n = nr) or an A panel (n = mr) that no
+// whole block of the transposes covers.
+static inline void pack_tail(const float *src, size_t ld, size_t t0, size_t kc, size_t n, float *dst) {
   for (size_t t = t0; t < kc; t++)
-    for (size_t j = 0; j < nr; j++) dst[t * nr + j] = src[j * ld + t];
+    for (size_t j = 0; j < n; j++) dst[t * n + j] = src[j * ld + t];
 }
 
 // r[0..<16] (row i in r[i]) transposed in registers: on return r[c] holds
@@ -70,13 +71,7 @@ AVX512_TARGET void moe_pack_bt_f32_avx512(const float *src, size_t ld, size_t kc
   size_t t = 0;
   for (; t + 16 <= kc; t += 16)
     for (size_t j = 0; j < nr; j += 16) transpose16(src + j * ld + t, ld, dst + t * nr + j, nr);
-  pack_bt_tail(src, ld, t, kc, nr, dst);
-}
-
-// Elements t0..<kc of an A panel one value at a time.
-static inline void pack_a_tail(const float *src, size_t ld, size_t t0, size_t kc, size_t mr, float *dst) {
-  for (size_t t = t0; t < kc; t++)
-    for (size_t i = 0; i < mr; i++) dst[t * mr + i] = src[i * ld + t];
+  pack_tail(src, ld, t, kc, nr, dst);
 }
 
 AVX512_TARGET void moe_pack_a_f32_avx512(const float *src, size_t ld, size_t kc, size_t mr, float *dst) {
@@ -90,7 +85,7 @@ AVX512_TARGET void moe_pack_a_f32_avx512(const float *src, size_t ld, size_t kc,
     transpose16_regs(r);
     for (size_t c = 0; c < 16; c++) _mm512_mask_storeu_ps(dst + (t + c) * mr, keep, r[c]);
   }
-  pack_a_tail(src, ld, t, kc, mr, dst);
+  pack_tail(src, ld, t, kc, mr, dst);
 }
 
 // r[0..<8] (row i in r[i]) transposed in registers: on return r[c] holds
@@ -127,7 +122,7 @@ AVX2_TARGET void moe_pack_bt_f32_avx2(const float *src, size_t ld, size_t kc, si
   size_t t = 0;
   for (; t + 8 <= kc; t += 8)
     for (size_t j = 0; j < nr; j += 8) transpose8(src + j * ld + t, ld, dst + t * nr + j, nr);
-  pack_bt_tail(src, ld, t, kc, nr, dst);
+  pack_tail(src, ld, t, kc, nr, dst);
 }
 
 AVX2_TARGET void moe_pack_a_f32_avx2(const float *src, size_t ld, size_t kc, size_t mr, float *dst) {
@@ -140,7 +135,7 @@ AVX2_TARGET void moe_pack_a_f32_avx2(const float *src, size_t ld, size_t kc, siz
     transpose8_regs(r);
     for (size_t c = 0; c < 8; c++) _mm256_maskstore_ps(dst + (t + c) * mr, keep, r[c]);
   }
-  pack_a_tail(src, ld, t, kc, mr, dst);
+  pack_tail(src, ld, t, kc, mr, dst);
 }
 
 #else
