@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -77,6 +78,21 @@ static void init_features(void) { features = detect(); }
 uint32_t moe_cpu_features(void) {
   pthread_once(&features_once, init_features);
   return features;
+}
+
+static pthread_once_t l2_once = PTHREAD_ONCE_INIT;
+static size_t l2_bytes;
+static void init_l2(void) {
+  long bytes = -1;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+  bytes = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+  l2_bytes = bytes > 0 ? (size_t)bytes : (size_t)1 << 20;
+}
+
+size_t moe_cpu_l2_bytes(void) {
+  pthread_once(&l2_once, init_l2);
+  return l2_bytes;
 }
 
 // MARK: - Per-thread buffers

@@ -5,12 +5,15 @@
 // target CPU. This module itself only declares; nothing here runs unspecialized.
 //
 // Scheme (as in Goto's GEMM): for each block of kc inner indices, the B block is
-// packed into column panels of NR floats per row (kc x NR, sized to stay in L1),
-// then for each block of mc rows A is packed into row panels of MR values per
-// inner index (mc x kc, sized for L2), and a register-blocked microkernel computes
-// each MR x NR tile of C from one A panel and one B panel (MR rows per ISA: 12
-// where 32 vector registers hold 24 accumulators, else 6). Packing widens bf16 and
-// reads either operand transposed, so one kernel serves x W^T, A W and A^T B.
+// packed into column panels of NR floats per row (kc x NR each, the block sized
+// for L2), then for each block of mc rows A is packed into row panels of MR
+// values per inner index, and a register-blocked microkernel computes each
+// MR x NR tile of C from one A panel and one B panel (MR rows per ISA: 12 where
+// 32 vector registers hold 24 accumulators, else 6). The f32 microkernel runs
+// each A panel (the smaller, broadcast one) against all of the block's B panels
+// in turn, so the A panel stays in L1 and the B panels stream from L2. Packing
+// widens bf16 and reads either operand transposed, so one kernel serves x W^T,
+// A W and A^T B.
 // Accumulation order is fixed by the shapes alone: results are bit-identical
 // from run to run for a given path.
 //
@@ -121,10 +124,10 @@ public protocol KernelISA {
   associatedtype V: SIMD & BitwiseCopyable where V.Scalar == Float
   /// acc + a * b
   static func madd(_ acc: V, _ a: V, _ b: V) -> V
-  /// Inner indices per packed block (B panel kc x NR stays in L1).
+  /// Inner indices per packed block (an A panel MR x kc stays in L1).
   static var kc: Int { get }
-  /// Rows of A per packed block (mc x kc stays in L2); a multiple of
-  /// tileRows and of MOE_BF16_MR.
+  /// Rows of A per packed block (mc x kc stays in L2 for the bf16
+  /// microkernels); a multiple of tileRows and of MOE_BF16_MR.
   static var mc: Int { get }
   /// Rows of the f32 microkernel's tile: 6 or 12 (two accumulators per row,
   /// so 12 or 24 vector registers of them).
@@ -197,8 +200,13 @@ extension KernelISA {
 /// Rows of the microkernel's tile unless the ISA says otherwise (KernelISA.tileRows);
 /// its columns are two vectors (NR = 2 * V.scalarCount).
 public let gemmMR = 6
-/// Columns of B packed at once.
+/// Columns of B packed at once for the bf16 (vdpbf16ps, AMX) microkernels,
+/// whose B panel stays in L1 while the A panels stream past it.
 public let gemmNC = 2048
+/// Bytes of a packed B block (kc x nc) for the f32 microkernel, whose A panel
+/// stays in L1 while the block's B panels stream past it from L2: half this
+/// CPU's L2 (nc 1024 at kc 256 with 2 MiB of L2, 512 with 1 MiB).
+public let gemmF32BlockBytes = moe_cpu_l2_bytes() / 2
 /// Columns of C per epilogue call of a fused product (the last strip of a block
 /// may be narrower): mc rows of them, for both products, stay in L2.
 public let gemmEpilogueColumns = 64
@@ -258,9 +266,9 @@ public enum PackedGEMM {
 
   /// The blocked loop over `count` (1 or 2) products of equal shape: products
   /// [p, q].prefix(count). B blocks are packed per (jc, pc), A blocks per ic,
-  /// each once when both products share it; for each NR-column panel the
-  /// microkernel runs every product, and the epilogue sees the finished panels
-  /// in strips of gemmEpilogueColumns.
+  /// each once when both products share it; for each tile the microkernel
+  /// runs every product, and the epilogue sees the finished panels in strips
+  /// of gemmEpilogueColumns.
   /// With bf16 compute, panels are packed by CMoECPU's bf16 routines and
   /// tiles computed by its vdpbf16ps or AMX microkernel as `bf16` says, else
   /// packed as f32, rounded to bf16 values, and computed by the f32 microkernel.
@@ -280,10 +288,10 @@ public enum PackedGEMM {
     let bf16 = p.compute == .bf16
     // Pair-interleaved bf16 panels and vdpbf16ps or AMX tiles; their panels
     // take `steps` words (pairs of inner indices) per row or column where f32
-    // panels take kc floats. Same blocking as f32, half the bytes: with kc
-    // 256, mc 144 (AVX-512) a B panel is 16 KiB of a 48 KiB L1d and an A
-    // block 72 KiB of a 2 MiB L2, so the blocks stay cached where the f32 ones
-    // do. AMX takes A in panels of 32 rows and steps in 16s, with kc 512 and
+    // panels take kc floats. Their microkernels keep one B panel in L1 while
+    // the block's A panels stream past it from L2 (for each NR-column panel,
+    // every A panel): with kc 256, mc 144 (AVX-512) a B panel is 16 KiB of a
+    // 48 KiB L1d and an A block 72 KiB of a 2 MiB L2. AMX takes A in panels of 32 rows and steps in 16s, with kc 512 and
     // mc 128 (an A block of 128 KiB, a B panel of 32 KiB): its tiles do a
     // block's work in a sixth of the time, so fewer, longer blocks.
     let native = bf16 && bf16Kernels != .fallback && K.bf16PanelsFit
@@ -294,7 +302,9 @@ public enum PackedGEMM {
     let kcLimit = amx ? 512 : K.kc
     let kBlocks = (k + kcLimit - 1) / kcLimit
     let kcMax = min(kcLimit, ((k + kBlocks - 1) / kBlocks + 7) / 8 * 8), mcMax = amx ? 128 : K.mc
-    let ncMax = min(gemmNC, (n + NR - 1) / NR * NR)
+    // nc: a multiple of 64 (and so of NR), between 256 and gemmNC.
+    let ncLimit = native ? gemmNC : max(256, min(gemmNC, gemmF32BlockBytes / (4 * kcMax) / 64 * 64))
+    let ncMax = min(ncLimit, (n + NR - 1) / NR * NR)
     // Inner-index steps per panel row for a block of kc: pairs when native,
     // padded to whole tiles for AMX.
     func panelSteps(_ kc: Int) -> Int { amx ? ((kc + 1) / 2 + 15) / 16 * 16 : native ? (kc + 1) / 2 : kc }
@@ -350,30 +360,60 @@ public enum PackedGEMM {
           let mc = min(mcMax, m - ic)
           pack(p.a, rows: ic, mc: mc, cols: pc, kc: kc, into: bufA)
           if ownA { pack(q.a, rows: ic, mc: mc, cols: pc, kc: kc, into: bufA2) }
+          @inline(__always) func tile(_ o: Int, _ ir: Int, _ jr: Int) {
+            let r = o == 0 ? p : q
+            let aBlock = o == 0 ? bufA : bufA2
+            let bPanel = UnsafePointer((o == 0 ? bufB : bufB2) + (jr / NR) * steps * NR)
+            let accumulate = r.accumulate || pc > 0
+            let nr = min(NR, nc - jr)
+            let aPanel = UnsafePointer(aBlock + (ir / MR) * steps * MR)
+            let c = r.c + (ic + ir) * r.ldc + jc + jr, mr = min(MR, mc - ir)
+            if amx {
+              moe_amx_micro(steps, UnsafeRawPointer(aPanel).assumingMemoryBound(to: UInt32.self),
+                            UnsafeRawPointer(bPanel).assumingMemoryBound(to: UInt32.self),
+                            c, r.ldc, Int32(mr), Int32(nr), accumulate ? 1 : 0)
+            } else if native {
+              moe_bf16_micro(steps, UnsafeRawPointer(aPanel).assumingMemoryBound(to: UInt32.self),
+                             UnsafeRawPointer(bPanel).assumingMemoryBound(to: UInt32.self),
+                             c, r.ldc, Int32(mr), Int32(nr), accumulate ? 1 : 0)
+            } else {
+              micro(K.self, rows: MR, kc: kc, a: aPanel, b: bPanel, c: c, ldc: r.ldc, mr: mr, nr: nr,
+                    accumulate: accumulate)
+            }
+          }
+          if !native {
+            // The f32 microkernel: each A panel (MR x kc, 12 KiB at MR 12)
+            // stays in L1 while the block's B panels (kc x NR, 32 KiB at NR
+            // 32) stream past it from L2; the larger panel in L1 beside the
+            // streaming one would crowd it out (2-8% slower per product on
+            // Emerald Rapids). Each tile's sum order is the same either way.
+            var ir = 0
+            while ir < mc {
+              var jr = 0
+              while jr < nc {
+                for o in 0..<count { tile(o, ir, jr) }
+                jr += NR
+              }
+              ir += MR
+            }
+            if last {
+              var handed = 0
+              while handed < nc {
+                let w = min(epilogueColumns, nc - handed)
+                epilogue(ic, mc, jc + handed, w)
+                handed += w
+              }
+            }
+            ic += mc
+            continue
+          }
           var jr = 0, handed = 0
           while jr < nc {
             let nr = min(NR, nc - jr)
             for o in 0..<count {
-              let r = o == 0 ? p : q
-              let aBlock = o == 0 ? bufA : bufA2
-              let bPanel = UnsafePointer((o == 0 ? bufB : bufB2) + (jr / NR) * steps * NR)
-              let accumulate = r.accumulate || pc > 0
               var ir = 0
               while ir < mc {
-                let aPanel = UnsafePointer(aBlock + (ir / MR) * steps * MR)
-                let c = r.c + (ic + ir) * r.ldc + jc + jr, mr = min(MR, mc - ir)
-                if amx {
-                  moe_amx_micro(steps, UnsafeRawPointer(aPanel).assumingMemoryBound(to: UInt32.self),
-                                UnsafeRawPointer(bPanel).assumingMemoryBound(to: UInt32.self),
-                                c, r.ldc, Int32(mr), Int32(nr), accumulate ? 1 : 0)
-                } else if native {
-                  moe_bf16_micro(steps, UnsafeRawPointer(aPanel).assumingMemoryBound(to: UInt32.self),
-                                 UnsafeRawPointer(bPanel).assumingMemoryBound(to: UInt32.self),
-                                 c, r.ldc, Int32(mr), Int32(nr), accumulate ? 1 : 0)
-                } else {
-                  micro(K.self, rows: MR, kc: kc, a: aPanel, b: bPanel, c: c, ldc: r.ldc, mr: mr, nr: nr,
-                        accumulate: accumulate)
-                }
+                tile(o, ir, jr)
                 ir += MR
               }
             }
@@ -563,10 +603,9 @@ public enum PackedGEMM {
     // A 12-row panel whose rows that exist fit in the top half (the last panel
     // of a block) runs the six-row loop over it.
     let half = TileRows<K>.count, both = MR == 2 * half && mr > half
-    // The B panel is read again for every A panel of the block, and part of
-    // it is no longer in L1 by then (the A panels stream through beside it):
-    // each step asks for the B row eight steps ahead (a hint; past the
-    // panel's end it is ignored).
+    // The B panel streams in from L2 (the A panel stays in L1): each step
+    // asks for the B row eight steps ahead (a hint; past the panel's end it
+    // is ignored).
     if both {
       for _ in 0..<kc {
         prefetchBRow(K.self, pb + 16 * W)

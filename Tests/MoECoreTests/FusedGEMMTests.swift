@@ -38,6 +38,8 @@ import MoEKernelCode
 
   static let shapes: [(m: Int, n: Int, k: Int)] = [
     (1, 1, 1), (7, 17, 9), (13, 40, 300), (150, 35, 257), (20, 2100, 5), (64, 48, 576),
+    // Several column and inner blocks: epilogue strips of every column block.
+    (14, 2100, 300),
   ]
 
   enum Kind: CaseIterable { case sharedA, sharedB, sameC }

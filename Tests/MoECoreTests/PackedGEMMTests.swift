@@ -28,6 +28,8 @@ import MoEKernelsAVX512
 
   static let shapes: [(m: Int, n: Int, k: Int)] = [
     (1, 1, 1), (6, 16, 8), (7, 17, 9), (13, 33, 257), (150, 40, 300), (5, 70, 600), (64, 8, 576), (2, 2100, 3),
+    // Several column and inner blocks at once, on every L2 size.
+    (14, 2100, 300),
   ]
 
   @Test(arguments: Kernels.availablePaths(), Layout.allCases)

@@ -34,6 +34,10 @@ MOE_CPU_INTERNAL int moe_cpu_is_intel(void);
 // The CPU's brand string ("AMD EPYC ..."), NUL-terminated in buf (at least 49 bytes).
 MOE_CPU_INTERNAL void moe_cpu_brand(char *buf, size_t capacity);
 
+// Bytes of the L2 cache a core has, as the C library reads it from cpuid
+// (computed once); 1 MiB where it reports none.
+MOE_CPU_INTERNAL size_t moe_cpu_l2_bytes(void);
+
 // A per-thread buffer of at least `floats` floats, 64-byte aligned, kept for the
 // thread's lifetime and reused by later calls with the same slot (0..3).
 // NULL when memory is exhausted or the slot is out of range.
