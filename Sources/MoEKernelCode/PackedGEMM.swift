@@ -360,14 +360,17 @@ public enum PackedGEMM {
           let mc = min(mcMax, m - ic)
           pack(p.a, rows: ic, mc: mc, cols: pc, kc: kc, into: bufA)
           if ownA { pack(q.a, rows: ic, mc: mc, cols: pc, kc: kc, into: bufA2) }
+          // The block's corner as constants: a nested function that read the
+          // loop variables would check exclusive access on every call.
+          let row0 = ic, col0 = jc, first = pc == 0
           @inline(__always) func tile(_ o: Int, _ ir: Int, _ jr: Int) {
             let r = o == 0 ? p : q
             let aBlock = o == 0 ? bufA : bufA2
             let bPanel = UnsafePointer((o == 0 ? bufB : bufB2) + (jr / NR) * steps * NR)
-            let accumulate = r.accumulate || pc > 0
+            let accumulate = r.accumulate || !first
             let nr = min(NR, nc - jr)
             let aPanel = UnsafePointer(aBlock + (ir / MR) * steps * MR)
-            let c = r.c + (ic + ir) * r.ldc + jc + jr, mr = min(MR, mc - ir)
+            let c = r.c + (row0 + ir) * r.ldc + col0 + jr, mr = min(MR, mc - ir)
             if amx {
               moe_amx_micro(steps, UnsafeRawPointer(aPanel).assumingMemoryBound(to: UInt32.self),
                             UnsafeRawPointer(bPanel).assumingMemoryBound(to: UInt32.self),
