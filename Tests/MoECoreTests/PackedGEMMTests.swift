@@ -5,6 +5,8 @@ import MoEKernelsAVX512
 @testable import MoESupport
 @testable import MoERuntime
 @testable import MoELayer
+import CMoECPU
+import Glibc
 
 /// Every kernel path this CPU runs against the plain product, for the three
 /// operand layouts the library uses (x W^T, A W, A^T B), f32 and bf16 weights,
@@ -126,6 +128,23 @@ import MoEKernelsAVX512
   /// give the plain loops' panels bit for bit: A panels of every row count an
   /// ISA takes and B panels of transposed operands, with inner lengths around
   /// the transposes' block sizes and strides wider than the rows.
+  /// The L2 size that sizes the f32 B blocks (from cpuid, through the C
+  /// library) is, within a factor of 2, the one Linux reports for CPU 0 in
+  /// sysfs (from cpuid or firmware tables), and the block is half of it.
+  @Test func l2SizeMatchesTheKernelsReport() throws {
+    let l2 = moe_cpu_l2_bytes()
+    #expect(l2 >= 64 << 10 && l2 <= 1 << 30)
+    #expect(gemmF32BlockBytes == l2 / 2)
+    guard let f = fopen("/sys/devices/system/cpu/cpu0/cache/index2/size", "r") else { return }
+    defer { fclose(f) }
+    var line = [CChar](repeating: 0, count: 64)
+    guard fgets(&line, 64, f) != nil else { return }
+    let text = String(cString: line).filter { !$0.isWhitespace }
+    let unit: Int = text.hasSuffix("K") ? 1 << 10 : text.hasSuffix("M") ? 1 << 20 : 1
+    let reported = try #require(Int(text.filter(\.isNumber)))
+    #expect(l2 * 2 >= reported * unit && l2 <= 2 * reported * unit)
+  }
+
   @Test func registerPackingMatchesPlainLoops() {
     var rng = Rng(seed: 23)
     let ld = 53
