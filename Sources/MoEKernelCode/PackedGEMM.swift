@@ -291,9 +291,10 @@ public enum PackedGEMM {
     // panels take kc floats. Their microkernels keep one B panel in L1 while
     // the block's A panels stream past it from L2 (for each NR-column panel,
     // every A panel): with kc 256, mc 144 (AVX-512) a B panel is 16 KiB of a
-    // 48 KiB L1d and an A block 72 KiB of a 2 MiB L2. AMX takes A in panels of 32 rows and steps in 16s, with kc 512 and
-    // mc 128 (an A block of 128 KiB, a B panel of 32 KiB): its tiles do a
-    // block's work in a sixth of the time, so fewer, longer blocks.
+    // 48 KiB L1d and an A block 72 KiB of a 2 MiB L2. AMX takes A in panels
+    // of 32 rows and steps in 16s, with kc 512 and mc 128 (an A block of 128
+    // KiB, a B panel of 32 KiB): its tiles do a block's work in a sixth of
+    // the time, so fewer, longer blocks.
     let native = bf16 && bf16Kernels != .fallback && K.bf16PanelsFit
     let amx = native && bf16Kernels == .amx
     let MR = amx ? Int(MOE_AMX_MR) : native ? Int(MOE_BF16_MR) : K.tileRows, NR = 2 * K.V.scalarCount, epilogueColumns = max(NR, gemmEpilogueColumns)
@@ -407,27 +408,26 @@ public enum PackedGEMM {
                 handed += w
               }
             }
-            ic += mc
-            continue
-          }
-          var jr = 0, handed = 0
-          while jr < nc {
-            let nr = min(NR, nc - jr)
-            for o in 0..<count {
-              var ir = 0
-              while ir < mc {
-                tile(o, ir, jr)
-                ir += MR
+          } else {
+            var jr = 0, handed = 0
+            while jr < nc {
+              let nr = min(NR, nc - jr)
+              for o in 0..<count {
+                var ir = 0
+                while ir < mc {
+                  tile(o, ir, jr)
+                  ir += MR
+                }
               }
+              // The epilogue takes strips of at least gemmEpilogueColumns (a
+              // multiple of 16): few calls, and whole 16-float groups on every ISA.
+              let end = jr + nr
+              if last && (end - handed >= epilogueColumns || end == nc) {
+                epilogue(ic, mc, jc + handed, end - handed)
+                handed = end
+              }
+              jr += NR
             }
-            // The epilogue takes strips of at least gemmEpilogueColumns (a
-            // multiple of 16): few calls, and whole 16-float groups on every ISA.
-            let end = jr + nr
-            if last && (end - handed >= epilogueColumns || end == nc) {
-              epilogue(ic, mc, jc + handed, end - handed)
-              handed = end
-            }
-            jr += NR
           }
           ic += mc
         }

@@ -124,10 +124,6 @@ import Glibc
     }
   }
 
-  /// The register-transposed packings of each instruction set the CPU runs
-  /// give the plain loops' panels bit for bit: A panels of every row count an
-  /// ISA takes and B panels of transposed operands, with inner lengths around
-  /// the transposes' block sizes and strides wider than the rows.
   /// The L2 size that sizes the f32 B blocks (from cpuid, through the C
   /// library) is, within a factor of 2, the one Linux reports for CPU 0 in
   /// sysfs (from cpuid or firmware tables), and the block is half of it.
@@ -145,6 +141,10 @@ import Glibc
     #expect(l2 * 2 >= reported * unit && l2 <= 2 * reported * unit)
   }
 
+  /// The register-transposed packings of each instruction set the CPU runs
+  /// give the plain loops' panels bit for bit: A panels of every row count an
+  /// ISA takes and B panels of transposed operands, with inner lengths around
+  /// the transposes' block sizes and strides wider than the rows.
   @Test func registerPackingMatchesPlainLoops() {
     var rng = Rng(seed: 23)
     let ld = 53
