@@ -443,6 +443,12 @@ public enum PackedGEMM {
   @inlinable @inline(__always)
   static func packA<K: KernelISA>(_: K.Type, _ a: MatrixOperand, tileRows MR: Int, rows r0: Int, mc: Int, cols c0: Int,
                                   kc: Int, into dst: UnsafeMutablePointer<Float>) {
+    if a.transposed && !a.bf16 {
+      // The MR values of one inner index are contiguous: a stored row's.
+      packRowsAcross(K.self, a.base.assumingMemoryBound(to: Float.self) + c0 * a.ld + r0, ld: a.ld, count: kc,
+                     width: mc, panel: MR, into: dst)
+      return
+    }
     var q = 0
     while q * MR < mc {
       let panel = dst + q * kc * MR
@@ -475,29 +481,6 @@ public enum PackedGEMM {
             for t in 0..<kc { panel[t &* MR &+ i] = 0 }
           }
         }
-      } else if !a.bf16 {
-        // Transposed: the MR values of one inner index are contiguous.
-        let base = a.base.assumingMemoryBound(to: Float.self)
-        if rows == MR && MR % 6 == 0 {
-          // Six contiguous values at a time: two vector moves.
-          var src = UnsafeRawPointer(base + c0 * a.ld + i0), out = UnsafeMutableRawPointer(panel)
-          let step = 4 * a.ld
-          for _ in 0..<kc {
-            for g in stride(from: 0, to: MR, by: 6) {
-              out.storeBytes(of: src.loadUnaligned(fromByteOffset: 4 * g, as: SIMD4<Float>.self), toByteOffset: 4 * g,
-                             as: SIMD4<Float>.self)
-              out.storeBytes(of: src.loadUnaligned(fromByteOffset: 4 * g + 16, as: SIMD2<Float>.self),
-                             toByteOffset: 4 * g + 16, as: SIMD2<Float>.self)
-            }
-            src += step
-            out += 4 * MR
-          }
-        } else {
-          for t in 0..<kc {
-            let src = base + (c0 + t) * a.ld + i0
-            for i in 0..<MR { panel[t * MR + i] = i < rows ? src[i] : 0 }
-          }
-        }
       } else {
         for t in 0..<kc {
           for i in 0..<MR { panel[t * MR + i] = i < rows ? a.value(i0 + i, c0 + t) : 0 }
@@ -513,6 +496,11 @@ public enum PackedGEMM {
   static func packB<K: KernelISA>(_: K.Type, _ b: MatrixOperand, rows r0: Int, kc: Int, cols c0: Int, nc: Int,
                                   into dst: UnsafeMutablePointer<Float>) {
     let NR = 2 * K.V.scalarCount
+    if !b.transposed && !b.bf16 {
+      packRowsAcross(K.self, b.base.assumingMemoryBound(to: Float.self) + r0 * b.ld + c0, ld: b.ld, count: kc,
+                     width: nc, panel: NR, into: dst)
+      return
+    }
     var q = 0
     while q * NR < nc {
       let panel = dst + q * kc * NR
@@ -545,24 +533,67 @@ public enum PackedGEMM {
           }
         }
       } else {
+        // bf16 (f32 went through packRowsAcross).
+        let base = b.base.assumingMemoryBound(to: UInt16.self)
         for t in 0..<kc {
-          let row = panel + t * NR
-          if b.bf16 {
-            let src = b.base.assumingMemoryBound(to: UInt16.self) + (r0 + t) * b.ld + j0
-            for j in 0..<cols { row[j] = Float(bitPattern: UInt32(src[j]) << 16) }
-          } else {
-            let src = b.base.assumingMemoryBound(to: Float.self) + (r0 + t) * b.ld + j0
-            if cols == NR {
-              K.store(K.load(src), row)
-              K.store(K.load(src + K.V.scalarCount), row + K.V.scalarCount)
-              continue
-            }
-            for j in 0..<cols { row[j] = src[j] }
-          }
+          let row = panel + t * NR, src = base + (r0 + t) * b.ld + j0
+          for j in 0..<cols { row[j] = Float(bitPattern: UInt32(src[j]) << 16) }
           for j in cols..<NR { row[j] = 0 }
         }
       }
       q += 1
+    }
+  }
+
+  /// Stored rows 0..<count of src (ld apart), elements 0..<width of each,
+  /// into panels of `panel` values per row: panel q holds, for each row t,
+  /// elements q * panel ..< (q + 1) * panel at dst[q * count * panel + t *
+  /// panel] (zero beyond width). Eight rows at a time, each read front to back
+  /// across the panels: eight sequential streams the hardware prefetchers
+  /// follow, and each panel written in runs of eight rows. (Row by row within
+  /// one panel, every row would start a new cache line, mostly on a new page.)
+  @inlinable @inline(__always)
+  static func packRowsAcross<K: KernelISA>(_: K.Type, _ src: UnsafePointer<Float>, ld: Int, count: Int, width: Int,
+                                          panel: Int, into dst: UnsafeMutablePointer<Float>) {
+    let full = width / panel, tail = width - full * panel, stride = count * panel
+    let group = 8
+    var t0 = 0
+    while t0 < count {
+      let t1 = min(count, t0 + group)
+      for q in 0..<full {
+        let from = src + q * panel, to = dst + q * stride
+        for t in t0..<t1 { copyFloats(K.self, from + t * ld, to + t * panel, panel) }
+      }
+      if tail > 0 {
+        let from = src + full * panel, to = dst + full * stride
+        for t in t0..<t1 {
+          copyFloats(K.self, from + t * ld, to + t * panel, tail)
+          (to + t * panel + tail).update(repeating: 0, count: panel - tail)
+        }
+      }
+      t0 = t1
+    }
+  }
+
+  /// n floats from src to dst: whole vectors of the ISA, then four at a time
+  /// while four remain.
+  @inlinable @inline(__always)
+  static func copyFloats<K: KernelISA>(_: K.Type, _ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>,
+                                      _ n: Int) {
+    let from = UnsafeRawPointer(src), to = UnsafeMutableRawPointer(dst), W = K.V.scalarCount
+    var i = 0
+    while i + W <= n {
+      K.store(K.load(src + i), dst + i)
+      i += W
+    }
+    while i + 4 <= n {
+      to.storeBytes(of: from.loadUnaligned(fromByteOffset: 4 * i, as: SIMD4<Float>.self), toByteOffset: 4 * i,
+                    as: SIMD4<Float>.self)
+      i += 4
+    }
+    while i < n {
+      dst[i] = src[i]
+      i += 1
     }
   }
 
