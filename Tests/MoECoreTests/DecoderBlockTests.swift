@@ -28,6 +28,59 @@ import Glibc
     return try body(model)
   }
 
+  /// The dense products split their work over the workers by tokens where
+  /// there are more tokens than output columns, else by columns (for the
+  /// weight gradient: by the larger of its rows and columns). Either way each
+  /// value equals the one-worker product's bit for bit and is near a plain sum.
+  @Test(arguments: [(96, 48, 80), (40, 72, 56), (97, 33, 50)])
+  func denseProductsSplitEitherWay(shape: (Int, Int, Int)) throws {
+    let (T, rows, cols) = shape
+    var rng = Rng(seed: 0x5B117)
+    func values(_ n: Int) -> [Float] { (0..<n).map { _ in Float(2 * rng.uniform() - 1) } }
+    let x = values(T * cols), dY = values(T * rows), w = values(rows * cols), bias = values(rows)
+    func products(threads: Int) throws -> (out: [Float], dX: [Float], dW: [Float]) {
+      let runtime = try Runtime(threads: threads, pin: false)
+      let weight = try w.withUnsafeBufferPointer { wp in
+        try bias.withUnsafeBufferPointer { bp in
+          try DenseWeight(rows: rows, cols: cols, dtype: .f32, values: wp.baseAddress!, bias: bp.baseAddress!,
+                          what: "test")
+        }
+      }
+      let scratch = try (0..<threads).map { _ in try AlignedBuffer(floats: 64 * cols, what: "test") }
+      var out = [Float](repeating: .nan, count: T * rows), dX = [Float](repeating: .nan, count: T * cols)
+      var dW = [Float](repeating: 0.25, count: rows * cols)
+      runtime.linear(x, tokens: T, weight, &out, scratch: scratch, scratchFloats: 64 * cols)
+      runtime.inputGradient(dY: dY, w: weight, tokens: T, into: &dX, accumulate: false)
+      runtime.weightGradient(dY: dY, x: x, tokens: T, rows: rows, cols: cols, into: &dW)
+      return (out, dX, dW)
+    }
+    let one = try products(threads: 1), two = try products(threads: 2)
+    #expect(one.out.map(\.bitPattern) == two.out.map(\.bitPattern))
+    #expect(one.dX.map(\.bitPattern) == two.dX.map(\.bitPattern))
+    #expect(one.dW.map(\.bitPattern) == two.dW.map(\.bitPattern))
+    var worst: Double = 0
+    for t in 0..<T {
+      for r in 0..<rows {
+        var sum = Double(bias[r])
+        for c in 0..<cols { sum += Double(x[t * cols + c]) * Double(w[r * cols + c]) }
+        worst = max(worst, abs(Double(two.out[t * rows + r]) - sum))
+      }
+      for c in 0..<cols {
+        var sum: Double = 0
+        for r in 0..<rows { sum += Double(dY[t * rows + r]) * Double(w[r * cols + c]) }
+        worst = max(worst, abs(Double(two.dX[t * cols + c]) - sum))
+      }
+    }
+    for r in 0..<rows {
+      for c in 0..<cols {
+        var sum = 0.25
+        for t in 0..<T { sum += Double(dY[t * rows + r]) * Double(x[t * cols + c]) }
+        worst = max(worst, abs(Double(two.dW[r * cols + c]) - sum))
+      }
+    }
+    #expect(worst < 1e-4)
+  }
+
   static func tokens(sequences: Int, length: Int, seed: UInt64) -> [Int32] {
     var rng = Rng(seed: seed)
     return (0..<(sequences * (length + 1))).map { _ in Int32(rng.below(Tiny.V)) }

@@ -347,26 +347,40 @@ extension ModelKernels {
 }
 
 extension Runtime {
-  /// dW[rows, cols] += dY[T, rows]^T x[T, cols], rows of dW split over the workers.
+  /// dW[rows, cols] += dY[T, rows]^T x[T, cols], the larger of dW's rows and
+  /// columns split over the workers (splitsRows).
   func weightGradient(dY: UnsafePointer<Float>, x: UnsafePointer<Float>, tokens T: Int, rows: Int, cols: Int,
                       into dW: UnsafeMutablePointer<Float>, compute: ComputePrecision = .f32) {
+    let byRows = rows >= cols
     pool.run { w in
-      let r = self.unitRange(rows, worker: w), lo = r.lowerBound, hi = r.upperBound
-      guard hi > lo else { return }
-      GEMM.atB(n: T, m: hi - lo, cols: cols, a: dY + lo, lda: rows, b: x, ldb: cols, c: dW + lo * cols, ldc: cols,
-               compute: compute)
+      let r = self.unitRange(byRows ? rows : cols, worker: w), lo = r.lowerBound
+      guard r.count > 0 else { return }
+      if byRows {
+        GEMM.atB(n: T, m: r.count, cols: cols, a: dY + lo, lda: rows, b: x, ldb: cols, c: dW + lo * cols, ldc: cols,
+                 compute: compute)
+      } else {
+        GEMM.atB(n: T, m: rows, cols: r.count, a: dY, lda: rows, b: x + lo, ldb: cols, c: dW + lo, ldc: cols,
+                 compute: compute)
+      }
     }
   }
 
-  /// dX[T, w.cols] (+)= dY[T, w.rows] w, columns of dX split over the workers.
+  /// dX[T, w.cols] (+)= dY[T, w.rows] w, split over the workers by columns of
+  /// dX, or by tokens where there are more tokens than columns (splitsRows).
   func inputGradient(dY: UnsafePointer<Float>, w: DenseWeight, tokens T: Int, into dX: UnsafeMutablePointer<Float>,
                      accumulate: Bool, compute: ComputePrecision = .f32) {
     let matrix = w.matrix
+    let byTokens = !matrix.dtype.isQuantized && splitsRows(rows: T, cols: w.cols)
     pool.run { worker in
-      let r = self.unitRange(w.cols, worker: worker), lo = r.lowerBound, hi = r.upperBound
-      guard hi > lo else { return }
-      GEMM.aW(n: T, cols: hi - lo, k: w.rows, a: dY, lda: w.rows, w: matrix.offset(row: 0, col: lo), c: dX + lo,
-              ldc: w.cols, accumulate: accumulate, compute: compute)
+      let r = self.unitRange(byTokens ? T : w.cols, worker: worker), lo = r.lowerBound
+      guard r.count > 0 else { return }
+      if byTokens {
+        GEMM.aW(n: r.count, cols: w.cols, k: w.rows, a: dY + lo * w.rows, lda: w.rows, w: matrix,
+                c: dX + lo * w.cols, ldc: w.cols, accumulate: accumulate, compute: compute)
+      } else {
+        GEMM.aW(n: T, cols: r.count, k: w.rows, a: dY, lda: w.rows, w: matrix.offset(row: 0, col: lo), c: dX + lo,
+                ldc: w.cols, accumulate: accumulate, compute: compute)
+      }
     }
   }
 

@@ -597,8 +597,21 @@ extension Runtime {
     return min(count, units * worker / W * 16)..<min(count, units * (worker + 1) / W * 16)
   }
 
-  /// out[T, w.rows] = x[T, w.cols] * w^T (+ bias), output rows split over the
-  /// workers in 16-row units: each worker streams its own rows of the weight.
+  /// Whether a product with `rows` rows of C and `cols` columns splits its
+  /// rows over the workers rather than its columns. Each worker packs the
+  /// whole of the operand that runs along the dimension not split (A when the
+  /// columns are split, B when the rows are) and its share of the other, so
+  /// splitting the larger dimension packs the fewest values. Rows are split
+  /// only when each worker's share stays above the few-token paths' limit.
+  /// Each element's sum is the same either way.
+  func splitsRows(rows: Int, cols: Int) -> Bool {
+    rows > cols && rows / max(workerCount, 1) > smallGEMMTokenLimit
+  }
+
+  /// out[T, w.rows] = x[T, w.cols] * w^T (+ bias), split over the workers in
+  /// 16-wide units: by output columns (each worker streams its own rows of
+  /// the weight), or by tokens where there are more tokens than output columns
+  /// (splitsRows; f32 and bf16 weights).
   /// `callTokens`: the tokens of the call these T rows are a chunk of (default T).
   package func linear(_ x: UnsafePointer<Float>, tokens T: Int, _ w: DenseWeight, _ out: UnsafeMutablePointer<Float>,
                       scratch: [AlignedBuffer], scratchFloats: Int, compute: ComputePrecision = .f32,
@@ -606,7 +619,20 @@ extension Runtime {
     guard T > 0 else { return }
     let W = workerCount
     let matrix = w.matrix
+    let byTokens = !matrix.dtype.isQuantized && splitsRows(rows: T, cols: w.rows)
     let body: (Int) -> Void = { worker in
+      if byTokens {
+        let r = self.unitRange(T, worker: worker), t0 = r.lowerBound
+        guard r.count > 0 else { return }
+        GEMM.xWt(n: r.count, rows: w.rows, k: w.cols, x: x + t0 * w.cols, ldx: w.cols, w: matrix,
+                 c: out + t0 * w.rows, ldc: w.rows, accumulate: false,
+                 scratch: scratch[worker].pointer, scratchFloats: scratchFloats, compute: compute,
+                 callTokens: callTokens ?? T)
+        if let bias = w.bias {
+          for t in r { axpy(1, bias.pointer, out + t * w.rows, w.rows) }
+        }
+        return
+      }
       let r = self.unitRange(w.rows, worker: worker), lo = r.lowerBound, hi = r.upperBound
       guard hi > lo else { return }
       GEMM.xWt(n: T, rows: hi - lo, k: w.cols, x: x, ldx: w.cols, w: matrix.offset(row: lo, col: 0),
