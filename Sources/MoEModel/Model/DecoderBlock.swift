@@ -348,7 +348,8 @@ extension ModelKernels {
 
 extension Runtime {
   /// dW[rows, cols] += dY[T, rows]^T x[T, cols], the larger of dW's rows and
-  /// columns split over the workers (splitsRows).
+  /// columns split over the workers (the rows when there are as many; see
+  /// splitsRows for why the larger).
   func weightGradient(dY: UnsafePointer<Float>, x: UnsafePointer<Float>, tokens T: Int, rows: Int, cols: Int,
                       into dW: UnsafeMutablePointer<Float>, compute: ComputePrecision = .f32) {
     let byRows = rows >= cols
