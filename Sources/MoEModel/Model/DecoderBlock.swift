@@ -354,15 +354,10 @@ extension Runtime {
                       into dW: UnsafeMutablePointer<Float>, compute: ComputePrecision = .f32) {
     let byRows = rows >= cols
     pool.run { w in
-      let r = self.unitRange(byRows ? rows : cols, worker: w), lo = r.lowerBound
-      guard r.count > 0 else { return }
-      if byRows {
-        GEMM.atB(n: T, m: r.count, cols: cols, a: dY + lo, lda: rows, b: x, ldb: cols, c: dW + lo * cols, ldc: cols,
-                 compute: compute)
-      } else {
-        GEMM.atB(n: T, m: rows, cols: r.count, a: dY, lda: rows, b: x + lo, ldb: cols, c: dW + lo, ldc: cols,
-                 compute: compute)
-      }
+      let (rs, cs) = self.share(rows: rows, cols: cols, byRows: byRows, worker: w)
+      guard !rs.isEmpty, !cs.isEmpty else { return }
+      GEMM.atB(n: T, m: rs.count, cols: cs.count, a: dY + rs.lowerBound, lda: rows, b: x + cs.lowerBound, ldb: cols,
+               c: dW + rs.lowerBound * cols + cs.lowerBound, ldc: cols, compute: compute)
     }
   }
 
@@ -373,15 +368,12 @@ extension Runtime {
     let matrix = w.matrix
     let byTokens = !matrix.dtype.isQuantized && splitsRows(rows: T, cols: w.cols)
     pool.run { worker in
-      let r = self.unitRange(byTokens ? T : w.cols, worker: worker), lo = r.lowerBound
-      guard r.count > 0 else { return }
-      if byTokens {
-        GEMM.aW(n: r.count, cols: w.cols, k: w.rows, a: dY + lo * w.rows, lda: w.rows, w: matrix,
-                c: dX + lo * w.cols, ldc: w.cols, accumulate: accumulate, compute: compute)
-      } else {
-        GEMM.aW(n: T, cols: r.count, k: w.rows, a: dY, lda: w.rows, w: matrix.offset(row: 0, col: lo), c: dX + lo,
-                ldc: w.cols, accumulate: accumulate, compute: compute)
-      }
+      let (tokens, cols) = self.share(rows: T, cols: w.cols, byRows: byTokens, worker: worker)
+      let t0 = tokens.lowerBound, c0 = cols.lowerBound
+      guard !tokens.isEmpty, !cols.isEmpty else { return }
+      GEMM.aW(n: tokens.count, cols: cols.count, k: w.rows, a: dY + t0 * w.rows, lda: w.rows,
+              w: matrix.offset(row: 0, col: c0), c: dX + t0 * w.cols + c0, ldc: w.cols, accumulate: accumulate,
+              compute: compute)
     }
   }
 

@@ -608,6 +608,13 @@ extension Runtime {
     rows > cols && rows / max(workerCount, 1) > smallGEMMTokenLimit
   }
 
+  /// Worker `worker`'s block of a product's C [rows, cols]: its unitRange of
+  /// the rows and all columns when `byRows`, else all rows and its unitRange
+  /// of the columns.
+  func share(rows: Int, cols: Int, byRows: Bool, worker: Int) -> (rows: Range<Int>, cols: Range<Int>) {
+    byRows ? (unitRange(rows, worker: worker), 0..<cols) : (0..<rows, unitRange(cols, worker: worker))
+  }
+
   /// out[T, w.rows] = x[T, w.cols] * w^T (+ bias), split over the workers in
   /// 16-wide units: by output columns (each worker streams its own rows of
   /// the weight), or by tokens where there are more tokens than output columns
@@ -621,26 +628,15 @@ extension Runtime {
     let matrix = w.matrix
     let byTokens = !matrix.dtype.isQuantized && splitsRows(rows: T, cols: w.rows)
     let body: (Int) -> Void = { worker in
-      if byTokens {
-        let r = self.unitRange(T, worker: worker), t0 = r.lowerBound
-        guard r.count > 0 else { return }
-        GEMM.xWt(n: r.count, rows: w.rows, k: w.cols, x: x + t0 * w.cols, ldx: w.cols, w: matrix,
-                 c: out + t0 * w.rows, ldc: w.rows, accumulate: false,
-                 scratch: scratch[worker].pointer, scratchFloats: scratchFloats, compute: compute,
-                 callTokens: callTokens ?? T)
-        if let bias = w.bias {
-          for t in r { axpy(1, bias.pointer, out + t * w.rows, w.rows) }
-        }
-        return
-      }
-      let r = self.unitRange(w.rows, worker: worker), lo = r.lowerBound, hi = r.upperBound
-      guard hi > lo else { return }
-      GEMM.xWt(n: T, rows: hi - lo, k: w.cols, x: x, ldx: w.cols, w: matrix.offset(row: lo, col: 0),
-               c: out + lo, ldc: w.rows, accumulate: false,
+      let (tokens, cols) = self.share(rows: T, cols: w.rows, byRows: byTokens, worker: worker)
+      let t0 = tokens.lowerBound, c0 = cols.lowerBound
+      guard !tokens.isEmpty, !cols.isEmpty else { return }
+      GEMM.xWt(n: tokens.count, rows: cols.count, k: w.cols, x: x + t0 * w.cols, ldx: w.cols,
+               w: matrix.offset(row: c0, col: 0), c: out + t0 * w.rows + c0, ldc: w.rows, accumulate: false,
                scratch: scratch[worker].pointer, scratchFloats: scratchFloats, compute: compute,
-               callTokens: callTokens)
+               callTokens: callTokens ?? T)
       if let bias = w.bias {
-        for t in 0..<T { axpy(1, bias.pointer + lo, out + t * w.rows + lo, hi - lo) }
+        for t in tokens { axpy(1, bias.pointer + c0, out + t * w.rows + c0, cols.count) }
       }
     }
     if W == 1 || T * w.rows * w.cols < 1 << 15 {
