@@ -207,8 +207,9 @@ public let gemmNC = 2048
 /// stays in L1 while the block's B panels stream past it from L2: half this
 /// CPU's L2 (nc 1024 at kc 256 with 2 MiB of L2, 512 with 1 MiB).
 public let gemmF32BlockBytes = moe_cpu_l2_bytes() / 2
-/// Columns of C per epilogue call of a fused product (the last strip of a block
-/// may be narrower): mc rows of them, for both products, stay in L2.
+/// Columns of C per epilogue call of a fused product on the bf16 microkernels
+/// (the last strip of a block may be narrower): mc rows of them, for both
+/// products, stay in L2.
 public let gemmEpilogueColumns = 64
 
 /// Where bf16 compute runs.
@@ -242,9 +243,11 @@ public enum PackedGEMM {
 
   /// Runs `p` (and `q`, when given, in the same blocked loop) on the calling
   /// thread with ISA `K`, then calls `epilogue(row0, rows, col0, cols)` on each
-  /// finished strip of C (at most mc rows by gemmEpilogueColumns, still in
-  /// cache), left to right within each block of rows: once
-  /// both products hold their final values there. `q` has p's m, n and k; an
+  /// finished part of C while it is in cache, once both products hold their
+  /// final values there: on the f32 microkernel each panel of MR rows across
+  /// the block's columns, top to bottom; on the bf16 ones each strip of at
+  /// most mc rows by gemmEpilogueColumns, left to right within each block of
+  /// rows. `q` has p's m, n and k; an
   /// operand equal to p's (same memory and layout) is packed once for both,
   /// and q may write p's C (with accumulate) to add the two products.
   @inlinable @inline(__always)
@@ -303,9 +306,13 @@ public enum PackedGEMM {
     let kcLimit = amx ? 512 : K.kc
     let kBlocks = (k + kcLimit - 1) / kcLimit
     let kcMax = min(kcLimit, ((k + kBlocks - 1) / kBlocks + 7) / 8 * 8), mcMax = amx ? 128 : K.mc
-    // nc: a multiple of 64 (and so of NR), between 256 and gemmNC.
+    // The limit on nc: a multiple of 64 (and so of NR), between 256 and gemmNC.
     let ncLimit = native ? gemmNC : max(256, min(gemmNC, gemmF32BlockBytes / (4 * kcMax) / 64 * 64))
-    let ncMax = min(ncLimit, (n + NR - 1) / NR * NR)
+    // n in equal blocks of at most ncLimit (multiples of NR): no short last
+    // block that would pack all of A again for a few columns (1536 columns
+    // under a limit of 1344: two blocks of 768, not 1344 and 192).
+    let nBlocks = (n + ncLimit - 1) / ncLimit
+    let ncMax = ((n + nBlocks - 1) / nBlocks + NR - 1) / NR * NR
     // Inner-index steps per panel row for a block of kc: pairs when native,
     // padded to whole tiles for AMX.
     func panelSteps(_ kc: Int) -> Int { amx ? ((kc + 1) / 2 + 15) / 16 * 16 : native ? (kc + 1) / 2 : kc }
@@ -391,6 +398,10 @@ public enum PackedGEMM {
             // 32) stream past it from L2; the larger panel in L1 beside the
             // streaming one would crowd it out (2-8% slower per product on
             // Emerald Rapids). Each tile's sum order is the same either way.
+            // The epilogue takes each panel's rows across the block as soon
+            // as their tiles are done: C's rows still in cache, and each row
+            // read front to back (strips of a few columns down all mc rows
+            // touched 256 bytes per row, which the prefetchers do not follow).
             var ir = 0
             while ir < mc {
               var jr = 0
@@ -398,15 +409,8 @@ public enum PackedGEMM {
                 for o in 0..<count { tile(o, ir, jr) }
                 jr += NR
               }
+              if last { epilogue(ic + ir, min(MR, mc - ir), jc, nc) }
               ir += MR
-            }
-            if last {
-              var handed = 0
-              while handed < nc {
-                let w = min(epilogueColumns, nc - handed)
-                epilogue(ic, mc, jc + handed, w)
-                handed += w
-              }
             }
           } else {
             var jr = 0, handed = 0
