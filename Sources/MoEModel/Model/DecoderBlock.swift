@@ -329,18 +329,7 @@ extension ModelKernels {
                                       inverse: UnsafeMutablePointer<Float>) {
     let r = 1 / (dot(x, x, n) / Float(n) + eps).squareRoot()
     inverse[0] = r
-    // sum of w dy x: sixteen partial sums, added in lane order at the end.
-    var partial = Vec16(), i = 0
-    while i + 16 <= n {
-      partial = partial.addingProduct(load16(w + i) * load16(dy + i), load16(x + i))
-      i += 16
-    }
-    var gx = partial.sum()
-    while i < n {
-      gx += w[i] * dy[i] * x[i]
-      i += 1
-    }
-    let c = r * r * gx / Float(n)
+    let c = r * r * dot(w, dy, x, n) / Float(n)
     for i in 0..<n { dx[i] += r * (w[i] * dy[i] - x[i] * c) }
   }
 
