@@ -207,6 +207,10 @@ public let gemmNC = 2048
 /// stays in L1 while the block's B panels stream past it from L2: half this
 /// CPU's L2 (nc 1024 at kc 256 with 2 MiB of L2, 512 with 1 MiB).
 public let gemmF32BlockBytes = moe_cpu_l2_bytes() / 2
+/// Bytes of packed A kept for one k block: the rows of a span, whose panels
+/// every column block of B then reads (from L2 or L3) instead of packing
+/// them again. 4 MiB holds 4096 rows at kc 256.
+public let gemmASpanBytes = 4 << 20
 /// Columns of C per epilogue call of a fused product on the bf16 microkernels
 /// (the last strip of a block may be narrower): mc rows of them, for both
 /// products, stay in L2.
@@ -237,8 +241,9 @@ public enum PackedGEMM {
   /// Runs `p` on the calling thread with ISA `K` (bf16 compute on `bf16`;
   /// the caller has checked that it runs here).
   @inlinable @inline(__always)
-  public static func run<K: KernelISA>(_: K.Type, _ p: GEMMProblem, bf16: BF16Kernels = .fallback) {
-    blocked(K.self, p, p, count: 1, bf16: bf16) { _, _, _, _ in }
+  public static func run<K: KernelISA>(_: K.Type, _ p: GEMMProblem, bf16: BF16Kernels = .fallback,
+                                       aSpanBytes: Int = gemmASpanBytes) {
+    blocked(K.self, p, p, count: 1, bf16: bf16, aSpanBytes: aSpanBytes) { _, _, _, _ in }
   }
 
   /// Runs `p` (and `q`, when given, in the same blocked loop) on the calling
@@ -252,32 +257,35 @@ public enum PackedGEMM {
   /// and q may write p's C (with accumulate) to add the two products.
   @inlinable @inline(__always)
   public static func run<K: KernelISA>(_: K.Type, _ p: GEMMProblem, _ q: GEMMProblem?, bf16: BF16Kernels = .fallback,
-                                       epilogue: (Int, Int, Int, Int) -> Void) {
+                                       aSpanBytes: Int = gemmASpanBytes, epilogue: (Int, Int, Int, Int) -> Void) {
     guard let q else {
-      blocked(K.self, p, p, count: 1, bf16: bf16, epilogue: epilogue)
+      blocked(K.self, p, p, count: 1, bf16: bf16, aSpanBytes: aSpanBytes, epilogue: epilogue)
       return
     }
     if q.m == p.m && q.n == p.n && q.k == p.k && q.compute == p.compute {
-      blocked(K.self, p, q, count: 2, bf16: bf16, epilogue: epilogue)
+      blocked(K.self, p, q, count: 2, bf16: bf16, aSpanBytes: aSpanBytes, epilogue: epilogue)
     } else {
       // Different shapes share no loop: one after the other, then the epilogue over p's C.
-      blocked(K.self, p, p, count: 1, bf16: bf16) { _, _, _, _ in }
-      blocked(K.self, q, q, count: 1, bf16: bf16) { _, _, _, _ in }
+      blocked(K.self, p, p, count: 1, bf16: bf16, aSpanBytes: aSpanBytes) { _, _, _, _ in }
+      blocked(K.self, q, q, count: 1, bf16: bf16, aSpanBytes: aSpanBytes) { _, _, _, _ in }
       if p.m > 0 && p.n > 0 { epilogue(0, p.m, 0, p.n) }
     }
   }
 
   /// The blocked loop over `count` (1 or 2) products of equal shape: products
-  /// [p, q].prefix(count). B blocks are packed per (jc, pc), A blocks per ic,
+  /// [p, q].prefix(count). Loops: spans of rows (all m unless A's panels
+  /// outgrow aSpanBytes), k blocks (pc), column blocks (jc), mc blocks
+  /// (ic). A is packed per (span, pc) in mc blocks, B per (span, pc, jc),
   /// each once when both products share it; for each tile the microkernel
-  /// runs every product, and the epilogue sees the finished panels in strips
-  /// of gemmEpilogueColumns.
+  /// runs every product, and the epilogue sees the finished parts in the
+  /// last k block. Each element's sum runs over the k blocks in order, as in
+  /// a loop with jc outermost.
   /// With bf16 compute, panels are packed by CMoECPU's bf16 routines and
   /// tiles computed by its vdpbf16ps or AMX microkernel as `bf16` says, else
   /// packed as f32, rounded to bf16 values, and computed by the f32 microkernel.
   @inlinable @inline(__always)
   static func blocked<K: KernelISA>(_: K.Type, _ p: GEMMProblem, _ q: GEMMProblem, count: Int, bf16 bf16Kernels: BF16Kernels,
-                                    epilogue: (Int, Int, Int, Int) -> Void) {
+                                    aSpanBytes: Int, epilogue: (Int, Int, Int, Int) -> Void) {
     let m = p.m, n = p.n, k = p.k
     guard m > 0, n > 0 else { return }
     if k <= 0 {
@@ -318,7 +326,15 @@ public enum PackedGEMM {
     func panelSteps(_ kc: Int) -> Int { amx ? ((kc + 1) / 2 + 15) / 16 * 16 : native ? (kc + 1) / 2 : kc }
     // The second product's own packed operands, when it does not share p's.
     let ownA = count > 1 && !q.a.same(as: p.a), ownB = count > 1 && !q.b.same(as: p.b)
-    let aStride = mcMax * max(kcMax, panelSteps(kcMax)), bStride = ncMax * max(kcMax, panelSteps(kcMax))
+    // Rows of A packed per k block: all m when their panels fit
+    // aSpanBytes, else spans of whole mc blocks that do (at least one). A span's
+    // panels serve every column block, so A is packed once per k block (not
+    // once per column block: with nc 256, as 1 MiB of L2 gives, a 768-column
+    // product packed all of A three times).
+    let wordsPerRow = max(kcMax, panelSteps(kcMax))
+    let spanLimit = max(mcMax, aSpanBytes / (4 * wordsPerRow) / mcMax * mcMax)
+    let spanMax = m <= spanLimit ? m : spanLimit
+    let aStride = (spanMax + MR - 1) / MR * MR * wordsPerRow, bStride = ncMax * wordsPerRow
     guard let bufA = moe_thread_buffer(0, (ownA ? 2 : 1) * aStride),
           let bufB = moe_thread_buffer(1, (ownB ? 2 : 1) * bStride) else {
       // No memory for packing: the plain loop (slow, but an answer).
@@ -353,91 +369,103 @@ public enum PackedGEMM {
     }
     if amx { moe_amx_begin() }
     defer { if amx { moe_amx_end() } }
-    var jc = 0
-    while jc < n {
-      let nc = min(ncMax, n - jc)
+    var span = 0
+    while span < m {
+      let spanRows = min(spanMax, m - span)
       var pc = 0
       while pc < k {
         let kc = min(kcMax, k - pc)
         let steps = panelSteps(kc)
         let last = pc + kc == k
-        pack(p.b, rows: pc, kc: kc, cols: jc, nc: nc, into: bufB)
-        if ownB { pack(q.b, rows: pc, kc: kc, cols: jc, nc: nc, into: bufB2) }
-        var ic = 0
-        while ic < m {
-          let mc = min(mcMax, m - ic)
-          pack(p.a, rows: ic, mc: mc, cols: pc, kc: kc, into: bufA)
-          if ownA { pack(q.a, rows: ic, mc: mc, cols: pc, kc: kc, into: bufA2) }
-          // The block's corner as constants: a nested function that read the
-          // loop variables would check exclusive access on every call.
-          let row0 = ic, col0 = jc, first = pc == 0
-          @inline(__always) func tile(_ o: Int, _ ir: Int, _ jr: Int) {
-            let r = o == 0 ? p : q
-            let aBlock = o == 0 ? bufA : bufA2
-            let bPanel = UnsafePointer((o == 0 ? bufB : bufB2) + (jr / NR) * steps * NR)
-            let accumulate = r.accumulate || !first
-            let nr = min(NR, nc - jr)
-            let aPanel = UnsafePointer(aBlock + (ir / MR) * steps * MR)
-            let c = r.c + (row0 + ir) * r.ldc + col0 + jr, mr = min(MR, mc - ir)
-            if amx {
-              moe_amx_micro(steps, UnsafeRawPointer(aPanel).assumingMemoryBound(to: UInt32.self),
-                            UnsafeRawPointer(bPanel).assumingMemoryBound(to: UInt32.self),
-                            c, r.ldc, Int32(mr), Int32(nr), accumulate ? 1 : 0)
-            } else if native {
-              moe_bf16_micro(steps, UnsafeRawPointer(aPanel).assumingMemoryBound(to: UInt32.self),
-                             UnsafeRawPointer(bPanel).assumingMemoryBound(to: UInt32.self),
-                             c, r.ldc, Int32(mr), Int32(nr), accumulate ? 1 : 0)
-            } else {
-              micro(K.self, rows: MR, kc: kc, a: aPanel, b: bPanel, c: c, ldc: r.ldc, mr: mr, nr: nr,
-                    accumulate: accumulate)
+        // The span's A blocks, each mc rows from its own offset (mc blocks
+        // start at the same rows as without spans: the same tiles).
+        var ic = span
+        while ic < span + spanRows {
+          let mc = min(mcMax, span + spanRows - ic)
+          pack(p.a, rows: ic, mc: mc, cols: pc, kc: kc, into: bufA + (ic - span) * steps)
+          if ownA { pack(q.a, rows: ic, mc: mc, cols: pc, kc: kc, into: bufA2 + (ic - span) * steps) }
+          ic += mc
+        }
+        var jc = 0
+        while jc < n {
+          let nc = min(ncMax, n - jc)
+          pack(p.b, rows: pc, kc: kc, cols: jc, nc: nc, into: bufB)
+          if ownB { pack(q.b, rows: pc, kc: kc, cols: jc, nc: nc, into: bufB2) }
+          ic = span
+          while ic < span + spanRows {
+            let mc = min(mcMax, span + spanRows - ic)
+            // The block's corner as constants: a nested function that read the
+            // loop variables would check exclusive access on every call.
+            let row0 = ic, col0 = jc, first = pc == 0, aOffset = (ic - span) * steps
+            @inline(__always) func tile(_ o: Int, _ ir: Int, _ jr: Int) {
+              let r = o == 0 ? p : q
+              let aBlock = (o == 0 ? bufA : bufA2) + aOffset
+              let bPanel = UnsafePointer((o == 0 ? bufB : bufB2) + (jr / NR) * steps * NR)
+              let accumulate = r.accumulate || !first
+              let nr = min(NR, nc - jr)
+              let aPanel = UnsafePointer(aBlock + (ir / MR) * steps * MR)
+              let c = r.c + (row0 + ir) * r.ldc + col0 + jr, mr = min(MR, mc - ir)
+              if amx {
+                moe_amx_micro(steps, UnsafeRawPointer(aPanel).assumingMemoryBound(to: UInt32.self),
+                              UnsafeRawPointer(bPanel).assumingMemoryBound(to: UInt32.self),
+                              c, r.ldc, Int32(mr), Int32(nr), accumulate ? 1 : 0)
+              } else if native {
+                moe_bf16_micro(steps, UnsafeRawPointer(aPanel).assumingMemoryBound(to: UInt32.self),
+                               UnsafeRawPointer(bPanel).assumingMemoryBound(to: UInt32.self),
+                               c, r.ldc, Int32(mr), Int32(nr), accumulate ? 1 : 0)
+              } else {
+                micro(K.self, rows: MR, kc: kc, a: aPanel, b: bPanel, c: c, ldc: r.ldc, mr: mr, nr: nr,
+                      accumulate: accumulate)
+              }
             }
-          }
-          if !native {
-            // The f32 microkernel: each A panel (MR x kc, 12 KiB at MR 12)
-            // stays in L1 while the block's B panels (kc x NR, 32 KiB at NR
-            // 32) stream past it from L2; the larger panel in L1 beside the
-            // streaming one would crowd it out (2-8% slower per product on
-            // Emerald Rapids). Each tile's sum order is the same either way.
-            // The epilogue takes each panel's rows across the block as soon
-            // as their tiles are done: C's rows still in cache, and each row
-            // read front to back (strips of a few columns down all mc rows
-            // touched 256 bytes per row, which the prefetchers do not follow).
-            var ir = 0
-            while ir < mc {
-              var jr = 0
+            if !native {
+              // The f32 microkernel: each A panel (MR x kc, 12 KiB at MR 12)
+              // stays in L1 while the block's B panels (kc x NR, 32 KiB at NR
+              // 32) stream past it from L2; the larger panel in L1 beside the
+              // streaming one would crowd it out (2-8% slower per product on
+              // Emerald Rapids). Each tile's sum order is the same either way.
+              // The epilogue takes each panel's rows across the block as soon
+              // as their tiles are done: C's rows still in cache, and each row
+              // read front to back (strips of a few columns down all mc rows
+              // touched 256 bytes per row, which the prefetchers do not follow).
+              var ir = 0
+              while ir < mc {
+                var jr = 0
+                while jr < nc {
+                  for o in 0..<count { tile(o, ir, jr) }
+                  jr += NR
+                }
+                if last { epilogue(ic + ir, min(MR, mc - ir), jc, nc) }
+                ir += MR
+              }
+            } else {
+              var jr = 0, handed = 0
               while jr < nc {
-                for o in 0..<count { tile(o, ir, jr) }
+                let nr = min(NR, nc - jr)
+                for o in 0..<count {
+                  var ir = 0
+                  while ir < mc {
+                    tile(o, ir, jr)
+                    ir += MR
+                  }
+                }
+                // The epilogue takes strips of at least gemmEpilogueColumns (a
+                // multiple of 16): few calls, and whole 16-float groups on every ISA.
+                let end = jr + nr
+                if last && (end - handed >= epilogueColumns || end == nc) {
+                  epilogue(ic, mc, jc + handed, end - handed)
+                  handed = end
+                }
                 jr += NR
               }
-              if last { epilogue(ic + ir, min(MR, mc - ir), jc, nc) }
-              ir += MR
             }
-          } else {
-            var jr = 0, handed = 0
-            while jr < nc {
-              let nr = min(NR, nc - jr)
-              for o in 0..<count {
-                var ir = 0
-                while ir < mc {
-                  tile(o, ir, jr)
-                  ir += MR
-                }
-              }
-              // The epilogue takes strips of at least gemmEpilogueColumns (a
-              // multiple of 16): few calls, and whole 16-float groups on every ISA.
-              let end = jr + nr
-              if last && (end - handed >= epilogueColumns || end == nc) {
-                epilogue(ic, mc, jc + handed, end - handed)
-                handed = end
-              }
-              jr += NR
-            }
+            ic += mc
           }
-          ic += mc
+          jc += nc
         }
         pc += kc
       }
-      jc += nc
+      span += spanRows
     }
   }
 

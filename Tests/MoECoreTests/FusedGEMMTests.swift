@@ -1,5 +1,8 @@
 import Testing
 import MoEKernelCode
+import MoEKernelsPortable
+import MoEKernelsAVX2
+import MoEKernelsAVX512
 @testable import MoESupport
 @testable import MoERuntime
 @testable import MoELayer
@@ -137,6 +140,60 @@ import MoEKernelCode
         body(p1.baseAddress!, p2.baseAddress!, p3.baseAddress!, p4.baseAddress!)
       } }
     } }
+  }
+
+  /// A in spans of rows (one mc block each; two k blocks and, for f32,
+  /// several column blocks on any L2 up to 2 MiB) gives the bits of A packed
+  /// whole, for two products sharing A; the epilogue sees every element
+  /// once, after both products hold their final values there. Per ISA this
+  /// CPU runs (the portable one where AVX2 does not), in f32 and on every
+  /// bf16 microkernel that runs here (bf16 on the f32 kernels packs as f32).
+  @Test func spansOfRowsGiveTheSameBits() {
+    let paths = Kernels.availablePaths()
+    if paths.contains(.avx2) { spansOfRows(AVX2Kernels.self, "avx2") } else { spansOfRows(PortableKernels.self, "portable") }
+    if paths.contains(.avx512) { spansOfRows(AVX512Kernels.self, "avx512") }
+  }
+
+  func spansOfRows<K: KernelISA>(_: K.Type, _ name: String) {
+    let m = 150, n = 1500, k = 300
+    var rng = Rng(seed: 43)
+    let a = Matrix(m, k, pad: 3, &rng), b1 = Matrix(k, n, pad: 0, &rng), b2 = Matrix(k, n, pad: 0, &rng)
+    let bf16Kernels = K.bf16PanelsFit ? [BF16Kernels.avx512bf16, .amx].filter(\.runsHere) : []
+    for (compute, kernels) in [(ComputePrecision.f32, BF16Kernels.fallback)] + bf16Kernels.map({ (.bf16, $0) }) {
+      func run(spanBytes: Int) -> (c1: [Float], c2: [Float], seen: [Int], products: [Float]) {
+        var c1 = [Float](repeating: .nan, count: m * n), c2 = c1, products = c1
+        var seen = [Int](repeating: 0, count: m * n)
+        a.values.withUnsafeBytes { pa in b1.values.withUnsafeBytes { pb1 in b2.values.withUnsafeBytes { pb2 in
+          c1.withUnsafeMutableBufferPointer { pc1 in c2.withUnsafeMutableBufferPointer { pc2 in
+            let x = MatrixOperand(base: pa.baseAddress!, ld: a.ld)
+            let p = GEMMProblem(m: m, n: n, k: k, a: x, b: MatrixOperand(base: pb1.baseAddress!, ld: n),
+                                c: pc1.baseAddress!, ldc: n, accumulate: false, compute: compute)
+            let q = GEMMProblem(m: m, n: n, k: k, a: x, b: MatrixOperand(base: pb2.baseAddress!, ld: n),
+                                c: pc2.baseAddress!, ldc: n, accumulate: false, compute: compute)
+            PackedGEMM.run(K.self, p, q, bf16: kernels, aSpanBytes: spanBytes) { r0, rows, c0, cols in
+              for i in r0..<(r0 + rows) {
+                for j in c0..<(c0 + cols) {
+                  seen[i * n + j] += 1
+                  products[i * n + j] = pc1[i * n + j] * pc2[i * n + j]
+                }
+              }
+            }
+          } }
+        } } }
+        return (c1, c2, seen, products)
+      }
+      let whole = run(spanBytes: gemmASpanBytes), spans = run(spanBytes: 1)
+      let label = "\(name) \(compute) on \(kernels.rawValue)"
+      #expect(whole.c1.allSatisfy(\.isFinite) && whole.c2.allSatisfy(\.isFinite), "\(label): product not written")
+      let differ1 = zip(spans.c1, whole.c1).filter { $0.bitPattern != $1.bitPattern }.count
+      let differ2 = zip(spans.c2, whole.c2).filter { $0.bitPattern != $1.bitPattern }.count
+      #expect(differ1 == 0 && differ2 == 0, "\(label): \(differ1) and \(differ2) elements differ in spans")
+      for r in [whole, spans] {
+        #expect(r.seen.allSatisfy { $0 == 1 }, "\(label): epilogue saw an element other than once")
+        #expect(zip(r.products, zip(r.c1, r.c2)).allSatisfy { $0.bitPattern == ($1.0 * $1.1).bitPattern },
+                "\(label): epilogue ran before both products were final")
+      }
+    }
   }
 
   /// One product with an epilogue, and two products of different shapes (run
