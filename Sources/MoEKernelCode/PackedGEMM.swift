@@ -329,11 +329,11 @@ public enum PackedGEMM {
     // Rows of A packed per k block: all m when their panels fit
     // aSpanBytes, else spans of whole mc blocks that do (at least one). A span's
     // panels serve every column block, so A is packed once per k block (not
-    // once per column block: with nc 256, as 1 MiB of L2 gives, a 768-column
-    // product packed all of A three times).
+    // once per column block: with nc 256, as 512 KiB of L2 gives, a
+    // 768-column product packed all of A three times).
     let wordsPerRow = max(kcMax, panelSteps(kcMax))
     let spanLimit = max(mcMax, aSpanBytes / (4 * wordsPerRow) / mcMax * mcMax)
-    let spanMax = m <= spanLimit ? m : spanLimit
+    let spanMax = min(m, spanLimit)
     let aStride = (spanMax + MR - 1) / MR * MR * wordsPerRow, bStride = ncMax * wordsPerRow
     guard let bufA = moe_thread_buffer(0, (ownA ? 2 : 1) * aStride),
           let bufB = moe_thread_buffer(1, (ownB ? 2 : 1) * bStride) else {
