@@ -200,6 +200,8 @@ package final class Calibrator: FFNObserver {
   static func readTokens(path: String, ids: Bool, limit: Int, model: DecoderModel) throws -> [Int32] {
     guard FileSystem.isRegularFile(path) else { throw MoEError.notFound("calibration data '\(path)' is not a readable file") }
     let file = try MappedFile(path: path)
+    // `bytes` points into the mapping, which lives as long as `file`.
+    defer { withExtendedLifetime(file) {} }
     let bytes = file.bytes
     guard bytes.count > 0 else { throw MoEError.invalid("calibration data '\(path)' is empty") }
     var out: [Int32] = []
