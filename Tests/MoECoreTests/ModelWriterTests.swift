@@ -374,7 +374,7 @@ import Glibc
     try model.save(to: out)
     Self.expectError(.exists) { try model.save(to: out) }
     let state: [UInt8] = [0, 1, 2, 255, 42]
-    try model.save(to: out + "/", force: true, extraFiles: [("optimizer.bin", state), ("trainer.json", Array(#"{"step": 7}"#.utf8))])
+    try model.save(to: out + "/", force: true, extraFiles: [ExtraFile("optimizer.bin", bytes: state), ExtraFile("trainer.json", bytes: Array(#"{"step": 7}"#.utf8))])
     #expect(try FileSystem.readAll(FileSystem.join(out, "optimizer.bin")) == state)
     #expect(try Self.readJSON(FileSystem.join(out, "trainer.json"))["step"]?.intValue == 7)
     // Replacing writes a whole new directory: the extra files of the old one are gone.
@@ -401,20 +401,20 @@ import Glibc
     let out = FileSystem.join(parent, "step-1")
     // Fails after the weights are written: the file name is too long for the file system.
     let tooLong = String(repeating: "x", count: 300)
-    Self.expectError(.io) { try model.save(to: out, extraFiles: [(tooLong, [1])], source: src) }
+    Self.expectError(.io) { try model.save(to: out, extraFiles: [ExtraFile(tooLong, bytes: [1])], source: src) }
     #expect(try FileSystem.listDirectory(parent).isEmpty)
     // Rejected up front.
     Self.expectError(.unsupported) { try model.save(to: out, dtype: .f16) }
     for bad in ["", ".", "..", "a/b", "config.json", "model.safetensors", "model-00001-of-00002.safetensors", "tokenizer.json"] {
-      Self.expectError(.invalidArgument) { try model.save(to: out, extraFiles: [(bad, [])]) }
+      Self.expectError(.invalidArgument) { try model.save(to: out, extraFiles: [ExtraFile(bad, bytes: [])]) }
     }
-    Self.expectError(.invalidArgument) { try model.save(to: out, extraFiles: [("a", []), ("a", [])]) }
+    Self.expectError(.invalidArgument) { try model.save(to: out, extraFiles: [ExtraFile("a", bytes: []), ExtraFile("a", bytes: [])]) }
     Self.expectError(.notFound) { try model.save(to: FileSystem.join(dir, "missing/step-1")) }
     Self.expectError(.notFound) { try model.save(to: out, source: FileSystem.join(dir, "nowhere")) }
     #expect(try FileSystem.listDirectory(parent).isEmpty)
     // A failed forced save keeps the checkpoint it would have replaced.
-    try model.save(to: out, extraFiles: [("state", [9])])
-    Self.expectError(.io) { try model.save(to: out, force: true, extraFiles: [(tooLong, [1])]) }
+    try model.save(to: out, extraFiles: [ExtraFile("state", bytes: [9])])
+    Self.expectError(.io) { try model.save(to: out, force: true, extraFiles: [ExtraFile(tooLong, bytes: [1])]) }
     #expect(try FileSystem.listDirectory(parent) == ["step-1"])
     #expect(try FileSystem.readAll(FileSystem.join(out, "state")) == [9])
     #expect(Self.bitwiseEqual(try Self.logits(model), try Self.logits(try Self.load(out))))

@@ -165,6 +165,8 @@ public final class DecoderModel: @unchecked Sendable {
       return plain == .f32 && quantized ? .bf16 : plain
     }
     let arena = WeightArena()
+    // Where bf16 weights are read as f32 before rounding (one part at a time).
+    let staging = ScratchSet()
     func dense(_ names: [String], rows: [Int], cols: Int, biases: [String]? = nil) throws -> DenseWeight {
       var bias: [Float]? = nil
       if let biases { bias = []; for (n, r) in zip(biases, rows) { bias! += try read(n, [r]) } }
@@ -200,12 +202,15 @@ public final class DecoderModel: @unchecked Sendable {
           }
         }
       }
-      var all: [Float] = []
-      for (n, r) in zip(names, rows) { all += try read(n, [r, cols]); src.release(n) }
-      return try all.withUnsafeBufferPointer { a in
-        try (bias ?? []).withUnsafeBufferPointer { b in
-          try DenseWeight(rows: total, cols: cols, dtype: type, values: a.baseAddress!,
-                          bias: bias == nil ? nil : b.baseAddress, what: names[0], arena: arena)
+      for (n, r) in zip(names, rows) {
+        let info = try src.require(n)
+        guard info.shape == [r, cols] else { throw MoEError.shape("tensor '\(n)' has shape \(info.shape), expected \([r, cols])") }
+      }
+      return try (bias ?? []).withUnsafeBufferPointer { b in
+        try DenseWeight(rows: total, cols: cols, dtype: type, parts: rows, bias: bias == nil ? nil : b.baseAddress,
+                        what: names[0], arena: arena, staging: staging) { i, dst in
+          try src.readFloat(names[i], into: dst)
+          src.release(names[i])
         }
       }
     }

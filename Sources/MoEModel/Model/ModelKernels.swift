@@ -424,8 +424,35 @@ package final class DenseWeight: @unchecked Sendable {
     }
   }
 
+  /// f32 or bf16 rows [rows, cols] that `read(part, into)` writes part by
+  /// part (`parts`: the rows of each) as f32: straight into the storage for
+  /// f32, through `staging` (the largest part's floats, reused) for bf16, so
+  /// that loading makes no whole copy of a weight.
+  package convenience init(rows: Int, cols: Int, dtype: DType, parts: [Int], bias: UnsafePointer<Float>?,
+                           what: String, arena: WeightArena?, staging: ScratchSet,
+                           read: (Int, UnsafeMutablePointer<Float>) throws -> Void) throws {
+    guard dtype == .f32 || dtype == .bf16 else { throw MoEError.invalid("\(what): \(dtype.name) is not f32 or bf16") }
+    guard parts.allSatisfy({ $0 >= 0 }), parts.reduce(0, +) == rows else {
+      throw MoEError.shape("\(what): parts of \(parts) rows do not make \(rows) rows")
+    }
+    let buffer = dtype == .f32 ? nil : try staging.get("weight staging", floats: (parts.max() ?? 0) * cols)
+    try self.init(rows: rows, cols: cols, dtype: dtype, bias: bias, what: what, arena: arena) { dst in
+      var row0 = 0
+      for (i, r) in parts.enumerated() {
+        if let buffer {
+          try read(i, buffer)
+          let out = dst.assumingMemoryBound(to: UInt16.self) + row0 * cols
+          for j in 0..<(r * cols) { out[j] = floatToBF16(buffer[j]) }
+        } else {
+          try read(i, dst.assumingMemoryBound(to: Float.self) + row0 * cols)
+        }
+        row0 += r
+      }
+    }
+  }
+
   private init(rows: Int, cols: Int, dtype: DType, bias: UnsafePointer<Float>?, what: String, arena: WeightArena?,
-               fill: (UnsafeMutableRawPointer) -> Void) throws {
+               fill: (UnsafeMutableRawPointer) throws -> Void) throws {
     guard dtype != .f16 else { throw MoEError.unsupported("\(what): f16 weights are stored as bf16 or f32") }
     guard !dtype.isQuantized || cols % 32 == 0 else {
       throw MoEError.shape("\(what): \(cols) columns are not a whole number of \(dtype.name) blocks of 32")
@@ -437,7 +464,7 @@ package final class DenseWeight: @unchecked Sendable {
     let bytes = try checkedProduct([rows, dtype.rowBytes(cols: cols)], what: what)
     let floats = (bytes + 3) / 4
     storage = try arena?.allocate(floats: floats, what: what) ?? AlignedBuffer(floats: floats, what: what)
-    fill(UnsafeMutableRawPointer(storage.pointer))
+    try fill(UnsafeMutableRawPointer(storage.pointer))
     if let bias {
       let b = try AlignedBuffer(floats: rows, what: what + " bias")
       b.pointer.update(from: bias, count: rows)

@@ -11,6 +11,24 @@ import MoELayer
 import Glibc
 #endif
 
+/// A file written into a checkpoint directory beside the checkpoint's own
+/// (optimizer state, trainer metadata): a plain file name, and what writes its
+/// bytes, streamed into the open file so that no copy of a large state is made.
+public struct ExtraFile {
+  public let name: String
+  public let write: (OutputFile) throws -> Void
+
+  public init(_ name: String, write: @escaping (OutputFile) throws -> Void) {
+    self.name = name
+    self.write = write
+  }
+
+  /// A file of these bytes.
+  public init(_ name: String, bytes: [UInt8]) {
+    self.init(name) { try $0.write(bytes) }
+  }
+}
+
 extension DecoderModel {
   /// Writes the model (weights in f32, or bf16 when `dtype` is .bf16) as an HF
   /// checkpoint directory at `path` (temporary name + rename; refuses an
@@ -25,25 +43,25 @@ extension DecoderModel {
   /// .gguf file; the model does not record it): its tokenizer and generation
   /// files are copied (HF) or built from its metadata (GGUF, byte-level BPE);
   /// without it only generation_config.json is written, from the bos/eos ids.
-  /// `extraFiles` (name, bytes) are written into the directory before the
+  /// `extraFiles` are written into the directory before the
   /// rename (optimizer state, trainer metadata); names are plain file names
   /// that do not collide with the checkpoint's own files.
   /// Not to be called while another thread runs or trains the model.
   public func save(to path: String, dtype: DType = .f32, force: Bool = false,
-                   extraFiles: [(String, [UInt8])] = [], source: String? = nil) throws {
+                   extraFiles: [ExtraFile] = [], source: String? = nil) throws {
     try save(to: path, dtype: dtype, force: force, extraFiles: extraFiles, source: source ?? sourcePath,
              maxShardBytes: ModelWriter.defaultMaxShardBytes)
   }
 
   /// `save` with a shard size limit: consecutive tensors go into one
   /// safetensors file until the next would pass `maxShardBytes`.
-  package func save(to path: String, dtype: DType, force: Bool, extraFiles: [(String, [UInt8])],
+  package func save(to path: String, dtype: DType, force: Bool, extraFiles: [ExtraFile],
                     source: String?, maxShardBytes: Int) throws {
     guard dtype == .f32 || dtype == .bf16 else {
       throw MoEError.unsupported("checkpoint dtype \(dtype.name) is not supported; use f32 or bf16")
     }
     guard maxShardBytes >= 1 << 10 else { throw MoEError.invalid("max shard size is \(maxShardBytes) bytes; it must be at least 1 KiB") }
-    try ModelWriter.checkExtraFileNames(extraFiles.map { $0.0 })
+    try ModelWriter.checkExtraFileNames(extraFiles.map(\.name))
     if let source, !FileSystem.isDirectory(source) && !FileSystem.isRegularFile(source) {
       throw MoEError.notFound("source '\(source)' is neither an HF model directory nor a .gguf file")
     }
@@ -71,7 +89,7 @@ extension DecoderModel {
 
   /// The checkpoint's files into the target's temporary directory, then the commit.
   private func write(_ tensors: [ModelWriter.Tensor], config: JSON, dtype: DType, carried: [(String, [UInt8])]?,
-                     extraFiles: [(String, [UInt8])], source: String?, maxShardBytes: Int,
+                     extraFiles: [ExtraFile], source: String?, maxShardBytes: Int,
                      into target: OutputDirectory) throws {
     try ModelWriter.writeShards(tensors, dtype: dtype, into: target.temporary, maxShardBytes: maxShardBytes)
     try CheckpointFiles.writeJSON(config, FileSystem.join(target.temporary, "config.json"))
@@ -85,13 +103,13 @@ extension DecoderModel {
     } else {
       try writeSideFiles(into: target.temporary, source: source)
     }
-    for (name, bytes) in extraFiles {
-      let file = FileSystem.join(target.temporary, name)
+    for extra in extraFiles {
+      let file = FileSystem.join(target.temporary, extra.name)
       guard !FileSystem.exists(file) else {
-        throw MoEError.invalid("extra file '\(name)' would replace a file of the checkpoint")
+        throw MoEError.invalid("extra file '\(extra.name)' would replace a file of the checkpoint")
       }
       let out = try OutputFile(path: file)
-      try out.write(bytes)
+      try extra.write(out)
       try out.close()
     }
     try target.commit()

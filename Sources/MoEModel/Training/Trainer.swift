@@ -462,7 +462,7 @@ public final class Trainer {
   // MARK: - State
 
   /// trainer.json and optimizer.safetensors: the step, the options and the AdamW moments.
-  public func stateFiles() -> [(String, [UInt8])] {
+  public func stateFiles() -> [ExtraFile] {
     let o = options
     let json: JSON = .object([
       ("step", .int(step)), ("parameters", .int(parameterCount)), ("seed", .unsigned(o.seed)),
@@ -475,10 +475,15 @@ public final class Trainer {
       ("train_only", .int(Int(o.trainOnly.rawValue))), ("train_tokens", .int(trainTokens.count)),
       ("precision", .string(o.precision == .bf16 ? "bf16" : "f32")),
     ])
-    var optimizer = Safetensors.headerBytes(tensors: [("adam.m", .f32, [parameterCount]), ("adam.v", .f32, [parameterCount])],
-                                            metadata: [("step", String(step))])
-    optimizer += UnsafeRawBufferPointer(start: moments.pointer, count: 2 * parameterCount * 4)
-    return [("trainer.json", Array(json.serialized(indent: 1).utf8)), ("optimizer.safetensors", optimizer)]
+    let header = Safetensors.headerBytes(tensors: [("adam.m", .f32, [parameterCount]), ("adam.v", .f32, [parameterCount])],
+                                         metadata: [("step", String(step))])
+    // The moments go from their buffer to the file, never copied whole.
+    let moments = self.moments, count = parameterCount
+    return [ExtraFile("trainer.json", bytes: Array(json.serialized(indent: 1).utf8)),
+            ExtraFile("optimizer.safetensors") { out in
+              try out.write(header)
+              try out.write(UnsafeRawBufferPointer(start: moments.pointer, count: 2 * count * 4))
+            }]
   }
 
   /// Restores the step and moments saved by stateFiles() in `directory`. The

@@ -369,7 +369,7 @@ public final class Study {
         curve.append(try point())
         let progressFile: JSON = .object([("run", .string(name)), ("curve", .array(curve.map(\.json)))])
         try model.save(to: ckpt, force: true,
-                       extraFiles: trainer.stateFiles() + [("progress.json", Array(progressFile.serialized(indent: 1).utf8))])
+                       extraFiles: trainer.stateFiles() + [ExtraFile("progress.json", bytes: Array(progressFile.serialized(indent: 1).utf8))])
       }
     }
     if let progress { _ = progress(name, steps, steps) }
