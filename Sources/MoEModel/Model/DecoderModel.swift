@@ -171,6 +171,10 @@ public final class DecoderModel: @unchecked Sendable {
       var bias: [Float]? = nil
       if let biases { bias = []; for (n, r) in zip(biases, rows) { bias! += try read(n, [r]) } }
       let total = rows.reduce(0, +), type = storage(names, cols: cols)
+      for (n, r) in zip(names, rows) {
+        let info = try src.require(n)
+        guard info.shape == [r, cols] else { throw MoEError.shape("tensor '\(n)' has shape \(info.shape), expected \([r, cols])") }
+      }
       if type.isQuantized {
         // Stored blocks of this type are kept bit for bit; others are quantized here.
         let perRow = cols / 32 * type.blockBytes
@@ -178,9 +182,6 @@ public final class DecoderModel: @unchecked Sendable {
         var row0 = 0
         for (n, r) in zip(names, rows) {
           let info = try src.require(n)
-          guard info.shape == [r, cols] else {
-            throw MoEError.shape("tensor '\(n)' has shape \(info.shape), expected \([r, cols])")
-          }
           try blocks.withUnsafeMutableBytes { b in
             let dst = b.baseAddress! + row0 * perRow
             if info.dtype == type {
@@ -201,10 +202,6 @@ public final class DecoderModel: @unchecked Sendable {
                             bias: bias == nil ? nil : bp.baseAddress, what: names[0], arena: arena)
           }
         }
-      }
-      for (n, r) in zip(names, rows) {
-        let info = try src.require(n)
-        guard info.shape == [r, cols] else { throw MoEError.shape("tensor '\(n)' has shape \(info.shape), expected \([r, cols])") }
       }
       return try (bias ?? []).withUnsafeBufferPointer { b in
         try DenseWeight(rows: total, cols: cols, dtype: type, parts: rows, bias: bias == nil ? nil : b.baseAddress,

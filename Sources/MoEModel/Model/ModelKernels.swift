@@ -441,8 +441,7 @@ package final class DenseWeight: @unchecked Sendable {
       for (i, r) in parts.enumerated() {
         if let buffer {
           try read(i, buffer)
-          let out = dst.assumingMemoryBound(to: UInt16.self) + row0 * cols
-          for j in 0..<(r * cols) { out[j] = floatToBF16(buffer[j]) }
+          encodeFromFloat(.bf16, src: buffer, count: r * cols, dst: dst + row0 * cols * 2)
         } else {
           try read(i, dst.assumingMemoryBound(to: Float.self) + row0 * cols)
         }
