@@ -41,8 +41,8 @@ def test_info(smollm2):
     assert abs(i.param_count - 134.5e6) < 0.1e6
 
 
-def test_copy_upcycle_preserves_logits(smollm2, dense_reference, tmp_path_factory):
-    out = tmp_path_factory.mktemp("s") / "copy8"
+def test_copy_upcycle_preserves_logits(smollm2, dense_reference, tmp_path):
+    out = tmp_path / "copy8"
     upcycle(smollm2, out, num_experts=8, top_k=2, method="copy", dtype="f32", seed=0)
     moe = read_safetensors_dir(out)
     cfg = json.loads((out / "config.json").read_text())
@@ -67,8 +67,8 @@ def test_real_model_predicts_paris(dense_reference):
     assert int(np.argmax(logits[-1])) == 7042  # " Paris"
 
 
-def test_drop_upcycle_statistics_on_real_weights(smollm2, dense_reference, tmp_path_factory):
-    out = tmp_path_factory.mktemp("s") / "drop8"
+def test_drop_upcycle_statistics_on_real_weights(smollm2, dense_reference, tmp_path):
+    out = tmp_path / "drop8"
     upcycle(smollm2, out, num_experts=8, top_k=2, method="drop", ratio=0.5, dtype="f32", seed=1)
     w, _ = dense_reference
     moe = read_safetensors_dir(out)
