@@ -44,6 +44,49 @@ import Glibc
     #expect(last < 0.1, "\(arch): loss \(first) -> \(last)")
   }
 
+  /// Experts read in place from the checkpoint's mapping give the logits and
+  /// training steps of copied ones, bit for bit; training copies them into
+  /// owned memory first and leaves the file as it was.
+  @Test func mappedExpertsMatchCopiedOnes() throws {
+    let dir = "/tmp/moeupcycle-train-\(getpid())-mapped"
+    FileSystem.removeTree(dir)
+    defer { FileSystem.removeTree(dir) }
+    try DecoderGradientTests.writeModel(dir, arch: "mixtral", tied: true, bias: false)
+    let file = FileSystem.join(dir, "model.safetensors")
+    let before = try FileSystem.readAll(file)
+    func load(map: Bool) throws -> DecoderModel {
+      var options = ModelLoadOptions()
+      options.weightDType = .f32
+      options.mapExperts = map
+      return try DecoderModel(path: dir, runtime: try Runtime(threads: 2, pin: false), options: options)
+    }
+    let mapped = try load(map: true), copied = try load(map: false)
+    let moe = mapped.layers.compactMap(\.moe)
+    #expect(!moe.isEmpty && moe.allSatisfy { $0.expertsMapped && $0.ownedBytes == 0 && $0.mappedBytes > 0 })
+    #expect(copied.layers.compactMap(\.moe).allSatisfy { !$0.expertsMapped && $0.mappedBytes == 0 })
+    #expect(mapped.weightBytes == copied.weightBytes)
+    let tokens: [Int32] = [5, 9, 1, 33, 12, 7, 21, 3, 30, 18]
+    var a = [Float](repeating: 0, count: tokens.count * mapped.vocabSize), b = a
+    try a.withUnsafeMutableBufferPointer { try mapped.logits(tokens: tokens, into: $0.baseAddress!) }
+    try b.withUnsafeMutableBufferPointer { try copied.logits(tokens: tokens, into: $0.baseAddress!) }
+    #expect(a.map(\.bitPattern) == b.map(\.bitPattern))
+
+    var options = TrainerOptions()
+    options.seqLen = 9
+    options.batch = 2
+    options.steps = 3
+    options.evalFraction = 0
+    let data = Array((0..<30).flatMap { _ in tokens })
+    let t1 = try Trainer(model: mapped, tokens: data, options: options)
+    #expect(moe.allSatisfy { !$0.expertsMapped && $0.ownedBytes > 0 && $0.mappedBytes == 0 })
+    let t2 = try Trainer(model: copied, tokens: data, options: options)
+    for _ in 0..<options.steps {
+      let (s1, s2) = (try t1.trainStep(), try t2.trainStep())
+      #expect(s1.loss.bitPattern == s2.loss.bitPattern && s1.gradNorm.bitPattern == s2.gradNorm.bitPattern)
+    }
+    #expect(try FileSystem.readAll(file) == before)
+  }
+
   /// The vector AdamW kernel against its plain loop, bit for bit: runs whose
   /// lengths leave tails of every size, with and without decay and clipping,
   /// moments from a first step and from later ones; gradients end zero.

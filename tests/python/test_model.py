@@ -7,6 +7,7 @@ weights dequantized by the `gguf` package (its quantized loads: test_quantized.p
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import math
 import os
@@ -19,7 +20,7 @@ import pytest
 from safetensors.numpy import save_file
 
 import reference as ref
-from abi import Model, Runtime, check, expect, ids_array, inspect, last_error, load_status, params, result, upcycle
+from abi import Model, Runtime, Trainer, check, expect, ids_array, inspect, last_error, load_status, params, result, upcycle
 from models import bf16_round, dense_weights, read_safetensors_dir, write_hf
 from moeupcycle import _capi as C
 
@@ -222,6 +223,40 @@ def test_copy_upcycled_mixtral_matches_dense(fresh_rt, tmp_path, tiny, tiny_mode
     a, b = m.eval_tokens(ids, seq_len=16), tiny_model.eval_tokens(ids, seq_len=16)
     assert a.perplexity == pytest.approx(b.perplexity, rel=1e-5)
     assert a.aux_loss > 0 and b.aux_loss == 0
+
+
+def _rss_anon():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+def test_moe_experts_are_read_in_place_from_the_checkpoint(fresh_rt, tmp_path, dtype):
+    """Plain experts stored as the model holds them are read from the checkpoint file's mapping: loading holds
+    no copy of them (the process's anonymous memory grows by far less than their size), the logits are the
+    reference's, and training (f32) copies them first and leaves the file as it was."""
+    src, out = tmp_path / "dense", tmp_path / "moe"
+    write_tiny(src, hidden=128, ffn=1024, seed=12)
+    upcycle(src, out, num_experts=8, top_k=2, method="drop", ratio=0.5, dtype=dtype, seed=2)
+    experts = 2 * 8 * 3 * 128 * 1024 * (4 if dtype == "f32" else 2)
+    before = _rss_anon()
+    m = Model(fresh_rt, out)
+    grown = _rss_anon() - before
+    assert grown < experts / 4, (grown, experts)
+    assert m.info.weight_bytes >= experts
+    assert np.max(np.abs(m.logits(TOKENS20) - reference_logits(out, TOKENS20))) <= 1e-4
+    if dtype == "bf16":
+        return
+    file = out / "model.safetensors"
+    digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    t = Trainer(m, TOKENS20 * 10, seq_len=19, batch=2, steps=2, lr=1e-3)
+    assert _rss_anon() - before >= experts, "training owns its experts"
+    for _ in range(2):
+        assert np.isfinite(t.step().loss)
+    t.close()
+    assert hashlib.sha256(file.read_bytes()).hexdigest() == digest
+    # The trained weights moved away from the file's.
+    assert np.max(np.abs(m.logits(TOKENS20) - reference_logits(out, TOKENS20))) > 1e-4
 
 
 def test_mixtral_differs_from_dense(rt, tiny, tiny_model, mixtral_model):

@@ -209,6 +209,13 @@ public final class SafetensorsSource: TensorSource {
                   count: loc.entry.info.elementCount, dst: dst)
   }
 
+  public func mapped(_ name: String) -> UnsafeRawPointer? {
+    guard let loc = locations[name], loc.file.isMapping, let base = loc.file.bytes.baseAddress,
+          !loc.entry.info.dtype.isQuantized else { return nil }
+    let p = base + loc.dataStart + loc.entry.begin
+    return Int(bitPattern: p) % loc.entry.info.dtype.blockBytes == 0 ? p : nil
+  }
+
   public func release(_ name: String) {
     guard let loc = locations[name] else { return }
     loc.file.release(offset: loc.dataStart + loc.entry.begin, count: loc.entry.info.byteCount)

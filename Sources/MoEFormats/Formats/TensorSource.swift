@@ -33,9 +33,15 @@ public protocol TensorSource: AnyObject {
   func readStored(_ name: String, into dst: UnsafeMutableRawPointer) throws
   /// Lets the page cache drop a tensor's pages once it has been consumed.
   func release(_ name: String)
+  /// The stored bytes of a tensor in a read-only file mapping that lives as
+  /// long as the source, when it has such bytes aligned to its element size
+  /// (else nil: read it instead). The file must not change while they are used.
+  func mapped(_ name: String) -> UnsafeRawPointer?
 }
 
 extension TensorSource {
+  public func mapped(_ name: String) -> UnsafeRawPointer? { nil }
+
   public func readStored(_ name: String, into dst: UnsafeMutableRawPointer) throws {
     let i = try require(name)
     guard i.dtype == .f32 else { throw MoEError.unsupported("tensor '\(name)': its stored \(i.dtype.name) bytes cannot be read") }

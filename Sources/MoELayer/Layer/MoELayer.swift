@@ -45,11 +45,19 @@ public final class MoELayer: @unchecked Sendable {
   var shardMemory: [NodeMemory]
   /// True when the routed experts' views point into caller memory.
   public private(set) var expertsBorrowed = false
+  /// The owner of a checkpoint file's mapping the routed experts' views
+  /// point into (kept alive here); nil when they are owned or borrowed.
+  private var mappedFrom: AnyObject?
+  /// True when the routed experts are read from a checkpoint file's mapping
+  /// (they are copied into owned memory before they change).
+  public var expertsMapped: Bool { mappedFrom != nil }
   /// Shards holding each expert, in shard order.
   let expertShards: [[Int]]
   /// Bytes of owned expert memory really bound to a node.
   public private(set) var boundBytes = 0
   public private(set) var ownedBytes = 0
+  /// Bytes of expert weights read from a checkpoint file's mapping.
+  public private(set) var mappedBytes = 0
 
   // MARK: gradients (f32, caller layout), allocated on first use
   package var gradients: [LayerWeight: AlignedBuffer] = [:]
@@ -69,7 +77,9 @@ public final class MoELayer: @unchecked Sendable {
   /// Step of the jitter noise used by the next training forward.
   public var noiseStep: UInt64 = 0
 
-  public init(config: MoELayerConfig, runtime: Runtime) throws {
+  /// `touch: false` leaves the owned expert memory untouched until weights
+  /// are written to it (a layer whose experts will be mapped from a file).
+  public init(config: MoELayerConfig, runtime: Runtime, touch: Bool = true) throws {
     try config.validate()
     self.config = config
     self.runtime = runtime
@@ -89,11 +99,20 @@ public final class MoELayer: @unchecked Sendable {
       try AlignedBuffer(floats: 128 * max(H, config.ffn, config.sharedFFN), what: "worker scratch")
     }
 
-    // Owned expert memory: one block per shard, on its node. A slice holds
-    // gate and up [fn, H] and its own down [H, fn] (quantized: rows of blocks).
-    let storage = config.storage
-    shardSlices = []
-    shardMemory = []
+    (shardMemory, shardSlices) = try Self.allocateShards(plan: plan, config: config, runtime: runtime)
+    ownedBytes = shardMemory.reduce(0) { $0 + $1.bytes }
+    boundBytes = shardMemory.reduce(0) { $0 + ($1.bound ? $1.bytes : 0) }
+    if touch { firstTouch() }
+  }
+
+  /// Owned expert memory: one block per shard, on its node, and the views of
+  /// its slices. A slice holds gate and up [fn, H] and its own down [H, fn]
+  /// (quantized: rows of blocks). The memory is not touched here.
+  private static func allocateShards(plan: PlacementPlan, config: MoELayerConfig,
+                                     runtime: Runtime) throws -> ([NodeMemory], [[SliceWeights]]) {
+    let storage = config.storage, H = config.hidden
+    var memories: [NodeMemory] = []
+    var slices: [[SliceWeights]] = []
     for shard in plan.shards {
       var sliceBytes = 0
       for slice in shard.slices {
@@ -107,9 +126,7 @@ public final class MoELayer: @unchecked Sendable {
       } else {
         memory = try runtime.topology.allocate(bytes: bytes, node: plan.policy == .none ? nil : shard.node)
       }
-      shardMemory.append(memory)
-      ownedBytes += bytes
-      if memory.bound { boundBytes += bytes }
+      memories.append(memory)
       var views: [SliceWeights] = []
       var offset = 0
       for slice in shard.slices {
@@ -123,15 +140,16 @@ public final class MoELayer: @unchecked Sendable {
         offset += H * storage.rowBytes(cols: fn)
         views.append(SliceWeights(expert: slice.expert, ffn: slice.ffn, gate: gate, up: up, down: down))
       }
-      shardSlices.append(views)
+      slices.append(views)
     }
-    firstTouch()
+    return (memories, slices)
   }
 
   /// Zeroes each shard's memory from the workers of its node, so that pages
   /// land on that node even where binding is not possible.
-  private func firstTouch() {
-    let memories = shardMemory
+  private func firstTouch() { firstTouch(shardMemory) }
+
+  private func firstTouch(_ memories: [NodeMemory]) {
     let shards = plan.shards
     runtime.pool.run { w in
       for (s, shard) in shards.enumerated() {
@@ -184,6 +202,7 @@ public final class MoELayer: @unchecked Sendable {
       throw MoEError.shape("\(weight.name)\(expert >= 0 ? " of expert \(expert)" : ""): count is \(count) but \(need) elements are needed (shape \(shape))")
     }
     let H = config.hidden
+    if weight.isRoutedExpert { try ownExperts() }
     switch weight {
     case .router: router.pointer.update(from: data, count: count)
     case .sharedExpertGate: sharedExpertGate.pointer.update(from: data, count: count)
@@ -255,6 +274,7 @@ public final class MoELayer: @unchecked Sendable {
       }
     }
     expertsBorrowed = true
+    mappedFrom = nil
     // Without a shared expert nothing owned is left in the shards: release them.
     if config.sharedFFN == 0 {
       shardMemory = []
@@ -263,11 +283,79 @@ public final class MoELayer: @unchecked Sendable {
     }
   }
 
+  /// Points the routed experts' views at a checkpoint file's mapped bytes
+  /// without copying: expert e's gate and up [F, H] and down [H, F] at
+  /// gate[e], up[e], down[e], in the layer's storage (f32 or bf16). `owner`
+  /// keeps the mapping alive. Changing a weight first copies them into owned
+  /// memory (ownExperts).
+  package func mapExperts(owner: AnyObject, gate: [UnsafeRawPointer], up: [UnsafeRawPointer],
+                          down: [UnsafeRawPointer]) throws {
+    let dtype = config.storage, E = config.experts
+    guard dtype == .f32 || dtype == .bf16 else {
+      throw MoEError.unsupported("mapped expert weights must be f32 or bf16, not \(dtype.name)")
+    }
+    guard gate.count == E, up.count == E, down.count == E else {
+      throw MoEError.invalid("mapping \(gate.count), \(up.count) and \(down.count) experts' matrices; the layer has \(E)")
+    }
+    guard !expertsBorrowed else { throw MoEError.invalid("expert weights are borrowed from caller memory") }
+    let F = config.ffn, H = config.hidden, b = dtype.blockBytes
+    for s in shardSlices.indices {
+      for i in shardSlices[s].indices where shardSlices[s][i].expert < E {
+        let e = shardSlices[s][i].expert, f0 = shardSlices[s][i].ffn.lowerBound
+        shardSlices[s][i].gate = WeightMatrix(base: gate[e] + f0 * H * b, dtype: dtype, ld: H)
+        shardSlices[s][i].up = WeightMatrix(base: up[e] + f0 * H * b, dtype: dtype, ld: H)
+        shardSlices[s][i].down = WeightMatrix(base: down[e] + f0 * b, dtype: dtype, ld: F)
+      }
+    }
+    mappedFrom = owner
+    // Owned memory is left for the shared expert alone (the rest stays untouched).
+    mappedBytes = ownedBytes - ownedSharedBytes()
+    ownedBytes -= mappedBytes
+    boundBytes = min(boundBytes, ownedBytes)
+    if config.sharedFFN == 0 { shardMemory = [] }
+  }
+
+  private func ownedSharedBytes() -> Int {
+    let t = config.storage, H = config.hidden
+    return shardSlices.joined().filter { $0.expert == config.experts }.reduce(0) { n, v in
+      n + 2 * v.ffn.count * t.rowBytes(cols: H) + H * t.rowBytes(cols: v.ffn.count)
+    }
+  }
+
+  /// Copies mapped expert weights into owned memory, placed and first
+  /// touched as at creation, so that they can change; nothing when the
+  /// experts are owned already.
+  package func ownExperts() throws {
+    guard mappedFrom != nil else { return }
+    let (memories, slices) = try Self.allocateShards(plan: plan, config: config, runtime: runtime)
+    firstTouch(memories)
+    let H = config.hidden, b = config.storage.blockBytes
+    func copy(_ from: WeightMatrix, _ to: WeightMatrix, rows: Int, cols: Int) {
+      let dst = UnsafeMutableRawPointer(mutating: to.base)
+      for r in 0..<rows { (dst + r * to.ld * b).copyMemory(from: from.base + r * from.ld * b, byteCount: cols * b) }
+    }
+    for s in slices.indices {
+      for (from, to) in zip(shardSlices[s], slices[s]) {
+        let fn = from.ffn.count
+        copy(from.gate, to.gate, rows: fn, cols: H)
+        copy(from.up, to.up, rows: fn, cols: H)
+        copy(from.down, to.down, rows: H, cols: fn)
+      }
+    }
+    shardMemory = memories
+    shardSlices = slices
+    ownedBytes = memories.reduce(0) { $0 + $1.bytes }
+    boundBytes = memories.reduce(0) { $0 + ($1.bound ? $1.bytes : 0) }
+    mappedBytes = 0
+    mappedFrom = nil
+  }
+
   /// Fills the router and expert weights with N(0, std^2) draws (deterministic
   /// per seed and independent of placement), the shared-expert gate with zeros.
   public func initializeRandom(seed: UInt64, std: Float) throws {
     guard std.isFinite, std >= 0 else { throw MoEError.invalid("std is \(std); it must be finite and >= 0") }
     if expertsBorrowed { throw MoEError.invalid("expert weights are borrowed from caller memory; initialize them there") }
+    try ownExperts()
     let H = config.hidden
     func fill(_ kind: LayerWeight, _ stream: UInt64, _ expert: Int) throws {
       let n = try elementCount(of: kind, expert: expert)
@@ -341,6 +429,7 @@ public final class MoELayer: @unchecked Sendable {
     guard !(weight.isRoutedExpert && expertsBorrowed) else {
       throw MoEError.invalid("expert weights are borrowed from caller memory; change them there")
     }
+    if weight.isRoutedExpert { try ownExperts() }
     guard weight.isShared || (0..<config.experts).contains(expert) else {
       throw MoEError.invalid("expert is \(expert); blocks are set one expert at a time (0...\(config.experts - 1))")
     }

@@ -13,10 +13,32 @@ extension MoELayer {
     try load(checkpoint: try Checkpoint(path: path), layer: l, runtime: runtime, adjust: adjust)
   }
 
+  /// The checkpoint's bytes of every routed expert's gate, up and down
+  /// matrices, when all of them are stored one matrix per expert in the
+  /// layer's storage type (f32 or bf16) and mapped (TensorSource.mapped);
+  /// else nil.
+  private static func mappedExperts(_ src: TensorSource, _ names: any HFLayout, layer l: Int,
+                                    config: MoELayerConfig, shapes: ModelDescription)
+    -> (gate: [UnsafeRawPointer], up: [UnsafeRawPointer], down: [UnsafeRawPointer])? {
+    guard config.storage == .f32 || config.storage == .bf16 else { return nil }
+    var found: [Projection: [UnsafeRawPointer]] = [:]
+    for p in Projection.allCases {
+      for e in 0..<config.experts {
+        let name = names.name(.expert(p), layer: l, expert: e)
+        guard let info = src.info(name), info.dtype == config.storage,
+              info.shape == TensorRole.expert(p).shape(in: shapes), let bytes = src.mapped(name) else { return nil }
+        found[p, default: []].append(bytes)
+      }
+    }
+    return (found[.gate]!, found[.up]!, found[.down]!)
+  }
+
   /// Creates the layer from MoE layer `layer` of an opened checkpoint, under
   /// the names of the HF format its tensors have (CheckpointLayouts.moe).
   /// Expert weights may be stored per expert or fused (gate rows first).
-  public static func load(checkpoint ckpt: Checkpoint, layer l: Int, runtime: Runtime,
+  /// `map`: plain expert matrices stored as the layer holds them are read
+  /// in place from the file's mapping (see mapExperts), not copied.
+  public static func load(checkpoint ckpt: Checkpoint, layer l: Int, runtime: Runtime, map: Bool = false,
                           adjust: ((inout MoELayerConfig) throws -> Void)?) throws -> MoELayer {
     let path = ckpt.path
     let d = ckpt.description
@@ -42,11 +64,11 @@ extension MoELayer {
     if !fixedRouting { config.sharedFFN = moe.sharedExpertIntermediateSize }
     if let coef = sc?["router_aux_loss_coef"]?.doubleValue, coef.isFinite, coef >= 0 { config.balanceCoef = Float(coef) }
     try adjust?(&config)
-    let layer = try MoELayer(config: config, runtime: runtime)
-
     // Shapes as the layer holds them (its shared expert's size after `adjust`).
     var shapes = d
     shapes.moe?.sharedExpertIntermediateSize = config.sharedFFN
+    let mapped = map ? mappedExperts(src, names, layer: l, config: config, shapes: shapes) : nil
+    let layer = try MoELayer(config: config, runtime: runtime, touch: mapped == nil)
     func read(_ role: TensorRole, into kind: LayerWeight, expert e: Int = -1) throws {
       let name = names.name(role, layer: l, expert: e), shape = role.shape(in: shapes)
       // Blocks of the type the layer stores are kept bit for bit.
@@ -66,7 +88,9 @@ extension MoELayer {
     }
     try read(.router, into: .router)
     let fusedGateUp = names.name(.expertsGateUp, layer: l)
-    if src.info(fusedGateUp) != nil {
+    if let mapped {
+      try layer.mapExperts(owner: src, gate: mapped.gate, up: mapped.up, down: mapped.down)
+    } else if src.info(fusedGateUp) != nil {
       let gateUp = try src.readFloat(fusedGateUp, shape: TensorRole.expertsGateUp.shape(in: d))
       try gateUp.withUnsafeBufferPointer { g in
         for e in 0..<E {

@@ -9,13 +9,15 @@ extension MoELayer {
   /// of every owned f32 tensor selected by `routerOnly`, in a fixed order
   /// (router, then per shard and slice: gate, up, down rows; then the
   /// shared-expert gate). `expert` is -1 for the router and shared tensors.
-  /// Throws when weights are bf16 or borrowed (they cannot be updated here).
+  /// Throws when weights are bf16 or borrowed (they cannot be updated here);
+  /// experts mapped from a checkpoint file are copied into owned memory first.
   public func forEachParameterRow(routerOnly: Bool,
                                   _ body: (LayerWeight, Int, UnsafeMutablePointer<Float>, UnsafePointer<Float>, Int) -> Void) throws {
     let E = config.experts, H = config.hidden, F = config.ffn, Fs = config.sharedFFN
     let gRouter = try gradient(.router).pointer
     for e in 0..<E { body(.router, -1, router.pointer + e * H, gRouter + e * H, H) }
     if routerOnly { return }
+    try ownExperts()
     guard config.storage == .f32, !expertsBorrowed else {
       throw MoEError.unsupported("training needs owned f32 expert weights (this layer's are \(expertsBorrowed ? "borrowed" : config.storage.name))")
     }

@@ -21,6 +21,12 @@ public struct ModelLoadOptions: Sendable {
   public var placement: PlacementPolicy? = nil
   /// Longest sequence the KV cache may hold (0 = the model's context length).
   public var maxContext: Int = 0
+  /// Read plain MoE expert matrices stored as the layers hold them in place
+  /// from the checkpoint file's mapping (the page cache), not from a copy:
+  /// loading then costs no memory of its own and processes that load the
+  /// same file share it. Changing a weight (training) copies the layer's
+  /// experts first.
+  public var mapExperts = true
 
   public init() {}
 }
@@ -226,7 +232,7 @@ public final class DecoderModel: @unchecked Sendable {
       let o = try dense([hf.name(.attentionOutput, layer: l)], rows: [H], cols: nq * hd)
       var gateUp: DenseWeight? = nil, down: DenseWeight? = nil, moe: MoELayer? = nil
       if let m = d.moe, m.moeLayers[l] {
-        moe = try MoELayer.load(checkpoint: ckpt, layer: l, runtime: runtime) { c in
+        moe = try MoELayer.load(checkpoint: ckpt, layer: l, runtime: runtime, map: options.mapExperts) { c in
           c.storage = expertStorage(layer: l, m)
           c.placement = options.placement
         }
@@ -291,12 +297,12 @@ public final class DecoderModel: @unchecked Sendable {
     return total
   }
 
-  /// Bytes of all weights held.
+  /// Bytes of all weights held (experts read from the checkpoint's mapping too).
   public var weightBytes: Int {
     var total = embedding.bytes + (lmHead === embedding ? 0 : lmHead.bytes)
     for l in layers {
       total += l.qkv.bytes + l.output.bytes + (l.gateUp?.bytes ?? 0) + (l.down?.bytes ?? 0)
-      total += l.moe?.ownedBytes ?? 0
+      total += (l.moe?.ownedBytes ?? 0) + (l.moe?.mappedBytes ?? 0)
     }
     return total
   }

@@ -12,7 +12,7 @@ public final class MappedFile: @unchecked Sendable {
   public let bytes: UnsafeRawBufferPointer
   private let base: UnsafeMutableRawPointer?
   /// true when `base` is an mmap (unmapped and madvised), false for an owned copy.
-  private let isMapping: Bool
+  public let isMapping: Bool
 
   public init(path: String) throws {
     self.path = path
