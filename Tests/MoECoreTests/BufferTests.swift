@@ -1,5 +1,6 @@
 import Testing
 @testable import MoESupport
+@testable import MoERuntime
 
 @Suite struct BufferTests {
   /// Slices of a weight arena are 64-byte aligned, disjoint, keep their chunk
@@ -32,6 +33,30 @@ import Testing
   }
 
   /// Owned buffers of huge-page size start on a huge page boundary.
+  /// A touching arena writes each new chunk and each large block once, whole,
+  /// before handing out memory from it; slices of a chunk are not touched again.
+  @Test func weightArenaTouchesEachNewBlockOnce() throws {
+    var touched: [(Int, Int)] = []
+    let arena = WeightArena { p, n in touched.append((Int(bitPattern: p), n)) }
+    let a = try arena.allocate(floats: 100, what: "a"), b = try arena.allocate(floats: 100, what: "b")
+    #expect(touched.count == 1 && touched[0].1 == WeightArena.chunkFloats)
+    #expect(touched[0].0 == Int(bitPattern: a.pointer) && Int(bitPattern: b.pointer) > touched[0].0)
+    let big = try arena.allocate(floats: WeightArena.chunkFloats / 4 + 1, what: "big")
+    #expect(touched.count == 2 && touched[1] == (Int(bitPattern: big.pointer), WeightArena.chunkFloats / 4 + 1))
+  }
+
+  /// Runtime.zero clears exactly the floats asked for, on any split over the
+  /// workers, and nothing after them.
+  @Test func runtimeZeroClearsExactlyTheRange() throws {
+    let rt = try Runtime(threads: 2, pin: false)
+    for n in [0, 1, 1023, 1024, 1025, 300_001] {
+      let b = try AlignedBuffer(floats: n + 1, what: "zero")
+      b.pointer.update(repeating: 1, count: n + 1)
+      rt.zero(b.pointer, floats: n)
+      #expect((0..<n).allSatisfy { b.pointer[$0] == 0 } && b.pointer[n] == 1, "\(n)")
+    }
+  }
+
   @Test func largeBuffersStartOnHugePages() throws {
     let b = try AlignedBuffer(floats: hugeAllocationBytes / 4, what: "large")
     #expect(Int(bitPattern: b.pointer) % hugePageBytes == 0)

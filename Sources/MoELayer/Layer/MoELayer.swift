@@ -460,7 +460,7 @@ public final class MoELayer: @unchecked Sendable {
     if let g = gradients[weight] { return g }
     let n = try elementCount(of: weight, expert: -1)
     let g = try AlignedBuffer(floats: n, what: "\(weight.name) gradient")
-    memset(g.pointer, 0, n * 4)
+    runtime.zero(g.pointer, floats: n)
     gradients[weight] = g
     return g
   }

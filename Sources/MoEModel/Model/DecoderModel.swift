@@ -170,7 +170,7 @@ public final class DecoderModel: @unchecked Sendable {
       if type.isQuantized { return type }
       return plain == .f32 && quantized ? .bf16 : plain
     }
-    let arena = WeightArena()
+    let arena = WeightArena { [runtime] p, n in runtime.zero(p, floats: n) }
     // Where bf16 weights are read as f32 before rounding (one part at a time).
     let staging = ScratchSet()
     func dense(_ names: [String], rows: [Int], cols: Int, biases: [String]? = nil) throws -> DenseWeight {

@@ -32,7 +32,7 @@ package final class DecoderGradients {
   package init(model m: DecoderModel) throws {
     func zeros(_ n: Int, _ what: String) throws -> AlignedBuffer {
       let b = try AlignedBuffer(floats: n, what: what + " gradient")
-      memset(b.pointer, 0, n * 4)
+      m.runtime.zero(b.pointer, floats: n)
       return b
     }
     let H = m.description.hiddenSize

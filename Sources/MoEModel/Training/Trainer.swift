@@ -200,7 +200,7 @@ public final class Trainer {
     try visit { _, _, _, n, _ in count += n }
     parameterCount = count
     moments = try AlignedBuffer(floats: 2 * count, what: "AdamW moments")
-    memset(moments.pointer, 0, 2 * count * 4)
+    model.runtime.zero(moments.pointer, floats: 2 * count)
   }
 
   public var trainTokenCount: Int { trainTokens.count }

@@ -3,6 +3,9 @@
 // the path, each worker's sgemm runs on that worker alone.
 
 import MoESupport
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public final class Runtime: @unchecked Sendable {
   public let topology: Topology
@@ -81,6 +84,16 @@ public final class Runtime: @unchecked Sendable {
     pool.run { w in
       let lo = count * w / W, hi = count * (w + 1) / W
       if hi > lo { body(lo..<hi) }
+    }
+  }
+
+  /// Zeroes `floats` floats at `p` on all workers, one contiguous part each:
+  /// the first write of fresh memory is a page fault per page, which the
+  /// workers take in parallel (on virtual machines each is slow).
+  package func zero(_ p: UnsafeMutablePointer<Float>, floats: Int) {
+    parallelFor((floats + 1023) / 1024, inlineBelow: 1 << 8) { r in
+      let lo = r.lowerBound * 1024, hi = min(floats, r.upperBound * 1024)
+      memset(p + lo, 0, (hi - lo) * 4)
     }
   }
 

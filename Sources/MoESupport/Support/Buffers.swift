@@ -80,16 +80,25 @@ package final class WeightArena {
   package static let chunkFloats = (32 << 20) / 4
   private var chunk: AlignedBuffer?
   private var used = 0
+  private let touch: ((UnsafeMutablePointer<Float>, Int) -> Void)?
 
-  package init() {}
+  /// `touch(pointer, floats)`, when given, writes each new block of memory
+  /// before it is handed out (zeroing it on several threads takes the page
+  /// faults of its first write in parallel).
+  package init(touch: ((UnsafeMutablePointer<Float>, Int) -> Void)? = nil) { self.touch = touch }
 
   /// A buffer of `floats` floats (contents undefined).
   package func allocate(floats: Int, what: String) throws -> AlignedBuffer {
     guard floats >= 0 else { throw MoEError.invalid("\(what): negative size \(floats)") }
     let rounded = roundUp16(max(floats, 16))
-    guard rounded <= Self.chunkFloats / 4 else { return try AlignedBuffer(floats: floats, what: what) }
+    guard rounded <= Self.chunkFloats / 4 else {
+      let b = try AlignedBuffer(floats: floats, what: what)
+      touch?(b.pointer, floats)
+      return b
+    }
     if chunk == nil || used + rounded > Self.chunkFloats {
       chunk = try AlignedBuffer(floats: Self.chunkFloats, what: what)
+      touch?(chunk!.pointer, Self.chunkFloats)
       used = 0
     }
     let b = AlignedBuffer(in: chunk!, offset: used, floats: floats)
