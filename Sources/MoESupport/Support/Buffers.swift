@@ -82,9 +82,9 @@ package final class WeightArena {
   private var used = 0
   private let touch: ((UnsafeMutablePointer<Float>, Int) -> Void)?
 
-  /// `touch(pointer, floats)`, when given, writes each new block of memory
-  /// before it is handed out (zeroing it on several threads takes the page
-  /// faults of its first write in parallel).
+  /// `touch(pointer, floats)`, when given, writes each buffer before it is
+  /// handed out (zeroing it on several threads takes the page faults of its
+  /// first write in parallel).
   package init(touch: ((UnsafeMutablePointer<Float>, Int) -> Void)? = nil) { self.touch = touch }
 
   /// A buffer of `floats` floats (contents undefined).
@@ -98,10 +98,10 @@ package final class WeightArena {
     }
     if chunk == nil || used + rounded > Self.chunkFloats {
       chunk = try AlignedBuffer(floats: Self.chunkFloats, what: what)
-      touch?(chunk!.pointer, Self.chunkFloats)
       used = 0
     }
     let b = AlignedBuffer(in: chunk!, offset: used, floats: floats)
+    touch?(b.pointer, floats)
     used += rounded
     return b
   }
