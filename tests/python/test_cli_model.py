@@ -101,6 +101,27 @@ def test_eval_ids(tiny, tiny_model, tmp_path):
     assert p.returncode == 1 and str(VOCAB) in p.stderr_text and "vocabulary" in p.stderr_text
 
 
+def test_eval_held_out_scores_the_trainers_split(tiny, tiny_model, data, tmp_path):
+    """--held-out F scores the last floor(n * F) of the text's tokens, as `train --eval-fraction F` splits them;
+    the ids come from the tokenizers package, independently of the library."""
+    from tokenizers import Tokenizer
+    ids = Tokenizer.from_file(str(tiny / "tokenizer.json")).encode(EVAL_TEXT, add_special_tokens=False).ids
+    assert ids == tiny_model.tokenize(EVAL_TEXT)
+    tail = ids[len(ids) - int(len(ids) * 0.3):]
+    j = run_json("eval", tiny, "--data", data, "--seq-len", 8, "--held-out", 0.3)
+    r = tiny_model.eval_tokens(tail, seq_len=8)
+    assert (j["tokens_scored"], j["windows"]) == (r.tokens_scored, r.windows)
+    assert j["tokens_scored"] < run_json("eval", tiny, "--data", data, "--seq-len", 8)["tokens_scored"] / 2
+    assert j["perplexity"] == pytest.approx(r.perplexity, abs=1e-4)
+    # The same split of a file of ids.
+    f = tmp_path / "ids.txt"
+    f.write_text(" ".join(map(str, ids)))
+    assert run_json("eval", tiny, "--data", f, "--ids", "--seq-len", 8, "--held-out", 0.3)["perplexity"] == j["perplexity"]
+    for bad in ("1", "-0.1", "nan"):
+        p = run("eval", tiny, "--data", data, "--held-out", bad, check=False)
+        assert p.returncode == 2 and "--held-out" in p.stderr_text
+
+
 def test_eval_data_errors(tiny, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
