@@ -1252,14 +1252,16 @@ moe_status moe_model_params_init(moe_model_params *params, size_t struct_size);
  * moe_upcycle writes) or a .gguf file (llama, qwen2), with its byte-level BPE
  * tokenizer (tokenizer.json, or the GGUF metadata). `params` may be NULL.
  * The runtime must outlive the model.
- * MoE experts that a safetensors file stores one matrix per expert in the
- * type the model holds them (f32, or bf16) are read in place from the file's
- * read-only mapping, not copied: loading costs no memory of its own, and
- * processes that load the same file share its pages in the page cache. The
- * file must then not be truncated or rewritten in place while the model
- * lives (replacing it by renaming a new file over it, as this library's
- * writers do, is safe). Training, or any call that changes an expert,
- * first copies that layer's experts into memory of the model's own.
+ * On a runtime of one NUMA node, MoE experts that a safetensors file stores
+ * one matrix per expert in the type the model holds them (f32, or bf16) are
+ * read in place from the file's read-only mapping, not copied: they cost no
+ * memory of the model's own, and processes that load the same file share
+ * its pages in the page cache (with several nodes they are copied onto the
+ * nodes the placement gives them). The file must then not be truncated or
+ * rewritten in place while the model lives (replacing it by renaming a new
+ * file over it, as this library's writers do, is safe). Training, or any
+ * call that changes an expert, first copies that layer's experts into
+ * memory of the model's own.
  * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT, MOE_ERR_IO,
  * MOE_ERR_FORMAT, MOE_ERR_UNSUPPORTED, MOE_ERR_NOT_FOUND, MOE_ERR_SHAPE,
  * MOE_ERR_OUT_OF_MEMORY.

@@ -65,6 +65,10 @@ import Glibc
     #expect(!moe.isEmpty && moe.allSatisfy { $0.expertsMapped && $0.ownedBytes == 0 && $0.mappedBytes > 0 })
     #expect(copied.layers.compactMap(\.moe).allSatisfy { !$0.expertsMapped && $0.mappedBytes == 0 })
     #expect(mapped.weightBytes == copied.weightBytes)
+    // With two NUMA nodes the experts are copied onto their nodes.
+    let twoNodes = try DecoderModel(path: dir, runtime: try Runtime(threads: 2, source: .synthetic("pack:2 [numa] core:1 pu:1"),
+                                                                    pin: false))
+    #expect(twoNodes.layers.compactMap(\.moe).allSatisfy { !$0.expertsMapped && $0.ownedBytes > 0 })
     let tokens: [Int32] = [5, 9, 1, 33, 12, 7, 21, 3, 30, 18]
     var a = [Float](repeating: 0, count: tokens.count * mapped.vocabSize), b = a
     try a.withUnsafeMutableBufferPointer { try mapped.logits(tokens: tokens, into: $0.baseAddress!) }

@@ -231,7 +231,7 @@ def _rss_anon():
 
 
 @pytest.mark.parametrize("dtype", ["f32", "bf16"])
-def test_moe_experts_are_read_in_place_from_the_checkpoint(fresh_rt, tmp_path, dtype):
+def test_moe_experts_are_read_in_place_from_the_checkpoint(tmp_path, dtype):
     """Plain experts stored as the model holds them are read from the checkpoint file's mapping: loading holds
     no copy of them (the process's anonymous memory grows by far less than their size), the logits are the
     reference's, and training (f32) copies them first and leaves the file as it was."""
@@ -239,13 +239,22 @@ def test_moe_experts_are_read_in_place_from_the_checkpoint(fresh_rt, tmp_path, d
     write_tiny(src, hidden=128, ffn=1024, seed=12)
     upcycle(src, out, num_experts=8, top_k=2, method="drop", ratio=0.5, dtype=dtype, seed=2)
     experts = 2 * 8 * 3 * 128 * 1024 * (4 if dtype == "f32" else 2)
+    one = Runtime(threads=2, synthetic="pack:1 [numa] core:2 pu:1")
+    assert one.info().numa_nodes == 1
     before = _rss_anon()
-    m = Model(fresh_rt, out)
+    m = Model(one, out)
     grown = _rss_anon() - before
     assert grown < experts / 4, (grown, experts)
     assert m.info.weight_bytes >= experts
+    # On two NUMA nodes the experts are copied onto the nodes the placement gives them: the same function.
+    two = Runtime(threads=2, synthetic="pack:2 [numa] core:1 pu:1")
+    assert two.info().numa_nodes == 2
+    placed = Model(two, out)
+    assert np.max(np.abs(placed.logits(TOKENS20) - reference_logits(out, TOKENS20))) <= 1e-4
+    two.close()
     assert np.max(np.abs(m.logits(TOKENS20) - reference_logits(out, TOKENS20))) <= 1e-4
     if dtype == "bf16":
+        one.close()
         return
     file = out / "model.safetensors"
     digest = hashlib.sha256(file.read_bytes()).hexdigest()
@@ -257,6 +266,7 @@ def test_moe_experts_are_read_in_place_from_the_checkpoint(fresh_rt, tmp_path, d
     assert hashlib.sha256(file.read_bytes()).hexdigest() == digest
     # The trained weights moved away from the file's.
     assert np.max(np.abs(m.logits(TOKENS20) - reference_logits(out, TOKENS20))) > 1e-4
+    one.close()
 
 
 def test_mixtral_differs_from_dense(rt, tiny, tiny_model, mixtral_model):

@@ -37,7 +37,8 @@ extension MoELayer {
   /// the names of the HF format its tensors have (CheckpointLayouts.moe).
   /// Expert weights may be stored per expert or fused (gate rows first).
   /// `map`: plain expert matrices stored as the layer holds them are read
-  /// in place from the file's mapping (see mapExperts), not copied.
+  /// in place from the file's mapping (see mapExperts), not copied, when
+  /// the runtime has one NUMA node.
   public static func load(checkpoint ckpt: Checkpoint, layer l: Int, runtime: Runtime, map: Bool = false,
                           adjust: ((inout MoELayerConfig) throws -> Void)?) throws -> MoELayer {
     let path = ckpt.path
@@ -67,7 +68,9 @@ extension MoELayer {
     // Shapes as the layer holds them (its shared expert's size after `adjust`).
     var shapes = d
     shapes.moe?.sharedExpertIntermediateSize = config.sharedFFN
-    let mapped = map ? mappedExperts(src, names, layer: l, config: config, shapes: shapes) : nil
+    // With several NUMA nodes, experts are copied onto the nodes the plan puts them on.
+    let mapped = map && runtime.topology.nodes.count <= 1
+      ? mappedExperts(src, names, layer: l, config: config, shapes: shapes) : nil
     let layer = try MoELayer(config: config, runtime: runtime, touch: mapped == nil)
     func read(_ role: TensorRole, into kind: LayerWeight, expert e: Int = -1) throws {
       let name = names.name(role, layer: l, expert: e), shape = role.shape(in: shapes)
