@@ -60,12 +60,12 @@ int cmd_eval(int argc, char **argv) {
   moe_model *model = NULL;
   if (!open_model(path, &f, &rt, &model)) { free(text); free(tokens); return 1; }
   if (held_out > 0 && !ids) {
-    /* The trainer's split: the text's tokens without special ones, the last
+    /* The trainer's split: the text's tokens without BOS, the last
      * floor(count * F) of them held out. */
     size_t needed = 0;
     moe_status ts = moe_model_tokenize(model, text, length, 0, NULL, 0, &needed);
-    if (ts == MOE_ERR_BUFFER_TOO_SMALL || (ts == MOE_OK && needed > 0)) {
-      tokens = malloc((needed ? needed : 1) * sizeof *tokens);
+    if (ts == MOE_OK && needed > 0) { /* the size query answers MOE_OK */
+      tokens = malloc(needed * sizeof *tokens);
       ts = tokens ? moe_model_tokenize(model, text, length, 0, tokens, needed, &count) : MOE_ERR_OUT_OF_MEMORY;
     }
     if (ts != MOE_OK) { free(text); free(tokens); moe_model_free(model); moe_runtime_free(rt); return fail(ts); }

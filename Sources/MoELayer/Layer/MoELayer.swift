@@ -102,7 +102,7 @@ public final class MoELayer: @unchecked Sendable {
     (shardMemory, shardSlices) = try Self.allocateShards(plan: plan, config: config, runtime: runtime)
     ownedBytes = shardMemory.reduce(0) { $0 + $1.bytes }
     boundBytes = shardMemory.reduce(0) { $0 + ($1.bound ? $1.bytes : 0) }
-    if touch { firstTouch() }
+    if touch { firstTouch(shardMemory) }
   }
 
   /// Owned expert memory: one block per shard, on its node, and the views of
@@ -114,12 +114,7 @@ public final class MoELayer: @unchecked Sendable {
     var memories: [NodeMemory] = []
     var slices: [[SliceWeights]] = []
     for shard in plan.shards {
-      var sliceBytes = 0
-      for slice in shard.slices {
-        let fn = slice.ffn.count
-        sliceBytes += 2 * fn * storage.rowBytes(cols: H) + H * storage.rowBytes(cols: fn)
-      }
-      let bytes = max(sliceBytes, 64)
+      let bytes = max(shard.slices.reduce(0) { $0 + sliceBytes(rows: $1.ffn.count, config) }, 64)
       let memory: NodeMemory
       if plan.policy == .interleave {
         memory = try runtime.topology.allocateInterleaved(bytes: bytes)
@@ -145,10 +140,14 @@ public final class MoELayer: @unchecked Sendable {
     return (memories, slices)
   }
 
+  /// Bytes of a slice of `rows` FFN rows: gate and up [rows, H], down [H, rows].
+  private static func sliceBytes(rows: Int, _ config: MoELayerConfig) -> Int {
+    let t = config.storage, H = config.hidden
+    return 2 * rows * t.rowBytes(cols: H) + H * t.rowBytes(cols: rows)
+  }
+
   /// Zeroes each shard's memory from the workers of its node, so that pages
   /// land on that node even where binding is not possible.
-  private func firstTouch() { firstTouch(shardMemory) }
-
   private func firstTouch(_ memories: [NodeMemory]) {
     let shards = plan.shards
     runtime.pool.run { w in
@@ -316,10 +315,7 @@ public final class MoELayer: @unchecked Sendable {
   }
 
   private func ownedSharedBytes() -> Int {
-    let t = config.storage, H = config.hidden
-    return shardSlices.joined().filter { $0.expert == config.experts }.reduce(0) { n, v in
-      n + 2 * v.ffn.count * t.rowBytes(cols: H) + H * t.rowBytes(cols: v.ffn.count)
-    }
+    shardSlices.joined().filter { $0.expert == config.experts }.reduce(0) { $0 + Self.sliceBytes(rows: $1.ffn.count, config) }
   }
 
   /// Copies mapped expert weights into owned memory, placed and first
