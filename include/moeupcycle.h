@@ -129,12 +129,12 @@ extern "C" {
 /* ------------------------------------------------------------------------ */
 
 #define MOE_VERSION_MAJOR 0
-#define MOE_VERSION_MINOR 7
+#define MOE_VERSION_MINOR 8
 #define MOE_VERSION_PATCH 0
 /** MAJOR * 10000 + MINOR * 100 + PATCH. */
 #define MOE_VERSION_NUMBER \
   (MOE_VERSION_MAJOR * 10000 + MOE_VERSION_MINOR * 100 + MOE_VERSION_PATCH)
-#define MOE_VERSION_STRING "0.7.0"
+#define MOE_VERSION_STRING "0.8.0"
 
 /** The library's MOE_VERSION_NUMBER, to compare with the header's at run time.
  *  Before 1.0, a library of another minor version is not compatible. */
@@ -1343,19 +1343,26 @@ moe_status moe_model_detokenize(const moe_model *model, const int32_t *tokens, s
 moe_status moe_model_logits(moe_model *model, const int32_t *tokens, size_t count,
                             float *logits, size_t capacity, size_t *needed);
 
-/** How moe_model_eval_text/_tokens evaluate. First version: 0.1.0 (all
- *  fields below). */
+/** How moe_model_eval_text/_tokens evaluate. First version: 0.1.0 (fields
+ *  up to user_data); 0.8.0 appended held_out. */
 typedef struct moe_eval_params {
   /** sizeof(moe_eval_params); set by moe_eval_params_init(). */
   size_t struct_size;
   /** Tokens per window (2..context); windows do not overlap and each starts
    *  a fresh context. 0 (default) = 512, or the context length if shorter. */
   uint32_t seq_len;
-  /** Evaluate at most this many tokens of the data; 0 (default) = all. */
+  /** Evaluate at most this many tokens of the data (of the held-out part
+   *  when held_out is set); 0 (default) = all. */
   uint64_t max_tokens;
   /** Progress in tokens (stage "eval"); return non-zero to cancel. */
   moe_progress_fn progress;
   void *user_data;
+  /* ---- 0.8.0 ---- */
+  /** In [0, 1): evaluate only the last floor(n * held_out) of the data's n
+   *  tokens, the part a trainer made from the same data with eval_fraction
+   *  = held_out holds out (text tokenized as the trainer does it). 0
+   *  (default) = all the data. */
+  double held_out;
 } moe_eval_params;
 
 /** Fill `params` with defaults, writing `struct_size` bytes. Returns MOE_OK,
@@ -1387,7 +1394,8 @@ typedef struct moe_eval_result {
  * with moe_model_eval_tokens, on token ids. `out` may be NULL (else its
  * struct_size set); `params` may be NULL.
  * Returns MOE_OK, MOE_ERR_NULL_POINTER, MOE_ERR_INVALID_ARGUMENT (fewer than
- * 2 tokens, bad seq_len, ids outside the vocabulary, invalid UTF-8),
+ * 2 tokens to evaluate, bad seq_len or held_out, ids outside the vocabulary,
+ * invalid UTF-8),
  * MOE_ERR_NUMERIC (a non-finite loss: the weights hold NaN or infinity),
  * MOE_ERR_CANCELLED, MOE_ERR_OUT_OF_MEMORY.
  */

@@ -152,6 +152,7 @@ func evaluate(_ out: UnsafeMutablePointer<moe_eval_result>?, _ m: DecoderModel, 
   options.seqLen = Int(p.seq_len)
   guard p.max_tokens <= UInt64(Int.max) else { throw MoEError.invalid("params->max_tokens is too large") }
   options.maxTokens = Int(p.max_tokens)
+  options.heldOut = p.held_out
   var progress: ((Int, Int) -> Bool)? = nil
   if let fn = p.progress {
     let user = p.user_data

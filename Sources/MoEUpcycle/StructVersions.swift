@@ -150,7 +150,8 @@ extension moe_model_info: VersionedStruct {
 
 extension moe_eval_params: ParameterStruct {
   static let cName = "moe_eval_params"
-  static var firstVersionSize: Int { ownSize }
+  /// 0.8.0 appended held_out.
+  static var firstVersionSize: Int { MemoryLayout<Self>.offset(of: \.held_out)! }
   static var defaults: moe_eval_params {
     let d = EvalOptions()
     var p = moe_eval_params()
@@ -159,6 +160,7 @@ extension moe_eval_params: ParameterStruct {
     p.max_tokens = UInt64(d.maxTokens)
     p.progress = nil
     p.user_data = nil
+    p.held_out = d.heldOut
     return p
   }
 }

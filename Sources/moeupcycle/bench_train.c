@@ -120,6 +120,7 @@ int cmd_bench_train(int argc, char **argv) {
   }
   double tokens = (double)tp.batch * tp.seq_len;
   static const char *const names[2] = { "dense", "moe" };
+  double flop_ratio = timing[0].model_flops > 0 ? timing[1].model_flops / timing[0].model_flops : 0;
   if (json) {
     printf("{\"dense\": ");
     json_string(stdout, paths[0]);
@@ -136,7 +137,8 @@ int cmd_bench_train(int argc, char **argv) {
              names[m], t->seconds, names[m], tokens / t->seconds, names[m], t->model_flops, names[m],
              achieved_gflops(t), names[m], mfu(t, &peaks), names[m], t->activation_bytes);
     }
-    printf(", \"moe_over_dense\": %.3f, ", timing[1].seconds / timing[0].seconds);
+    printf(", \"moe_over_dense\": %.3f, \"moe_over_dense_flops\": %.6f, ", timing[1].seconds / timing[0].seconds,
+           flop_ratio);
     peaks_json(stdout, &peaks);
     printf(", \"kernel_path\": ");
     json_string(stdout, rinfo.kernel_path);
@@ -152,7 +154,9 @@ int cmd_bench_train(int argc, char **argv) {
              m == 0 ? "dense" : "MoE", paths[m], t->seconds, tokens / t->seconds, t->model_flops / 1e9,
              achieved_gflops(t), 100 * mfu(t, &peaks), t->activation_bytes / 1048576.0);
     }
-    printf("  MoE step / dense step: %.2fx\n", timing[1].seconds / timing[0].seconds);
+    /* At equal MFU the step ratio equals the FLOP ratio. */
+    printf("  MoE step / dense step: %.2fx (model FLOPs per step: %.3fx)\n", timing[1].seconds / timing[0].seconds,
+           flop_ratio);
     printf("  kernels %s%s; ", rinfo.kernel_path, rinfo.kernel_forced ? " (forced)" : "");
     peaks_text(stdout, &peaks);
     printf(" measured on %u threads (before and after each model's steps, the largest kept);"

@@ -26,7 +26,6 @@ int cmd_eval(int argc, char **argv) {
   model_flags f = { 0, MOE_DTYPE_DEFAULT, 0, NULL };
   const char *data = NULL, *path = NULL;
   int32_t ids = 0;
-  double held_out = 0;
   moe_eval_params ep;
   moe_eval_params_init(&ep, sizeof ep);
   const cli_option options[] = {
@@ -35,7 +34,7 @@ int cmd_eval(int argc, char **argv) {
     OPT_FLAG("--ids", &ids),
     OPT_U32("--seq-len", &ep.seq_len),
     OPT_U64("--max-tokens", &ep.max_tokens),
-    OPT_DOUBLE("--held-out", &held_out),
+    OPT_DOUBLE("--held-out", &ep.held_out),
     OPT_END
   };
   int help = 0, n = 0;
@@ -43,12 +42,11 @@ int cmd_eval(int argc, char **argv) {
   if (help) {
     printf("usage: moeupcycle eval MODEL --data FILE [--seq-len T] [--max-tokens N] [--held-out F] [--ids] [--json]\n"
            "  --held-out F   score only the last fraction F of FILE's tokens: the part\n"
-           "                 that `moeupcycle train --eval-fraction F` holds out (special-\n"
-           "                 token strings such as <|im_start|> in FILE count as one token)\n");
+           "                 that `moeupcycle train --eval-fraction F` holds out\n");
     return 0;
   }
   if (!path || !data) return bad_usage("eval needs MODEL and --data FILE", NULL);
-  if (!(held_out >= 0 && held_out < 1)) return bad_usage("--held-out must be in [0, 1)", NULL);
+  if (!(ep.held_out >= 0 && ep.held_out < 1)) return bad_usage("--held-out must be in [0, 1)", NULL);
   size_t length = 0;
   char *text = read_file(data, &length);
   if (!text) return 1;
@@ -59,23 +57,6 @@ int cmd_eval(int argc, char **argv) {
   moe_runtime *rt = NULL;
   moe_model *model = NULL;
   if (!open_model(path, &f, &rt, &model)) { free(text); free(tokens); return 1; }
-  if (held_out > 0 && !ids) {
-    /* The trainer's split: the text's tokens without BOS, the last
-     * floor(count * F) of them held out. */
-    size_t needed = 0;
-    moe_status ts = moe_model_tokenize(model, text, length, 0, NULL, 0, &needed);
-    if (ts == MOE_OK && needed > 0) { /* the size query answers MOE_OK */
-      tokens = malloc(needed * sizeof *tokens);
-      ts = tokens ? moe_model_tokenize(model, text, length, 0, tokens, needed, &count) : MOE_ERR_OUT_OF_MEMORY;
-    }
-    if (ts != MOE_OK) { free(text); free(tokens); moe_model_free(model); moe_runtime_free(rt); return fail(ts); }
-    ids = 1;
-  }
-  if (held_out > 0) {
-    size_t keep = (size_t)((double)count * held_out);
-    memmove(tokens, tokens + (count - keep), keep * sizeof *tokens);
-    count = keep;
-  }
   cli_handle_signals();
   struct progress_state ps = { now_seconds(), -1, isatty(2) && !f.json };
   ep.progress = progress_bar;

@@ -546,8 +546,10 @@ class Model {
     check(moe_model_eval_text(&r, h_.get(), text.data(), text.size(), &params));
     return r;
   }
-  moe_eval_result eval_text(std::string_view text, uint32_t seq_len = 0, uint64_t max_tokens = 0) {
-    return eval_text(text, eval_params(seq_len, max_tokens));
+  /** held_out F: only the last fraction F of the text's tokens (what a trainer with eval_fraction F holds out). */
+  moe_eval_result eval_text(std::string_view text, uint32_t seq_len = 0, uint64_t max_tokens = 0,
+                            double held_out = 0) {
+    return eval_text(text, eval_params(seq_len, max_tokens, held_out));
   }
   moe_eval_result eval_tokens(const std::vector<int32_t>& tokens, const moe_eval_params& params) {
     auto r = result<moe_eval_result>();
@@ -555,15 +557,16 @@ class Model {
     return r;
   }
   moe_eval_result eval_tokens(const std::vector<int32_t>& tokens, uint32_t seq_len = 0,
-                              uint64_t max_tokens = 0) {
-    return eval_tokens(tokens, eval_params(seq_len, max_tokens));
+                              uint64_t max_tokens = 0, double held_out = 0) {
+    return eval_tokens(tokens, eval_params(seq_len, max_tokens, held_out));
   }
 
  private:
-  static moe_eval_params eval_params(uint32_t seq_len, uint64_t max_tokens) {
+  static moe_eval_params eval_params(uint32_t seq_len, uint64_t max_tokens, double held_out) {
     auto p = defaults<moe_eval_params>();
     p.seq_len = seq_len;
     p.max_tokens = max_tokens;
+    p.held_out = held_out;
     return p;
   }
   std::unique_ptr<moe_model, detail::ModelDeleter> h_;

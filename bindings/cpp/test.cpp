@@ -420,6 +420,18 @@ static void test_model(mu::Runtime& rt, const std::string& path) {
   CHECK(std::isfinite(ev.mean_nll) && ev.mean_nll > 0);
   CHECK(std::fabs(ev.perplexity - std::exp(ev.mean_nll)) < 1e-6 * ev.perplexity);
   CHECK(ev.aux_loss == 0.0);  // dense
+  // The last half of the text's tokens, as a trainer with eval_fraction 0.5 holds them out.
+  const std::vector<int32_t> fox = model.tokenize(
+      "The quick brown fox jumps over the lazy dog. The capital of France is Paris.");
+  const moe_eval_result half = model.eval_text(
+      "The quick brown fox jumps over the lazy dog. The capital of France is Paris.", 16, 0, 0.5);
+  const moe_eval_result tail =
+      model.eval_tokens(std::vector<int32_t>(fox.end() - static_cast<long>(fox.size() / 2), fox.end()), 16);
+  CHECK(half.tokens_scored == tail.tokens_scored && half.mean_nll == tail.mean_nll);
+  CHECK(half.tokens_scored < ev.tokens_scored);
+  mu::Error bad(MOE_OK, "");
+  CHECK(throws<mu::Error>([&] { model.eval_tokens(fox, 16, 0, 1.0); }, &bad));
+  CHECK(bad.code() == MOE_ERR_INVALID_ARGUMENT && std::string(bad.what()).find("held_out") != std::string::npos);
 }
 
 // Upcycles SmolLM2 (copy, Qwen2-MoE, layer 0 only, 2 experts, top-1: the same

@@ -61,6 +61,17 @@ typedef struct model_params_0_1 {
 } model_params_0_1;
 _Static_assert(offsetof(moe_model_params, upcycle) == sizeof(model_params_0_1), "model params 0.1");
 
+/* ---- the 0.1.0 layout of the evaluation parameters, which 0.8.0 appended held_out to ---- */
+
+typedef struct eval_params_0_1 {
+  size_t struct_size;
+  uint32_t seq_len;
+  uint64_t max_tokens;
+  moe_progress_fn progress;
+  void *user_data;
+} eval_params_0_1;
+_Static_assert(offsetof(moe_eval_params, held_out) == sizeof(eval_params_0_1), "eval params 0.1");
+
 /* ---- the 0.2.0 (and 0.3.0) layout of the struct that 0.5.0 appended a field to ---- */
 
 typedef struct train_stats_0_2 {
@@ -242,6 +253,27 @@ static void earlier_versions(const char *tiny, const char *work) {
          (unsigned long long)full.step, full.model_flops);
   moe_trainer_free(trainer);
 
+  /* Evaluation from 0.1.0 params: all the data (held_out, which they lack, is 0). */
+  fill(&g);
+  EXPECT(moe_eval_params_init((moe_eval_params *)g.bytes, sizeof(eval_params_0_1)) == MOE_OK,
+         "eval params init with the 0.1.0 size");
+  EXPECT(untouched_from(&g, sizeof(eval_params_0_1)), "eval params init wrote beyond the 0.1.0 size");
+  eval_params_0_1 old_eval;
+  memcpy(&old_eval, g.bytes, sizeof old_eval);
+  old_eval.seq_len = 16;
+  moe_eval_params new_eval;
+  moe_eval_params_init(&new_eval, sizeof new_eval);
+  new_eval.seq_len = 16;
+  moe_eval_result all, held;
+  all.struct_size = held.struct_size = sizeof all;
+  EXPECT(moe_model_eval_tokens(&all, model, tokens, 400, (const moe_eval_params *)&old_eval) == MOE_OK,
+         "eval from 0.1.0 params");
+  new_eval.held_out = 0.25;
+  EXPECT(moe_model_eval_tokens(&held, model, tokens, 400, &new_eval) == MOE_OK, "eval of the held-out part");
+  EXPECT(all.tokens_scored == 400 - 25 && held.tokens_scored == 100 - 7,
+         "0.1.0 params evaluate all 400 tokens (%llu scored), held_out 0.25 the last 100 (%llu scored)",
+         (unsigned long long)all.tokens_scored, (unsigned long long)held.tokens_scored);
+
   /* Params larger than the library's: zero tail accepted, a set byte refused. */
   fill(&g);
   memset(g.bytes, 0, sizeof(moe_trainer_params) + 16);
@@ -348,7 +380,7 @@ static void below_first_version(void) {
   PARAMS_TOO_SMALL(moe_runtime_params, sizeof(moe_runtime_params));
   PARAMS_TOO_SMALL(moe_layer_config, sizeof(layer_config_0_1));
   PARAMS_TOO_SMALL(moe_model_params, sizeof(model_params_0_1));
-  PARAMS_TOO_SMALL(moe_eval_params, sizeof(moe_eval_params));
+  PARAMS_TOO_SMALL(moe_eval_params, sizeof(eval_params_0_1));
   PARAMS_TOO_SMALL(moe_generate_params, sizeof(moe_generate_params));
   PARAMS_TOO_SMALL(moe_trainer_params, sizeof(trainer_params_0_1));
 #undef PARAMS_TOO_SMALL

@@ -319,8 +319,8 @@ class Model:
         check(C.lib.moe_model_logits(self.h, arr, len(ids), fptr(out), out.size, None))
         return out
 
-    def eval_params(self, seq_len=8, max_tokens=0, progress=None):
-        p = params(C.moe_eval_params, seq_len=seq_len, max_tokens=max_tokens)
+    def eval_params(self, seq_len=8, max_tokens=0, progress=None, held_out=0.0):
+        p = params(C.moe_eval_params, seq_len=seq_len, max_tokens=max_tokens, held_out=held_out)
         if progress is not None:
             p.progress = progress
         return p

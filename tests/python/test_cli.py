@@ -23,7 +23,7 @@ def dense(tmp_path):
 
 
 def test_version_and_help():
-    assert run("version").stdout == "moeupcycle 0.7.0 (header 0.7.0)\n"
+    assert run("version").stdout == "moeupcycle 0.8.0 (header 0.8.0)\n"
     assert "upcycle IN OUT" in run("help").stdout
     p = run("frobnicate", check=False)
     assert p.returncode == 2 and "unknown command" in p.stderr

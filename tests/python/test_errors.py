@@ -19,8 +19,8 @@ def dense(tmp_path):
 
 
 def test_version_and_status_strings():
-    assert C.lib.moe_version_number() == 700 == C.MOE_VERSION_NUMBER
-    assert C.lib.moe_version_string() == b"0.7.0" == C.MOE_VERSION_STRING.encode()
+    assert C.lib.moe_version_number() == 800 == C.MOE_VERSION_NUMBER
+    assert C.lib.moe_version_string() == b"0.8.0" == C.MOE_VERSION_STRING.encode()
     assert C.lib.moe_status_string(C.MOE_OK) == b"ok"
     assert C.lib.moe_status_string(C.MOE_ERR_FORMAT) == b"malformed file"
     assert C.lib.moe_status_string(C.MOE_ERR_NUMERIC) not in (b"unknown status", b"")

@@ -14,7 +14,7 @@ def rt():
 
 
 def test_version_and_errors(rt):
-    assert mu.version() == "0.7.0"
+    assert mu.version() == "0.8.0"
     with pytest.raises(mu.MoeError) as e:
         mu.MoELayer(rt, hidden_size=0, moe_intermediate_size=8, num_experts=2, top_k=1)
     assert e.value.code == mu.C.MOE_ERR_INVALID_ARGUMENT and "hidden" in e.value.message
@@ -116,6 +116,10 @@ def test_upcycle_model_generate_eval_train(rt, tmp_path):
             t.step()
             assert t.step().step == 3 and np.isfinite(first.loss) and first.aux_loss > 0 and first.skipped == 0
             assert t.eval() > 0
+            # The trainer's held-out windows (at most eval_windows 8 of seq_len + 1 tokens) of its split.
+            held = model.eval_text("Hello world! " * 80, seq_len=13, max_tokens=8 * 13, held_out=0.05)
+            whole = model.eval_text("Hello world! " * 80, seq_len=13)
+            assert held.mean_nll == t.eval() and 0 < held.tokens_scored < 0.06 * whole.tokens_scored
             t.save(tmp_path / "ckpt")
     with mu.Model(rt, tmp_path / "ckpt") as trained:
         assert trained.info.num_moe_layers == 2
@@ -136,4 +140,4 @@ def test_package_installs_with_pip(tmp_path):
     r = subprocess.run([sys.executable, "-c", "import moeupcycle; print(moeupcycle.version(), moeupcycle.__file__)"],
                        capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("0.7.0 ") and str(target) in r.stdout
+    assert r.stdout.startswith("0.8.0 ") and str(target) in r.stdout

@@ -543,6 +543,47 @@ def test_eval_text_equals_eval_tokens(tiny_model):
     assert a.mean_nll == b.mean_nll
 
 
+def test_eval_held_out_is_the_trainers_held_out_split(fresh_rt, tiny):
+    """held_out F evaluates the last floor(n * F) of the data's n tokens: the windows that a trainer made
+    from the same text with eval_fraction F evaluates, special-token text read as plain text by both."""
+    text = ("<|im_start|>user\nThe thin seer sat on the sea.<|im_end|>\n<|im_start|>assistant\nThen they ate"
+            " the other thing, in the heat.<|im_end|>\n") * 4
+    data = text.encode()
+    m = Model(fresh_rt, tiny[0])
+    for fraction, seq_len in ((0.3, 7), (0.55, 4)):
+        h = ctypes.c_void_p()
+        check(C.lib.moe_trainer_create_text(ctypes.byref(h), m.h, data, len(data),
+                                            params(C.moe_trainer_params, seq_len=seq_len, batch=1,
+                                                   eval_fraction=fraction, eval_windows=65536)))
+        trainer_nll = ctypes.c_double()
+        check(C.lib.moe_trainer_eval(trainer_nll, h))
+        C.lib.moe_trainer_free(h)
+        # The trainer evaluates windows of seq_len + 1 tokens.
+        r = m.eval_text(text, seq_len=seq_len + 1, held_out=fraction)
+        assert r.mean_nll == trainer_nll.value, (fraction, r.mean_nll, trainer_nll.value)
+        whole = m.eval_text(text, seq_len=seq_len + 1)
+        assert 0 < r.tokens_scored < whole.tokens_scored * (fraction + 0.05)
+        # moe_model_tokenize reads "<|im_start|>" as one token: the tail of its ids is another split,
+        # which the trainer's loss tells apart.
+        special = m.tokenize(text)
+        assert IM_START in special
+        other = m.eval_tokens(special[len(special) - int(len(special) * fraction):], seq_len=seq_len + 1)
+        assert other.mean_nll != trainer_nll.value
+    # A split of ids: the tail of the list.
+    ids = m.tokenize(ASCII_TEXT)
+    tail = ids[len(ids) - int(len(ids) * 0.4):]
+    a, b = m.eval_tokens(ids, seq_len=6, held_out=0.4), m.eval_tokens(tail, seq_len=6)
+    assert (a.tokens_scored, a.windows, a.mean_nll) == (b.tokens_scored, b.windows, b.mean_nll)
+    # max_tokens counts tokens of the held-out part.
+    a, b = m.eval_tokens(ids, seq_len=6, held_out=0.4, max_tokens=9), m.eval_tokens(tail[:9], seq_len=6)
+    assert (a.tokens_scored, a.windows, a.mean_nll) == (b.tokens_scored, b.windows, b.mean_nll)
+    for bad in (1.0, -0.1, float("nan"), float("inf")):
+        expect(C.lib.moe_model_eval_tokens(None, m.h, ids_array(ids), len(ids), m.eval_params(held_out=bad)),
+               C.MOE_ERR_INVALID_ARGUMENT, "held_out")
+    expect(C.lib.moe_model_eval_tokens(None, m.h, ids_array(ids), len(ids), m.eval_params(held_out=0.01)),
+           C.MOE_ERR_INVALID_ARGUMENT, "held-out part", "at least 2")
+
+
 def test_eval_null_params_means_defaults(fresh_rt, tmp_path, tiny):
     """params NULL: seq_len 512 (the model's context here is 600)."""
     path = tmp_path / "ctx600"

@@ -1,6 +1,7 @@
 """Training through the C ABI and the CLI: overfitting, exact resume, checkpoints, errors."""
 import ctypes
 import json
+import re
 import signal
 import subprocess
 import time
@@ -384,6 +385,11 @@ def test_cli_bench_train(tiny, mixtral):
     assert j["peak_f32_gflops"] > 0 and j["kernel_path"] in ("avx512", "avx2", "portable", "openblas")
     text = run("bench", "train", tiny, mixtral, "--batch", 2, "--seq-len", 16, "--steps", 1).stdout
     assert "MoE step / dense step" in text and "f32 peak" in text and "f32 products" in text
+    # The FLOP ratio both forms print is the ratio of the two models' FLOPs per step.
+    assert abs(j["moe_over_dense_flops"] - j["moe_model_flops_per_step"] / j["dense_model_flops_per_step"]) <= 1e-4
+    assert j["moe_over_dense_flops"] > 1
+    printed = re.search(r"\(model FLOPs per step: (\d+\.\d{3})x\)", text)
+    assert printed and abs(float(printed.group(1)) - j["moe_over_dense_flops"]) <= 6e-4, text
     # Mixed precision: MFU over the peak of the kernels that run (AMX or vdpbf16ps where bf16 compute
     # runs on it, else the f32 kernels').
     q = run("bench", "train", tiny, mixtral, "--batch", 2, "--seq-len", 16, "--steps", 1, "--precision", "bf16", "--json")

@@ -13,7 +13,17 @@ public struct EvalOptions: Sendable {
   public var seqLen: Int = 0
   /// Stop after this many tokens of data (0 = all).
   public var maxTokens: Int = 0
+  /// In [0, 1): evaluate only the part of the data a trainer with
+  /// evalFraction = heldOut holds out (heldOutCount); 0 = all of it.
+  public var heldOut: Double = 0
   public init() {}
+}
+
+/// Tokens that a held-out fraction takes from the end of `count` tokens:
+/// floor(count * fraction). The trainer's split (TrainerOptions.evalFraction)
+/// and evaluation's (EvalOptions.heldOut) are both this one.
+public func heldOutCount(of count: Int, fraction: Double) -> Int {
+  Int(Double(count) * fraction)
 }
 
 public struct EvalResult: Sendable {
@@ -69,8 +79,15 @@ extension DecoderModel {
       throw MoEError.invalid("seq_len is \(options.seqLen); it must be in 2...\(contextLength) (the context length), or 0")
     }
     guard options.maxTokens >= 0 else { throw MoEError.invalid("max_tokens is \(options.maxTokens)") }
-    let tokens = options.maxTokens > 0 ? Array(all.prefix(options.maxTokens)) : all
+    guard options.heldOut >= 0, options.heldOut < 1 else {
+      throw MoEError.invalid("held_out is \(options.heldOut); it must be in [0, 1)")
+    }
+    let data = options.heldOut > 0 ? Array(all.suffix(heldOutCount(of: all.count, fraction: options.heldOut))) : all
+    let tokens = options.maxTokens > 0 ? Array(data.prefix(options.maxTokens)) : data
     guard tokens.count >= 2 else {
+      if options.heldOut > 0 {
+        throw MoEError.invalid("the held-out part (held_out \(options.heldOut)) of the data's \(all.count) tokens has \(tokens.count) token(s); evaluation needs at least 2")
+      }
       throw MoEError.invalid("the data has \(tokens.count) token(s); evaluation needs at least 2")
     }
     resetRouterStatistics()

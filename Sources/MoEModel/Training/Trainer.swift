@@ -184,7 +184,7 @@ public final class Trainer {
     if let bad = tokens.first(where: { $0 < 0 || Int($0) >= model.vocabSize }) {
       throw MoEError.invalid("token id \(bad) is outside the vocabulary (0..<\(model.vocabSize))")
     }
-    let held = Int(Double(tokens.count) * options.evalFraction)
+    let held = heldOutCount(of: tokens.count, fraction: options.evalFraction)
     trainTokens = Array(tokens.prefix(tokens.count - held))
     heldOut = Array(tokens.suffix(held))
     guard trainTokens.count >= options.seqLen + 1 else {

@@ -369,7 +369,7 @@ public final class Upcycler {
   }
 }
 
-public let moeupcycleVersion = "0.7.0"
+public let moeupcycleVersion = "0.8.0"
 
 /// Produces items 0..<count in order into a ring of buffers, on a background thread when
 /// there are two or more slots (inline otherwise). Errors surface from `next()` in order.

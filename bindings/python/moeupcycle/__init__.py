@@ -50,7 +50,7 @@ def _check(status: int) -> None:
 
 
 def version() -> str:
-    """The library's version, e.g. "0.7.0"."""
+    """The library's version, e.g. "0.8.0"."""
     return C.lib.moe_version_string().decode()
 
 
@@ -547,9 +547,12 @@ class Model(_Handle):
         return _fetch(lambda b, n, needed: C.lib.moe_model_router_stats(self.handle, layer, b, n, needed),
                       counts).astype(np.int64)
 
-    def eval_text(self, text: str, seq_len: int = 0, max_tokens: int = 0) -> C.moe_eval_result:
-        """Perplexity over non-overlapping windows (result.perplexity, result.mean_nll, result.aux_loss)."""
-        p = _params(C.moe_eval_params, dict(seq_len=seq_len, max_tokens=max_tokens), "eval")
+    def eval_text(self, text: str, seq_len: int = 0, max_tokens: int = 0,
+                  held_out: float = 0.0) -> C.moe_eval_result:
+        """Perplexity over non-overlapping windows (result.perplexity, result.mean_nll, result.aux_loss);
+        with held_out F, of the last fraction F of the text's tokens (what a Trainer with eval_fraction F
+        holds out)."""
+        p = _params(C.moe_eval_params, dict(seq_len=seq_len, max_tokens=max_tokens, held_out=held_out), "eval")
         r = _result(C.moe_eval_result)
         data = text.encode()
         _check(C.lib.moe_model_eval_text(r, self.handle, data, len(data), p))

@@ -21,10 +21,10 @@ from pathlib import Path
 # ------------------------------------------------------------------------ version
 
 MOE_VERSION_MAJOR = 0
-MOE_VERSION_MINOR = 7
+MOE_VERSION_MINOR = 8
 MOE_VERSION_PATCH = 0
 MOE_VERSION_NUMBER = MOE_VERSION_MAJOR * 10000 + MOE_VERSION_MINOR * 100 + MOE_VERSION_PATCH
-MOE_VERSION_STRING = "0.7.0"
+MOE_VERSION_STRING = "0.8.0"
 
 # ------------------------------------------------------------------------ status codes (frozen)
 
@@ -520,13 +520,15 @@ class moe_model_info(Structure):
 
 
 class moe_eval_params(Structure):
-    """First version: 0.1.0 (all fields)."""
+    """First version: 0.1.0 (up to user_data); 0.8.0 appended held_out."""
     _fields_ = [
         ("struct_size", c_size_t),
         ("seq_len", c_uint32),
         ("max_tokens", c_uint64),
         ("progress", moe_progress_fn),
         ("user_data", c_void_p),
+        # 0.8.0
+        ("held_out", c_double),
     ]
 
 

@@ -14,11 +14,11 @@ use std::os::raw::{c_char, c_int, c_void};
 
 // ---------------------------------------------------------------- version
 pub const MOE_VERSION_MAJOR: u32 = 0;
-pub const MOE_VERSION_MINOR: u32 = 7;
+pub const MOE_VERSION_MINOR: u32 = 8;
 pub const MOE_VERSION_PATCH: u32 = 0;
 pub const MOE_VERSION_NUMBER: u32 =
     MOE_VERSION_MAJOR * 10000 + MOE_VERSION_MINOR * 100 + MOE_VERSION_PATCH;
-pub const MOE_VERSION_STRING: &str = "0.7.0";
+pub const MOE_VERSION_STRING: &str = "0.8.0";
 
 // ---------------------------------------------------------------- status
 /// `moe_status` (a C enum: `int`). Frozen: never renumbered.
@@ -499,6 +499,7 @@ pub struct moe_model_info {
     pub weight_bytes_per_token: u64,
 }
 
+/// First version 0.1.0 (up to `user_data`); 0.8.0 appended `held_out`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct moe_eval_params {
@@ -507,6 +508,7 @@ pub struct moe_eval_params {
     pub max_tokens: u64,
     pub progress: moe_progress_fn,
     pub user_data: *mut c_void,
+    pub held_out: f64,
 }
 
 #[repr(C)]

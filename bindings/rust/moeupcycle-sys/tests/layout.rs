@@ -103,7 +103,7 @@ fn rust_structs() -> Vec<StructLayout> {
             num_moe_layers, num_experts, top_k, bos_token_id, eos_token_id, weight_dtype,
             weight_bytes, weight_bytes_per_token,
         }
-        moe_eval_params { struct_size, seq_len, max_tokens, progress, user_data }
+        moe_eval_params { struct_size, seq_len, max_tokens, progress, user_data, held_out }
         moe_eval_result {
             struct_size, tokens_scored, windows, mean_nll, perplexity, seconds, tokens_per_second,
             aux_loss,

@@ -113,7 +113,7 @@ pub fn version_number() -> u32 {
     unsafe { sys::moe_version_number() }
 }
 
-/// The library's version text, e.g. "0.7.0".
+/// The library's version text, e.g. "0.8.0".
 pub fn version_string() -> String {
     unsafe { cstr_to_string(sys::moe_version_string()) }
 }

@@ -25,7 +25,7 @@ fn threading_markers() {
 fn version_matches_header() {
     assert_eq!(moeupcycle::version_number(), sys::MOE_VERSION_NUMBER);
     assert_eq!(moeupcycle::version_string(), sys::MOE_VERSION_STRING);
-    assert_eq!(moeupcycle::version_string(), "0.7.0");
+    assert_eq!(moeupcycle::version_string(), "0.8.0");
 }
 
 // ------------------------------------------------------------------ names
