@@ -100,8 +100,7 @@ public final class MoELayer: @unchecked Sendable {
     }
 
     (shardMemory, shardSlices) = try Self.allocateShards(plan: plan, config: config, runtime: runtime)
-    ownedBytes = shardMemory.reduce(0) { $0 + $1.bytes }
-    boundBytes = shardMemory.reduce(0) { $0 + ($1.bound ? $1.bytes : 0) }
+    countOwnedBytes()
     if touch { firstTouch(shardMemory) }
   }
 
@@ -314,6 +313,12 @@ public final class MoELayer: @unchecked Sendable {
     if config.sharedFFN == 0 { shardMemory = [] }
   }
 
+  /// ownedBytes and boundBytes of the shard memory.
+  private func countOwnedBytes() {
+    ownedBytes = shardMemory.reduce(0) { $0 + $1.bytes }
+    boundBytes = shardMemory.reduce(0) { $0 + ($1.bound ? $1.bytes : 0) }
+  }
+
   private func ownedSharedBytes() -> Int {
     shardSlices.joined().filter { $0.expert == config.experts }.reduce(0) { $0 + Self.sliceBytes(rows: $1.ffn.count, config) }
   }
@@ -340,8 +345,7 @@ public final class MoELayer: @unchecked Sendable {
     }
     shardMemory = memories
     shardSlices = slices
-    ownedBytes = memories.reduce(0) { $0 + $1.bytes }
-    boundBytes = memories.reduce(0) { $0 + ($1.bound ? $1.bytes : 0) }
+    countOwnedBytes()
     mappedBytes = 0
     mappedFrom = nil
   }
