@@ -1379,10 +1379,11 @@ impl<'rt> Model<'rt> {
         })
     }
 
-    fn eval_params(seq_len: u32, max_tokens: u64) -> sys::moe_eval_params {
+    fn eval_params(seq_len: u32, max_tokens: u64, held_out: f64) -> sys::moe_eval_params {
         let mut p = defaults(sys::moe_eval_params_init);
         p.seq_len = seq_len;
         p.max_tokens = max_tokens;
+        p.held_out = held_out;
         p
     }
 
@@ -1401,7 +1402,17 @@ impl<'rt> Model<'rt> {
     /// Perplexity on `text` in windows of `seq_len` tokens (0 = 512 or the
     /// context), at most `max_tokens` tokens (0 = all).
     pub fn eval_text(&mut self, text: &str, seq_len: u32, max_tokens: u64) -> Result<EvalResult> {
-        let p = Model::eval_params(seq_len, max_tokens);
+        self.eval_text_with(text, Model::eval_params(seq_len, max_tokens, 0.0))
+    }
+
+    /// As [`Model::eval_text`], on the last fraction `held_out` of the text's
+    /// tokens: the part a [`Trainer`] made from the same text with
+    /// `eval_fraction(held_out)` holds out (`max_tokens` counts tokens of it).
+    pub fn eval_held_out(&mut self, text: &str, seq_len: u32, max_tokens: u64, held_out: f64) -> Result<EvalResult> {
+        self.eval_text_with(text, Model::eval_params(seq_len, max_tokens, held_out))
+    }
+
+    fn eval_text_with(&mut self, text: &str, p: sys::moe_eval_params) -> Result<EvalResult> {
         let mut r = result(|r: &mut sys::moe_eval_result, n| r.struct_size = n);
         unsafe {
             check(sys::moe_model_eval_text(&mut r, self.ptr.as_ptr(), text.as_ptr() as *const c_char, text.len(), &p))?
@@ -1411,7 +1422,7 @@ impl<'rt> Model<'rt> {
 
     /// As [`Model::eval_text`], on token ids.
     pub fn eval_tokens(&mut self, tokens: &[i32], seq_len: u32, max_tokens: u64) -> Result<EvalResult> {
-        let p = Model::eval_params(seq_len, max_tokens);
+        let p = Model::eval_params(seq_len, max_tokens, 0.0);
         let mut r = result(|r: &mut sys::moe_eval_result, n| r.struct_size = n);
         unsafe { check(sys::moe_model_eval_tokens(&mut r, self.ptr.as_ptr(), tokens.as_ptr(), tokens.len(), &p))? };
         Ok(Model::eval_result(&r))

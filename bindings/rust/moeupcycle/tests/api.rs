@@ -533,7 +533,16 @@ fn smollm2_upcycle_layer_and_training_step() {
     let multiplied = 30.0 * attention + 29.0 * ffn + (2.0 * 576.0 + 2.0 * ffn + 576.0) + 49152.0 * 576.0;
     let per_token = 6.0 * multiplied + 12.0 * 30.0 * 9.0 * 64.0 * 16.0;
     assert!((s.model_flops - 16.0 * per_token).abs() <= 1e-9 * s.model_flops, "{}", s.model_flops);
-    assert!(trainer.eval().unwrap().is_finite());
+    let held_out_nll = trainer.eval().unwrap();
+    assert!(held_out_nll.is_finite());
+    // The trainer's held-out split (eval_fraction 0.05 by default), evaluated in one window of
+    // seq_len + 1 tokens as the trainer's eval_windows(1) does.
+    let held = trainer.model().eval_held_out(&data, 17, 17, 0.05).unwrap();
+    assert_eq!((held.windows, held.tokens_scored, held.mean_nll), (1, 16, held_out_nll));
+    let all_held = trainer.model().eval_held_out(&data, 17, 0, 0.05).unwrap();
+    let all = trainer.model().eval_text(&data, 17, 0).unwrap();
+    assert!(all_held.tokens_scored >= 16 && all_held.tokens_scored < all.tokens_scored / 10);
+    assert_eq!(trainer.model().eval_held_out(&data, 17, 0, 1.0).unwrap_err().code, MOE_ERR_INVALID_ARGUMENT);
     // The model stays usable between steps, through the trainer.
     let after = trainer.model().logits(&ids).unwrap();
     assert!(after.iter().all(|x| x.is_finite()));
